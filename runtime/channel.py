@@ -1,0 +1,551 @@
+"""FrameChannel: a session's data plane between the gateway and its worker.
+
+Same host: every direction has one shared-memory segment of fixed-size slots (layout in
+``runtime/wire.py``); a connected Unix SOCK_SEQPACKET socket is the doorbell and carries the
+slot hand-offs and the msgpack control messages. Ownership of a slot moves with messages:
+the producer writes a free slot and sends ``F``; the consumer sends ``R`` when it is done.
+No shared counters, so no atomics are needed: the kernel's message order is the barrier.
+
+Video is latest-frame-wins: a frame that arrives while an older one still waits is kept
+and the older slot is given back at once (counted in ``stats.video_superseded``), so the
+consumer always takes the newest frame and latency stays at about one handler call. A
+producer with no free video slot drops the new frame (``stats.video_dropped``); it never
+waits. Audio is copied out of its slot on arrival and the slot given back, so audio slots
+run out only when the consumer stops reading (``stats.audio_dropped``).
+
+The same class serves both sides. The gateway calls :meth:`pump` from its event loop's
+reader callback; the worker calls it from a reader thread. A lock makes the few shared
+fields safe between that thread and the handler thread; uncontended it costs ~50 ns.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing import resource_tracker
+from multiprocessing.shared_memory import SharedMemory
+
+import numpy as np
+
+from runtime import constants as C
+from runtime.wire import (
+    DTYPE_CODES,
+    DTYPES,
+    KIND_AUDIO,
+    KIND_VIDEO,
+    LAYOUT_CODES,
+    MSG_CONTROL,
+    MSG_FRAME,
+    MSG_RELEASE,
+    SEGMENT_HEADER,
+    SEGMENT_HEADER_BYTES,
+    SEGMENT_MAGIC,
+    SEGMENT_VERSION,
+    SLOT_HEADER_BYTES,
+    SLOT_MESSAGE,
+    Close,
+    Control,
+    SlotHeader,
+    WireError,
+)
+
+SEGMENT_PREFIX = "rtcpool-"  # every segment's name starts so; leak tests count them in /dev/shm
+CONTROL_FRAGMENT_BYTES = 48 * 1024  # a control message is cut in datagrams this large
+MSG_PART = ord("P")  # a non-final fragment of a control message; the final one is "C"
+MAX_CONTROL_BYTES = 16 * 1024 * 1024  # a control message larger than this is refused
+MAX_BACKLOG_MESSAGES = 4096  # messages queued for a peer that stopped reading; past it the channel closes
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Slot counts and sizes of one segment."""
+
+    video_slots: int = C.VIDEO_SLOTS
+    video_slot_bytes: int = SLOT_HEADER_BYTES + C.MAX_FRAME_PIXELS * 3
+    audio_slots: int = C.AUDIO_SLOTS
+    audio_slot_bytes: int = SLOT_HEADER_BYTES + C.AUDIO_SLOT_SAMPLES * C.AUDIO_MAX_CHANNELS * 2
+
+    @property
+    def size(self) -> int:
+        return (
+            SEGMENT_HEADER_BYTES
+            + self.video_slots * self.video_slot_bytes
+            + self.audio_slots * self.audio_slot_bytes
+        )
+
+    def offset(self, kind: int, index: int) -> int:
+        if kind == KIND_VIDEO:
+            return SEGMENT_HEADER_BYTES + index * self.video_slot_bytes
+        return (
+            SEGMENT_HEADER_BYTES
+            + self.video_slots * self.video_slot_bytes
+            + index * self.audio_slot_bytes
+        )
+
+    def capacity(self, kind: int) -> int:
+        slot = self.video_slot_bytes if kind == KIND_VIDEO else self.audio_slot_bytes
+        return slot - SLOT_HEADER_BYTES
+
+    def count(self, kind: int) -> int:
+        return self.video_slots if kind == KIND_VIDEO else self.audio_slots
+
+
+class Segment:
+    """One shared-memory segment. The creator owns it and unlinks it on close."""
+
+    def __init__(self, shm: SharedMemory, geometry: Geometry, owner: bool) -> None:
+        self.shm = shm
+        self.name = shm.name
+        self.geometry = geometry
+        self.owner = owner
+        self.buf: memoryview | None = shm.buf
+        # per-slot cached ndarray view, keyed by (shape, dtype): the per-frame path makes none
+        self._views: dict[tuple[int, int], tuple[tuple[int, ...], np.dtype, np.ndarray]] = {}
+
+    @classmethod
+    def create(cls, geometry: Geometry | None = None) -> Segment:
+        geometry = geometry or Geometry()
+        name = f"{SEGMENT_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        # SharedMemory creates the segment with mode 0600: private to this user.
+        shm = SharedMemory(name=name, create=True, size=geometry.size)
+        SEGMENT_HEADER.pack_into(
+            shm.buf,
+            0,
+            SEGMENT_MAGIC,
+            SEGMENT_VERSION,
+            geometry.video_slots,
+            geometry.video_slot_bytes,
+            geometry.audio_slots,
+            geometry.audio_slot_bytes,
+        )
+        return cls(shm, geometry, owner=True)
+
+    @classmethod
+    def attach(cls, name: str) -> Segment:
+        if not name.startswith(SEGMENT_PREFIX):
+            raise WireError(f"not an rtcpool segment: {name!r}")
+        shm = SharedMemory(name=name)
+        # Python < 3.13 registers attached segments with this process's resource tracker,
+        # which would unlink the creator's segment when this process exits. Only the
+        # creator (the gateway) owns it. In the creator's own process (tests) the two
+        # registrations are one, so leave it.
+        if not name.startswith(f"{SEGMENT_PREFIX}{os.getpid()}-"):
+            try:
+                resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
+            except Exception:
+                pass
+        try:
+            magic, version, vs, vb, as_, ab = SEGMENT_HEADER.unpack_from(shm.buf, 0)
+            if magic != SEGMENT_MAGIC or version != SEGMENT_VERSION:
+                raise WireError(f"segment {name} has magic {magic!r} version {version}")
+            geometry = Geometry(vs, vb, as_, ab)
+            if geometry.size > shm.size:
+                raise WireError(f"segment {name} is smaller than its header says")
+        except Exception:
+            shm.close()
+            raise
+        return cls(shm, geometry, owner=False)
+
+    def view(self, kind: int, index: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        key = (kind, index)
+        cached = self._views.get(key)
+        if cached is not None and cached[0] == shape and cached[1] == dtype:
+            return cached[2]
+        assert self.buf is not None
+        arr = np.ndarray(
+            shape,
+            dtype=dtype,
+            buffer=self.buf,
+            offset=self.geometry.offset(kind, index) + SLOT_HEADER_BYTES,
+        )
+        self._views[key] = (shape, dtype, arr)
+        return arr
+
+    def close(self) -> None:
+        if self.buf is None:
+            return
+        self._views.clear()
+        self.buf = None
+        try:
+            self.shm.close()
+        except BufferError:
+            # a caller still holds a view; the mapping goes when it does, the name goes now
+            pass
+        if self.owner:
+            try:
+                self.shm.unlink()
+            except FileNotFoundError:
+                pass
+
+
+@dataclass
+class ChannelStats:
+    video_sent: int = 0
+    video_received: int = 0
+    video_dropped: int = 0  # producer had no free slot
+    video_superseded: int = 0  # consumer got a newer frame before taking this one
+    audio_sent: int = 0
+    audio_received: int = 0
+    audio_dropped: int = 0  # producer had no free slot: the consumer stopped reading
+    oversize: int = 0  # frames larger than a slot, refused
+
+
+Frame = tuple[SlotHeader, np.ndarray]
+
+
+class FrameChannel:
+    """One side of a session's data plane: writes ``tx``, reads ``rx``, talks on ``sock``.
+
+    Callbacks run on whichever thread calls :meth:`pump`:
+    ``on_video()`` a new frame waits in :meth:`take_video`; ``on_audio(header, array)`` with a
+    copy of the samples; ``on_control(msg)``; ``on_closed(reason)`` once.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        tx: Segment,
+        rx: Segment,
+        *,
+        on_video: Callable[[], None] | None = None,
+        on_audio: Callable[[SlotHeader, np.ndarray], None] | None = None,
+        on_control: Callable[[Control], None] | None = None,
+        on_closed: Callable[[str], None] | None = None,
+    ) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.tx = tx
+        self.rx = rx
+        self.on_video = on_video
+        self.on_audio = on_audio
+        self.on_control = on_control
+        self.on_closed = on_closed
+        self.stats = ChannelStats()
+        self.closed = False
+        self.close_reason = ""
+        self._lock = threading.Lock()
+        self._free = {
+            KIND_VIDEO: deque(range(tx.geometry.video_slots)),
+            KIND_AUDIO: deque(range(tx.geometry.audio_slots)),
+        }
+        self._seq = 0
+        self._pending_video: int | None = None  # newest received video slot, not yet taken
+        self._held_video: int | None = None  # slot taken by the consumer, not yet released
+        self._backlog: deque[bytes] = deque()
+        self._parts: list[bytes] = []
+        self._parts_bytes = 0
+        self._recv_buf = bytearray(CONTROL_FRAGMENT_BYTES + 64)
+        self._recv_view = memoryview(self._recv_buf)
+
+    # --- producing -----------------------------------------------------------------------
+
+    def send_video(
+        self, frame: np.ndarray, pts: int = 0, time_base: tuple[int, int] = (1, C.VIDEO_CLOCK_RATE)
+    ) -> bool:
+        """Copy an (H, W, 3) uint8 frame into a free slot and ring. False if it was dropped."""
+        return self._send_frame(KIND_VIDEO, frame, pts, time_base, 0, 0)
+
+    def send_audio(
+        self,
+        samples: np.ndarray,
+        sample_rate: int,
+        layout: str = "mono",
+        pts: int = 0,
+        time_base: tuple[int, int] | None = None,
+    ) -> bool:
+        """Copy a (channels, N) audio array into a free slot and ring. False if dropped."""
+        tb = time_base or (1, sample_rate)
+        return self._send_frame(KIND_AUDIO, samples, pts, tb, sample_rate, LAYOUT_CODES.get(layout, 0))
+
+    def _send_frame(
+        self,
+        kind: int,
+        array: np.ndarray,
+        pts: int,
+        time_base: tuple[int, int],
+        sample_rate: int,
+        layout: int,
+    ) -> bool:
+        if self.closed:
+            return False
+        dtype_code = DTYPE_CODES.get(array.dtype)
+        if dtype_code is None or array.ndim > 3 or array.nbytes > self.tx.geometry.capacity(kind):
+            self.stats.oversize += 1
+            return False
+        with self._lock:
+            free = self._free[kind]
+            if not free:
+                if kind == KIND_VIDEO:
+                    self.stats.video_dropped += 1
+                else:
+                    self.stats.audio_dropped += 1
+                return False
+            slot = free.popleft()
+            self._seq += 1
+            seq = self._seq
+        shape = array.shape
+        dst = self.tx.view(kind, slot, shape, array.dtype)
+        np.copyto(dst, array, casting="no")
+        assert self.tx.buf is not None
+        SlotHeader(
+            seq,
+            pts,
+            time_base[0],
+            time_base[1],
+            sample_rate,
+            array.nbytes,
+            kind,
+            dtype_code,
+            layout,
+            array.ndim,
+            (shape + (0, 0, 0))[:3],  # type: ignore[arg-type]
+        ).pack_into(self.tx.buf, self.tx.geometry.offset(kind, slot))
+        if not self._send_slot_message(MSG_FRAME, kind, slot):
+            with self._lock:
+                self._free[kind].append(slot)
+            return False
+        if kind == KIND_VIDEO:
+            self.stats.video_sent += 1
+        else:
+            self.stats.audio_sent += 1
+        return True
+
+    def send_control(self, msg: Control) -> None:
+        """Send a control message; a large one goes in fragments. Never blocks."""
+        data = msg.encode()
+        if len(data) > MAX_CONTROL_BYTES:
+            raise WireError(f"control message of {len(data)} bytes exceeds {MAX_CONTROL_BYTES}")
+        if len(data) <= CONTROL_FRAGMENT_BYTES:
+            self._send_raw(data, must=True)
+            return
+        body = memoryview(data)[1:]
+        step = CONTROL_FRAGMENT_BYTES - 1
+        chunks = [body[i : i + step] for i in range(0, len(body), step)]
+        for chunk in chunks[:-1]:
+            self._send_raw(bytes((MSG_PART,)) + chunk, must=True)
+        self._send_raw(bytes((MSG_CONTROL,)) + chunks[-1], must=True)
+
+    def _send_slot_message(self, mtype: int, kind: int, slot: int) -> bool:
+        # pack() rather than a shared buffer: the reader and handler threads both send
+        return self._send_raw(SLOT_MESSAGE.pack(mtype, kind, slot), must=(mtype == MSG_RELEASE))
+
+    def _send_raw(self, data: bytes, must: bool) -> bool:
+        """Send one datagram. A frame message that would block is dropped (False); a message
+        that must arrive (release, control) waits in the backlog behind earlier ones."""
+        if self.closed:
+            return False
+        error: Exception | None = None
+        with self._lock:
+            if self._backlog:
+                if not must:
+                    return False
+                self._backlog.append(data)
+                try:
+                    self._flush_locked()
+                except ConnectionError as exc:
+                    error = exc
+            else:
+                try:
+                    self.sock.send(data)
+                except BlockingIOError:
+                    if not must:
+                        return False
+                    self._backlog.append(data)
+                except OSError as exc:
+                    error = exc
+        if error is not None:
+            self._closed(f"link error: {error}")
+            return False
+        return True
+
+    def _flush_locked(self) -> None:
+        while self._backlog:
+            try:
+                self.sock.send(self._backlog[0])
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                raise ConnectionError(str(exc)) from exc
+            self._backlog.popleft()
+        if len(self._backlog) > MAX_BACKLOG_MESSAGES:
+            # the peer has stopped reading: treat it as gone rather than buffer without bound
+            self._backlog.clear()
+            raise ConnectionError("peer stopped reading")
+
+    # --- consuming -------------------------------------------------------------------------
+
+    def take_video(self) -> Frame | None:
+        """The newest received frame as a view into its slot, or None. The slot stays the
+        caller's until :meth:`release_video`; a frame taken before is released first."""
+        with self._lock:
+            slot = self._pending_video
+            if slot is None:
+                return None
+            self._pending_video = None
+            previous, self._held_video = self._held_video, slot
+        if previous is not None:
+            self._send_slot_message(MSG_RELEASE, KIND_VIDEO, previous)
+        assert self.rx.buf is not None
+        header = SlotHeader.unpack_from(self.rx.buf, self.rx.geometry.offset(KIND_VIDEO, slot))
+        return header, self._view_of(KIND_VIDEO, slot, header)
+
+    def release_video(self) -> None:
+        with self._lock:
+            slot, self._held_video = self._held_video, None
+        if slot is not None:
+            self._send_slot_message(MSG_RELEASE, KIND_VIDEO, slot)
+
+    def has_video(self) -> bool:
+        return self._pending_video is not None
+
+    def _view_of(self, kind: int, slot: int, header: SlotHeader) -> np.ndarray:
+        if header.dtype >= len(DTYPES) or header.ndim > 3:
+            raise WireError(f"slot header names dtype {header.dtype}, ndim {header.ndim}")
+        shape = header.shape[: header.ndim]
+        dtype = DTYPES[header.dtype]
+        if int(np.prod(shape)) * dtype.itemsize > self.rx.geometry.capacity(kind):
+            raise WireError(f"slot header shape {shape} exceeds the slot")
+        return self.rx.view(kind, slot, shape, dtype)
+
+    def pump(self) -> None:
+        """Read every message waiting on the link and act on it. Never blocks."""
+        sock = self.sock
+        buf = self._recv_buf
+        view = self._recv_view
+        while not self.closed:
+            try:
+                n = sock.recv_into(buf)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self._closed(f"link error: {exc}")
+                return
+            if n == 0:
+                self._closed("peer closed the link")
+                return
+            mtype = buf[0]
+            try:
+                if mtype == MSG_FRAME or mtype == MSG_RELEASE:
+                    _, kind, slot = SLOT_MESSAGE.unpack_from(buf, 0)
+                    if mtype == MSG_FRAME:
+                        self._on_frame(kind, slot)
+                    else:
+                        self._on_release(kind, slot)
+                elif mtype == MSG_PART:
+                    self._add_part(view[1:n])
+                elif mtype == MSG_CONTROL:
+                    if self._parts:
+                        self._add_part(view[1:n])
+                        data = bytes((MSG_CONTROL,)) + b"".join(self._parts)
+                        self._parts.clear()
+                        self._parts_bytes = 0
+                    else:
+                        data = bytes(view[:n])
+                    msg = Control.decode(data)
+                    if isinstance(msg, Close):
+                        self._closed(msg.reason or "peer closed the session")
+                        return
+                    if self.on_control is not None:
+                        self.on_control(msg)
+                else:
+                    raise WireError(f"unknown link message type {mtype}")
+            except WireError as exc:
+                # a peer that breaks the format is not trusted with the session any longer
+                self._closed(f"protocol error: {exc}")
+                return
+        if self._backlog:
+            self.flush()
+
+    @property
+    def has_backlog(self) -> bool:
+        """Messages wait for the link to become writable: the owner should call :meth:`flush`
+        when it is (the gateway with ``loop.add_writer``, the worker from its poll loop)."""
+        return bool(self._backlog)
+
+    def flush(self) -> None:
+        if self.closed:
+            return
+        try:
+            with self._lock:
+                self._flush_locked()
+        except ConnectionError as exc:
+            self._closed(str(exc))
+
+    def _add_part(self, part: memoryview) -> None:
+        self._parts_bytes += len(part)
+        if self._parts_bytes > MAX_CONTROL_BYTES:
+            raise WireError("fragmented control message exceeds the limit")
+        self._parts.append(bytes(part))
+
+    def _on_frame(self, kind: int, slot: int) -> None:
+        if slot >= self.rx.geometry.count(kind):
+            raise WireError(f"frame in slot {slot} of kind {kind}: no such slot")
+        if kind == KIND_VIDEO:
+            with self._lock:
+                superseded, self._pending_video = self._pending_video, slot
+            self.stats.video_received += 1
+            if superseded is not None:
+                self.stats.video_superseded += 1
+                self._send_slot_message(MSG_RELEASE, KIND_VIDEO, superseded)
+            if self.on_video is not None:
+                self.on_video()
+        elif kind == KIND_AUDIO:
+            assert self.rx.buf is not None
+            header = SlotHeader.unpack_from(self.rx.buf, self.rx.geometry.offset(KIND_AUDIO, slot))
+            samples = self._view_of(KIND_AUDIO, slot, header).copy()
+            self._send_slot_message(MSG_RELEASE, KIND_AUDIO, slot)
+            self.stats.audio_received += 1
+            if self.on_audio is not None:
+                self.on_audio(header, samples)
+        else:
+            raise WireError(f"unknown frame kind {kind}")
+
+    def _on_release(self, kind: int, slot: int) -> None:
+        if kind not in self._free or slot >= self.tx.geometry.count(kind):
+            raise WireError(f"release of slot {slot} of kind {kind}: no such slot")
+        with self._lock:
+            if slot in self._free[kind]:
+                raise WireError(f"slot {slot} of kind {kind} released twice")
+            self._free[kind].append(slot)
+
+    # --- ending ---------------------------------------------------------------------------
+
+    def _closed(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        if self.on_closed is not None:
+            self.on_closed(reason)
+
+    def close(self, reason: str = "closed", *, notify: bool = True) -> None:
+        """Tell the peer (best effort), close the link and both segments. Safe to call twice."""
+        if notify and not self.closed:
+            try:
+                self.sock.send(Close(reason).encode())
+            except OSError:
+                pass
+        self.closed = True
+        if not self.close_reason:
+            self.close_reason = reason
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        self.tx.close()
+        self.rx.close()
+
+
+def socket_pair() -> tuple[socket.socket, socket.socket]:
+    """A connected SEQPACKET pair, for tests and same-process use."""
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+
+def is_disconnect(exc: OSError) -> bool:
+    return exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ECONNREFUSED)

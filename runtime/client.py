@@ -1,0 +1,340 @@
+"""A Python WebRTC client for any rtcpool (or fastrtc) server, for tests and benchmarks.
+
+It sends a synthetic video track at a set rate, with a frame counter painted into the
+pixels, receives the processed track, reads the counter back out of each received frame,
+and reports delivered fps and send -> receive latency. The counter survives VP8: each bit
+is a block of solid black or white, and the next 16 blocks repeat it inverted as a check.
+
+    python -m runtime.client http://127.0.0.1:7860 --seconds 10 --fps 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+from urllib.parse import urlparse
+
+import av
+import httpx
+import numpy as np
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from runtime import constants as C
+from runtime.ice import pin_host_addresses
+
+COUNTER_BITS = 16
+MARK_BLOCKS = COUNTER_BITS * 2  # the counter, then its complement as a check
+OFFER_TIMEOUT_S = 90.0  # a cold pool may need to start a worker before it answers
+DEFAULT_FPS = 30.0
+DEFAULT_SIZE = (640, 480)
+
+
+def mark_block(width: int) -> int:
+    return max(4, width // (MARK_BLOCKS + 8))
+
+
+def paint_counter(frame: np.ndarray, counter: int) -> None:
+    """Write ``counter`` (16 bits) and its complement as blocks along the top-left edge."""
+    block = mark_block(frame.shape[1])
+    value = counter & 0xFFFF
+    bits = [(value >> i) & 1 for i in range(COUNTER_BITS)]
+    bits += [1 - b for b in bits]
+    for i, bit in enumerate(bits):
+        frame[0:block, i * block : (i + 1) * block] = 255 if bit else 0
+
+
+def read_counter(frame: np.ndarray) -> int | None:
+    """The counter painted by :func:`paint_counter`, or None if the mark is not intact."""
+    block = mark_block(frame.shape[1])
+    if frame.shape[0] < block or frame.shape[1] < block * MARK_BLOCKS:
+        return None
+    q = block // 4
+    bits = []
+    for i in range(MARK_BLOCKS):
+        cell = frame[q : block - q, i * block + q : (i + 1) * block - q]
+        level = float(cell.mean())
+        if 70 < level < 185:
+            return None  # neither black nor white: not our mark
+        bits.append(1 if level >= 128 else 0)
+    value, check = bits[:COUNTER_BITS], bits[COUNTER_BITS:]
+    if any(a == b for a, b in zip(value, check, strict=False)):
+        return None
+    return sum(b << i for i, b in enumerate(value))
+
+
+def synthetic_image(width: int, height: int) -> np.ndarray:
+    """A colourful, structured test picture (gradients and bars), RGB."""
+    y, x = np.mgrid[0:height, 0:width]
+    img = np.empty((height, width, 3), np.uint8)
+    img[..., 0] = (x * 255 // max(width - 1, 1)).astype(np.uint8)
+    img[..., 1] = (y * 255 // max(height - 1, 1)).astype(np.uint8)
+    img[..., 2] = 128
+    img[height // 2 :, (x[0] // 40) % 2 == 0] = (240, 200, 40)
+    return img
+
+
+class CounterVideoTrack(MediaStreamTrack):
+    """Video at ``fps``: ``image`` (or a synthetic picture) with the frame counter painted in."""
+
+    kind = "video"
+
+    def __init__(self, fps: float = DEFAULT_FPS, size: tuple[int, int] = DEFAULT_SIZE, image: np.ndarray | None = None) -> None:
+        super().__init__()
+        self.fps = fps
+        width, height = size
+        if image is not None:
+            import cv2
+
+            image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+        self.base = image if image is not None else synthetic_image(width, height)
+        self.frame = self.base.copy()
+        self.sent_at: dict[int, float] = {}
+        self.count = 0
+        self._start: float | None = None
+
+    async def recv(self) -> av.VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+        due = self._start + self.count / self.fps
+        if due > now:
+            await asyncio.sleep(due - now)
+        n = self.count
+        self.count += 1
+        np.copyto(self.frame, self.base)
+        paint_counter(self.frame, n)
+        vf = av.VideoFrame.from_ndarray(self.frame, format="rgb24")
+        vf.pts = int(n * C.VIDEO_CLOCK_RATE / self.fps)
+        vf.time_base = Fraction(1, C.VIDEO_CLOCK_RATE)
+        self.sent_at[n & 0xFFFF] = time.monotonic()
+        return vf
+
+
+class ServerFull(Exception):
+    def __init__(self, body: dict[str, Any], retry_after: str | None) -> None:
+        super().__init__(f"server full: {body}")
+        self.body = body
+        self.retry_after = retry_after
+
+
+class OfferRejected(Exception):
+    def __init__(self, status: int, body: Any) -> None:
+        super().__init__(f"offer rejected with HTTP {status}: {body}")
+        self.status = status
+        self.body = body
+
+
+@dataclass
+class Report:
+    sent: int = 0
+    received: int = 0
+    marked: int = 0
+    seconds: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+
+    @property
+    def fps(self) -> float:
+        return self.received / self.seconds if self.seconds else 0.0
+
+    def percentile(self, q: float) -> float | None:
+        if not self.latencies_ms:
+            return None
+        data = sorted(self.latencies_ms)
+        return data[min(len(data) - 1, int(round(q / 100 * (len(data) - 1))))]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "sent": self.sent,
+            "received": self.received,
+            "marked": self.marked,
+            "seconds": round(self.seconds, 3),
+            "fps": round(self.fps, 2),
+            "latency_p50_ms": self.percentile(50),
+            "latency_p95_ms": self.percentile(95),
+            "latency_mean_ms": statistics.fmean(self.latencies_ms) if self.latencies_ms else None,
+        }
+
+
+class Client:
+    """One WebRTC session against ``url``: ``await connect()``, watch, ``await close()``."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        mode: str = "send-receive",
+        modality: str = "video",
+        stream_id: str | None = None,
+        webrtc_id: str | None = None,
+        fps: float = DEFAULT_FPS,
+        size: tuple[int, int] = DEFAULT_SIZE,
+        image: np.ndarray | None = None,
+        ice_host_addresses: list[str] | None = None,
+        keep_frames: int = 1,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.mode = mode
+        self.modality = modality
+        self.stream_id = stream_id
+        self.webrtc_id = webrtc_id or uuid.uuid4().hex[:16]
+        self.source = CounterVideoTrack(fps, size, image) if mode in ("send-receive", "send") else None
+        host = urlparse(self.url).hostname or ""
+        if ice_host_addresses is None and (host.startswith("127.") or host == "localhost"):
+            ice_host_addresses = ["127.0.0.1"]
+        if ice_host_addresses:
+            pin_host_addresses(ice_host_addresses)
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.channel = self.pc.createDataChannel("text")
+        self.messages: list[dict[str, Any]] = []
+        self.on_message: list[Callable[[dict[str, Any]], None]] = []
+        self.report = Report()
+        self.frames: list[np.ndarray] = []
+        self.keep_frames = keep_frames
+        self.first_frame = asyncio.Event()
+        self.ended = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._started: float | None = None
+        self.channel.on("message", self._on_message)
+        self.pc.on("track", self._on_track)
+        self.pc.on("connectionstatechange", self._on_state)
+
+    def _on_message(self, text: Any) -> None:
+        try:
+            msg = json.loads(text)
+        except ValueError:
+            msg = {"type": "raw", "data": text}
+        self.messages.append(msg)
+        for fn in self.on_message:
+            fn(msg)
+        if msg.get("type") == "end_stream":
+            self.ended.set()
+
+    def _on_state(self) -> None:
+        if self.pc.connectionState in ("failed", "closed"):
+            self.ended.set()
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "video":
+            task = asyncio.get_running_loop().create_task(self._receive(track))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _receive(self, track: MediaStreamTrack) -> None:
+        report = self.report
+        sent_at = self.source.sent_at if self.source is not None else {}
+        try:
+            while True:
+                frame = await track.recv()
+                now = time.monotonic()
+                arr = frame.to_ndarray(format="rgb24")
+                report.received += 1
+                counter = read_counter(arr)
+                if counter is not None and counter in sent_at:
+                    report.marked += 1
+                    report.latencies_ms.append((now - sent_at[counter]) * 1000.0)
+                self.frames.append(arr)
+                if len(self.frames) > self.keep_frames:
+                    self.frames.pop(0)
+                self.first_frame.set()
+        except MediaStreamError:
+            self.ended.set()
+
+    async def connect(self) -> None:
+        if self.source is not None and self.modality in ("video", "audio-video"):
+            self.pc.addTrack(self.source)
+        elif self.mode == "receive":
+            self.pc.addTransceiver("video", direction="recvonly")
+        if self.mode == "send" and self.source is None:
+            raise ValueError("mode 'send' needs a source")
+        offer = await self.pc.createOffer()
+        await self.pc.setLocalDescription(offer)  # gathers every candidate: no trickle needed
+        body = {"sdp": self.pc.localDescription.sdp, "type": "offer", "webrtc_id": self.webrtc_id}
+        if self.stream_id is not None:
+            body["stream_id"] = self.stream_id
+        async with httpx.AsyncClient(timeout=OFFER_TIMEOUT_S) as http:
+            resp = await http.post(f"{self.url}/webrtc/offer", json=body)
+        try:
+            answer = resp.json()
+        except ValueError:
+            answer = {"raw": resp.text}
+        if resp.status_code == 429:
+            await self.pc.close()
+            raise ServerFull(answer, resp.headers.get("retry-after"))
+        if resp.status_code != 200 or "sdp" not in answer:
+            await self.pc.close()
+            raise OfferRejected(resp.status_code, answer)
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
+        self._started = time.monotonic()
+
+    def send(self, type_: str, data: Any = None) -> None:
+        self.channel.send(json.dumps({"type": type_, "data": data}))
+
+    async def wait_message(self, type_: str, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for m in self.messages:
+                if m.get("type") == type_:
+                    return m
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"no {type_!r} message within {timeout} s; got {self.messages}")
+
+    async def close(self) -> Report:
+        if self._started is not None:
+            self.report.seconds = time.monotonic() - self._started
+        if self.source is not None:
+            self.report.sent = self.source.count
+            self.source.stop()
+        for task in list(self._tasks):
+            task.cancel()
+        await self.pc.close()
+        return self.report
+
+
+async def run(url: str, seconds: float, streams: int = 1, **kw: Any) -> list[Report]:
+    """Open ``streams`` sessions, stream for ``seconds``, close, return their reports."""
+    clients = [Client(url, **kw) for _ in range(streams)]
+    await asyncio.gather(*(c.connect() for c in clients))
+    await asyncio.wait_for(asyncio.gather(*(c.first_frame.wait() for c in clients)), OFFER_TIMEOUT_S)
+    for c in clients:  # measure the steady state, not the start-up
+        c.report = Report()
+        c._started = time.monotonic()
+        if c.source is not None:
+            c.source.sent_at.clear()
+    start_counts = [c.source.count if c.source else 0 for c in clients]
+    await asyncio.sleep(seconds)
+    reports = []
+    for c, n0 in zip(clients, start_counts, strict=False):
+        r = await c.close()
+        r.sent -= n0
+        reports.append(r)
+    return reports
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("url")
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--streams", type=int, default=1)
+    ap.add_argument("--fps", type=float, default=DEFAULT_FPS)
+    ap.add_argument("--size", default="640x480")
+    ap.add_argument("--stream-id", default=None)
+    args = ap.parse_args(argv)
+    w, h = (int(v) for v in args.size.split("x"))
+    reports = asyncio.run(run(args.url, args.seconds, args.streams, fps=args.fps, size=(w, h), stream_id=args.stream_id))
+    for i, r in enumerate(reports):
+        print(json.dumps({"stream": i, **r.as_dict()}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Every default of rtcpool, named with its unit.
+
+The config file (runtime/config.py) overrides the ones a deployment may want to change;
+the rest are protocol facts. Environment variables `RTCPOOL_*` override the config file.
+"""
+
+from __future__ import annotations
+
+# --- media geometry -------------------------------------------------------------------
+MAX_FRAME_PIXELS = 1920 * 1080  # largest video frame a slot holds, in pixels (RGB24)
+VIDEO_SLOTS = 4  # video slots per direction: one being processed, one latest, two in flight
+AUDIO_SLOT_SAMPLES = 48_000 // 10  # samples per channel one audio slot holds (100 ms at 48 kHz)
+AUDIO_MAX_CHANNELS = 2
+AUDIO_SLOTS = 64  # audio slots per direction; the consumer copies audio out at once
+AUDIO_RING_S = 10.0  # seconds of audio a worker buffers before it drops the oldest
+AUDIO_FRAME_S = 0.020  # outgoing audio is re-framed to 20 ms, as WebRTC expects
+VIDEO_CLOCK_RATE = 90_000  # RTP clock rate for video pts, in Hz
+DEFAULT_OUTPUT_FPS = 30.0  # pace of server-generated video when a generator gives no pts
+
+# --- signalling limits ----------------------------------------------------------------
+MAX_OFFER_BYTES = 64 * 1024  # largest POST /webrtc/offer body; real SDP offers are < 10 KiB
+MAX_INPUT_BYTES = 1024 * 1024  # largest body on the input route
+MAX_WEBRTC_ID_CHARS = 128
+MAX_DATA_CHANNEL_MESSAGE_BYTES = 64 * 1024  # larger client messages are refused with a warning
+
+# --- session lifecycle ----------------------------------------------------------------
+CONNECT_TIMEOUT_S = 15.0  # answer sent -> ICE connected, else the session is ended
+MEDIA_INACTIVITY_TIMEOUT_S = 10.0  # no media from a sending client for this long ends the session
+END_STREAM_GRACE_S = 0.5  # time between telling the client the stream ends and closing it
+ARGS_WAIT_TIMEOUT_S = 2.0  # wait_for_args(): a client that never answers gets the initial values
+RETRY_AFTER_S = 5  # Retry-After header on HTTP 429, in seconds
+
+# --- control plane (Ray) ----------------------------------------------------------------
+SCHEDULER_NAME = "rtcpool-scheduler"
+RAY_NAMESPACE = "rtcpool"
+LEASE_TIMEOUT_S = 60.0  # acquire(): how long an offer may wait for a worker to start
+WORKER_START_TIMEOUT_S = 120.0  # a worker that is not ready by then is killed and replaced
+RAY_CALL_TIMEOUT_S = 10.0  # any other control-plane call from the gateway
+HEARTBEAT_S = 2.0  # gateway -> scheduler lease renewal period
+GATEWAY_TTL_S = 15.0  # leases of a gateway silent for this long are reclaimed
+POOL_PREWARM = 1  # idle workers kept ready per stream event
+POOL_MAX = 8  # workers per stream event when concurrency_limit is None
+
+# --- data plane -------------------------------------------------------------------------
+WORKER_CONNECT_TIMEOUT_S = 5.0  # gateway -> worker socket connect + hello
+CLOSE_ACK_TIMEOUT_S = 2.0  # a worker that does not end its session by then is replaced
+SOCKET_DIR_MODE = 0o700
+SEGMENT_MODE = 0o600

@@ -1,0 +1,386 @@
+"""The scheduler: one named Ray actor per deployment that owns every slot and worker.
+
+It enforces ``concurrency_limit`` per stream event across all gateways, keeps a pre-warmed
+pool of worker actors per event, hands a gateway a lease (a slot plus an idle worker) for a
+session, and takes both back on every exit path:
+
+* the gateway releases the lease when its session ends (worker healthy or not);
+* a gateway that stops heartbeating loses all its leases after ``GATEWAY_TTL_S``;
+* a lease that outlives its stream's ``time_limit`` by ``TIME_LIMIT_GRACE_S`` is reclaimed
+  (the gateway enforces the limit itself; this is the backstop for a gateway that hangs).
+
+It is an async actor: one event loop, so its state needs no locks, and a wait for a worker
+to start does not hold up other calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+from runtime import constants as C
+from workers.loader import HandlerSpec
+
+log = logging.getLogger("rtcpool.scheduler")
+
+TIME_LIMIT_GRACE_S = 10.0  # lease backstop past a stream's time_limit
+MONITOR_INTERVAL_S = 1.0  # how often expired gateways and leases are looked for
+
+
+@dataclass
+class PoolSpec:
+    prewarm: int = C.POOL_PREWARM
+    max_workers: int = C.POOL_MAX
+    num_cpus: float | None = None
+    num_gpus: float | None = None
+    memory: int | None = None
+    resources: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class EventSpec:
+    event_id: str
+    handler: HandlerSpec
+    concurrency_limit: int | None = 1
+    time_limit: float | None = None
+    pool: PoolSpec = field(default_factory=PoolSpec)
+
+
+@dataclass
+class WorkerRef:
+    actor: Any
+    info: dict[str, Any]
+
+
+@dataclass
+class Lease:
+    lease_id: str
+    event_id: str
+    gateway_id: str
+    session_id: str
+    granted_at: float
+    worker: WorkerRef | None = None
+    streaming_since: float | None = None
+
+
+class Full(Exception):
+    pass
+
+
+class Pool:
+    def __init__(self, spec: EventSpec) -> None:
+        self.spec = spec
+        self.idle: list[WorkerRef] = []
+        self.busy: dict[str, WorkerRef] = {}
+        self.starting = 0
+        self.available = asyncio.Condition()
+        self.last_error = ""
+        self.started_total = 0
+        self.replaced_total = 0
+        self.max_workers_override: int | None = None
+
+    @property
+    def max_workers(self) -> int:
+        if self.max_workers_override is not None:
+            return self.max_workers_override
+        limit = self.spec.concurrency_limit
+        return self.spec.pool.max_workers if limit is None else max(limit, 1)
+
+    @property
+    def total(self) -> int:
+        return len(self.idle) + len(self.busy) + self.starting
+
+
+class Scheduler:
+    def __init__(self) -> None:
+        self.pools: dict[str, Pool] = {}
+        self.leases: dict[str, Lease] = {}
+        self.gateways: dict[str, float] = {}  # gateway id -> last heartbeat (monotonic)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._monitor: asyncio.Task[None] | None = None
+
+    # --- registration ----------------------------------------------------------------------
+
+    async def register(self, spec: EventSpec) -> dict[str, Any]:
+        """Add a stream event and pre-warm its pool. A second gateway registering the same
+        event id shares the existing pool (and so its concurrency limit)."""
+        self._ensure_monitor()
+        pool = self.pools.get(spec.event_id)
+        if pool is not None and pool.spec != spec and not pool.busy and not self._leases_of(spec.event_id):
+            # same id, other handler or limits (an app restarted with changes): start afresh
+            self._drop_pool(pool)
+            pool = None
+        if pool is None:
+            pool = self.pools[spec.event_id] = Pool(spec)
+        self._top_up(pool)
+        return {"event_id": spec.event_id, "limit": spec.concurrency_limit}
+
+    async def unregister(self, event_id: str) -> bool:
+        """Remove a stream event and kill its workers, if no session holds one of its slots."""
+        pool = self.pools.get(event_id)
+        if pool is None or pool.busy or self._leases_of(event_id):
+            return False
+        self._drop_pool(pool)
+        return True
+
+    def _leases_of(self, event_id: str) -> list[Lease]:
+        return [lease for lease in self.leases.values() if lease.event_id == event_id]
+
+    def _drop_pool(self, pool: Pool) -> None:
+        self.pools.pop(pool.spec.event_id, None)
+        for w in pool.idle:
+            _kill(w.actor)
+        pool.idle.clear()
+        pool.max_workers_override = 0  # workers still starting are killed when they are ready
+
+    async def wait_warm(self, event_id: str, timeout: float) -> int:
+        """Wait until the event's pre-warm count of workers is idle (tests, benchmarks)."""
+        pool = self.pools[event_id]
+        deadline = time.monotonic() + timeout
+        async with pool.available:
+            while len(pool.idle) < min(pool.spec.pool.prewarm, pool.max_workers):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(pool.available.wait(), left)
+                except asyncio.TimeoutError:
+                    break
+        return len(pool.idle)
+
+    # --- leases ------------------------------------------------------------------------------
+
+    async def acquire(self, event_id: str, gateway_id: str, session_id: str) -> dict[str, Any]:
+        pool = self.pools.get(event_id)
+        if pool is None:
+            return {"ok": False, "error": "unknown_stream", "message": f"no stream event {event_id!r}"}
+        self.gateways[gateway_id] = time.monotonic()
+        limit = pool.spec.concurrency_limit
+        taken = len(self._leases_of(event_id))
+        if limit is not None and taken >= limit:
+            return {
+                "ok": False,
+                "error": "concurrency_limit_reached",
+                "limit": limit,
+                "retry_after": C.RETRY_AFTER_S,
+            }
+        # the slot is taken now, before any wait, so concurrent offers cannot overshoot
+        lease = Lease(uuid.uuid4().hex, event_id, gateway_id, session_id, time.monotonic())
+        self.leases[lease.lease_id] = lease
+        try:
+            worker = await self._take_worker(pool)
+        except Exception as exc:
+            self.leases.pop(lease.lease_id, None)
+            return {"ok": False, "error": "no_worker", "message": str(exc)}
+        if lease.lease_id not in self.leases:  # reclaimed while waiting (gateway expired)
+            self._return_worker(pool, worker, healthy=True)
+            return {"ok": False, "error": "expired", "message": "lease expired while waiting"}
+        lease.worker = worker
+        pool.busy[lease.lease_id] = worker
+        self._top_up(pool)
+        return {
+            "ok": True,
+            "lease_id": lease.lease_id,
+            "worker": worker.actor,
+            "endpoint": worker.info["endpoint"],
+            "pid": worker.info["pid"],
+            "node_id": worker.info["node_id"],
+            "time_limit": pool.spec.time_limit,
+        }
+
+    async def _take_worker(self, pool: Pool) -> WorkerRef:
+        deadline = time.monotonic() + C.LEASE_TIMEOUT_S
+        async with pool.available:
+            while not pool.idle:
+                if pool.total < pool.max_workers:
+                    self._start_worker(pool)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no worker ready within {C.LEASE_TIMEOUT_S:.0f} s: {pool.last_error}")
+                try:
+                    await asyncio.wait_for(pool.available.wait(), left)
+                except asyncio.TimeoutError:
+                    continue
+                if pool.last_error and not pool.idle and pool.starting == 0:
+                    raise RuntimeError(pool.last_error)
+            return pool.idle.pop()
+
+    async def mark_streaming(self, lease_id: str) -> None:
+        lease = self.leases.get(lease_id)
+        if lease is not None and lease.streaming_since is None:
+            lease.streaming_since = time.monotonic()
+
+    async def release(self, lease_id: str, worker_ok: bool = True) -> bool:
+        """Give a lease back. ``worker_ok=False``: the worker died or misbehaved; replace it."""
+        lease = self.leases.pop(lease_id, None)
+        if lease is None:
+            return False
+        pool = self.pools.get(lease.event_id)
+        worker = pool.busy.pop(lease_id, None) if pool is not None else None
+        if pool is not None and worker is not None:
+            self._return_worker(pool, worker, healthy=worker_ok)
+        return True
+
+    async def heartbeat(self, gateway_id: str, lease_ids: list[str]) -> list[str]:
+        """Renew a gateway's leases; returns the ones the scheduler no longer knows (the
+        gateway must end those sessions)."""
+        self.gateways[gateway_id] = time.monotonic()
+        return [lid for lid in lease_ids if lid not in self.leases]
+
+    async def forget_gateway(self, gateway_id: str) -> int:
+        """A gateway shutting down gives back all its leases."""
+        self.gateways.pop(gateway_id, None)
+        mine = [lid for lid, lease in self.leases.items() if lease.gateway_id == gateway_id]
+        for lid in mine:
+            await self.release(lid, worker_ok=False)
+        return len(mine)
+
+    # --- pool ----------------------------------------------------------------------------------
+
+    def _return_worker(self, pool: Pool, worker: WorkerRef, healthy: bool) -> None:
+        if healthy:
+            pool.idle.append(worker)
+            self._notify(pool)
+        else:
+            pool.replaced_total += 1
+            _kill(worker.actor)
+            self._top_up(pool)
+
+    def _top_up(self, pool: Pool) -> None:
+        want = min(pool.spec.pool.prewarm, pool.max_workers)
+        while len(pool.idle) + pool.starting < want and pool.total < pool.max_workers:
+            self._start_worker(pool)
+
+    def _start_worker(self, pool: Pool) -> None:
+        pool.starting += 1
+        pool.started_total += 1
+        task = asyncio.get_running_loop().create_task(self._run_start(pool))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_start(self, pool: Pool) -> None:
+        from workers.worker import Worker
+
+        spec = pool.spec.pool
+        options: dict[str, Any] = {"max_restarts": 0, "max_concurrency": 4}
+        if spec.num_cpus is not None:
+            options["num_cpus"] = spec.num_cpus
+        if spec.num_gpus is not None:
+            options["num_gpus"] = spec.num_gpus
+        if spec.memory is not None:
+            options["memory"] = spec.memory
+        if spec.resources:
+            options["resources"] = dict(spec.resources)
+        actor = None
+        try:
+            actor = ray.remote(Worker).options(**options).remote(pool.spec.handler, pool.spec.event_id)
+            info = await asyncio.wait_for(actor.ready.remote(), C.WORKER_START_TIMEOUT_S)
+        except Exception as exc:
+            pool.last_error = f"worker for {pool.spec.event_id} failed to start: {_reason(exc)}"
+            log.error("%s", pool.last_error)
+            if actor is not None:
+                _kill(actor)
+            pool.starting -= 1
+            self._notify(pool)
+            return
+        pool.starting -= 1
+        if self.pools.get(pool.spec.event_id) is not pool:  # dropped while it started
+            _kill(actor)
+            return
+        pool.last_error = ""
+        pool.idle.append(WorkerRef(actor, info))
+        self._notify(pool)
+
+    def _notify(self, pool: Pool) -> None:
+        async def notify() -> None:
+            async with pool.available:
+                pool.available.notify_all()
+
+        task = asyncio.get_running_loop().create_task(notify())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- monitoring ------------------------------------------------------------------------------
+
+    def _ensure_monitor(self) -> None:
+        if self._monitor is None:
+            self._monitor = asyncio.get_running_loop().create_task(self._monitor_loop())
+
+    async def _monitor_loop(self) -> None:
+        while True:
+            await asyncio.sleep(MONITOR_INTERVAL_S)
+            now = time.monotonic()
+            for gid, seen in list(self.gateways.items()):
+                if now - seen > C.GATEWAY_TTL_S:
+                    log.warning("gateway %s silent for %.0f s: reclaiming its leases", gid, now - seen)
+                    await self.forget_gateway(gid)
+            for lid, lease in list(self.leases.items()):
+                pool = self.pools.get(lease.event_id)
+                limit = pool.spec.time_limit if pool is not None else None
+                if limit is not None and lease.streaming_since is not None and now - lease.streaming_since > limit + TIME_LIMIT_GRACE_S:
+                    log.warning("lease %s outlived its time limit: reclaiming", lid)
+                    await self.release(lid, worker_ok=False)
+
+    async def status(self) -> dict[str, Any]:
+        return {
+            "events": {
+                eid: {
+                    "limit": p.spec.concurrency_limit,
+                    "active": len(p.busy),
+                    "leases": sum(1 for lease in self.leases.values() if lease.event_id == eid),
+                    "idle": len(p.idle),
+                    "starting": p.starting,
+                    "workers": [w.info for w in (*p.idle, *p.busy.values())],
+                    "started_total": p.started_total,
+                    "replaced_total": p.replaced_total,
+                    "last_error": p.last_error,
+                }
+                for eid, p in self.pools.items()
+            },
+            "leases": len(self.leases),
+            "gateways": list(self.gateways),
+        }
+
+    async def shutdown(self) -> None:
+        """Kill every worker (used when the deployment stops)."""
+        for pool in self.pools.values():
+            for w in (*pool.idle, *pool.busy.values()):
+                _kill(w.actor)
+            pool.idle.clear()
+            pool.busy.clear()
+        self.leases.clear()
+        self.pools.clear()
+
+
+def _kill(actor: Any) -> None:
+    try:
+        ray.kill(actor, no_restart=True)
+    except Exception:
+        pass
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else type(exc).__name__
+
+
+SchedulerActor = ray.remote(num_cpus=0)(Scheduler)
+
+
+def get_scheduler(detached: bool = False) -> Any:
+    """The deployment's scheduler actor, created on first use."""
+    options: dict[str, Any] = {
+        "name": C.SCHEDULER_NAME,
+        "namespace": C.RAY_NAMESPACE,
+        "get_if_exists": True,
+        "max_concurrency": 1000,
+    }
+    if detached:
+        options["lifetime"] = "detached"
+    return SchedulerActor.options(**options).remote()

@@ -1,0 +1,431 @@
+"""One session: one client's peer connection, bound to one worker for its whole life.
+
+Media path (all on the gateway's event loop, nothing optional per frame):
+  client track --decode (aiortc)--> RGB ndarray --FrameChannel--> worker
+  worker --FrameChannel--> WorkerVideoTrack.recv() --encode (aiortc)--> client
+
+Every way a session ends goes through :meth:`Session.aclose`, which is idempotent and gives
+back everything: the peer connection, the link and both segments, the watchdog and media
+tasks, and the scheduler lease (marking the worker for replacement if it misbehaved).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import time
+from collections.abc import Callable
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any
+
+import av
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError
+
+from runtime import constants as C
+from runtime.channel import FrameChannel, Segment
+from runtime.wire import Control, Error, Hello, Message, Outputs, Ready, WireError
+
+if TYPE_CHECKING:
+    from runtime.gateway import Gateway, StreamEvent
+
+log = logging.getLogger("rtcpool.session")
+
+WATCHDOG_INTERVAL_S = 0.25  # how often connect timeout, inactivity and time limit are checked
+OUTPUTS_QUEUE_MAX = 1024  # AdditionalOutputs kept for a consumer that is not reading
+
+
+class WorkerGone(Exception):
+    pass
+
+
+class WorkerVideoTrack(MediaStreamTrack):
+    """The processed video: whatever the worker last produced, latest-frame-wins."""
+
+    kind = "video"
+
+    def __init__(self, session: Session) -> None:
+        super().__init__()
+        self._session = session
+        self._wake = asyncio.Event()
+        self._last_pts = -1
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def recv(self) -> av.VideoFrame:
+        session = self._session
+        while True:
+            if self.readyState != "live" or session.closed:
+                raise MediaStreamError
+            got = session.channel.take_video() if session.channel is not None else None
+            if got is not None:
+                break
+            self._wake.clear()
+            if session.channel is not None and session.channel.has_video():
+                continue
+            await self._wake.wait()
+        header, view = got
+        frame = av.VideoFrame.from_ndarray(view, format="rgb24")  # copies out of the slot
+        session.channel.release_video()
+        # the encoder needs rising pts; a handler may emit several frames for one input
+        pts = header.pts if header.pts > self._last_pts else self._last_pts + 1
+        self._last_pts = pts
+        frame.pts = pts
+        frame.time_base = Fraction(header.time_base_num, header.time_base_den or C.VIDEO_CLOCK_RATE)
+        session.frames_out += 1
+        return frame
+
+    def stop(self) -> None:
+        super().stop()
+        self._wake.set()
+
+
+class Session:
+    def __init__(self, gateway: Gateway, event: StreamEvent, webrtc_id: str, lease: dict[str, Any]) -> None:
+        self.gateway = gateway
+        self.event = event
+        self.webrtc_id = webrtc_id
+        self.lease = lease
+        self.lease_id: str = lease["lease_id"]
+        self.worker_pid: int = lease["pid"]
+        self.loop = asyncio.get_running_loop()
+        self.pc: RTCPeerConnection | None = None
+        self.channel: FrameChannel | None = None
+        self.data_channel: Any = None
+        self._pending_messages: list[str] = []
+        self.video_out: WorkerVideoTrack | None = None
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.closed = False
+        self._closing: asyncio.Task[None] | None = None
+        self._link_closed = asyncio.Event()
+        self.worker_ok = True
+        self.created_at = time.monotonic()
+        self.connected_at: float | None = None
+        self.media_since: float | None = None
+        self.last_media = time.monotonic()
+        self.frames_in = 0
+        self.frames_out = 0
+        self.outputs: asyncio.Queue[list[Any]] = asyncio.Queue(OUTPUTS_QUEUE_MAX)
+        self.on_outputs: list[Callable[[list[Any]], None]] = []
+        self.args: list[Any] = list(event.initial_args)
+        self.args_set = False
+        self._warned_oversize = False
+
+    # --- start --------------------------------------------------------------------------------
+
+    async def start(self, sdp: str, type_: str) -> RTCSessionDescription:
+        """Bind the worker, answer the offer. Raises on any failure, leaving nothing behind
+        for the caller but :meth:`aclose`."""
+        await self._connect_worker()
+        cfg = self.gateway.config.gateway
+        ice = [RTCIceServer(urls=s.urls, username=s.username, credential=s.credential) for s in cfg.ice_servers]
+        pc = self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
+        pc.on("connectionstatechange", self._on_connection_state)
+        pc.on("datachannel", self._on_datachannel)
+        pc.on("track", self._on_track)
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=type_))
+        if self.event.mode in ("send-receive", "receive") and self.event.has_video:
+            self.video_out = WorkerVideoTrack(self)
+            pc.addTrack(self.video_out)
+        answer = await pc.createAnswer()
+        await pc.setLocalDescription(answer)  # aiortc gathers all candidates here (no trickle)
+        self._spawn(self._watchdog())
+        if self.event.mode == "receive":
+            self.media_since = time.monotonic()
+        return pc.localDescription
+
+    async def _connect_worker(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        sock.setblocking(False)
+        up = down = None
+        try:
+            await asyncio.wait_for(self.loop.sock_connect(sock, self.lease["endpoint"]), C.WORKER_CONNECT_TIMEOUT_S)
+            up = Segment.create(self.gateway.geometry)
+            down = Segment.create(self.gateway.geometry)
+            sock.send(
+                Hello(
+                    session_id=self.webrtc_id,
+                    up_segment=up.name,
+                    down_segment=down.name,
+                    mode=self.event.mode,
+                    modality=self.event.modality,
+                    args=self.args,
+                    args_set=self.args_set,
+                ).encode()
+            )
+            ready = asyncio.get_running_loop().create_future()
+            self.channel = FrameChannel(
+                sock,
+                tx=up,
+                rx=down,
+                on_video=self._on_worker_video,
+                on_control=lambda m: self._on_first_control(m, ready),
+                on_closed=self._on_link_closed,
+            )
+            self.loop.add_reader(sock.fileno(), self.channel.pump)
+            await asyncio.wait_for(ready, C.WORKER_CONNECT_TIMEOUT_S)
+            self.channel.on_control = self._on_control
+        except BaseException as exc:
+            self.worker_ok = False
+            if self.channel is None:
+                sock.close()
+                for seg in (up, down):
+                    if seg is not None:
+                        seg.close()
+            raise WorkerGone(f"worker {self.worker_pid} did not take the session: {exc!r}") from exc
+
+    def _on_first_control(self, msg: Control, ready: asyncio.Future[None]) -> None:
+        if isinstance(msg, Ready) and not ready.done():
+            ready.set_result(None)
+        else:
+            self._on_control(msg)
+
+    # --- worker -> gateway ----------------------------------------------------------------------
+
+    def _on_worker_video(self) -> None:
+        if self.video_out is not None:
+            self.video_out.wake()
+
+    def _on_control(self, msg: Control) -> None:
+        if isinstance(msg, Outputs):
+            values = msg.values
+            for fn in self.on_outputs:
+                fn(values)
+            if self.outputs.full():
+                self.outputs.get_nowait()  # a consumer that does not read loses the oldest
+            self.outputs.put_nowait(values)
+            self.send_client("fetch_output", None)
+        elif isinstance(msg, Error):
+            self.send_client_error(msg.message)
+        elif isinstance(msg, Message):
+            if msg.type == "end_stream":
+                self.send_client("end_stream", msg.data)
+                self.close_soon("handler ended the stream", delay=C.END_STREAM_GRACE_S)
+            else:
+                self.send_client(msg.type, msg.data)
+
+    def _on_link_closed(self, reason: str) -> None:
+        self._link_closed.set()
+        if self.closed:
+            return
+        # the worker ended the link without being asked: its process died or gave up
+        self.worker_ok = False
+        self.send_client_error(f"the worker for this stream stopped ({reason})")
+        self.send_client("end_stream", {"reason": "worker_failed"})
+        self.close_soon(f"worker link closed: {reason}", delay=0.05)
+
+    # --- client -> gateway ----------------------------------------------------------------------
+
+    def _on_connection_state(self) -> None:
+        assert self.pc is not None
+        state = self.pc.connectionState
+        if state == "connected" and self.connected_at is None:
+            self.connected_at = time.monotonic()
+        elif state in ("failed", "closed"):
+            self.close_soon(f"peer connection {state}")
+
+    def _on_datachannel(self, channel: Any) -> None:
+        if channel.label != "text":
+            log.warning("session %s: ignoring data channel %r", self.webrtc_id, channel.label)
+            return
+        self.data_channel = channel
+        channel.on("message", self._on_client_message)
+        channel.on("open", self._flush_messages)
+        if channel.readyState == "open":
+            self._flush_messages()
+
+    def _on_client_message(self, message: Any) -> None:
+        if isinstance(message, bytes) or len(message) > C.MAX_DATA_CHANNEL_MESSAGE_BYTES:
+            self.send_client_warning("data channel messages must be JSON text of at most "
+                                     f"{C.MAX_DATA_CHANNEL_MESSAGE_BYTES} bytes")
+            return
+        try:
+            msg = json.loads(message)
+            kind = msg["type"]
+        except (ValueError, KeyError, TypeError):
+            self.send_client_warning("data channel message is not JSON with a 'type'")
+            return
+        if kind == "ping":
+            self.send_client("pong", msg.get("data"))
+        elif kind == "set_input":
+            args = msg.get("data")
+            if not isinstance(args, list):
+                self.send_client_warning("set_input wants a list of values")
+                return
+            self.set_args(args)
+        else:
+            self.send_client_warning(f"unknown message type {kind!r}")
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "video" and self.event.has_video and self.event.mode in ("send-receive", "send"):
+            self._spawn(self._pump_video_in(track))
+        elif track.kind == "audio":
+            # audio transport lands with the audio issue; consume so the receiver does not stall
+            self._spawn(self._drain(track))
+
+    async def _drain(self, track: MediaStreamTrack) -> None:
+        try:
+            while True:
+                await track.recv()
+                self.last_media = time.monotonic()
+        except MediaStreamError:
+            return
+
+    async def _pump_video_in(self, track: MediaStreamTrack) -> None:
+        channel = self.channel
+        assert channel is not None
+        max_pixels = self.gateway.config.gateway.max_frame_pixels
+        try:
+            while not self.closed:
+                frame = await track.recv()
+                now = time.monotonic()
+                self.last_media = now
+                if self.media_since is None:
+                    self._media_started(now)
+                if frame.width * frame.height > max_pixels:
+                    if not self._warned_oversize:
+                        self._warned_oversize = True
+                        self.send_client_warning(
+                            f"video frames of {frame.width}x{frame.height} exceed the {max_pixels}-pixel limit and are dropped"
+                        )
+                    continue
+                tb = frame.time_base or Fraction(1, C.VIDEO_CLOCK_RATE)
+                channel.send_video(frame.to_ndarray(format="rgb24"), frame.pts or 0, (tb.numerator, tb.denominator))
+                self.frames_in += 1
+        except MediaStreamError:
+            return
+
+    def _media_started(self, now: float) -> None:
+        self.media_since = now
+        self._spawn(self._mark_streaming())
+
+    async def _mark_streaming(self) -> None:
+        try:
+            await asyncio.wait_for(self.gateway.scheduler.mark_streaming.remote(self.lease_id), C.RAY_CALL_TIMEOUT_S)
+        except Exception as exc:
+            log.warning("session %s: scheduler did not take mark_streaming: %s", self.webrtc_id, exc)
+
+    # --- arguments ---------------------------------------------------------------------------------
+
+    def set_args(self, args: list[Any]) -> None:
+        from runtime.wire import Args
+
+        self.args = list(args)
+        self.args_set = True
+        if self.channel is not None and not self.channel.closed:
+            try:
+                self.channel.send_control(Args(self.args))
+            except (TypeError, WireError) as exc:
+                self.send_client_warning(f"inputs cannot reach the worker: {exc}")
+
+    # --- messages to the client ----------------------------------------------------------------------
+
+    def send_client(self, type_: str, data: Any) -> None:
+        self._send_json({"type": type_, "data": data})
+
+    def send_client_error(self, message: str) -> None:
+        self._send_json({"type": "error", "message": message})
+
+    def send_client_warning(self, message: str) -> None:
+        self._send_json({"type": "warning", "message": message})
+
+    def _send_json(self, obj: dict[str, Any]) -> None:
+        try:
+            text = json.dumps(obj, default=str)
+        except (TypeError, ValueError):
+            text = json.dumps({"type": obj.get("type"), "data": str(obj.get("data"))})
+        dc = self.data_channel
+        if dc is not None and dc.readyState == "open":
+            dc.send(text)
+        else:
+            self._pending_messages.append(text)
+
+    def _flush_messages(self) -> None:
+        dc = self.data_channel
+        while self._pending_messages and dc is not None and dc.readyState == "open":
+            dc.send(self._pending_messages.pop(0))
+
+    # --- watchdog --------------------------------------------------------------------------------------
+
+    async def _watchdog(self) -> None:
+        cfg = self.gateway.config.gateway
+        time_limit = self.event.time_limit
+        while not self.closed:
+            await asyncio.sleep(WATCHDOG_INTERVAL_S)
+            now = time.monotonic()
+            if self.connected_at is None and now - self.created_at > cfg.connect_timeout_s:
+                self.close_soon("connect timeout")
+                return
+            if self.event.mode != "receive" and self.connected_at is not None and now - self.last_media > cfg.media_inactivity_timeout_s:
+                self.close_soon("no media from the client")
+                return
+            if time_limit is not None and self.media_since is not None and now - self.media_since >= time_limit:
+                self.send_client("end_stream", {"reason": "time_limit_reached", "time_limit": time_limit})
+                self.close_soon("time limit reached", delay=C.END_STREAM_GRACE_S)
+                return
+
+    # --- ending --------------------------------------------------------------------------------------
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = self.loop.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    def close_soon(self, reason: str, delay: float = 0.0) -> None:
+        if self._closing is None and not self.closed:
+            self._closing = self.loop.create_task(self._close_after(reason, delay))
+
+    async def _close_after(self, reason: str, delay: float) -> None:
+        if delay:
+            await asyncio.sleep(delay)
+        await self.aclose(reason)
+
+    async def aclose(self, reason: str = "closed") -> None:
+        """End the session and give everything back. Safe to call twice, from any path."""
+        if self.closed:
+            return
+        self.closed = True
+        log.info("session %s ends: %s", self.webrtc_id, reason)
+        current = asyncio.current_task()
+        for task in list(self.tasks):
+            if task is not current:
+                task.cancel()
+        if self.video_out is not None:
+            self.video_out.stop()
+        ch = self.channel
+        if ch is not None:
+            if not ch.closed:
+                # ask the worker to end its session and wait for its Close: a worker that
+                # does not answer is replaced rather than handed to the next user
+                try:
+                    ch.send_control(_close_message(reason))
+                    await asyncio.wait_for(self._link_closed.wait(), C.CLOSE_ACK_TIMEOUT_S)
+                except (asyncio.TimeoutError, OSError, WireError):
+                    self.worker_ok = False
+            try:
+                self.loop.remove_reader(ch.sock.fileno())
+            except (ValueError, OSError):
+                pass
+            ch.close(reason, notify=False)
+        if self.pc is not None:
+            try:
+                await asyncio.wait_for(self.pc.close(), C.CLOSE_ACK_TIMEOUT_S)
+            except Exception as exc:
+                log.warning("session %s: peer connection close failed: %s", self.webrtc_id, exc)
+        await self.gateway._session_ended(self)
+
+
+def _close_message(reason: str) -> Any:
+    from runtime.wire import Close
+
+    return Close(reason)

@@ -1,0 +1,233 @@
+"""The data plane's formats, defined once and imported by the gateway and the worker alike.
+
+Three things cross between a gateway and a worker for a session:
+
+* **Segments** (shared memory, one per direction). A 64-byte segment header, then the
+  video slots, then the audio slots. Every slot is a 64-byte slot header followed by its
+  payload (C-contiguous array bytes).
+* **Link messages** on a connected Unix SOCK_SEQPACKET socket (the doorbell). Each message
+  is one datagram whose first byte is its type:
+  ``F`` a frame is ready in a slot, ``R`` a slot is given back, ``C`` a msgpack control map.
+  The kernel orders them, so a slot's bytes are visible before its ``F`` arrives.
+* **Control messages**: small dataclasses with an explicit ``encode``/``decode`` to and from
+  msgpack. Nothing on the data plane is ever pickled.
+
+This module imports only the standard library, numpy and msgpack, so a worker process
+loads nothing of the gateway.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+import msgpack
+import numpy as np
+
+# --- segment layout -----------------------------------------------------------------------
+SEGMENT_MAGIC = b"RTCP"
+SEGMENT_VERSION = 1
+# magic, version, video_slots, video_slot_bytes, audio_slots, audio_slot_bytes
+SEGMENT_HEADER = struct.Struct("<4sHHIHI")
+SEGMENT_HEADER_BYTES = 64  # the header struct, padded so slots start cache-line aligned
+
+# seq, pts, time_base num, time_base den, sample_rate, nbytes, kind, dtype, layout, ndim, shape[3]
+SLOT_HEADER = struct.Struct("<QqIIIIBBBB3I")
+SLOT_HEADER_BYTES = 64  # the header struct (48 bytes), padded so the payload is aligned
+
+KIND_VIDEO = 1
+KIND_AUDIO = 2
+
+# dtype codes: a fixed table, never a pickled dtype
+DTYPES: tuple[np.dtype, ...] = (
+    np.dtype("uint8"),
+    np.dtype("int16"),
+    np.dtype("float32"),
+    np.dtype("int32"),
+    np.dtype("float64"),
+    np.dtype("uint16"),
+)
+DTYPE_CODES = {dt: i for i, dt in enumerate(DTYPES)}
+
+LAYOUTS = ("", "mono", "stereo")
+LAYOUT_CODES = {name: i for i, name in enumerate(LAYOUTS)}
+
+
+@dataclass(slots=True)
+class SlotHeader:
+    """What a slot holds. ``shape`` has ``ndim`` meaningful entries."""
+
+    seq: int
+    pts: int
+    time_base_num: int
+    time_base_den: int
+    sample_rate: int
+    nbytes: int
+    kind: int
+    dtype: int
+    layout: int
+    ndim: int
+    shape: tuple[int, int, int]
+
+    def pack_into(self, buf: memoryview, offset: int) -> None:
+        SLOT_HEADER.pack_into(
+            buf,
+            offset,
+            self.seq,
+            self.pts,
+            self.time_base_num,
+            self.time_base_den,
+            self.sample_rate,
+            self.nbytes,
+            self.kind,
+            self.dtype,
+            self.layout,
+            self.ndim,
+            *self.shape,
+        )
+
+    @classmethod
+    def unpack_from(cls, buf: memoryview, offset: int) -> SlotHeader:
+        v = SLOT_HEADER.unpack_from(buf, offset)
+        return cls(*v[:10], shape=(v[10], v[11], v[12]))
+
+
+# --- link messages --------------------------------------------------------------------------
+MSG_FRAME = ord("F")
+MSG_RELEASE = ord("R")
+MSG_CONTROL = ord("C")
+SLOT_MESSAGE = struct.Struct("<BBH")  # type, kind, slot index
+MAX_CONTROL_BYTES = 4 * 1024 * 1024  # a control message larger than this is refused
+LINK_RECV_BYTES = MAX_CONTROL_BYTES + 1  # recv buffer: any message that fits, plus one to detect overflow
+
+
+class WireError(ValueError):
+    """A message or segment that does not follow this module's layout."""
+
+
+# --- control messages -----------------------------------------------------------------------
+
+
+def _encode_default(obj: Any) -> Any:
+    """msgpack fallback for values users put in args and AdditionalOutputs."""
+    if isinstance(obj, np.ndarray):
+        return msgpack.ExtType(1, _pack_array(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, tuple):
+        return list(obj)
+    raise TypeError(f"cannot send a value of type {type(obj).__name__} between processes")
+
+
+def _pack_array(a: np.ndarray) -> bytes:
+    a = np.ascontiguousarray(a)
+    return msgpack.packb([a.dtype.str, list(a.shape), a.tobytes()])
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code == 1:
+        dtype, shape, raw = msgpack.unpackb(data)
+        return np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(shape).copy()
+    return msgpack.ExtType(code, data)
+
+
+def packb(value: Any) -> bytes:
+    return msgpack.packb(value, default=_encode_default, use_bin_type=True)
+
+
+def unpackb(data: bytes) -> Any:
+    return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
+
+
+_CONTROL_TYPES: dict[str, type[Control]] = {}
+
+
+@dataclass
+class Control:
+    """Base of control messages; ``TYPE`` is the id written on the wire."""
+
+    TYPE: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        _CONTROL_TYPES[cls.TYPE] = cls
+
+    def encode(self) -> bytes:
+        body = asdict(self)
+        body["t"] = self.TYPE
+        return bytes((MSG_CONTROL,)) + packb(body)
+
+    @staticmethod
+    def decode(data: bytes | memoryview) -> Control:
+        try:
+            body = unpackb(bytes(data[1:]))
+            cls = _CONTROL_TYPES[body.pop("t")]
+            return cls(**body)
+        except Exception as exc:  # any malformed map is one kind of error to the caller
+            raise WireError(f"malformed control message: {exc}") from exc
+
+
+@dataclass
+class Hello(Control):
+    """Gateway -> worker, first message of a session: where its segments are, what it streams."""
+
+    TYPE: ClassVar[str] = "hello"
+    session_id: str
+    up_segment: str  # gateway writes, worker reads
+    down_segment: str  # worker writes, gateway reads
+    mode: str
+    modality: str
+    args: list[Any] = field(default_factory=list)
+    args_set: bool = False
+
+
+@dataclass
+class Ready(Control):
+    """Worker -> gateway: the handler copy exists and the segments are attached."""
+
+    TYPE: ClassVar[str] = "ready"
+    pid: int
+    node_id: str = ""
+
+
+@dataclass
+class Args(Control):
+    """Gateway -> worker: the stream's additional inputs changed (``latest_args[1:]``)."""
+
+    TYPE: ClassVar[str] = "args"
+    args: list[Any]
+
+
+@dataclass
+class Outputs(Control):
+    """Worker -> gateway: one ``AdditionalOutputs`` yielded by the handler, in order."""
+
+    TYPE: ClassVar[str] = "outputs"
+    seq: int
+    values: list[Any]
+
+
+@dataclass
+class Message(Control):
+    """Worker -> gateway: a message for the client's data channel (``{"type", "data"}``)."""
+
+    TYPE: ClassVar[str] = "message"
+    type: str
+    data: Any = None
+
+
+@dataclass
+class Error(Control):
+    """Worker -> gateway: the handler raised; the session goes on."""
+
+    TYPE: ClassVar[str] = "error"
+    message: str
+
+
+@dataclass
+class Close(Control):
+    """Either way: the session ends. The worker answers a gateway's Close with its own."""
+
+    TYPE: ClassVar[str] = "close"
+    reason: str = ""

@@ -1,0 +1,165 @@
+"""Session-wide fixtures: one local Ray for the whole run, and gateways served on loopback.
+
+Ray starts once per test session (~5 s); every gateway in the run shares it and its
+scheduler. Each test app registers stream ids of its own, so pools never mix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+SERVER_START_TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def shm_segments() -> set[str]:
+    return {n for n in os.listdir("/dev/shm") if n.startswith("rtcpool-")}
+
+
+def open_fds() -> int:
+    return len(os.listdir(f"/proc/{os.getpid()}/fd"))
+
+
+def wait_until(pred: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+async def async_wait_until(pred: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value or time.monotonic() > deadline:
+            return value
+        await asyncio.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[Any]:
+    import ray
+
+    from runtime import constants as C
+
+    if not ray.is_initialized():
+        ray.init(namespace=C.RAY_NAMESPACE, include_dashboard=False, log_to_driver=True)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+@dataclass
+class Served:
+    """A gateway serving a FastAPI app on loopback, in a thread of this process."""
+
+    gateway: Any
+    url: str
+    server: Any
+    thread: threading.Thread
+    app: Any
+
+    def run(self, coro: Any, timeout: float = 60.0) -> Any:
+        """Run a coroutine on the server's event loop (gateway state lives there)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self.server.rtcpool_loop
+
+    def status(self) -> dict[str, Any]:
+        import ray
+
+        return ray.get(self.gateway.scheduler.status.remote(), timeout=10)
+
+    def leases(self) -> int:
+        return sum(e["leases"] for eid, e in self.status()["events"].items() if eid in self.gateway.events)
+
+
+def _loopback_config(**gateway: Any) -> Any:
+    from runtime.config import load_config
+
+    return load_config(overrides={"gateway": {"ice_host_addresses": ["127.0.0.1"], **gateway}})
+
+
+@contextlib.contextmanager
+def serve_gateway(gateway: Any, warm: bool = True) -> Iterator[Served]:
+    """Start ``gateway`` (Ray must be up), serve it with uvicorn+uvloop on a free port."""
+    import uvicorn
+    from fastapi import FastAPI
+
+    gateway.start()
+    if warm:
+        gateway.wait_warm()
+    app = FastAPI()
+    gateway.mount(app)
+    port = free_port()
+
+    class Server(uvicorn.Server):
+        rtcpool_loop: asyncio.AbstractEventLoop
+
+        async def startup(self, sockets: Any = None) -> None:
+            self.rtcpool_loop = asyncio.get_running_loop()
+            await super().startup(sockets)
+
+        def install_signal_handlers(self) -> None:  # runs in a thread
+            pass
+
+    server = Server(uvicorn.Config(app, host="127.0.0.1", port=port, loop="uvloop", log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, name="gateway-server", daemon=True)
+    thread.start()
+    if not wait_until(lambda: server.started, SERVER_START_TIMEOUT_S):
+        raise RuntimeError("gateway server did not start")
+    served = Served(gateway, f"http://127.0.0.1:{port}", server, thread, app)
+    try:
+        yield served
+    finally:
+        with contextlib.suppress(Exception):
+            served.run(gateway.aclose(drop_pools=True), timeout=30)
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def make_gateway(ray_session: Any) -> Callable[..., Any]:
+    """``with make_gateway(add_streams_fn, **gateway_cfg) as served:`` -- a fresh app."""
+
+    @contextlib.contextmanager
+    def factory(setup: Callable[[Any], None], warm: bool = True, **gateway_cfg: Any) -> Iterator[Served]:
+        from runtime.gateway import Gateway
+
+        gw = Gateway(_loopback_config(**gateway_cfg))
+        setup(gw)
+        with serve_gateway(gw, warm=warm) as served:
+            yield served
+
+    return factory

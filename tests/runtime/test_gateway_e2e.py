@@ -1,0 +1,80 @@
+"""A real aiortc client against a real gateway, with handlers in real Ray worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import numpy as np
+import pytest
+
+from runtime.client import Client, read_counter
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+def invert(frame: np.ndarray) -> np.ndarray:
+    return 255 - frame
+
+
+def report_pid(frame: np.ndarray) -> np.ndarray:
+    """Writes this process's pid into the first row so the test can read where it ran."""
+    out = frame.copy()
+    pid = os.getpid()
+    out[100:140, : 32 * 20] = 0
+    for i in range(32):
+        if (pid >> i) & 1:
+            out[100:140, i * 20 : i * 20 + 20] = 255
+    return out
+
+
+def read_pid(frame: np.ndarray) -> int:
+    return sum(1 << i for i in range(32) if frame[110:130, i * 20 + 5 : i * 20 + 15].mean() > 128)
+
+
+@pytest.fixture(scope="module")
+def invert_app(make_gateway):
+    with make_gateway(lambda gw: gw.add_stream(invert, event_id="e2e-invert", concurrency_limit=2)) as served:
+        yield served
+
+
+async def test_frames_come_back_inverted(invert_app):
+    client = Client(invert_app.url)
+    await client.connect()
+    await asyncio.wait_for(client.first_frame.wait(), 30)
+    await asyncio.sleep(1.0)
+    got = client.frames[-1].astype(int)
+    sent = client.source.base.astype(int)
+    report = await client.close()
+    assert report.received > 10
+    # the picture region below the counter strip: received is the inverse of what was sent
+    region = (slice(60, 460), slice(20, 620))
+    err = np.abs(got[region] - (255 - sent[region])).mean()
+    same = np.abs(got[region] - sent[region]).mean()
+    assert err < 12, f"received frame is not the inverse (mean error {err:.1f})"
+    assert same > 60, "received frame looks unprocessed"
+
+
+async def test_handler_runs_in_another_process(make_gateway):
+    with make_gateway(lambda gw: gw.add_stream(report_pid, event_id="e2e-pid")) as served:
+        client = Client(served.url)
+        await client.connect()
+        await asyncio.wait_for(client.first_frame.wait(), 30)
+        await asyncio.sleep(0.5)
+        pid = read_pid(client.frames[-1])
+        await client.close()
+        workers = served.status()["events"]["e2e-pid"]["workers"]
+    assert pid != os.getpid()
+    assert pid in {w["pid"] for w in workers}
+
+
+async def test_counter_survives_identity_round_trip(make_gateway):
+    with make_gateway(lambda gw: gw.add_stream(lambda f: f, event_id="e2e-identity")) as served:
+        client = Client(served.url)
+        await client.connect()
+        await asyncio.wait_for(client.first_frame.wait(), 30)
+        await asyncio.sleep(1.0)
+        assert read_counter(client.frames[-1]) is not None
+        report = await client.close()
+    assert report.marked > 10
+    assert report.percentile(50) is not None

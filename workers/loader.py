@@ -1,0 +1,118 @@
+"""How a user's handler reaches a worker process.
+
+Two ways, tried in order:
+
+1. **By value** (cloudpickle): functions and handlers whose state pickles, including ones
+   defined in ``__main__`` or a test module. The worker needs nothing of the app.
+2. **By re-import**, like ``multiprocessing``'s spawn: the worker runs the app's file under
+   another module name, with ``RTCPOOL_WORKER_IMPORT`` set so that stream registrations
+   record their handler instead of starting a gateway and ``launch()`` does nothing. The
+   handler is then the ``event_index``-th one the file registered. This serves handlers
+   that close over unpicklable globals (an OpenCV network, a ``queue.Queue``), which the
+   seed examples do.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import cloudpickle
+
+WORKER_IMPORT_ENV = "RTCPOOL_WORKER_IMPORT"
+APP_MODULE_NAME = "__rtcpool_app__"
+OWN_PACKAGES = ("runtime", "workers", "gradio_ext")
+
+# handlers registered while an app file is imported inside a worker, in registration order
+REGISTRY: list[Any] = []
+
+
+class HandlerLoadError(RuntimeError):
+    pass
+
+
+@dataclass
+class HandlerSpec:
+    blob: bytes | None = None
+    app_path: str | None = None
+    event_index: int = 0
+    sys_path: list[str] = field(default_factory=list)
+    name: str = ""
+
+
+def in_worker_import() -> bool:
+    return os.environ.get(WORKER_IMPORT_ENV) == "1"
+
+
+def register(handler: Any) -> int:
+    """Record a stream's handler while an app is imported in a worker; returns its index."""
+    REGISTRY.append(handler)
+    return len(REGISTRY) - 1
+
+
+def make_spec(handler: Any, event_index: int) -> HandlerSpec:
+    """Build the spec in the gateway. ``event_index`` counts the app's stream registrations."""
+    name = getattr(handler, "__qualname__", type(handler).__qualname__)
+    module = sys.modules.get(getattr(handler, "__module__", "") or type(handler).__module__)
+    path = getattr(module, "__file__", None)
+    app_path = os.path.abspath(path) if path else None
+    paths = [p for p in sys.path if p and os.path.isdir(p)]
+    try:
+        if module is not None and _defined_outside_site_packages(module):
+            # code the worker may not be able to import goes by value
+            cloudpickle.register_pickle_by_value(module)
+        blob = cloudpickle.dumps(handler)
+    except Exception:
+        blob = None
+    if blob is None and app_path is None:
+        raise HandlerLoadError(
+            f"handler {name} neither pickles nor lives in a file a worker could import"
+        )
+    return HandlerSpec(blob=blob, app_path=app_path, event_index=event_index, sys_path=paths, name=name)
+
+
+def _defined_outside_site_packages(module: Any) -> bool:
+    if module.__name__ == "__main__":
+        return False  # cloudpickle already pickles __main__ by value
+    if module.__name__.split(".")[0] in OWN_PACKAGES:
+        return False  # by value, our base classes would lose their identity in the worker
+    path = getattr(module, "__file__", "") or ""
+    return bool(path) and "site-packages" not in path and "dist-packages" not in path
+
+
+def load(spec: HandlerSpec) -> Any:
+    """Recreate the handler in this (worker) process."""
+    for p in reversed(spec.sys_path):
+        if p not in sys.path:
+            sys.path.append(p)
+    if spec.blob is not None:
+        try:
+            return cloudpickle.loads(spec.blob)
+        except Exception as exc:
+            if spec.app_path is None:
+                raise HandlerLoadError(f"cannot unpickle handler {spec.name}: {exc}") from exc
+    return _load_by_import(spec)
+
+
+def _load_by_import(spec: HandlerSpec) -> Any:
+    assert spec.app_path is not None
+    if not os.path.isfile(spec.app_path):
+        raise HandlerLoadError(f"app file {spec.app_path} is not on this host")
+    REGISTRY.clear()
+    os.environ[WORKER_IMPORT_ENV] = "1"
+    app_dir = os.path.dirname(spec.app_path)
+    if app_dir not in sys.path:
+        sys.path.insert(0, app_dir)
+    try:
+        runpy.run_path(spec.app_path, run_name=APP_MODULE_NAME)
+    finally:
+        os.environ.pop(WORKER_IMPORT_ENV, None)
+    if spec.event_index >= len(REGISTRY):
+        raise HandlerLoadError(
+            f"{spec.app_path} registered {len(REGISTRY)} stream(s) in a worker, "
+            f"expected stream #{spec.event_index} ({spec.name})"
+        )
+    return REGISTRY[spec.event_index]
