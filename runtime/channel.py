@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import resource_tracker
 from multiprocessing.shared_memory import SharedMemory
+from typing import Any
 
 import numpy as np
 
@@ -51,6 +52,8 @@ from runtime.wire import (
     SLOT_MESSAGE,
     Close,
     Control,
+    Hello,
+    Ready,
     SlotHeader,
     WireError,
 )
@@ -540,6 +543,64 @@ class FrameChannel:
             pass
         self.tx.close()
         self.rx.close()
+
+
+def offer_link(sock: socket.socket, hello: Hello, geometry: Geometry | None = None, **callbacks: Any) -> FrameChannel:
+    """Gateway side of a new session on a connected socket: create both segments (this side
+    owns them), send the worker its Hello naming them, and return the channel. The worker's
+    Ready arrives as the channel's first control message."""
+    up = Segment.create(geometry)
+    try:
+        down = Segment.create(geometry)
+    except Exception:
+        up.close()
+        raise
+    hello.up_segment, hello.down_segment = up.name, down.name
+    try:
+        sock.send(hello.encode())
+    except Exception:
+        up.close()
+        down.close()
+        raise
+    return FrameChannel(sock, tx=up, rx=down, **callbacks)
+
+
+def connect_worker(endpoint: str, hello: Hello, timeout: float, geometry: Geometry | None = None, **callbacks: Any) -> tuple[FrameChannel, Ready]:
+    """Blocking: connect to a worker's endpoint and start a session (benchmarks, tools)."""
+    import select
+    import time
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(endpoint)
+    except OSError:
+        sock.close()
+        raise
+    ready: list[Ready] = []
+    user_control = callbacks.pop("on_control", None)
+
+    def first(msg: Control) -> None:
+        if isinstance(msg, Ready) and not ready:
+            ready.append(msg)
+        elif user_control is not None:
+            user_control(msg)
+
+    channel = offer_link(sock, hello, geometry, on_control=first, **callbacks)
+    deadline = time.monotonic() + timeout
+    while not ready and not channel.closed:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            channel.close("worker did not answer")
+            raise TimeoutError(f"worker at {endpoint!r} sent no ready within {timeout} s")
+        select.select([sock], [], [], left)
+        channel.pump()
+    if not ready:
+        reason = channel.close_reason
+        channel.close(reason)
+        raise ConnectionError(f"worker closed the session: {reason}")
+    channel.on_control = user_control
+    return channel, ready[0]
 
 
 def socket_pair() -> tuple[socket.socket, socket.socket]:

@@ -31,7 +31,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 
 from runtime import constants as C
-from runtime.channel import FrameChannel, Segment
+from runtime.channel import FrameChannel, offer_link
 from runtime.wire import Control, Error, Hello, Message, Outputs, Ready, WireError
 
 if TYPE_CHECKING:
@@ -146,27 +146,14 @@ class Session:
     async def _connect_worker(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         sock.setblocking(False)
-        up = down = None
         try:
             await asyncio.wait_for(self.loop.sock_connect(sock, self.lease["endpoint"]), C.WORKER_CONNECT_TIMEOUT_S)
-            up = Segment.create(self.gateway.geometry)
-            down = Segment.create(self.gateway.geometry)
-            sock.send(
-                Hello(
-                    session_id=self.webrtc_id,
-                    up_segment=up.name,
-                    down_segment=down.name,
-                    mode=self.event.mode,
-                    modality=self.event.modality,
-                    args=self.args,
-                    args_set=self.args_set,
-                ).encode()
-            )
-            ready = asyncio.get_running_loop().create_future()
-            self.channel = FrameChannel(
+            ready = self.loop.create_future()
+            hello = Hello(self.webrtc_id, "", "", self.event.mode, self.event.modality, self.args, self.args_set)
+            self.channel = offer_link(
                 sock,
-                tx=up,
-                rx=down,
+                hello,
+                self.gateway.geometry,
                 on_video=self._on_worker_video,
                 on_control=lambda m: self._on_first_control(m, ready),
                 on_closed=self._on_link_closed,
@@ -178,9 +165,6 @@ class Session:
             self.worker_ok = False
             if self.channel is None:
                 sock.close()
-                for seg in (up, down):
-                    if seg is not None:
-                        seg.close()
             raise WorkerGone(f"worker {self.worker_pid} did not take the session: {exc!r}") from exc
 
     def _on_first_control(self, msg: Control, ready: asyncio.Future[None]) -> None:
