@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set up everything (Python packages, Debian chromium, espeak-ng) and run the whole suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh --test
+. .venv/bin/activate
+export RAY_AUTH_MODE=disabled
+ruff check runtime workers gradio_ext tests scripts examples
+python -m pytest -q -p no:cacheprovider "$@"
