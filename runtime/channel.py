@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import struct
 import threading
 import uuid
 from collections import deque
@@ -150,6 +151,9 @@ class Segment:
             geometry = Geometry(vs, vb, as_, ab)
             if geometry.size > shm.size:
                 raise WireError(f"segment {name} is smaller than its header says")
+        except struct.error as exc:  # smaller than a header: not ours either
+            shm.close()
+            raise WireError(f"segment {name} is too small for a header") from exc
         except Exception:
             shm.close()
             raise
@@ -161,12 +165,15 @@ class Segment:
         if cached is not None and cached[0] == shape and cached[1] == dtype:
             return cached[2]
         assert self.buf is not None
-        arr = np.ndarray(
-            shape,
+        # Test-found (segfault): np.ndarray(buffer=memoryview) keeps only the mmap as its base
+        # and holds no buffer export, so close() unmapped under a view still in use.
+        # np.frombuffer holds an export: close() then leaves the mapping to the last view.
+        arr = np.frombuffer(
+            self.buf,
             dtype=dtype,
-            buffer=self.buf,
+            count=int(np.prod(shape)),
             offset=self.geometry.offset(kind, index) + SLOT_HEADER_BYTES,
-        )
+        ).reshape(shape)
         self._views[key] = (shape, dtype, arr)
         return arr
 
@@ -232,6 +239,7 @@ class FrameChannel:
         self.stats = ChannelStats()
         self.closed = False
         self.close_reason = ""
+        self.peer_close: Close | None = None  # the peer's Close, when it ended the link cleanly
         self._lock = threading.Lock()
         self._free = {
             KIND_VIDEO: deque(range(tx.geometry.video_slots)),
@@ -312,6 +320,11 @@ class FrameChannel:
         if not self._send_slot_message(MSG_FRAME, kind, slot):
             with self._lock:
                 self._free[kind].append(slot)
+                if not self.closed:  # the link is backlogged: a drop like any other, counted
+                    if kind == KIND_VIDEO:
+                        self.stats.video_dropped += 1
+                    else:
+                        self.stats.audio_dropped += 1
             return False
         if kind == KIND_VIDEO:
             self.stats.video_sent += 1
@@ -335,8 +348,11 @@ class FrameChannel:
         self._send_raw(bytes((MSG_CONTROL,)) + chunks[-1], must=True)
 
     def _send_slot_message(self, mtype: int, kind: int, slot: int) -> bool:
-        # pack() rather than a shared buffer: the reader and handler threads both send
-        return self._send_raw(SLOT_MESSAGE.pack(mtype, kind, slot), must=(mtype == MSG_RELEASE))
+        # pack() rather than a shared buffer: the reader and handler threads both send.
+        # Audio waits in the backlog like a release (test-found: it was dropped, uncounted,
+        # whenever a large control message was still going out, though the consumer kept up);
+        # its slots bound that backlog. Video behind a backlog is dropped: a newer frame comes.
+        return self._send_raw(SLOT_MESSAGE.pack(mtype, kind, slot), must=(mtype == MSG_RELEASE or kind == KIND_AUDIO))
 
     def _send_raw(self, data: bytes, must: bool) -> bool:
         """Send one datagram. A frame message that would block is dropped (False); a message
@@ -435,6 +451,10 @@ class FrameChannel:
             mtype = buf[0]
             try:
                 if mtype == MSG_FRAME or mtype == MSG_RELEASE:
+                    # Test-found: unpack_from read past a short datagram into the previous
+                    # message's bytes, so a truncated "F" replayed an old frame
+                    if n != SLOT_MESSAGE.size:
+                        raise WireError(f"slot message of {n} bytes, not {SLOT_MESSAGE.size}")
                     _, kind, slot = SLOT_MESSAGE.unpack_from(buf, 0)
                     if mtype == MSG_FRAME:
                         self._on_frame(kind, slot)
@@ -452,6 +472,7 @@ class FrameChannel:
                         data = bytes(view[:n])
                     msg = Control.decode(data)
                     if isinstance(msg, Close):
+                        self.peer_close = msg
                         self._closed(msg.reason or "peer closed the session")
                         return
                     if self.on_control is not None:
@@ -491,6 +512,10 @@ class FrameChannel:
             raise WireError(f"frame in slot {slot} of kind {kind}: no such slot")
         if kind == KIND_VIDEO:
             with self._lock:
+                # the producer owns only slots given back to it: a frame in a slot this side
+                # still holds would be overwritten under its reader
+                if slot == self._pending_video or slot == self._held_video:
+                    raise WireError(f"frame in video slot {slot}, which is not the producer's")
                 superseded, self._pending_video = self._pending_video, slot
             self.stats.video_received += 1
             if superseded is not None:
@@ -527,11 +552,13 @@ class FrameChannel:
         if self.on_closed is not None:
             self.on_closed(reason)
 
-    def close(self, reason: str = "closed", *, notify: bool = True) -> None:
+    def close(self, reason: str = "closed", *, notify: bool = True, retire: bool = False) -> None:
         """Tell the peer (best effort), close the link and both segments. Safe to call twice."""
-        if notify and not self.closed:
+        # the peer may have closed first: a Close still goes out, as the answer (it carries
+        # ``retire``), unless the socket itself is gone
+        if notify and self.sock.fileno() != -1:
             try:
-                self.sock.send(Close(reason).encode())
+                self.sock.send(Close(reason, retire).encode())
             except OSError:
                 pass
         self.closed = True

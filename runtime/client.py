@@ -36,6 +36,7 @@ MARK_BLOCKS = COUNTER_BITS * 2  # the counter, then its complement as a check
 OFFER_TIMEOUT_S = 90.0  # a cold pool may need to start a worker before it answers
 DEFAULT_FPS = 30.0
 DEFAULT_SIZE = (640, 480)
+AUDIO_RATE = 48_000  # Hz, what WebRTC's Opus carries
 
 
 def mark_block(width: int) -> int:
@@ -121,6 +122,41 @@ class CounterVideoTrack(MediaStreamTrack):
         return vf
 
 
+class ArrayAudioTrack(MediaStreamTrack):
+    """Mono int16 samples sent as 20 ms frames in real time; silence after the end (or loop)."""
+
+    kind = "audio"
+
+    def __init__(self, samples: np.ndarray, rate: int = AUDIO_RATE, loop: bool = False) -> None:
+        super().__init__()
+        self.samples = np.asarray(samples, dtype=np.int16).reshape(-1)
+        self.rate = rate
+        self.loop = loop
+        self.frame_samples = int(rate * C.AUDIO_FRAME_S)
+        self.pos = 0
+        self.started_at: float | None = None  # wall time (monotonic) of the first sample
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = time.monotonic()
+        if self.started_at is None:
+            self.started_at = now
+        due = self.started_at + self.pos / self.rate
+        if due > now:
+            await asyncio.sleep(due - now)
+        n = self.frame_samples
+        chunk = self.samples[self.pos : self.pos + n] if not self.loop else np.take(self.samples, range(self.pos, self.pos + n), mode="wrap")
+        if len(chunk) < n:
+            chunk = np.concatenate([chunk, np.zeros(n - len(chunk), np.int16)])
+        frame = av.AudioFrame.from_ndarray(chunk[None, :], format="s16", layout="mono")
+        frame.sample_rate = self.rate
+        frame.pts = self.pos
+        frame.time_base = Fraction(1, self.rate)
+        self.pos += n
+        return frame
+
+
 class ServerFull(Exception):
     def __init__(self, body: dict[str, Any], retry_after: str | None) -> None:
         super().__init__(f"server full: {body}")
@@ -182,13 +218,19 @@ class Client:
         image: np.ndarray | None = None,
         ice_host_addresses: list[str] | None = None,
         keep_frames: int = 1,
+        audio: np.ndarray | None = None,
+        audio_loop: bool = False,
     ) -> None:
         self.url = url.rstrip("/")
         self.mode = mode
         self.modality = modality
         self.stream_id = stream_id
         self.webrtc_id = webrtc_id or uuid.uuid4().hex[:16]
-        self.source = CounterVideoTrack(fps, size, image) if mode in ("send-receive", "send") else None
+        sends = mode in ("send-receive", "send")
+        self.source = CounterVideoTrack(fps, size, image) if sends and modality in ("video", "audio-video") else None
+        self.audio_source = ArrayAudioTrack(audio if audio is not None else np.zeros(0, np.int16), loop=audio_loop) if sends and modality in ("audio", "audio-video") else None
+        self.audio_received: list[np.ndarray] = []  # mono int16 at 48 kHz, one array per 20 ms frame
+        self.audio_times: list[float] = []  # arrival time (monotonic) of each received audio frame
         host = urlparse(self.url).hostname or ""
         if ice_host_addresses is None and (host.startswith("127.") or host == "localhost"):
             ice_host_addresses = ["127.0.0.1"]
@@ -225,10 +267,26 @@ class Client:
             self.ended.set()
 
     def _on_track(self, track: MediaStreamTrack) -> None:
-        if track.kind == "video":
-            task = asyncio.get_running_loop().create_task(self._receive(track))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        receive = self._receive if track.kind == "video" else self._receive_audio
+        task = asyncio.get_running_loop().create_task(receive(track))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _receive_audio(self, track: MediaStreamTrack) -> None:
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=AUDIO_RATE)
+        try:
+            while True:
+                frame = await track.recv()
+                now = time.monotonic()
+                for out in resampler.resample(frame):
+                    self.audio_received.append(out.to_ndarray().reshape(-1))
+                    self.audio_times.append(now)
+        except MediaStreamError:
+            return
+
+    def received_audio(self) -> np.ndarray:
+        """Everything heard so far, mono int16 at 48 kHz."""
+        return np.concatenate(self.audio_received) if self.audio_received else np.zeros(0, np.int16)
 
     async def _receive(self, track: MediaStreamTrack) -> None:
         report = self.report
@@ -251,12 +309,11 @@ class Client:
             self.ended.set()
 
     async def connect(self) -> None:
-        if self.source is not None and self.modality in ("video", "audio-video"):
-            self.pc.addTrack(self.source)
-        elif self.mode == "receive":
-            self.pc.addTransceiver("video", direction="recvonly")
-        if self.mode == "send" and self.source is None:
-            raise ValueError("mode 'send' needs a source")
+        for kind, source in (("video", self.source), ("audio", self.audio_source)):
+            if source is not None:
+                self.pc.addTrack(source)
+            elif self.mode == "receive" and (kind in self.modality):
+                self.pc.addTransceiver(kind, direction="recvonly")
         offer = await self.pc.createOffer()
         await self.pc.setLocalDescription(offer)  # gathers every candidate: no trickle needed
         body = {"sdp": self.pc.localDescription.sdp, "type": "offer", "webrtc_id": self.webrtc_id}
@@ -295,6 +352,8 @@ class Client:
         if self.source is not None:
             self.report.sent = self.source.count
             self.source.stop()
+        if self.audio_source is not None:
+            self.audio_source.stop()
         for task in list(self._tasks):
             task.cancel()
         await self.pc.close()

@@ -14,6 +14,7 @@ AUDIO_MAX_CHANNELS = 2
 AUDIO_SLOTS = 64  # audio slots per direction; the consumer copies audio out at once
 AUDIO_RING_S = 10.0  # seconds of audio a worker buffers before it drops the oldest
 AUDIO_FRAME_S = 0.020  # outgoing audio is re-framed to 20 ms, as WebRTC expects
+AUDIO_DEFAULT_RATE = 48_000  # Hz: what a plain audio function gets, and the rate of WebRTC audio
 VIDEO_CLOCK_RATE = 90_000  # RTP clock rate for video pts, in Hz
 DEFAULT_OUTPUT_FPS = 30.0  # pace of server-generated video when a generator gives no pts
 

@@ -32,7 +32,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from runtime import constants as C
 from runtime.channel import FrameChannel, offer_link
-from runtime.wire import Control, Error, Hello, Message, Outputs, Ready, WireError
+from runtime.wire import ClearAudio, Control, Error, Hello, Message, Outputs, Ready, WireError
 
 if TYPE_CHECKING:
     from runtime.gateway import Gateway, StreamEvent
@@ -40,6 +40,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("rtcpool.session")
 
 WATCHDOG_INTERVAL_S = 0.25  # how often connect timeout, inactivity and time limit are checked
+AUDIO_OUT_RATE = 48_000  # Hz: what aiortc's Opus encoder takes
+AUDIO_OUT_FRAME_SAMPLES = int(AUDIO_OUT_RATE * C.AUDIO_FRAME_S)
+AUDIO_OUT_FRAME_BYTES = AUDIO_OUT_FRAME_SAMPLES * 2 * 2  # stereo s16
+AUDIO_OUT_MAX_S = 60.0  # audio buffered for the client at most; the oldest goes first
+AUDIO_OUT_MAX_BYTES = int(AUDIO_OUT_MAX_S / C.AUDIO_FRAME_S) * AUDIO_OUT_FRAME_BYTES
+AUDIO_OUT_MAX_LAG_S = 0.2  # an output clock this far behind restarts instead of bursting
 OUTPUTS_QUEUE_MAX = 1024  # AdditionalOutputs kept for a consumer that is not reading
 
 
@@ -89,6 +95,71 @@ class WorkerVideoTrack(MediaStreamTrack):
         self._wake.set()
 
 
+class WorkerAudioTrack(MediaStreamTrack):
+    """The worker's audio, re-framed to 20 ms at 48 kHz stereo and paced to real time.
+
+    The worker's chunks (any size, rate and layout) are resampled into a byte FIFO; recv()
+    hands aiortc one 20 ms frame per 20 ms of wall time, silence when the FIFO is empty, so
+    the RTP timeline never stalls. The FIFO is bounded: the oldest audio goes first."""
+
+    kind = "audio"
+
+    def __init__(self, session: Session) -> None:
+        super().__init__()
+        self._session = session
+        self._fifo = bytearray()
+        self._resamplers: dict[tuple[int, str], av.AudioResampler] = {}
+        self._start: float | None = None
+        self._frames = 0
+        self.dropped_bytes = 0
+        self.played_samples = 0  # samples of worker audio (not silence) sent to the client
+
+    def push(self, header: Any, samples: Any) -> None:
+        layout = "stereo" if header.layout == 2 else "mono"
+        key = (header.sample_rate, layout)
+        resampler = self._resamplers.get(key)
+        if resampler is None:
+            resampler = self._resamplers[key] = av.AudioResampler(format="s16", layout="stereo", rate=AUDIO_OUT_RATE)
+        frame = av.AudioFrame.from_ndarray(samples, format="s16", layout=layout)
+        frame.sample_rate = header.sample_rate
+        for out in resampler.resample(frame):
+            self._fifo += out.to_ndarray().tobytes()
+        excess = len(self._fifo) - AUDIO_OUT_MAX_BYTES
+        if excess > 0:
+            del self._fifo[:excess]
+            self.dropped_bytes += excess
+
+    def clear(self) -> None:
+        self._fifo.clear()
+
+    @property
+    def buffered_s(self) -> float:
+        return len(self._fifo) / AUDIO_OUT_FRAME_BYTES * C.AUDIO_FRAME_S
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = time.monotonic()
+        if self._start is None or now - (self._start + self._frames * C.AUDIO_FRAME_S) > AUDIO_OUT_MAX_LAG_S:
+            # first frame, or the loop fell far behind: restart the clock rather than burst
+            self._start = now - self._frames * C.AUDIO_FRAME_S
+        due = self._start + self._frames * C.AUDIO_FRAME_S
+        if due > now:
+            await asyncio.sleep(due - now)
+        frame = av.AudioFrame(format="s16", layout="stereo", samples=AUDIO_OUT_FRAME_SAMPLES)
+        n = min(len(self._fifo), AUDIO_OUT_FRAME_BYTES)
+        if n:
+            self.played_samples += n // 4
+        chunk = bytes(self._fifo[:n]) + bytes(AUDIO_OUT_FRAME_BYTES - n)
+        del self._fifo[:n]
+        frame.planes[0].update(chunk)
+        frame.sample_rate = AUDIO_OUT_RATE
+        frame.pts = self._frames * AUDIO_OUT_FRAME_SAMPLES
+        frame.time_base = Fraction(1, AUDIO_OUT_RATE)
+        self._frames += 1
+        return frame
+
+
 class Session:
     def __init__(self, gateway: Gateway, event: StreamEvent, webrtc_id: str, lease: dict[str, Any]) -> None:
         self.gateway = gateway
@@ -103,6 +174,9 @@ class Session:
         self.data_channel: Any = None
         self._pending_messages: list[str] = []
         self.video_out: WorkerVideoTrack | None = None
+        self.audio_out: WorkerAudioTrack | None = None
+        self.audio_in_rate = 0
+        self.audio_in_layout = "mono"
         self.tasks: set[asyncio.Task[Any]] = set()
         self.closed = False
         self._closing: asyncio.Task[None] | None = None
@@ -136,6 +210,9 @@ class Session:
         if self.event.mode in ("send-receive", "receive") and self.event.has_video:
             self.video_out = WorkerVideoTrack(self)
             pc.addTrack(self.video_out)
+        if self.event.mode in ("send-receive", "receive") and self.event.has_audio:
+            self.audio_out = WorkerAudioTrack(self)
+            pc.addTrack(self.audio_out)
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)  # aiortc gathers all candidates here (no trickle)
         self._spawn(self._watchdog())
@@ -155,6 +232,7 @@ class Session:
                 hello,
                 self.gateway.geometry,
                 on_video=self._on_worker_video,
+                on_audio=self._on_worker_audio,
                 on_control=lambda m: self._on_first_control(m, ready),
                 on_closed=self._on_link_closed,
             )
@@ -169,6 +247,7 @@ class Session:
 
     def _on_first_control(self, msg: Control, ready: asyncio.Future[None]) -> None:
         if isinstance(msg, Ready) and not ready.done():
+            self.audio_in_rate, self.audio_in_layout = msg.audio_in_rate, msg.audio_in_layout
             ready.set_result(None)
         else:
             self._on_control(msg)
@@ -179,6 +258,10 @@ class Session:
         if self.video_out is not None:
             self.video_out.wake()
 
+    def _on_worker_audio(self, header: Any, samples: Any) -> None:
+        if self.audio_out is not None:
+            self.audio_out.push(header, samples)
+
     def _on_control(self, msg: Control) -> None:
         if isinstance(msg, Outputs):
             values = msg.values
@@ -188,6 +271,9 @@ class Session:
                 self.outputs.get_nowait()  # a consumer that does not read loses the oldest
             self.outputs.put_nowait(values)
             self.send_client("fetch_output", None)
+        elif isinstance(msg, ClearAudio):
+            if self.audio_out is not None:
+                self.audio_out.clear()
         elif isinstance(msg, Error):
             self.send_client_error(msg.message)
         elif isinstance(msg, Message):
@@ -252,8 +338,10 @@ class Session:
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "video" and self.event.has_video and self.event.mode in ("send-receive", "send"):
             self._spawn(self._pump_video_in(track))
-        elif track.kind == "audio":
-            # audio transport lands with the audio issue; consume so the receiver does not stall
+        elif track.kind == "audio" and self.event.has_audio and self.audio_in_rate and self.event.mode in ("send-receive", "send"):
+            self._spawn(self._pump_audio_in(track))
+        else:
+            # media this stream does not take: consume it so the receiver does not stall
             self._spawn(self._drain(track))
 
     async def _drain(self, track: MediaStreamTrack) -> None:
@@ -285,6 +373,23 @@ class Session:
                 tb = frame.time_base or Fraction(1, C.VIDEO_CLOCK_RATE)
                 channel.send_video(frame.to_ndarray(format="rgb24"), frame.pts or 0, (tb.numerator, tb.denominator))
                 self.frames_in += 1
+        except MediaStreamError:
+            return
+
+    async def _pump_audio_in(self, track: MediaStreamTrack) -> None:
+        channel = self.channel
+        assert channel is not None
+        layout = self.audio_in_layout
+        resampler = av.AudioResampler(format="s16", layout=layout, rate=self.audio_in_rate)
+        try:
+            while not self.closed:
+                frame = await track.recv()
+                now = time.monotonic()
+                self.last_media = now
+                if self.media_since is None:
+                    self._media_started(now)
+                for out in resampler.resample(frame):
+                    channel.send_audio(out.to_ndarray(), out.sample_rate, layout, out.pts or 0)
         except MediaStreamError:
             return
 
@@ -384,8 +489,9 @@ class Session:
         for task in list(self.tasks):
             if task is not current:
                 task.cancel()
-        if self.video_out is not None:
-            self.video_out.stop()
+        for track in (self.video_out, self.audio_out):
+            if track is not None:
+                track.stop()
         ch = self.channel
         if ch is not None:
             if not ch.closed:
@@ -396,6 +502,8 @@ class Session:
                     await asyncio.wait_for(self._link_closed.wait(), C.CLOSE_ACK_TIMEOUT_S)
                 except (asyncio.TimeoutError, OSError, WireError):
                     self.worker_ok = False
+            if ch.peer_close is not None and ch.peer_close.retire:
+                self.worker_ok = False  # its handler would not stop: the pool replaces it
             try:
                 self.loop.remove_reader(ch.sock.fileno())
             except (ValueError, OSError):

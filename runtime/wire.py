@@ -19,7 +19,7 @@ loads nothing of the gateway.
 from __future__ import annotations
 
 import struct
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, ClassVar
 
 import msgpack
@@ -117,11 +117,19 @@ def _encode_default(obj: Any) -> Any:
         return obj.item()
     if isinstance(obj, tuple):
         return list(obj)
+    if is_dataclass(obj) and not isinstance(obj, type):
+        # a user's dataclass travels as a map of its fields, as it did under asdict()
+        return {f.name: getattr(obj, f.name) for f in fields(obj)}
     raise TypeError(f"cannot send a value of type {type(obj).__name__} between processes")
 
 
 def _pack_array(a: np.ndarray) -> bytes:
-    a = np.ascontiguousarray(a)
+    # Test-found: an object array's bytes are pointers into this process's heap (garbage to the
+    # peer, which then dropped the whole link as a protocol error): refuse it here instead.
+    if a.dtype.hasobject:
+        raise TypeError(f"cannot send a numpy array of dtype {a.dtype} (object) between processes")
+    # tobytes() is C order whatever the layout; np.ascontiguousarray (used before) turned a
+    # 0-d array into shape (1,), so the shape is taken from the array itself
     return msgpack.packb([a.dtype.str, list(a.shape), a.tobytes()])
 
 
@@ -154,12 +162,18 @@ class Control:
         _CONTROL_TYPES[cls.TYPE] = cls
 
     def encode(self) -> bytes:
-        body = asdict(self)
+        # shallow on purpose: dataclasses.asdict deep-copied every value first, which copied
+        # arrays for nothing and turned an unsupported value (a lock) into a confusing
+        # "cannot pickle" error instead of _encode_default's TypeError
+        body = {f.name: getattr(self, f.name) for f in fields(self)}
         body["t"] = self.TYPE
         return bytes((MSG_CONTROL,)) + packb(body)
 
     @staticmethod
     def decode(data: bytes | memoryview) -> Control:
+        if not data or data[0] != MSG_CONTROL:
+            # the type byte was ignored before: a fragment ("P") or slot message parsed as a map
+            raise WireError(f"malformed control message: type byte {bytes(data[:1])!r}, not 'C'")
         try:
             body = unpackb(bytes(data[1:]))
             cls = _CONTROL_TYPES[body.pop("t")]
@@ -189,6 +203,8 @@ class Ready(Control):
     TYPE: ClassVar[str] = "ready"
     pid: int
     node_id: str = ""
+    audio_in_rate: int = 0  # the handler's input_sample_rate (0: it takes no audio)
+    audio_in_layout: str = "mono"
 
 
 @dataclass
@@ -226,8 +242,17 @@ class Error(Control):
 
 
 @dataclass
+class ClearAudio(Control):
+    """Worker -> gateway: drop the audio queued for the client (a reply was interrupted)."""
+
+    TYPE: ClassVar[str] = "clear_audio"
+
+
+@dataclass
 class Close(Control):
-    """Either way: the session ends. The worker answers a gateway's Close with its own."""
+    """Either way: the session ends. The worker answers a gateway's Close with its own;
+    ``retire``: the worker will exit after this session (its handler would not stop)."""
 
     TYPE: ClassVar[str] = "close"
     reason: str = ""
+    retire: bool = False

@@ -32,8 +32,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def shm_segments() -> set[str]:
-    return {n for n in os.listdir("/dev/shm") if n.startswith("rtcpool-")}
+def shm_segments(pid: int | None = None) -> set[str]:
+    """rtcpool segments in /dev/shm created by process ``pid`` (default: this one; segment
+    names carry their creator's pid, so other processes' runs do not disturb a count)."""
+    prefix = f"rtcpool-{os.getpid() if pid is None else pid}-"
+    return {n for n in os.listdir("/dev/shm") if n.startswith(prefix)}
 
 
 def open_fds() -> int:

@@ -42,12 +42,19 @@ class CloseStream:
 
 
 class _SessionHooks:
-    """What the worker plugs into a handler copy; a handler outside a worker gets these."""
+    """What the worker plugs into a handler copy; a handler outside a worker gets these
+    no-ops, so it can be unit-tested on its own."""
 
-    def send(self, type_: str, data: Any) -> None:  # pragma: no cover - replaced in a worker
+    def send(self, type_: str, data: Any) -> None:
         pass
 
-    def request_args(self) -> None:  # pragma: no cover - replaced in a worker
+    def request_args(self) -> None:
+        pass
+
+    def initial_args(self) -> list[Any]:
+        return []
+
+    def clear_audio(self) -> None:
         pass
 
 
@@ -97,7 +104,13 @@ class StreamHandlerBase(ABC):
 
         self.args_set.clear()
         self._hooks.request_args()
-        self.args_set.wait(ARGS_WAIT_TIMEOUT_S * 2 if timeout is None else timeout)
+        if not self.args_set.wait(ARGS_WAIT_TIMEOUT_S if timeout is None else timeout):
+            # a client that never answers (a plain aiortc client) gets the inputs' initial values
+            self.set_args(self._hooks.initial_args())
+
+    def clear_audio(self) -> None:
+        """Drop the audio already queued for the client (an interrupted reply)."""
+        self._hooks.clear_audio()
 
     async def wait_for_args(self, timeout: float | None = None) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.wait_for_args_sync, timeout)

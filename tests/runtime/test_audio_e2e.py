@@ -1,0 +1,120 @@
+"""Audio through the whole path: Opus in, worker StreamHandler, paced audio out."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+
+import numpy as np
+import pytest
+
+from runtime.client import AUDIO_RATE, Client
+from tests.conftest import async_wait_until
+from workers.handlers import AsyncStreamHandler, StreamHandler
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+CHIRP_S = 1.5
+
+
+def chirp(seconds: float = CHIRP_S, rate: int = AUDIO_RATE, f0: float = 300.0, f1: float = 3000.0) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    phase = 2 * np.pi * (f0 * t + (f1 - f0) / (2 * seconds) * t**2)
+    env = np.minimum(1.0, np.minimum(t, seconds - t) / 0.05)
+    return (0.5 * 32767 * env * np.sin(phase)).astype(np.int16)
+
+
+def best_correlation(received: np.ndarray, sent: np.ndarray) -> tuple[float, int]:
+    """Peak normalised cross-correlation of ``sent`` inside ``received``, and its lag."""
+    r = received.astype(np.float64)
+    s = sent.astype(np.float64)
+    n = len(r) + len(s)
+    corr = np.fft.irfft(np.fft.rfft(r, n) * np.conj(np.fft.rfft(s, n)), n)[: len(r)]
+    energy = np.sqrt(np.convolve(r**2, np.ones(len(s)), "valid"))
+    corr = corr[: len(energy)] / (energy * np.linalg.norm(s) + 1e-9)
+    lag = int(np.argmax(corr))
+    return float(corr[lag]), lag
+
+
+class DequeEcho(StreamHandler):
+    """The seed's EchoHandler, with a deque so it also travels to workers by value."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames: deque = deque()
+
+    def receive(self, frame):
+        self.frames.append(frame)
+
+    def emit(self):
+        return self.frames.popleft() if self.frames else None
+
+    def copy(self):
+        return DequeEcho()
+
+
+class AsyncEcho(AsyncStreamHandler):
+    def __init__(self) -> None:
+        super().__init__(input_sample_rate=24_000)
+        self.queue: asyncio.Queue | None = None
+
+    async def receive(self, frame):
+        if self.queue is None:
+            self.queue = asyncio.Queue()
+        await self.queue.put(frame)
+
+    async def emit(self):
+        if self.queue is None:
+            return None
+        return await self.queue.get()
+
+    def copy(self):
+        return AsyncEcho()
+
+
+def tone_generator(seconds: float):
+    """Server-to-client audio: a 440 Hz tone in 100 ms chunks, as fast as Python can."""
+    t = np.arange(int(AUDIO_RATE * 0.1)) / AUDIO_RATE
+    chunk = (0.3 * 32767 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)[None, :]
+    for _ in range(int(seconds / 0.1)):
+        yield (AUDIO_RATE, chunk)
+
+
+@pytest.mark.parametrize("handler", [DequeEcho(), AsyncEcho()], ids=["sync", "async"])
+async def test_echo_handler_returns_the_same_audio(make_gateway, handler):
+    eid = f"audio-echo-{type(handler).__name__}"
+    with make_gateway(lambda gw: gw.add_stream(handler, event_id=eid, modality="audio")) as served:
+        sent = np.concatenate([np.zeros(AUDIO_RATE // 2, np.int16), chirp(), np.zeros(AUDIO_RATE, np.int16)])
+        client = Client(served.url, modality="audio", audio=sent)
+        await client.connect()
+        await asyncio.sleep(len(sent) / AUDIO_RATE + 1.5)
+        heard = client.received_audio()
+        await client.close()
+    assert len(heard) > AUDIO_RATE, "no audio came back"
+    corr, _lag = best_correlation(heard, chirp())
+    assert corr > 0.6, f"echo does not match what was sent (correlation {corr:.2f})"
+
+
+async def test_receive_mode_generator_is_paced_to_real_time(make_gateway):
+    seconds = 3.0
+    with make_gateway(
+        lambda gw: gw.add_stream(tone_generator, event_id="audio-gen", mode="receive", modality="audio", initial_args=[seconds])
+    ) as served:
+        client = Client(served.url, mode="receive", modality="audio")
+        await client.connect()
+        start = time.monotonic()
+        ended = await async_wait_until(lambda: client.ended.is_set(), seconds + 15)
+        wall = time.monotonic() - start
+        heard = client.received_audio()
+        await client.close()
+    assert ended, f"the stream did not end after the generator finished: {client.messages}"
+    loud = np.abs(heard.astype(np.int32)) > 2000
+    tone_s = loud.sum() / AUDIO_RATE * 2  # a sine is above 0.2 of its peak ~half the time... roughly
+    assert any(m.get("type") == "end_stream" for m in client.messages)
+    # the generator could produce 3 s of audio in milliseconds: it must play out in ~real time
+    assert wall >= seconds * 0.8, f"{seconds} s of audio arrived in {wall:.2f} s"
+    spectrum = np.abs(np.fft.rfft(heard.astype(np.float64)))
+    peak_hz = np.argmax(spectrum) * AUDIO_RATE / (2 * (len(spectrum) - 1))
+    assert abs(peak_hz - 440) < 10, f"heard a peak at {peak_hz:.0f} Hz"
+    assert tone_s > 1.0
