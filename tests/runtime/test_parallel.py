@@ -15,6 +15,8 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 BUSY_S = 0.04  # each call holds the GIL this long in a pure-Python loop
 WINDOW_S = 3.0
+ATTEMPTS = 3
+MIN_PARALLELISM = 1.2  # CPU-seconds per second; 1.0 is the most one GIL allows
 
 
 def hold_gil(frame: np.ndarray):
@@ -37,16 +39,21 @@ async def test_gil_holding_handlers_in_two_sessions_run_in_parallel(make_gateway
         for c in (a, b):
             served.gateway.sessions[c.webrtc_id].on_outputs.append(lambda v: samples.append((v[0], v[1])))
         pids = {served.gateway.sessions[c.webrtc_id].worker_pid for c in (a, b)}
-        start = time.time()
-        await asyncio.sleep(WINDOW_S)
-        end = time.time()
+        ratios = []
+        for _ in range(ATTEMPTS):
+            samples.clear()
+            start = time.time()
+            await asyncio.sleep(WINDOW_S)
+            end = time.time()
+            inside = [cpu for cpu, wall in samples if start + 0.2 <= wall <= end - BUSY_S - 0.2]
+            span = (end - BUSY_S - 0.2) - (start + 0.2)
+            ratios.append(sum(inside) / span)
+            if ratios[-1] > MIN_PARALLELISM:
+                break
         await a.close()
         await b.close()
     assert len(pids) == 2, "each session has its own worker process"
-    inside = [cpu for cpu, wall in samples if start + 0.2 <= wall <= end - BUSY_S - 0.2]
-    cpu = sum(inside)
-    span = (end - BUSY_S - 0.2) - (start + 0.2)
-    print(f"parallelism {cpu / span:.2f}")
-    # one interpreter can run Python on one core at a time: the sum of the two handlers'
-    # CPU time over a window can only exceed the window when they truly run in parallel
-    assert cpu / span > 1.2, f"handlers used {cpu:.2f} CPU-s in {span:.2f} s: not parallel"
+    # One interpreter runs Python on one core at a time: the sum of the two handlers' CPU
+    # time over a window can only exceed the window when they truly run in parallel. Other
+    # load on the machine can steal a window, so the best of a few counts.
+    assert max(ratios) > MIN_PARALLELISM, f"handlers used {ratios} CPU-s per second: not parallel"
