@@ -30,7 +30,7 @@ PYTHON=${PYTHON:-python3}
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 if [ "$with_test" = 1 ]; then
-  python -m pip install -q -e '.[test]'
+  python -m pip install -q -e '.[test,examples]'
 else
-  python -m pip install -q -e .
+  python -m pip install -q -e '.[examples]'
 fi

@@ -1,0 +1,178 @@
+"""Browser fixtures: a demo app in its own process (with its own local Ray), Debian's
+Chromium driven by Playwright, and a fake camera that films a real face.
+
+Chromium is never downloaded: the tests use Debian's /usr/bin/chromium (scripts/setup.sh installs it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+
+from tests.conftest import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+APP_START_TIMEOUT_S = 120.0  # Ray start + Gradio import on 2 cores
+APP_STOP_TIMEOUT_S = 20.0  # after SIGINT: Gradio closes, Ray shuts its processes down
+POLL_INTERVAL_S = 0.5
+CAMERA_SIZE = (640, 480)  # width, height of the fake camera
+CAMERA_FPS = 20  # Chromium's fake camera rate
+CAMERA_LOOP_FRAMES = 20  # the file loops; one second of the same picture
+BROWSER_ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+    "--allow-loopback-in-peer-connection",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def face_picture() -> np.ndarray:
+    """scikit-image's bundled astronaut photograph (a real face), RGB, camera-sized."""
+    import cv2
+    from skimage.data import astronaut
+
+    return cv2.resize(astronaut(), CAMERA_SIZE, interpolation=cv2.INTER_AREA)
+
+
+def write_y4m(path: Path, rgb: np.ndarray, frames: int, fps: int) -> None:
+    """A YUV4MPEG2 (4:2:0) file of ``frames`` copies of ``rgb``, for Chromium's fake camera."""
+    import cv2
+
+    height, width = rgb.shape[:2]
+    i420 = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420).tobytes()
+    with path.open("wb") as f:
+        f.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420\n".encode())
+        for _ in range(frames):
+            f.write(b"FRAME\n")
+            f.write(i420)
+
+
+@pytest.fixture(scope="session")
+def face_y4m(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("camera") / "astronaut.y4m"
+    write_y4m(path, face_picture(), CAMERA_LOOP_FRAMES, CAMERA_FPS)
+    return path
+
+
+@pytest.fixture(scope="session")
+def browser(face_y4m: Path) -> Iterator[Any]:
+    # a skipped browser test checks nothing: scripts/setup.sh --test installs Debian's chromium
+    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: run scripts/setup.sh --test (apt-get install chromium)"
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=[*BROWSER_ARGS, f"--use-file-for-fake-video-capture={face_y4m}"],
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def new_page(browser: Any) -> Iterator[Callable[[], Any]]:
+    """Pages in a fresh browser context each, closed after the test."""
+    contexts: list[Any] = []
+
+    def open_page() -> Any:
+        context = browser.new_context(viewport={"width": 1000, "height": 900})
+        contexts.append(context)
+        return context.new_page()
+
+    yield open_page
+    for context in contexts:
+        context.close()
+
+
+@dataclass
+class App:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def stop_process_tree(process: subprocess.Popen[bytes]) -> None:
+    """SIGINT the app's process group (Gradio closes, Ray stops its processes), then kill
+    whatever is left of the tree: Ray puts some workers in process groups of their own."""
+    try:
+        tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = []
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGINT)
+    _, alive = psutil.wait_procs(tree, timeout=APP_STOP_TIMEOUT_S)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(APP_STOP_TIMEOUT_S)
+
+
+@contextlib.contextmanager
+def run_app(script: Path, log: Path, env: dict[str, str] | None = None) -> Iterator[App]:
+    """Run an example app as ``python <script>`` on a free loopback port until it serves."""
+    port = free_port()
+    full_env = {
+        **os.environ,
+        "GRADIO_SERVER_NAME": "127.0.0.1",
+        "GRADIO_SERVER_PORT": str(port),
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "RTCPOOL_GATEWAY__ICE_HOST_ADDRESSES": "[127.0.0.1]",
+        "RAY_AUTH_MODE": "disabled",
+        **(env or {}),
+    }
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, str(script)],
+            cwd=REPO,
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    app = App(f"http://127.0.0.1:{port}", process, log)
+    try:
+        deadline = time.monotonic() + APP_START_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"{script.name} exited with {process.returncode}:\n{app.log_tail()}"
+                )
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{app.url}/webrtc/streams", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{script.name} did not serve within {APP_START_TIMEOUT_S} s:\n{app.log_tail()}"
+                )
+            time.sleep(POLL_INTERVAL_S)
+        yield app
+    finally:
+        stop_process_tree(process)

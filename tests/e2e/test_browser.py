@@ -1,0 +1,194 @@
+"""The face-detection demo in headless Chromium: a real page, camera, peer connection,
+gateway, Ray worker and detector, with the fake camera filming a real face.
+
+One app process serves the module, with two deployment overrides (rtcpool's config, set
+through the environment): one session at a time, so the "server full" path can be seen,
+and a time limit short enough to wait out.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.e2e.conftest import REPO, App, face_picture, run_app
+
+pytestmark = pytest.mark.browser
+
+FACE_APP = REPO / "examples" / "face_detection" / "app.py"
+STREAM_ID = "stream-0"  # the demo's only stream
+TIME_LIMIT_S = 45  # long enough for the face test's steps on a slow box, short enough to wait out
+STREAM_START_TIMEOUT_S = 120.0  # a cold pool may start a worker (which imports Gradio) first
+FRAMES_WINDOW_S = 20.0
+MIN_FRAMES = 20  # processed frames the page must show within FRAMES_WINDOW_S
+SLIDER_TIMEOUT_S = 20.0  # a slider move reaches the worker and shows in the video by then
+RELEASE_TIMEOUT_S = 30.0  # a stopped session's slot is free again by then
+POLL_S = 0.25
+MIN_BOX_PIXELS = 400  # box-coloured pixels around the face: the 4 px box is ~1800 before VP8
+MAX_STRAY_PIXELS = 60  # box-coloured pixels that VP8 may invent where no box is drawn
+FACE_MARGIN = 0.35  # the region searched for the box: the face grown by this much per side
+
+STATE_JS = "() => document.querySelector('.rtc-root').dataset.state"
+STATUS_JS = "() => document.querySelector('.rtc-status').textContent"
+COUNT_FRAMES_JS = """() => {
+  const video = document.querySelector('.rtc-remote');
+  window.rtcFrames = 0;
+  const tick = () => { window.rtcFrames += 1; video.requestVideoFrameCallback(tick); };
+  video.requestVideoFrameCallback(tick);
+}"""
+GRAB_JS = """(selector) => {
+  const video = document.querySelector(selector);
+  const canvas = document.createElement('canvas');
+  canvas.width = video.videoWidth;
+  canvas.height = video.videoHeight;
+  canvas.getContext('2d').drawImage(video, 0, 0);
+  return canvas.toDataURL('image/png');
+}"""
+
+
+@pytest.fixture(scope="module")
+def face_app(artifacts: Path) -> Iterator[App]:
+    env = {
+        f"RTCPOOL_STREAMS__{STREAM_ID}__CONCURRENCY_LIMIT": "1",
+        f"RTCPOOL_STREAMS__{STREAM_ID}__TIME_LIMIT": str(TIME_LIMIT_S),
+    }
+    with run_app(FACE_APP, artifacts / "browser-face-demo.log", env) as app:
+        yield app
+
+
+def face_region() -> tuple[slice, slice]:
+    """Rows and columns around the face in the camera picture, found independently of the
+    demo (scikit-image's cascade with its own merging), grown by FACE_MARGIN."""
+    from skimage.data import lbp_frontal_face_cascade_filename
+    from skimage.feature import Cascade
+
+    gray = cv2.cvtColor(face_picture(), cv2.COLOR_RGB2GRAY)
+    found = Cascade(lbp_frontal_face_cascade_filename()).detect_multi_scale(
+        img=gray,
+        scale_factor=1.2,
+        step_ratio=1,
+        min_size=(40, 40),
+        max_size=gray.shape,
+        min_neighbor_number=4,
+    )
+    face = max(found, key=lambda d: d["width"] * d["height"])
+    grow_r, grow_c = int(face["height"] * FACE_MARGIN), int(face["width"] * FACE_MARGIN)
+    rows = slice(max(0, face["r"] - grow_r), face["r"] + face["height"] + grow_r)
+    cols = slice(max(0, face["c"] - grow_c), face["c"] + face["width"] + grow_c)
+    return rows, cols
+
+
+def box_pixels(rgb: np.ndarray) -> np.ndarray:
+    """Where the demo's box colour (pure green) is, with room for VP8's colour error."""
+    r, g, b = (rgb[..., i].astype(int) for i in range(3))
+    return (g >= 150) & (r <= 110) & (b <= 110)
+
+
+def grab(page: Any, selector: str) -> np.ndarray:
+    url = page.evaluate(GRAB_JS, selector)
+    png = np.frombuffer(base64.b64decode(url.split(",", 1)[1]), np.uint8)
+    return cv2.cvtColor(cv2.imdecode(png, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def start_stream(page: Any, url: str) -> None:
+    page.goto(url)
+    page.click(".rtc-button")
+    page.wait_for_function(
+        "() => ['streaming', 'error', 'full'].includes(document.querySelector('.rtc-root').dataset.state)",
+        timeout=STREAM_START_TIMEOUT_S * 1000,
+    )
+    assert page.evaluate(STATE_JS) == "streaming", page.evaluate(STATUS_JS)
+
+
+def wait_for(predicate: Any, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(POLL_S)
+
+
+def test_face_demo_boxes_the_face_and_follows_the_slider(
+    face_app: App, new_page: Any, artifacts: Path
+) -> None:
+    page = new_page()
+    start_stream(page, face_app.url)
+    page.evaluate(COUNT_FRAMES_JS)
+    frames = wait_for(lambda: page.evaluate("window.rtcFrames") > MIN_FRAMES, FRAMES_WINDOW_S)
+    assert frames, (
+        f"only {page.evaluate('window.rtcFrames')} processed frames in {FRAMES_WINDOW_S} s"
+    )
+    assert "s left" in page.evaluate(STATUS_JS), "the time limit countdown is not shown"
+
+    rows, cols = face_region()
+    remote = grab(page, ".rtc-remote")
+    camera = grab(page, ".rtc-local")
+    assert remote.shape == camera.shape == (480, 640, 3)
+    boxed = int(box_pixels(remote)[rows, cols].sum())
+    assert boxed >= MIN_BOX_PIXELS, (
+        f"no detection box around the face ({boxed} box-coloured pixels)"
+    )
+    assert box_pixels(camera).sum() <= MAX_STRAY_PIXELS, (
+        "the raw camera picture already has the box colour"
+    )
+    page.screenshot(path=str(artifacts / "browser-face-demo.png"))
+
+    # the threshold slider reaches the worker while it streams: at 1.0 no face qualifies
+    page.locator("input[type=range]").fill("1")
+    gone = wait_for(
+        lambda: box_pixels(grab(page, ".rtc-remote"))[rows, cols].sum() <= MAX_STRAY_PIXELS,
+        SLIDER_TIMEOUT_S,
+    )
+    assert gone, "boxes are still drawn after the confidence threshold went to 1.0"
+    page.locator("input[type=range]").fill("0.3")
+    back = wait_for(
+        lambda: box_pixels(grab(page, ".rtc-remote"))[rows, cols].sum() >= MIN_BOX_PIXELS,
+        SLIDER_TIMEOUT_S,
+    )
+    assert back, "boxes did not come back at threshold 0.3"
+
+    page.click(".rtc-button")
+    assert page.evaluate(STATE_JS) == "stopped"
+
+
+def test_full_server_says_retry_then_admits_after_stop(face_app: App, new_page: Any) -> None:
+    first, second = new_page(), new_page()
+    start_stream(first, face_app.url)
+    second.goto(face_app.url)
+    second.click(".rtc-button")
+    second.wait_for_function(
+        "() => document.querySelector('.rtc-root').dataset.state === 'full'", timeout=30_000
+    )
+    assert re.fullmatch(r"server full — retry in \d+ s", second.evaluate(STATUS_JS))
+
+    first.click(".rtc-button")  # frees the only slot
+
+    def admitted() -> bool:
+        if second.evaluate(STATE_JS) in ("idle", "stopped", "error"):
+            second.click(".rtc-button")
+        return second.evaluate(STATE_JS) == "streaming"
+
+    assert wait_for(admitted, RELEASE_TIMEOUT_S), second.evaluate(STATUS_JS)
+    second.click(".rtc-button")
+
+
+def test_time_limit_ends_the_stream_and_says_why(face_app: App, new_page: Any) -> None:
+    page = new_page()
+    start_stream(page, face_app.url)
+    assert page.is_visible(".rtc-timebar")
+    page.wait_for_function(
+        "() => document.querySelector('.rtc-root').dataset.state !== 'streaming'",
+        timeout=(TIME_LIMIT_S + 30) * 1000,
+    )
+    assert page.evaluate(STATE_JS) == "stopped"
+    assert f"time limit of {TIME_LIMIT_S} s reached" in page.evaluate(STATUS_JS)
+    assert not page.is_visible(".rtc-timebar")
