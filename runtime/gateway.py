@@ -32,7 +32,7 @@ from runtime.config import Config, load_config
 from runtime.ice import pin_host_addresses
 from runtime.scheduler import EventSpec, PoolSpec, get_scheduler
 from runtime.session import Session, WorkerGone
-from workers.loader import make_spec
+from workers.loader import app_file_of, make_spec
 
 log = logging.getLogger("rtcpool.gateway")
 
@@ -112,8 +112,11 @@ class Gateway:
             raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
         if concurrency_limit is not None and concurrency_limit < 1:
             raise ValueError("concurrency_limit must be None or at least 1")
-        index = len(self.events)
-        event_id = event_id or f"stream-{index}"
+        event_id = event_id or f"stream-{len(self.events)}"
+        # a worker that recovers the handler by re-importing its file counts that file's
+        # registrations only (workers/loader.py)
+        app_file = app_file_of(handler)
+        index = sum(1 for e in self.events.values() if app_file_of(e.handler) == app_file)
         if event_id in self.events:
             raise ValueError(f"stream id {event_id!r} is registered twice")
         override = self.config.streams.get(event_id)

@@ -14,6 +14,7 @@ Two ways, tried in order:
 
 from __future__ import annotations
 
+import inspect
 import os
 import runpy
 import sys
@@ -53,12 +54,26 @@ def register(handler: Any) -> int:
     return len(REGISTRY) - 1
 
 
+def app_file_of(handler: Any) -> str | None:
+    """The file that defines ``handler`` (its function, or its class for an instance). Code
+    objects know their file even when the module is gone from sys.modules (runpy)."""
+    target = handler if inspect.isroutine(handler) else type(handler)
+    try:
+        path = inspect.getfile(target)
+    except (TypeError, OSError):
+        codes = [getattr(v, "__code__", None) for v in vars(target).values()] if isinstance(target, type) else []
+        path = next((c.co_filename for c in codes if c is not None), None)
+    if not path or path.startswith("<") or not os.path.isfile(path):
+        return None
+    return os.path.abspath(path)
+
+
 def make_spec(handler: Any, event_index: int) -> HandlerSpec:
-    """Build the spec in the gateway. ``event_index`` counts the app's stream registrations."""
+    """Build the spec in the gateway. ``event_index`` counts the stream registrations made
+    before this one by handlers of the same file: what re-importing that file reproduces."""
     name = getattr(handler, "__qualname__", type(handler).__qualname__)
     module = sys.modules.get(getattr(handler, "__module__", "") or type(handler).__module__)
-    path = getattr(module, "__file__", None)
-    app_path = os.path.abspath(path) if path else None
+    app_path = app_file_of(handler)
     paths = [p for p in sys.path if p and os.path.isdir(p)]
     try:
         if module is not None and _defined_outside_site_packages(module):

@@ -32,7 +32,13 @@ from typing import Any
 import numpy as np
 
 from runtime import constants as C
-from runtime.channel import FrameChannel, Segment
+from runtime.channel import (
+    CONTROL_FRAGMENT_BYTES,
+    MAX_CONTROL_BYTES,
+    MSG_PART,
+    FrameChannel,
+    Segment,
+)
 from runtime.wire import (
     Args,
     ClearAudio,
@@ -54,6 +60,7 @@ POLL_INTERVAL_S = 0.1  # the link reader wakes this often to notice shutdown and
 HANDLER_STOP_TIMEOUT_S = 1.0  # handler threads get this long to return once a session ends
 EMIT_IDLE_S = 0.005  # a StreamHandler's emit() returned None: ask again after this long
 AUDIO_LEAD_S = 0.5  # audio may be produced this far ahead of real time; the gateway plays it out
+ERROR_REPEAT_S = 1.0  # the same handler error is sent to the client at most this often
 ACCEPT_INTERVAL_S = 0.5  # the accept loop wakes this often to notice shutdown
 LISTEN_BACKLOG = 8
 
@@ -175,6 +182,9 @@ class Session:
         self.audio_in_dropped = 0
         self.audio_out_until = 0.0  # monotonic time up to which audio has been sent
         self.video_pts = 0
+        self._last_error = ""
+        self._last_error_at = 0.0
+        self._errors_held = 0
         self._async_wake: Callable[[], None] | None = None
         self.handler = worker.handler.copy() if isinstance(worker.handler, StreamHandlerBase) else worker.handler
         self.in_rate, self.in_layout = C.AUDIO_DEFAULT_RATE, "mono"
@@ -195,9 +205,7 @@ class Session:
 
     @classmethod
     def open(cls, worker: Worker, conn: socket.socket) -> Session:
-        conn.settimeout(C.WORKER_CONNECT_TIMEOUT_S)
-        data = conn.recv(64 * 1024)
-        hello = Control.decode(data) if data else None
+        hello = _read_hello(conn)
         if not isinstance(hello, Hello):
             raise WireError("the first message of a session must be hello")
         up = Segment.attach(hello.up_segment)
@@ -571,9 +579,20 @@ class Session:
             self._report(exc)
 
     def _report(self, exc: BaseException) -> None:
+        """Tell the client about a handler exception. A handler failing on every frame would
+        send ~30 a second: the same message goes out at most once per ERROR_REPEAT_S, with
+        the count of the ones held back."""
+        message = f"{type(exc).__name__}: {exc}"
+        now = time.monotonic()
+        if message == self._last_error and now - self._last_error_at < ERROR_REPEAT_S:
+            self._errors_held += 1
+            return
+        if self._errors_held:
+            message = f"{message} (and {self._errors_held} more like it)"
         log.warning("handler raised: %s", "".join(traceback.format_exception(exc)))
+        self._last_error, self._last_error_at, self._errors_held = f"{type(exc).__name__}: {exc}", now, 0
         try:
-            self.channel.send_control(Error(f"{type(exc).__name__}: {exc}"))
+            self.channel.send_control(Error(message))
         except Exception:
             pass
 
@@ -629,6 +648,29 @@ class _Hooks:
 
     def clear_audio(self) -> None:
         self.session.clear_audio()
+
+
+def _read_hello(conn: socket.socket) -> Control:
+    """A session's first control message. Test-found: it was read as one datagram of at most
+    64 KiB, so a Hello with large initial args was cut and the session refused; the gateway
+    now sends it in fragments (offer_link), reassembled here as FrameChannel.pump does."""
+    deadline = time.monotonic() + C.WORKER_CONNECT_TIMEOUT_S
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        conn.settimeout(max(deadline - time.monotonic(), 0.001))
+        data = conn.recv(CONTROL_FRAGMENT_BYTES + 64)
+        if not data:
+            raise WireError("the link closed before hello")
+        if data[0] != MSG_PART:
+            break
+        size += len(data) - 1
+        if size > MAX_CONTROL_BYTES:
+            raise WireError("fragmented hello exceeds the limit")
+        parts.append(data[1:])
+    if parts:
+        data = data[:1] + b"".join(parts) + data[1:]
+    return Control.decode(data)
 
 
 def _node_id() -> str:
