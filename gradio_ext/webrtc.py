@@ -15,6 +15,7 @@ event again whenever the handler asks for its inputs (``send_input`` on the data
 from __future__ import annotations
 
 import html
+import inspect
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +28,7 @@ from workers import loader
 from .serving import NoStubComponentMeta, get_gateway
 
 ARGS_EVENT = "webrtc_args"  # custom event the page fires when the inputs must reach the worker
+OUTPUTS_EVENT = "webrtc_outputs"  # custom event the page fires once per AdditionalOutputs
 JS_PATH = Path(__file__).resolve().parent / "static" / "webrtc.js"
 DEFAULT_CONCURRENCY_LIMIT = 1  # what Gradio's concurrency_limit="default" means for an event
 DEFAULT_MIN_WIDTH_PX = 160
@@ -281,6 +283,43 @@ class WebRTC(gr.HTML, metaclass=NoStubComponentMeta):
         self.props["rtc"] = self._client_config(event.event_id)
         return event
 
+    def on_additional_outputs(
+        self,
+        fn: Callable[..., Any],
+        inputs: Sequence[Any] | Any | None = None,
+        outputs: Sequence[Any] | Any | None = None,
+        js: str | None = None,
+        concurrency_limit: int | None | Literal["default"] = "default",
+        concurrency_id: str | None = None,
+        show_progress: Literal["full", "minimal", "hidden"] = "full",
+        queue: bool = True,
+    ) -> Any:
+        """Update other components with what the handler yields as ``AdditionalOutputs``:
+        ``fn(*outputs.args, *inputs)`` runs once per AdditionalOutputs, in order."""
+        if loader.in_worker_import():
+            return None
+        extra = list(inputs) if isinstance(inputs, (list, tuple, set)) else ([inputs] if inputs is not None else [])
+        gateway = get_gateway()
+
+        async def fetch_additional_outputs(webrtc_id: Any, *values: Any) -> Any:
+            got = gateway.next_output(webrtc_id) if isinstance(webrtc_id, str) and webrtc_id else None
+            if got is None:
+                return gr.skip()
+            result = fn(*got, *values)
+            return await result if inspect.isawaitable(result) else result
+
+        return getattr(self, OUTPUTS_EVENT)(
+            fetch_additional_outputs,
+            inputs=[self, *extra],
+            outputs=outputs,
+            js=js,
+            concurrency_limit=concurrency_limit,
+            concurrency_id=concurrency_id,
+            show_progress=show_progress,
+            queue=queue,
+            api_visibility="private",
+        )
+
     def webrtc_stream(self, fn: Callable[..., Any] | Any, *args: Any, **kwargs: Any) -> Any:
         """gradio_webrtc 0.0.1's name for :meth:`stream`."""
         return self.stream(fn, *args, **kwargs)
@@ -329,4 +368,4 @@ def _args_pusher(gateway: Any) -> Callable[..., Any]:
     return push_webrtc_args
 
 
-__all__ = ["WebRTC", "ARGS_EVENT"]
+__all__ = ["WebRTC", "ARGS_EVENT", "OUTPUTS_EVENT"]

@@ -31,7 +31,7 @@ from runtime.channel import Geometry
 from runtime.config import Config, load_config
 from runtime.ice import pin_host_addresses
 from runtime.scheduler import EventSpec, PoolSpec, get_scheduler
-from runtime.session import Session, WorkerGone
+from runtime.session import OUTPUTS_QUEUE_MAX, Session, WorkerGone
 from workers.loader import app_file_of, make_spec
 
 log = logging.getLogger("rtcpool.gateway")
@@ -40,6 +40,7 @@ WEBRTC_ID_RE = re.compile(rf"^[A-Za-z0-9_.:-]{{1,{C.MAX_WEBRTC_ID_CHARS}}}$")
 MODES = ("send-receive", "send", "receive")
 MODALITIES = ("video", "audio", "audio-video")
 SSE_KEEPALIVE_S = 15.0  # comment line on an idle outputs stream, so proxies keep it open
+OUTPUTS_GRACE_S = 30.0  # a session's unfetched AdditionalOutputs are kept this long after it ends
 
 
 @dataclass
@@ -92,6 +93,7 @@ class Gateway:
         self._start_lock = threading.Lock()
         self._heartbeat: asyncio.Task[None] | None = None
         self.last_offer_error: str = ""
+        self._ended_outputs: dict[str, asyncio.Queue[list[Any]]] = {}
 
     # --- set-up ------------------------------------------------------------------------------
 
@@ -209,14 +211,21 @@ class Gateway:
             if session is None:
                 return JSONResponse(HTTPError(404, "unknown_webrtc_id", f"no session {webrtc_id!r}").body(), status_code=404)
 
+            queue: asyncio.Queue[list[Any]] = asyncio.Queue(OUTPUTS_QUEUE_MAX)
+            session.subscribers.append(queue)
+
             async def events() -> Any:
-                while not session.closed:
-                    try:
-                        values = await asyncio.wait_for(session.outputs.get(), SSE_KEEPALIVE_S)
-                    except asyncio.TimeoutError:
-                        yield ": keep-alive\n\n"
-                        continue
-                    yield f"event: output\ndata: {json.dumps(values, default=_jsonable)}\n\n"
+                try:
+                    while not session.closed or not queue.empty():
+                        try:
+                            values = await asyncio.wait_for(queue.get(), SSE_KEEPALIVE_S)
+                        except asyncio.TimeoutError:
+                            yield ": keep-alive\n\n"
+                            continue
+                        yield f"event: output\ndata: {json.dumps(values, default=_jsonable)}\n\n"
+                finally:
+                    if queue in session.subscribers:
+                        session.subscribers.remove(queue)
 
             return StreamingResponse(events(), media_type="text/event-stream")
 
@@ -331,6 +340,15 @@ class Gateway:
             raise HTTPError(400, "bad_candidate", f"cannot parse ICE candidate: {exc}") from exc
         return {"status": "success"}
 
+    def next_output(self, webrtc_id: str) -> list[Any] | None:
+        """The oldest AdditionalOutputs of a session not yet fetched (None: none waiting). A
+        session's unfetched outputs outlive it by OUTPUTS_GRACE_S."""
+        session = self.sessions.get(webrtc_id)
+        queue = session.outputs if session is not None else self._ended_outputs.get(webrtc_id)
+        if queue is None or queue.empty():
+            return None
+        return queue.get_nowait()
+
     def set_args(self, webrtc_id: str, args: list[Any]) -> None:
         session = self.sessions.get(webrtc_id)
         if session is None:
@@ -361,6 +379,10 @@ class Gateway:
     async def _session_ended(self, session: Session) -> None:
         if self.sessions.get(session.webrtc_id) is session:
             self.sessions.pop(session.webrtc_id, None)
+        if not session.outputs.empty():
+            # the page fetches outputs after the fact: keep them a little while
+            self._ended_outputs[session.webrtc_id] = session.outputs
+            asyncio.get_running_loop().call_later(OUTPUTS_GRACE_S, self._ended_outputs.pop, session.webrtc_id, None)
         try:
             await asyncio.wait_for(self.scheduler.release.remote(session.lease_id, session.worker_ok), C.RAY_CALL_TIMEOUT_S)
         except Exception as exc:

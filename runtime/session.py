@@ -190,6 +190,9 @@ class Session:
         self.frames_out = 0
         self.outputs: asyncio.Queue[list[Any]] = asyncio.Queue(OUTPUTS_QUEUE_MAX)
         self.on_outputs: list[Callable[[list[Any]], None]] = []
+        # outputs are fetched one per fetch_output (the page) from ``outputs``; an SSE client
+        # gets a queue of its own in ``subscribers``
+        self.subscribers: list[asyncio.Queue[list[Any]]] = []
         self.args: list[Any] = list(event.initial_args)
         self.args_set = False
         self._warned_oversize = False
@@ -267,9 +270,10 @@ class Session:
             values = msg.values
             for fn in self.on_outputs:
                 fn(values)
-            if self.outputs.full():
-                self.outputs.get_nowait()  # a consumer that does not read loses the oldest
-            self.outputs.put_nowait(values)
+            for queue in (self.outputs, *self.subscribers):
+                if queue.full():
+                    queue.get_nowait()  # a consumer that does not read loses the oldest
+                queue.put_nowait(values)
             self.send_client("fetch_output", None)
         elif isinstance(msg, ClearAudio):
             if self.audio_out is not None:

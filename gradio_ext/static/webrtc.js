@@ -272,11 +272,14 @@ function onServerMessage(s, raw) {
     case "send_input":
       sendArgs(s);
       break;
+    case "fetch_output":
+      fetchOutput(s);
+      break;
     case "end_stream":
       stop(s, "stopped", endReason(msg.data));
       break;
     default:
-      break; // log, fetch_output, ...: not shown by this component
+      break; // log, stopword, ...: not shown by this component
   }
 }
 
@@ -295,6 +298,15 @@ function sendArgs(s) {
   setTimeout(() => {
     if (s === session && !s.closed) trigger("webrtc_args");
   }, 0);
+}
+
+// One "fetch_output" per AdditionalOutputs the handler yielded: each trigger of the custom
+// event "webrtc_outputs" takes the oldest one off the session's queue on the server, so
+// none is lost and they arrive in order, even after the stream has ended.
+function fetchOutput(s) {
+  if (!s.id) return;
+  props.value = s.id;
+  setTimeout(() => trigger("webrtc_outputs"), 0);
 }
 
 function fail(s, err) {
