@@ -75,7 +75,7 @@ def face_y4m(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # Playwright's sync API holds the main thread's loop: let go after the module
 def browser(face_y4m: Path) -> Iterator[Any]:
     # a skipped browser test checks nothing: scripts/setup.sh --test installs Debian's chromium
     assert CHROMIUM.exists(), f"{CHROMIUM} is missing: run scripts/setup.sh --test (apt-get install chromium)"
