@@ -1,4 +1,4 @@
-"""rtcpool for Gradio apps: ``from gradio_ext import WebRTC, StreamHandler, ...``.
+"""rtcpool for Gradio apps: ``from gradio_ext import WebRTC, ReplyOnPause, ...``.
 
 The names and meaning are gradio_webrtc's; each stream's handler runs in a worker process.
 Importing this package hooks Gradio's app creation and launch (see gradio_ext/serving.py).
@@ -11,6 +11,10 @@ from workers.handlers import (
     CloseStream,
     StreamHandler,
 )
+from workers.reply_on_pause import ReplyOnPause
+from workers.reply_on_stopwords import ReplyOnStopWords
+from workers.stopwords import StopWordOptions
+from workers.vad import AlgoOptions, PauseDetectionModel, SileroVADModel, SileroVadOptions
 
 from . import serving
 from .webrtc import WebRTC
@@ -19,9 +23,16 @@ serving.install()
 
 __all__ = [
     "AdditionalOutputs",
+    "AlgoOptions",
     "AsyncStreamHandler",
     "AudioVideoStreamHandler",
     "CloseStream",
+    "PauseDetectionModel",
+    "ReplyOnPause",
+    "ReplyOnStopWords",
+    "SileroVADModel",
+    "SileroVadOptions",
+    "StopWordOptions",
     "StreamHandler",
     "WebRTC",
 ]

@@ -92,6 +92,9 @@ class Worker:
     def __init__(self, spec: HandlerSpec, event_id: str = "") -> None:
         self.event_id = event_id
         self.handler = load(spec)
+        warmup = getattr(self.handler, "warmup", None)
+        if callable(warmup):
+            warmup()  # load models now, while the worker waits in the pool, not in a session
         self.endpoint = f"\0rtcpool-{os.getuid()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.listener.bind(self.endpoint)
@@ -191,7 +194,8 @@ class Session:
         if isinstance(self.handler, StreamHandlerBase):
             self.handler._hooks = _Hooks(self)
             self.in_rate, self.in_layout = self.handler.input_sample_rate, self.handler.expected_layout
-            if hello.args_set:
+            if hello.args_set or not hello.args:
+                # a stream without other inputs has nothing to wait for
                 self.handler.set_args(self.args)
         self.channel = FrameChannel(
             conn,

@@ -1,0 +1,456 @@
+"""``ReplyOnPause``: call the user's function with each utterance once the speaker pauses.
+
+How a turn is found. Incoming frames (any rate, delivered at the handler's
+``input_sample_rate`` by the worker) are mixed to mono and resampled to 16 kHz; every
+``audio_chunk_duration`` seconds of that the pause-detection model measures the chunk's
+speech. A chunk with more than ``started_talking_threshold`` seconds of speech starts an
+utterance (from the first speech the VAD found in it, or in the chunk before when speech
+began there); once talking, a chunk with less than ``speech_threshold`` seconds is the
+pause. The utterance -- every frame from its start through the pausing chunk, at the rate
+and layout the frames came in -- goes to ``fn(audio, *latest_args[1:])``.
+
+Threads. The worker calls ``receive`` for each frame and ``emit`` in a loop of its own,
+possibly on another thread. ``receive`` only runs the VAD (a few ms per chunk); the user's
+function and generator run in ``emit``, which returns one item per call, or None when
+nothing is ready. The reply generator is only ever touched by ``emit``'s thread:
+``receive`` interrupts a reply by bumping an epoch under the lock, and ``emit`` closes the
+generator (and drops anything it produced) when it sees the epoch move.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from workers.audio import Resampler, frame_samples, to_float_mono
+from workers.handlers import (
+    DEFAULT_OUTPUT_FRAME_SIZE,
+    DEFAULT_OUTPUT_SAMPLE_RATE,
+    Layout,
+    StreamHandler,
+)
+from workers.vad import (
+    VAD_SAMPLE_RATE,
+    AlgoOptions,
+    PauseDetectionModel,
+    SileroVADModel,
+    SileroVadOptions,
+)
+
+REPLY_ON_PAUSE_INPUT_SAMPLE_RATE = 48_000  # Hz, fastrtc's default for ReplyOnPause
+HISTORY_S = 2.0  # s of 16 kHz audio kept behind the chunk cursor (pre-roll, stop-word rewind)
+SAMPLE_BUFFER_INITIAL_S = 4.0  # s: first allocation of the 16 kHz buffer; grows as needed
+LOG_PAUSE_DETECTED = "pause_detected"  # data of the {"type": "log"} message at a pause
+LOG_RESPONSE_STARTING = "response_starting"  # ... and when the reply function is called
+
+AudioTuple = tuple[int, np.ndarray]
+
+
+class SampleBuffer:
+    """A float32 sample log indexed by absolute stream position, trimmed from the front."""
+
+    def __init__(self, capacity: int) -> None:
+        self._data = np.zeros(max(1, capacity), dtype=np.float32)
+        self._head = 0  # index in _data of absolute position `start`
+        self._len = 0
+        self.start = 0  # absolute position of the oldest kept sample
+
+    @property
+    def end(self) -> int:
+        return self.start + self._len
+
+    def append(self, x: np.ndarray) -> None:
+        if x.size == 0:
+            return
+        need = self._head + self._len + x.size
+        if need > self._data.size:
+            # compact, and grow when more than half would still be full
+            keep = self._data[self._head : self._head + self._len]
+            size = self._data.size
+            while self._len + x.size > size // 2:
+                size *= 2
+            data = np.zeros(size, dtype=np.float32) if size != self._data.size else self._data
+            data[: self._len] = keep
+            self._data, self._head = data, 0
+        self._data[self._head + self._len : self._head + self._len + x.size] = x
+        self._len += x.size
+
+    def view(self, a: int, b: int) -> np.ndarray:
+        """Samples [a, b) in absolute positions (clamped to what is kept); valid until the next append."""
+        a, b = max(a, self.start), min(b, self.end)
+        return self._data[self._head + a - self.start : self._head + max(a, b) - self.start]
+
+    def trim(self, before: int) -> None:
+        """Forget samples before absolute position ``before``."""
+        drop = min(max(0, before - self.start), self._len)
+        self._head += drop
+        self._len -= drop
+        self.start += drop
+
+
+class _Stream:
+    """Per-stream listening state: audio logs at both rates and the turn being heard."""
+
+    def __init__(self, sample_rate: int, chunk_samples: int) -> None:
+        self.sample_rate = sample_rate
+        self.resampler = Resampler(sample_rate, VAD_SAMPLE_RATE)
+        self.frames: deque[tuple[int, np.ndarray]] = deque()  # (absolute input position, frame)
+        self.in_pos = 0  # input samples received
+        self.audio16 = SampleBuffer(int((SAMPLE_BUFFER_INITIAL_S) * VAD_SAMPLE_RATE) + chunk_samples)
+        self.chunk_pos = 0  # absolute 16 kHz position where the next VAD chunk starts
+        self.floor16 = 0  # an utterance never starts before this (a stop word's end)
+        self.talking = False
+        self.utt_start16 = 0
+
+    def to_input(self, pos16: int) -> int:
+        return pos16 * self.sample_rate // VAD_SAMPLE_RATE
+
+    def frames_between(self, a: int, b: int, layout: str) -> list[np.ndarray]:
+        """Frames overlapping input positions [a, b) (whole frames: 10-20 ms granularity)."""
+        out = []
+        for start, frame in self.frames:
+            if start >= b:
+                break
+            if start + frame_samples(frame, layout) > a:
+                out.append(frame)
+        return out
+
+    def trim_frames(self, before: int, layout: str) -> None:
+        while self.frames:
+            start, frame = self.frames[0]
+            if start + frame_samples(frame, layout) > before:
+                break
+            self.frames.popleft()
+
+
+class _Reply:
+    """A running reply: the user's iterator (sync, or async driven by a private loop)."""
+
+    def __init__(self, out: Any, epoch: int, loop_factory: Callable[[], asyncio.AbstractEventLoop]) -> None:
+        self.epoch = epoch
+        self.single: list[Any] | None = None
+        self.it: Iterator[Any] | None = None
+        self.agen: Any = None
+        self.loop_factory = loop_factory
+        if inspect.isgenerator(out) or isinstance(out, Iterator):
+            self.it = out
+        elif inspect.isasyncgen(out):
+            self.agen = out
+        elif inspect.iscoroutine(out):
+            self.single = [loop_factory().run_until_complete(out)]
+        else:
+            self.single = [out]
+
+    _DONE = object()
+
+    def next(self) -> Any:
+        """The next item, or ``_Reply._DONE``."""
+        if self.single is not None:
+            return self.single.pop() if self.single else self._DONE
+        if self.it is not None:
+            return next(self.it, self._DONE)
+        try:
+            return self.loop_factory().run_until_complete(self.agen.__anext__())
+        except StopAsyncIteration:
+            return self._DONE
+
+    def close(self) -> None:
+        if self.it is not None and hasattr(self.it, "close"):
+            self.it.close()
+        elif self.agen is not None:
+            try:
+                self.loop_factory().run_until_complete(self.agen.aclose())
+            except Exception:
+                pass
+
+
+class ReplyOnPause(StreamHandler):
+    """Reply to each utterance when the speaker pauses (gradio_webrtc/fastrtc semantics).
+
+    ``fn(audio, *extra_inputs)`` gets ``(sample_rate, int16 array (1, N))`` -- the whole
+    utterance -- and yields (or returns) ``(sr, array)``, ``(sr, array, layout)`` or
+    ``AdditionalOutputs``; a coroutine function or async generator works too.
+
+    ``can_interrupt``: when the speaker starts a new utterance while a reply is still
+    being produced or played, the reply stops and the audio already queued for the client
+    is flushed. When False, what the speaker says during a reply is ignored.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        algo_options: AlgoOptions | None = None,
+        model_options: SileroVadOptions | None = None,
+        can_interrupt: bool = True,
+        expected_layout: Layout = "mono",
+        output_sample_rate: int = DEFAULT_OUTPUT_SAMPLE_RATE,
+        output_frame_size: int = DEFAULT_OUTPUT_FRAME_SIZE,
+        input_sample_rate: int = REPLY_ON_PAUSE_INPUT_SAMPLE_RATE,
+        model: PauseDetectionModel | None = None,
+    ) -> None:
+        super().__init__(expected_layout, output_sample_rate, output_frame_size, input_sample_rate)
+        self.fn = fn
+        self.algo_options = algo_options or AlgoOptions()
+        self.model_options = model_options or SileroVadOptions()
+        self.can_interrupt = can_interrupt
+        self.model: PauseDetectionModel = model if model is not None else SileroVADModel()
+        self._init_runtime()
+
+    # --- per-session runtime state (never pickled) ---------------------------------------------
+
+    _RUNTIME = ("_lock", "_stream", "_pending", "_reply", "_epoch", "_active", "_replied", "_deaf", "_aloop")
+
+    def _init_runtime(self) -> None:
+        self._lock = threading.Lock()
+        self._stream: _Stream | None = None
+        self._pending: AudioTuple | None = None  # an utterance waiting for emit()
+        self._reply: _Reply | None = None  # the running reply; only emit()'s thread touches it
+        self._epoch = 0  # bumped on every interruption
+        self._active = False  # a reply is pending or running
+        self._replied = False  # a reply started since the speaker last started talking
+        self._deaf = False  # audio was dropped during a reply (can_interrupt=False)
+        self._aloop: asyncio.AbstractEventLoop | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        for key in self._RUNTIME:
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._init_runtime()
+
+    def copy(self) -> ReplyOnPause:
+        return ReplyOnPause(
+            self.fn,
+            algo_options=self.algo_options,
+            model_options=self.model_options,
+            can_interrupt=self.can_interrupt,
+            expected_layout=self.expected_layout,
+            output_sample_rate=self.output_sample_rate,
+            output_frame_size=self.output_frame_size,
+            input_sample_rate=self.input_sample_rate,
+            model=self.model,
+        )
+
+    def warmup(self) -> None:
+        """Load the VAD now rather than on the first chunk."""
+        self.model.warmup()
+
+    def start_up(self) -> None:
+        self.warmup()
+
+    def reset(self) -> None:
+        """Forget the stream: buffers, the turn in progress, any pending or running reply."""
+        super().reset()
+        with self._lock:
+            self._stream = None
+            self._pending = None
+            self._active = False
+            self._replied = False
+            self._deaf = False
+            self._epoch += 1  # emit() closes a running reply
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._epoch += 1
+            self._pending = None
+            reply, self._reply = self._reply, None
+        if reply is not None:
+            reply.close()
+        if self._aloop is not None:
+            self._aloop.close()
+            self._aloop = None
+
+    # --- receive: listen for turns -------------------------------------------------------------
+
+    @property
+    def _chunk_samples(self) -> int:
+        return max(1, round(self.algo_options.audio_chunk_duration * VAD_SAMPLE_RATE))
+
+    def receive(self, frame: AudioTuple) -> None:
+        sample_rate, array = frame
+        actions: list[Callable[[], None]] = []
+        with self._lock:
+            if self._active and not self.can_interrupt:
+                self._deaf = True
+                return
+            if self._deaf or self._stream is None or self._stream.sample_rate != sample_rate:
+                # start listening afresh (first frame, a new rate, or the end of a deaf reply)
+                self._deaf = False
+                self._stream = _Stream(int(sample_rate), self._chunk_samples)
+                self._on_new_stream(self._stream)
+            self._ingest(self._stream, np.array(array, copy=True), actions)
+        for action in actions:
+            action()
+
+    def _ingest(self, st: _Stream, array: np.ndarray, actions: list[Callable[[], None]]) -> None:
+        st.frames.append((st.in_pos, array))
+        st.in_pos += frame_samples(array, self.expected_layout)
+        pos16 = st.audio16.end
+        x16 = st.resampler.process(to_float_mono(array, self.expected_layout))
+        st.audio16.append(x16)
+        self._on_audio16(st, x16, pos16, actions)
+        chunk = self._chunk_samples
+        # (re-checked per chunk: a subclass may stop listening for turns inside _on_chunk)
+        while self._listening_for_turns() and st.audio16.end - st.chunk_pos >= chunk:
+            a, b = st.chunk_pos, st.chunk_pos + chunk
+            speech_s, segments = self.model.vad((VAD_SAMPLE_RATE, st.audio16.view(a, b)), self.model_options)
+            st.chunk_pos = b
+            self._on_chunk(st, speech_s, segments, a, b, actions)
+        if not self._listening_for_turns():
+            st.chunk_pos = st.audio16.end
+        # the VAD needs a little history (onset look-back, stop-word rewind); the utterance
+        # itself is kept only as the frames it will be handed over as
+        keep16 = st.chunk_pos - max(chunk, int(HISTORY_S * VAD_SAMPLE_RATE))
+        st.audio16.trim(keep16)
+        keep_frames16 = min(keep16, st.utt_start16) if st.talking else keep16
+        st.trim_frames(st.to_input(max(0, keep_frames16)), self.expected_layout)
+
+    def _on_chunk(
+        self, st: _Stream, speech_s: float, segments: list[dict], a: int, b: int, actions: list[Callable[[], None]]
+    ) -> None:
+        opts = self.algo_options
+        if not st.talking:
+            if speech_s > opts.started_talking_threshold:
+                st.talking = True
+                st.utt_start16 = self._onset(st, segments, a, b)
+                self._on_speech_start(actions)
+            return
+        if speech_s < opts.speech_threshold:
+            st.talking = False
+            lo, hi = st.to_input(st.utt_start16), st.to_input(b)
+            frames = st.frames_between(lo, hi, self.expected_layout)
+            if frames:
+                audio = np.concatenate([np.atleast_2d(f) for f in frames], axis=-1)
+                self._on_utterance((st.sample_rate, audio), actions)
+
+    def _onset(self, st: _Stream, segments: list[dict], a: int, b: int) -> int:
+        """Where the utterance that made chunk [a, b) talking began. Speech often starts
+        late in the chunk before, too briefly to count there, so the VAD looks again over
+        both chunks (once per utterance); its segment start includes ``speech_pad_ms``."""
+        lo = max(a - self._chunk_samples, st.floor16, st.audio16.start)
+        first = a + int(segments[0]["start"]) if segments else a
+        if lo < a:
+            _, wider = self.model.vad((VAD_SAMPLE_RATE, st.audio16.view(lo, b)), self.model_options)
+            if wider:
+                first = min(first, lo + int(wider[0]["start"]))
+        return max(first, st.floor16, st.audio16.start)
+
+    def _on_speech_start(self, actions: list[Callable[[], None]]) -> None:
+        """The speaker started an utterance: interrupt a reply in progress (lock held)."""
+        if self.can_interrupt and (self._active or self._replied):
+            self._interrupt(actions)
+        self._replied = False
+
+    def _interrupt(self, actions: list[Callable[[], None]]) -> None:
+        self._epoch += 1
+        self._pending = None
+        self._active = False
+        actions.append(self._clear_audio)
+
+    def _on_utterance(self, utterance: AudioTuple, actions: list[Callable[[], None]]) -> None:
+        """A complete utterance (lock held): queue it for emit()."""
+        self._pending = utterance
+        self._active = True
+        actions.append(lambda: self.send_message_sync(LOG_PAUSE_DETECTED, "log"))
+
+    # hooks for subclasses (lock held)
+    def _on_new_stream(self, st: _Stream) -> None:
+        pass
+
+    def _on_audio16(self, st: _Stream, x16: np.ndarray, pos16: int, actions: list[Callable[[], None]]) -> None:
+        pass
+
+    def _listening_for_turns(self) -> bool:
+        return True
+
+    def _clear_audio(self) -> None:
+        # flushes reply audio already queued for the client (StreamHandlerBase.clear_audio;
+        # looked up defensively so the handler also runs beside an older handler base)
+        clear = getattr(super(), "clear_audio", None) or getattr(self._hooks, "clear_audio", None)
+        if callable(clear):
+            clear()
+
+    # --- emit: produce the reply ---------------------------------------------------------------
+
+    def _reply_loop(self) -> asyncio.AbstractEventLoop:
+        if self._aloop is None:
+            self._aloop = asyncio.new_event_loop()
+        return self._aloop
+
+    def emit(self) -> Any:
+        utterance: AudioTuple | None = None
+        epoch = 0
+        with self._lock:
+            reply = self._reply
+            stale = reply is not None and reply.epoch != self._epoch
+            if reply is None and self._pending is not None:
+                utterance, self._pending = self._pending, None
+                epoch = self._epoch
+        if reply is not None:
+            if stale:  # interrupted since the last call: close it here, on emit's thread
+                self._finish(reply)
+                return None
+            return self._next(reply)
+        if utterance is not None:
+            return self._start_reply(utterance, epoch)
+        return None
+
+    def _start_reply(self, utterance: AudioTuple, epoch: int) -> Any:
+        if not self.args_set.is_set():
+            # the stream's other inputs: the worker sets them when the client sends them;
+            # ask once and wait (bounded) rather than call fn with arguments missing
+            self.wait_for_args_sync()
+        self.send_message_sync(LOG_RESPONSE_STARTING, "log")
+        with self._lock:
+            self._replied = True
+        try:
+            out = self.fn(utterance, *self.latest_args[1:])
+            reply = _Reply(out, epoch, self._reply_loop)
+        except BaseException:
+            with self._lock:
+                if self._epoch == epoch:
+                    self._active = False
+            raise
+        with self._lock:
+            self._reply = reply
+        return self._next(reply)
+
+    def _next(self, reply: _Reply) -> Any:
+        try:
+            item = reply.next()
+        except BaseException:
+            self._finish(reply)
+            raise
+        if item is _Reply._DONE:
+            self._finish(reply)
+            return None
+        with self._lock:
+            interrupted = reply.epoch != self._epoch
+        if interrupted:  # the speaker started talking while this item was being made
+            self._finish(reply)
+            return None
+        return item
+
+    def _finish(self, reply: _Reply) -> None:
+        with self._lock:
+            if self._reply is reply:
+                self._reply = None
+            if reply.epoch == self._epoch:
+                self._active = False
+        reply.close()
+
+    def __repr__(self) -> str:
+        name = getattr(self.fn, "__qualname__", repr(self.fn))
+        return f"{type(self).__name__}({name})"
+
+
+__all__ = ["AlgoOptions", "ReplyOnPause", "SileroVadOptions", "SampleBuffer"]
