@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import html
 import inspect
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -240,8 +241,9 @@ class WebRTC(gr.HTML, metaclass=NoStubComponentMeta):
 
         ``inputs[0]`` is this component (its value for ``fn`` is ``"__webrtc_value__"``);
         the others are passed to ``fn`` after the frame, live. ``stream_every`` has no
-        effect: frames flow as fast as the handler takes them. ``trigger`` (for
-        ``mode="receive"``) is recorded but not wired yet.
+        effect: frames flow as fast as the handler takes them. ``trigger`` (e.g.
+        ``button.click``, for ``mode="receive"``) starts the stream from the page, like the
+        component's own start button.
         """
         if loader.in_worker_import():
             # the app file is being re-imported in a worker to recover this handler
@@ -279,6 +281,17 @@ class WebRTC(gr.HTML, metaclass=NoStubComponentMeta):
         )
         self.stream_event = event
         self.stream_trigger = trigger
+        if trigger is not None:
+            # the trigger starts this component's stream in the page (no server round trip);
+            # the page then sends the inputs' current values to the new session
+            trigger(
+                None,
+                None,
+                None,
+                js=f"() => {{ const c = (window.__rtcpool || {{}})[{json.dumps(event.event_id)}]; if (c) c.start(); }}",
+                queue=False,
+                show_progress="hidden",
+            )
         self.time_limit = event.time_limit  # a config override may have changed it
         self.props["rtc"] = self._client_config(event.event_id)
         return event

@@ -174,6 +174,7 @@ class Session:
         self.args: list[Any] = list(hello.args)
         self.cond = threading.Condition()
         self.stop_event = threading.Event()
+        self.args_arrived = threading.Event()
         self.stopping = False
         self.stop_reason = ""
         self.stuck = False
@@ -272,6 +273,7 @@ class Session:
                 self.stop_reason = reason
             self.cond.notify_all()
         self.stop_event.set()
+        self.args_arrived.set()
         self._wake_async()
 
     def _wake(self) -> None:
@@ -305,6 +307,7 @@ class Session:
     def _on_control(self, msg: Control) -> None:
         if isinstance(msg, Args):
             self.args = list(msg.args)
+            self.args_arrived.set()
             if isinstance(self.handler, StreamHandlerBase):
                 self.handler.set_args(self.args)
 
@@ -385,7 +388,14 @@ class Session:
                 self._report(exc)
 
     def _generator_loop(self) -> None:
-        """Server-to-client: the function is a generator of frames or audio, paced here."""
+        """Server-to-client: the function is a generator of frames or audio, paced here.
+        With other inputs, it starts with their current values: the page sends them right
+        after connecting; a client that sends none gets the initial values after
+        ARGS_WAIT_TIMEOUT_S."""
+        if self.hello.args and not self.hello.args_set:
+            self.args_arrived.wait(C.ARGS_WAIT_TIMEOUT_S)
+            if self.stopping:
+                return
         out = self.handler(*self.args)
         if inspect.isasyncgen(out):
             asyncio.run(self._drain_async_gen(out))

@@ -354,6 +354,16 @@ ui.button.addEventListener("click", () => {
   if (session) stop(session, "stopped");
   else start();
 });
+// A stream's `trigger=` (e.g. a button's click) starts it from Python-side wiring, which
+// finds this component here by its stream id; tests read the live session here too.
+window.__rtcpool = window.__rtcpool || {};
+if (cfg.stream_id) {
+  window.__rtcpool[cfg.stream_id] = {
+    start: () => { if (!session) start(); },
+    stop: () => { if (session) stop(session, "stopped"); },
+    session: () => session,
+  };
+}
 window.addEventListener("pagehide", () => {
   if (session) stop(session, "stopped");
 });

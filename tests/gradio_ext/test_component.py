@@ -44,9 +44,16 @@ def component_config(demo: gr.Blocks, block: gr.components.Component) -> dict:
 def test_public_api_is_all():
     assert sorted(gradio_ext.__all__) == [
         "AdditionalOutputs",
+        "AlgoOptions",
         "AsyncStreamHandler",
         "AudioVideoStreamHandler",
         "CloseStream",
+        "PauseDetectionModel",
+        "ReplyOnPause",
+        "ReplyOnStopWords",
+        "SileroVADModel",
+        "SileroVadOptions",
+        "StopWordOptions",
         "StreamHandler",
         "WebRTC",
     ]
