@@ -51,7 +51,7 @@ async def test_frames_come_back_inverted(invert_app):
         return float(np.abs(got[region] - (255 - sent[region])).mean()), float(np.abs(got[region] - sent[region]).mean())
 
     # VP8 starts at a low bitrate and sharpens within a second or two: wait for a good frame
-    await async_wait_until(lambda: errors()[0] < 12, 10)
+    await async_wait_until(lambda: client.report.received > 10 and errors()[0] < 12, 15)
     err, same = errors()
     report = await client.close()
     assert report.received > 10

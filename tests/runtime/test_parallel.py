@@ -16,7 +16,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 BUSY_S = 0.04  # each call holds the GIL this long in a pure-Python loop
 WINDOW_S = 3.0
 ATTEMPTS = 3
-MIN_PARALLELISM = 1.2  # CPU-seconds per second; 1.0 is the most one GIL allows
+MIN_GAIN = 1.25  # the pool's CPU-seconds per second over two threads' in one process
 
 
 def hold_gil(frame: np.ndarray):
@@ -28,7 +28,28 @@ def hold_gil(frame: np.ndarray):
     return frame, AdditionalOutputs(time.thread_time() - cpu0, wall0)
 
 
+def threaded_baseline(seconds: float) -> float:
+    """CPU-seconds per second that two threads of one process get running ``hold_gil``."""
+    import threading
+
+    total = [0.0, 0.0]
+
+    def run(i: int) -> None:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            total[i] += hold_gil(None)[1].args[0]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(total) / seconds
+
+
 async def test_gil_holding_handlers_in_two_sessions_run_in_parallel(make_gateway):
+    # the same work on two threads of one process, on this machine, now: what one GIL allows
+    baseline = threaded_baseline(WINDOW_S)
     with make_gateway(lambda gw: gw.add_stream(hold_gil, event_id="par-gil", concurrency_limit=2)) as served:
         a = Client(served.url, size=(160, 120))
         b = Client(served.url, size=(160, 120))
@@ -48,12 +69,13 @@ async def test_gil_holding_handlers_in_two_sessions_run_in_parallel(make_gateway
             inside = [cpu for cpu, wall in samples if start + 0.2 <= wall <= end - BUSY_S - 0.2]
             span = (end - BUSY_S - 0.2) - (start + 0.2)
             ratios.append(sum(inside) / span)
-            if ratios[-1] > MIN_PARALLELISM:
+            if ratios[-1] > MIN_GAIN * baseline:
                 break
         await a.close()
         await b.close()
     assert len(pids) == 2, "each session has its own worker process"
-    # One interpreter runs Python on one core at a time: the sum of the two handlers' CPU
-    # time over a window can only exceed the window when they truly run in parallel. Other
-    # load on the machine can steal a window, so the best of a few counts.
-    assert max(ratios) > MIN_PARALLELISM, f"handlers used {ratios} CPU-s per second: not parallel"
+    # One interpreter runs Python on one core at a time, so two threads of one process get
+    # at most 1 CPU-second per second between them (the baseline, measured here and now, so
+    # other load on the machine weighs on both sides). Two worker processes get more: on an
+    # idle 2-core machine ~1.5-1.8 (the gateway's codecs take the rest).
+    assert max(ratios) > MIN_GAIN * baseline, f"pool {ratios} vs one-process threads {baseline:.2f} CPU-s/s: not parallel"
