@@ -63,6 +63,7 @@ SEGMENT_PREFIX = "rtcpool-"  # every segment's name starts so; leak tests count 
 CONTROL_FRAGMENT_BYTES = 48 * 1024  # a control message is cut in datagrams this large
 MSG_PART = ord("P")  # a non-final fragment of a control message; the final one is "C"
 MAX_CONTROL_BYTES = 16 * 1024 * 1024  # a control message larger than this is refused
+CLOSE_FLUSH_TIMEOUT_S = 2.0  # close(notify=True) waits this long for the peer to take the backlog
 MAX_BACKLOG_MESSAGES = 4096  # messages queued for a peer that stopped reading; past it the channel closes
 
 
@@ -185,8 +186,13 @@ class Segment:
         try:
             self.shm.close()
         except BufferError:
-            # a caller still holds a view; the mapping goes when it does, the name goes now
-            pass
+            # a caller still holds a view; the mapping goes when it does, the name goes now.
+            # The views' buffer export keeps the mmap object alive: let go of it and of the fd
+            # here, or SharedMemory.__del__ retries the close later and raises (ignored) then.
+            self.shm._mmap = None  # type: ignore[attr-defined]
+            if self.shm._fd >= 0:  # type: ignore[attr-defined]
+                os.close(self.shm._fd)  # type: ignore[attr-defined]
+                self.shm._fd = -1  # type: ignore[attr-defined]
         if self.owner:
             try:
                 self.shm.unlink()
@@ -241,6 +247,11 @@ class FrameChannel:
         self.close_reason = ""
         self.peer_close: Close | None = None  # the peer's Close, when it ended the link cleanly
         self._lock = threading.Lock()
+        # Test-found: one control's fragments must go out back to back. Two threads sending
+        # controls (the worker's handler loops, its reader's warnings) interleaved them, and a
+        # small "C" between another message's "P"s was read as its last part: protocol error.
+        # Reentrant: a failed send calls on_closed, which may itself send.
+        self._control_lock = threading.RLock()
         self._free = {
             KIND_VIDEO: deque(range(tx.geometry.video_slots)),
             KIND_AUDIO: deque(range(tx.geometry.audio_slots)),
@@ -320,11 +331,6 @@ class FrameChannel:
         if not self._send_slot_message(MSG_FRAME, kind, slot):
             with self._lock:
                 self._free[kind].append(slot)
-                if not self.closed:  # the link is backlogged: a drop like any other, counted
-                    if kind == KIND_VIDEO:
-                        self.stats.video_dropped += 1
-                    else:
-                        self.stats.audio_dropped += 1
             return False
         if kind == KIND_VIDEO:
             self.stats.video_sent += 1
@@ -337,26 +343,29 @@ class FrameChannel:
         data = msg.encode()
         if len(data) > MAX_CONTROL_BYTES:
             raise WireError(f"control message of {len(data)} bytes exceeds {MAX_CONTROL_BYTES}")
-        if len(data) <= CONTROL_FRAGMENT_BYTES:
-            self._send_raw(data, must=True)
-            return
-        body = memoryview(data)[1:]
-        step = CONTROL_FRAGMENT_BYTES - 1
-        chunks = [body[i : i + step] for i in range(0, len(body), step)]
-        for chunk in chunks[:-1]:
-            self._send_raw(bytes((MSG_PART,)) + chunk, must=True)
-        self._send_raw(bytes((MSG_CONTROL,)) + chunks[-1], must=True)
+        with self._control_lock:
+            if len(data) <= CONTROL_FRAGMENT_BYTES:
+                self._send_raw(data, must=True)
+                return
+            body = memoryview(data)[1:]
+            step = CONTROL_FRAGMENT_BYTES - 1
+            chunks = [body[i : i + step] for i in range(0, len(body), step)]
+            for chunk in chunks[:-1]:
+                self._send_raw(bytes((MSG_PART,)) + chunk, must=True)
+            self._send_raw(bytes((MSG_CONTROL,)) + chunks[-1], must=True)
 
     def _send_slot_message(self, mtype: int, kind: int, slot: int) -> bool:
         # pack() rather than a shared buffer: the reader and handler threads both send.
-        # Audio waits in the backlog like a release (test-found: it was dropped, uncounted,
-        # whenever a large control message was still going out, though the consumer kept up);
-        # its slots bound that backlog. Video behind a backlog is dropped: a newer frame comes.
-        return self._send_raw(SLOT_MESSAGE.pack(mtype, kind, slot), must=(mtype == MSG_RELEASE or kind == KIND_AUDIO))
+        # A frame message waits in the backlog like a release. Test-found: frames were dropped,
+        # uncounted, whenever a large control (an AdditionalOutputs) was still going out,
+        # though the consumer kept up: a handler returning (frame, AdditionalOutputs(big))
+        # lost every frame. The backlog stays bounded: each waiting "F" holds a slot.
+        return self._send_raw(SLOT_MESSAGE.pack(mtype, kind, slot), must=True)
 
     def _send_raw(self, data: bytes, must: bool) -> bool:
-        """Send one datagram. A frame message that would block is dropped (False); a message
-        that must arrive (release, control) waits in the backlog behind earlier ones."""
+        """Send one datagram. A message that must arrive (every one sent today: frame,
+        release, control) waits in the backlog behind earlier ones when the socket is full;
+        one that need not is dropped (False). False too once the link is closed."""
         if self.closed:
             return False
         error: Exception | None = None
@@ -501,6 +510,25 @@ class FrameChannel:
         except ConnectionError as exc:
             self._closed(str(exc))
 
+    def _drain(self, timeout: float) -> bool:
+        """Blocking: flush the backlog, waiting for the link to be writable. True when empty."""
+        import select
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                try:
+                    self._flush_locked()
+                except ConnectionError:
+                    return False
+                if not self._backlog:
+                    return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            select.select([], [self.sock], [], left)
+
     def _add_part(self, part: memoryview) -> None:
         self._parts_bytes += len(part)
         if self._parts_bytes > MAX_CONTROL_BYTES:
@@ -557,10 +585,17 @@ class FrameChannel:
         # the peer may have closed first: a Close still goes out, as the answer (it carries
         # ``retire``), unless the socket itself is gone
         if notify and self.sock.fileno() != -1:
-            try:
-                self.sock.send(Close(reason, retire).encode())
-            except OSError:
-                pass
+            with self._control_lock:
+                # Test-found: the Close went out ahead of the backlog and the socket closed on
+                # the rest, so an end_stream queued behind a large AdditionalOutputs was lost
+                # and the peer saw a crash. What was queued goes first, for a bounded time
+                # (only blocking callers notify: the worker's serve thread, tools); a Close
+                # after part of a fragmented message would corrupt it, so then none is sent.
+                if self._drain(CLOSE_FLUSH_TIMEOUT_S):
+                    try:
+                        self.sock.send(Close(reason, retire).encode())
+                    except OSError:
+                        pass
         self.closed = True
         if not self.close_reason:
             self.close_reason = reason
@@ -583,13 +618,22 @@ def offer_link(sock: socket.socket, hello: Hello, geometry: Geometry | None = No
         up.close()
         raise
     hello.up_segment, hello.down_segment = up.name, down.name
+    # Test-found: the Hello went out as one datagram, so initial args over the worker's 64 KiB
+    # read were cut (session refused) and over the socket buffer (~208 KiB) failed with
+    # EMSGSIZE. Through the channel it is fragmented like any control; what the socket cannot
+    # take yet waits in the backlog (the owner flushes on writable, as for any control).
+    channel = FrameChannel(sock, tx=up, rx=down, **callbacks)
+    on_closed, channel.on_closed = channel.on_closed, None  # a failure here raises instead
     try:
-        sock.send(hello.encode())
+        channel.send_control(hello)
+        if channel.closed:
+            raise ConnectionError(f"could not send hello: {channel.close_reason}")
     except Exception:
         up.close()
         down.close()
         raise
-    return FrameChannel(sock, tx=up, rx=down, **callbacks)
+    channel.on_closed = on_closed
+    return channel
 
 
 def connect_worker(endpoint: str, hello: Hello, timeout: float, geometry: Geometry | None = None, **callbacks: Any) -> tuple[FrameChannel, Ready]:
@@ -620,8 +664,8 @@ def connect_worker(endpoint: str, hello: Hello, timeout: float, geometry: Geomet
         if left <= 0:
             channel.close("worker did not answer")
             raise TimeoutError(f"worker at {endpoint!r} sent no ready within {timeout} s")
-        select.select([sock], [], [], left)
-        channel.pump()
+        select.select([sock], [sock] if channel.has_backlog else [], [], left)
+        channel.pump()  # flushes the backlog (a large Hello's fragments) too
     if not ready:
         reason = channel.close_reason
         channel.close(reason)

@@ -81,6 +81,7 @@ class Pool:
         self.starting = 0
         self.available = asyncio.Condition()
         self.last_error = ""
+        self.start_failures = 0  # worker starts that failed, ever: a waiter compares counts
         self.started_total = 0
         self.replaced_total = 0
         self.max_workers_override: int | None = None
@@ -98,7 +99,17 @@ class Pool:
 
 
 class Scheduler:
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        gateway_ttl_s: float = C.GATEWAY_TTL_S,
+        monitor_interval_s: float = MONITOR_INTERVAL_S,
+        time_limit_grace_s: float = TIME_LIMIT_GRACE_S,
+    ) -> None:
+        # constructor arguments, not only module constants: inside a Ray actor a patched
+        # constant is not seen, and tests need an expiry of seconds, not of GATEWAY_TTL_S
+        self.gateway_ttl_s = gateway_ttl_s
+        self.monitor_interval_s = monitor_interval_s
+        self.time_limit_grace_s = time_limit_grace_s
         self.pools: dict[str, Pool] = {}
         self.leases: dict[str, Lease] = {}
         self.gateways: dict[str, float] = {}  # gateway id -> last heartbeat (monotonic)
@@ -196,6 +207,7 @@ class Scheduler:
 
     async def _take_worker(self, pool: Pool) -> WorkerRef:
         deadline = time.monotonic() + C.LEASE_TIMEOUT_S
+        failures_before = pool.start_failures
         async with pool.available:
             while not pool.idle:
                 if pool.total < pool.max_workers:
@@ -207,7 +219,11 @@ class Scheduler:
                     await asyncio.wait_for(pool.available.wait(), left)
                 except asyncio.TimeoutError:
                     continue
-                if pool.last_error and not pool.idle and pool.starting == 0:
+                # Test-found: this waited for ``starting == 0``, but each failure made the loop
+                # start another worker, so with limit > 1 one was always starting: a handler
+                # that cannot load restarted workers for LEASE_TIMEOUT_S. A start that failed
+                # while this offer waited answers it now.
+                if pool.start_failures != failures_before and not pool.idle:
                     raise RuntimeError(pool.last_error)
             return pool.idle.pop()
 
@@ -283,6 +299,7 @@ class Scheduler:
             info = await asyncio.wait_for(actor.ready.remote(), C.WORKER_START_TIMEOUT_S)
         except Exception as exc:
             pool.last_error = f"worker for {pool.spec.event_id} failed to start: {_reason(exc)}"
+            pool.start_failures += 1
             log.error("%s", pool.last_error)
             if actor is not None:
                 _kill(actor)
@@ -314,16 +331,16 @@ class Scheduler:
 
     async def _monitor_loop(self) -> None:
         while True:
-            await asyncio.sleep(MONITOR_INTERVAL_S)
+            await asyncio.sleep(self.monitor_interval_s)
             now = time.monotonic()
             for gid, seen in list(self.gateways.items()):
-                if now - seen > C.GATEWAY_TTL_S:
+                if now - seen > self.gateway_ttl_s:
                     log.warning("gateway %s silent for %.0f s: reclaiming its leases", gid, now - seen)
                     await self.forget_gateway(gid)
             for lid, lease in list(self.leases.items()):
                 pool = self.pools.get(lease.event_id)
                 limit = pool.spec.time_limit if pool is not None else None
-                if limit is not None and lease.streaming_since is not None and now - lease.streaming_since > limit + TIME_LIMIT_GRACE_S:
+                if limit is not None and lease.streaming_since is not None and now - lease.streaming_since > limit + self.time_limit_grace_s:
                     log.warning("lease %s outlived its time limit: reclaiming", lid)
                     await self.release(lid, worker_ok=False)
 
