@@ -182,6 +182,7 @@ class Session:
         self._closing: asyncio.Task[None] | None = None
         self._link_closed = asyncio.Event()
         self.worker_ok = True
+        self._writing = False  # a writer callback is flushing the channel's backlog
         self.created_at = time.monotonic()
         self.connected_at: float | None = None
         self.media_since: float | None = None
@@ -239,7 +240,7 @@ class Session:
                 on_control=lambda m: self._on_first_control(m, ready),
                 on_closed=self._on_link_closed,
             )
-            self.loop.add_reader(sock.fileno(), self.channel.pump)
+            self.loop.add_reader(sock.fileno(), self._on_readable)
             await asyncio.wait_for(ready, C.WORKER_CONNECT_TIMEOUT_S)
             self.channel.on_control = self._on_control
         except BaseException as exc:
@@ -247,6 +248,29 @@ class Session:
             if self.channel is None:
                 sock.close()
             raise WorkerGone(f"worker {self.worker_pid} did not take the session: {exc!r}") from exc
+
+    def _on_readable(self) -> None:
+        self.channel.pump()
+        self._watch_backlog()
+
+    def _watch_backlog(self) -> None:
+        """Messages that did not fit the socket wait in the channel's backlog: flush them as
+        soon as the link is writable again, not at the next read."""
+        ch = self.channel
+        if ch is not None and ch.has_backlog and not self._writing and not ch.closed:
+            self._writing = True
+            self.loop.add_writer(ch.sock.fileno(), self._on_writable)
+
+    def _on_writable(self) -> None:
+        ch = self.channel
+        assert ch is not None
+        ch.flush()
+        if not ch.has_backlog or ch.closed:
+            self._writing = False
+            try:
+                self.loop.remove_writer(ch.sock.fileno())
+            except (ValueError, OSError):
+                pass
 
     def _on_first_control(self, msg: Control, ready: asyncio.Future[None]) -> None:
         if isinstance(msg, Ready) and not ready.done():
@@ -377,6 +401,8 @@ class Session:
                 tb = frame.time_base or Fraction(1, C.VIDEO_CLOCK_RATE)
                 channel.send_video(frame.to_ndarray(format="rgb24"), frame.pts or 0, (tb.numerator, tb.denominator))
                 self.frames_in += 1
+                if channel.has_backlog:
+                    self._watch_backlog()
         except MediaStreamError:
             return
 
@@ -394,6 +420,8 @@ class Session:
                     self._media_started(now)
                 for out in resampler.resample(frame):
                     channel.send_audio(out.to_ndarray(), out.sample_rate, layout, out.pts or 0)
+                if channel.has_backlog:
+                    self._watch_backlog()
         except MediaStreamError:
             return
 
@@ -419,6 +447,7 @@ class Session:
                 self.channel.send_control(Args(self.args))
             except (TypeError, WireError) as exc:
                 self.send_client_warning(f"inputs cannot reach the worker: {exc}")
+            self._watch_backlog()
 
     # --- messages to the client ----------------------------------------------------------------------
 
@@ -510,6 +539,8 @@ class Session:
                 self.worker_ok = False  # its handler would not stop: the pool replaces it
             try:
                 self.loop.remove_reader(ch.sock.fileno())
+                if self._writing:
+                    self.loop.remove_writer(ch.sock.fileno())
             except (ValueError, OSError):
                 pass
             ch.close(reason, notify=False)

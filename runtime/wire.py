@@ -98,8 +98,7 @@ MSG_FRAME = ord("F")
 MSG_RELEASE = ord("R")
 MSG_CONTROL = ord("C")
 SLOT_MESSAGE = struct.Struct("<BBH")  # type, kind, slot index
-MAX_CONTROL_BYTES = 4 * 1024 * 1024  # a control message larger than this is refused
-LINK_RECV_BYTES = MAX_CONTROL_BYTES + 1  # recv buffer: any message that fits, plus one to detect overflow
+# control messages larger than one datagram are fragmented: see runtime/channel.py
 
 
 class WireError(ValueError):

@@ -547,7 +547,7 @@ class Session:
             return False
         if isinstance(out, tuple) and out and isinstance(out[-1], AdditionalOutputs):
             self._send_outputs(out[-1])
-            out = out[0] if len(out) == 2 else out[:-1]
+            out = out[0] if len(out) == 2 else (out[:-1] or None)
             if out is None:
                 return False
         if _is_audio(out):
