@@ -376,7 +376,7 @@ class Session:
         try:
             while True:
                 await track.recv()
-                self.last_media = time.monotonic()
+                self._media_arrived()
         except MediaStreamError:
             return
 
@@ -387,10 +387,7 @@ class Session:
         try:
             while not self.closed:
                 frame = await track.recv()
-                now = time.monotonic()
-                self.last_media = now
-                if self.media_since is None:
-                    self._media_started(now)
+                self._media_arrived()
                 if frame.width * frame.height > max_pixels:
                     if not self._warned_oversize:
                         self._warned_oversize = True
@@ -414,10 +411,7 @@ class Session:
         try:
             while not self.closed:
                 frame = await track.recv()
-                now = time.monotonic()
-                self.last_media = now
-                if self.media_since is None:
-                    self._media_started(now)
+                self._media_arrived()
                 for out in resampler.resample(frame):
                     channel.send_audio(out.to_ndarray(), out.sample_rate, layout, out.pts or 0)
                 if channel.has_backlog:
@@ -425,9 +419,13 @@ class Session:
         except MediaStreamError:
             return
 
-    def _media_started(self, now: float) -> None:
-        self.media_since = now
-        self._spawn(self._mark_streaming())
+    def _media_arrived(self) -> None:
+        now = time.monotonic()
+        self.last_media = now
+        if self.media_since is None:
+            # the time limit counts from here, and the scheduler's backstop too
+            self.media_since = now
+            self._spawn(self._mark_streaming())
 
     async def _mark_streaming(self) -> None:
         try:
