@@ -30,6 +30,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from runtime import constants as C
 from runtime.ice import pin_host_addresses
+from runtime.jitter import set_audio_prefetch
 
 COUNTER_BITS = 16
 MARK_BLOCKS = COUNTER_BITS * 2  # the counter, then its complement as a check
@@ -220,6 +221,7 @@ class Client:
         keep_frames: int = 1,
         audio: np.ndarray | None = None,
         audio_loop: bool = False,
+        audio_jitter_prefetch: int | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.mode = mode
@@ -247,6 +249,7 @@ class Client:
         self.ended = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started: float | None = None
+        self.audio_jitter_prefetch = audio_jitter_prefetch
         self.channel.on("message", self._on_message)
         self.pc.on("track", self._on_track)
         self.pc.on("connectionstatechange", self._on_state)
@@ -332,6 +335,7 @@ class Client:
             await self.pc.close()
             raise OfferRejected(resp.status_code, answer)
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
+        set_audio_prefetch(self.pc, self.audio_jitter_prefetch)
         self._started = time.monotonic()
 
     def send(self, type_: str, data: Any = None) -> None:

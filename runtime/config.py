@@ -55,6 +55,12 @@ class GatewayConfig(_Strict):
     media_inactivity_timeout_s: float = Field(C.MEDIA_INACTIVITY_TIMEOUT_S, gt=0)
     max_offer_bytes: int = Field(C.MAX_OFFER_BYTES, gt=0)
     max_frame_pixels: int = Field(C.MAX_FRAME_PIXELS, gt=0)
+    audio_jitter_prefetch: int = Field(
+        C.AUDIO_JITTER_PREFETCH,
+        ge=0,
+        le=15,
+        description="20 ms audio packets aiortc waits for before decoding; 1 suits loopback/LAN, 4 (aiortc's) the internet",
+    )
 
 
 class PoolConfig(_Strict):

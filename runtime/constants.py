@@ -16,6 +16,7 @@ AUDIO_RING_S = 10.0  # seconds of audio a worker buffers before it drops the old
 AUDIO_FRAME_S = 0.020  # outgoing audio is re-framed to 20 ms, as WebRTC expects
 AUDIO_DEFAULT_RATE = 48_000  # Hz: what a plain audio function gets, and the rate of WebRTC audio
 VIDEO_CLOCK_RATE = 90_000  # RTP clock rate for video pts, in Hz
+AUDIO_JITTER_PREFETCH = 4  # packets aiortc's audio jitter buffer waits for (its own default)
 DEFAULT_OUTPUT_FPS = 30.0  # pace of server-generated video when a generator gives no pts
 
 # --- signalling limits ----------------------------------------------------------------

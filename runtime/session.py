@@ -32,6 +32,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from runtime import constants as C
 from runtime.channel import FrameChannel, offer_link
+from runtime.jitter import set_audio_prefetch
 from runtime.wire import ClearAudio, Control, Error, Hello, Message, Outputs, Ready, WireError
 
 if TYPE_CHECKING:
@@ -211,6 +212,7 @@ class Session:
         pc.on("datachannel", self._on_datachannel)
         pc.on("track", self._on_track)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=type_))
+        set_audio_prefetch(pc, cfg.audio_jitter_prefetch)
         if self.event.mode in ("send-receive", "receive") and self.event.has_video:
             self.video_out = WorkerVideoTrack(self)
             pc.addTrack(self.video_out)
