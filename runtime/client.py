@@ -31,6 +31,7 @@ from aiortc.mediastreams import MediaStreamError
 from runtime import constants as C
 from runtime.ice import pin_host_addresses
 from runtime.jitter import set_audio_prefetch
+from runtime.media import newest_frame
 
 COUNTER_BITS = 16
 MARK_BLOCKS = COUNTER_BITS * 2  # the counter, then its complement as a check
@@ -297,6 +298,10 @@ class Client:
         try:
             while True:
                 frame = await track.recv()
+                # count every frame that arrived, measure the newest: a client loop that
+                # falls behind must not add its own queue to the server's latency
+                frame, skipped, _ = newest_frame(track, frame)
+                report.received += skipped
                 now = time.monotonic()
                 arr = frame.to_ndarray(format="rgb24")
                 report.received += 1

@@ -33,6 +33,7 @@ from aiortc.mediastreams import MediaStreamError
 from runtime import constants as C
 from runtime.channel import FrameChannel, offer_link
 from runtime.jitter import set_audio_prefetch
+from runtime.media import newest_frame
 from runtime.wire import ClearAudio, Control, Error, Hello, Message, Outputs, Ready, WireError
 
 if TYPE_CHECKING:
@@ -189,6 +190,7 @@ class Session:
         self.media_since: float | None = None
         self.last_media = time.monotonic()
         self.frames_in = 0
+        self.frames_skipped_in = 0  # decoded while the loop was busy, superseded by newer ones
         self.frames_out = 0
         self.outputs: asyncio.Queue[list[Any]] = asyncio.Queue(OUTPUTS_QUEUE_MAX)
         self.on_outputs: list[Callable[[list[Any]], None]] = []
@@ -387,8 +389,11 @@ class Session:
         assert channel is not None
         max_pixels = self.gateway.config.gateway.max_frame_pixels
         try:
-            while not self.closed:
+            ended = False
+            while not self.closed and not ended:
                 frame = await track.recv()
+                frame, skipped, ended = newest_frame(track, frame)
+                self.frames_skipped_in += skipped
                 self._media_arrived()
                 if frame.width * frame.height > max_pixels:
                     if not self._warned_oversize:
