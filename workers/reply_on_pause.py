@@ -1,16 +1,25 @@
 """``ReplyOnPause``: call the user's function with each utterance once the speaker pauses.
 
 How a turn is found. Incoming frames (any rate, delivered at the handler's
-``input_sample_rate`` by the worker) are mixed to mono and resampled to 16 kHz; every
-``audio_chunk_duration`` seconds of that the pause-detection model measures the chunk's
-speech. A chunk with more than ``started_talking_threshold`` seconds of speech starts an
-utterance (from the first speech the VAD found in it, or in the chunk before when speech
-began there); once talking, a chunk with less than ``speech_threshold`` seconds is the
-pause. The utterance -- every frame from its start through the pausing chunk, at the rate
-and layout the frames came in -- goes to ``fn(audio, *latest_args[1:])``.
+``input_sample_rate`` by the worker) are mixed to mono and resampled to 16 kHz. Every
+``VAD_HOP_S`` of that audio the pause-detection model measures the speech in the latest
+window of ``audio_chunk_duration`` seconds (a sliding window, so how soon a pause is seen
+does not depend on where the speech ended relative to the start of the stream). A window
+with more than ``started_talking_threshold`` seconds of speech starts an utterance (from
+the first speech the VAD found in it, or in the window's length of audio before it when
+speech began there); once talking, a window with less than ``speech_threshold`` seconds is
+the pause -- unless the speaker is already talking again at the window's end (see
+``_talking_at_window_end``), so only silences of about a window end a turn, wherever they
+fall in the stream. The utterance -- every frame from its start through the end of the
+pausing window, at the rate and layout the frames came in -- goes to
+``fn(audio, *latest_args[1:])``. A pause is therefore seen at most
+``audio_chunk_duration + VAD_HOP_S`` (plus the VAD's own lag, a few tens of ms) after the
+speech ends. Each check runs the VAD over one window from a fresh state, as fastrtc does
+per chunk: ~1.5 ms for 0.6 s on one core, ~20 ms of CPU per second of audio with the
+resampling (the whole-chunk grid took ~8).
 
 Threads. The worker calls ``receive`` for each frame and ``emit`` in a loop of its own,
-possibly on another thread. ``receive`` only runs the VAD (a few ms per chunk); the user's
+possibly on another thread. ``receive`` only runs the VAD (a few ms per check); the user's
 function and generator run in ``emit``, which returns one item per call, or None when
 nothing is ready. The reply generator is only ever touched by ``emit``'s thread:
 ``receive`` interrupts a reply by bumping an epoch under the lock, and ``emit`` closes the
@@ -20,6 +29,7 @@ generator (and drops anything it produced) when it sees the epoch move.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import threading
 from collections import deque
@@ -44,7 +54,8 @@ from workers.vad import (
 )
 
 REPLY_ON_PAUSE_INPUT_SAMPLE_RATE = 48_000  # Hz, fastrtc's default for ReplyOnPause
-HISTORY_S = 2.0  # s of 16 kHz audio kept behind the chunk cursor (pre-roll, stop-word rewind)
+VAD_HOP_S = 0.1  # s of audio between two VAD checks of the latest audio_chunk_duration window
+HISTORY_S = 2.0  # s of 16 kHz audio kept behind the window being checked (pre-roll, stop-word rewind)
 SAMPLE_BUFFER_INITIAL_S = 4.0  # s: first allocation of the 16 kHz buffer; grows as needed
 LOG_PAUSE_DETECTED = "pause_detected"  # data of the {"type": "log"} message at a pause
 LOG_RESPONSE_STARTING = "response_starting"  # ... and when the reply function is called
@@ -103,8 +114,8 @@ class _Stream:
         self.frames: deque[tuple[int, np.ndarray]] = deque()  # (absolute input position, frame)
         self.in_pos = 0  # input samples received
         self.audio16 = SampleBuffer(int((SAMPLE_BUFFER_INITIAL_S) * VAD_SAMPLE_RATE) + chunk_samples)
-        self.chunk_pos = 0  # absolute 16 kHz position where the next VAD chunk starts
-        self.floor16 = 0  # an utterance never starts before this (a stop word's end)
+        self.window_end16 = chunk_samples  # absolute 16 kHz end of the next window the VAD checks
+        self.floor16 = 0  # windows and utterances never start before this (a stop word's end)
         self.talking = False
         self.utt_start16 = 0
 
@@ -275,6 +286,11 @@ class ReplyOnPause(StreamHandler):
     def _chunk_samples(self) -> int:
         return max(1, round(self.algo_options.audio_chunk_duration * VAD_SAMPLE_RATE))
 
+    @property
+    def _hop_samples(self) -> int:
+        # (never more than a window: with a tiny audio_chunk_duration no audio goes unchecked)
+        return max(1, min(round(VAD_HOP_S * VAD_SAMPLE_RATE), self._chunk_samples))
+
     def receive(self, frame: AudioTuple) -> None:
         sample_rate, array = frame
         actions: list[Callable[[], None]] = []
@@ -298,18 +314,21 @@ class ReplyOnPause(StreamHandler):
         x16 = st.resampler.process(to_float_mono(array, self.expected_layout))
         st.audio16.append(x16)
         self._on_audio16(st, x16, pos16, actions)
-        chunk = self._chunk_samples
-        # (re-checked per chunk: a subclass may stop listening for turns inside _on_chunk)
-        while self._listening_for_turns() and st.audio16.end - st.chunk_pos >= chunk:
-            a, b = st.chunk_pos, st.chunk_pos + chunk
+        chunk, hop = self._chunk_samples, self._hop_samples
+        # every hop, the latest window of `chunk` samples (never reaching back before floor16);
+        # a burst of audio is caught up hop by hop, so decisions never depend on frame sizes.
+        # (re-checked per window: a subclass may stop listening for turns inside _on_chunk)
+        while self._listening_for_turns() and st.audio16.end >= st.window_end16:
+            b = st.window_end16
+            a = b - chunk
             speech_s, segments = self.model.vad((VAD_SAMPLE_RATE, st.audio16.view(a, b)), self.model_options)
-            st.chunk_pos = b
+            st.window_end16 = b + hop
             self._on_chunk(st, speech_s, segments, a, b, actions)
         if not self._listening_for_turns():
-            st.chunk_pos = st.audio16.end
+            st.window_end16 = st.audio16.end + chunk
         # the VAD needs a little history (onset look-back, stop-word rewind); the utterance
         # itself is kept only as the frames it will be handed over as
-        keep16 = st.chunk_pos - max(chunk, int(HISTORY_S * VAD_SAMPLE_RATE))
+        keep16 = st.window_end16 - chunk - max(chunk, int(HISTORY_S * VAD_SAMPLE_RATE))
         st.audio16.trim(keep16)
         keep_frames16 = min(keep16, st.utt_start16) if st.talking else keep16
         st.trim_frames(st.to_input(max(0, keep_frames16)), self.expected_layout)
@@ -324,7 +343,7 @@ class ReplyOnPause(StreamHandler):
                 st.utt_start16 = self._onset(st, segments, a, b)
                 self._on_speech_start(actions)
             return
-        if speech_s < opts.speech_threshold:
+        if speech_s < opts.speech_threshold and not self._talking_at_window_end(st, a, b):
             st.talking = False
             lo, hi = st.to_input(st.utt_start16), st.to_input(b)
             frames = st.frames_between(lo, hi, self.expected_layout)
@@ -332,10 +351,27 @@ class ReplyOnPause(StreamHandler):
                 audio = np.concatenate([np.atleast_2d(f) for f in frames], axis=-1)
                 self._on_utterance((st.sample_rate, audio), actions)
 
+    def _talking_at_window_end(self, st: _Stream, a: int, b: int) -> bool:
+        """Whether a window that measured as a pause ends in speech that has just begun.
+
+        Silero drops a segment shorter than ``min_speech_duration_ms``, including one that
+        is only short because the window cuts it off: a voice that resumed in the window's
+        last 0.25 s. Checked every hop, such windows would make every gap of ~0.3 s a pause;
+        a speaker already talking again has not paused, so the window is looked at once more
+        without the minimum length and the padding (only for a would-be pause, so about
+        once per turn). Models whose options are not Silero's skip this."""
+        opts = self.model_options
+        if not (dataclasses.is_dataclass(opts) and hasattr(opts, "min_speech_duration_ms") and hasattr(opts, "speech_pad_ms")):
+            return False
+        raw = dataclasses.replace(opts, min_speech_duration_ms=0, speech_pad_ms=0)
+        _, segments = self.model.vad((VAD_SAMPLE_RATE, st.audio16.view(a, b)), raw)
+        return bool(segments) and int(segments[-1]["end"]) >= (b - a) - 1
+
     def _onset(self, st: _Stream, segments: list[dict], a: int, b: int) -> int:
-        """Where the utterance that made chunk [a, b) talking began. Speech often starts
-        late in the chunk before, too briefly to count there, so the VAD looks again over
-        both chunks (once per utterance); its segment start includes ``speech_pad_ms``."""
+        """Where the utterance that made window [a, b) talking began. Speech often starts
+        before the window, too briefly to have counted in the windows checked before, so the
+        VAD looks again over [a - window, b) (once per utterance); its segment start
+        includes ``speech_pad_ms``."""
         lo = max(a - self._chunk_samples, st.floor16, st.audio16.start)
         first = a + int(segments[0]["start"]) if segments else a
         if lo < a:
@@ -453,4 +489,4 @@ class ReplyOnPause(StreamHandler):
         return f"{type(self).__name__}({name})"
 
 
-__all__ = ["AlgoOptions", "ReplyOnPause", "SileroVadOptions", "SampleBuffer"]
+__all__ = ["AlgoOptions", "ReplyOnPause", "SileroVadOptions", "SampleBuffer", "VAD_HOP_S"]

@@ -132,7 +132,7 @@ class ReplyOnStopWords(ReplyOnPause):
         self._armed = True
         self._armed_at16 = hit.end_sample
         st.floor16 = max(hit.end_sample, st.audio16.start)
-        st.chunk_pos = st.floor16
+        st.window_end16 = st.floor16 + self._chunk_samples  # the first whole window after it
         st.talking = False
 
     def _on_chunk(

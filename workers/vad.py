@@ -41,8 +41,8 @@ DEFAULT_SPEECH_PAD_MS = 400  # ms
 
 # AlgoOptions defaults (fastrtc's names and values)
 DEFAULT_AUDIO_CHUNK_DURATION_S = 0.6  # s of audio per VAD decision
-DEFAULT_STARTED_TALKING_THRESHOLD_S = 0.2  # s of speech in a chunk that starts an utterance
-DEFAULT_SPEECH_THRESHOLD_S = 0.1  # s of speech in a chunk below which the speaker paused
+DEFAULT_STARTED_TALKING_THRESHOLD_S = 0.2  # s of speech in a window that starts an utterance
+DEFAULT_SPEECH_THRESHOLD_S = 0.1  # s of speech in a window below which the speaker paused
 
 
 @dataclass
@@ -69,11 +69,12 @@ class SileroVadOptions:
 
 @dataclass
 class AlgoOptions:
-    """How ReplyOnPause turns chunk-level speech durations into turns.
+    """How ReplyOnPause turns window-level speech durations into turns.
 
-    audio_chunk_duration: seconds of audio per VAD decision.
-    started_talking_threshold: a chunk with more speech than this (s) starts an utterance.
-    speech_threshold: once talking, a chunk with less speech than this (s) is the pause that
+    audio_chunk_duration: seconds of audio per VAD decision: the window, over the latest
+      audio, that the VAD measures every ``VAD_HOP_S`` (workers/reply_on_pause.py).
+    started_talking_threshold: a window with more speech than this (s) starts an utterance.
+    speech_threshold: once talking, a window with less speech than this (s) is the pause that
       ends the utterance.
     """
 

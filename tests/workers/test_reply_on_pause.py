@@ -23,7 +23,12 @@ from tests.speech import (
 )
 from workers.audio import float32_to_int16
 from workers.handlers import AdditionalOutputs, StreamHandler
-from workers.reply_on_pause import LOG_PAUSE_DETECTED, LOG_RESPONSE_STARTING, ReplyOnPause
+from workers.reply_on_pause import (
+    LOG_PAUSE_DETECTED,
+    LOG_RESPONSE_STARTING,
+    VAD_HOP_S,
+    ReplyOnPause,
+)
 from workers.vad import AlgoOptions, SileroVADModel, SileroVadOptions
 
 RATE = 48_000
@@ -36,6 +41,14 @@ OUT_FRAME = np.zeros((1, 480), dtype=np.int16)  # 20 ms at 24 kHz
 LEAD_TOLERANCE_S = 0.1  # the utterance may start at most this much after the voice does
 TRAIL_LIMIT_S = 2.2  # ... and end at most this much after it (pad 0.4 s + up to ~3 chunks)
 MAX_WAIT_ITERATIONS = 10_000
+FRAME_S = 0.02  # drive()'s frames
+# the VAD's own lag past the audible end of the voice (Silero's probability decays over a
+# window or two) plus one frame of decision granularity
+PAUSE_LAG_MARGIN_S = 0.05
+# where an utterance starts in the stream: a sweep over a whole audio_chunk_duration, so the
+# voice ends at every phase relative to the stream start (the old whole-chunk cliff)
+LEAD_OFFSETS_S = [0.5 + k * 0.075 for k in range(9)]
+BREATH_S = 0.1  # inserted between sentences; espeak's own padding makes the silences ~0.4 s
 
 
 def _stereo_mix(c: Composition) -> np.ndarray:
@@ -265,6 +278,10 @@ def test_emit_on_its_own_thread_like_the_worker(two_utterances) -> None:
     try:
         for frame in frames(mono, RATE):
             h.receive(frame)
+            # paced (5x real time) like the worker's, so the emit thread gets to run: unpaced,
+            # the second utterance can start -- and drop the first, still pending -- before
+            # emit() has been scheduled at all
+            time.sleep(FRAME_S / 5)
         for _ in range(MAX_WAIT_ITERATIONS):
             if len(emitted) >= 10:
                 break
@@ -371,11 +388,48 @@ def test_a_client_that_never_sends_inputs_gets_the_initial_values(two_utterances
     assert [args for _, args in fn.calls] == [("initial",), ("initial",)]
 
 
-def test_a_long_utterance_with_short_breaths_is_one_turn() -> None:
+def test_pause_latency_is_one_window_wherever_the_speech_ends() -> None:
+    """End of speech → pause decision within audio_chunk_duration + VAD_HOP_S (+ the VAD's
+    lag), for utterances ending at every phase relative to the stream start: the window
+    slides by VAD_HOP_S, so there is no cliff where ending just after a chunk boundary
+    costs a whole extra chunk."""
+    window = AlgoOptions().audio_chunk_duration
+    latencies = []
+    for lead in LEAD_OFFSETS_S:
+        c = compose([lead, SECOND, TAIL_S], sample_rate=RATE)
+        fn = Recorder()
+        h, hooks = _handler(fn)
+        out = drive(h, c.samples, RATE)
+        assert len(fn.calls) == 1 and hooks.messages("log") == [LOG_PAUSE_DETECTED, LOG_RESPONSE_STARTING]
+        voice_end_s = c.active_span(c.speech_spans()[0])[1] / RATE
+        decided_s = (out[0][0] + 1) * FRAME_S  # the reply starts on the frame the pause was seen
+        latencies.append(decided_s - voice_end_s)
+    assert min(latencies) > 0, latencies
+    assert max(latencies) <= window + VAD_HOP_S + PAUSE_LAG_MARGIN_S, latencies
+    # and it hardly depends on the phase: at most one hop (plus a frame) between best and worst
+    assert max(latencies) - min(latencies) <= VAD_HOP_S + FRAME_S, latencies
+
+
+@pytest.mark.parametrize("chunk_s", [0.4, 1.0])
+def test_pause_latency_follows_audio_chunk_duration(chunk_s: float) -> None:
+    for lead in LEAD_OFFSETS_S[::4]:
+        c = compose([lead, SECOND, TAIL_S], sample_rate=RATE)
+        fn = Recorder()
+        h, _ = _handler(fn, algo_options=AlgoOptions(audio_chunk_duration=chunk_s))
+        out = drive(h, c.samples, RATE)
+        assert len(fn.calls) == 1
+        latency = (out[0][0] + 1) * FRAME_S - c.active_span(c.speech_spans()[0])[1] / RATE
+        assert 0 < latency <= chunk_s + VAD_HOP_S + PAUSE_LAG_MARGIN_S, (lead, latency)
+
+
+@pytest.mark.parametrize("lead", LEAD_OFFSETS_S[::3])
+def test_a_long_utterance_with_short_breaths_is_one_turn(lead: float) -> None:
+    # (silences shorter than the window never end a turn, wherever they fall in the stream;
+    # ones of ~the window's length do, since some window then holds nothing but silence)
     sentences = [FIRST, SECOND, "the weather is nice today", "please tell me a story about a dragon"]
-    parts: list[Any] = [0.5]
+    parts: list[Any] = [lead]
     for s in sentences:
-        parts += [s, 0.25]
+        parts += [s, BREATH_S]
     c = compose([*parts, TAIL_S], sample_rate=RATE)
     fn = Recorder()
     h, _ = _handler(fn)

@@ -11,7 +11,7 @@ import pytest
 from tests.speech import RecordingHooks, compose, drive, frames, locate, white_noise
 from workers.audio import float32_to_int16, int16_to_float32
 from workers.handlers import StreamHandler
-from workers.reply_on_pause import LOG_PAUSE_DETECTED
+from workers.reply_on_pause import LOG_PAUSE_DETECTED, VAD_HOP_S
 from workers.reply_on_stopwords import ReplyOnStopWords
 from workers.stopwords import (
     KWS_SEARCH_WINDOW_S,
@@ -22,6 +22,7 @@ from workers.stopwords import (
     phrase_phones,
     phrase_threshold,
 )
+from workers.vad import AlgoOptions
 
 COMMAND = "computer, what time is it"
 NO_STOP_WORD = "hello there, how are you"
@@ -158,6 +159,18 @@ def test_replies_to_what_follows_the_stop_word(rate: int) -> None:
     assert offset > start + STOP_WORD_MIN_S * rate
     assert offset + audio.shape[1] >= end
     assert audio.shape[1] / rate < (end - start) / rate + 2.5
+
+
+@pytest.mark.parametrize("lead", [0.5, 0.7, 0.9])
+def test_the_pause_after_a_command_is_heard_within_one_window(lead: float) -> None:
+    # the command is heard with the same sliding window as ReplyOnPause, from the sample
+    # where the stop word ended, wherever that falls in the stream
+    c = compose([lead, COMMAND, TAIL_S], sample_rate=KWS_RATE)
+    h, fn, _ = _handler()
+    out = drive(h, c.samples, KWS_RATE)
+    assert len(fn.calls) == 1 and len(out) == 1
+    latency = (out[0][0] + 1) * 0.02 - c.active_span(c.speech_spans()[0])[1] / KWS_RATE
+    assert 0 < latency <= AlgoOptions().audio_chunk_duration + VAD_HOP_S + 0.05, latency
 
 
 @pytest.mark.parametrize(
