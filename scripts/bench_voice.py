@@ -90,22 +90,8 @@ def tone_reply(audio: tuple[int, np.ndarray]):
     yield (AUDIO_RATE, (REPLY_AMPLITUDE * 32767 * np.sin(2 * np.pi * REPLY_HZ * t)).astype(np.int16)[None, :])
 
 
-AIORTC_AUDIO_PREFETCH = 4  # frames aiortc's RTCRtpReceiver holds back per audio stream (hard-coded there)
-
-
-def set_audio_prefetch(frames: int | None) -> None:
-    """Experiment: make aiortc's audio jitter buffers (in this process) release a frame once
-    ``frames`` later ones arrived instead of AIORTC_AUDIO_PREFETCH. None: leave aiortc as is."""
-    if frames is None:
-        return
-    import aiortc.rtcrtpreceiver as rx
-
-    original = rx.JitterBuffer
-
-    def jitter_buffer(capacity: int, prefetch: int = 0, is_video: bool = False) -> Any:
-        return original(capacity, prefetch if is_video else frames, is_video)
-
-    rx.JitterBuffer = jitter_buffer  # type: ignore[assignment,misc]
+AIORTC_AUDIO_PREFETCH = 4  # frames aiortc's RTCRtpReceiver holds back per audio stream, by default
+CLIENT_AUDIO_PREFETCH = 1  # the clients stand in for browsers, whose adaptive buffer is small on loopback
 
 
 # --- the server (this file, run with --serve PORT) ----------------------------------------------
@@ -121,7 +107,6 @@ def serve(port: int, sessions: int, prefetch: int | None) -> None:
     from runtime.gateway import Gateway
     from workers.reply_on_pause import ReplyOnPause
 
-    set_audio_prefetch(prefetch)
     stamps: dict[str, list[tuple[str, float]]] = {}  # webrtc_id -> [(event, monotonic)]
 
     # instrument this process only: messages from the worker, and reply audio reaching the FIFO
@@ -141,10 +126,10 @@ def serve(port: int, sessions: int, prefetch: int | None) -> None:
     session_mod.Session.send_client = send_client  # type: ignore[method-assign]
     session_mod.WorkerAudioTrack.push = push  # type: ignore[method-assign]
 
-    config = load_config(overrides={
-        "gateway": {"ice_host_addresses": [LOOPBACK], "ice_servers": []},
-        "pool": {"prewarm": sessions},
-    })
+    gateway_cfg: dict[str, Any] = {"ice_host_addresses": [LOOPBACK], "ice_servers": []}
+    if prefetch is not None:
+        gateway_cfg["audio_jitter_prefetch"] = prefetch
+    config = load_config(overrides={"gateway": gateway_cfg, "pool": {"prewarm": sessions}})
     gw = Gateway(config)
     gw.add_stream(ReplyOnPause(tone_reply), event_id=EVENT_ID, modality="audio", concurrency_limit=sessions)
     gw.start()
@@ -289,7 +274,7 @@ def offline_reply_samples(c: Any, samples: np.ndarray | None = None) -> list[int
 async def run_clients(url: str, inputs: list[Any]) -> list[dict[str, Any]]:
     from runtime.client import Client
 
-    clients = [Client(url, modality="audio", audio=c.samples) for c in inputs]
+    clients = [Client(url, modality="audio", audio=c.samples, audio_jitter_prefetch=CLIENT_AUDIO_PREFETCH) for c in inputs]
     log_times: list[list[tuple[str, float]]] = [[] for _ in clients]
     for c, log in zip(clients, log_times, strict=True):
         c.on_message.append(lambda m, log=log: log.append((str(m.get("data")), time.monotonic())) if m.get("type") == "log" else None)
@@ -388,20 +373,13 @@ def plot(turns: list[dict[str, Any]], path: Path, threshold_s: float) -> None:
 
 
 THRESHOLD_NOTE = """\
-Pause threshold. With the default AlgoOptions the VAD judges the stream in back-to-back
-{chunk:.1f} s chunks (audio_chunk_duration) aligned to the start of the stream, not to the
-speech; a talking speaker has paused at the end of the first chunk with less than
-speech_threshold={st:.1f} s of speech in it. So the silence that ends a turn is one chunk:
-THRESHOLD = audio_chunk_duration = {chunk:.2f} s, target p50 <= {target:.0f} ms. (Inside a chunk,
-Silero drops a speech run shorter than min_speech_duration_ms=250, so a chunk that opens
-with a short tail of the sentence still counts as the pause: the earliest possible
-detection is ~0.35 s after the speech, the latest ~2 chunks.) Because the chunk grid is
-not aligned to the end of speech, the algorithm alone waits a phase-dependent 0.5-1.2 s
-(fastrtc's ReplyOnPause chunks the same way). The 'algo Opus' column -- the same handler
-offline on the same samples after an Opus round trip (what the gateway decodes), zero
-transport -- is the floor any transport can reach; overhead = measured - that floor.
-('algo clean' skips the codec: Opus' 6.5 ms look-ahead alone moves a turn that ends
-within ~20 ms after a chunk boundary by a whole chunk.)"""
+Pause threshold. With the default AlgoOptions, ReplyOnPause judges the latest
+{chunk:.1f} s window of audio (audio_chunk_duration) every 0.1 s; a talking speaker has
+paused when that window holds less than speech_threshold={st:.1f} s of speech. So the
+silence that ends a turn is one window: THRESHOLD = audio_chunk_duration = {chunk:.2f} s,
+target p50 <= {target:.0f} ms. The 'algo Opus' column -- the same handler offline on the
+same samples after an Opus round trip (what the gateway decodes), zero transport -- is
+the floor any transport can reach; overhead = measured - that floor."""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -410,7 +388,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sessions", type=int, default=SESSIONS)
     ap.add_argument("--turns", type=int, default=TURNS_PER_SESSION)
     ap.add_argument("--jitter-prefetch", type=int, default=None,
-                    help=f"experiment: aiortc audio jitter-buffer prefetch in the gateway and the clients (aiortc: {AIORTC_AUDIO_PREFETCH})")
+                    help=f"gateway.audio_jitter_prefetch for the server (default: the config's; aiortc's own is {AIORTC_AUDIO_PREFETCH})")
     ap.add_argument("--tag", default="", help="suffix for the result files")
     args = ap.parse_args(argv)
     if args.serve is not None:
@@ -423,7 +401,6 @@ def main(argv: list[str] | None = None) -> None:
     threshold_s = algo.audio_chunk_duration
     target_s = threshold_s + TARGET_MARGIN_S
     inputs = make_inputs(args.sessions, args.turns)
-    set_audio_prefetch(args.jitter_prefetch)
     server = Server(_free_port(), args.sessions, args.jitter_prefetch)
     try:
         server.wait_ready()
@@ -483,7 +460,8 @@ def main(argv: list[str] | None = None) -> None:
         "machine": bc.machine_info(),
         "sessions": args.sessions,
         "turns_per_session": args.turns,
-        "aiortc_audio_prefetch": args.jitter_prefetch if args.jitter_prefetch is not None else AIORTC_AUDIO_PREFETCH,
+        "gateway_audio_prefetch": args.jitter_prefetch if args.jitter_prefetch is not None else "config",
+        "client_audio_prefetch": CLIENT_AUDIO_PREFETCH,
         "algo_options": vars(algo),
         "summary": summary,
         "turns": turns,
