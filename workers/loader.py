@@ -57,6 +57,10 @@ def register(handler: Any) -> int:
 def app_file_of(handler: Any) -> str | None:
     """The file that defines ``handler`` (its function, or its class for an instance). Code
     objects know their file even when the module is gone from sys.modules (runpy)."""
+    if not inspect.isroutine(handler) and type(handler).__module__.split(".")[0] in OWN_PACKAGES:
+        # our wrappers (ReplyOnPause, ...) live in this package: the app is where their fn is
+        inner = getattr(handler, "fn", None)
+        return app_file_of(inner) if inner is not None else None
     target = handler if inspect.isroutine(handler) else type(handler)
     try:
         path = inspect.getfile(target)

@@ -51,7 +51,13 @@ from runtime.wire import (
     SlotHeader,
     WireError,
 )
-from workers.handlers import AdditionalOutputs, AsyncStreamHandler, CloseStream, StreamHandlerBase
+from workers.handlers import (
+    WEBRTC_VALUE,
+    AdditionalOutputs,
+    AsyncStreamHandler,
+    CloseStream,
+    StreamHandlerBase,
+)
 from workers.loader import HandlerSpec, load
 
 log = logging.getLogger("rtcpool.worker")
@@ -175,6 +181,8 @@ class Session:
         self.cond = threading.Condition()
         self.stop_event = threading.Event()
         self.args_arrived = threading.Event()
+        self.emit_started = False  # the handler's emit() has been called once
+        self.args_held = False  # inputs arrived before that, not yet marked set
         self.stopping = False
         self.stop_reason = ""
         self.stuck = False
@@ -308,11 +316,25 @@ class Session:
         if isinstance(msg, Args):
             self.args = list(msg.args)
             self.args_arrived.set()
-            if isinstance(self.handler, StreamHandlerBase):
-                self.handler.set_args(self.args)
+            h = self.handler
+            if isinstance(h, StreamHandlerBase):
+                if self.emit_started:
+                    h.set_args(self.args)
+                else:
+                    # The page pushes its inputs as soon as it connects, usually before the
+                    # first emit(). The seed's AsyncStreamHandler starts its work only when
+                    # emit() finds args_set clear and waits for them: so values that arrive
+                    # before any emit() are held (latest_args only) and marked set after it.
+                    h.latest_args = [WEBRTC_VALUE, *self.args]
+                    self.args_held = True
 
     def _on_closed(self, reason: str) -> None:
         self.stop(reason)
+
+    def _release_held_args(self) -> None:
+        if self.args_held:
+            self.args_held = False
+            self.handler.set_args(self.args)  # type: ignore[union-attr]
 
     # --- handler side ----------------------------------------------------------------------------
 
@@ -442,11 +464,14 @@ class Session:
             for emit in (h.emit, video_emit):  # type: ignore[attr-defined]
                 if emit is None:
                     continue
+                self.emit_started = True
                 try:
                     out = emit()
                 except Exception as exc:
                     self._report(exc)
                     continue
+                finally:
+                    self._release_held_args()
                 if out is not None:
                     idle = False
                     if self._emit_all(out, None):
@@ -487,7 +512,11 @@ class Session:
 
         async def emit() -> None:
             while not self.stopping:
-                out = await _maybe_await(h.emit())  # type: ignore[attr-defined]
+                self.emit_started = True
+                try:
+                    out = await _maybe_await(h.emit())  # type: ignore[attr-defined]
+                finally:
+                    self._release_held_args()
                 if out is None:
                     await asyncio.sleep(EMIT_IDLE_S)
                     continue

@@ -176,3 +176,53 @@ def run_app(script: Path, log: Path, env: dict[str, str] | None = None) -> Itera
         yield app
     finally:
         stop_process_tree(process)
+
+
+# --- helpers for tests/e2e/test_examples.py: one Chromium per fake-device set-up ----------
+
+# Records every RTCPeerConnection the page makes, so a test can read pc.getStats()
+# without touching the component's JavaScript.
+RECORD_PEER_CONNECTIONS_JS = """(() => {
+  const Native = window.RTCPeerConnection;
+  window.__rtcPeerConnections = [];
+  window.RTCPeerConnection = function (...args) {
+    const pc = new Native(...args);
+    window.__rtcPeerConnections.push(pc);
+    return pc;
+  };
+  window.RTCPeerConnection.prototype = Native.prototype;
+})();"""
+
+
+@pytest.fixture(scope="module")
+def playwright_driver() -> Iterator[Any]:
+    """Playwright's sync API for the module (it holds the main thread's loop until closed)."""
+    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: run scripts/setup.sh --test (apt-get install chromium)"
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        yield pw
+
+
+@contextlib.contextmanager
+def chromium_page(
+    pw: Any,
+    camera: Path | None = None,
+    microphone: Path | None = None,
+    viewport: tuple[int, int] = (1000, 900),
+) -> Iterator[Any]:
+    """A page in a Chromium of its own, whose fake camera plays ``camera`` (y4m/mjpeg) and
+    fake microphone plays ``microphone`` (a WAV; Chromium loops it unless the path ends in
+    ``%noloop``). The page records its peer connections in ``window.__rtcPeerConnections``."""
+    args = [*BROWSER_ARGS, "--autoplay-policy=no-user-gesture-required"]
+    if camera is not None:
+        args.append(f"--use-file-for-fake-video-capture={camera}")
+    if microphone is not None:
+        args.append(f"--use-file-for-fake-audio-capture={microphone}")
+    chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=args)
+    try:
+        context = chromium.new_context(viewport={"width": viewport[0], "height": viewport[1]})
+        context.add_init_script(RECORD_PEER_CONNECTIONS_JS)
+        yield context.new_page()
+    finally:
+        chromium.close()

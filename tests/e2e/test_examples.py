@@ -1,0 +1,397 @@
+"""Every example under examples/ in headless Chromium, one app subprocess each.
+
+Each test starts ``python examples/<name>/app.py`` with its own local Ray (conftest's
+``run_app``), opens it in a Chromium of its own whose fake camera/microphone play what the
+example needs, and checks what a person would: reply audio arrives and is not silence, the
+transcript fills, processed video differs from the camera, Stop stops. Each writes a
+screenshot to artifacts/example-<name>.png.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.e2e.conftest import REPO, App, chromium_page, face_picture, run_app
+from tests.speech import composed_wav
+
+pytestmark = pytest.mark.browser
+
+EXAMPLES = REPO / "examples"
+STREAM_START_TIMEOUT_S = 120.0  # a cold pool may start a worker (which imports Gradio) first
+REPLY_TIMEOUT_S = 40.0  # utterance + pause detection + reply playing, on a slow box
+POLL_S = 0.25
+UTTERANCE = "hello, this is a test of the echo"
+PAUSE_S = 3.0  # silence after the utterance: ReplyOnPause needs a pause to reply
+MIN_REPLY_ENERGY = 1e-3  # inbound totalAudioEnergy of an audible reply (a -60 dBFS floor: ~1e-6/s)
+MIN_REPLY_SAMPLES = 48_000  # one second of received audio at 48 kHz
+
+STATE_JS = "() => document.querySelector('.rtc-root').dataset.state"
+STATUS_JS = "() => document.querySelector('.rtc-status').textContent"
+INBOUND_AUDIO_JS = """async () => {
+  const pcs = window.__rtcPeerConnections || [];
+  const pc = pcs[pcs.length - 1];
+  if (!pc || pc.connectionState === 'closed') return null;
+  const stats = await pc.getStats();
+  for (const s of stats.values()) {
+    if (s.type === 'inbound-rtp' && s.kind === 'audio') {
+      return {samples: s.totalSamplesReceived || 0, energy: s.totalAudioEnergy || 0,
+              level: s.audioLevel || 0};
+    }
+  }
+  return {samples: 0, energy: 0, level: 0};
+}"""
+GRAB_JS = """(selector) => {
+  const video = document.querySelector(selector);
+  const canvas = document.createElement('canvas');
+  canvas.width = video.videoWidth;
+  canvas.height = video.videoHeight;
+  canvas.getContext('2d').drawImage(video, 0, 0);
+  return canvas.toDataURL('image/png');
+}"""
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(POLL_S)
+
+
+def start_stream(page: Any, url: str | None, button: str | None = None) -> None:
+    """Open ``url`` (None: stay on the page) and click the component's Start button, or the
+    app's own ``button`` (a stream's ``trigger=``)."""
+    if url is not None:
+        page.goto(url)
+    if button is None:
+        page.click(".rtc-button")
+    else:
+        page.get_by_role("button", name=button, exact=True).click()
+    page.wait_for_function(
+        "() => ['streaming', 'error', 'full'].includes(document.querySelector('.rtc-root').dataset.state)",
+        timeout=STREAM_START_TIMEOUT_S * 1000,
+    )
+    assert page.evaluate(STATE_JS) == "streaming", page.evaluate(STATUS_JS)
+
+
+def stop_stream(page: Any) -> None:
+    page.click(".rtc-button")
+    assert page.evaluate(STATE_JS) == "stopped", page.evaluate(STATUS_JS)
+    pcs = page.evaluate("(window.__rtcPeerConnections || []).map(pc => pc.connectionState)")
+    assert pcs and pcs[-1] == "closed", pcs
+
+
+def grab(page: Any, selector: str) -> np.ndarray:
+    url = page.evaluate(GRAB_JS, selector)
+    png = np.frombuffer(base64.b64decode(url.split(",", 1)[1]), np.uint8)
+    return cv2.cvtColor(cv2.imdecode(png, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def app_of(name: str, artifacts: Path) -> Any:
+    return run_app(EXAMPLES / name / "app.py", artifacts / f"example-{name}.log")
+
+
+@pytest.fixture(scope="module")
+def speech_then_pause() -> Path:
+    return composed_wav([0.5, UTTERANCE, PAUSE_S])
+
+
+# --- 1. ReplyOnPause echo ---------------------------------------------------------------------
+
+
+def test_reply_on_pause_echo_plays_the_utterance_back(
+    playwright_driver: Any, speech_then_pause: Path, artifacts: Path
+) -> None:
+    with (
+        app_of("reply_on_pause_echo", artifacts) as app,
+        chromium_page(playwright_driver, microphone=speech_then_pause) as page,
+    ):
+        start_stream(page, app.url)
+        audio = lambda: page.evaluate(INBOUND_AUDIO_JS)  # noqa: E731
+        heard = wait_for(
+            lambda: (a := audio()) and a["energy"] >= MIN_REPLY_ENERGY and a, REPLY_TIMEOUT_S
+        )
+        assert heard, f"no audible reply within {REPLY_TIMEOUT_S} s: {audio()}\n{app.log_tail()}"
+        assert heard["samples"] >= MIN_REPLY_SAMPLES, heard
+        page.screenshot(path=str(artifacts / "example-reply_on_pause_echo.png"))
+        stop_stream(page)
+
+
+# --- 2. AdditionalOutputs transcript ------------------------------------------------------------
+
+BOT_MESSAGES_JS = """() => Array.from(document.querySelectorAll('[data-testid="bot"]'))
+  .map(e => e.textContent.trim()).filter(t => t)"""
+
+
+def test_transcript_outputs_fill_the_chatbot(
+    playwright_driver: Any, speech_then_pause: Path, artifacts: Path
+) -> None:
+    with (
+        app_of("transcript_outputs", artifacts) as app,
+        chromium_page(playwright_driver, microphone=speech_then_pause) as page,
+    ):
+        start_stream(page, app.url)
+        said = wait_for(lambda: page.evaluate(BOT_MESSAGES_JS), REPLY_TIMEOUT_S)
+        assert said, f"the transcript stayed empty for {REPLY_TIMEOUT_S} s\n{app.log_tail()}"
+        page.screenshot(path=str(artifacts / "example-transcript_outputs.png"))
+        print("transcript:", said)
+        stop_stream(page)
+
+
+# --- 3. the other examples ------------------------------------------------------------------------
+
+AUDIBLE_JS_TIMEOUT_S = 40.0
+
+
+def wait_audible(page: Any, app: App, timeout: float = AUDIBLE_JS_TIMEOUT_S) -> dict[str, float]:
+    """Wait until the page has received audible audio; return its inbound-rtp counters."""
+    audio = lambda: page.evaluate(INBOUND_AUDIO_JS)  # noqa: E731
+    heard = wait_for(lambda: (a := audio()) and a["energy"] >= MIN_REPLY_ENERGY and a, timeout)
+    assert heard, f"no audible audio within {timeout} s: {audio()}\n{app.log_tail()}"
+    return heard
+
+
+def test_stream_handler_echo_echoes_the_microphone(
+    playwright_driver: Any, speech_then_pause: Path, artifacts: Path
+) -> None:
+    with (
+        app_of("stream_handler_echo", artifacts) as app,
+        chromium_page(playwright_driver, microphone=speech_then_pause) as page,
+    ):
+        start_stream(page, app.url)
+        wait_audible(page, app)
+        page.screenshot(path=str(artifacts / "example-stream_handler_echo.png"))
+        stop_stream(page)
+
+
+def test_reply_on_stopwords_replies_after_computer(playwright_driver: Any, artifacts: Path) -> None:
+    wav = composed_wav([0.5, "computer, what is the weather like today", PAUSE_S])
+    with (
+        app_of("reply_on_stopwords", artifacts) as app,
+        chromium_page(playwright_driver, microphone=wav) as page,
+    ):
+        start_stream(page, app.url)
+        turns = wait_for(lambda: page.evaluate(BOT_MESSAGES_JS), REPLY_TIMEOUT_S)
+        assert turns and "after 'computer'" in turns[0], f"{turns}\n{app.log_tail()}"
+        wait_audible(page, app)
+        page.screenshot(path=str(artifacts / "example-reply_on_stopwords.png"))
+        stop_stream(page)
+
+
+def test_server_audio_plays_the_file_then_ends(playwright_driver: Any, artifacts: Path) -> None:
+    with app_of("server_audio", artifacts) as app, chromium_page(playwright_driver) as page:
+        start_stream(page, app.url, button="Generate")  # the seed's trigger=button.click
+        heard = wait_audible(page, app)
+        page.screenshot(path=str(artifacts / "example-server_audio.png"))
+        # 5 steps of a 1 s chime (the slider's initial value), then the generator ends
+        page.wait_for_function(
+            "() => document.querySelector('.rtc-root').dataset.state !== 'streaming'",
+            timeout=40_000,
+        )
+        assert page.evaluate(STATE_JS) == "stopped", page.evaluate(STATUS_JS)
+        assert heard["samples"] > 0
+
+
+RED_SQUARE_MIN_PX = 5_000  # the clip's square is 120 x 120 px
+
+
+def test_server_video_plays_the_clip_in_true_colour(
+    playwright_driver: Any, artifacts: Path
+) -> None:
+    with app_of("server_video", artifacts) as app, chromium_page(playwright_driver) as page:
+        start_stream(page, app.url)
+        page.wait_for_function(
+            "() => document.querySelector('.rtc-remote').videoWidth > 0", timeout=30_000
+        )
+        frame = grab(page, ".rtc-remote")
+        r, g, b = (frame[..., i].astype(int) for i in range(3))
+        red = int(((r > 180) & (g < 90) & (b < 90)).sum())
+        blue = int(((b > 180) & (g < 90) & (r < 90)).sum())
+        page.screenshot(path=str(artifacts / "example-server_video.png"))
+        assert frame.shape == (480, 640, 3)
+        assert red >= RED_SQUARE_MIN_PX and blue < RED_SQUARE_MIN_PX, (red, blue)
+        stop_stream(page)
+
+
+def shows_flipped(page: Any, camera: np.ndarray) -> bool:
+    """The processed video is the camera picture upside down (closer to it than to the raw)."""
+    if not page.evaluate("() => document.querySelector('.rtc-remote').videoWidth > 0"):
+        return False
+    shown = grab(page, ".rtc-remote").astype(int)
+    if shown.shape != camera.shape:
+        return False
+    return bool(np.abs(shown - camera[::-1]).mean() < 0.5 * np.abs(shown - camera).mean())
+
+
+def test_webcam_filters_flip_then_edges_live(
+    playwright_driver: Any, face_y4m: Path, artifacts: Path
+) -> None:
+    camera = face_picture().astype(int)
+    with (
+        app_of("webcam_filters", artifacts) as app,
+        chromium_page(playwright_driver, camera=face_y4m) as page,
+    ):
+        start_stream(page, app.url)
+        page.wait_for_function(
+            "() => document.querySelector('.rtc-remote').videoWidth > 0", timeout=30_000
+        )
+
+        assert wait_for(lambda: shows_flipped(page, camera), 20.0), (
+            "the processed video is not the camera upside down"
+        )
+        page.get_by_label("edges").check()
+
+        def edges() -> bool:
+            shown = grab(page, ".rtc-remote")
+            gray = shown.mean(axis=2)
+            # Canny: black almost everywhere, a few percent of white edge pixels
+            return gray.mean() < 40 and 0.005 < (gray > 128).mean() < 0.3
+
+        assert wait_for(edges, 20.0), "switching the Radio to 'edges' did not change the stream"
+        page.screenshot(path=str(artifacts / "example-webcam_filters.png"))
+        stop_stream(page)
+
+
+def test_unified_image_shows_the_filtered_webcam_in_place(
+    playwright_driver: Any, face_y4m: Path, artifacts: Path
+) -> None:
+    camera = face_picture().astype(int)
+    with (
+        app_of("unified_image", artifacts) as app,
+        chromium_page(playwright_driver, camera=face_y4m) as page,
+    ):
+        start_stream(page, app.url)
+        assert wait_for(lambda: shows_flipped(page, camera), 30.0), app.log_tail()
+        page.screenshot(path=str(artifacts / "example-unified_image.png"))
+        stop_stream(page)
+
+
+def test_async_stream_handler_parrots_after_the_key_is_entered(
+    playwright_driver: Any, speech_then_pause: Path, artifacts: Path
+) -> None:
+    with (
+        app_of("async_stream_handler", artifacts) as app,
+        chromium_page(playwright_driver, microphone=speech_then_pause) as page,
+    ):
+        page.goto(app.url)
+        assert not page.is_visible(".rtc-button"), "the stream shows before a key is entered"
+        page.get_by_label("API Key").fill("any-key")
+        page.get_by_label("API Key").press("Enter")
+        page.wait_for_selector(".rtc-button", state="visible", timeout=10_000)
+        start_stream(page, None)
+        wait_audible(page, app)
+        page.screenshot(path=str(artifacts / "example-async_stream_handler.png"))
+        stop_stream(page)
+
+
+def test_state_transcription_fills_the_textbox(
+    playwright_driver: Any, speech_then_pause: Path, artifacts: Path
+) -> None:
+    with (
+        app_of("state_transcription", artifacts) as app,
+        chromium_page(playwright_driver, microphone=speech_then_pause) as page,
+    ):
+        start_stream(page, app.url)
+        box = page.get_by_label("Transcript")
+        text = wait_for(lambda: box.input_value().strip(), 10.0)  # the stream's time limit
+        assert text, f"no transcript while streaming\n{app.log_tail()}"
+        page.screenshot(path=str(artifacts / "example-state_transcription.png"))
+
+
+# --- every example: builds, registers the seed's stream, and a fresh process can load it -------
+
+# Runs each example as ``__main__`` (as ``python app.py`` does) with a fresh gateway that
+# is never started (no Ray) and launch() turned off, records its streams, then hands every
+# handler to one fresh interpreter the way the gateway hands it to a worker
+# (workers.loader: by value, else by re-importing the app file) and reports what it got.
+INSPECT_APPS = r"""
+import json, pickle, runpy, subprocess, sys
+import gradio as gr
+from gradio_ext import serving  # hooks launch() to start the gateway: replace the hook
+from workers import loader
+gr.Blocks.launch = lambda self, *a, **k: None
+found, specs = {}, []
+for path in sys.argv[1:]:
+    serving._gateway = None
+    runpy.run_path(path, run_name="__main__")
+    events = list(serving.get_gateway().events.values())
+    found[path] = [{"mode": e.mode, "modality": e.modality} for e in events]
+    specs += [(path, loader.make_spec(e.handler, e.index)) for e in events]
+probe = subprocess.run([sys.executable, "-c", sys.stdin.read()], input=pickle.dumps(specs),
+                       capture_output=True, timeout=240)
+for line in probe.stdout.decode().splitlines():
+    path, loaded = line.split(" ", 1)
+    found[path][0]["loaded"] = loaded
+print("EVENTS=" + json.dumps(found))
+"""
+LOAD_SPECS = r"""
+import pickle, sys
+from workers import loader
+for path, spec in pickle.loads(sys.stdin.buffer.read()):
+    try:
+        h = loader.load(spec)
+        print(path, getattr(h, "__name__", type(h).__name__))
+    except Exception as exc:
+        print(path, "ERROR", repr(exc)[:300].replace(chr(10), " "))
+"""
+
+EXPECTED_STREAMS = {
+    # example: (mode, modality, what a worker loads as the handler)
+    "reply_on_pause_echo": ("send-receive", "audio", "ReplyOnPause"),
+    "transcript_outputs": ("send", "audio", "ReplyOnPause"),
+    "stream_handler_echo": ("send-receive", "audio", "EchoHandler"),
+    "reply_on_stopwords": ("send-receive", "audio", "ReplyOnStopWords"),
+    "server_audio": ("receive", "audio", "generation"),
+    "server_video": ("receive", "video", "generation"),
+    "webcam_filters": ("send-receive", "video", "transform_cv2"),
+    "unified_image": ("send-receive", "video", "transform_cv2"),
+    "async_stream_handler": ("send-receive", "audio", "ParrotHandler"),
+    "state_transcription": ("send", "audio", "ChunkedTranscriber"),
+}
+
+
+@pytest.fixture(scope="module")
+def example_streams() -> dict[str, list[dict[str, str]]]:
+    """name -> the streams its app registered, each with what a fresh process loaded."""
+    paths = [str(EXAMPLES / name / "app.py") for name in sorted(EXPECTED_STREAMS)]
+    proc = subprocess.run(
+        [sys.executable, "-c", INSPECT_APPS, *paths],
+        cwd=REPO,
+        input=LOAD_SPECS.encode(),
+        capture_output=True,
+        timeout=300,
+        env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"},
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    line = next(ln for ln in proc.stdout.decode().splitlines() if ln.startswith("EVENTS="))
+    return {Path(p).parent.name: v for p, v in json.loads(line.removeprefix("EVENTS=")).items()}
+
+
+def test_every_example_folder_is_covered() -> None:
+    folders = {p.parent.name for p in EXAMPLES.glob("*/app.py")} - {"face_detection"}
+    assert folders == set(EXPECTED_STREAMS)
+    for name in folders:
+        readme = (EXAMPLES / name / "README.md").read_text().strip()
+        assert readme and "\n" not in readme, f"{name}/README.md must be one line"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_STREAMS))
+def test_example_registers_its_stream_and_a_worker_can_load_it(
+    name: str, example_streams: dict[str, list[dict[str, str]]]
+) -> None:
+    (event,) = example_streams[name]
+    mode, modality, loaded = EXPECTED_STREAMS[name]
+    assert (event["mode"], event["modality"], event.get("loaded")) == (mode, modality, loaded)
