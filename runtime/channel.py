@@ -242,6 +242,7 @@ class FrameChannel:
         self.on_audio = on_audio
         self.on_control = on_control
         self.on_closed = on_closed
+        self.on_video_slot_free: Callable[[], None] | None = None  # the peer gave a video slot back
         self.stats = ChannelStats()
         self.closed = False
         self.close_reason = ""
@@ -569,6 +570,12 @@ class FrameChannel:
             if slot in self._free[kind]:
                 raise WireError(f"slot {slot} of kind {kind} released twice")
             self._free[kind].append(slot)
+        if kind == KIND_VIDEO and self.on_video_slot_free is not None:
+            self.on_video_slot_free()
+
+    def video_in_flight(self) -> int:
+        """Video slots this side has sent and the peer has not given back yet."""
+        return self.tx.geometry.video_slots - len(self._free[KIND_VIDEO])
 
     # --- ending ---------------------------------------------------------------------------
 

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("rtcpool.session")
 
 WATCHDOG_INTERVAL_S = 0.25  # how often connect timeout, inactivity and time limit are checked
+VIDEO_IN_FLIGHT = 1  # input frames waiting at the worker (it copies a frame out before its handler runs)
 AUDIO_OUT_RATE = 48_000  # Hz: what aiortc's Opus encoder takes
 AUDIO_OUT_FRAME_SAMPLES = int(AUDIO_OUT_RATE * C.AUDIO_FRAME_S)
 AUDIO_OUT_FRAME_BYTES = AUDIO_OUT_FRAME_SAMPLES * 2 * 2  # stereo s16
@@ -190,6 +191,7 @@ class Session:
         self.media_since: float | None = None
         self.last_media = time.monotonic()
         self.frames_in = 0
+        self._deferred_video: Any = None  # newest decoded input frame the worker is not ready for
         self.frames_skipped_in = 0  # decoded while the loop was busy, superseded by newer ones
         self.frames_out = 0
         self.outputs: asyncio.Queue[list[Any]] = asyncio.Queue(OUTPUTS_QUEUE_MAX)
@@ -390,6 +392,7 @@ class Session:
         max_pixels = self.gateway.config.gateway.max_frame_pixels
         try:
             ended = False
+            channel.on_video_slot_free = self._send_deferred_video
             while not self.closed and not ended:
                 frame = await track.recv()
                 frame, skipped, ended = newest_frame(track, frame)
@@ -402,13 +405,30 @@ class Session:
                             f"video frames of {frame.width}x{frame.height} exceed the {max_pixels}-pixel limit and are dropped"
                         )
                     continue
-                tb = frame.time_base or Fraction(1, C.VIDEO_CLOCK_RATE)
-                channel.send_video(frame.to_ndarray(format="rgb24"), frame.pts or 0, (tb.numerator, tb.denominator))
-                self.frames_in += 1
-                if channel.has_backlog:
-                    self._watch_backlog()
+                if self._deferred_video is not None:
+                    self.frames_skipped_in += 1
+                self._deferred_video = frame
+                if channel.video_in_flight() < VIDEO_IN_FLIGHT:
+                    self._send_deferred_video()
         except MediaStreamError:
             return
+
+    def _send_deferred_video(self) -> None:
+        """Convert and hand over the newest decoded frame, once the worker is ready for it.
+        One frame waits at the worker while its handler runs: a frame sent meanwhile would
+        only supersede it, so it waits here unconverted to RGB (that conversion and copy is
+        the gateway's largest per-frame cost after VP8) and goes when the worker takes the
+        waiting one."""
+        frame = self._deferred_video
+        channel = self.channel
+        if frame is None or channel is None or channel.closed or channel.video_in_flight() >= VIDEO_IN_FLIGHT:
+            return
+        self._deferred_video = None
+        tb = frame.time_base or Fraction(1, C.VIDEO_CLOCK_RATE)
+        channel.send_video(frame.to_ndarray(format="rgb24"), frame.pts or 0, (tb.numerator, tb.denominator))
+        self.frames_in += 1
+        if channel.has_backlog:
+            self._watch_backlog()
 
     async def _pump_audio_in(self, track: MediaStreamTrack) -> None:
         channel = self.channel

@@ -67,6 +67,7 @@ HANDLER_STOP_TIMEOUT_S = 1.0  # handler threads get this long to return once a s
 EMIT_IDLE_S = 0.005  # a StreamHandler's emit() returned None: ask again after this long
 AUDIO_LEAD_S = 0.5  # audio may be produced this far ahead of real time; the gateway plays it out
 ERROR_REPEAT_S = 1.0  # the same handler error is sent to the client at most this often
+WORKER_NICENESS = 0  # scheduling priority of a worker process (Ray's default for workers is 15)
 ACCEPT_INTERVAL_S = 0.5  # the accept loop wakes this often to notice shutdown
 LISTEN_BACKLOG = 8
 
@@ -97,6 +98,7 @@ class Worker:
 
     def __init__(self, spec: HandlerSpec, event_id: str = "") -> None:
         self.event_id = event_id
+        _restore_priority()
         self.handler = load(spec)
         warmup = getattr(self.handler, "warmup", None)
         if callable(warmup):
@@ -714,6 +716,17 @@ def _read_hello(conn: socket.socket) -> Control:
     if parts:
         data = data[:1] + b"".join(parts) + data[1:]
     return Control.decode(data)
+
+
+def _restore_priority() -> None:
+    """Ray starts worker processes at nice 15, behind everything else on the host. A media
+    handler is the work users wait on: on a busy machine it must not lose its core to the
+    codecs. Lowering niceness needs the right (root or CAP_SYS_NICE); without it, keep 15."""
+    try:
+        if os.getpriority(os.PRIO_PROCESS, 0) > WORKER_NICENESS:
+            os.setpriority(os.PRIO_PROCESS, 0, WORKER_NICENESS)
+    except OSError:
+        log.info("worker stays at nice %d (no right to raise its priority)", os.getpriority(os.PRIO_PROCESS, 0))
 
 
 def _node_id() -> str:
