@@ -375,7 +375,8 @@ async def run(url: str, seconds: float, streams: int = 1, **kw: Any) -> list[Rep
     await asyncio.gather(*(c.connect() for c in clients))
     await asyncio.wait_for(asyncio.gather(*(c.first_frame.wait() for c in clients)), OFFER_TIMEOUT_S)
     for c in clients:  # measure the steady state, not the start-up
-        c.report = Report()
+        # reset in place: the receiving task holds this object
+        vars(c.report).update(vars(Report()))
         c._started = time.monotonic()
         if c.source is not None:
             c.source.sent_at.clear()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import av
+import cv2
 from aiortc import MediaStreamTrack
 
 
@@ -20,3 +22,20 @@ def newest_frame(track: MediaStreamTrack, frame: Any) -> tuple[Any, int, bool]:
         frame = nxt
         skipped += 1
     return frame, skipped, False
+
+
+def rgb_of(frame: Any) -> Any:
+    """A decoded video frame as (H, W, 3) uint8 RGB. OpenCV's I420 conversion is ~3x faster
+    than PyAV's (swscale) for the decoders' yuv420p at even sizes; both use BT.601."""
+    if frame.format.name == "yuv420p" and not (frame.width | frame.height) & 1:
+        return cv2.cvtColor(frame.to_ndarray(), cv2.COLOR_YUV2RGB_I420)
+    return frame.to_ndarray(format="rgb24")
+
+
+def video_frame_of(rgb: Any) -> av.VideoFrame:
+    """An (H, W, 3) uint8 RGB array as a frame the VP8 encoder takes without converting it
+    again (yuv420p), by OpenCV where the size allows."""
+    height, width = rgb.shape[:2]
+    if not (width | height) & 1:
+        return av.VideoFrame.from_ndarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
+    return av.VideoFrame.from_ndarray(rgb, format="rgb24")

@@ -33,7 +33,7 @@ from aiortc.mediastreams import MediaStreamError
 from runtime import constants as C
 from runtime.channel import FrameChannel, offer_link
 from runtime.jitter import set_audio_prefetch
-from runtime.media import newest_frame
+from runtime.media import newest_frame, rgb_of, video_frame_of
 from runtime.wire import ClearAudio, Control, Error, Hello, Message, Outputs, Ready, WireError
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ class WorkerVideoTrack(MediaStreamTrack):
                 continue
             await self._wake.wait()
         header, view = got
-        frame = av.VideoFrame.from_ndarray(view, format="rgb24")  # copies out of the slot
+        frame = video_frame_of(view)  # converts (so copies) out of the slot
         session.channel.release_video()
         # the encoder needs rising pts; a handler may emit several frames for one input
         pts = header.pts if header.pts > self._last_pts else self._last_pts + 1
@@ -425,7 +425,7 @@ class Session:
             return
         self._deferred_video = None
         tb = frame.time_base or Fraction(1, C.VIDEO_CLOCK_RATE)
-        channel.send_video(frame.to_ndarray(format="rgb24"), frame.pts or 0, (tb.numerator, tb.denominator))
+        channel.send_video(rgb_of(frame), frame.pts or 0, (tb.numerator, tb.denominator))
         self.frames_in += 1
         if channel.has_backlog:
             self._watch_backlog()
