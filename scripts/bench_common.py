@@ -1,0 +1,228 @@
+"""Helpers shared by the benchmark scripts: a GIL-bound workload, percentiles, CPU
+accounting, tables and result files.
+
+The workload is a fixed number of pure-Python loop iterations, calibrated once on an idle
+core to take the wanted time. A wall-clock busy loop would do less work when the machine is
+contended (it stops at a time, not at a work count) and flatter a setup that overloads the
+CPU; a fixed count makes every setup do the same work per frame.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = ROOT / "bench-results"
+
+# spin() loop turns per millisecond on the 2-vCPU box these benchmarks were written on, with
+# both vCPUs busy (measured as worker CPU time per frame). The speed of one vCPU wanders by
+# up to 2x with what runs on its sibling (54k/ms with it idle, 27k/ms under other load), so a
+# calibration at start-up made runs incomparable; a fixed count makes the work per frame the
+# same in every run, and the results report the CPU time a frame really took.
+ITERS_PER_MS = 45_000
+CALIBRATION_PROBE_ITERS = 200_000  # loop iterations of the first, rough timing
+CALIBRATION_S = 1.5  # seconds of full-length timings; their median is taken (this VM's speed wanders)
+
+
+def spin(iters: int) -> int:
+    """Pure-Python work that holds the GIL for the whole call (``iters`` loop turns)."""
+    x = 0
+    for i in range(iters):
+        x += i
+    return x
+
+
+def busy_iters(target_ms: float, calibrate: bool) -> int:
+    """Loop turns for a handler of ``target_ms``: the fixed rate, or a calibration here."""
+    return calibrate_iters(target_ms) if calibrate else int(round(ITERS_PER_MS * target_ms))
+
+
+def calibrate_iters(target_ms: float) -> int:
+    """Loop iterations that :func:`spin` needs for ``target_ms`` on an idle core."""
+    t0 = time.perf_counter()
+    spin(CALIBRATION_PROBE_ITERS)
+    iters = max(1, int(CALIBRATION_PROBE_ITERS * (target_ms / 1000.0) / (time.perf_counter() - t0)))
+    rates: list[float] = []
+    end = time.perf_counter() + CALIBRATION_S
+    while time.perf_counter() < end or len(rates) < 3:
+        t0 = time.perf_counter()
+        spin(iters)
+        rates.append(iters / (time.perf_counter() - t0))
+    return max(1, int(round(statistics.median(rates) * target_ms / 1000.0)))
+
+
+class SpinHandler:
+    """A frame function: spin ``iters`` loop turns, then return the frame unchanged (so a
+    painted counter survives). ``iters == 0`` is the no-op handler."""
+
+    def __init__(self, iters: int) -> None:
+        self.iters = iters
+
+    def __call__(self, frame: Any, *args: Any) -> Any:
+        if self.iters:
+            spin(self.iters)
+        return frame
+
+
+def spin_frame(frame: Any, iters: int = 0) -> Any:
+    """The same workload as a plain function taking the count as an input (``args``)."""
+    if iters:
+        spin(iters)
+    return frame
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100) of ``values``; None when empty."""
+    if not values:
+        return None
+    data = sorted(values)
+    return data[min(len(data) - 1, max(0, int(round(q / 100.0 * (len(data) - 1)))))]
+
+
+def mean(values: Sequence[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+# --- CPU accounting ---------------------------------------------------------------------
+
+
+def cpu_seconds(pids: Iterable[int]) -> dict[int, float]:
+    """user+system CPU seconds used so far by each live pid."""
+    import psutil
+
+    out: dict[int, float] = {}
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+            out[pid] = t.user + t.system
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    import psutil
+
+    try:
+        return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy (all cores), so far."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0) + getattr(t, "steal", 0.0)
+
+
+class CpuWindow:
+    """CPU% (100 = one core) of named groups of processes over a window of wall time, plus
+    ``machine`` (every process, all cores) and ``others`` (machine less the groups: load
+    from processes that are not part of the benchmark)."""
+
+    def __init__(self, groups: dict[str, list[int]]) -> None:
+        self.groups = {k: list(v) for k, v in groups.items()}
+        self.t0 = time.monotonic()
+        self.machine0 = machine_busy_seconds()
+        self.start = {k: cpu_seconds(v) for k, v in self.groups.items()}
+
+    def stop(self) -> dict[str, float]:
+        wall = time.monotonic() - self.t0
+        out: dict[str, float] = {}
+        for k, pids in self.groups.items():
+            end = cpu_seconds(pids)
+            used = sum(end[p] - self.start[k].get(p, end[p]) for p in end if p in self.start[k])
+            out[k] = round(100.0 * used / wall, 1) if wall > 0 else 0.0
+        out["machine"] = round(100.0 * (machine_busy_seconds() - self.machine0) / wall, 1) if wall > 0 else 0.0
+        out["others"] = round(max(0.0, out["machine"] - sum(v for k, v in out.items() if k != "machine")), 1)
+        return out
+
+
+QUIET_SAMPLE_S = 1.0  # machine load is sampled over this long
+QUIET_MARGIN_PCT = 10.0  # windows whose outside load is within this of the quietest one are pooled
+
+
+def quiet_windows(others: Sequence[float]) -> list[int]:
+    """Indices of the windows to report: the quietest one (least CPU used by processes
+    outside the benchmark) and every other within ``QUIET_MARGIN_PCT`` of it."""
+    floor = min(others)
+    return [i for i, v in enumerate(others) if v <= floor + QUIET_MARGIN_PCT]
+
+
+def mean_cpu(cpus: Sequence[dict[str, float]]) -> dict[str, float]:
+    keys = {k for c in cpus for k in c}
+    return {k: round(statistics.fmean(c.get(k, 0.0) for c in cpus), 1) for k in sorted(keys)}
+
+
+def wait_quiet(threshold_pct: float, max_wait_s: float) -> float:
+    """Wait (at most ``max_wait_s``) until the whole machine is busy less than
+    ``threshold_pct`` (100 = one core) over a sample; returns the last sample. The machine
+    may be shared with other work, which would skew a measurement."""
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        b0 = machine_busy_seconds()
+        time.sleep(QUIET_SAMPLE_S)
+        busy = 100.0 * (machine_busy_seconds() - b0) / QUIET_SAMPLE_S
+        if busy < threshold_pct or time.monotonic() >= deadline:
+            return round(busy, 1)
+
+
+# --- output ---------------------------------------------------------------------------------
+
+
+def fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table (it reads well in a terminal and pastes into README.md)."""
+    cells = [[str(h) for h in headers]] + [[c if isinstance(c, str) else fmt(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(cells[0], widths, strict=True)) + " |"]
+    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in cells[1:]:
+        lines.append("| " + " | ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) + " |")
+    return "\n".join(lines)
+
+
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+    }
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu_model"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return info
+
+
+def write_json(name: str, data: dict[str, Any]) -> Path:
+    RESULTS_DIR.mkdir(exist_ok=True)
+    path = RESULTS_DIR / name
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    return path
+
+
+def results_path(name: str) -> Path:
+    RESULTS_DIR.mkdir(exist_ok=True)
+    return RESULTS_DIR / name
