@@ -226,3 +226,32 @@ def write_json(name: str, data: dict[str, Any]) -> Path:
 def results_path(name: str) -> Path:
     RESULTS_DIR.mkdir(exist_ok=True)
     return RESULTS_DIR / name
+
+
+def stop_server(proc: Any, timeout_s: float) -> None:
+    """Stop a server subprocess and everything it started (Ray's daemons and workers, for
+    rtcpool): SIGINT first so it shuts down cleanly, then kill what is left, by pid."""
+    import signal
+    import subprocess
+
+    import psutil
+
+    family = [proc.pid, *descendants(proc.pid)]
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)  # uvicorn shuts down; the gateway then Ray
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for pid in family[1:]:
+        try:
+            p = psutil.Process(pid)
+            try:
+                p.wait(timeout_s / 6)
+                continue
+            except psutil.TimeoutExpired:
+                p.kill()
+        except psutil.NoSuchProcess:
+            pass
+

@@ -36,7 +36,6 @@ import asyncio
 import contextlib
 import multiprocessing as mp
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -237,24 +236,7 @@ class Server:
         return {"server": [pid], "workers": workers, "ray": others}
 
     def stop(self) -> None:
-        import psutil
-
-        # every process this server started (Ray's daemons and workers for rtcpool), by pid
-        family = [self.proc.pid, *bc.descendants(self.proc.pid)]
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)  # uvicorn shuts down; the gateway then Ray
-            try:
-                self.proc.wait(SERVER_STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        for pid in family[1:]:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p = psutil.Process(pid)
-                with contextlib.suppress(psutil.TimeoutExpired):
-                    p.wait(SERVER_STOP_TIMEOUT_S / 6)
-                    continue
-                p.kill()
+        bc.stop_server(self.proc, SERVER_STOP_TIMEOUT_S)
         self._log.close()
 
 

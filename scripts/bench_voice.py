@@ -35,7 +35,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -182,23 +181,7 @@ class Server:
         return httpx.get(self.url + "/bench/stamps", timeout=STATS_TIMEOUT_S).json()["stamps"]
 
     def stop(self) -> None:
-        import psutil
-
-        family = [self.proc.pid, *bc.descendants(self.proc.pid)]  # the server and what it started
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(SERVER_STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        for pid in family[1:]:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p = psutil.Process(pid)
-                with contextlib.suppress(psutil.TimeoutExpired):
-                    p.wait(SERVER_STOP_TIMEOUT_S / 6)
-                    continue
-                p.kill()
+        bc.stop_server(self.proc, SERVER_STOP_TIMEOUT_S)
         self._log.close()
 
 
