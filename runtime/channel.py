@@ -20,7 +20,6 @@ fields safe between that thread and the handler thread; uncontended it costs ~50
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
 import struct
@@ -684,7 +683,3 @@ def connect_worker(endpoint: str, hello: Hello, timeout: float, geometry: Geomet
 def socket_pair() -> tuple[socket.socket, socket.socket]:
     """A connected SEQPACKET pair, for tests and same-process use."""
     return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-
-
-def is_disconnect(exc: OSError) -> bool:
-    return exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ECONNREFUSED)

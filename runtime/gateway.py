@@ -92,7 +92,6 @@ class Gateway:
         self._started = False
         self._start_lock = threading.Lock()
         self._heartbeat: asyncio.Task[None] | None = None
-        self.last_offer_error: str = ""
         self._ended_outputs: dict[str, asyncio.Queue[list[Any]]] = {}
 
     # --- set-up ------------------------------------------------------------------------------
@@ -188,7 +187,6 @@ class Gateway:
                 result = await gw.handle_offer(body)
                 return JSONResponse(result)
             except HTTPError as err:
-                gw.last_offer_error = err.error
                 return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
         async def streams() -> JSONResponse:

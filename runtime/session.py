@@ -34,7 +34,17 @@ from runtime import constants as C
 from runtime.channel import FrameChannel, offer_link
 from runtime.jitter import set_audio_prefetch
 from runtime.media import newest_frame, rgb_of, video_frame_of
-from runtime.wire import ClearAudio, Control, Error, Hello, Message, Outputs, Ready, WireError
+from runtime.wire import (
+    ClearAudio,
+    Close,
+    Control,
+    Error,
+    Hello,
+    Message,
+    Outputs,
+    Ready,
+    WireError,
+)
 
 if TYPE_CHECKING:
     from runtime.gateway import Gateway, StreamEvent
@@ -556,7 +566,7 @@ class Session:
                 # ask the worker to end its session and wait for its Close: a worker that
                 # does not answer is replaced rather than handed to the next user
                 try:
-                    ch.send_control(_close_message(reason))
+                    ch.send_control(Close(reason))
                     await asyncio.wait_for(self._link_closed.wait(), C.CLOSE_ACK_TIMEOUT_S)
                 except (asyncio.TimeoutError, OSError, WireError):
                     self.worker_ok = False
@@ -575,9 +585,3 @@ class Session:
             except Exception as exc:
                 log.warning("session %s: peer connection close failed: %s", self.webrtc_id, exc)
         await self.gateway._session_ended(self)
-
-
-def _close_message(reason: str) -> Any:
-    from runtime.wire import Close
-
-    return Close(reason)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -168,5 +167,3 @@ class AudioVideoStreamHandler(StreamHandler):
     @abstractmethod
     def video_emit(self) -> Any: ...
 
-
-HandlerLike = Callable[..., Any] | StreamHandlerBase
