@@ -2,7 +2,10 @@
 
 Same host: every direction has one shared-memory segment of fixed-size slots (layout in
 ``runtime/wire.py``); a connected Unix SOCK_SEQPACKET socket is the doorbell and carries the
-slot hand-offs and the msgpack control messages. Ownership of a slot moves with messages:
+slot hand-offs and the msgpack control messages. Worker on another host: the same messages
+go over TCP, each behind its length, and a frame message carries its slot's bytes; each side
+keeps a private copy of both segments (:class:`LocalSegment`), so the slot protocol, the
+ownership checks and everything above them are one code path for both forms. Ownership of a slot moves with messages:
 the producer writes a free slot and sends ``F``; the consumer sends ``R`` when it is done.
 No shared counters, so no atomics are needed: the kernel's message order is the barrier.
 
@@ -20,6 +23,7 @@ fields safe between that thread and the handler thread; uncontended it costs ~50
 
 from __future__ import annotations
 
+import mmap
 import os
 import socket
 import struct
@@ -50,6 +54,7 @@ from runtime.wire import (
     SEGMENT_VERSION,
     SLOT_HEADER_BYTES,
     SLOT_MESSAGE,
+    STREAM_LENGTH,
     Close,
     Control,
     Hello,
@@ -64,6 +69,9 @@ MSG_PART = ord("P")  # a non-final fragment of a control message; the final one 
 MAX_CONTROL_BYTES = 16 * 1024 * 1024  # a control message larger than this is refused
 CLOSE_FLUSH_TIMEOUT_S = 2.0  # close(notify=True) waits this long for the peer to take the backlog
 MAX_BACKLOG_MESSAGES = 4096  # messages queued for a peer that stopped reading; past it the channel closes
+STREAM_READ_BYTES = 256 * 1024  # TCP form: first size of the receive buffer (it grows to one frame)
+MAX_STREAM_GEOMETRY_BYTES = 512 * 1024 * 1024  # TCP form: a Hello asking for larger segments is refused
+TCP_SCHEME = "tcp://"  # a worker endpoint "tcp://host:port" is reached over TCP, any other is a Unix socket
 
 
 @dataclass(frozen=True)
@@ -199,6 +207,44 @@ class Segment:
                 pass
 
 
+class LocalSegment(Segment):
+    """A segment private to this process, for the TCP form: the sender's slots, or the
+    receiver's copy of them. Anonymous memory: pages are only touched when a slot is used."""
+
+    def __init__(self, geometry: Geometry) -> None:  # no super().__init__: that one maps an shm
+        self.shm = None  # type: ignore[assignment]
+        self.name = ""
+        self.geometry = geometry
+        self.owner = True
+        self._map: mmap.mmap | None = mmap.mmap(-1, geometry.size)
+        self.buf = memoryview(self._map)
+        self._views = {}
+
+    def close(self) -> None:
+        if self.buf is None:
+            return
+        self._views.clear()
+        self.buf.release()
+        self.buf = None
+        try:
+            self._map.close()  # type: ignore[union-attr]
+        except BufferError:
+            pass  # a caller still holds a view: the mapping goes with it
+        self._map = None
+
+
+def geometry_from_hello(values: list[int]) -> Geometry:
+    """The slot layout a TCP Hello asks for, checked: the peer chooses it, this side allocates it."""
+    if len(values) != 4 or not all(isinstance(v, int) and v > 0 for v in values):
+        raise WireError(f"hello geometry must be four positive integers, got {values!r}")
+    geometry = Geometry(*values)
+    if min(geometry.video_slot_bytes, geometry.audio_slot_bytes) <= SLOT_HEADER_BYTES:
+        raise WireError("hello geometry has slots smaller than their header")
+    if geometry.size > MAX_STREAM_GEOMETRY_BYTES:
+        raise WireError(f"hello geometry of {geometry.size} bytes exceeds {MAX_STREAM_GEOMETRY_BYTES}")
+    return geometry
+
+
 @dataclass
 class ChannelStats:
     video_sent: int = 0
@@ -235,6 +281,8 @@ class FrameChannel:
     ) -> None:
         sock.setblocking(False)
         self.sock = sock
+        # the TCP form: messages carry their length, frames their slot bytes
+        self.stream = sock.type == socket.SOCK_STREAM
         self.tx = tx
         self.rx = rx
         self.on_video = on_video
@@ -262,8 +310,14 @@ class FrameChannel:
         self._backlog: deque[bytes] = deque()
         self._parts: list[bytes] = []
         self._parts_bytes = 0
-        self._recv_buf = bytearray(CONTROL_FRAGMENT_BYTES + 64)
+        self._recv_buf = bytearray(STREAM_READ_BYTES if self.stream else CONTROL_FRAGMENT_BYTES + 64)
         self._recv_view = memoryview(self._recv_buf)
+        self._recv_len = 0  # TCP form: bytes in _recv_buf not yet dispatched
+        # TCP form: the largest message the peer may send, a frame message with a whole slot
+        self._max_message = max(
+            CONTROL_FRAGMENT_BYTES + 1,
+            SLOT_MESSAGE.size + max(rx.geometry.video_slot_bytes, rx.geometry.audio_slot_bytes),
+        )
 
     # --- producing -----------------------------------------------------------------------
 
@@ -328,7 +382,11 @@ class FrameChannel:
             array.ndim,
             (shape + (0, 0, 0))[:3],  # type: ignore[arg-type]
         ).pack_into(self.tx.buf, self.tx.geometry.offset(kind, slot))
-        if not self._send_slot_message(MSG_FRAME, kind, slot):
+        payload = None
+        if self.stream:
+            offset = self.tx.geometry.offset(kind, slot)
+            payload = self.tx.buf[offset : offset + SLOT_HEADER_BYTES + array.nbytes]
+        if not self._send_slot_message(MSG_FRAME, kind, slot, payload):
             with self._lock:
                 self._free[kind].append(slot)
             return False
@@ -345,21 +403,30 @@ class FrameChannel:
             raise WireError(f"control message of {len(data)} bytes exceeds {MAX_CONTROL_BYTES}")
         with self._control_lock:
             if len(data) <= CONTROL_FRAGMENT_BYTES:
-                self._send_raw(data, must=True)
+                self._send_raw(self._wire(data), must=True)
                 return
             body = memoryview(data)[1:]
             step = CONTROL_FRAGMENT_BYTES - 1
             chunks = [body[i : i + step] for i in range(0, len(body), step)]
             for chunk in chunks[:-1]:
-                self._send_raw(bytes((MSG_PART,)) + chunk, must=True)
-            self._send_raw(bytes((MSG_CONTROL,)) + chunks[-1], must=True)
+                self._send_raw(self._wire(bytes((MSG_PART,)), chunk), must=True)
+            self._send_raw(self._wire(bytes((MSG_CONTROL,)), chunks[-1]), must=True)
 
-    def _send_slot_message(self, mtype: int, kind: int, slot: int) -> bool:
+    def _wire(self, *parts: bytes | memoryview) -> bytes:
+        """One message as it goes on the socket: as is on SEQPACKET, behind its length on TCP."""
+        if not self.stream:
+            return parts[0] if len(parts) == 1 else b"".join(parts)  # type: ignore[return-value]
+        return b"".join((STREAM_LENGTH.pack(sum(len(p) for p in parts)), *parts))
+
+    def _send_slot_message(self, mtype: int, kind: int, slot: int, payload: memoryview | None = None) -> bool:
         # pack() rather than a shared buffer: the reader and handler threads both send.
         # A frame message waits in the backlog like a release. Test-found: frames were dropped,
         # uncounted, whenever a large control (an AdditionalOutputs) was still going out,
         # though the consumer kept up: a handler returning (frame, AdditionalOutputs(big))
         # lost every frame. The backlog stays bounded: each waiting "F" holds a slot.
+        if self.stream:
+            head = SLOT_MESSAGE.pack(mtype, kind, slot)
+            return self._send_raw(self._wire(head) if payload is None else self._wire(head, payload), must=True)
         return self._send_raw(SLOT_MESSAGE.pack(mtype, kind, slot), must=True)
 
     def _send_raw(self, data: bytes, must: bool) -> bool:
@@ -380,7 +447,9 @@ class FrameChannel:
                     error = exc
             else:
                 try:
-                    self.sock.send(data)
+                    sent = self.sock.send(data)
+                    if sent < len(data):  # TCP takes part of a message: the rest goes first later
+                        self._backlog.append(memoryview(data)[sent:])
                 except BlockingIOError:
                     if not must:
                         return False
@@ -394,12 +463,16 @@ class FrameChannel:
 
     def _flush_locked(self) -> None:
         while self._backlog:
+            head = self._backlog[0]
             try:
-                self.sock.send(self._backlog[0])
+                sent = self.sock.send(head)
             except BlockingIOError:
                 break
             except OSError as exc:
                 raise ConnectionError(str(exc)) from exc
+            if sent < len(head):
+                self._backlog[0] = memoryview(head)[sent:]
+                break
             self._backlog.popleft()
         if len(self._backlog) > MAX_BACKLOG_MESSAGES:
             # the peer has stopped reading: treat it as gone rather than buffer without bound
@@ -443,6 +516,14 @@ class FrameChannel:
 
     def pump(self) -> None:
         """Read every message waiting on the link and act on it. Never blocks."""
+        if self.stream:
+            self._pump_stream()
+        else:
+            self._pump_datagrams()
+        if self._backlog and not self.closed:
+            self.flush()
+
+    def _pump_datagrams(self) -> None:
         sock = self.sock
         buf = self._recv_buf
         view = self._recv_view
@@ -450,50 +531,101 @@ class FrameChannel:
             try:
                 n = sock.recv_into(buf)
             except (BlockingIOError, InterruptedError):
-                break
+                return
             except OSError as exc:
                 self._closed(f"link error: {exc}")
                 return
             if n == 0:
                 self._closed("peer closed the link")
                 return
-            mtype = buf[0]
             try:
-                if mtype == MSG_FRAME or mtype == MSG_RELEASE:
-                    # Test-found: unpack_from read past a short datagram into the previous
-                    # message's bytes, so a truncated "F" replayed an old frame
-                    if n != SLOT_MESSAGE.size:
-                        raise WireError(f"slot message of {n} bytes, not {SLOT_MESSAGE.size}")
-                    _, kind, slot = SLOT_MESSAGE.unpack_from(buf, 0)
-                    if mtype == MSG_FRAME:
-                        self._on_frame(kind, slot)
-                    else:
-                        self._on_release(kind, slot)
-                elif mtype == MSG_PART:
-                    self._add_part(view[1:n])
-                elif mtype == MSG_CONTROL:
-                    if self._parts:
-                        self._add_part(view[1:n])
-                        data = bytes((MSG_CONTROL,)) + b"".join(self._parts)
-                        self._parts.clear()
-                        self._parts_bytes = 0
-                    else:
-                        data = bytes(view[:n])
-                    msg = Control.decode(data)
-                    if isinstance(msg, Close):
-                        self.peer_close = msg
-                        self._closed(msg.reason or "peer closed the session")
-                        return
-                    if self.on_control is not None:
-                        self.on_control(msg)
-                else:
-                    raise WireError(f"unknown link message type {mtype}")
+                self._dispatch(view, n)
             except WireError as exc:
                 # a peer that breaks the format is not trusted with the session any longer
                 self._closed(f"protocol error: {exc}")
                 return
-        if self._backlog:
-            self.flush()
+
+    def _pump_stream(self) -> None:
+        """TCP form: read what the socket has, dispatch every complete message, keep the rest."""
+        size_bytes = STREAM_LENGTH.size
+        while not self.closed:
+            try:
+                n = self.sock.recv_into(self._recv_view[self._recv_len :])
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._closed(f"link error: {exc}")
+                return
+            if n == 0:
+                self._closed("peer closed the link")
+                return
+            self._recv_len += n
+            buf, pos, end = self._recv_buf, 0, self._recv_len
+            try:
+                while end - pos >= size_bytes:
+                    (size,) = STREAM_LENGTH.unpack_from(buf, pos)
+                    if size == 0 or size > self._max_message:
+                        raise WireError(f"message of {size} bytes (at most {self._max_message})")
+                    stop = pos + size_bytes + size
+                    if stop > end:
+                        if size_bytes + size > len(buf):
+                            self._grow_recv(pos, size_bytes + size)
+                            buf, end, pos = self._recv_buf, self._recv_len, 0
+                        break
+                    self._dispatch(self._recv_view[pos + size_bytes : stop], size)
+                    pos = stop
+                    if self.closed:
+                        return
+            except WireError as exc:
+                self._closed(f"protocol error: {exc}")
+                return
+            if pos:
+                rest = end - pos
+                buf[:rest] = buf[pos:end]  # same length: the buffer is never resized under a view
+                self._recv_len = rest
+
+    def _grow_recv(self, start: int, need: int) -> None:
+        """Make room for one message of ``need`` bytes; what is buffered from ``start`` moves along."""
+        rest = self._recv_len - start
+        grown = bytearray(need)
+        grown[:rest] = self._recv_buf[start : self._recv_len]
+        self._recv_buf, self._recv_view, self._recv_len = grown, memoryview(grown), rest
+
+    def _dispatch(self, view: memoryview, n: int) -> None:
+        """Act on one message of ``n`` bytes at the start of ``view``."""
+        mtype = view[0]
+        if mtype == MSG_FRAME or mtype == MSG_RELEASE:
+            # Test-found: unpack_from read past a short datagram into the previous message's
+            # bytes, so a truncated "F" replayed an old frame. Over TCP an "F" carries its slot.
+            with_slot = self.stream and mtype == MSG_FRAME
+            if with_slot and n < SLOT_MESSAGE.size + SLOT_HEADER_BYTES:
+                raise WireError(f"frame message of {n} bytes, shorter than its slot header")
+            if not with_slot and n != SLOT_MESSAGE.size:
+                raise WireError(f"slot message of {n} bytes, not {SLOT_MESSAGE.size}")
+            _, kind, slot = SLOT_MESSAGE.unpack_from(view, 0)
+            if mtype == MSG_FRAME:
+                self._on_frame(kind, slot, view[SLOT_MESSAGE.size : n] if with_slot else None)
+            else:
+                self._on_release(kind, slot)
+        elif mtype == MSG_PART:
+            self._add_part(view[1:n])
+        elif mtype == MSG_CONTROL:
+            if self._parts:
+                self._add_part(view[1:n])
+                data = bytes((MSG_CONTROL,)) + b"".join(self._parts)
+                self._parts.clear()
+                self._parts_bytes = 0
+            else:
+                data = bytes(view[:n])
+            msg = Control.decode(data)
+            if isinstance(msg, Close):
+                self.peer_close = msg
+                self._closed(msg.reason or "peer closed the session")
+                return
+            if self.on_control is not None:
+                self.on_control(msg)
+        else:
+            raise WireError(f"unknown link message type {mtype}")
 
     @property
     def has_backlog(self) -> bool:
@@ -535,7 +667,9 @@ class FrameChannel:
             raise WireError("fragmented control message exceeds the limit")
         self._parts.append(bytes(part))
 
-    def _on_frame(self, kind: int, slot: int) -> None:
+    def _on_frame(self, kind: int, slot: int, payload: memoryview | None = None) -> None:
+        if kind not in (KIND_VIDEO, KIND_AUDIO):
+            raise WireError(f"unknown frame kind {kind}")
         if slot >= self.rx.geometry.count(kind):
             raise WireError(f"frame in slot {slot} of kind {kind}: no such slot")
         if kind == KIND_VIDEO:
@@ -544,6 +678,9 @@ class FrameChannel:
                 # still holds would be overwritten under its reader
                 if slot == self._pending_video or slot == self._held_video:
                     raise WireError(f"frame in video slot {slot}, which is not the producer's")
+            if payload is not None:
+                self._copy_in(kind, slot, payload)
+            with self._lock:
                 superseded, self._pending_video = self._pending_video, slot
             self.stats.video_received += 1
             if superseded is not None:
@@ -551,7 +688,9 @@ class FrameChannel:
                 self._send_slot_message(MSG_RELEASE, KIND_VIDEO, superseded)
             if self.on_video is not None:
                 self.on_video()
-        elif kind == KIND_AUDIO:
+        else:
+            if payload is not None:
+                self._copy_in(kind, slot, payload)
             assert self.rx.buf is not None
             header = SlotHeader.unpack_from(self.rx.buf, self.rx.geometry.offset(KIND_AUDIO, slot))
             samples = self._view_of(KIND_AUDIO, slot, header).copy()
@@ -559,8 +698,14 @@ class FrameChannel:
             self.stats.audio_received += 1
             if self.on_audio is not None:
                 self.on_audio(header, samples)
-        else:
-            raise WireError(f"unknown frame kind {kind}")
+
+    def _copy_in(self, kind: int, slot: int, payload: memoryview) -> None:
+        """TCP form: a frame's slot bytes into this side's copy of the peer's segment."""
+        if len(payload) > self.rx.geometry.capacity(kind) + SLOT_HEADER_BYTES:
+            raise WireError(f"frame of {len(payload)} bytes exceeds its slot")
+        assert self.rx.buf is not None
+        offset = self.rx.geometry.offset(kind, slot)
+        self.rx.buf[offset : offset + len(payload)] = payload
 
     def _on_release(self, kind: int, slot: int) -> None:
         if kind not in self._free or slot >= self.tx.geometry.count(kind):
@@ -599,7 +744,7 @@ class FrameChannel:
                 # after part of a fragmented message would corrupt it, so then none is sent.
                 if self._drain(CLOSE_FLUSH_TIMEOUT_S):
                     try:
-                        self.sock.send(Close(reason, retire).encode())
+                        self.sock.send(self._wire(Close(reason, retire).encode()))
                     except OSError:
                         pass
         self.closed = True
@@ -616,14 +761,19 @@ class FrameChannel:
 def offer_link(sock: socket.socket, hello: Hello, geometry: Geometry | None = None, **callbacks: Any) -> FrameChannel:
     """Gateway side of a new session on a connected socket: create both segments (this side
     owns them), send the worker its Hello naming them, and return the channel. The worker's
-    Ready arrives as the channel's first control message."""
-    up = Segment.create(geometry)
+    Ready arrives as the channel's first control message. On a TCP socket the segments are
+    private (:class:`LocalSegment`) and the Hello gives their geometry instead of names."""
+    geometry = geometry or Geometry()
+    make = LocalSegment if sock.type == socket.SOCK_STREAM else Segment.create
+    up = make(geometry)
     try:
-        down = Segment.create(geometry)
+        down = make(geometry)
     except Exception:
         up.close()
         raise
     hello.up_segment, hello.down_segment = up.name, down.name
+    if sock.type == socket.SOCK_STREAM:
+        hello.geometry = [geometry.video_slots, geometry.video_slot_bytes, geometry.audio_slots, geometry.audio_slot_bytes]
     # Test-found: the Hello went out as one datagram, so initial args over the worker's 64 KiB
     # read were cut (session refused) and over the socket buffer (~208 KiB) failed with
     # EMSGSIZE. Through the channel it is fragmented like any control; what the socket cannot
@@ -642,15 +792,93 @@ def offer_link(sock: socket.socket, hello: Hello, geometry: Geometry | None = No
     return channel
 
 
+def worker_socket(endpoint: str) -> tuple[socket.socket, Any]:
+    """A socket for a worker endpoint and the address to connect it to: ``tcp://host:port``
+    (another node) or a Unix SEQPACKET address (this node)."""
+    if endpoint.startswith(TCP_SCHEME):
+        host, _, port = endpoint[len(TCP_SCHEME) :].rpartition(":")
+        host = host.strip("[]")
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        # frame hand-offs and releases are small messages: Nagle would hold them for an ACK
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock, (host, int(port))
+    return socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET), endpoint
+
+
+def read_first_control(conn: socket.socket, timeout: float) -> Control:
+    """Blocking: a session's first control message (the Hello), fragments reassembled, on
+    either form of the link. Reads exactly that message: the channel takes over after it.
+    Test-found: it was read as one datagram of at most 64 KiB, so a Hello with large initial
+    args was cut and the session refused."""
+    deadline = _deadline(timeout)
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        data = _read_message(conn, deadline)
+        if not data:
+            raise WireError("the link closed before hello")
+        if data[0] != MSG_PART:
+            break
+        size += len(data) - 1
+        if size > MAX_CONTROL_BYTES:
+            raise WireError("fragmented hello exceeds the limit")
+        parts.append(data[1:])
+    if parts:
+        data = data[:1] + b"".join(parts) + data[1:]
+    return Control.decode(data)
+
+
+def _deadline(timeout: float) -> float:
+    import time
+
+    return time.monotonic() + timeout
+
+
+def _read_message(conn: socket.socket, deadline: float) -> bytes:
+    if conn.type != socket.SOCK_STREAM:
+        _set_timeout(conn, deadline)
+        return conn.recv(CONTROL_FRAGMENT_BYTES + 64)
+    head = _read_exact(conn, STREAM_LENGTH.size, deadline)
+    if not head:
+        return b""
+    (size,) = STREAM_LENGTH.unpack(head)
+    if size == 0 or size > CONTROL_FRAGMENT_BYTES + 1:
+        raise WireError(f"first message of {size} bytes is not a control message")
+    return _read_exact(conn, size, deadline)
+
+
+def _read_exact(conn: socket.socket, n: int, deadline: float) -> bytes:
+    out = bytearray()
+    while len(out) < n:
+        _set_timeout(conn, deadline)
+        chunk = conn.recv(n - len(out))
+        if not chunk:
+            if out:
+                raise WireError("the link closed in the middle of a message")
+            return b""
+        out += chunk
+    return bytes(out)
+
+
+def _set_timeout(conn: socket.socket, deadline: float) -> None:
+    import time
+
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("no hello in time")
+    conn.settimeout(left)
+
+
 def connect_worker(endpoint: str, hello: Hello, timeout: float, geometry: Geometry | None = None, **callbacks: Any) -> tuple[FrameChannel, Ready]:
     """Blocking: connect to a worker's endpoint and start a session (benchmarks, tools)."""
     import select
     import time
 
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sock, address = worker_socket(endpoint)
     sock.settimeout(timeout)
     try:
-        sock.connect(endpoint)
+        sock.connect(address)
     except OSError:
         sock.close()
         raise

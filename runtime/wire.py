@@ -98,6 +98,10 @@ MSG_FRAME = ord("F")
 MSG_RELEASE = ord("R")
 MSG_CONTROL = ord("C")
 SLOT_MESSAGE = struct.Struct("<BBH")  # type, kind, slot index
+# TCP form (worker on another node): the same messages on a byte stream, each behind its
+# length; an "F" carries its slot (header and payload) after the slot message, since the
+# peer has no shared segment to read it from
+STREAM_LENGTH = struct.Struct("<I")
 # control messages larger than one datagram are fragmented: see runtime/channel.py
 
 
@@ -183,7 +187,12 @@ class Control:
 
 @dataclass
 class Hello(Control):
-    """Gateway -> worker, first message of a session: where its segments are, what it streams."""
+    """Gateway -> worker, first message of a session: where its segments are, what it streams.
+
+    Over TCP there are no shared segments: the names are empty and ``geometry`` gives the
+    slot layout both sides mirror (video_slots, video_slot_bytes, audio_slots,
+    audio_slot_bytes). ``token`` is the worker's secret, learnt through Ray: a TCP port is
+    open to the network, so a connection that does not know it is refused."""
 
     TYPE: ClassVar[str] = "hello"
     session_id: str
@@ -193,6 +202,8 @@ class Hello(Control):
     modality: str
     args: list[Any] = field(default_factory=list)
     args_set: bool = False
+    token: str = ""
+    geometry: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -214,13 +225,22 @@ class Args(Control):
     args: list[Any]
 
 
+OUTPUTS_ADDITIONAL = "additional"  # an AdditionalOutputs: for on_additional_outputs' components
+OUTPUTS_STREAM = "stream"  # the values a function returned for its stream's other outputs
+
+
 @dataclass
 class Outputs(Control):
-    """Worker -> gateway: one ``AdditionalOutputs`` yielded by the handler, in order."""
+    """Worker -> gateway: values for components of the page, in order. ``kind`` says whose:
+    an ``AdditionalOutputs`` the handler yielded (for ``on_additional_outputs``), or the
+    values a function returned for the stream's own non-WebRTC ``outputs`` (in their order,
+    the WebRTC component's position left out). A message without ``kind`` (an older peer)
+    is an AdditionalOutputs."""
 
     TYPE: ClassVar[str] = "outputs"
     seq: int
     values: list[Any]
+    kind: str = OUTPUTS_ADDITIONAL
 
 
 @dataclass

@@ -31,6 +31,7 @@ from runtime.channel import (
     SEGMENT_PREFIX,
     FrameChannel,
     Geometry,
+    LocalSegment,
     Segment,
     connect_worker,
     offer_link,
@@ -50,6 +51,7 @@ from runtime.wire import (
     SEGMENT_VERSION,
     SLOT_HEADER_BYTES,
     SLOT_MESSAGE,
+    STREAM_LENGTH,
     Args,
     Close,
     Control,
@@ -122,19 +124,26 @@ class Link:
         self.gw.ch.close(notify=False)
 
 
-def make_link(geometry: Geometry = SMALL) -> Link:
+def make_link(geometry: Geometry = SMALL, tcp: bool = False) -> Link:
+    """Both ends of a session's link. ``tcp``: the TCP form (a byte stream, each side with
+    private segments), on a Unix stream pair, which frames and splits data as TCP does."""
+    gw, wk = Side(), Side()
+    if tcp:
+        sa, sb = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        gw.ch = FrameChannel(sa, tx=LocalSegment(geometry), rx=LocalSegment(geometry), **gw.callbacks())
+        wk.ch = FrameChannel(sb, tx=LocalSegment(geometry), rx=LocalSegment(geometry), **wk.callbacks())
+        return Link(gw, wk)
     sa, sb = socket_pair()
     up = Segment.create(geometry)
     down = Segment.create(geometry)
-    gw, wk = Side(), Side()
     gw.ch = FrameChannel(sa, tx=up, rx=down, **gw.callbacks())
     wk.ch = FrameChannel(sb, tx=Segment.attach(down.name), rx=Segment.attach(up.name), **wk.callbacks())
     return Link(gw, wk)
 
 
-@pytest.fixture
-def link() -> Iterator[Link]:
-    lk = make_link()
+@pytest.fixture(params=["shm", "tcp"])
+def link(request: pytest.FixtureRequest) -> Iterator[Link]:
+    lk = make_link(tcp=request.param == "tcp")
     yield lk
     lk.close()
 
@@ -1117,7 +1126,8 @@ def test_a_control_sent_during_another_ones_fragments_waits_its_turn(link, monke
 
     def send_raw(data: bytes, must: bool) -> bool:
         ok = real_send_raw(data, must)
-        if data[0] == MSG_PART and threading.current_thread().name == "A" and not a_paused.is_set():
+        mtype = data[STREAM_LENGTH.size] if wk.stream else data[0]
+        if mtype == MSG_PART and threading.current_thread().name == "A" and not a_paused.is_set():
             a_paused.set()
             b_done.wait(1.0)  # B is either through (the bug) or blocked until A finishes
         return ok
@@ -1206,3 +1216,106 @@ def test_close_to_a_peer_that_does_not_read_gives_up_without_corrupting(link, mo
     # a cut-off message and no Close: the peer sees the link end, not a protocol error
     assert link.gw.closed == ["peer closed the link"]
     assert link.gw.controls == []
+
+
+# --- the TCP form: a byte stream, messages behind their length, frames carrying their slot ---------
+
+
+@pytest.fixture
+def tcp_link() -> Iterator[Link]:
+    lk = make_link(tcp=True)
+    yield lk
+    lk.close()
+
+
+def test_tcp_full_size_frames_go_through_partial_sends_in_order():
+    """640x480 frames are several times a socket buffer: every send is partial, the rest
+    waits in the backlog and leaves on flush; the receiver reassembles across reads."""
+    geometry = Geometry(video_slots=4, video_slot_bytes=SLOT_HEADER_BYTES + 480 * 640 * 3)
+    lk = make_link(geometry, tcp=True)
+    try:
+        gw, wk = lk.gw.ch, lk.wk.ch
+        rng = np.random.default_rng(7)
+        for i in range(12):
+            frame = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+            assert gw.send_video(frame, pts=i)
+            assert gw.has_backlog  # the socket took only part of it
+            got = pump_until(wk.take_video, gw, wk)
+            assert got is not None and got[0].pts == i
+            np.testing.assert_array_equal(got[1], frame)
+            wk.release_video()
+            assert pump_until(lambda: gw.video_in_flight() == 0, gw, wk)
+        assert not gw.closed and not wk.closed
+    finally:
+        lk.close()
+
+
+def test_tcp_messages_split_at_every_byte_are_reassembled(tcp_link):
+    """TCP may cut anywhere: feed a frame, an audio chunk and a control one byte at a time."""
+    gw, wk = tcp_link.gw, tcp_link.wk
+    raw_a, raw_b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    # capture what gw sends by swapping its socket for one whose far end we read
+    real = gw.ch.sock
+    gw.ch.sock = raw_a
+    frame = np.arange(H * W * 3, dtype=np.uint8).reshape(H, W, 3)
+    assert gw.ch.send_video(frame, pts=5)
+    assert gw.ch.send_audio(np.full((1, AUDIO_N), 7, dtype=np.int16), 48_000, pts=9)
+    gw.ch.send_control(Message("hi", [1, 2]))
+    raw_b.setblocking(False)
+    data = raw_b.recv(1 << 20)
+    gw.ch.sock = real
+    raw_a.close()
+    raw_b.close()
+    for i in range(len(data)):
+        real.send(data[i : i + 1])
+        wk.ch.pump()
+    assert not wk.ch.closed, wk.ch.close_reason
+    header, view = wk.ch.take_video()
+    assert header.pts == 5
+    np.testing.assert_array_equal(view, frame)
+    assert [h.pts for h, _ in wk.audio] == [9] and int(wk.audio[0][1][0, 0]) == 7
+    assert wk.controls == [Message("hi", [1, 2])]
+
+
+@pytest.mark.parametrize(
+    "data, why",
+    [
+        (STREAM_LENGTH.pack(0), "message of 0 bytes"),
+        (STREAM_LENGTH.pack(2**31), "message of 2147483648 bytes"),
+        (STREAM_LENGTH.pack(SLOT_MESSAGE.size) + SLOT_MESSAGE.pack(MSG_FRAME, KIND_VIDEO, 0), "shorter than its slot header"),
+        (
+            STREAM_LENGTH.pack(SLOT_MESSAGE.size + SLOT_HEADER_BYTES + H * W * 3 + 1)
+            + SLOT_MESSAGE.pack(MSG_FRAME, KIND_VIDEO, 0)
+            + bytes(SLOT_HEADER_BYTES + H * W * 3 + 1),
+            "exceeds its slot",
+        ),
+        (STREAM_LENGTH.pack(5) + SLOT_MESSAGE.pack(MSG_RELEASE, KIND_VIDEO, 0) + b"x", "slot message of 5 bytes"),
+        (STREAM_LENGTH.pack(3) + b"Zzz", "unknown link message type"),
+    ],
+    ids=["empty", "huge", "frame-without-slot", "frame-over-slot", "long-release", "unknown-type"],
+)
+def test_tcp_protocol_violations_close_with_a_reason(tcp_link, data, why):
+    gw, wk = tcp_link.gw.ch, tcp_link.wk.ch
+    gw.sock.sendall(data)
+    assert pump_until(lambda: wk.closed, wk)
+    assert wk.close_reason.startswith("protocol error") and why in wk.close_reason, wk.close_reason
+
+
+def test_tcp_close_is_framed_and_answered(tcp_link):
+    gw, wk = tcp_link.gw, tcp_link.wk
+    gw.ch.send_control(Outputs(1, [b"o" * (3 * CONTROL_FRAGMENT_BYTES)]))
+    gw.ch.close("bye", notify=True)
+    assert pump_until(lambda: wk.ch.closed, wk.ch)
+    assert wk.controls == [Outputs(1, [b"o" * (3 * CONTROL_FRAGMENT_BYTES)])]
+    assert isinstance(wk.ch.peer_close, Close) and wk.closed == ["bye"]
+
+
+def test_local_segments_are_not_shared_memory():
+    before = all_segments()
+    seg = LocalSegment(SMALL)
+    view = seg.view(KIND_VIDEO, 0, (H, W, 3), np.dtype("uint8"))
+    view[:] = 3
+    assert all_segments() == before and seg.name == ""
+    del view
+    seg.close()
+    seg.close()

@@ -27,6 +27,8 @@ from runtime.wire import (
     MSG_CONTROL,
     MSG_FRAME,
     MSG_RELEASE,
+    OUTPUTS_ADDITIONAL,
+    OUTPUTS_STREAM,
     SEGMENT_HEADER,
     SEGMENT_HEADER_BYTES,
     SEGMENT_MAGIC,
@@ -186,7 +188,11 @@ EXAMPLES: dict[type[Control], list[Control]] = {
     ],
     Ready: [Ready(pid=1234), Ready(pid=2**31 - 1, node_id="ab" * 28, audio_in_rate=16_000, audio_in_layout="stereo")],
     Args: [Args([]), Args([1, 2.5, "three", None, True, {"k": [1, 2]}, b"\x00\xff"])],
-    Outputs: [Outputs(1, []), Outputs(2**40, ["text", {"a": 1}, [1, [2, [3]]]])],
+    Outputs: [
+        Outputs(1, []),
+        Outputs(2**40, ["text", {"a": 1}, [1, [2, [3]]]]),
+        Outputs(3, [[1, 2], "transcript"], OUTPUTS_STREAM),
+    ],
     Message: [Message("log"), Message("end_stream", "bye"), Message("send_input", {"x": 1})],
     Error: [Error(""), Error("ValueError: ünïcödé ✓")],
     ClearAudio: [ClearAudio()],
@@ -253,6 +259,14 @@ def test_truncated_control_at_every_length_raises_wire_error(msg):
 def test_garbage_control_raises_wire_error(data):
     with pytest.raises(WireError):
         Control.decode(data)
+
+
+def test_outputs_without_kind_from_an_older_peer_are_additional_outputs():
+    old = b"C" + msgpack.packb({"t": "outputs", "seq": 7, "values": ["a", 1]})
+    back = Control.decode(old)
+    assert back == Outputs(7, ["a", 1]) and back.kind == OUTPUTS_ADDITIONAL
+    assert Outputs(7, ["a", 1]).encode() != Outputs(7, ["a", 1], OUTPUTS_STREAM).encode()
+    assert Control.decode(Outputs(8, ["s"], OUTPUTS_STREAM).encode()).kind == OUTPUTS_STREAM
 
 
 def test_random_garbage_never_raises_anything_but_wire_error():
