@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -32,7 +33,9 @@ from runtime.config import Config, load_config
 from runtime.ice import pin_host_addresses
 from runtime.scheduler import EventSpec, PoolSpec, get_scheduler
 from runtime.session import OUTPUTS_QUEUE_MAX, Session, WorkerGone
-from workers.loader import app_file_of, make_spec
+from runtime.wire import OUTPUTS_ADDITIONAL, OUTPUTS_STREAM
+from workers.handlers import StreamHandlerBase
+from workers.loader import StreamOutputs, app_file_of, make_spec
 
 log = logging.getLogger("rtcpool.gateway")
 
@@ -55,6 +58,8 @@ class StreamEvent:
     time_limit: float | None = None
     initial_args: list[Any] = field(default_factory=list)
     index: int = 0
+    stream_every: float | None = None
+    outputs: StreamOutputs = field(default_factory=StreamOutputs)
 
     @property
     def has_video(self) -> bool:
@@ -63,6 +68,27 @@ class StreamEvent:
     @property
     def has_audio(self) -> bool:
         return self.modality in ("audio", "audio-video")
+
+
+def check_stream_options(handler: Any, stream_every: Any, outputs: StreamOutputs | None) -> None:
+    """Refuse, at registration, what a stream event cannot run: ``stream_every`` must be a
+    positive number of seconds (or None); a StreamHandler's ``emit()`` gives the stream's
+    media only, so its other components are updated with AdditionalOutputs instead."""
+    if stream_every is not None and (
+        isinstance(stream_every, bool)
+        or not isinstance(stream_every, (int, float))
+        or not math.isfinite(stream_every)
+        or stream_every <= 0
+    ):
+        raise ValueError(
+            f"stream_every must be a positive number of seconds or None, got {stream_every!r}"
+        )
+    if outputs is not None and outputs.mapped and isinstance(handler, StreamHandlerBase):
+        raise ValueError(
+            f"{type(handler).__name__} is a StreamHandler: its emit() gives the stream's media, so its "
+            "only output is the WebRTC component; update other components by yielding "
+            "AdditionalOutputs (.on_additional_outputs)"
+        )
 
 
 class HTTPError(Exception):
@@ -89,10 +115,12 @@ class Gateway:
         self.sessions: dict[str, Session] = {}
         self.geometry = Geometry(video_slot_bytes=64 + self.config.gateway.max_frame_pixels * 3)
         self.scheduler: Any = None
+        self.node_id = ""  # this process's Ray node, once started: workers elsewhere get TCP
         self._started = False
         self._start_lock = threading.Lock()
         self._heartbeat: asyncio.Task[None] | None = None
-        self._ended_outputs: dict[str, asyncio.Queue[list[Any]]] = {}
+        # unfetched outputs of ended sessions, by (webrtc_id, kind)
+        self._ended_outputs: dict[tuple[str, str], asyncio.Queue[list[Any]]] = {}
 
     # --- set-up ------------------------------------------------------------------------------
 
@@ -106,13 +134,21 @@ class Gateway:
         time_limit: float | None = None,
         initial_args: list[Any] | None = None,
         event_id: str | None = None,
+        stream_every: float | None = None,
+        outputs: StreamOutputs | None = None,
     ) -> StreamEvent:
+        """Register a stream event. ``stream_every`` (seconds): a plain function takes input
+        at most this often -- the newest video frame, or audio in chunks of exactly this
+        length; a StreamHandler gets every frame regardless (its receive() is its input).
+        ``outputs``: how a plain function's result maps onto the stream's outputs (Gradio's
+        ``.stream(outputs=...)``; default: the result is the media)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if modality not in MODALITIES:
             raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
         if concurrency_limit is not None and concurrency_limit < 1:
             raise ValueError("concurrency_limit must be None or at least 1")
+        check_stream_options(handler, stream_every, outputs)
         event_id = event_id or f"stream-{len(self.events)}"
         # a worker that recovers the handler by re-importing its file counts that file's
         # registrations only (workers/loader.py)
@@ -124,7 +160,18 @@ class Gateway:
         if override is not None:
             concurrency_limit = override.concurrency_limit or concurrency_limit
             time_limit = override.time_limit or time_limit
-        event = StreamEvent(event_id, handler, mode, modality, concurrency_limit, time_limit, list(initial_args or []), index)
+        event = StreamEvent(
+            event_id,
+            handler,
+            mode,
+            modality,
+            concurrency_limit,
+            time_limit,
+            list(initial_args or []),
+            index,
+            None if stream_every is None else float(stream_every),
+            outputs or StreamOutputs(),
+        )
         self.events[event_id] = event
         if self._started:
             self._register(event)
@@ -147,6 +194,7 @@ class Gateway:
                 elif rc.num_cpus:
                     kwargs["num_cpus"] = rc.num_cpus
                 ray.init(**kwargs)
+            self.node_id = ray.get_runtime_context().get_node_id()
             self.scheduler = get_scheduler(detached=self.config.ray.detached_scheduler)
             for event in self.events.values():
                 self._register(event)
@@ -161,7 +209,9 @@ class Gateway:
             pool = override.pool
         spec = EventSpec(
             event_id=event.event_id,
-            handler=make_spec(event.handler, event.index),
+            handler=make_spec(
+                event.handler, event.index, stream_every=event.stream_every, outputs=event.outputs
+            ),
             concurrency_limit=event.concurrency_limit,
             time_limit=event.time_limit,
             pool=PoolSpec(**pool.model_dump()),
@@ -191,6 +241,16 @@ class Gateway:
 
         async def streams() -> JSONResponse:
             return JSONResponse({"streams": [{"stream_id": e.event_id, "mode": e.mode, "modality": e.modality, "concurrency_limit": e.concurrency_limit, "time_limit": e.time_limit} for e in gw.events.values()]})
+
+        async def sessions() -> JSONResponse:
+            # no webrtc_id: it is the key to a session's inputs and outputs
+            return JSONResponse(
+                [
+                    {"event_id": s.event.event_id, "worker_pid": s.worker_pid, "worker_node_id": s.lease.get("node_id", ""), "transport": s.transport}
+                    for s in gw.sessions.values()
+                    if not s.closed
+                ]
+            )
 
         async def set_input(request: Request) -> JSONResponse:
             try:
@@ -229,8 +289,11 @@ class Gateway:
 
         app.add_api_route("/webrtc/offer", offer, methods=["POST"])
         app.add_api_route("/webrtc/streams", streams, methods=["GET"])
+        app.add_api_route("/webrtc/sessions", sessions, methods=["GET"])
         app.add_api_route("/webrtc/input", set_input, methods=["POST"])
         app.add_api_route("/webrtc/outputs", outputs, methods=["GET"])
+        from runtime.standalone import mount_standalone  # it imports this module
+        mount_standalone(app, gw)  # GET /webrtc/ui: the client's own page, for apps without Gradio
         # Routes added after start-up go last; Gradio's catch-alls must not shadow ours.
         routes = app.router.routes
         ours = [r for r in routes if getattr(r, "path", "").startswith("/webrtc/")]
@@ -338,11 +401,16 @@ class Gateway:
             raise HTTPError(400, "bad_candidate", f"cannot parse ICE candidate: {exc}") from exc
         return {"status": "success"}
 
-    def next_output(self, webrtc_id: str) -> list[Any] | None:
-        """The oldest AdditionalOutputs of a session not yet fetched (None: none waiting). A
-        session's unfetched outputs outlive it by OUTPUTS_GRACE_S."""
+    def next_output(self, webrtc_id: str, kind: str = OUTPUTS_ADDITIONAL) -> list[Any] | None:
+        """The oldest outputs of a session not yet fetched (None: none waiting): its
+        AdditionalOutputs, or with ``kind=OUTPUTS_STREAM`` the values its function returned
+        for the stream's other outputs. A session's unfetched outputs outlive it by
+        OUTPUTS_GRACE_S."""
         session = self.sessions.get(webrtc_id)
-        queue = session.outputs if session is not None else self._ended_outputs.get(webrtc_id)
+        if session is not None:
+            queue = session.stream_outputs if kind == OUTPUTS_STREAM else session.outputs
+        else:
+            queue = self._ended_outputs.get((webrtc_id, kind))
         if queue is None or queue.empty():
             return None
         return queue.get_nowait()
@@ -377,10 +445,16 @@ class Gateway:
     async def _session_ended(self, session: Session) -> None:
         if self.sessions.get(session.webrtc_id) is session:
             self.sessions.pop(session.webrtc_id, None)
-        if not session.outputs.empty():
-            # the page fetches outputs after the fact: keep them a little while
-            self._ended_outputs[session.webrtc_id] = session.outputs
-            asyncio.get_running_loop().call_later(OUTPUTS_GRACE_S, self._ended_outputs.pop, session.webrtc_id, None)
+        for kind, queue in (
+            (OUTPUTS_ADDITIONAL, session.outputs),
+            (OUTPUTS_STREAM, session.stream_outputs),
+        ):
+            if not queue.empty():
+                # the page fetches outputs after the fact: keep them a little while
+                key = (session.webrtc_id, kind)
+                self._ended_outputs[key] = queue
+                later = asyncio.get_running_loop().call_later
+                later(OUTPUTS_GRACE_S, self._ended_outputs.pop, key, None)
         try:
             await asyncio.wait_for(self.scheduler.release.remote(session.lease_id, session.worker_ok), C.RAY_CALL_TIMEOUT_S)
         except Exception as exc:

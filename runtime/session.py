@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 import time
 from collections.abc import Callable
 from fractions import Fraction
@@ -31,10 +30,11 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 
 from runtime import constants as C
-from runtime.channel import FrameChannel, offer_link
-from runtime.jitter import set_audio_prefetch
+from runtime.channel import FrameChannel, offer_link, worker_socket
+from runtime.jitter import release_video_on_marker, set_audio_prefetch
 from runtime.media import newest_frame, rgb_of, video_frame_of
 from runtime.wire import (
+    OUTPUTS_STREAM,
     ClearAudio,
     Close,
     Control,
@@ -181,6 +181,7 @@ class Session:
         self.lease = lease
         self.lease_id: str = lease["lease_id"]
         self.worker_pid: int = lease["pid"]
+        self.transport = ""  # "shm" or "tcp" once the worker is connected
         self.loop = asyncio.get_running_loop()
         self.pc: RTCPeerConnection | None = None
         self.channel: FrameChannel | None = None
@@ -205,6 +206,9 @@ class Session:
         self.frames_skipped_in = 0  # decoded while the loop was busy, superseded by newer ones
         self.frames_out = 0
         self.outputs: asyncio.Queue[list[Any]] = asyncio.Queue(OUTPUTS_QUEUE_MAX)
+        # what a function returned for its stream's own non-WebRTC outputs (the page's
+        # stream-outputs event fetches them, one per fetch_output like AdditionalOutputs)
+        self.stream_outputs: asyncio.Queue[list[Any]] = asyncio.Queue(OUTPUTS_QUEUE_MAX)
         self.on_outputs: list[Callable[[list[Any]], None]] = []
         # outputs are fetched one per fetch_output (the page) from ``outputs``; an SSE client
         # gets a queue of its own in ``subscribers``
@@ -227,6 +231,8 @@ class Session:
         pc.on("track", self._on_track)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=type_))
         set_audio_prefetch(pc, cfg.audio_jitter_prefetch)
+        if cfg.video_release_on_marker:
+            release_video_on_marker(pc)
         if self.event.mode in ("send-receive", "receive") and self.event.has_video:
             self.video_out = WorkerVideoTrack(self)
             pc.addTrack(self.video_out)
@@ -240,13 +246,23 @@ class Session:
             self.media_since = time.monotonic()
         return pc.localDescription
 
+    def _choose_transport(self) -> str:
+        """Shared memory when the worker shares this node (and its /dev/shm), TCP otherwise."""
+        wanted = self.gateway.config.gateway.transport
+        if wanted != "auto":
+            return wanted
+        local = self.lease.get("node_id") == self.gateway.node_id or not self.lease.get("tcp_endpoint")
+        return "shm" if local else "tcp"
+
     async def _connect_worker(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.transport = self._choose_transport()
+        endpoint = self.lease["endpoint"] if self.transport == "shm" else self.lease["tcp_endpoint"]
+        sock, address = worker_socket(endpoint)
         sock.setblocking(False)
         try:
-            await asyncio.wait_for(self.loop.sock_connect(sock, self.lease["endpoint"]), C.WORKER_CONNECT_TIMEOUT_S)
+            await asyncio.wait_for(self.loop.sock_connect(sock, address), C.WORKER_CONNECT_TIMEOUT_S)
             ready = self.loop.create_future()
-            hello = Hello(self.webrtc_id, "", "", self.event.mode, self.event.modality, self.args, self.args_set)
+            hello = Hello(self.webrtc_id, "", "", self.event.mode, self.event.modality, self.args, self.args_set, token=self.lease.get("token", ""))
             self.channel = offer_link(
                 sock,
                 hello,
@@ -308,9 +324,13 @@ class Session:
     def _on_control(self, msg: Control) -> None:
         if isinstance(msg, Outputs):
             values = msg.values
-            for fn in self.on_outputs:
-                fn(values)
-            for queue in (self.outputs, *self.subscribers):
+            if msg.kind == OUTPUTS_STREAM:
+                queues: tuple[asyncio.Queue[list[Any]], ...] = (self.stream_outputs,)
+            else:
+                for fn in self.on_outputs:
+                    fn(values)
+                queues = (self.outputs, *self.subscribers)
+            for queue in queues:
                 if queue.full():
                     queue.get_nowait()  # a consumer that does not read loses the oldest
                 queue.put_nowait(values)

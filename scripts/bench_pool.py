@@ -83,13 +83,13 @@ class PoolDriver:
 
     name = "pool"
 
-    def __init__(self, endpoints: list[str], args: list[Any]) -> None:
+    def __init__(self, endpoints: list[tuple[str, str]], args: list[Any]) -> None:
         from runtime.channel import connect_worker
         from runtime.wire import Hello
 
         self.channels = []
-        for ep in endpoints:
-            hello = Hello(f"bench-{uuid.uuid4().hex[:8]}", "", "", "send-receive", "video", args=list(args), args_set=True)
+        for ep, token in endpoints:
+            hello = Hello(f"bench-{uuid.uuid4().hex[:8]}", "", "", "send-receive", "video", args=list(args), args_set=True, token=token)
             ch, _ready = connect_worker(ep, hello, CONNECT_TIMEOUT_S)
             self.channels.append(ch)
         self.poller = select.poll()
@@ -363,7 +363,7 @@ def start_workers(count: int) -> tuple[list[Any], list[dict[str, Any]]]:
     return actors, infos
 
 
-def measure(mode: str, kind: str, n: int, image: np.ndarray, iters: int, endpoints: list[str], worker_pids: list[int], run_s: float, warmup_s: float, quiet_wait_s: float) -> dict[str, Any]:
+def measure(mode: str, kind: str, n: int, image: np.ndarray, iters: int, endpoints: list[tuple[str, str]], worker_pids: list[int], run_s: float, warmup_s: float, quiet_wait_s: float) -> dict[str, Any]:
     args = [iters if kind == "busy" else 0]
     quiet = bc.wait_quiet(QUIET_THRESHOLD_PCT, quiet_wait_s)
     ray_daemons = [p for p in bc.descendants(os.getpid()) if p not in worker_pids]
@@ -467,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     ray.init(namespace=C.RAY_NAMESPACE, include_dashboard=False, log_to_driver=True)
     _actors, infos = start_workers(max(SESSION_COUNTS))
-    endpoints = [i["endpoint"] for i in infos]
+    endpoints = [(i["endpoint"], i["token"]) for i in infos]
     worker_pids = [i["pid"] for i in infos]
     import psutil
 

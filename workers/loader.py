@@ -36,12 +36,35 @@ class HandlerLoadError(RuntimeError):
 
 
 @dataclass
+class StreamOutputs:
+    """How a plain function's result maps onto its stream's ``outputs``, as a Gradio event
+    maps a function's return value: one value per output, in order (a single output takes
+    the whole result). The default, the WebRTC component as the only output, is the seeds'
+    shape: the result is the media (plus any AdditionalOutputs)."""
+
+    count: int = 1  # number of outputs
+    media: int | None = 0  # the WebRTC component's position among them; None: not an output
+    # output position -> position among the stream's other inputs (``latest_args[1:]``), for
+    # the outputs that are also inputs: the worker feeds the returned value to the next call
+    feedback: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def mapped(self) -> bool:
+        """True when the result is one value per output rather than the media itself."""
+        return not (self.count == 1 and self.media == 0)
+
+
+@dataclass
 class HandlerSpec:
     blob: bytes | None = None
     app_path: str | None = None
     event_index: int = 0
     sys_path: list[str] = field(default_factory=list)
     name: str = ""
+    # per stream event, not per frame: how often a plain function takes input (seconds;
+    # None: every frame / audio chunk as it comes) and where its results go
+    stream_every: float | None = None
+    outputs: StreamOutputs = field(default_factory=StreamOutputs)
 
 
 def in_worker_import() -> bool:
@@ -72,7 +95,13 @@ def app_file_of(handler: Any) -> str | None:
     return os.path.abspath(path)
 
 
-def make_spec(handler: Any, event_index: int) -> HandlerSpec:
+def make_spec(
+    handler: Any,
+    event_index: int,
+    *,
+    stream_every: float | None = None,
+    outputs: StreamOutputs | None = None,
+) -> HandlerSpec:
     """Build the spec in the gateway. ``event_index`` counts the stream registrations made
     before this one by handlers of the same file: what re-importing that file reproduces."""
     name = getattr(handler, "__qualname__", type(handler).__qualname__)
@@ -90,7 +119,15 @@ def make_spec(handler: Any, event_index: int) -> HandlerSpec:
         raise HandlerLoadError(
             f"handler {name} neither pickles nor lives in a file a worker could import"
         )
-    return HandlerSpec(blob=blob, app_path=app_path, event_index=event_index, sys_path=paths, name=name)
+    return HandlerSpec(
+        blob=blob,
+        app_path=app_path,
+        event_index=event_index,
+        sys_path=paths,
+        name=name,
+        stream_every=stream_every,
+        outputs=outputs or StreamOutputs(),
+    )
 
 
 def _defined_outside_site_packages(module: Any) -> bool:

@@ -6,6 +6,10 @@ through Ray: the worker listens on a Unix SEQPACKET socket in the abstract names
 (nothing on disk to leak when the process is killed; the peer's uid is checked), and the
 gateway connects there to run a session over a FrameChannel.
 
+A worker on another node than the gateway is reached over TCP instead (the same messages,
+framed by length; runtime/channel.py): it listens on its node's address too, and a session
+there must open with the worker's token, which only Ray's control plane hands out.
+
 Threads of a worker: Ray's own; ``serve`` (accepts a session, then reads its link);
 ``handler`` (calls the user's code, so a handler that holds the GIL or blocks never delays
 the link). A handler that will not stop when its session ends makes the worker exit, so the
@@ -15,9 +19,11 @@ pool replaces it rather than hand a busy process to the next user.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import inspect
 import logging
 import os
+import secrets
 import select
 import socket
 import struct
@@ -33,13 +39,16 @@ import numpy as np
 
 from runtime import constants as C
 from runtime.channel import (
-    CONTROL_FRAGMENT_BYTES,
-    MAX_CONTROL_BYTES,
-    MSG_PART,
+    TCP_SCHEME,
     FrameChannel,
+    LocalSegment,
     Segment,
+    geometry_from_hello,
+    read_first_control,
 )
 from runtime.wire import (
+    OUTPUTS_ADDITIONAL,
+    OUTPUTS_STREAM,
     Args,
     ClearAudio,
     Control,
@@ -70,6 +79,7 @@ ERROR_REPEAT_S = 1.0  # the same handler error is sent to the client at most thi
 WORKER_NICENESS = 15  # workers run behind the gateway (Ray's own default for its workers)
 ACCEPT_INTERVAL_S = 0.5  # the accept loop wakes this often to notice shutdown
 LISTEN_BACKLOG = 8
+TOKEN_BYTES = 16  # a TCP session's token: 128 random bits
 
 
 def _peer_uid(conn: socket.socket) -> int:
@@ -98,6 +108,7 @@ class Worker:
 
     def __init__(self, spec: HandlerSpec, event_id: str = "") -> None:
         self.event_id = event_id
+        self.spec = spec  # sessions read the event's stream_every and outputs from it
         _pin_priority()
         self.handler = load(spec)
         warmup = getattr(self.handler, "warmup", None)
@@ -107,7 +118,15 @@ class Worker:
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.listener.bind(self.endpoint)
         self.listener.listen(LISTEN_BACKLOG)
-        self.listener.settimeout(ACCEPT_INTERVAL_S)
+        # the TCP form, for a gateway on another node: the node's address, a port of the
+        # kernel's choosing, and a token a session must present
+        self.token = secrets.token_hex(TOKEN_BYTES)
+        host = _node_ip()
+        self.tcp_listener = socket.create_server(
+            (host, 0), family=socket.AF_INET6 if ":" in host else socket.AF_INET, backlog=LISTEN_BACKLOG
+        )
+        port = self.tcp_listener.getsockname()[1]
+        self.tcp_endpoint = f"{TCP_SCHEME}[{host}]:{port}" if ":" in host else f"{TCP_SCHEME}{host}:{port}"
         self.sessions_served = 0
         self.session: Session | None = None
         self._stop = threading.Event()
@@ -119,6 +138,8 @@ class Worker:
     def ready(self) -> dict[str, Any]:
         return {
             "endpoint": self.endpoint,
+            "tcp_endpoint": self.tcp_endpoint,
+            "token": self.token,
             "pid": os.getpid(),
             "node_id": _node_id(),
             "host": socket.gethostname(),
@@ -140,21 +161,26 @@ class Worker:
             s.stop("worker shutting down")
         self._thread.join(C.CLOSE_ACK_TIMEOUT_S)
         self.listener.close()
+        self.tcp_listener.close()
 
     # --- serving -------------------------------------------------------------------------------
 
     def _serve(self) -> None:
+        listeners = [self.listener, self.tcp_listener]
         while not self._stop.is_set():
             try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
+                readable, _, _ = select.select(listeners, [], [], ACCEPT_INTERVAL_S)
+                if not readable:
+                    continue
+                conn, _ = readable[0].accept()
+            except (OSError, ValueError):
+                return  # a listener was closed: shutting down
             try:
-                if _peer_uid(conn) != os.getuid():
+                if conn.family == socket.AF_UNIX and _peer_uid(conn) != os.getuid():
                     conn.close()
                     continue
+                if conn.type == socket.SOCK_STREAM:
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 session = Session.open(self, conn)
             except Exception as exc:
                 log.warning("refused a session: %s", exc)
@@ -200,6 +226,14 @@ class Session:
         self._last_error_at = 0.0
         self._errors_held = 0
         self._async_wake: Callable[[], None] | None = None
+        self.stream_every = worker.spec.stream_every  # seconds between a function's inputs
+        self.layout = worker.spec.outputs
+        # positions in ``args`` of inputs that are also outputs and that the handler has
+        # returned a value for: from then on the worker's value is the input (_on_control)
+        self.fed_back: set[int] = set()
+        self.takes_video = hello.mode != "receive" and hello.modality in ("video", "audio-video")
+        self.started_up = threading.Event()  # a StreamHandler's start_up() has returned
+        self.video_t0 = time.monotonic()  # time 0 of the video this worker produces itself
         self.handler = worker.handler.copy() if isinstance(worker.handler, StreamHandlerBase) else worker.handler
         self.in_rate, self.in_layout = C.AUDIO_DEFAULT_RATE, "mono"
         if isinstance(self.handler, StreamHandlerBase):
@@ -220,15 +254,21 @@ class Session:
 
     @classmethod
     def open(cls, worker: Worker, conn: socket.socket) -> Session:
-        hello = _read_hello(conn)
+        hello = read_first_control(conn, C.WORKER_CONNECT_TIMEOUT_S)
         if not isinstance(hello, Hello):
             raise WireError("the first message of a session must be hello")
-        up = Segment.attach(hello.up_segment)
-        try:
-            down = Segment.attach(hello.down_segment)
-        except Exception:
-            up.close()
-            raise
+        if not hmac.compare_digest(hello.token.encode(), worker.token.encode()):
+            raise WireError("the hello does not carry this worker's token")
+        if conn.type == socket.SOCK_STREAM:
+            geometry = geometry_from_hello(hello.geometry)
+            up, down = LocalSegment(geometry), LocalSegment(geometry)
+        else:
+            up = Segment.attach(hello.up_segment)
+            try:
+                down = Segment.attach(hello.down_segment)
+            except Exception:
+                up.close()
+                raise
         session = cls(worker, conn, hello, up, down)
         takes_audio = hello.modality in ("audio", "audio-video") and hello.mode != "receive"
         session.channel.send_control(
@@ -316,7 +356,18 @@ class Session:
 
     def _on_control(self, msg: Control) -> None:
         if isinstance(msg, Args):
-            self.args = list(msg.args)
+            args = list(msg.args)
+            with self.cond:
+                # An input that is also an output is fed back here, without a round trip
+                # through the page, and the page gets the value too. Its value in a push from
+                # the page is then at best the one fed back and at worst an older one (the
+                # page sends all inputs when any of them changes, and it may not have applied
+                # the newest output yet): once the handler has returned a value for it, the
+                # worker's own value wins, so a page update can never roll the state back.
+                for pos in self.fed_back:
+                    if pos < len(args) and pos < len(self.args):
+                        args[pos] = self.args[pos]
+                self.args = args
             self.args_arrived.set()
             h = self.handler
             if isinstance(h, StreamHandlerBase):
@@ -345,7 +396,15 @@ class Session:
         if isinstance(h, AsyncStreamHandler):
             return [self._async_handler_loop]
         if isinstance(h, StreamHandlerBase):
-            return [self._receive_loop, self._emit_loop]
+            loops = [self._receive_loop, self._emit_loop]
+            # an AudioVideoStreamHandler's video goes on threads of its own, as fastrtc runs
+            # each direction of each track on its own: an emit that waits for its next
+            # item (the seeds' queue.get()) must not hold up the other kind of media
+            if self.takes_video and callable(getattr(h, "video_receive", None)):
+                loops.append(self._video_receive_loop)
+            if self.sends_video and callable(getattr(h, "video_emit", None)):
+                loops.append(self._video_emit_loop)
+            return loops
         if self.hello.mode == "receive":
             return [self._generator_loop]
         if self.hello.modality == "audio":
@@ -387,11 +446,27 @@ class Session:
         return header, frame
 
     def _video_function_loop(self) -> None:
+        """The function on every frame it can keep up with (latest-frame-wins); with
+        ``stream_every``, on the newest frame once per period. The output track then holds
+        the last processed frame until the next (the browser keeps showing it), rather than
+        the gateway encoding the same picture again for every input frame."""
         fn = self.handler
+        every = self.stream_every
+        due: float | None = None  # when the next call may start (stream_every only)
         while True:
+            if every is not None and due is not None:
+                wait = due - time.monotonic()
+                if wait > 0 and self.stop_event.wait(wait):
+                    return
+                self._drop_waiting_video()
             got = self._next_input(audio=False, video=True)
             if got is None:
                 return
+            if every is not None:
+                # a fixed schedule, so the rate is one call per period on average; a call
+                # that overruns its period is followed at once, never by a burst to catch up
+                now = time.monotonic()
+                due = now + every if due is None else max(due + every, now)
             header, frame = got
             try:
                 if self._emit_all(fn(frame, *self.args), header):
@@ -399,17 +474,53 @@ class Session:
             except Exception as exc:
                 self._report(exc)
 
+    def _drop_waiting_video(self) -> None:
+        """Give back the frame that has waited here since the last call (the gateway sent it
+        when that call took its frame, up to a period ago), so the gateway sends its newest."""
+        ch = self.channel
+        if ch.take_video() is not None:
+            ch.release_video()
+
     def _audio_function_loop(self) -> None:
+        """The function on each audio frame as it comes; with ``stream_every``, on chunks of
+        exactly ``stream_every`` seconds, as Gradio's microphone stream sends them."""
         fn = self.handler
+        every = self.stream_every
+        chunk: np.ndarray | None = None
+        filled = 0
         while True:
             got = self._next_input(audio=True, video=False)
             if got is None:
                 return
-            try:
-                if self._emit_all(fn(got, *self.args), None):
+            if every is None:
+                if self._call_audio(fn, got):
                     return
-            except Exception as exc:
-                self._report(exc)
+                continue
+            rate, samples = got
+            n = samples.shape[1]
+            taken = 0
+            while taken < n:
+                if chunk is None:
+                    # a new array per chunk, not one reused: the function may keep it (the
+                    # guide's transcriber appends each chunk to its gr.State)
+                    chunk = np.empty((samples.shape[0], round(every * rate)), samples.dtype)
+                    filled = 0
+                k = min(chunk.shape[1] - filled, n - taken)
+                chunk[:, filled : filled + k] = samples[:, taken : taken + k]
+                filled += k
+                taken += k
+                if filled == chunk.shape[1]:
+                    full, chunk = chunk, None
+                    if self._call_audio(fn, (rate, full)):
+                        return
+
+    def _call_audio(self, fn: Callable[..., Any], audio: tuple[int, np.ndarray]) -> bool:
+        """One call of an audio function and its output. True: the stream ends."""
+        try:
+            return self._emit_all(fn(audio, *self.args), None)
+        except Exception as exc:
+            self._report(exc)
+            return False
 
     def _generator_loop(self) -> None:
         """Server-to-client: the function is a generator of frames or audio, paced here.
@@ -441,45 +552,77 @@ class Session:
             await gen.aclose()
 
     def _receive_loop(self) -> None:
-        h = self.handler
+        """A StreamHandler's audio, oldest first, into receive()."""
+        receive = self.handler.receive  # type: ignore[attr-defined]
         wants_audio = self.hello.modality in ("audio", "audio-video") and self.hello.mode != "receive"
-        wants_video = self.hello.modality in ("video", "audio-video") and self.hello.mode != "receive"
-        video_receive = getattr(h, "video_receive", None)
+        if not wants_audio:
+            return
         while True:
-            got = self._next_input(audio=wants_audio, video=wants_video and video_receive is not None)
+            got = self._next_input(audio=True, video=False)
             if got is None:
                 return
             try:
-                if isinstance(got[0], SlotHeader):
-                    video_receive(got[1])  # type: ignore[misc]
-                else:
-                    h.receive(got)  # type: ignore[attr-defined]
+                receive(got)
+            except Exception as exc:
+                self._report(exc)
+
+    def _video_receive_loop(self) -> None:
+        """An AudioVideoStreamHandler's newest video frame into video_receive()."""
+        video_receive = self.handler.video_receive  # type: ignore[attr-defined]
+        while True:
+            got = self._next_input(audio=False, video=True)
+            if got is None:
+                return
+            try:
+                video_receive(got[1])
             except Exception as exc:
                 self._report(exc)
 
     def _emit_loop(self) -> None:
         h = self.handler
-        h.start_up()
-        video_emit = getattr(h, "video_emit", None) if self.sends_video else None
+        try:
+            h.start_up()
+        finally:
+            self.started_up.set()
+        emit = h.emit  # type: ignore[attr-defined]
         while not self.stopping:
-            idle = True
-            for emit in (h.emit, video_emit):  # type: ignore[attr-defined]
-                if emit is None:
-                    continue
-                self.emit_started = True
-                try:
-                    out = emit()
-                except Exception as exc:
-                    self._report(exc)
-                    continue
-                finally:
-                    self._release_held_args()
-                if out is not None:
-                    idle = False
-                    if self._emit_all(out, None):
-                        return
-            if idle:
+            self.emit_started = True
+            try:
+                out = emit()
+            except Exception as exc:
+                self._report(exc)
+                out = None
+            finally:
+                self._release_held_args()
+            if out is None:
                 self.stop_event.wait(EMIT_IDLE_S)
+            elif self._emit_all(out, None):
+                return
+
+    def _video_emit_loop(self) -> None:
+        """video_emit() at most DEFAULT_OUTPUT_FPS times a second, as fastrtc's output track
+        asks for it: a handler may return its latest picture on every call."""
+        video_emit = self.handler.video_emit  # type: ignore[attr-defined]
+        while not self.started_up.wait(POLL_INTERVAL_S):  # start_up() may set up its state
+            if self.stopping:
+                return
+        period = 1.0 / C.DEFAULT_OUTPUT_FPS
+        due = time.monotonic()
+        while not self.stopping:
+            try:
+                out = video_emit()
+            except Exception as exc:
+                self._report(exc)
+                out = None
+            if out is None:
+                self.stop_event.wait(EMIT_IDLE_S)
+                continue
+            if self._emit_all(out, None):
+                return
+            now = time.monotonic()
+            due = max(due + period, now)  # behind after a slow call: on at once, no burst
+            if due > now and self.stop_event.wait(due - now):
+                return
 
     def _async_handler_loop(self) -> None:
         asyncio.run(self._async_main())
@@ -574,11 +717,15 @@ class Session:
             self.stop(out.msg)
             return True
         if isinstance(out, AdditionalOutputs):
-            self._send_outputs(out)
+            self._send_outputs(list(out.args))
             return False
         if isinstance(out, tuple) and out and isinstance(out[-1], AdditionalOutputs):
-            self._send_outputs(out[-1])
+            self._send_outputs(list(out[-1].args))
             out = out[0] if len(out) == 2 else (out[:-1] or None)
+            if out is None:
+                return False
+        if self.layout.mapped:
+            out = self._split_outputs(out)
             if out is None:
                 return False
         if _is_audio(out):
@@ -590,7 +737,10 @@ class Session:
             if header is not None:
                 self.channel.send_video(frame, header.pts, (header.time_base_num, header.time_base_den))
             else:
-                self.video_pts += int(C.VIDEO_CLOCK_RATE / C.DEFAULT_OUTPUT_FPS)
+                # stamped when produced: a receiver plays frames out by their timestamps, and
+                # a video_emit() or generator may well run below DEFAULT_OUTPUT_FPS
+                pts = int((time.monotonic() - self.video_t0) * C.VIDEO_CLOCK_RATE)
+                self.video_pts = max(pts, self.video_pts + 1)
                 self.channel.send_video(frame, self.video_pts)
         return False
 
@@ -616,10 +766,37 @@ class Session:
         self.audio_out_until = time.monotonic()
         self.channel.send_control(ClearAudio())
 
-    def _send_outputs(self, out: AdditionalOutputs) -> None:
+    def _split_outputs(self, out: Any) -> Any:
+        """A result mapped onto the stream's outputs, one value each, as Gradio maps an
+        event's return value. The values of the other components go to the page; those of
+        outputs that are also inputs become the next call's inputs. Returns the media (the
+        WebRTC component's value), None when it is not an output."""
+        layout = self.layout
+        if layout.count == 1:
+            values: tuple[Any, ...] | list[Any] = (out,)
+        elif isinstance(out, (tuple, list)) and len(out) == layout.count:
+            values = out
+        else:
+            got = f"{len(out)} values" if isinstance(out, (tuple, list)) else type(out).__name__
+            raise ValueError(
+                f"the stream has {layout.count} outputs, so the function must return "
+                f"{layout.count} values; it returned {got}"
+            )
+        if layout.feedback:
+            with self.cond:
+                for out_pos, arg_pos in layout.feedback.items():
+                    if arg_pos < len(self.args):
+                        self.args[arg_pos] = values[out_pos]
+                        self.fed_back.add(arg_pos)
+        others = [v for i, v in enumerate(values) if i != layout.media]
+        if others:
+            self._send_outputs(others, OUTPUTS_STREAM)
+        return None if layout.media is None else values[layout.media]
+
+    def _send_outputs(self, values: list[Any], kind: str = OUTPUTS_ADDITIONAL) -> None:
         self.outputs_seq += 1
         try:
-            self.channel.send_control(Outputs(self.outputs_seq, list(out.args)))
+            self.channel.send_control(Outputs(self.outputs_seq, values, kind))
         except (TypeError, WireError) as exc:
             self._report(exc)
 
@@ -695,29 +872,6 @@ class _Hooks:
         self.session.clear_audio()
 
 
-def _read_hello(conn: socket.socket) -> Control:
-    """A session's first control message. Test-found: it was read as one datagram of at most
-    64 KiB, so a Hello with large initial args was cut and the session refused; the gateway
-    now sends it in fragments (offer_link), reassembled here as FrameChannel.pump does."""
-    deadline = time.monotonic() + C.WORKER_CONNECT_TIMEOUT_S
-    parts: list[bytes] = []
-    size = 0
-    while True:
-        conn.settimeout(max(deadline - time.monotonic(), 0.001))
-        data = conn.recv(CONTROL_FRAGMENT_BYTES + 64)
-        if not data:
-            raise WireError("the link closed before hello")
-        if data[0] != MSG_PART:
-            break
-        size += len(data) - 1
-        if size > MAX_CONTROL_BYTES:
-            raise WireError("fragmented hello exceeds the limit")
-        parts.append(data[1:])
-    if parts:
-        data = data[:1] + b"".join(parts) + data[1:]
-    return Control.decode(data)
-
-
 def _pin_priority() -> None:
     """Keep workers below the gateway. The gateway is shared by every session: starved, it
     stalls all of them (measured: N=4 streams fell from ~58 to ~25 fps with workers at the
@@ -729,6 +883,18 @@ def _pin_priority() -> None:
             os.setpriority(os.PRIO_PROCESS, 0, WORKER_NICENESS)
     except OSError:
         log.warning("could not lower this worker's priority below the gateway's")
+
+
+def _node_ip() -> str:
+    """The address other nodes reach this one at (Ray's own view of it); loopback outside Ray."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.util.get_node_ip_address()
+    except Exception:
+        pass
+    return "127.0.0.1"
 
 
 def _node_id() -> str:

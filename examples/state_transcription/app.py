@@ -1,33 +1,28 @@
 """The Gradio streaming-inputs guide's "Keeping track of past inputs or outputs" on rtcpool.
 
-The guide streams the microphone to ``transcribe_handler(current_audio, state,
-transcript)`` every second (``stream_every=1``) and keeps the last three chunks in a
-``gr.State``. Adapted to rtcpool:
+The guide's snippet, with ``gr.Audio(sources="microphone")`` replaced by a ``mode="send"``
+audio WebRTC component and nothing else changed in the stream: ``stream_every=1`` hands
+``transcribe_handler`` one second of microphone audio per call, and its return value maps
+onto ``[state, transcript]``. Both are inputs too: rtcpool feeds the returned values to the
+next call inside the worker (so the State keeps the last three chunks without a round trip
+through the browser), and the page shows the transcript as it grows.
 
-* the microphone is a ``mode="send"`` audio WebRTC component, and a ``StreamHandler``
-  cuts its audio into 1 s chunks and calls the guide's ``transcribe_handler`` on each;
-* a stream's only output is its WebRTC component, so the new State and Textbox values
-  are yielded as ``AdditionalOutputs`` and ``on_additional_outputs`` writes them;
-* the State holds the last three chunks' *texts* (what the browser round-trips as the
-  State's value), and ``transcribe`` decodes the chunk with PocketSphinx (no model
-  download; words cut at a chunk boundary come out rough). A chunk with no words adds "".
+``transcribe`` is the guide's placeholder, filled in with PocketSphinx (no model download;
+it decodes each chunk on its own, so a word cut at a chunk boundary comes out rough).
 
 Run:  python examples/state_transcription/app.py   (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT)
 """
 
 import os
 from math import gcd
-from queue import Empty, Queue
 
 import gradio as gr
 import numpy as np
 from scipy.signal import resample_poly
 
-from gradio_ext import AdditionalOutputs, StreamHandler, WebRTC
+from gradio_ext import WebRTC
 
-STREAM_EVERY_S = 1.0
-HISTORY_CHUNKS = 3
-ASR_SAMPLE_RATE = 16_000
+ASR_SAMPLE_RATE = 16_000  # Hz: what PocketSphinx's bundled English model takes
 DEFAULT_PORT = 7860
 
 _decoder = None
@@ -43,8 +38,10 @@ def decoder():
     return _decoder
 
 
-def transcribe(current_audio: tuple[int, np.ndarray], history: list[str]) -> str:
-    """Words in the chunk, with a leading space ("" when none)."""
+def transcribe(current_audio: tuple[int, np.ndarray], history: list) -> str:
+    """The words in the chunk, with a leading space ("" when none). ``history`` (the last
+    chunks, kept in the State) is there for a model that can use the context; this one
+    decodes the chunk alone."""
     rate, array = current_audio
     x = array.reshape(-1).astype(np.float32)
     if rate != ASR_SAMPLE_RATE:
@@ -61,57 +58,24 @@ def transcribe(current_audio: tuple[int, np.ndarray], history: list[str]) -> str
 
 def transcribe_handler(current_audio, state, transcript):
     next_text = transcribe(current_audio, history=state)
-    state.append(next_text)
-    state = state[-HISTORY_CHUNKS:]
+    state.append(current_audio)
+    state = state[-3:]
     return state, transcript + next_text
-
-
-class ChunkedTranscriber(StreamHandler):
-    """Collects ``STREAM_EVERY_S`` of audio, then runs ``transcribe_handler`` on it."""
-
-    def __init__(self) -> None:
-        super().__init__(input_sample_rate=ASR_SAMPLE_RATE)
-        self.frames: list[np.ndarray] = []
-        self.outputs: Queue = Queue()
-        self.state: list[str] = []
-        self.transcript = ""
-
-    def copy(self) -> "ChunkedTranscriber":
-        return ChunkedTranscriber()
-
-    def receive(self, frame: tuple[int, np.ndarray]) -> None:
-        rate, array = frame
-        self.frames.append(array.reshape(1, -1))
-        if sum(f.shape[1] for f in self.frames) < rate * STREAM_EVERY_S:
-            return
-        chunk = (rate, np.concatenate(self.frames, axis=1))
-        self.frames = []
-        self.state, self.transcript = transcribe_handler(chunk, self.state, self.transcript)
-        self.outputs.put(AdditionalOutputs(list(self.state), self.transcript))
-
-    def emit(self):
-        try:
-            return self.outputs.get(timeout=0.1)
-        except Empty:
-            return None
 
 
 with gr.Blocks() as demo:
     with gr.Row():
         with gr.Column():
-            mic = WebRTC(label="Microphone", mode="send", modality="audio")
+            mic = WebRTC(mode="send", modality="audio")
             state = gr.State(value=[])
         with gr.Column():
             transcript = gr.Textbox(label="Transcript")
     mic.stream(
-        ChunkedTranscriber(),
+        transcribe_handler,
         [mic, state, transcript],
-        [mic],
+        [state, transcript],
         time_limit=10,
-        stream_every=STREAM_EVERY_S,
-    )
-    mic.on_additional_outputs(
-        lambda s, t: (s, t), outputs=[state, transcript], queue=False, show_progress="hidden"
+        stream_every=1,
     )
 
 if __name__ == "__main__":

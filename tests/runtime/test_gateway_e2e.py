@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 
+import httpx
 import numpy as np
 import pytest
 
@@ -82,3 +83,35 @@ async def test_counter_survives_identity_round_trip(make_gateway):
         report = await client.close()
     assert report.marked > 10
     assert report.percentile(50) is not None
+
+
+async def _sessions(url: str) -> list[dict]:
+    async with httpx.AsyncClient() as http:
+        r = await http.get(f"{url}/webrtc/sessions")
+    assert r.status_code == 200
+    return r.json()
+
+
+@pytest.mark.parametrize("transport", ["auto", "tcp"])
+async def test_the_link_to_the_worker_in_either_form(make_gateway, transport):
+    """auto: the worker shares this node, so shared memory; tcp: forced, as for a worker on
+    another node (tests/cluster runs a real second node). Frames come back processed either way."""
+    event_id = f"e2e-link-{transport}"
+    with make_gateway(lambda gw: gw.add_stream(invert, event_id=event_id), transport=transport) as served:
+        client = Client(served.url)
+        await client.connect()
+        await asyncio.wait_for(client.first_frame.wait(), 30)
+        sent = client.source.base.astype(int)
+        region = (slice(60, 460), slice(20, 620))
+
+        def error() -> float:
+            return float(np.abs(client.frames[-1].astype(int)[region] - (255 - sent[region])).mean())
+
+        await async_wait_until(lambda: client.report.received > 10 and error() < 12, 15)
+        sessions = await _sessions(served.url)
+        assert error() < 12
+        assert [(s["event_id"], s["transport"]) for s in sessions] == [(event_id, "tcp" if transport == "tcp" else "shm")]
+        assert "webrtc_id" not in sessions[0]
+        await client.close()
+        assert await async_wait_until(lambda: served.leases() == 0, 10)
+        assert await _sessions(served.url) == []

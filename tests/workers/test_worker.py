@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import select
+import socket
 import subprocess
 import sys
 import textwrap
@@ -20,9 +21,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-from runtime.channel import SEGMENT_PREFIX, FrameChannel, Geometry, Segment, connect_worker
+from runtime.channel import (
+    SEGMENT_PREFIX,
+    FrameChannel,
+    Geometry,
+    Segment,
+    connect_worker,
+    worker_socket,
+)
 from runtime.wire import (
     SLOT_HEADER_BYTES,
+    STREAM_LENGTH,
     Args,
     Close,
     Control,
@@ -32,7 +41,7 @@ from runtime.wire import (
     Outputs,
     Ready,
 )
-from tests.conftest import wait_until
+from tests.conftest import shm_segments, wait_until
 from workers.handlers import AdditionalOutputs, CloseStream
 from workers.loader import make_spec
 from workers.worker import Worker, as_rgb24
@@ -132,10 +141,11 @@ def make_worker() -> Iterator[Callable[[Any], Worker]]:
 class Gateway:
     """The gateway's side of one session, driven synchronously."""
 
-    def __init__(self, endpoint: str, args: list[Any] | None = None, args_set: bool = False) -> None:
+    def __init__(self, worker: Any, args: list[Any] | None = None, args_set: bool = False, tcp: bool = False) -> None:
         self.controls: list[Control] = []
         self.closed: list[str] = []
-        hello = Hello(uuid.uuid4().hex, "", "", "send-receive", "video", list(args or []), args_set)
+        endpoint = worker.tcp_endpoint if tcp else worker.endpoint
+        hello = Hello(uuid.uuid4().hex, "", "", "send-receive", "video", list(args or []), args_set, token=worker.token)
         self.ch: FrameChannel
         self.ch, self.ready = connect_worker(
             endpoint, hello, WAIT_S, GEOMETRY, on_control=self.controls.append, on_closed=self.closed.append
@@ -194,12 +204,21 @@ def wait_idle(worker: Worker, served: int) -> None:
 # --- sessions ----------------------------------------------------------------------------------
 
 
-def test_frames_come_back_processed(make_worker):
+LINKS = pytest.mark.parametrize("tcp", [False, True], ids=["shm", "tcp"])
+
+
+@LINKS
+def test_frames_come_back_processed(make_worker, tcp):
     worker = make_worker(invert)
     info = worker.ready()
     assert info["pid"] == os.getpid() and info["endpoint"] == worker.endpoint
     assert worker.endpoint.startswith(f"\0rtcpool-{os.getuid()}-{os.getpid()}-")
-    gw = Gateway(worker.endpoint)
+    assert info["tcp_endpoint"] == worker.tcp_endpoint and info["token"] == worker.token
+    before = shm_segments()
+    gw = Gateway(worker, tcp=tcp)
+    # the TCP form shares no memory: no segment exists for it
+    assert len(shm_segments() - before) == (0 if tcp else 2)
+    assert gw.ch.stream is tcp
     assert isinstance(gw.ready, Ready) and gw.ready.pid == os.getpid()
     for i in range(1, 31):
         frame = frame_of(i * 8)
@@ -219,7 +238,7 @@ def test_frames_come_back_processed(make_worker):
 
 def test_handler_exception_reported_and_session_continues(make_worker):
     worker = make_worker(fail_on_3)
-    gw = Gateway(worker.endpoint)
+    gw = Gateway(worker)
     gw.roundtrip(frame_of(1), pts=1)
     assert gw.ch.send_video(frame_of(3), pts=2)
     assert gw.pump_until(lambda: gw.of_type(Error))
@@ -234,7 +253,7 @@ def test_handler_exception_reported_and_session_continues(make_worker):
 
 def test_args_from_hello_and_updates_reach_the_handler(make_worker):
     worker = make_worker(fill_with_args)
-    gw = Gateway(worker.endpoint, args=[7, "first"], args_set=True)
+    gw = Gateway(worker, args=[7, "first"], args_set=True)
     _, out = gw.roundtrip(frame_of(0), pts=1)
     assert (out == 7).all()
     # an Args update precedes the next frame on the link, so that frame sees it
@@ -252,13 +271,13 @@ def test_args_from_hello_and_updates_reach_the_handler(make_worker):
 
 def test_args_of_one_session_do_not_leak_into_the_next(make_worker):
     worker = make_worker(fill_with_args)
-    gw = Gateway(worker.endpoint, args=[1, "a"], args_set=True)
+    gw = Gateway(worker, args=[1, "a"], args_set=True)
     gw.ch.send_control(Args([99, "changed"]))
     _, out = gw.roundtrip(frame_of(0), pts=1)
     assert (out == 99).all()
     gw.close()
     wait_idle(worker, 1)
-    gw = Gateway(worker.endpoint, args=[5, "b"], args_set=True)
+    gw = Gateway(worker, args=[5, "b"], args_set=True)
     _, out = gw.roundtrip(frame_of(0), pts=1)
     assert (out == 5).all()
     gw.close()
@@ -267,7 +286,7 @@ def test_args_of_one_session_do_not_leak_into_the_next(make_worker):
 
 def test_additional_outputs_arrive_in_order_with_rising_seq(make_worker):
     worker = make_worker(outputs_generator)
-    gw = Gateway(worker.endpoint)
+    gw = Gateway(worker)
     for i in range(1, 8):
         _, out = gw.roundtrip(frame_of(i), pts=i)
         np.testing.assert_array_equal(out, frame_of(i))
@@ -281,7 +300,7 @@ def test_additional_outputs_arrive_in_order_with_rising_seq(make_worker):
 
 def test_outputs_alone_send_no_frame(make_worker):
     worker = make_worker(outputs_only)
-    gw = Gateway(worker.endpoint)
+    gw = Gateway(worker)
     for i in range(1, 4):
         assert gw.ch.send_video(frame_of(i), pts=i)
         assert gw.pump_until(lambda i=i: len(gw.of_type(Outputs)) == i)
@@ -295,7 +314,7 @@ def test_outputs_alone_send_no_frame(make_worker):
 
 def test_an_output_that_cannot_be_sent_is_an_error_not_the_end(make_worker):
     worker = make_worker(unsendable_output)
-    gw = Gateway(worker.endpoint)
+    gw = Gateway(worker)
     assert gw.ch.send_video(frame_of(1), pts=1)
     assert gw.pump_until(lambda: gw.of_type(Error))
     assert "cannot send a value of type object" in gw.of_type(Error)[0].message
@@ -306,7 +325,7 @@ def test_an_output_that_cannot_be_sent_is_an_error_not_the_end(make_worker):
 
 def test_video_output_is_converted_to_rgb24(make_worker):
     worker = make_worker(gray)
-    gw = Gateway(worker.endpoint)
+    gw = Gateway(worker)
     frame = frame_of(77)
     _, out = gw.roundtrip(frame, pts=5)
     assert out.shape == (H, W, 3)
@@ -318,7 +337,7 @@ def test_video_output_is_converted_to_rgb24(make_worker):
 
 def test_close_stream_ends_the_session_with_end_stream(make_worker):
     worker = make_worker(close_on_9)
-    gw = Gateway(worker.endpoint)
+    gw = Gateway(worker)
     gw.roundtrip(frame_of(1), pts=1)
     assert gw.ch.send_video(frame_of(9), pts=2)
     assert gw.pump_until(lambda: gw.closed)
@@ -329,17 +348,18 @@ def test_close_stream_ends_the_session_with_end_stream(make_worker):
     gw.ch.close(notify=False)
     wait_idle(worker, 1)
     # the worker is ready for the next user
-    gw2 = Gateway(worker.endpoint)
+    gw2 = Gateway(worker)
     _, out = gw2.roundtrip(frame_of(2), pts=1)
     np.testing.assert_array_equal(out, frame_of(2))
     gw2.close()
     wait_idle(worker, 2)
 
 
-def test_last_words_before_close_stream_are_delivered(make_worker):
+@LINKS
+def test_last_words_before_close_stream_are_delivered(make_worker, tcp):
     """A large output then CloseStream: both arrive, then a clean Close (not a "crash")."""
     worker = make_worker(big_output_then_close)
-    gw = Gateway(worker.endpoint)
+    gw = Gateway(worker, tcp=tcp)
     assert gw.ch.send_video(frame_of(1), pts=1)
     assert gw.pump_until(lambda: gw.closed)
     assert [type(m) for m in gw.controls] == [Outputs, Message]
@@ -350,10 +370,11 @@ def test_last_words_before_close_stream_are_delivered(make_worker):
     wait_idle(worker, 1)
 
 
-def test_gateway_close_is_answered_and_the_worker_serves_again(make_worker):
+@LINKS
+def test_gateway_close_is_answered_and_the_worker_serves_again(make_worker, tcp):
     worker = make_worker(invert)
     for n in range(1, 4):
-        gw = Gateway(worker.endpoint)
+        gw = Gateway(worker, tcp=tcp)
         gw.roundtrip(frame_of(n), pts=n)
         gw.ch.send_control(Close("the user left"))
         assert gw.pump_until(lambda gw=gw: gw.closed)
@@ -366,12 +387,12 @@ def test_gateway_close_is_answered_and_the_worker_serves_again(make_worker):
 
 def test_gateway_vanishing_ends_the_session(make_worker):
     worker = make_worker(invert)
-    gw = Gateway(worker.endpoint)
+    gw = Gateway(worker)
     gw.roundtrip(frame_of(1), pts=1)
     gw.ch.sock.close()  # a gateway process that died says nothing
     wait_idle(worker, 1)
     gw.ch.close(notify=False)  # unlink the segments this side owns
-    gw2 = Gateway(worker.endpoint)
+    gw2 = Gateway(worker)
     gw2.roundtrip(frame_of(2), pts=1)
     gw2.close()
     wait_idle(worker, 2)
@@ -379,21 +400,21 @@ def test_gateway_vanishing_ends_the_session(make_worker):
 
 def test_worker_shutdown_ends_an_active_session(make_worker):
     worker = make_worker(invert)
-    gw = Gateway(worker.endpoint)
+    gw = Gateway(worker)
     gw.roundtrip(frame_of(1), pts=1)
     worker.shutdown()
     assert gw.pump_until(lambda: gw.closed)
     assert gw.closed == ["worker shutting down"]
     gw.ch.close(notify=False)
     with pytest.raises(OSError):
-        Gateway(worker.endpoint)
+        Gateway(worker)
 
 
 def test_a_large_hello_is_accepted(make_worker):
     """A Hello carries the inputs' initial values, which may not fit one datagram."""
     worker = make_worker(fill_with_args)
     big = "x" * 300_000
-    gw = Gateway(worker.endpoint, args=[3, big], args_set=True)
+    gw = Gateway(worker, args=[3, big], args_set=True)
     _, out = gw.roundtrip(frame_of(0), pts=1)
     assert (out == 3).all()
     assert gw.pump_until(lambda: gw.of_type(Outputs))
@@ -406,35 +427,53 @@ def test_a_large_hello_is_accepted(make_worker):
 
 
 def _raw_session(endpoint: str, first: bytes) -> bytes:
-    """Connect, send one datagram, return what the worker answers (b"" when it hangs up)."""
-    import socket
-
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    s.settimeout(WAIT_S)
+    """Connect, send one message, return what the worker answers (b"" when it hangs up)."""
+    sock, address = worker_socket(endpoint)
+    sock.settimeout(WAIT_S)
     try:
-        s.connect(endpoint)
-        s.send(first)
-        return s.recv(65536)
+        sock.connect(address)
+        if sock.type == socket.SOCK_STREAM:
+            first = STREAM_LENGTH.pack(len(first)) + first
+        sock.sendall(first)
+        try:
+            return sock.recv(65536)
+        except ConnectionResetError:
+            return b""
     finally:
-        s.close()
+        sock.close()
 
 
-@pytest.mark.parametrize(
-    "first",
-    [
-        Args([1]).encode(),  # not a hello
-        b"C\xc1",  # not msgpack
-        b"F\x01\x00\x00",  # not a control
-        Hello("s", f"{SEGMENT_PREFIX}0-missing", f"{SEGMENT_PREFIX}0-missing", "send-receive", "video").encode(),
-        Hello("s", "psm_foreign", "psm_foreign", "send-receive", "video").encode(),
-    ],
-    ids=["args", "garbage", "slot-message", "missing-segments", "foreign-segments"],
-)
-def test_a_bad_first_message_is_refused_and_the_worker_goes_on(make_worker, first):
+def _hello(token: str, up: str = "", down: str = "", geometry: list[int] | None = None) -> bytes:
+    return Hello("s", up, down, "send-receive", "video", token=token, geometry=geometry or []).encode()
+
+
+TCP_GEOMETRY = [GEOMETRY.video_slots, GEOMETRY.video_slot_bytes, GEOMETRY.audio_slots, GEOMETRY.audio_slot_bytes]
+BAD_FIRST_MESSAGES: dict[str, tuple[bool, Callable[[str], bytes]]] = {
+    # id: (over TCP, the first message given the worker's token)
+    "args": (False, lambda t: Args([1]).encode()),  # not a hello
+    "garbage": (False, lambda t: b"C\xc1"),  # not msgpack
+    "slot-message": (False, lambda t: b"F\x01\x00\x00"),  # not a control
+    "no-token": (False, lambda t: _hello("")),
+    "wrong-token": (False, lambda t: _hello("0" * len(t))),
+    "missing-segments": (False, lambda t: _hello(t, f"{SEGMENT_PREFIX}0-missing", f"{SEGMENT_PREFIX}0-missing")),
+    "foreign-segments": (False, lambda t: _hello(t, "psm_foreign", "psm_foreign")),
+    "tcp-garbage": (True, lambda t: b"C\xc1"),
+    "tcp-no-token": (True, lambda t: _hello("", geometry=TCP_GEOMETRY)),
+    "tcp-wrong-token": (True, lambda t: _hello(t[::-1], geometry=TCP_GEOMETRY)),
+    "tcp-no-geometry": (True, lambda t: _hello(t)),
+    "tcp-huge-geometry": (True, lambda t: _hello(t, geometry=[1, 2**31, 1, 2**31])),
+    "tcp-tiny-slots": (True, lambda t: _hello(t, geometry=[1, 8, 1, 8])),
+    "tcp-oversize-length": (True, lambda t: b"C" * 100_000),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FIRST_MESSAGES))
+def test_a_bad_first_message_is_refused_and_the_worker_goes_on(make_worker, case):
+    tcp, first = BAD_FIRST_MESSAGES[case]
     worker = make_worker(invert)
-    assert _raw_session(worker.endpoint, first) == b""
+    assert _raw_session(worker.tcp_endpoint if tcp else worker.endpoint, first(worker.token)) == b""
     assert worker.sessions_served == 0
-    gw = Gateway(worker.endpoint)
+    gw = Gateway(worker, tcp=tcp)
     gw.roundtrip(frame_of(1), pts=1)
     gw.close()
     wait_idle(worker, 1)
@@ -442,11 +481,11 @@ def test_a_bad_first_message_is_refused_and_the_worker_goes_on(make_worker, firs
 
 def test_a_second_gateway_waits_for_the_first_session(make_worker):
     worker = make_worker(invert)
-    first = Gateway(worker.endpoint)
+    first = Gateway(worker)
     first.roundtrip(frame_of(1), pts=1)
     # one session at a time: a second connect is queued, its Ready comes when the first ends
     with pytest.raises(TimeoutError):
-        connect_worker(worker.endpoint, Hello("second", "", "", "send-receive", "video"), 1.0, GEOMETRY)
+        connect_worker(worker.endpoint, Hello("second", "", "", "send-receive", "video", token=worker.token), 1.0, GEOMETRY)
     first.close()
     wait_idle(worker, 1)
 
@@ -456,7 +495,7 @@ def test_a_peer_of_another_uid_is_refused(make_worker):
     worker = make_worker(invert)
     # real segments: without the uid check this hello would start a session (and get Ready)
     up, down = Segment.create(GEOMETRY), Segment.create(GEOMETRY)
-    hello = Hello("s", up.name, down.name, "send-receive", "video").encode()
+    hello = Hello("s", up.name, down.name, "send-receive", "video", token=worker.token).encode()
     child = textwrap.dedent(
         """
         import socket, sys
@@ -487,7 +526,7 @@ def test_a_peer_of_another_uid_is_refused(make_worker):
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["UID", "65534", "GOT", "0"], "the worker hung up without a word"
     assert worker.sessions_served == 0
-    gw = Gateway(worker.endpoint)  # and it still serves its own user
+    gw = Gateway(worker)  # and it still serves its own user
     gw.roundtrip(frame_of(1), pts=1)
     gw.close()
     wait_idle(worker, 1)
@@ -514,7 +553,7 @@ def endless(frame):
     return frames()
 
 w = Worker(make_spec({{"stuck": stuck, "endless": endless}}[sys.argv[1]], 0))
-print("ENDPOINT", w.endpoint[1:], flush=True)
+print("ENDPOINT", w.token, w.endpoint[1:], flush=True)  # one line: expect() selects on the fd
 threading.Event().wait()
 """
 
@@ -526,7 +565,12 @@ class WorkerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, str(script), handler], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
-        self.endpoint = "\0" + self.expect("ENDPOINT")
+        try:
+            self.token, endpoint = self.expect("ENDPOINT").split(" ", 1)
+        except BaseException:
+            self.kill()  # not yet the fixture's to kill
+            raise
+        self.endpoint = "\0" + endpoint
 
     def expect(self, word: str, timeout: float = 60.0) -> str:
         assert self.proc.stdout is not None
@@ -566,7 +610,7 @@ def worker_process(tmp_path: Path) -> Iterator[Callable[[str], WorkerProcess]]:
 
 def test_a_handler_that_never_returns_makes_the_worker_exit(worker_process):
     wp = worker_process("stuck")
-    gw = Gateway(wp.endpoint)
+    gw = Gateway(wp)
     assert gw.ch.send_video(frame_of(1), pts=1)
     wp.expect("CALLED")
     gw.ch.send_control(Close("the user left"))
@@ -575,19 +619,19 @@ def test_a_handler_that_never_returns_makes_the_worker_exit(worker_process):
     gw.ch.close(notify=False)
     assert wp.proc.wait(WAIT_S) == 3
     with pytest.raises(OSError):
-        Gateway(wp.endpoint)
+        Gateway(wp)
 
 
 def test_an_endless_generator_stops_with_its_session(worker_process):
     wp = worker_process("endless")
-    gw = Gateway(wp.endpoint)
+    gw = Gateway(wp)
     gw.roundtrip(frame_of(1), pts=1)
     gw.ch.send_control(Close("enough"))
     assert gw.pump_until(lambda: gw.closed)
     assert gw.ch.peer_close is not None and gw.ch.peer_close.retire is False
     gw.ch.close(notify=False)
     # the worker did not have to exit: it takes the next session
-    gw2 = Gateway(wp.endpoint)
+    gw2 = Gateway(wp)
     gw2.roundtrip(frame_of(2), pts=1)
     gw2.close()
     assert wp.proc.poll() is None
