@@ -1,46 +1,106 @@
 """The ``rtcpool`` command.
 
-    rtcpool serve APP.py [--config FILE] [--host H] [--port P]   run an app with a config
-    rtcpool config check FILE                                    validate, print the effective config
-    rtcpool status [--address auto]                              sessions, slots, pools and workers
+    rtcpool serve APP.py [--config FILE] [--host H] [--port P] [--address RAY]
+                         [--ice-host-address IP ...] [--set KEY.PATH=VALUE ...]
+    rtcpool config check FILE        validate; print the effective config (file + RTCPOOL_* env)
+    rtcpool status [--address RAY] [--json]
+                                     nodes, and per node the workers and sessions; slots per stream
+
+``serve`` flags beat ``RTCPOOL_*`` variables, which beat the file. The app runs in this
+process and builds its gateway from ``load_config()``, which reads the flags back from
+``RTCPOOL_CLI_OVERRIDES`` (runtime/config.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import runpy
+import socket
 import sys
 from typing import Any
 
+import yaml
+
 from runtime import constants as C
-from runtime.config import CONFIG_ENV, ConfigError, load_config
+from runtime.config import CLI_OVERRIDES_ENV, CONFIG_ENV, ENV_PREFIX, ConfigError, load_config
+
+EXIT_OK = 0
+EXIT_UNREACHABLE = 1  # no Ray cluster or no rtcpool scheduler at the address
+EXIT_BAD_CONFIG = 2
+HEAD_NODE_RESOURCE = "node:__internal_head__"  # the marker resource Ray gives its head node
+SHORT_ID_CHARS = 12  # node ids are 56 hex characters; this many tell them apart in a listing
+# `status`: a cluster address that takes no TCP connection within this is down
+CONNECT_TIMEOUT_S = 5.0
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    if not all(parts):
+        raise ConfigError(
+            f"--set {dotted!r}: a key path is names joined by dots, e.g. pool.prewarm"
+        )
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+def serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config keys the ``serve`` flags set (``--set`` first: a named flag wins)."""
+    overrides: dict[str, Any] = {}
+    for item in args.set or []:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. pool.prewarm=2")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: the value is not YAML: {exc}") from None
+        _set_path(overrides, key.strip(), value)
+    flags = {
+        "gateway.host": args.host,
+        "gateway.port": args.port,
+        "ray.address": args.address,
+        "gateway.ice_host_addresses": args.ice_host_address,
+    }
+    for dotted, value in flags.items():
+        if value is not None:
+            _set_path(overrides, dotted, value)
+    return overrides
 
 
 def _serve(args: argparse.Namespace) -> int:
-    overrides: dict[str, Any] = {}
-    if args.host:
-        overrides.setdefault("gateway", {})["host"] = args.host
-    if args.port is not None:
-        overrides.setdefault("gateway", {})["port"] = args.port
+    if not os.path.isfile(args.app):
+        print(f"rtcpool serve: no app file {args.app!r}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
     try:
-        cfg = load_config(args.config, overrides=overrides)
+        overrides = serve_overrides(args)
+        # validated here, with the env, so a bad flag fails before the app is imported
+        environ = {**os.environ, CLI_OVERRIDES_ENV: json.dumps(overrides)}
+        cfg = load_config(args.config, environ=environ)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
-        return 2
-    # the app's own gateway reads the same file and the CLI flags through the environment
+        return EXIT_BAD_CONFIG
+    # the app's gateway calls load_config() itself: hand it the same file and flags
     if args.config:
         os.environ[CONFIG_ENV] = os.path.abspath(args.config)
-    os.environ["RTCPOOL_GATEWAY__HOST"] = cfg.gateway.host
-    os.environ["RTCPOOL_GATEWAY__PORT"] = str(cfg.gateway.port)
-    os.environ.setdefault("GRADIO_SERVER_NAME", cfg.gateway.host)
-    os.environ.setdefault("GRADIO_SERVER_PORT", str(cfg.gateway.port))
+    os.environ[CLI_OVERRIDES_ENV] = json.dumps(overrides)
+    # Gradio's launch() reads its address from these; the config decides it
+    os.environ["GRADIO_SERVER_NAME"] = cfg.gateway.host
+    os.environ["GRADIO_SERVER_PORT"] = str(cfg.gateway.port)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    where = cfg.ray.address or "a local Ray started here"
+    print(
+        f"rtcpool: serving {args.app} on http://{cfg.gateway.host}:{cfg.gateway.port} (Ray: {where})",
+        file=sys.stderr,
+    )
     sys.argv = [args.app]
     sys.path.insert(0, os.path.dirname(os.path.abspath(args.app)))
     runpy.run_path(args.app, run_name="__main__")
-    return 0
+    return EXIT_OK
 
 
 def _config_check(args: argparse.Namespace) -> int:
@@ -48,47 +108,195 @@ def _config_check(args: argparse.Namespace) -> int:
         cfg = load_config(args.file)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
-        return 2
+        return EXIT_BAD_CONFIG
+    applied = sorted(k for k in os.environ if k.startswith(ENV_PREFIX) and "__" in k)
+    if applied:
+        print(f"(with {', '.join(applied)} from the environment)", file=sys.stderr)
     print(json.dumps(cfg.model_dump(), indent=2))
-    return 0
+    return EXIT_OK
+
+
+# --- status ----------------------------------------------------------------------------------
+
+
+def collect_status(
+    scheduler_status: dict[str, Any] | None, nodes: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """One view of a deployment: every Ray node with the rtcpool workers on it (busy ones
+    carry a session), and each stream's slots. ``nodes`` is ``ray.nodes()``."""
+    events = (scheduler_status or {}).get("events", {})
+    by_node: dict[str, list[dict[str, Any]]] = {}
+    for event_id, ev in events.items():
+        for w in ev["workers"]:
+            by_node.setdefault(w["node_id"], []).append(
+                {"event_id": event_id, "pid": w["pid"], "busy": bool(w.get("busy"))}
+            )
+    view_nodes = []
+    for n in nodes:
+        resources = dict(n.get("Resources", {}))
+        view_nodes.append(
+            {
+                "node_id": n["NodeID"],
+                "host": n.get("NodeManagerHostname", ""),
+                "ip": n.get("NodeManagerAddress", ""),
+                "alive": bool(n.get("Alive")),
+                "head": HEAD_NODE_RESOURCE in resources,
+                "resources": {k: v for k, v in resources.items() if not k.startswith("node:")},
+                "workers": by_node.pop(n["NodeID"], []),
+            }
+        )
+    for node_id, workers in by_node.items():  # workers on a node Ray no longer lists
+        view_nodes.append(
+            {
+                "node_id": node_id,
+                "host": "",
+                "ip": "",
+                "alive": False,
+                "head": False,
+                "resources": {},
+                "workers": workers,
+            }
+        )
+    return {
+        "scheduler": scheduler_status is not None,
+        "nodes": view_nodes,
+        "events": {
+            eid: {k: v for k, v in ev.items() if k != "workers"}
+            | {"sessions": sum(1 for w in ev["workers"] if w.get("busy"))}
+            for eid, ev in events.items()
+        },
+        "leases": (scheduler_status or {}).get("leases", 0),
+        "gateways": (scheduler_status or {}).get("gateways", []),
+    }
+
+
+def format_status(view: dict[str, Any]) -> str:
+    lines = []
+    for n in view["nodes"]:
+        state = "alive" if n["alive"] else "DEAD"
+        role = " head" if n["head"] else ""
+        res = ", ".join(
+            f"{k} {_amount(k, v)}"
+            for k, v in sorted(n["resources"].items())
+            if k != "object_store_memory"
+        )
+        lines.append(
+            f"node {n['node_id'][:SHORT_ID_CHARS]}{role} {n['host']} ({n['ip']}) {state}: {res}"
+        )
+        busy = sum(1 for w in n["workers"] if w["busy"])
+        lines.append(f"  {len(n['workers'])} worker(s), {busy} in a session")
+        for w in sorted(n["workers"], key=lambda w: (w["event_id"], w["pid"])):
+            lines.append(f"    {w['event_id']}: pid {w['pid']} {'busy' if w['busy'] else 'idle'}")
+    if not view["scheduler"]:
+        lines.append("no rtcpool scheduler in this cluster (no gateway has started)")
+        return "\n".join(lines)
+    lines.append("streams (slots are global across gateways):")
+    for eid, ev in view["events"].items():
+        limit = "unlimited" if ev["limit"] is None else ev["limit"]
+        line = f"  {eid}: {ev['leases']}/{limit} slots taken, {ev['idle']} idle, {ev['starting']} starting, replaced {ev['replaced_total']}"
+        if ev.get("unplaceable"):
+            line += f"; {ev['unplaceable']}"
+        elif ev.get("last_error"):
+            line += f"; last error: {ev['last_error']}"
+        lines.append(line)
+    lines.append(f"gateways: {len(view['gateways'])} ({', '.join(view['gateways']) or 'none'})")
+    return "\n".join(lines)
+
+
+def _amount(name: str, value: float) -> str:
+    if name == "memory":
+        return f"{value / 2**30:.1f} GiB"
+    return f"{value:g}"
+
+
+def _reachable(address: str) -> str:
+    """Why ``host:port`` takes no TCP connection ("" if it does). ray.init would retry an
+    address that is down for minutes; ``auto`` is Ray's to resolve."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return ""
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        return str(exc) or type(exc).__name__
+    return ""
 
 
 def _status(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    down = _reachable(args.address)
+    if down:
+        print(f"no Ray cluster reachable at {args.address!r}: {down}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     import ray
 
     try:
-        ray.init(address=args.address, namespace=C.RAY_NAMESPACE, log_to_driver=False)
-        scheduler = ray.get_actor(C.SCHEDULER_NAME, namespace=C.RAY_NAMESPACE)
+        ray.init(
+            address=args.address,
+            namespace=C.RAY_NAMESPACE,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
     except Exception as exc:
-        print(f"no rtcpool deployment reachable at {args.address!r}: {exc}", file=sys.stderr)
-        return 1
-    status = ray.get(scheduler.status.remote(), timeout=C.RAY_CALL_TIMEOUT_S)
-    for eid, ev in status["events"].items():
-        limit = "unlimited" if ev["limit"] is None else ev["limit"]
-        print(f"{eid}: {ev['leases']}/{limit} slots taken, {ev['idle']} idle, {ev['starting']} starting, replaced {ev['replaced_total']}")
-        for w in ev["workers"]:
-            print(f"  worker pid {w['pid']} on {w['host']} (node {w['node_id'][:12]})")
-    print(f"gateways: {', '.join(status['gateways']) or 'none'}")
-    return 0
+        print(f"no Ray cluster reachable at {args.address!r}: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    try:
+        try:
+            scheduler = ray.get_actor(C.SCHEDULER_NAME, namespace=C.RAY_NAMESPACE)
+            status = ray.get(scheduler.status.remote(), timeout=C.RAY_CALL_TIMEOUT_S)
+        except ValueError:  # no such named actor: Ray is up, no gateway has started
+            status = None
+        view = collect_status(status, ray.nodes())
+    finally:
+        ray.shutdown()
+    print(json.dumps(view, indent=2) if args.json else format_status(view))
+    return EXIT_OK if view["scheduler"] else EXIT_UNREACHABLE
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="rtcpool", description="Live WebRTC media into Python handlers on a Ray worker pool")
+    ap = argparse.ArgumentParser(
+        prog="rtcpool", description="Live WebRTC media into Python handlers on a Ray worker pool"
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
-    serve = sub.add_parser("serve", help="run an app (a Gradio Blocks script or a FastAPI app using runtime.gateway)")
+    serve = sub.add_parser(
+        "serve", help="run an app (a Gradio Blocks script or a FastAPI app using runtime.gateway)"
+    )
     serve.add_argument("app")
-    serve.add_argument("--config", default=None)
-    serve.add_argument("--host", default=None)
-    serve.add_argument("--port", type=int, default=None)
+    serve.add_argument(
+        "--config", default=None, help=f"config file (default: ${CONFIG_ENV} or configs/local.yaml)"
+    )
+    serve.add_argument("--host", default=None, help="gateway.host")
+    serve.add_argument("--port", type=int, default=None, help="gateway.port")
+    serve.add_argument(
+        "--address",
+        default=None,
+        help="ray.address: 'auto', 'host:port' or 'ray://host:port' joins a cluster",
+    )
+    serve.add_argument(
+        "--ice-host-address",
+        action="append",
+        default=None,
+        metavar="IP",
+        help="gateway.ice_host_addresses (repeat for several)",
+    )
+    serve.add_argument(
+        "--set",
+        action="append",
+        default=None,
+        metavar="KEY.PATH=VALUE",
+        help="any config key, e.g. --set pool.prewarm=2 (repeatable)",
+    )
     serve.set_defaults(fn=_serve)
     config = sub.add_parser("config", help="configuration files")
     config_sub = config.add_subparsers(dest="config_cmd", required=True)
-    check = config_sub.add_parser("check", help="validate a config file and print the effective config")
+    check = config_sub.add_parser(
+        "check", help="validate a config file and print the effective config"
+    )
     check.add_argument("file")
     check.set_defaults(fn=_config_check)
-    status = sub.add_parser("status", help="sessions, slots, pools and workers")
-    status.add_argument("--address", default="auto")
+    status = sub.add_parser("status", help="nodes, workers and sessions per node, slots per stream")
+    status.add_argument("--address", default="auto", help="the Ray cluster: 'auto' or 'host:port'")
+    status.add_argument("--json", action="store_true", help="print the view as JSON")
     status.set_defaults(fn=_status)
     args = ap.parse_args(argv)
     return int(args.fn(args))

@@ -1,21 +1,43 @@
 """Deployment configuration: one YAML file, validated by pydantic.
 
-Precedence: the file, then ``RTCPOOL_*`` environment variables, then CLI flags (the caller
-applies those with :func:`apply_overrides`). Unknown keys are errors that name their path.
+Precedence: the file, then ``RTCPOOL_*`` environment variables, then CLI flags (``rtcpool
+serve`` hands them to the app's :func:`load_config` as JSON in ``RTCPOOL_CLI_OVERRIDES``).
+Types are strict (YAML already gives numbers and booleans; a quoted ``"8000"`` is not a
+port), unknown keys are errors, and every error names its key path and where the value came
+from.
 
 Environment variables name a key path with ``__`` between levels, e.g.
 ``RTCPOOL_GATEWAY__PORT=8000`` or ``RTCPOOL_RAY__ADDRESS=auto``; values are parsed as YAML
-scalars or lists (``RTCPOOL_GATEWAY__ICE_HOST_ADDRESSES='[127.0.0.1]'``).
+scalars or lists (``RTCPOOL_GATEWAY__ICE_HOST_ADDRESSES='[127.0.0.1]'``). Key names are
+case-insensitive; a stream id keeps its case (``RTCPOOL_STREAMS__myStream__TIME_LIMIT=30``).
+
+``streams.<id>.pool`` inherits every key it does not set from the top-level ``pool``.
 """
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
+import json
 import os
+import re
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from runtime import constants as C
 
@@ -23,31 +45,110 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "local.yaml"
 ENV_PREFIX = "RTCPOOL_"
 CONFIG_ENV = "RTCPOOL_CONFIG"  # path of the config file when none is given
+CLI_OVERRIDES_ENV = "RTCPOOL_CLI_OVERRIDES"  # JSON of the `rtcpool serve` flags; beats the env
+RESOURCE_PRECISION = 1e-4  # Ray schedules resource quantities in units of 1/10,000
+RESERVED_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")  # keys of their own in Ray
+_RESERVED_KEY = {"CPU": "num_cpus", "GPU": "num_gpus", "object_store_memory": "memory"}
+# "auto", "local", host:port, ray://host:port (a host may be a bracketed IPv6 address)
+RAY_ADDRESS_RE = re.compile(r"^(auto|local|(ray://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):\d{1,5})$")
+SHOWN_INPUT_CHARS = 60  # a bad value is quoted in the error up to this length
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def _check_quantity(value: float | None) -> float | None:
+    """Ray's rule for a resource request, checked here so that a bad one fails at config
+    time, not as a worker that never starts: at most 4 decimals."""
+    if value and abs(value / RESOURCE_PRECISION - round(value / RESOURCE_PRECISION)) > 1e-6:
+        raise ValueError(f"{value} is finer than Ray's resource precision of {RESOURCE_PRECISION}")
+    return value
+
+
+def _check_gpus(value: float | None) -> float | None:
+    # Ray shares a GPU only below one: 0.25 is a quarter of one GPU, 1.5 is never placed
+    if value is not None and value > 1 and value != int(value):
+        raise ValueError(
+            f"{value} GPUs: a request above 1 must be a whole number (a fraction shares one GPU)"
+        )
+    return _check_quantity(value)
+
+
+def _check_resource_name(name: str) -> str:
+    if name in RESERVED_RESOURCES:
+        raise ValueError(f"{name!r} has a key of its own: use pool.{_RESERVED_KEY.get(name, name)}")
+    return name
+
+
+def _check_ip(address: str) -> str:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        raise ValueError(
+            f"{address!r} is not an IP address (ICE host candidates are addresses, not names)"
+        ) from None
+    return address
+
+
+IPAddress = Annotated[str, AfterValidator(_check_ip)]
+ResourceName = Annotated[str, Field(min_length=1), AfterValidator(_check_resource_name)]
+Quantity = Annotated[float, Field(ge=0), AfterValidator(_check_quantity)]
 
 
 class IceServer(_Strict):
-    urls: str | list[str]
+    urls: list[str] = Field(
+        min_length=1, description="one URL or a list, as in the browser's RTCIceServer"
+    )
     username: str | None = None
     credential: str | None = None
 
+    @field_validator("urls", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        # a plain list, not `str | list[str]`: a union's errors would name each of its branches
+        return [value] if isinstance(value, str) else value
+
 
 class RayConfig(_Strict):
-    address: str | None = Field(None, description="None: start Ray in this process; 'auto' or 'ray://host:port': join a cluster")
-    namespace: str = C.RAY_NAMESPACE
-    num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded local Ray (None: all)")
+    address: str | None = Field(
+        None,
+        description="None: start Ray in this process; 'auto', 'host:port' or 'ray://host:port': join a cluster",
+    )
+    namespace: str = Field(C.RAY_NAMESPACE, min_length=1)
+    num_cpus: int | None = Field(
+        None, ge=1, description="CPUs of the embedded local Ray (None: all)"
+    )
     include_dashboard: bool = False
-    detached_scheduler: bool = Field(False, description="keep the scheduler alive when this gateway exits (several gateways)")
+    detached_scheduler: bool = Field(
+        False, description="keep the scheduler alive when this gateway exits (several gateways)"
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None and not RAY_ADDRESS_RE.match(value):
+            raise ValueError(
+                f"{value!r} is not a Ray address: use 'auto', 'host:port' or 'ray://host:port'"
+            )
+        return value
+
+    @field_validator("num_cpus")
+    @classmethod
+    def _num_cpus(cls, value: int | None, info: ValidationInfo) -> int | None:
+        # ray.init refuses num_cpus when it joins a cluster: each node declares its own
+        if value is not None and info.data.get("address") not in (None, "local"):
+            raise ValueError(
+                "only for the embedded local Ray: a joined cluster's nodes declare their CPUs (ray start --num-cpus)"
+            )
+        return value
 
 
 class GatewayConfig(_Strict):
-    host: str = "127.0.0.1"
+    host: str = Field("127.0.0.1", min_length=1)
     port: int = Field(7860, ge=0, le=65535)
     ice_servers: list[IceServer] = Field(default_factory=list)
-    ice_host_addresses: list[str] = Field(
+    ice_host_addresses: list[IPAddress] = Field(
         default_factory=list,
         description="addresses offered as ICE host candidates; empty: every interface but loopback",
     )
@@ -55,6 +156,14 @@ class GatewayConfig(_Strict):
     media_inactivity_timeout_s: float = Field(C.MEDIA_INACTIVITY_TIMEOUT_S, gt=0)
     max_offer_bytes: int = Field(C.MAX_OFFER_BYTES, gt=0)
     max_frame_pixels: int = Field(C.MAX_FRAME_PIXELS, gt=0)
+    transport: Literal["auto", "shm", "tcp"] = Field(
+        "auto",
+        description="gateway <-> worker link: auto = shared memory when the worker is on this node, TCP otherwise",
+    )
+    video_release_on_marker: bool = Field(
+        True,
+        description="decode a video frame when its last (RTP marker) packet arrives, not one frame later as aiortc does",
+    )
     audio_jitter_prefetch: int = Field(
         C.AUDIO_JITTER_PREFETCH,
         ge=0,
@@ -64,18 +173,39 @@ class GatewayConfig(_Strict):
 
 
 class PoolConfig(_Strict):
-    prewarm: int = Field(C.POOL_PREWARM, ge=0)
-    max_workers: int = Field(C.POOL_MAX, ge=1)
-    num_cpus: float | None = Field(None, ge=0)
-    num_gpus: float | None = Field(None, ge=0)
-    memory: int | None = Field(None, ge=0, description="bytes of memory to reserve per worker")
-    resources: dict[str, float] = Field(default_factory=dict)
+    """Each worker actor's Ray resources (``.options(...)`` of the worker) and the pool size."""
+
+    prewarm: int = Field(C.POOL_PREWARM, ge=0, description="idle workers kept ready")
+    max_workers: int = Field(
+        C.POOL_MAX,
+        ge=1,
+        description="workers when the stream has no concurrency_limit (else: the limit)",
+    )
+    num_cpus: Quantity | None = Field(
+        None, description="CPUs each worker holds (None: Ray's default for actors)"
+    )
+    num_gpus: Annotated[float, Field(ge=0), AfterValidator(_check_gpus)] | None = Field(
+        None, description="GPUs each worker holds; a fraction shares one GPU"
+    )
+    memory: ByteSize | None = Field(
+        None, description="memory each worker reserves: bytes, or '512MiB', '2GB'"
+    )
+    resources: dict[ResourceName, Quantity] = Field(
+        default_factory=dict,
+        description="custom Ray resources each worker needs, e.g. {far_node: 1}",
+    )
+
+    @field_serializer("memory")
+    def _memory_bytes(self, value: ByteSize | None) -> int | None:
+        return None if value is None else int(value)  # a plain int for Ray's .options(memory=)
 
 
 class StreamOverride(_Strict):
     concurrency_limit: int | None = Field(None, ge=1)
     time_limit: float | None = Field(None, gt=0)
-    pool: PoolConfig | None = None
+    pool: PoolConfig | None = Field(
+        None, description="this stream's pool: keys it leaves out come from the top-level pool"
+    )
 
 
 class Config(_Strict):
@@ -84,31 +214,154 @@ class Config(_Strict):
     pool: PoolConfig = Field(default_factory=PoolConfig)
     streams: dict[str, StreamOverride] = Field(default_factory=dict)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _streams_inherit_pool(cls, data: Any) -> Any:
+        """A stream's ``pool`` is the top-level pool with the stream's keys on top, so
+        ``streams.x.pool: {num_gpus: 0.5}`` keeps the shared CPU, memory and pool size."""
+        if not isinstance(data, dict) or not isinstance(data.get("streams"), dict):
+            return data
+        base = data.get("pool") if isinstance(data.get("pool"), dict) else {}
+        streams = {}
+        for sid, stream in data["streams"].items():
+            if isinstance(stream, dict) and isinstance(stream.get("pool"), dict):
+                stream = {**stream, "pool": {**base, **stream["pool"]}}
+            streams[sid] = stream
+        return {**data, "streams": streams}
+
 
 class ConfigError(ValueError):
     pass
 
 
-def _format(exc: ValidationError, source: str) -> str:
+Origins = dict[tuple[str, ...], str]  # key path -> where its value came from (env var, flag)
+
+
+def _model_at(path: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model whose keys are valid at ``path`` (field names and list indices), if any."""
+    model: Any = Config
+    for part in path:
+        if isinstance(part, int):
+            continue
+        if (
+            not (isinstance(model, type) and issubclass(model, BaseModel))
+            or part not in model.model_fields
+        ):
+            return None
+        model = model.model_fields[part].annotation
+        while typing.get_origin(model) is not None:  # X | None, list[X], dict[str, X] -> X
+            args = [a for a in typing.get_args(model) if a is not type(None)]
+            model = args[-1] if args else None
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _origin(loc: tuple[Any, ...], origins: Origins) -> str:
+    for n in range(len(loc), 0, -1):
+        if tuple(str(p) for p in loc[:n]) in origins:
+            return f" (from {origins[tuple(str(p) for p in loc[:n])]})"
+    return ""
+
+
+def _format(exc: ValidationError, source: str, origins: Origins | None = None) -> str:
+    origins = origins or {}
     lines = [f"invalid config {source}:"]
+    seen: set[tuple[str, str]] = set()
     for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"]) or "(root)"
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        lines.append(f"  {path}: {msg}")
+        # a bad dict key comes as (..., key, "[key]"): the key is the place
+        loc = tuple(err["loc"][:-1] if err["loc"][-1:] == ("[key]",) else err["loc"])
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+            model = _model_at(_parent_fields(loc))
+            close = (
+                difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
+                if model
+                else []
+            )
+            if close:
+                msg += f" (did you mean {close[0]!r}?)"
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] not in ("value_error", "missing") and not isinstance(
+                err.get("input"), dict | list
+            ):
+                msg += f" (got {_shown(err.get('input'))})"
+        # a stream's pool is the top-level pool merged with its own keys: a bad top-level
+        # value would otherwise be reported once more under every stream
+        if (
+            len(loc) > 3
+            and loc[0] == "streams"
+            and loc[2] == "pool"
+            and ("pool." + ".".join(map(str, loc[3:])), msg) in seen
+        ):
+            continue
+        path = ".".join(str(p) if p != "" else "''" for p in loc) or "(root)"
+        seen.add((path, msg))
+        lines.append(f"  {path}: {msg}{_origin(loc, origins)}")
     return "\n".join(lines)
 
 
-def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+def _parent_fields(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``loc`` without its last part and without stream ids (keys of a dict, not fields)."""
+    parts = list(loc[:-1])
+    if len(parts) >= 2 and parts[0] == "streams":
+        del parts[1]
+    return tuple(parts)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= SHOWN_INPUT_CHARS else text[: SHOWN_INPUT_CHARS - 3] + "..."
+
+
+def _env_overrides(environ: dict[str, str], origins: Origins) -> dict[str, Any]:
     tree: dict[str, Any] = {}
     for key, raw in environ.items():
-        if not key.startswith(ENV_PREFIX) or key == CONFIG_ENV or "__" not in key:
+        if (
+            not key.startswith(ENV_PREFIX)
+            or key in (CONFIG_ENV, CLI_OVERRIDES_ENV)
+            or "__" not in key
+        ):
             continue
-        path = key[len(ENV_PREFIX) :].lower().split("__")
+        parts = key[len(ENV_PREFIX) :].split("__")
+        # key names are case-insensitive; a stream id is a dict key and keeps its case
+        path = [
+            p if i == 1 and parts[0].lower() == "streams" else p.lower()
+            for i, p in enumerate(parts)
+        ]
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"environment variable {key} is not a YAML value: {exc}") from None
         node = tree
         for part in path[:-1]:
             node = node.setdefault(part, {})
-        node[path[-1]] = yaml.safe_load(raw) if raw != "" else None
+        node[path[-1]] = value
+        origins[tuple(path)] = key
     return tree
+
+
+def _cli_overrides(environ: dict[str, str], origins: Origins) -> dict[str, Any]:
+    raw = environ.get(CLI_OVERRIDES_ENV)
+    if not raw:
+        return {}
+    try:
+        tree = json.loads(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{CLI_OVERRIDES_ENV} is not JSON: {exc}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{CLI_OVERRIDES_ENV} must be a JSON object")
+    _note_origins(tree, (), "the command line", origins)
+    return tree
+
+
+def _note_origins(
+    tree: dict[str, Any], prefix: tuple[str, ...], origin: str, origins: Origins
+) -> None:
+    for k, v in tree.items():
+        if isinstance(v, dict) and v:
+            _note_origins(v, (*prefix, str(k)), origin, origins)
+        else:
+            origins[(*prefix, str(k))] = origin
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -123,7 +376,8 @@ def load_config(
     environ: dict[str, str] | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> Config:
-    """The effective config: file (default ``configs/local.yaml``), then env, then overrides."""
+    """The effective config: file (default ``configs/local.yaml``), then ``RTCPOOL_*``
+    env vars, then ``rtcpool serve`` flags (``RTCPOOL_CLI_OVERRIDES``), then ``overrides``."""
     environ = dict(os.environ) if environ is None else environ
     if path is None:
         path = environ.get(CONFIG_ENV) or DEFAULT_CONFIG
@@ -136,10 +390,13 @@ def load_config(
         raise ConfigError(f"config file {source} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"config file {source} must hold a mapping at its top level")
-    data = _merge(data, _env_overrides(environ))
+    origins: Origins = {}
+    data = _merge(data, _env_overrides(environ, origins))
+    data = _merge(data, _cli_overrides(environ, origins))
     if overrides:
+        _note_origins(overrides, (), "overrides", origins)
         data = _merge(data, overrides)
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format(exc, source)) from None
+        raise ConfigError(_format(exc, source, origins)) from None

@@ -7,7 +7,17 @@ session, and takes both back on every exit path:
 * the gateway releases the lease when its session ends (worker healthy or not);
 * a gateway that stops heartbeating loses all its leases after ``GATEWAY_TTL_S``;
 * a lease that outlives its stream's ``time_limit`` by ``TIME_LIMIT_GRACE_S`` is reclaimed
-  (the gateway enforces the limit itself; this is the backstop for a gateway that hangs).
+  (the gateway enforces the limit itself; this is the backstop for a gateway that hangs);
+* when a Ray node dies, its idle workers leave the pools and leases of its busy ones are
+  reclaimed (the gateway usually ends those sessions first, when their link breaks; this is
+  the backstop for a link that hangs), and every pool is topped up on the nodes left.
+
+A pool whose workers need resources no alive node has (``far_node: 1`` after that node is
+gone, a GPU before the autoscaler adds one) answers an offer at once with the reason instead
+of holding it for ``LEASE_TIMEOUT_S``; its pending worker stays requested, so Ray starts it
+(and an autoscaler sees the demand) when such a node joins.
+
+The scheduler is pinned to the head node: a worker node going away must not take it along.
 
 It is an async actor: one event loop, so its state needs no locks, and a wait for a worker
 to start does not hold up other calls.
@@ -31,6 +41,10 @@ log = logging.getLogger("rtcpool.scheduler")
 
 TIME_LIMIT_GRACE_S = 10.0  # lease backstop past a stream's time_limit
 MONITOR_INTERVAL_S = 1.0  # how often expired gateways and leases are looked for
+NODE_CHECK_INTERVAL_S = 1.0  # how often the list of alive Ray nodes is read (one GCS call)
+HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray's marker resource of the head node
+HEAD_NODE_SHARE = 0.001  # of that marker the scheduler holds (as Ray Serve's controller does)
+SHORT_NODE_ID = 12  # hex characters of a node id in a log line
 
 
 @dataclass
@@ -71,6 +85,10 @@ class Lease:
 
 class Full(Exception):
     pass
+
+
+class Unplaceable(Exception):
+    """No alive node has the resources a worker of this pool asks for."""
 
 
 class Pool:
@@ -115,6 +133,9 @@ class Scheduler:
         self.gateways: dict[str, float] = {}  # gateway id -> last heartbeat (monotonic)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._monitor: asyncio.Task[None] | None = None
+        # alive node id -> its total resources; None until first read (placement unknown)
+        self.nodes: dict[str, dict[str, float]] | None = None
+        self._nodes_read_at = 0.0
 
     # --- registration ----------------------------------------------------------------------
 
@@ -186,6 +207,9 @@ class Scheduler:
         self.leases[lease.lease_id] = lease
         try:
             worker = await self._take_worker(pool)
+        except Unplaceable as exc:
+            self.leases.pop(lease.lease_id, None)
+            return {"ok": False, "error": "no_node_fits", "message": str(exc)}
         except Exception as exc:
             self.leases.pop(lease.lease_id, None)
             return {"ok": False, "error": "no_worker", "message": str(exc)}
@@ -200,6 +224,8 @@ class Scheduler:
             "lease_id": lease.lease_id,
             "worker": worker.actor,
             "endpoint": worker.info["endpoint"],
+            "tcp_endpoint": worker.info.get("tcp_endpoint", ""),
+            "token": worker.info.get("token", ""),
             "pid": worker.info["pid"],
             "node_id": worker.info["node_id"],
             "time_limit": pool.spec.time_limit,
@@ -210,6 +236,10 @@ class Scheduler:
         failures_before = pool.start_failures
         async with pool.available:
             while not pool.idle:
+                unplaceable = self._placement_error(pool)
+                if unplaceable:
+                    pool.last_error = unplaceable
+                    raise Unplaceable(unplaceable)
                 if pool.total < pool.max_workers:
                     self._start_worker(pool)
                 left = deadline - time.monotonic()
@@ -333,6 +363,12 @@ class Scheduler:
         while True:
             await asyncio.sleep(self.monitor_interval_s)
             now = time.monotonic()
+            if now - self._nodes_read_at >= NODE_CHECK_INTERVAL_S:
+                self._nodes_read_at = now
+                try:
+                    await self._check_nodes()
+                except Exception as exc:  # the loop also expires gateways: it must go on
+                    log.warning("reading the Ray node list failed: %s", exc)
             for gid, seen in list(self.gateways.items()):
                 if now - seen > self.gateway_ttl_s:
                     log.warning("gateway %s silent for %.0f s: reclaiming its leases", gid, now - seen)
@@ -344,6 +380,48 @@ class Scheduler:
                     log.warning("lease %s outlived its time limit: reclaiming", lid)
                     await self.release(lid, worker_ok=False)
 
+    # --- nodes ---------------------------------------------------------------------------------
+
+    async def _check_nodes(self) -> None:
+        listing = await asyncio.to_thread(ray.nodes)  # a blocking GCS call: off the loop
+        alive = {n["NodeID"]: dict(n.get("Resources", {})) for n in listing if n.get("Alive")}
+        before, self.nodes = self.nodes, alive
+        if before is None or set(before) == set(alive):
+            return
+        gone = set(before) - set(alive)
+        if gone:
+            names = ", ".join(sorted(n[:SHORT_NODE_ID] for n in gone))
+            log.warning("Ray node(s) %s gone: their workers leave the pools", names)
+        for pool in list(self.pools.values()):
+            lost = [w for w in pool.idle if _off(w, alive)]
+            for w in lost:
+                pool.idle.remove(w)
+                pool.replaced_total += 1
+                _kill(w.actor)
+        for lid, lease in list(self.leases.items()):
+            if lease.worker is not None and _off(lease.worker, alive):
+                log.warning("lease %s: its worker's node is gone: reclaiming", lid)
+                await self.release(lid, worker_ok=False)
+        for pool in list(self.pools.values()):  # replacements, or workers a new node can take
+            self._top_up(pool)
+
+    def _placement_error(self, pool: Pool) -> str:
+        """Why no alive node can take a worker of ``pool`` ("" if one can, or if unknown)."""
+        if not self.nodes:
+            return ""
+        spec = pool.spec.pool
+        demand = {k: v for k, v in spec.resources.items() if v > 0}
+        for key, value in (("CPU", spec.num_cpus), ("GPU", spec.num_gpus), ("memory", spec.memory)):
+            if value:
+                demand[key] = float(value)
+        fits = (all(res.get(k, 0.0) >= v for k, v in demand.items()) for res in self.nodes.values())
+        if not demand or any(fits):
+            return ""
+        return (
+            f"no alive Ray node offers {demand} for a worker of {pool.spec.event_id!r} "
+            f"({len(self.nodes)} node(s) alive); one starts when such a node joins"
+        )
+
     async def status(self) -> dict[str, Any]:
         return {
             "events": {
@@ -353,10 +431,12 @@ class Scheduler:
                     "leases": sum(1 for lease in self.leases.values() if lease.event_id == eid),
                     "idle": len(p.idle),
                     "starting": p.starting,
-                    "workers": [w.info for w in (*p.idle, *p.busy.values())],
+                    "workers": [{**w.info, "busy": False} for w in p.idle]
+                    + [{**w.info, "busy": True} for w in p.busy.values()],
                     "started_total": p.started_total,
                     "replaced_total": p.replaced_total,
                     "last_error": p.last_error,
+                    "unplaceable": self._placement_error(p),
                 }
                 for eid, p in self.pools.items()
             },
@@ -373,6 +453,12 @@ class Scheduler:
             pool.busy.clear()
         self.leases.clear()
         self.pools.clear()
+
+
+def _off(worker: WorkerRef, alive: dict[str, Any]) -> bool:
+    """Whether ``worker`` is on a node that is not alive (a worker that did not say: no)."""
+    node = worker.info.get("node_id")
+    return bool(node) and node not in alive
 
 
 def _kill(actor: Any) -> None:
@@ -397,6 +483,7 @@ def get_scheduler(detached: bool = False) -> Any:
         "namespace": C.RAY_NAMESPACE,
         "get_if_exists": True,
         "max_concurrency": 1000,
+        "resources": {HEAD_NODE_RESOURCE: HEAD_NODE_SHARE},
     }
     if detached:
         options["lifetime"] = "detached"
