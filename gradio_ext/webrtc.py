@@ -1,7 +1,10 @@
 """The ``WebRTC`` component: gradio_webrtc's constructor and ``.stream()`` on a ``gr.HTML``.
 
-The browser side is ``static/webrtc.js`` (run as the component's ``js_on_load``): it opens
-the peer connection and posts the offer to the gateway's ``/webrtc/offer`` route. Handlers
+The browser side is ``static/``: ``webrtc.html`` (the markup, gr.HTML's template),
+``webrtc.css`` and ``webrtc.js`` (run as the component's ``js_on_load``), which opens the peer
+connection and posts the offer to the gateway's ``/webrtc/offer`` route. All three are static
+and every per-component option reaches the page in the ``rtc`` prop, so the gateway's own
+page (runtime/standalone.py, for apps without Gradio) serves the very same client. Handlers
 never run in this process; ``.stream()`` registers them with the process's gateway
 (gradio_ext/serving.py), which runs each session in a worker.
 
@@ -10,46 +13,48 @@ component's value to its ``webrtc_id`` and fires :data:`ARGS_EVENT`; that event 
 ``change`` of every other input) runs :func:`_args_pusher` with the id and the inputs'
 current values, and the gateway forwards them to the session's worker. The page fires the
 event again whenever the handler asks for its inputs (``send_input`` on the data channel).
+
+How results reach other components: each ``fetch_output`` on the data channel makes the page
+fire :data:`OUTPUTS_EVENT` once. Two kinds of listeners take from the session's queues on
+that event: ``on_additional_outputs`` (the AdditionalOutputs a handler yields) and, wired by
+``.stream()`` itself, the stream's own non-WebRTC ``outputs`` (what a plain function returns
+for them, as in a Gradio event). Each takes the oldest of its own kind, so neither steals
+the other's and none is lost.
 """
 
 from __future__ import annotations
 
-import html
+import base64
 import inspect
 import json
+import mimetypes
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import gradio as gr
 
-from runtime.gateway import MODALITIES, MODES, HTTPError
+from runtime.gateway import MODALITIES, MODES, HTTPError, check_stream_options
+from runtime.wire import OUTPUTS_STREAM
 from workers import loader
+from workers.loader import StreamOutputs
 
 from .serving import NoStubComponentMeta, get_gateway
 
 ARGS_EVENT = "webrtc_args"  # custom event the page fires when the inputs must reach the worker
-OUTPUTS_EVENT = "webrtc_outputs"  # custom event the page fires once per AdditionalOutputs
-JS_PATH = Path(__file__).resolve().parent / "static" / "webrtc.js"
+OUTPUTS_EVENT = "webrtc_outputs"  # custom event the page fires once per fetch_output message
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+JS_PATH = STATIC_DIR / "webrtc.js"
+HTML_PATH = STATIC_DIR / "webrtc.html"
+CSS_PATH = STATIC_DIR / "webrtc.css"
+MAX_ICON_BYTES = 256 * 1024  # a local icon file is inlined in the page as a data: URL
 DEFAULT_CONCURRENCY_LIMIT = 1  # what Gradio's concurrency_limit="default" means for an event
 DEFAULT_MIN_WIDTH_PX = 160
 DEFAULT_BUTTON_LABELS = {"start": "Start", "stop": "Stop", "waiting": "Connecting…"}
-LOCAL_PREVIEW_WIDTH = "28%"  # the camera preview's width over the processed video
+URL_SCHEMES = ("http://", "https://", "data:", "blob:")
 
 Mode = Literal["send-receive", "send", "receive"]
 Modality = Literal["video", "audio", "audio-video"]
-
-
-def _template_safe(text: str) -> str:
-    """Escape text for gr.HTML's templates, which are Handlebars *and* JS template literals."""
-    return (
-        html.escape(text)
-        .replace("$", "&#36;")
-        .replace("`", "&#96;")
-        .replace("\\", "&#92;")
-        .replace("{", "&#123;")
-        .replace("}", "&#125;")
-    )
 
 
 def _css_size(size: int | str | None) -> str | None:
@@ -58,12 +63,67 @@ def _css_size(size: int | str | None) -> str | None:
     return f"{size}px" if isinstance(size, (int, float)) else str(size)
 
 
+def _icon_src(icon: str | Path | None) -> str | None:
+    """What the page's <img> loads: a URL as given; a local image file inlined as a data: URL
+    (the page has no route to the app's files, and the standalone page has no Gradio)."""
+    if icon is None:
+        return None
+    text = str(icon)
+    if text.startswith(URL_SCHEMES):
+        return text
+    path = Path(text).expanduser()
+    if not path.is_file():
+        # a path relative to the app's root URL (e.g. one Gradio serves); the page's <img>
+        # hides itself if it does not load
+        return text
+    data = path.read_bytes()
+    if len(data) > MAX_ICON_BYTES:
+        raise ValueError(
+            f"icon {text!r} is {len(data)} bytes; at most {MAX_ICON_BYTES} are inlined"
+        )
+    mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    if not mime.startswith("image/"):
+        raise ValueError(f"icon {text!r} is not an image ({mime})")
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
 class WebRTC(gr.HTML, metaclass=NoStubComponentMeta):
     """Live audio/video between the browser and a handler running in a worker process.
 
-    Accepts gradio_webrtc's parameters. ``value``, ``min_length``, ``max_length``,
-    ``streaming``, ``show_share_button`` and ``show_download_button`` are kept for
-    compatibility and have no effect: the component's live value is its session id.
+    Accepts every parameter of gradio_webrtc's ``WebRTC``. What each does here:
+
+    * ``mode``, ``modality``: what flows which way. ``modality="audio"`` shows a compact
+      panel with a level meter instead of a video area; ``"audio-video"`` shows both.
+    * ``height``, ``width``: the video area's size (pixels, or any CSS size); ``width`` also
+      sizes the audio panel.
+    * ``mirror_webcam``: mirror the user's own camera preview (never the processed video).
+    * ``time_limit``: seconds per session, enforced by the server, shown as a shrinking bar.
+    * ``rtc_configuration``: its ``iceServers`` are given to the browser's peer connection.
+    * ``track_constraints``: getUserMedia constraints, ``{"video": ..., "audio": ...}`` or
+      those of the one track; a camera/microphone picked in the page's lists is added.
+    * ``button_labels``: ``{"start", "stop", "waiting"}`` texts of the button.
+    * ``icon``: an image (URL, or a local file, inlined) on the button when
+      ``modality="audio"``; ``icon_button_color``: the button's background;
+      ``pulse_color``: the audio level meter's colour.
+    * ``show_download_button=True``: a button over the processed video that saves the
+      frame on screen as a PNG (only where video is received).
+    * ``interactive=False``: no start/stop button; the stream starts from ``trigger=``.
+    * ``label``, ``show_label``, ``container``, ``scale``, ``min_width``, ``visible``,
+      ``elem_id``, ``elem_classes``, ``render``, ``key``: as for any Gradio component.
+
+    Accepted for compatibility, with no effect, because a live stream has nothing for them
+    to act on:
+
+    * ``value`` (and ``every``/``inputs``, which only recompute a callable ``value``): a
+      default video file to show; the live component has none, and its value is the
+      session's id, set by the page.
+    * ``min_length``, ``max_length``: limits on the length of a recorded clip; nothing is
+      recorded (``time_limit`` bounds a live session).
+    * ``streaming``: gradio_webrtc's switch for assembling yielded ``.ts`` chunks into an
+      output video; output here is always live over WebRTC.
+    * ``show_share_button``: shares an output *file* to Hugging Face Spaces discussions
+      through Gradio's own media components; a live stream has no file to share (the
+      download button saves a frame instead).
     """
 
     def __init__(
@@ -96,7 +156,7 @@ class WebRTC(gr.HTML, metaclass=NoStubComponentMeta):
         rtc_configuration: dict[str, Any] | None = None,
         time_limit: float | None = None,
         track_constraints: dict[str, Any] | None = None,
-        icon: str | None = None,
+        icon: str | Path | None = None,
         icon_button_color: str | None = None,
         pulse_color: str | None = None,
         button_labels: dict[str, str] | None = None,
@@ -124,13 +184,13 @@ class WebRTC(gr.HTML, metaclass=NoStubComponentMeta):
         self.min_length = min_length
         self.max_length = max_length
         self.streaming = streaming
+        self.icon_src = _icon_src(icon)
+        self.display_only = interactive is False  # Gradio's own ``interactive`` is set below
         self.stream_event: Any = None  # the gateway's StreamEvent once .stream() ran
-        if isinstance(value, Path):
-            value = str(value)
-        elif isinstance(value, tuple):
-            value = None  # a (video, subtitles) default has nothing to show in a live stream
+        # ``value`` is accepted and dropped (see the class docstring): the page sets the
+        # component's value to its session id, and a default video has nothing to show
         super().__init__(
-            value=value,
+            value=None,
             label=label,
             html_template=self._html(),
             css_template=self._css(),
@@ -163,65 +223,24 @@ class WebRTC(gr.HTML, metaclass=NoStubComponentMeta):
             "track_constraints": self.track_constraints,
             "mirror_webcam": self.mirror_webcam,
             "button_labels": self.button_labels,
+            "height": _css_size(self.height),
+            "width": _css_size(self.width),
+            "icon": self.icon_src,
+            "icon_button_color": self.icon_button_color,
+            "pulse_color": self.pulse_color,
+            "show_download_button": bool(self.show_download_button),
+            "interactive": not self.display_only,
         }
 
     def _html(self) -> str:
-        start = _template_safe(self.button_labels["start"])
-        return (
-            f'<div class="rtc-root" data-state="idle" data-mode="{self.mode}" data-modality="{self.modality}">'
-            '<div class="rtc-stage">'
-            '<video class="rtc-remote" autoplay muted playsinline></video>'
-            '<video class="rtc-local" autoplay muted playsinline></video>'
-            '<audio class="rtc-audio" autoplay></audio>'
-            "</div>"
-            '<div class="rtc-timebar" hidden><div class="rtc-timebar-fill"></div></div>'
-            '<div class="rtc-controls">'
-            f'<button type="button" class="rtc-button">{start}</button>'
-            '<span class="rtc-status" role="status">idle</span>'
-            "</div>"
-            '<ul class="rtc-messages" aria-live="polite"></ul>'
-            "</div>"
-        )
+        # static: gr.HTML renders its template through Handlebars and a JS template
+        # literal, so nothing the app author wrote goes in; the page reads it all from ``rtc``
+        return HTML_PATH.read_text(encoding="utf-8")
 
     def _css(self) -> str:
-        height, width = _css_size(self.height), _css_size(self.width)
-        stage = [
-            "position: relative",
-            "background: #111",
-            "border-radius: var(--radius-lg, 8px)",
-            "overflow: hidden",
-        ]
-        stage.append(f"height: {height}" if height else "aspect-ratio: 4 / 3")
-        stage.append(f"width: {width}" if width else "width: 100%")
-        receives_video = self.mode != "send" and self.modality != "audio"
-        local = (
-            f"position: absolute; right: 8px; bottom: 8px; width: {LOCAL_PREVIEW_WIDTH}; "
-            "border: 2px solid #fff; border-radius: 6px; background: #000"
-            if receives_video
-            else "width: 100%; height: 100%; object-fit: contain"
-        )
-        # mirroring is for the user's own image only: the processed video is shown as sent
-        mirror = "transform: scaleX(-1);" if self.mirror_webcam else ""
-        button = (
-            f"background: {self.icon_button_color}; color: #fff;" if self.icon_button_color else ""
-        )
-        return "\n".join(
-            [
-                ".rtc-root { display: flex; flex-direction: column; gap: 6px; }",
-                f".rtc-stage {{ {'; '.join(stage)}; }}",
-                ".rtc-remote { width: 100%; height: 100%; object-fit: contain; display: block; }",
-                f".rtc-local {{ {local}; {mirror} }}",
-                ".rtc-local:not(.live), .rtc-remote:not(.live) { visibility: hidden; }",
-                ".rtc-timebar { height: 4px; background: var(--neutral-200, #ddd); border-radius: 2px; }",
-                ".rtc-timebar-fill { height: 100%; width: 100%; background: var(--color-accent, #f97316); border-radius: 2px; }",
-                ".rtc-controls { display: flex; align-items: center; gap: 10px; }",
-                f".rtc-button {{ padding: 4px 14px; border-radius: 6px; border: 1px solid var(--border-color-primary, #ccc); cursor: pointer; {button} }}",
-                ".rtc-status { font-size: 0.9em; opacity: 0.8; }",
-                ".rtc-messages { margin: 0; padding: 0; list-style: none; font-size: 0.85em; }",
-                ".rtc-messages .error { color: var(--error-text-color, #b91c1c); }",
-                ".rtc-messages .warning { color: #b45309; }",
-            ]
-        )
+        # static for the same reason; per-component sizes and colours are CSS variables
+        # that the page sets from ``rtc``
+        return CSS_PATH.read_text(encoding="utf-8")
 
     # --- the stream event -------------------------------------------------------------------
 
@@ -240,17 +259,33 @@ class WebRTC(gr.HTML, metaclass=NoStubComponentMeta):
         worker process per session.
 
         ``inputs[0]`` is this component (its value for ``fn`` is ``"__webrtc_value__"``);
-        the others are passed to ``fn`` after the frame, live. ``stream_every`` has no
-        effect: frames flow as fast as the handler takes them. ``trigger`` (e.g.
-        ``button.click``, for ``mode="receive"``) starts the stream from the page, like the
-        component's own start button.
+        the others are passed to ``fn`` after the frame, live.
+
+        ``outputs``: a function's result is mapped onto them in order, as in a Gradio event
+        (one output: the whole result). This component's position gets the media; the other
+        components get their values on the page. An output that is also an input (a
+        ``gr.State``, a transcript) is fed back inside the worker: the next call gets the
+        returned value without a round trip through the browser, and once the function has
+        returned a value for it, a value the page sends can no longer replace it (it could
+        only be an older one). A StreamHandler's only output is this component: it updates
+        others by yielding AdditionalOutputs.
+
+        ``stream_every`` (seconds), as in Gradio's streaming inputs: a plain function takes
+        input at most this often -- the newest video frame once per period (the processed
+        video holds the last result in between), or audio in chunks of exactly this length.
+        None: every frame the function keeps up with, audio as it arrives. A StreamHandler
+        gets every frame regardless: its ``receive()`` is its input and it decides when to act.
+
+        ``trigger`` (e.g. ``button.click``, for ``mode="receive"``) starts the stream from
+        the page, like the component's own start button.
         """
         if loader.in_worker_import():
             # the app file is being re-imported in a worker to recover this handler
             loader.register(fn)
             return None
         extra = self._extra_inputs(inputs)
-        self._check_outputs(outputs)
+        layout, others = self._check_outputs(outputs, extra)
+        check_stream_options(fn, stream_every, layout)
         if self.stream_event is not None:
             raise ValueError(
                 "this WebRTC component already has a stream; use one component per stream"
@@ -267,17 +302,33 @@ class WebRTC(gr.HTML, metaclass=NoStubComponentMeta):
             "api_visibility": "private",
         }
         getattr(self, ARGS_EVENT)(push, inputs=[self, *extra], **wiring)
+        fed_back = [extra[pos] for pos in layout.feedback.values()]
         for component in extra:
+            if any(component is c for c in fed_back):
+                # its changes while streaming are the stream's own outputs arriving: pushing
+                # them back would only echo (the worker already has the value, or a newer one)
+                continue
             change = getattr(component, "change", None)
             if change is not None:
                 change(push, inputs=[self, *extra], **wiring)
+        if others:
+            getattr(self, OUTPUTS_EVENT)(
+                _stream_outputs_fetcher(gateway, len(others)),
+                inputs=[self],
+                outputs=others,
+                queue=False,  # a quick UI update, like the seeds' on_additional_outputs
+                show_progress="hidden",
+                api_visibility="private",
+            )
         event = gateway.add_stream(
             fn,
             mode=self.mode,
             modality=self.modality,
             concurrency_limit=concurrency_limit,
             time_limit=time_limit if time_limit is not None else self.time_limit,
-            initial_args=[c.value for c in extra],
+            initial_args=[_initial_value(c) for c in extra],
+            stream_every=stream_every,
+            outputs=layout,
         )
         self.stream_event = event
         self.stream_trigger = trigger
@@ -350,15 +401,28 @@ class WebRTC(gr.HTML, metaclass=NoStubComponentMeta):
                 raise TypeError(f"stream inputs must be Gradio components, got {type(c).__name__}")
         return rest
 
-    def _check_outputs(self, outputs: Sequence[Any] | Any | None) -> None:
+    def _check_outputs(
+        self, outputs: Sequence[Any] | Any | None, extra: list[Any]
+    ) -> tuple[StreamOutputs, list[Any]]:
+        """How a result maps onto ``outputs``, and the components other than this one."""
         if outputs is None:
-            return
-        items = list(outputs) if isinstance(outputs, (list, tuple, set)) else [outputs]
-        if any(c is not self for c in items):
-            raise ValueError(
-                "a stream's only output is its WebRTC component; update other components "
-                "by yielding AdditionalOutputs"
-            )
+            items: list[Any] = []
+        else:
+            items = list(outputs) if isinstance(outputs, (list, tuple, set)) else [outputs]
+        if not items:
+            return StreamOutputs(), []
+        for c in items:
+            if not isinstance(c, gr.components.Component):
+                raise TypeError(f"stream outputs must be Gradio components, got {type(c).__name__}")
+            if isinstance(c, WebRTC) and c is not self:
+                raise ValueError(
+                    "a stream's media goes to its own WebRTC component, not another one"
+                )
+        if sum(c is self for c in items) > 1:
+            raise ValueError("the WebRTC component may be only one of a stream's outputs")
+        media = next((i for i, c in enumerate(items) if c is self), None)
+        feedback = {i: j for i, c in enumerate(items) for j, e in enumerate(extra) if c is e}
+        return StreamOutputs(len(items), media, feedback), [c for c in items if c is not self]
 
     def __repr__(self) -> str:
         stream = self.stream_event.event_id if self.stream_event is not None else None
@@ -366,6 +430,31 @@ class WebRTC(gr.HTML, metaclass=NoStubComponentMeta):
 
     def api_info(self) -> dict[str, Any]:
         return {"type": "string", "description": "the session's webrtc_id"}
+
+
+def _initial_value(component: Any) -> Any:
+    """A component's value as its page sends it before anyone touches it: what the worker
+    starts with until the page's inputs arrive (and all a client that never sends them gets).
+    Test-found: an empty Textbox's value is None on the server but "" in the page, so the
+    guide's ``transcript + next_text`` raised on a first call that came before the page's
+    inputs did."""
+    value = component.value
+    if value is None and isinstance(component, gr.Textbox):
+        return ""
+    return value
+
+
+def _stream_outputs_fetcher(gateway: Any, count: int) -> Callable[..., Any]:
+    # async, so it runs on the server's event loop, where the gateway's sessions live
+    async def fetch_stream_outputs(webrtc_id: Any) -> Any:
+        if not isinstance(webrtc_id, str) or not webrtc_id:
+            return gr.skip()  # not streaming (yet)
+        got = gateway.next_output(webrtc_id, OUTPUTS_STREAM)
+        if got is None:
+            return gr.skip()  # this fetch_output was for an AdditionalOutputs
+        return got[0] if count == 1 else tuple(got)
+
+    return fetch_stream_outputs
 
 
 def _args_pusher(gateway: Any) -> Callable[..., Any]:

@@ -1,9 +1,14 @@
-// rtcpool's WebRTC client. gradio_ext/webrtc.py inlines this file as gr.HTML's js_on_load,
-// so it runs once per rendered component with `element`, `props` and `trigger` in scope.
+// rtcpool's WebRTC client. One file, two hosts, run the same way by both: as the body of a
+// function of (element, trigger, props), once per rendered component.
+// * Gradio: gradio_ext/webrtc.py passes this file as gr.HTML's js_on_load; `element` holds
+//   static/webrtc.html, `props.rtc` is the component's _client_config().
+// * Without Gradio: runtime/standalone.py inlines it in the page it serves at /webrtc/ui,
+//   with the same markup, `props.rtc` built from the stream event and a `trigger` that does
+//   nothing (there are no other components to read inputs from).
 //
 // One session at a time: getUserMedia -> RTCPeerConnection (+ data channel "text") ->
-// wait for ICE gathering (aiortc does not trickle) -> POST <gradio root>/webrtc/offer ->
-// the answer -> processed media shown in the remote <video>.
+// wait for ICE gathering (aiortc does not trickle) -> POST <root>/webrtc/offer ->
+// the answer -> processed media shown in the remote <video> / played by the <audio>.
 //
 // The stream's other inputs reach the worker through the custom Gradio event
 // "webrtc_args" (keep that name quoted in this file: gr.HTML finds custom events by
@@ -18,34 +23,81 @@ const DEFAULT_RETRY_AFTER_S = 5; // when a 429 carries no Retry-After
 const MAX_MESSAGES = 4; // errors and warnings kept on screen
 const DEFAULT_VIDEO = { width: { ideal: 640 }, height: { ideal: 480 } };
 const DEFAULT_AUDIO = { echoCancellation: true, noiseSuppression: true, autoGainControl: true };
+const METER_FLOOR_DBFS = -60; // the level meter's zero: below a quiet room's noise
+const METER_FFT_SIZE = 1024; // samples per level reading (~21 ms at 48 kHz)
+const METER_RELEASE = 0.12; // share of the way down per animation frame: a peak falls in ~0.3 s at 60 fps
+const METER_STEPS = 100; // the bar moves in 1 % steps, so a steady level writes no style
+const SNAPSHOT_URL_TTL_MS = 10000; // the saved frame's object URL outlives the download's start
+const DEVICES_EVENT = "rtcpool-devices"; // window event: device permission granted, relist
 
 const cfg = props.rtc || {};
 const root = element.querySelector(".rtc-root");
 const ui = {
+  stage: root.querySelector(".rtc-stage"),
   remote: root.querySelector(".rtc-remote"),
   local: root.querySelector(".rtc-local"),
   audio: root.querySelector(".rtc-audio"),
+  snapshot: root.querySelector(".rtc-snapshot"),
+  meter: root.querySelector(".rtc-meter"),
+  meterFill: root.querySelector(".rtc-meter-fill"),
+  meterLabel: root.querySelector(".rtc-meter-label"),
   button: root.querySelector(".rtc-button"),
+  buttonLabel: root.querySelector(".rtc-button-label"),
+  icon: root.querySelector(".rtc-icon"),
   status: root.querySelector(".rtc-status"),
   bar: root.querySelector(".rtc-timebar"),
   fill: root.querySelector(".rtc-timebar-fill"),
+  camera: root.querySelector(".rtc-camera"),
+  mic: root.querySelector(".rtc-mic"),
   messages: root.querySelector(".rtc-messages"),
 };
 const labels = Object.assign({ start: "Start", stop: "Stop", waiting: "Connecting…" }, cfg.button_labels || {});
-const sends = cfg.mode !== "receive";
-const receives = cfg.mode !== "send";
-const wantsVideo = cfg.modality !== "audio";
-const wantsAudio = cfg.modality !== "video";
+const mode = cfg.mode || "send-receive";
+const modality = cfg.modality || "video";
+const sends = mode !== "receive";
+const receives = mode !== "send";
+const wantsVideo = modality !== "audio";
+const wantsAudio = modality !== "video";
 
 let session = null; // the live session, or null
 let retryTimer = null;
+
+// --- static look: what the constructor asked for ----------------------------------------------
+
+function applyOptions() {
+  root.dataset.mode = mode;
+  root.dataset.modality = modality;
+  // the camera preview sits over the processed video when both are shown, else fills the stage
+  if (sends && receives && wantsVideo) root.dataset.pip = "";
+  // mirroring is for the user's own image only: the processed video is shown as sent
+  if (cfg.mirror_webcam !== false) root.dataset.mirror = "";
+  if (cfg.height) {
+    root.dataset.sized = "";
+    root.style.setProperty("--rtc-height", cfg.height);
+  }
+  if (cfg.width) root.style.setProperty("--rtc-width", cfg.width);
+  if (cfg.pulse_color) root.style.setProperty("--rtc-pulse", cfg.pulse_color);
+  if (cfg.icon_button_color) {
+    root.style.setProperty("--rtc-button-bg", cfg.icon_button_color);
+    root.style.setProperty("--rtc-button-fg", "#fff");
+  }
+  if (cfg.icon && modality === "audio") {
+    ui.icon.addEventListener("error", () => { ui.icon.hidden = true; }); // unreachable URL: no broken image
+    ui.icon.src = cfg.icon;
+    ui.icon.hidden = false;
+  }
+  ui.meterLabel.textContent = sends ? "microphone" : "incoming audio";
+  ui.snapshot.hidden = !(cfg.show_download_button && receives && wantsVideo);
+  // interactive=False: display only; the stream starts from the app's trigger= instead
+  ui.button.hidden = cfg.interactive === false;
+}
 
 // --- ui ------------------------------------------------------------------------------------
 
 function setState(state, text) {
   root.dataset.state = state;
   ui.status.textContent = text || state;
-  ui.button.textContent = state === "connecting" ? labels.waiting : state === "streaming" ? labels.stop : labels.start;
+  ui.buttonLabel.textContent = state === "connecting" ? labels.waiting : state === "streaming" ? labels.stop : labels.start;
 }
 
 function addMessage(kind, text) {
@@ -103,6 +155,163 @@ function startCountdown(s) {
   s.timers.push(setInterval(tick, COUNTDOWN_TICK_MS));
 }
 
+// --- audio level meter ----------------------------------------------------------------------------
+// An AnalyserNode on the microphone (or, with no microphone, on the incoming audio), read once
+// per animation frame into one preallocated buffer. The analyser is not connected to the
+// speakers: the <audio> element plays the incoming audio.
+
+const meter = { ctx: null, analyser: null, source: null, samples: null, shown: 0, step: -1, raf: 0 };
+
+function meterContext() {
+  // created inside the Start click (an AudioContext made outside a user gesture starts suspended)
+  if (!meter.ctx) {
+    meter.ctx = new (window.AudioContext || window.webkitAudioContext)();
+    meter.analyser = meter.ctx.createAnalyser();
+    meter.analyser.fftSize = METER_FFT_SIZE;
+    if (!meter.samples) meter.samples = new Float32Array(METER_FFT_SIZE);
+  }
+  if (meter.ctx.state === "suspended") meter.ctx.resume();
+  return meter.ctx;
+}
+
+function attachMeter(stream) {
+  if (!meter.ctx) return; // not an audio modality
+  if (meter.source) meter.source.disconnect();
+  meter.source = meter.ctx.createMediaStreamSource(stream);
+  meter.source.connect(meter.analyser);
+  if (!meter.raf) meter.raf = requestAnimationFrame(drawMeter);
+}
+
+function drawMeter() {
+  const x = meter.samples;
+  meter.analyser.getFloatTimeDomainData(x);
+  let sum = 0;
+  for (let i = 0; i < x.length; i++) sum += x[i] * x[i];
+  const rms = Math.sqrt(sum / x.length);
+  // 0 at METER_FLOOR_DBFS and below, 1 at full scale, linear in dB
+  const level = rms > 0 ? Math.min(1, Math.max(0, 1 - (20 * Math.log10(rms)) / METER_FLOOR_DBFS)) : 0;
+  // rises at once, falls smoothly, as level meters do
+  meter.shown = level >= meter.shown ? level : meter.shown - (meter.shown - level) * METER_RELEASE;
+  paintMeter(meter.shown);
+  meter.raf = requestAnimationFrame(drawMeter);
+}
+
+function paintMeter(value) {
+  const step = Math.round(value * METER_STEPS);
+  if (step === meter.step) return;
+  meter.step = step;
+  ui.meterFill.style.transform = `scaleX(${step / METER_STEPS})`;
+  ui.meter.setAttribute("aria-valuenow", String(step / METER_STEPS));
+}
+
+function closeMeter() {
+  if (meter.raf) cancelAnimationFrame(meter.raf);
+  meter.raf = 0;
+  if (meter.source) meter.source.disconnect();
+  meter.source = null;
+  if (meter.ctx) meter.ctx.close();
+  meter.ctx = null;
+  meter.analyser = null;
+  meter.shown = 0;
+  paintMeter(0);
+}
+
+// --- devices: the browser's own camera and microphone lists --------------------------------------
+
+const chosen = { video: null, audio: null }; // deviceId picked by the user, for this and later sessions
+const pickers = [];
+if (sends && wantsVideo) pickers.push({ kind: "video", deviceKind: "videoinput", select: ui.camera, noun: "camera", known: null, ids: [] });
+if (sends && wantsAudio) pickers.push({ kind: "audio", deviceKind: "audioinput", select: ui.mic, noun: "microphone", known: null, ids: [] });
+
+function liveTrack(s, kind) {
+  return s && s.media ? s.media.getTracks().find((t) => t.kind === kind) || null : null;
+}
+
+async function refreshDevices() {
+  if (!pickers.length || !navigator.mediaDevices || !navigator.mediaDevices.enumerateDevices) return;
+  let devices;
+  try {
+    devices = await navigator.mediaDevices.enumerateDevices();
+  } catch (_) {
+    return;
+  }
+  for (const p of pickers) {
+    // before camera/microphone permission, browsers list devices without ids: nothing to pick
+    const list = devices.filter((d) => d.kind === p.deviceKind && d.deviceId);
+    p.ids = list.map((d) => d.deviceId);
+    const key = JSON.stringify(list.map((d) => [d.deviceId, d.label]));
+    if (key !== p.known) {
+      p.known = key;
+      p.select.replaceChildren(...list.map((d, i) => new Option(d.label || `${p.noun} ${i + 1}`, d.deviceId)));
+    }
+    p.select.parentElement.hidden = list.length === 0;
+    const track = liveTrack(session, p.kind);
+    const current = (track && track.getSettings().deviceId) || chosen[p.kind];
+    if (current && list.some((d) => d.deviceId === current)) p.select.value = current;
+  }
+}
+
+function withDevice(constraints, deviceId) {
+  return Object.assign({}, constraints === true ? {} : constraints, { deviceId });
+}
+
+// Switching while streaming swaps the track under the same RTP sender (replaceTrack): no new
+// offer, the session and its worker go on; the server just sees frames from another camera.
+function switchDevice(s, kind, deviceId) {
+  // one switch at a time, each after the last; a failed one is reported and the list
+  // shows the device still in use
+  s.switching = s.switching
+    .then(() => replaceDevice(s, kind, deviceId))
+    .catch((err) => {
+      addMessage("warning", `cannot switch ${kind === "video" ? "camera" : "microphone"}: ${err.message || err.name}`);
+      refreshDevices();
+    });
+}
+
+async function replaceDevice(s, kind, deviceId) {
+  const old = liveTrack(s, kind);
+  if (s.closed || !old || old.getSettings().deviceId === deviceId) return;
+  const wanted = mediaConstraints()[kind];
+  const fresh = await navigator.mediaDevices.getUserMedia({ [kind]: withDevice(wanted, { exact: deviceId }) });
+  const track = fresh.getTracks()[0];
+  const sender = s.closed ? null : s.pc.getSenders().find((x) => x.track === old);
+  if (sender) await sender.replaceTrack(track);
+  if (s.closed || !sender) return track.stop(); // stopped meanwhile: the new device goes off too
+  s.media.removeTrack(old);
+  s.media.addTrack(track);
+  old.stop();
+  if (kind === "video") ui.local.srcObject = new MediaStream([track]);
+  else attachMeter(new MediaStream([track]));
+}
+
+for (const p of pickers) {
+  p.select.addEventListener("change", () => {
+    chosen[p.kind] = p.select.value;
+    if (session && session.media) switchDevice(session, p.kind, p.select.value);
+  });
+}
+
+// --- snapshot: save the processed frame on screen -----------------------------------------------
+
+function saveSnapshot() {
+  const video = ui.remote;
+  if (!video.videoWidth) return;
+  const canvas = document.createElement("canvas");
+  canvas.width = video.videoWidth;
+  canvas.height = video.videoHeight;
+  canvas.getContext("2d").drawImage(video, 0, 0);
+  canvas.toBlob((blob) => {
+    if (!blob) return;
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(blob);
+    link.download = `${cfg.stream_id || "stream"}-${new Date().toISOString().replace(/[:.]/g, "-")}.png`;
+    document.body.appendChild(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(link.href), SNAPSHOT_URL_TTL_MS);
+  }, "image/png");
+}
+
 // --- signalling ------------------------------------------------------------------------------
 
 function newId() {
@@ -114,6 +323,8 @@ function newId() {
 }
 
 function offerUrl() {
+  // the standalone page says where its gateway is (relative to the page)
+  if (cfg.offer_url) return new URL(cfg.offer_url, window.location.href).href;
   // Gradio's root (it includes the sub-path when the app is served under one); same rule
   // as Gradio's own page: on the same host name, the page's origin is the reachable one
   const configured = window.gradio_config && window.gradio_config.root;
@@ -124,17 +335,24 @@ function offerUrl() {
 
 function mediaConstraints() {
   const tc = cfg.track_constraints;
+  let video = DEFAULT_VIDEO;
+  let audio = DEFAULT_AUDIO;
   // track_constraints: {video, audio} for both tracks, or the constraints of the one track
   if (tc && ("video" in tc || "audio" in tc)) {
-    return {
-      video: wantsVideo ? (tc.video ?? DEFAULT_VIDEO) : false,
-      audio: wantsAudio ? (tc.audio ?? DEFAULT_AUDIO) : false,
-    };
+    video = tc.video ?? DEFAULT_VIDEO;
+    audio = tc.audio ?? DEFAULT_AUDIO;
+  } else if (tc) {
+    if (!wantsAudio) video = tc;
+    if (!wantsVideo) audio = tc;
   }
-  return {
-    video: wantsVideo ? (tc && !wantsAudio ? tc : DEFAULT_VIDEO) : false,
-    audio: wantsAudio ? (tc && !wantsVideo ? tc : DEFAULT_AUDIO) : false,
-  };
+  // a device picked in the list, while the browser still lists it ("exact": Chromium
+  // weighs an "ideal" device against the size constraints and may pick another)
+  for (const p of pickers) {
+    if (!chosen[p.kind] || !p.ids.includes(chosen[p.kind])) continue;
+    if (p.kind === "video") video = withDevice(video, { exact: chosen.video });
+    else audio = withDevice(audio, { exact: chosen.audio });
+  }
+  return { video: wantsVideo ? video : false, audio: wantsAudio ? audio : false };
 }
 
 function iceGathered(pc) {
@@ -195,20 +413,29 @@ async function postOffer(s) {
 async function start() {
   clearRetry();
   clearMessages();
-  const s = { id: newId(), pc: null, dc: null, media: null, timers: [], startedAt: null, closed: false };
+  const s = {
+    id: newId(), pc: null, dc: null, media: null, timers: [], startedAt: null, closed: false,
+    switching: Promise.resolve(), // device switches, one after the other
+  };
   session = s;
   root.dataset.webrtcId = s.id;
   setState("connecting", "connecting…");
   try {
+    if (wantsAudio) meterContext(); // before any await: still inside the click
     const pc = (s.pc = new RTCPeerConnection({ iceServers: cfg.ice_servers || [] }));
     if (sends) {
       s.media = await navigator.mediaDevices.getUserMedia(mediaConstraints());
       if (s.closed) return teardown(s); // stopped while the permission prompt was open
-      if (wantsVideo) {
-        ui.local.srcObject = s.media;
+      const video = s.media.getVideoTracks()[0];
+      const audio = s.media.getAudioTracks()[0];
+      if (video) {
+        ui.local.srcObject = new MediaStream([video]);
         ui.local.classList.add("live");
       }
+      if (audio) attachMeter(new MediaStream([audio]));
       for (const track of s.media.getTracks()) pc.addTrack(track, s.media);
+      // labels and ids are there once permission is granted: for every component on the page
+      window.dispatchEvent(new Event(DEVICES_EVENT));
     } else {
       if (wantsVideo) pc.addTransceiver("video", { direction: "recvonly" });
       if (wantsAudio) pc.addTransceiver("audio", { direction: "recvonly" });
@@ -216,7 +443,7 @@ async function start() {
     // the data channel must be in the offer: the server answers with it and talks on it
     s.dc = pc.createDataChannel("text");
     s.dc.onmessage = (ev) => onServerMessage(s, ev.data);
-    pc.ontrack = (ev) => showRemote(ev);
+    pc.ontrack = (ev) => showRemote(s, ev);
     pc.onconnectionstatechange = () => onConnectionState(s);
     await pc.setLocalDescription(await pc.createOffer());
     await iceGathered(pc);
@@ -231,14 +458,18 @@ async function start() {
   }
 }
 
-function showRemote(ev) {
-  if (!receives) return;
+function showRemote(s, ev) {
+  if (!receives || s.closed) return;
   const stream = ev.streams[0] || new MediaStream([ev.track]);
   if (ev.track.kind === "video") {
     ui.remote.srcObject = stream;
     ui.remote.classList.add("live");
+    ui.snapshot.disabled = false;
   } else {
     ui.audio.srcObject = stream;
+    // with no microphone, the meter shows what the server sends (Chromium feeds a remote
+    // track to Web Audio only while a media element plays it: the <audio> above does)
+    if (!sends) attachMeter(new MediaStream([ev.track]));
   }
 }
 
@@ -343,17 +574,29 @@ function teardown(s) {
     s.pc.close();
   }
   if (s.media) for (const track of s.media.getTracks()) track.stop();
+  // a session stopped during its permission prompt is torn down again when the prompt
+  // returns, maybe under a newer session: the shared view belongs to that one then
+  if (session !== null && session !== s) return;
   for (const media of [ui.remote, ui.local, ui.audio]) {
     media.srcObject = null;
     media.classList.remove("live");
   }
+  ui.snapshot.disabled = true;
   ui.bar.hidden = true;
+  closeMeter();
 }
 
+applyOptions();
 ui.button.addEventListener("click", () => {
   if (session) stop(session, "stopped");
   else start();
 });
+ui.snapshot.addEventListener("click", saveSnapshot);
+if (pickers.length && navigator.mediaDevices) {
+  navigator.mediaDevices.addEventListener("devicechange", refreshDevices);
+  window.addEventListener(DEVICES_EVENT, refreshDevices);
+  refreshDevices();
+}
 // A stream's `trigger=` (e.g. a button's click) starts it from Python-side wiring, which
 // finds this component here by its stream id; tests read the live session here too.
 window.__rtcpool = window.__rtcpool || {};

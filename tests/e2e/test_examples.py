@@ -297,6 +297,14 @@ def test_async_stream_handler_parrots_after_the_key_is_entered(
         stop_stream(page)
 
 
+PAGE_ERRORS_JS = (
+    "() => Array.from(document.querySelectorAll('.rtc-messages .error')).map(e => e.textContent)"
+)
+UTTERANCE_WORDS = {"hello", "this", "test", "echo"}  # the utterance's words PocketSphinx may hear
+STATE_STREAM_S = 10.0  # the example's time_limit
+TRANSCRIPT_SETTLE_S = 3.0  # after the stream ends, for the last outputs to reach the page
+
+
 def test_state_transcription_fills_the_textbox(
     playwright_driver: Any, speech_then_pause: Path, artifacts: Path
 ) -> None:
@@ -306,9 +314,28 @@ def test_state_transcription_fills_the_textbox(
     ):
         start_stream(page, app.url)
         box = page.get_by_label("Transcript")
-        text = wait_for(lambda: box.input_value().strip(), 10.0)  # the stream's time limit
-        assert text, f"no transcript while streaming\n{app.log_tail()}"
+        seen: list[str] = []  # every value the Textbox showed, in order
+
+        def watch() -> bool:
+            text = box.input_value()
+            if not seen or text != seen[-1]:
+                seen.append(text)
+            return page.evaluate(STATE_JS) != "streaming"
+
+        wait_for(watch, STATE_STREAM_S + REPLY_TIMEOUT_S)  # the time limit ends the stream
+        time.sleep(TRANSCRIPT_SETTLE_S)
+        watch()
         page.screenshot(path=str(artifacts / "example-state_transcription.png"))
+        print("transcripts:", seen)
+        errors = page.evaluate(PAGE_ERRORS_JS)
+        assert not errors, f"the handler raised: {errors}\n{app.log_tail()}"
+        final = seen[-1].split()
+        assert set(final) & UTTERANCE_WORDS, f"no word of {UTTERANCE!r} in {seen}\n{app.log_tail()}"
+        # the function returns transcript + next_text and the worker feeds it back: the text
+        # only ever grows, chunk by chunk (each value is the one before plus new words)
+        shown = [t for t in seen if t]
+        assert len(shown) >= 2, f"the transcript never grew across chunks: {seen}"
+        assert all(b.startswith(a) for a, b in zip(shown, shown[1:], strict=False)), seen
 
 
 # --- every example: builds, registers the seed's stream, and a fresh process can load it -------
@@ -359,7 +386,7 @@ EXPECTED_STREAMS = {
     "webcam_filters": ("send-receive", "video", "transform_cv2"),
     "unified_image": ("send-receive", "video", "transform_cv2"),
     "async_stream_handler": ("send-receive", "audio", "ParrotHandler"),
-    "state_transcription": ("send", "audio", "ChunkedTranscriber"),
+    "state_transcription": ("send", "audio", "transcribe_handler"),
 }
 
 

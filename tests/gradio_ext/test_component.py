@@ -6,7 +6,10 @@ different tests never mix and nothing here starts Ray.
 
 from __future__ import annotations
 
+import base64
+import re
 import textwrap
+from pathlib import Path
 
 import gradio as gr
 import numpy as np
@@ -15,7 +18,14 @@ from fastapi.testclient import TestClient
 
 import gradio_ext
 from gradio_ext import WebRTC, serving
-from gradio_ext.webrtc import ARGS_EVENT, JS_PATH, _args_pusher
+from gradio_ext.webrtc import (
+    ARGS_EVENT,
+    CSS_PATH,
+    HTML_PATH,
+    JS_PATH,
+    MAX_ICON_BYTES,
+    _args_pusher,
+)
 from runtime.gateway import HTTPError
 from workers import loader
 
@@ -133,12 +143,27 @@ def test_invalid_mode_or_modality_raise(kwargs):
         WebRTC(**kwargs)
 
 
-def test_other_outputs_are_refused():
+def test_other_outputs_of_a_stream_handler_are_refused():
+    # a function's other outputs are mapped like a Gradio event's (tests/gradio_ext/
+    # test_stream_wiring.py); a StreamHandler's emit() gives media only
+    from workers.handlers import StreamHandler
+
+    class Echo(StreamHandler):
+        def receive(self, frame):
+            pass
+
+        def emit(self):
+            return None
+
+        def copy(self):
+            return Echo()
+
     with gr.Blocks():
-        image = WebRTC()
+        audio = WebRTC(modality="audio")
         text = gr.Textbox()
         with pytest.raises(ValueError, match="AdditionalOutputs"):
-            image.stream(detection, inputs=[image], outputs=[image, text])
+            audio.stream(Echo(), inputs=[audio], outputs=[audio, text])
+    assert not serving.get_gateway().events
 
 
 def test_seed_parameters_are_accepted():
@@ -152,24 +177,89 @@ def test_seed_parameters_are_accepted():
     )  # fmt: skip
 
 
-def test_client_config_carries_ice_servers_and_mirroring():
+def test_client_config_carries_ice_servers_mirroring_and_sizes():
     servers = [{"urls": "turn:turn.example.org", "username": "u", "credential": "c"}]
-    mirrored = WebRTC(rtc_configuration={"iceServers": servers}, height=360, width=480)
+    mirrored = WebRTC(rtc_configuration={"iceServers": servers}, height=360, width="50%")
     plain = WebRTC(mirror_webcam=False)
     assert mirrored.props["rtc"]["ice_servers"] == servers
     assert plain.props["rtc"]["ice_servers"] == []
-    # mirroring is CSS on the local preview only
-    assert ".rtc-local {" in mirrored.css_template and "scaleX(-1)" in mirrored.css_template
-    assert "scaleX(-1)" not in plain.css_template
-    assert "height: 360px" in mirrored.css_template and "width: 480px" in mirrored.css_template
+    assert mirrored.props["rtc"]["mirror_webcam"] is True
+    assert plain.props["rtc"]["mirror_webcam"] is False
+    # sizes reach the page as CSS lengths (it sets them as CSS variables)
+    assert (mirrored.props["rtc"]["height"], mirrored.props["rtc"]["width"]) == ("360px", "50%")
+    assert (plain.props["rtc"]["height"], plain.props["rtc"]["width"]) == (None, None)
 
 
-def test_labels_cannot_inject_template_code():
-    w = WebRTC(button_labels={"start": "${alert(1)} {{x}} `y` <b>"})
-    assert (
-        "${" not in w.html_template and "{{" not in w.html_template and "`" not in w.html_template
-    )
+def test_markup_and_styles_are_the_static_files_and_safe_as_templates():
+    label = "${alert(1)} {{x}} `y` <b>"
+    w = WebRTC(button_labels={"start": label}, pulse_color="red")
+    assert w.html_template == HTML_PATH.read_text()
+    assert w.css_template == CSS_PATH.read_text()
+    # gr.HTML renders both through Handlebars and then as a JS template literal
+    for text in (w.html_template, w.css_template):
+        for token in ("${", "{{", "`", "\\"):
+            assert token not in text, token
+    # options reach the page as data (set with textContent), never as markup
+    assert w.props["rtc"]["button_labels"]["start"] == label
     assert "<b>" not in w.html_template
+    # the standalone page inlines the script in a <script> element
+    assert "</script" not in JS_PATH.read_text().lower()
+
+
+def test_every_element_the_script_looks_up_is_in_the_markup():
+    js, markup = JS_PATH.read_text(), HTML_PATH.read_text()
+    used = set(re.findall(r'querySelector\("\.(rtc-[a-z-]+)"\)', js))
+    assert len(used) > 10, used
+    classes = {c for attr in re.findall(r'class="([^"]+)"', markup) for c in attr.split()}
+    assert used - classes == set()
+
+
+def test_look_options_reach_the_page():
+    w = WebRTC(
+        modality="audio",
+        pulse_color="rgb(35, 157, 225)",
+        icon_button_color="#123456",
+        icon="https://example.org/icon.png",
+        show_download_button=True,
+        interactive=False,
+        button_labels={"start": "Talk"},
+    )
+    rtc = w.props["rtc"]
+    assert rtc["pulse_color"] == "rgb(35, 157, 225)"
+    assert rtc["icon_button_color"] == "#123456"
+    assert rtc["icon"] == "https://example.org/icon.png"
+    assert rtc["show_download_button"] is True
+    assert rtc["interactive"] is False
+    assert rtc["button_labels"] == {"start": "Talk", "stop": "Stop", "waiting": "Connecting…"}
+    default = WebRTC().props["rtc"]
+    assert default["show_download_button"] is False and default["interactive"] is True
+    assert default["icon"] is None and default["pulse_color"] is None
+
+
+def test_local_icon_file_is_inlined_as_a_data_url(tmp_path):
+    png = tmp_path / "icon.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 16)
+    src = WebRTC(modality="audio", icon=png).props["rtc"]["icon"]
+    assert src == "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
+    # a path that is no file here is left for the page to load relative to the app
+    assert WebRTC(icon="static/icon.png").props["rtc"]["icon"] == "static/icon.png"
+
+
+def test_bad_local_icons_are_refused(tmp_path):
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\0" * (MAX_ICON_BYTES + 1))
+    with pytest.raises(ValueError, match="at most"):
+        WebRTC(icon=str(big))
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    with pytest.raises(ValueError, match="not an image"):
+        WebRTC(icon=str(text))
+
+
+@pytest.mark.parametrize("value", ["clip.mp4", Path("clip.mp4"), ("clip.mp4", "subs.srt")])
+def test_value_is_accepted_and_dropped(value):
+    # the component's value is the session id the page sets; a default video has no place
+    assert WebRTC(value=value).value is None
 
 
 def test_js_names_the_args_event_and_data_channel():
