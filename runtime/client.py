@@ -30,7 +30,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from runtime import constants as C
 from runtime.ice import pin_host_addresses
-from runtime.jitter import set_audio_prefetch
+from runtime.jitter import release_video_on_marker, set_audio_prefetch
 from runtime.media import newest_frame
 
 COUNTER_BITS = 16
@@ -223,6 +223,7 @@ class Client:
         audio: np.ndarray | None = None,
         audio_loop: bool = False,
         audio_jitter_prefetch: int | None = None,
+        video_release_on_marker: bool = True,
     ) -> None:
         self.url = url.rstrip("/")
         self.mode = mode
@@ -251,6 +252,9 @@ class Client:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started: float | None = None
         self.audio_jitter_prefetch = audio_jitter_prefetch
+        # decode each received frame on its last packet, as browsers do, not a frame later
+        # as aiortc does (runtime/jitter.py): latency measured here is then the server's
+        self.video_release_on_marker = video_release_on_marker
         self.channel.on("message", self._on_message)
         self.pc.on("track", self._on_track)
         self.pc.on("connectionstatechange", self._on_state)
@@ -341,6 +345,8 @@ class Client:
             raise OfferRejected(resp.status_code, answer)
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
         set_audio_prefetch(self.pc, self.audio_jitter_prefetch)
+        if self.video_release_on_marker:
+            release_video_on_marker(self.pc)
         self._started = time.monotonic()
 
     def send(self, type_: str, data: Any = None) -> None:
