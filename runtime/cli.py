@@ -3,8 +3,8 @@
     rtcpool serve APP.py [--config FILE] [--host H] [--port P] [--address RAY]
                          [--ice-host-address IP ...] [--set KEY.PATH=VALUE ...]
     rtcpool config check FILE        validate; print the effective config (file + RTCPOOL_* env)
-    rtcpool status [--address RAY] [--json]
-                                     nodes, and per node the workers and sessions; slots per stream
+    rtcpool status [--address RAY] [--namespace NS] [--config FILE] [--json]
+                                     nodes, and per node the workers; slots per stream; sessions
 
 ``serve`` flags beat ``RTCPOOL_*`` variables, which beat the file. The app runs in this
 process and builds its gateway from ``load_config()``, which reads the flags back from
@@ -25,7 +25,15 @@ from typing import Any
 import yaml
 
 from runtime import constants as C
-from runtime.config import CLI_OVERRIDES_ENV, CONFIG_ENV, ENV_PREFIX, ConfigError, load_config
+from runtime.config import (
+    CLI_OVERRIDES_ENV,
+    CONFIG_ENV,
+    ENV_PREFIX,
+    ConfigError,
+    Origins,
+    load_config,
+    set_key_path,
+)
 
 EXIT_OK = 0
 EXIT_UNREACHABLE = 1  # no Ray cluster or no rtcpool scheduler at the address
@@ -34,23 +42,24 @@ HEAD_NODE_RESOURCE = "node:__internal_head__"  # the marker resource Ray gives i
 SHORT_ID_CHARS = 12  # node ids are 56 hex characters; this many tell them apart in a listing
 # `status`: a cluster address that takes no TCP connection within this is down
 CONNECT_TIMEOUT_S = 5.0
+DEFAULT_STATUS_ADDRESS = "auto"  # `status` without an address: the cluster of this host
 
 
-def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
+def _set_path(tree: dict[str, Any], dotted: str, value: Any, owners: Origins, name: str) -> None:
+    parts = tuple(dotted.split("."))
     if not all(parts):
         raise ConfigError(
             f"--set {dotted!r}: a key path is names joined by dots, e.g. pool.prewarm"
         )
-    node = tree
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = value
+    # a later flag wins over an earlier one for the same key; a value and a key inside it is
+    # an error naming both flags
+    set_key_path(tree, parts, value, owners, name, replace=True)
 
 
 def serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The config keys the ``serve`` flags set (``--set`` first: a named flag wins)."""
     overrides: dict[str, Any] = {}
+    owners: Origins = {}
     for item in args.set or []:
         key, sep, raw = item.partition("=")
         if not sep:
@@ -59,16 +68,16 @@ def serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw != "" else None
         except yaml.YAMLError as exc:
             raise ConfigError(f"--set {item!r}: the value is not YAML: {exc}") from None
-        _set_path(overrides, key.strip(), value)
+        _set_path(overrides, key.strip(), value, owners, f"--set {item}")
     flags = {
-        "gateway.host": args.host,
-        "gateway.port": args.port,
-        "ray.address": args.address,
-        "gateway.ice_host_addresses": args.ice_host_address,
+        "gateway.host": ("--host", args.host),
+        "gateway.port": ("--port", args.port),
+        "ray.address": ("--address", args.address),
+        "gateway.ice_host_addresses": ("--ice-host-address", args.ice_host_address),
     }
-    for dotted, value in flags.items():
+    for dotted, (flag, value) in flags.items():
         if value is not None:
-            _set_path(overrides, dotted, value)
+            _set_path(overrides, dotted, value, owners, flag)
     return overrides
 
 
@@ -166,6 +175,7 @@ def collect_status(
             for eid, ev in events.items()
         },
         "leases": (scheduler_status or {}).get("leases", 0),
+        "sessions": (scheduler_status or {}).get("sessions", []),
         "gateways": (scheduler_status or {}).get("gateways", []),
     }
 
@@ -199,6 +209,14 @@ def format_status(view: dict[str, Any]) -> str:
         elif ev.get("last_error"):
             line += f"; last error: {ev['last_error']}"
         lines.append(line)
+    lines.append(f"sessions: {len(view['sessions'])}")
+    for row in sorted(view["sessions"], key=lambda r: (r["event_id"], -r["age_s"])):
+        how = f", {row['transport']}" if row.get("transport") else ""
+        streaming = "" if row.get("streaming_s") is None else f", streaming {row['streaming_s']:.0f} s"
+        lines.append(
+            f"  {row['lease']} {row['event_id']} via {row['gateway_id']}: pid {row['pid']} on node "
+            f"{(row['node_id'] or '?')[:SHORT_ID_CHARS]}{how}, leased {row['age_s']:.0f} s ago{streaming}"
+        )
     lines.append(f"gateways: {len(view['gateways'])} ({', '.join(view['gateways']) or 'none'})")
     return "\n".join(lines)
 
@@ -222,27 +240,44 @@ def _reachable(address: str) -> str:
     return ""
 
 
+def status_target(args: argparse.Namespace) -> tuple[str, str]:
+    """The cluster address and namespace ``status`` looks at: the flags, else the config
+    file's (``--config``: the deployment's own file), else ``auto`` and the default namespace."""
+    address, namespace = args.address, args.namespace
+    if args.config:
+        cfg = load_config(args.config)
+        if address is None and not cfg.ray.embedded:
+            address = cfg.ray.address
+        namespace = namespace or cfg.ray.namespace
+    return address or DEFAULT_STATUS_ADDRESS, namespace or C.RAY_NAMESPACE
+
+
 def _status(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    down = _reachable(args.address)
+    try:
+        address, namespace = status_target(args)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    down = _reachable(address)
     if down:
-        print(f"no Ray cluster reachable at {args.address!r}: {down}", file=sys.stderr)
+        print(f"no Ray cluster reachable at {address!r}: {down}", file=sys.stderr)
         return EXIT_UNREACHABLE
     import ray
 
     try:
         ray.init(
-            address=args.address,
-            namespace=C.RAY_NAMESPACE,
+            address=address,
+            namespace=namespace,
             log_to_driver=False,
             logging_level=logging.WARNING,
         )
     except Exception as exc:
-        print(f"no Ray cluster reachable at {args.address!r}: {exc}", file=sys.stderr)
+        print(f"no Ray cluster reachable at {address!r}: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     try:
         try:
-            scheduler = ray.get_actor(C.SCHEDULER_NAME, namespace=C.RAY_NAMESPACE)
+            scheduler = ray.get_actor(C.SCHEDULER_NAME, namespace=namespace)
             status = ray.get(scheduler.status.remote(), timeout=C.RAY_CALL_TIMEOUT_S)
         except ValueError:  # no such named actor: Ray is up, no gateway has started
             status = None
@@ -295,7 +330,19 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("file")
     check.set_defaults(fn=_config_check)
     status = sub.add_parser("status", help="nodes, workers and sessions per node, slots per stream")
-    status.add_argument("--address", default="auto", help="the Ray cluster: 'auto' or 'host:port'")
+    status.add_argument(
+        "--address",
+        default=None,
+        help=f"the Ray cluster: 'auto' or 'host:port' (default: the --config file's, else {DEFAULT_STATUS_ADDRESS})",
+    )
+    status.add_argument(
+        "--namespace",
+        default=None,
+        help=f"the deployment's ray.namespace (default: the --config file's, else {C.RAY_NAMESPACE})",
+    )
+    status.add_argument(
+        "--config", default=None, help="the deployment's config file: its ray.address and ray.namespace"
+    )
     status.add_argument("--json", action="store_true", help="print the view as JSON")
     status.set_defaults(fn=_status)
     args = ap.parse_args(argv)

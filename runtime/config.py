@@ -40,17 +40,25 @@ from pydantic import (
 )
 
 from runtime import constants as C
+from workers.loader import WORKER_IMPORT_ENV
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "local.yaml"
 ENV_PREFIX = "RTCPOOL_"
 CONFIG_ENV = "RTCPOOL_CONFIG"  # path of the config file when none is given
 CLI_OVERRIDES_ENV = "RTCPOOL_CLI_OVERRIDES"  # JSON of the `rtcpool serve` flags; beats the env
+# RTCPOOL_* names that are not key paths: a name outside these and without "__" is a typo
+# (RTCPOOL_GATEWAY_PORT), and a typo that is silently ignored is a setting that never applies
+OWN_ENV_NAMES = (CONFIG_ENV, CLI_OVERRIDES_ENV, WORKER_IMPORT_ENV)
 RESOURCE_PRECISION = 1e-4  # Ray schedules resource quantities in units of 1/10,000
 RESERVED_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")  # keys of their own in Ray
 _RESERVED_KEY = {"CPU": "num_cpus", "GPU": "num_gpus", "object_store_memory": "memory"}
-# "auto", "local", host:port, ray://host:port (a host may be a bracketed IPv6 address)
-RAY_ADDRESS_RE = re.compile(r"^(auto|local|(ray://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):\d{1,5})$")
+# "auto", "local", host:port, ray://host:port (a host may be a bracketed IPv6 address); the
+# port's range is checked apart, so that the error can say what is wrong with it
+RAY_ADDRESS_RE = re.compile(
+    r"^(auto|local|(ray://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>\d{1,5}))$"
+)
+MAX_PORT = 65535
 SHOWN_INPUT_CHARS = 60  # a bad value is quoted in the error up to this length
 
 
@@ -113,7 +121,11 @@ class IceServer(_Strict):
 class RayConfig(_Strict):
     address: str | None = Field(
         None,
-        description="None: start Ray in this process; 'auto', 'host:port' or 'ray://host:port': join a cluster",
+        description=(
+            "None or 'local': start a new Ray in this process (never one found through "
+            "RAY_ADDRESS or a `ray start` on this host); 'auto', 'host:port' or "
+            "'ray://host:port': join a cluster"
+        ),
     )
     namespace: str = Field(C.RAY_NAMESPACE, min_length=1)
     num_cpus: int | None = Field(
@@ -127,10 +139,14 @@ class RayConfig(_Strict):
     @field_validator("address")
     @classmethod
     def _address(cls, value: str | None) -> str | None:
-        if value is not None and not RAY_ADDRESS_RE.match(value):
+        match = RAY_ADDRESS_RE.match(value) if value is not None else None
+        if value is not None and not match:
             raise ValueError(
                 f"{value!r} is not a Ray address: use 'auto', 'host:port' or 'ray://host:port'"
             )
+        port = match.group("port") if match else None
+        if port is not None and not 1 <= int(port) <= MAX_PORT:
+            raise ValueError(f"{value!r}: port {int(port)} is not between 1 and {MAX_PORT}")
         return value
 
     @field_validator("num_cpus")
@@ -142,6 +158,25 @@ class RayConfig(_Strict):
                 "only for the embedded local Ray: a joined cluster's nodes declare their CPUs (ray start --num-cpus)"
             )
         return value
+
+    @property
+    def embedded(self) -> bool:
+        """Ray runs inside this process on this host only (no cluster to join)."""
+        return self.address in (None, "local")
+
+    def init_kwargs(self) -> dict[str, Any]:
+        """The ``ray.init`` arguments for this config. The embedded default passes
+        ``address="local"``: with no address, Ray itself joins whatever RAY_ADDRESS names or
+        the latest ``ray start`` on this host, so a laptop with a cluster node running would
+        silently serve from that cluster."""
+        kwargs: dict[str, Any] = {
+            "address": "local" if self.embedded else self.address,
+            "namespace": self.namespace,
+            "include_dashboard": self.include_dashboard,
+        }
+        if self.embedded and self.num_cpus is not None:
+            kwargs["num_cpus"] = self.num_cpus
+        return kwargs
 
 
 class GatewayConfig(_Strict):
@@ -256,10 +291,13 @@ def _model_at(path: tuple[Any, ...]) -> type[BaseModel] | None:
 
 
 def _origin(loc: tuple[Any, ...], origins: Origins) -> str:
-    for n in range(len(loc), 0, -1):
-        if tuple(str(p) for p in loc[:n]) in origins:
-            return f" (from {origins[tuple(str(p) for p in loc[:n])]})"
-    return ""
+    path = tuple(str(p) for p in loc)
+    for n in range(len(path), 0, -1):
+        if path[:n] in origins:
+            return f" (from {origins[path[:n]]})"
+    # an unknown key that only a source of a key inside it made (RTCPOOL_GATEWAYS__PORT)
+    inside = sorted({v for k, v in origins.items() if k[: len(path)] == path})
+    return f" (from {', '.join(inside)})" if path and inside else ""
 
 
 def _format(exc: ValidationError, source: str, origins: Origins | None = None) -> str:
@@ -313,30 +351,82 @@ def _shown(value: Any) -> str:
     return text if len(text) <= SHOWN_INPUT_CHARS else text[: SHOWN_INPUT_CHARS - 3] + "..."
 
 
+def set_key_path(
+    tree: dict[str, Any],
+    path: tuple[str, ...],
+    value: Any,
+    owners: Origins,
+    name: str,
+    replace: bool = False,
+) -> None:
+    """Put ``value`` at ``path`` in ``tree``; ``name`` is who sets it (an environment variable,
+    a flag) and ``owners`` records who set what. Two sources that disagree on whether a key
+    holds a value or a mapping (``pool.prewarm=2`` and ``pool.prewarm.x=1``) are an error
+    naming both, in either order: merged, one would raise a bare TypeError or silently
+    replace the other. ``replace``: a second source of the same key wins (a later flag);
+    otherwise that too is an error (two variables that differ only in case)."""
+    dotted = ".".join(path)
+    for n in range(1, len(path)):
+        if path[:n] in owners:
+            raise ConfigError(
+                f"{owners[path[:n]]} sets {'.'.join(path[:n])} to a value, and {name} sets "
+                f"{dotted} inside it: set one or the other"
+            )
+    inside = sorted(k for k in owners if len(k) > len(path) and k[: len(path)] == path)
+    if inside:
+        raise ConfigError(
+            f"{name} sets {dotted} to a value, and {owners[inside[0]]} sets "
+            f"{'.'.join(inside[0])} inside it: set one or the other"
+        )
+    if path in owners and not replace and owners[path] != name:
+        raise ConfigError(f"{owners[path]} and {name} both set {dotted}: keep one")
+    node = tree
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+    node[path[-1]] = value
+    owners[path] = name
+
+
+def _unknown_env_name(key: str) -> str:
+    rest = key[len(ENV_PREFIX) :]
+    hint = ""
+    for section in Config.model_fields:
+        if rest.lower().startswith(section + "_") and len(rest) > len(section) + 1:
+            hint = f"did you mean {ENV_PREFIX}{rest[: len(section)]}__{rest[len(section) + 1 :]}?"
+            break
+    return (
+        f"environment variable {key} is not an rtcpool setting: a key path takes '__' between "
+        f"its levels ({hint or f'e.g. {ENV_PREFIX}GATEWAY__PORT'}); the other {ENV_PREFIX}* "
+        f"names are {', '.join(OWN_ENV_NAMES)}"
+    )
+
+
 def _env_overrides(environ: dict[str, str], origins: Origins) -> dict[str, Any]:
     tree: dict[str, Any] = {}
-    for key, raw in environ.items():
-        if (
-            not key.startswith(ENV_PREFIX)
-            or key in (CONFIG_ENV, CLI_OVERRIDES_ENV)
-            or "__" not in key
-        ):
+    owners: Origins = {}
+    for key in sorted(environ):  # sorted: the same environment gives the same error
+        if not key.startswith(ENV_PREFIX) or key in OWN_ENV_NAMES:
             continue
         parts = key[len(ENV_PREFIX) :].split("__")
+        if len(parts) < 2:
+            raise ConfigError(_unknown_env_name(key))
+        if not all(parts):
+            raise ConfigError(
+                f"environment variable {key}: an empty key between '__' (a key path is names "
+                f"joined by '__', e.g. {ENV_PREFIX}POOL__PREWARM)"
+            )
         # key names are case-insensitive; a stream id is a dict key and keeps its case
-        path = [
+        path = tuple(
             p if i == 1 and parts[0].lower() == "streams" else p.lower()
             for i, p in enumerate(parts)
-        ]
+        )
+        raw = environ[key]
         try:
             value = yaml.safe_load(raw) if raw != "" else None
         except yaml.YAMLError as exc:
             raise ConfigError(f"environment variable {key} is not a YAML value: {exc}") from None
-        node = tree
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = value
-        origins[tuple(path)] = key
+        set_key_path(tree, path, value, owners, key)
+    origins.update(owners)
     return tree
 
 

@@ -3,6 +3,7 @@ file, `rtcpool serve` flags override both; every file under configs/ is valid.""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -80,6 +81,10 @@ BAD_CONFIGS = [
     ("streams:\n  s:\n    time_limit: soon\n", "streams.s.time_limit", "valid number"),
     # impossible values
     ("ray:\n  address: localhost\n", "ray.address", "not a Ray address"),
+    ("ray:\n  address: 'head:70000'\n", "ray.address", "port 70000 is not between 1 and 65535"),
+    ("ray:\n  address: 'ray://head:99999'\n", "ray.address", "port 99999 is not between 1"),
+    ("ray:\n  address: '[::1]:65536'\n", "ray.address", "port 65536 is not between 1"),
+    ("ray:\n  address: 'head:0'\n", "ray.address", "port 0 is not between 1 and 65535"),
     ("ray:\n  address: 'http://head:8265'\n", "ray.address", "not a Ray address"),
     ("ray:\n  address: auto\n  num_cpus: 2\n", "ray.num_cpus", "only for the embedded local Ray"),
     ("ray:\n  num_cpus: 0\n", "ray.num_cpus", "greater than or equal to 1"),
@@ -141,6 +146,80 @@ def test_bad_configs_name_the_key_and_why(tmp_path: Path, text: str, key: str, w
     assert any(line.strip().startswith(f"{key}:") and why in line for line in lines[1:]), str(
         err.value
     )
+
+
+# (environment, words every one of which the error must hold): variables that cannot mean
+# anything are errors naming them, never a bare TypeError or a setting silently dropped
+BAD_ENVIRONMENTS = [
+    (
+        {"RTCPOOL_POOL__PREWARM": "2", "RTCPOOL_POOL__PREWARM__X": "1"},
+        ["RTCPOOL_POOL__PREWARM sets pool.prewarm to a value", "RTCPOOL_POOL__PREWARM__X sets pool.prewarm.x"],
+    ),
+    (  # the same two, the other way round: the mapping must not silently replace the value
+        {"RTCPOOL_STREAMS__s__POOL": "{prewarm: 1}", "RTCPOOL_STREAMS__s__POOL__PREWARM": "2"},
+        ["RTCPOOL_STREAMS__s__POOL sets streams.s.pool", "RTCPOOL_STREAMS__s__POOL__PREWARM"],
+    ),
+    (
+        {"RTCPOOL_POOL__PREWARM": "2", "RTCPOOL_pool__prewarm": "3"},
+        ["RTCPOOL_POOL__PREWARM and RTCPOOL_pool__prewarm both set pool.prewarm"],
+    ),
+    (
+        {"RTCPOOL_GATEWAY_PORT": "8000"},
+        ["RTCPOOL_GATEWAY_PORT is not an rtcpool setting", "did you mean RTCPOOL_GATEWAY__PORT?"],
+    ),
+    ({"RTCPOOL_PREWARM": "2"}, ["RTCPOOL_PREWARM is not an rtcpool setting", "RTCPOOL_CONFIG"]),
+    ({"RTCPOOL_POOL__": "2"}, ["RTCPOOL_POOL__: an empty key"]),
+    ({"RTCPOOL_POOL____PREWARM": "2"}, ["RTCPOOL_POOL____PREWARM: an empty key"]),
+    ({"RTCPOOL_GATEWAYS__PORT": "1"}, ["gateways: unknown key (did you mean 'gateway'?) (from RTCPOOL_GATEWAYS__PORT)"]),
+    ({"RTCPOOL_RAY__ADDRESS": "head:70000"}, ["ray.address", "port 70000", "(from RTCPOOL_RAY__ADDRESS)"]),
+]
+
+
+@pytest.mark.parametrize(("environ", "words"), BAD_ENVIRONMENTS, ids=[",".join(e) for e, _ in BAD_ENVIRONMENTS])
+def test_bad_environments_name_the_variables_and_why(environ: dict[str, str], words: list[str]):
+    with pytest.raises(ConfigError) as err:
+        load_config(DEFAULT_CONFIG, environ=environ)
+    for word in words:
+        assert word in str(err.value), str(err.value)
+
+
+def test_the_names_rtcpool_itself_sets_are_not_settings():
+    own = {"RTCPOOL_CONFIG": str(DEFAULT_CONFIG), "RTCPOOL_CLI_OVERRIDES": "{}", "RTCPOOL_WORKER_IMPORT": "1"}
+    assert load_config(None, environ=own) == load_config(DEFAULT_CONFIG, environ={})
+
+
+def test_set_flags_that_clash_name_both(tmp_path: Path):
+    from runtime.cli import serve_overrides
+
+    def overrides(*argv: str) -> dict:
+        args = argparse.Namespace(set=list(argv), host=None, port=None, address=None, ice_host_address=None)
+        return serve_overrides(args)
+
+    with pytest.raises(ConfigError) as err:
+        overrides("pool.prewarm=2", "pool.prewarm.x=1")
+    assert "--set pool.prewarm=2 sets pool.prewarm to a value" in str(err.value)
+    assert "--set pool.prewarm.x=1 sets pool.prewarm.x inside it" in str(err.value)
+    with pytest.raises(ConfigError, match="--port sets gateway.port to a value, and --set gateway.port.x=1"):
+        serve_overrides(argparse.Namespace(set=["gateway.port.x=1"], host=None, port=80, address=None, ice_host_address=None))
+    # the same key twice: the later flag wins, as a named flag beats --set
+    assert overrides("pool.prewarm=2", "pool.prewarm=3") == {"pool": {"prewarm": 3}}
+
+
+def test_the_embedded_default_starts_a_ray_of_its_own():
+    """address null must not let Ray join what RAY_ADDRESS or a `ray start` on this host
+    names: ray.init gets address="local" (and num_cpus, which the local Ray takes)."""
+    local = load_config(DEFAULT_CONFIG, environ={}).ray
+    assert local.embedded and local.init_kwargs()["address"] == "local"
+    assert "num_cpus" not in local.init_kwargs()
+    two = load_config(DEFAULT_CONFIG, environ={"RTCPOOL_RAY__NUM_CPUS": "2"}).ray
+    assert two.init_kwargs()["num_cpus"] == 2
+    explicit = load_config(DEFAULT_CONFIG, environ={"RTCPOOL_RAY__ADDRESS": "local", "RTCPOOL_RAY__NUM_CPUS": "2"}).ray
+    assert explicit.init_kwargs()["address"] == "local" and explicit.init_kwargs()["num_cpus"] == 2, (
+        "address local keeps num_cpus"
+    )
+    joined = load_config(CONFIG_DIR / "cluster.yaml", environ={"RTCPOOL_RAY__NAMESPACE": "app-b"}).ray
+    assert not joined.embedded
+    assert joined.init_kwargs() == {"address": "auto", "namespace": "app-b", "include_dashboard": False}
 
 
 def test_every_error_of_a_file_at_once(tmp_path: Path):
