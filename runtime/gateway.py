@@ -14,6 +14,7 @@ Handlers never run here: the gateway leases a worker from the scheduler for each
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -118,7 +119,8 @@ class Gateway:
         self.node_id = ""  # this process's Ray node, once started: workers elsewhere get TCP
         self._started = False
         self._start_lock = threading.Lock()
-        self._heartbeat: asyncio.Task[None] | None = None
+        self._heartbeat: threading.Thread | None = None
+        self._heartbeat_stop = threading.Event()
         # unfetched outputs of ended sessions, by (webrtc_id, kind)
         self._ended_outputs: dict[tuple[str, str], asyncio.Queue[list[Any]]] = {}
 
@@ -185,20 +187,31 @@ class Gateway:
             import ray
 
             pin_host_addresses(self.config.gateway.ice_host_addresses)
+            rc = self.config.ray
             if not ray.is_initialized():
-                rc = self.config.ray
                 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-                kwargs: dict[str, Any] = {"namespace": rc.namespace, "include_dashboard": rc.include_dashboard, "log_to_driver": True}
-                if rc.address:
-                    kwargs["address"] = rc.address
-                elif rc.num_cpus:
-                    kwargs["num_cpus"] = rc.num_cpus
-                ray.init(**kwargs)
+                # the embedded default passes address="local": Ray would otherwise join the
+                # cluster RAY_ADDRESS or the latest `ray start` on this host names
+                ray.init(**rc.init_kwargs(), log_to_driver=True)
             self.node_id = ray.get_runtime_context().get_node_id()
-            self.scheduler = get_scheduler(detached=self.config.ray.detached_scheduler)
+            self.scheduler = get_scheduler(detached=rc.detached_scheduler, namespace=rc.namespace)
             for event in self.events.values():
                 self._register(event)
+            self._warn_unknown_streams()
             self._started = True
+            self._start_heartbeat()
+
+    def _warn_unknown_streams(self) -> None:
+        """``streams.<id>`` keys that match no stream event are most likely a typo or an id
+        that changed: say so at start. A warning, not an error: one config file may serve
+        several apps, and a stream may be added after start()."""
+        unknown = sorted(set(self.config.streams) - set(self.events))
+        if unknown:
+            log.warning(
+                "config streams.%s: no stream event has that id (this app's: %s); its settings apply to nothing",
+                ", streams.".join(unknown),
+                ", ".join(sorted(self.events)) or "none",
+            )
 
     def _register(self, event: StreamEvent) -> None:
         import ray
@@ -215,8 +228,13 @@ class Gateway:
             concurrency_limit=event.concurrency_limit,
             time_limit=event.time_limit,
             pool=PoolSpec(**pool.model_dump()),
+            # under the embedded local Ray no other host reaches a worker: its TCP listener
+            # (used only when gateway.transport forces tcp) stays on loopback
+            worker_tcp_host="127.0.0.1" if self.config.ray.embedded else "",
         )
-        ray.get(self.scheduler.register.remote(spec), timeout=C.RAY_CALL_TIMEOUT_S)
+        answer = ray.get(self.scheduler.register.remote(spec, self.gateway_id), timeout=C.RAY_CALL_TIMEOUT_S)
+        if answer.get("warning"):
+            log.warning("%s", answer["warning"])
 
     def wait_warm(self, timeout: float = C.WORKER_START_TIMEOUT_S) -> None:
         """Block until every event's pre-warmed workers are ready (tests, benchmarks, CLI)."""
@@ -318,7 +336,6 @@ class Gateway:
             raise HTTPError(409, "duplicate_webrtc_id", f"a session {webrtc_id!r} is already active")
         if not self._started:
             await asyncio.get_running_loop().run_in_executor(None, self.start)
-        self._ensure_heartbeat()
         # reserve the id now: a second offer with it while this one waits is a duplicate
         self.sessions[webrtc_id] = None  # type: ignore[assignment]
         try:
@@ -423,24 +440,55 @@ class Gateway:
 
     # --- lifecycle -------------------------------------------------------------------------------
 
-    def _ensure_heartbeat(self) -> None:
-        if self._heartbeat is None or self._heartbeat.done():
-            self._heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop())
+    def _start_heartbeat(self) -> None:
+        """Beat from start-up, not from the first offer: the scheduler keeps a gateway's pools
+        while it beats (a detached scheduler drops pools whose gateways are all gone). A
+        thread, not a task: start() runs before any event loop of the app exists (the CLI,
+        Gradio's launch()), and a beat is one small Ray call every HEARTBEAT_S."""
+        if self._heartbeat is None or not self._heartbeat.is_alive():
+            self._heartbeat_stop.clear()
+            self._heartbeat = threading.Thread(target=self._heartbeat_run, name="rtcpool-heartbeat", daemon=True)
+            self._heartbeat.start()
 
-    async def _heartbeat_loop(self) -> None:
-        while True:
-            await asyncio.sleep(C.HEARTBEAT_S)
-            live = {s.lease_id: s for s in self.sessions.values() if s is not None}
+    def _heartbeat_run(self) -> None:
+        import ray
+
+        while not self._heartbeat_stop.wait(C.HEARTBEAT_S):
+            # a copy made in one C call: the loop thread adds and removes sessions meanwhile
+            live = {s.lease_id: s for s in list(self.sessions.values()) if s is not None}
             try:
-                gone = await asyncio.wait_for(self.scheduler.heartbeat.remote(self.gateway_id, list(live)), C.RAY_CALL_TIMEOUT_S)
+                answer = ray.get(
+                    self.scheduler.heartbeat.remote(
+                        self.gateway_id, list(live), list(self.events), {lid: s.transport for lid, s in live.items()}
+                    ),
+                    timeout=C.RAY_CALL_TIMEOUT_S,
+                )
             except Exception as exc:
                 log.warning("scheduler heartbeat failed: %s", exc)
                 continue
-            for lease_id in gone:
+            for lease_id in answer["gone"]:
                 session = live.get(lease_id)
                 if session is not None:
-                    session.send_client("end_stream", {"reason": "lease_reclaimed"})
-                    session.close_soon("the scheduler reclaimed the lease", delay=C.END_STREAM_GRACE_S)
+                    with contextlib.suppress(RuntimeError):  # its loop has closed: nothing to end
+                        session.loop.call_soon_threadsafe(self._end_reclaimed, session)
+            for event_id in answer["unknown_events"]:
+                # dropped while this gateway was taken for gone (silent past the TTL)
+                event = self.events.get(event_id)
+                if event is not None and not self._heartbeat_stop.is_set():
+                    log.warning("the scheduler forgot stream event %r: registering it again", event_id)
+                    try:
+                        self._register(event)
+                    except Exception as exc:
+                        log.warning("registering %r again failed: %s", event_id, exc)
+
+    def _end_reclaimed(self, session: Session) -> None:
+        session.send_client("end_stream", {"reason": "lease_reclaimed"})
+        session.close_soon("the scheduler reclaimed the lease", delay=C.END_STREAM_GRACE_S)
+
+    def _stop_heartbeat(self) -> threading.Thread | None:
+        thread, self._heartbeat = self._heartbeat, None
+        self._heartbeat_stop.set()
+        return thread
 
     async def _session_ended(self, session: Session) -> None:
         if self.sessions.get(session.webrtc_id) is session:
@@ -466,9 +514,10 @@ class Gateway:
         ``drop_pools``: also kill this app's idle workers (when no other gateway serves it)."""
         sessions = [s for s in self.sessions.values() if s is not None]
         await asyncio.gather(*(s.aclose("gateway shutting down") for s in sessions), return_exceptions=True)
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            self._heartbeat = None
+        beating = self._stop_heartbeat()
+        if beating is not None:
+            # a beat after forget_gateway would make this gateway known again
+            await asyncio.to_thread(beating.join, C.RAY_CALL_TIMEOUT_S)
         if self.scheduler is not None:
             try:
                 await asyncio.wait_for(self.scheduler.forget_gateway.remote(self.gateway_id), C.RAY_CALL_TIMEOUT_S)

@@ -12,10 +12,25 @@ session, and takes both back on every exit path:
   reclaimed (the gateway usually ends those sessions first, when their link breaks; this is
   the backstop for a link that hangs), and every pool is topped up on the nodes left.
 
+Each registration names its gateway. A pool whose gateways are all gone (forgotten, or
+silent past ``gateway_ttl_s``) and that holds no lease is dropped after
+``ORPHAN_POOL_GRACE_S``: a detached scheduler outlives its gateways, and would otherwise keep
+every pool's pre-warmed workers (and their CPUs and GPUs) forever.
+
+Every lease carries a token of its own, minted here and handed to its worker over Ray
+(``Worker.arm``) before the lease is returned: the worker takes exactly one session with it,
+so a token seen on the wire (the gateway <-> worker link is not encrypted) opens nothing later.
+
 A pool whose workers need resources no alive node has (``far_node: 1`` after that node is
 gone, a GPU before the autoscaler adds one) answers an offer at once with the reason instead
-of holding it for ``LEASE_TIMEOUT_S``; its pending worker stays requested, so Ray starts it
-(and an autoscaler sees the demand) when such a node joins.
+of holding it for ``LEASE_TIMEOUT_S``; it keeps one worker requested even with ``prewarm: 0``
+(a GPU pool scaled to zero), and that request does not time out while no node fits: Ray holds
+it as pending demand, which is what an autoscaler adds a node for, and starts it there.
+
+Two gateways serving one app register the same event: the specs are compared by a stable
+identity (``EventSpec.identity``), not by their bytes. A registration that changes an event
+in use (another app version, other limits) cannot take effect while sessions hold its slots:
+the answer says so, and the pool is replaced once they end.
 
 The scheduler is pinned to the head node: a worker node going away must not take it along.
 
@@ -27,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -45,6 +61,10 @@ NODE_CHECK_INTERVAL_S = 1.0  # how often the list of alive Ray nodes is read (on
 HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray's marker resource of the head node
 HEAD_NODE_SHARE = 0.001  # of that marker the scheduler holds (as Ray Serve's controller does)
 SHORT_NODE_ID = 12  # hex characters of a node id in a log line
+SHORT_LEASE_ID = 8  # hex characters of a lease id in `rtcpool status`
+ORPHAN_POOL_GRACE_S = 60.0  # a pool whose gateways are all gone keeps its idle workers this long
+TOKEN_BYTES = 16  # a lease's session token: 128 random bits
+ARM_ATTEMPTS = 2  # workers tried for one lease when handing a worker its token fails
 
 
 @dataclass
@@ -64,6 +84,25 @@ class EventSpec:
     concurrency_limit: int | None = 1
     time_limit: float | None = None
     pool: PoolSpec = field(default_factory=PoolSpec)
+    # the address a worker's TCP listener binds: "" = its node's address (a gateway on another
+    # node connects there); "127.0.0.1" for the embedded local Ray, where no other host may
+    worker_tcp_host: str = ""
+
+    def identity(self) -> tuple[Any, ...]:
+        """Equal for the same stream event served by any gateway (see HandlerSpec.identity)."""
+        p = self.pool
+        pool = (p.prewarm, p.max_workers, p.num_cpus, p.num_gpus, p.memory, tuple(sorted(p.resources.items())))
+        return (self.event_id, self.handler.identity(), self.concurrency_limit, self.time_limit, pool, self.worker_tcp_host)
+
+    def differences(self, other: EventSpec) -> list[str]:
+        """What ``other`` changes, for a log line."""
+        out = []
+        if self.handler.identity() != other.handler.identity():
+            out.append(f"handler {self.handler.name} (app file or options changed)")
+        for key in ("concurrency_limit", "time_limit", "pool", "worker_tcp_host"):
+            if getattr(self, key) != getattr(other, key):
+                out.append(f"{key} {getattr(self, key)} -> {getattr(other, key)}")
+        return out
 
 
 @dataclass
@@ -81,6 +120,7 @@ class Lease:
     granted_at: float
     worker: WorkerRef | None = None
     streaming_since: float | None = None
+    transport: str = ""  # "shm" or "tcp", as the gateway's heartbeat reports it
 
 
 class Full(Exception):
@@ -89,6 +129,10 @@ class Full(Exception):
 
 class Unplaceable(Exception):
     """No alive node has the resources a worker of this pool asks for."""
+
+
+class _Dropped(Exception):
+    """A worker's pool was dropped while the worker started."""
 
 
 class Pool:
@@ -103,6 +147,10 @@ class Pool:
         self.started_total = 0
         self.replaced_total = 0
         self.max_workers_override: int | None = None
+        self.gateways: set[str] = set()  # gateways that registered this event or lease from it
+        self.ownerless = True  # registered without a gateway id (tools, tests): never orphaned
+        self.orphan_since: float | None = None  # when its last gateway went (monotonic)
+        self.pending: EventSpec | None = None  # a changed spec, waiting for the leases to end
 
     @property
     def max_workers(self) -> int:
@@ -122,12 +170,16 @@ class Scheduler:
         gateway_ttl_s: float = C.GATEWAY_TTL_S,
         monitor_interval_s: float = MONITOR_INTERVAL_S,
         time_limit_grace_s: float = TIME_LIMIT_GRACE_S,
+        orphan_pool_grace_s: float = ORPHAN_POOL_GRACE_S,
+        worker_start_timeout_s: float = C.WORKER_START_TIMEOUT_S,
     ) -> None:
         # constructor arguments, not only module constants: inside a Ray actor a patched
         # constant is not seen, and tests need an expiry of seconds, not of GATEWAY_TTL_S
         self.gateway_ttl_s = gateway_ttl_s
         self.monitor_interval_s = monitor_interval_s
         self.time_limit_grace_s = time_limit_grace_s
+        self.orphan_pool_grace_s = orphan_pool_grace_s
+        self.worker_start_timeout_s = worker_start_timeout_s
         self.pools: dict[str, Pool] = {}
         self.leases: dict[str, Lease] = {}
         self.gateways: dict[str, float] = {}  # gateway id -> last heartbeat (monotonic)
@@ -139,19 +191,66 @@ class Scheduler:
 
     # --- registration ----------------------------------------------------------------------
 
-    async def register(self, spec: EventSpec) -> dict[str, Any]:
-        """Add a stream event and pre-warm its pool. A second gateway registering the same
-        event id shares the existing pool (and so its concurrency limit)."""
+    async def register(self, spec: EventSpec, gateway_id: str | None = None) -> dict[str, Any]:
+        """Add a stream event for ``gateway_id`` and pre-warm its pool. Another gateway
+        registering the same event (equal ``identity()``) shares the pool, and so its
+        concurrency limit. A changed spec replaces the pool at once when no session holds a
+        slot; otherwise it waits until they end, and the answer says so (``pending`` and a
+        ``warning``). The answer's ``limit`` and ``time_limit`` are the ones in force."""
         self._ensure_monitor()
         pool = self.pools.get(spec.event_id)
-        if pool is not None and pool.spec != spec and not pool.busy and not self._leases_of(spec.event_id):
-            # same id, other handler or limits (an app restarted with changes): start afresh
-            self._drop_pool(pool)
-            pool = None
+        warning = ""
+        if pool is not None and pool.spec.identity() != spec.identity():
+            changes = "; ".join(pool.spec.differences(spec))
+            if self._in_use(pool):
+                pool.pending = spec
+                warning = (
+                    f"stream event {spec.event_id!r} is served with another spec ({changes}); "
+                    f"{len(self._leases_of(spec.event_id))} session(s) hold its slots, so the "
+                    f"current one stays in force (concurrency_limit {pool.spec.concurrency_limit}) "
+                    "until they end, then the pool is replaced"
+                )
+                log.warning("%s", warning)
+            else:
+                # same id, other handler or limits (an app restarted with changes): start afresh
+                log.info("stream event %r changed (%s): a new pool", spec.event_id, changes)
+                pool = self._replace_pool(pool, spec)
+        elif pool is not None:
+            pool.pending = None  # the spec in force registered again: the newest word wins
         if pool is None:
             pool = self.pools[spec.event_id] = Pool(spec)
+        if gateway_id:
+            self.gateways[gateway_id] = time.monotonic()  # registering counts as a beat
+            self._attach(pool, gateway_id)
         self._top_up(pool)
-        return {"event_id": spec.event_id, "limit": spec.concurrency_limit}
+        return {
+            "event_id": spec.event_id,
+            "limit": pool.spec.concurrency_limit,
+            "time_limit": pool.spec.time_limit,
+            "pending": pool.pending is not None,
+            "warning": warning,
+        }
+
+    def _attach(self, pool: Pool, gateway_id: str) -> None:
+        pool.gateways.add(gateway_id)
+        pool.ownerless = False
+        pool.orphan_since = None
+
+    def _in_use(self, pool: Pool) -> bool:
+        return bool(pool.busy) or bool(self._leases_of(pool.spec.event_id))
+
+    def _replace_pool(self, pool: Pool, spec: EventSpec) -> Pool:
+        """A new pool for ``spec`` in place of ``pool`` (which holds no lease); its idle
+        workers are killed, its gateways carried over."""
+        self._drop_pool(pool)
+        new = self.pools[spec.event_id] = Pool(spec)
+        new.gateways, new.ownerless = set(pool.gateways), pool.ownerless
+        return new
+
+    def _apply_pending(self, pool: Pool) -> None:
+        if pool.pending is not None and not self._in_use(pool) and self.pools.get(pool.spec.event_id) is pool:
+            log.info("stream event %r: its sessions ended, the registered change takes effect", pool.spec.event_id)
+            self._top_up(self._replace_pool(pool, pool.pending))
 
     async def unregister(self, event_id: str) -> bool:
         """Remove a stream event and kill its workers, if no session holds one of its slots."""
@@ -193,6 +292,7 @@ class Scheduler:
         if pool is None:
             return {"ok": False, "error": "unknown_stream", "message": f"no stream event {event_id!r}"}
         self.gateways[gateway_id] = time.monotonic()
+        self._attach(pool, gateway_id)
         limit = pool.spec.concurrency_limit
         taken = len(self._leases_of(event_id))
         if limit is not None and taken >= limit:
@@ -205,19 +305,36 @@ class Scheduler:
         # the slot is taken now, before any wait, so concurrent offers cannot overshoot
         lease = Lease(uuid.uuid4().hex, event_id, gateway_id, session_id, time.monotonic())
         self.leases[lease.lease_id] = lease
-        try:
-            worker = await self._take_worker(pool)
-        except Unplaceable as exc:
-            self.leases.pop(lease.lease_id, None)
-            return {"ok": False, "error": "no_node_fits", "message": str(exc)}
-        except Exception as exc:
-            self.leases.pop(lease.lease_id, None)
-            return {"ok": False, "error": "no_worker", "message": str(exc)}
+        token = secrets.token_hex(TOKEN_BYTES)
+        for attempt in range(ARM_ATTEMPTS):
+            try:
+                worker = await self._take_worker(pool)
+            except Unplaceable as exc:
+                self.leases.pop(lease.lease_id, None)
+                return {"ok": False, "error": "no_node_fits", "message": str(exc)}
+            except Exception as exc:
+                self.leases.pop(lease.lease_id, None)
+                return {"ok": False, "error": "no_worker", "message": str(exc)}
+            # the worker learns the lease's token over Ray before anyone else does; it takes
+            # exactly one session with it. Busy meanwhile: a worker counted nowhere would let
+            # a concurrent offer start one too many.
+            pool.busy[lease.lease_id] = worker
+            try:
+                await asyncio.wait_for(worker.actor.arm.remote(token), C.RAY_CALL_TIMEOUT_S)
+                break
+            except Exception as exc:
+                # gone or hung since it went idle: replace it and try another
+                log.warning("worker %s of %s did not take its token: %s", worker.info.get("pid"), event_id, _reason(exc))
+                pool.busy.pop(lease.lease_id, None)
+                self._return_worker(pool, worker, healthy=False)
+                if attempt == ARM_ATTEMPTS - 1:
+                    self.leases.pop(lease.lease_id, None)
+                    return {"ok": False, "error": "no_worker", "message": f"no worker took a session token: {_reason(exc)}"}
         if lease.lease_id not in self.leases:  # reclaimed while waiting (gateway expired)
-            self._return_worker(pool, worker, healthy=True)
+            if pool.busy.pop(lease.lease_id, None) is not None:  # not already given back
+                self._return_worker(pool, worker, healthy=True)
             return {"ok": False, "error": "expired", "message": "lease expired while waiting"}
         lease.worker = worker
-        pool.busy[lease.lease_id] = worker
         self._top_up(pool)
         return {
             "ok": True,
@@ -225,7 +342,7 @@ class Scheduler:
             "worker": worker.actor,
             "endpoint": worker.info["endpoint"],
             "tcp_endpoint": worker.info.get("tcp_endpoint", ""),
-            "token": worker.info.get("token", ""),
+            "token": token,
             "pid": worker.info["pid"],
             "node_id": worker.info["node_id"],
             "time_limit": pool.spec.time_limit,
@@ -234,11 +351,21 @@ class Scheduler:
     async def _take_worker(self, pool: Pool) -> WorkerRef:
         deadline = time.monotonic() + C.LEASE_TIMEOUT_S
         failures_before = pool.start_failures
+        if self.nodes is None:  # the first offer, before the monitor read the nodes: read them now
+            try:
+                await self._check_nodes()
+            except Exception as exc:
+                log.warning("reading the Ray node list failed: %s", exc)
         async with pool.available:
             while not pool.idle:
                 unplaceable = self._placement_error(pool)
                 if unplaceable:
                     pool.last_error = unplaceable
+                    # Keep one worker requested: Ray holds it as pending demand, which an
+                    # autoscaler answers with a node (a GPU pool scaled to zero, prewarm 0).
+                    # The offer is answered now all the same, not held for LEASE_TIMEOUT_S.
+                    if pool.starting == 0 and pool.total < pool.max_workers:
+                        self._start_worker(pool)
                     raise Unplaceable(unplaceable)
                 if pool.total < pool.max_workers:
                     self._start_worker(pool)
@@ -271,17 +398,42 @@ class Scheduler:
         worker = pool.busy.pop(lease_id, None) if pool is not None else None
         if pool is not None and worker is not None:
             self._return_worker(pool, worker, healthy=worker_ok)
+        if pool is not None:
+            self._apply_pending(pool)
         return True
 
-    async def heartbeat(self, gateway_id: str, lease_ids: list[str]) -> list[str]:
-        """Renew a gateway's leases; returns the ones the scheduler no longer knows (the
-        gateway must end those sessions)."""
+    async def heartbeat(
+        self,
+        gateway_id: str,
+        lease_ids: list[str],
+        event_ids: list[str] | None = None,
+        transports: dict[str, str] | None = None,
+    ) -> dict[str, list[str]]:
+        """Renew a gateway's leases and its hold on its events' pools. Returns ``gone``: the
+        leases the scheduler no longer knows (the gateway must end those sessions), and
+        ``unknown_events``: the events it no longer knows (dropped while the gateway was
+        silent past the TTL: it must register them again). ``transports``: lease id ->
+        "shm"/"tcp", for `rtcpool status`."""
         self.gateways[gateway_id] = time.monotonic()
-        return [lid for lid in lease_ids if lid not in self.leases]
+        unknown = []
+        for eid in event_ids or []:
+            pool = self.pools.get(eid)
+            if pool is None:
+                unknown.append(eid)
+            else:
+                self._attach(pool, gateway_id)
+        for lid, transport in (transports or {}).items():
+            lease = self.leases.get(lid)
+            if lease is not None and lease.gateway_id == gateway_id:
+                lease.transport = str(transport)
+        return {"gone": [lid for lid in lease_ids if lid not in self.leases], "unknown_events": unknown}
 
     async def forget_gateway(self, gateway_id: str) -> int:
-        """A gateway shutting down gives back all its leases."""
+        """A gateway shutting down (or silent past the TTL) gives back all its leases, and
+        its hold on its pools."""
         self.gateways.pop(gateway_id, None)
+        for pool in self.pools.values():
+            pool.gateways.discard(gateway_id)
         mine = [lid for lid, lease in self.leases.items() if lease.gateway_id == gateway_id]
         for lid in mine:
             await self.release(lid, worker_ok=False)
@@ -324,9 +476,14 @@ class Scheduler:
         if spec.resources:
             options["resources"] = dict(spec.resources)
         actor = None
+        tcp_host = pool.spec.worker_tcp_host or None
         try:
-            actor = ray.remote(Worker).options(**options).remote(pool.spec.handler, pool.spec.event_id)
-            info = await asyncio.wait_for(actor.ready.remote(), C.WORKER_START_TIMEOUT_S)
+            actor = ray.remote(Worker).options(**options).remote(pool.spec.handler, pool.spec.event_id, tcp_host)
+            info = await self._wait_ready(pool, actor)
+        except _Dropped:
+            _kill(actor)
+            pool.starting -= 1
+            return
         except Exception as exc:
             pool.last_error = f"worker for {pool.spec.event_id} failed to start: {_reason(exc)}"
             pool.start_failures += 1
@@ -340,9 +497,29 @@ class Scheduler:
         if self.pools.get(pool.spec.event_id) is not pool:  # dropped while it started
             _kill(actor)
             return
+        info.pop("token", None)  # the worker's own; every lease arms a token of its own
         pool.last_error = ""
         pool.idle.append(WorkerRef(actor, info))
         self._notify(pool)
+
+    async def _wait_ready(self, pool: Pool, actor: Any) -> dict[str, Any]:
+        """The worker's ready() answer. The start timeout counts only while some alive node
+        can take the worker: while none can, the request is kept (it is the pending demand
+        an autoscaler adds a node for) and the clock starts again when one can."""
+        ready = asyncio.ensure_future(actor.ready.remote())
+        since = time.monotonic()
+        while True:
+            done, _ = await asyncio.wait({ready}, timeout=self.monitor_interval_s)
+            if done:
+                return ready.result()
+            if self.pools.get(pool.spec.event_id) is not pool:
+                ready.cancel()
+                raise _Dropped()
+            if self._placement_error(pool):
+                since = time.monotonic()
+            elif time.monotonic() - since > self.worker_start_timeout_s:
+                ready.cancel()
+                raise TimeoutError(f"not ready within {self.worker_start_timeout_s:.0f} s")
 
     def _notify(self, pool: Pool) -> None:
         async def notify() -> None:
@@ -379,6 +556,24 @@ class Scheduler:
                 if limit is not None and lease.streaming_since is not None and now - lease.streaming_since > limit + self.time_limit_grace_s:
                     log.warning("lease %s outlived its time limit: reclaiming", lid)
                     await self.release(lid, worker_ok=False)
+            for pool in list(self.pools.values()):
+                self._apply_pending(pool)
+                self._drop_if_orphaned(pool, now)
+
+    def _drop_if_orphaned(self, pool: Pool, now: float) -> None:
+        """Drop a pool once every gateway that used it has been gone for the grace period
+        (a gateway restarting within it finds its workers warm)."""
+        if pool.ownerless or self._in_use(pool) or pool.gateways & self.gateways.keys():
+            pool.orphan_since = None
+            return
+        if pool.orphan_since is None:
+            pool.orphan_since = now
+        elif now - pool.orphan_since >= self.orphan_pool_grace_s:
+            log.info(
+                "stream event %r: no gateway for %.0f s, dropping its pool (%d idle worker(s))",
+                pool.spec.event_id, now - pool.orphan_since, len(pool.idle),
+            )  # fmt: skip
+            self._drop_pool(pool)
 
     # --- nodes ---------------------------------------------------------------------------------
 
@@ -437,11 +632,28 @@ class Scheduler:
                     "replaced_total": p.replaced_total,
                     "last_error": p.last_error,
                     "unplaceable": self._placement_error(p),
+                    "gateways": sorted(p.gateways),
                 }
                 for eid, p in self.pools.items()
             },
             "leases": len(self.leases),
+            "sessions": [self._lease_view(lease) for lease in self.leases.values()],
             "gateways": list(self.gateways),
+        }
+
+    @staticmethod
+    def _lease_view(lease: Lease) -> dict[str, Any]:
+        now = time.monotonic()
+        info = lease.worker.info if lease.worker is not None else {}
+        return {
+            "lease": lease.lease_id[:SHORT_LEASE_ID],
+            "event_id": lease.event_id,
+            "gateway_id": lease.gateway_id,
+            "node_id": info.get("node_id", ""),
+            "pid": info.get("pid"),
+            "age_s": round(now - lease.granted_at, 1),
+            "streaming_s": None if lease.streaming_since is None else round(now - lease.streaming_since, 1),
+            "transport": lease.transport,
         }
 
     async def shutdown(self) -> None:
@@ -476,11 +688,12 @@ def _reason(exc: BaseException) -> str:
 SchedulerActor = ray.remote(num_cpus=0)(Scheduler)
 
 
-def get_scheduler(detached: bool = False) -> Any:
-    """The deployment's scheduler actor, created on first use."""
+def get_scheduler(detached: bool = False, namespace: str = C.RAY_NAMESPACE) -> Any:
+    """The deployment's scheduler actor in ``namespace`` (``ray.namespace``: two apps on one
+    cluster in two namespaces have a scheduler each), created on first use."""
     options: dict[str, Any] = {
         "name": C.SCHEDULER_NAME,
-        "namespace": C.RAY_NAMESPACE,
+        "namespace": namespace,
         "get_if_exists": True,
         "max_concurrency": 1000,
         "resources": {HEAD_NODE_RESOURCE: HEAD_NODE_SHARE},

@@ -14,7 +14,9 @@ Two ways, tried in order:
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import logging
 import os
 import runpy
 import sys
@@ -22,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import cloudpickle
+
+log = logging.getLogger("rtcpool.loader")
 
 WORKER_IMPORT_ENV = "RTCPOOL_WORKER_IMPORT"
 APP_MODULE_NAME = "__rtcpool_app__"
@@ -65,6 +69,30 @@ class HandlerSpec:
     # None: every frame / audio chunk as it comes) and where its results go
     stream_every: float | None = None
     outputs: StreamOutputs = field(default_factory=StreamOutputs)
+    # sha256 of the app file when the spec was made: a re-import must not silently run
+    # another version of it, and two gateways serving one app agree on it
+    source_sha256: str = ""
+
+    def identity(self) -> tuple[Any, ...]:
+        """What makes two specs the same handler, stable across processes: two gateways
+        serving one app give equal identities, a changed app file a new one. Not the blob:
+        cloudpickle gives each class defined in an app file a per-process id, so two pickles of
+        one handler differ; and a spec with no blob (re-import) would not change when the
+        file does. The blob counts only for a handler that has no file to hash."""
+        code = self.source_sha256 or (
+            "" if self.blob is None else "blob:" + hashlib.sha256(self.blob).hexdigest()
+        )
+        outputs = (self.outputs.count, self.outputs.media, tuple(sorted(self.outputs.feedback.items())))
+        return (self.name, self.app_path, code, self.event_index, self.stream_every, outputs)
+
+
+def source_hash(path: str) -> str:
+    """sha256 of a file's bytes ("" if it cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return ""
 
 
 def in_worker_import() -> bool:
@@ -127,6 +155,7 @@ def make_spec(
         name=name,
         stream_every=stream_every,
         outputs=outputs or StreamOutputs(),
+        source_sha256=source_hash(app_path) if app_path else "",
     )
 
 
@@ -157,6 +186,14 @@ def _load_by_import(spec: HandlerSpec) -> Any:
     assert spec.app_path is not None
     if not os.path.isfile(spec.app_path):
         raise HandlerLoadError(f"app file {spec.app_path} is not on this host")
+    if spec.source_sha256 and source_hash(spec.app_path) != spec.source_sha256:
+        # not refused: an app edited while it runs should go on serving; but the worker runs
+        # code the gateway never registered, and the log must say so
+        log.warning(
+            "%s on this host differs from the file the gateway registered %s from",
+            spec.app_path,
+            spec.name,
+        )
     REGISTRY.clear()
     os.environ[WORKER_IMPORT_ENV] = "1"
     app_dir = os.path.dirname(spec.app_path)

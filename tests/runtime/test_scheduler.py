@@ -10,25 +10,39 @@ soon as their condition holds.
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
+import pickle
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
 from runtime import constants as C
-from runtime.scheduler import EventSpec, PoolSpec, SchedulerActor
+from runtime.channel import Geometry, connect_worker
+from runtime.cli import collect_status, format_status
+from runtime.scheduler import SHORT_LEASE_ID, EventSpec, PoolSpec, SchedulerActor, get_scheduler
+from runtime.wire import SLOT_HEADER_BYTES, Hello
 from tests.conftest import wait_until
-from workers.loader import HandlerSpec, make_spec
+from workers.loader import HandlerSpec, make_spec, source_hash
 
 pytestmark = pytest.mark.timeout(120)
 
 CALL_S = 30.0  # a control-plane call, including any worker start it waits for
 WARM_S = 60.0  # a pool reaching its pre-warm count
 GONE_S = 30.0  # a killed worker's process disappearing
+SPEC_PROCESS_S = 60.0  # a Python that imports an app file and pickles a handler spec
+FAST_ANSWER_S = 10.0  # an offer no node can serve is answered this fast, not in LEASE_TIMEOUT_S
+REPO = Path(__file__).resolve().parents[2]
+LINK_GEOMETRY = Geometry(
+    video_slots=2, video_slot_bytes=SLOT_HEADER_BYTES + 64, audio_slots=2, audio_slot_bytes=SLOT_HEADER_BYTES + 64
+)
 
 
 def passthrough(frame: np.ndarray) -> np.ndarray:
@@ -69,11 +83,24 @@ class Sched:
     def call(self, method: str, *args: Any, timeout: float = CALL_S, **kw: Any) -> Any:
         return self.ray.get(getattr(self.actor, method).remote(*args, **kw), timeout=timeout)
 
-    def register(self, s: EventSpec, warm: bool = True) -> None:
-        assert self.call("register", s) == {"event_id": s.event_id, "limit": s.concurrency_limit}
+    def register(self, s: EventSpec, warm: bool = True, gateway: str | None = None) -> dict[str, Any]:
+        answer = self.call("register", s, gateway)
+        assert answer == {
+            "event_id": s.event_id,
+            "limit": s.concurrency_limit,
+            "time_limit": s.time_limit,
+            "pending": False,
+            "warning": "",
+        }
         if warm:
             want = min(s.pool.prewarm, s.concurrency_limit or s.pool.max_workers)
             assert self.call("wait_warm", s.event_id, WARM_S, timeout=WARM_S + 10) == want
+        return answer
+
+    def beat(self, gateway: str, lease_ids: list[str], events: list[str] | None = None) -> list[str]:
+        """A heartbeat; the leases the scheduler no longer knows."""
+        answer = self.call("heartbeat", gateway, lease_ids, events)
+        return answer["gone"]
 
     def acquire(self, event_id: str, gateway: str | None = None, session: str | None = None) -> dict[str, Any]:
         return self.call("acquire", event_id, gateway or self.gateway, session or uuid.uuid4().hex)
@@ -235,7 +262,7 @@ def test_a_silent_gateway_loses_its_leases_after_the_ttl(make_sched):
 
     def silent_lease_gone() -> bool:
         # the live gateway keeps beating while we wait; it must never lose its own lease
-        assert sched.call("heartbeat", "gw-live", [live["lease_id"]]) == []
+        assert sched.beat("gw-live", [live["lease_id"]]) == []
         return sched.event(s.event_id)["leases"] == 1
 
     assert wait_until(silent_lease_gone, ttl * 10, interval=0.2)
@@ -245,7 +272,7 @@ def test_a_silent_gateway_loses_its_leases_after_the_ttl(make_sched):
     assert status["events"][s.event_id]["replaced_total"] == 1
     assert wait_until(lambda: not alive(silent["pid"]), GONE_S)
     # when the silent gateway comes back, it learns which of its leases are gone
-    assert sched.call("heartbeat", "gw-silent", [silent["lease_id"]]) == [silent["lease_id"]]
+    assert sched.beat("gw-silent", [silent["lease_id"]]) == [silent["lease_id"]]
     assert sched.call("release", silent["lease_id"]) is False
     assert sched.call("release", live["lease_id"]) is True
 
@@ -257,8 +284,8 @@ def test_forget_gateway_returns_only_that_gateways_leases(sched):
     y = sched.acquire(s.event_id, gateway="gw-y")
     assert x["ok"] and y["ok"]
     assert sched.call("forget_gateway", "gw-x") == 1
-    assert sched.call("heartbeat", "gw-x", [x["lease_id"], "never-granted"]) == [x["lease_id"], "never-granted"]
-    assert sched.call("heartbeat", "gw-y", [y["lease_id"]]) == []
+    assert sched.beat("gw-x", [x["lease_id"], "never-granted"]) == [x["lease_id"], "never-granted"]
+    assert sched.beat("gw-y", [y["lease_id"]]) == []
     ev = sched.event(s.event_id)
     assert (ev["leases"], ev["replaced_total"]) == (1, 1)
     assert sched.call("forget_gateway", "gw-x") == 0
@@ -275,11 +302,11 @@ def test_lease_outliving_its_time_limit_is_reclaimed(make_sched):
     sched.call("mark_streaming", streaming["lease_id"])
 
     def reclaimed() -> bool:
-        return sched.call("heartbeat", sched.gateway, [streaming["lease_id"]]) == [streaming["lease_id"]]
+        return sched.beat(sched.gateway, [streaming["lease_id"]]) == [streaming["lease_id"]]
 
     assert wait_until(reclaimed, 30, interval=0.2)
     # the clock starts when media flows: a lease never marked streaming stays
-    assert sched.call("heartbeat", sched.gateway, [idle["lease_id"]]) == []
+    assert sched.beat(sched.gateway, [idle["lease_id"]]) == []
     assert sched.event(s.event_id)["replaced_total"] == 1
     assert sched.call("release", idle["lease_id"]) is True
 
@@ -354,14 +381,23 @@ def test_reregistering_an_event(sched):
     assert ev["started_total"] == 1 and ev["idle"] == 1, "a new pool, counting from zero"
     assert pid_a not in sched.pids(a.event_id)
     assert wait_until(lambda: not alive(pid_a), GONE_S)
-    # while a session holds a slot, a changed spec does not pull the pool away
+    # while a session holds a slot, a changed spec does not pull the pool away: the answer
+    # gives the limit in force and says the change waits
     lease = sched.acquire(a.event_id)
     assert lease["time_limit"] == 30.0, "the new spec is the one in force"
+    (pid_b,) = sched.pids(a.event_id)
     c = EventSpec(a.event_id, make_spec(passthrough, 0), concurrency_limit=5, pool=PoolSpec(prewarm=1))
-    assert sched.call("register", c) == {"event_id": a.event_id, "limit": 5}
+    answer = sched.call("register", c)
+    assert (answer["limit"], answer["time_limit"], answer["pending"]) == (1, 30.0, True)
+    assert "concurrency_limit 1 -> 5" in answer["warning"] and "1 session(s)" in answer["warning"]
     ev = sched.event(a.event_id)
     assert ev["limit"] == 1 and ev["leases"] == 1
+    # ... and takes effect when that session ends: a new pool, with the new limit
     sched.call("release", lease["lease_id"])
+    assert wait_until(lambda: sched.event(a.event_id)["limit"] == 5, CALL_S)
+    assert sched.call("wait_warm", a.event_id, WARM_S, timeout=WARM_S + 10) == 1
+    assert pid_b not in sched.pids(a.event_id), "no worker of the old spec is reused"
+    assert sched.call("register", c)["pending"] is False
 
 
 def test_status_numbers(make_sched):
@@ -406,7 +442,7 @@ def test_shutdown_kills_every_worker(make_sched):
     pids = sched.pids(s.event_id)
     assert lease["pid"] in pids and len(pids) == 2
     sched.call("shutdown")
-    assert sched.call("status") == {"events": {}, "leases": 0, "gateways": [sched.gateway]}
+    assert sched.call("status") == {"events": {}, "leases": 0, "sessions": [], "gateways": [sched.gateway]}
     for pid in pids:
         assert wait_until(lambda pid=pid: not alive(pid), GONE_S)
 
@@ -417,3 +453,243 @@ def test_wait_warm_is_bounded_by_the_limit(sched):
     time.sleep(0.5)
     ev = sched.event(s.event_id)
     assert ev["started_total"] == 1 and ev["idle"] == 1
+
+
+# --- one identity per handler, whoever pickled it ----------------------------------------------
+
+CLASS_APP = """
+import numpy as np
+
+
+class Inverter:
+    def __call__(self, frame):
+        return 255 - frame
+"""
+
+# imports the app file as a module of its own (so cloudpickle ships the class by value, with
+# the per-process id it gives every such class) and prints the pickled spec
+PICKLE_SPEC = """
+import base64, importlib.util, pickle, sys
+from workers.loader import make_spec
+spec = importlib.util.spec_from_file_location("rtcpool_class_app", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+sys.modules["rtcpool_class_app"] = module
+spec.loader.exec_module(module)
+print("SPEC " + base64.b64encode(pickle.dumps(make_spec(module.Inverter(), 0))).decode())
+"""
+
+
+def spec_from_another_process(app: Path) -> HandlerSpec:
+    result = subprocess.run(
+        [sys.executable, "-c", PICKLE_SPEC, str(app)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=SPEC_PROCESS_S,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 0, result.stderr
+    [line] = [ln for ln in result.stdout.splitlines() if ln.startswith("SPEC ")]
+    return pickle.loads(base64.b64decode(line.removeprefix("SPEC ")))
+
+
+def test_one_class_handler_pickled_by_two_gateways_is_one_pool(sched, tmp_path):
+    app = tmp_path / f"class_app_{uuid.uuid4().hex[:6]}.py"
+    app.write_text(CLASS_APP)
+    first, second = spec_from_another_process(app), spec_from_another_process(app)
+    assert first.blob != second.blob, "the premise: two processes pickle one class differently"
+    event_id = f"t-sched-class-{uuid.uuid4().hex[:8]}"
+    a = EventSpec(event_id, first, concurrency_limit=2, pool=PoolSpec(prewarm=1))
+    b = EventSpec(event_id, second, concurrency_limit=2, pool=PoolSpec(prewarm=1))
+    sched.register(a, gateway="gw-class-1")
+    pids = sched.pids(event_id)
+    # the second gateway's registration shares the pool: nothing torn down, nothing started
+    sched.register(b, gateway="gw-class-2")
+    ev = sched.event(event_id)
+    assert (ev["started_total"], ev["replaced_total"]) == (1, 0)
+    assert sched.pids(event_id) == pids
+    lease = sched.acquire(event_id, gateway="gw-class-2")
+    assert lease["ok"] and lease["pid"] in pids, "the pool's worker loaded the class handler"
+    sched.call("release", lease["lease_id"])
+    assert sched.call("unregister", event_id) is True
+
+
+REIMPORT_APP = """
+from workers import loader
+
+VERSION = {version}
+
+
+def handler(frame):
+    return frame
+
+
+if loader.in_worker_import():
+    loader.register(handler)
+"""
+
+
+def test_an_app_file_that_changed_is_a_new_pool_even_when_reimported(sched, tmp_path):
+    """A spec without a blob (the worker re-imports the file) must not keep workers of the
+    file's old version."""
+    app = tmp_path / f"reimport_app_{uuid.uuid4().hex[:6]}.py"
+    event_id = f"t-sched-reimport-{uuid.uuid4().hex[:8]}"
+
+    def reimport_spec(version: int) -> EventSpec:
+        app.write_text(REIMPORT_APP.format(version=version))
+        handler = HandlerSpec(blob=None, app_path=str(app), name="handler", source_sha256=source_hash(str(app)))
+        return EventSpec(event_id, handler, concurrency_limit=1, pool=PoolSpec(prewarm=1))
+
+    sched.register(reimport_spec(1), gateway="gw-v1")
+    (old,) = sched.pids(event_id)
+    sched.register(reimport_spec(1), gateway="gw-v1-again")
+    assert sched.pids(event_id) == {old}, "the same file again shares the pool"
+    sched.register(reimport_spec(2), gateway="gw-v2")
+    assert old not in sched.pids(event_id)
+    assert wait_until(lambda: not alive(old), GONE_S), "the old version's worker still runs"
+    assert sched.call("unregister", event_id) is True
+
+
+# --- pools without gateways --------------------------------------------------------------------
+
+
+def test_a_pool_whose_gateways_are_gone_is_dropped_after_the_grace(make_sched):
+    ttl, grace = 2.0, 6.0  # the grace is long enough to see the pool outlive its last gateway
+    sched = make_sched(gateway_ttl_s=ttl, monitor_interval_s=0.2, orphan_pool_grace_s=grace)
+    s = spec("orphan", limit=2, prewarm=1)
+    sched.register(s, gateway="gw-a")
+    sched.register(s, gateway="gw-b", warm=False)
+    (pid,) = sched.pids(s.event_id)
+    kept = spec("ownerless", limit=1, prewarm=0)  # registered by no gateway (a tool): kept
+    sched.register(kept, warm=False)
+
+    # gw-a leaves; gw-b keeps beating, well past TTL and grace: the pool stays
+    assert sched.call("forget_gateway", "gw-a") == 0
+    deadline = time.monotonic() + ttl + grace + 2.0
+    while time.monotonic() < deadline:
+        assert sched.beat("gw-b", [], [s.event_id]) == []
+        assert sched.pids(s.event_id) == {pid}
+        time.sleep(0.2)
+
+    # gw-b goes silent: it expires, and the pool outlives it by the grace, then goes
+    assert wait_until(lambda: "gw-b" not in sched.call("status")["gateways"], ttl * 10, interval=0.2)
+    assert s.event_id in sched.call("status")["events"], "dropped before its grace period"
+    assert wait_until(lambda: s.event_id not in sched.call("status")["events"], grace * 10, interval=0.2)
+    assert wait_until(lambda: not alive(pid), GONE_S), "the orphaned pool's worker still runs"
+    assert kept.event_id in sched.call("status")["events"]
+    # a gateway that comes back learns its event is gone (and registers it again)
+    answer = sched.call("heartbeat", "gw-b", [], [s.event_id])
+    assert answer == {"gone": [], "unknown_events": [s.event_id]}
+
+
+# --- scale from zero ------------------------------------------------------------------------------
+
+
+def pending_workers(ray: Any) -> set[str]:
+    """Worker actors Ray has not placed yet (its pending demand, which an autoscaler reads)."""
+    from ray._private import state
+
+    return {
+        aid
+        for aid, a in state.actors().items()
+        if a.get("ActorClassName") == "Worker" and a.get("State") == "PENDING_CREATION"
+    }
+
+
+def test_an_unplaceable_pool_keeps_one_worker_requested_and_answers_at_once(make_sched, ray_session):
+    start_timeout = 1.0  # a placeable worker this late is killed; an unplaceable one is kept
+    sched = make_sched(gateway_ttl_s=3600.0, monitor_interval_s=0.2, worker_start_timeout_s=start_timeout)
+    s = spec("zero", limit=2, prewarm=0)  # a GPU pool scaled to zero: nothing pre-warmed
+    s.pool.resources = {"rtcpool_test_absent_node": 1}
+    before = pending_workers(ray_session)
+    sched.register(s, warm=False)
+    assert sched.event(s.event_id)["started_total"] == 0
+
+    for _ in range(2):
+        started = time.monotonic()
+        refused = sched.acquire(s.event_id)
+        assert time.monotonic() - started < FAST_ANSWER_S
+        assert refused["ok"] is False and refused["error"] == "no_node_fits"
+        assert "rtcpool_test_absent_node" in refused["message"]
+    # one worker is requested, not one per offer, and Ray holds it as pending demand
+    ev = sched.event(s.event_id)
+    assert (ev["starting"], ev["started_total"], ev["leases"]) == (1, 1, 0)
+    assert wait_until(lambda: len(pending_workers(ray_session) - before) == 1, CALL_S)
+    # the start timeout does not end a request no node can take yet
+    time.sleep(start_timeout * 4)
+    ev = sched.event(s.event_id)
+    assert (ev["starting"], ev["started_total"]) == (1, 1)
+    assert "failed to start" not in ev["last_error"] and ev["unplaceable"]
+    assert len(pending_workers(ray_session) - before) == 1
+    # the pool going away takes its pending request along
+    assert sched.call("unregister", s.event_id) is True
+    assert wait_until(lambda: not (pending_workers(ray_session) - before), CALL_S)
+
+
+# --- lease tokens ---------------------------------------------------------------------------------
+
+
+def open_link(lease: dict[str, Any], token: str | None = None) -> Any:
+    hello = Hello(uuid.uuid4().hex, "", "", "send-receive", "video", token=lease["token"] if token is None else token)
+    ch, _ready = connect_worker(lease["endpoint"], hello, C.WORKER_CONNECT_TIMEOUT_S, LINK_GEOMETRY)
+    return ch
+
+
+def test_a_lease_token_opens_exactly_one_session(sched):
+    s = spec("token", limit=1, prewarm=1)
+    sched.register(s)
+    first = sched.acquire(s.event_id)
+    assert len(first["token"]) == 32
+    assert all("token" not in w for w in sched.event(s.event_id)["workers"]), "status shows no token"
+    ch = open_link(first)
+    ch.close("done")
+    # the same token again, on the same lease: refused, though the worker is idle again
+    with pytest.raises((ConnectionError, TimeoutError, OSError)):
+        open_link(first)
+    sched.call("release", first["lease_id"])
+    second = sched.acquire(s.event_id)
+    assert second["pid"] == first["pid"] and second["token"] != first["token"]
+    with pytest.raises((ConnectionError, TimeoutError, OSError)):
+        open_link(second, token=first["token"])  # a token of an earlier lease opens nothing
+    open_link(second).close("done")
+    sched.call("release", second["lease_id"])
+
+
+# --- namespaces and status ------------------------------------------------------------------------
+
+
+def test_each_namespace_has_a_scheduler_of_its_own(ray_session):
+    made = []
+    try:
+        for ns in ("rtcpool-test-ns-a", "rtcpool-test-ns-b"):
+            actor = get_scheduler(namespace=ns)
+            made.append(actor)
+            ray_session.get(actor.status.remote(), timeout=CALL_S)
+        a, b = (ray_session.get_actor(C.SCHEDULER_NAME, namespace=ns) for ns in ("rtcpool-test-ns-a", "rtcpool-test-ns-b"))
+        assert a._actor_id != b._actor_id
+        assert get_scheduler(namespace="rtcpool-test-ns-a")._actor_id == a._actor_id, "found again, not made twice"
+    finally:
+        for actor in made:
+            ray_session.kill(actor, no_restart=True)
+
+
+def test_status_lists_every_session(make_sched, ray_session):
+    sched = make_sched(gateway_ttl_s=3600.0)
+    s = spec("sessions", limit=2, prewarm=1)
+    sched.register(s, gateway="gw-list")
+    lease = sched.acquire(s.event_id, gateway="gw-list")
+    sched.call("heartbeat", "gw-list", [lease["lease_id"]], [s.event_id], {lease["lease_id"]: "tcp"})
+    sched.call("mark_streaming", lease["lease_id"])
+    status = sched.call("status")
+    [row] = status["sessions"]
+    assert row["lease"] == lease["lease_id"][:SHORT_LEASE_ID]
+    assert (row["event_id"], row["gateway_id"], row["pid"], row["node_id"], row["transport"]) == (
+        s.event_id, "gw-list", lease["pid"], lease["node_id"], "tcp",
+    )  # fmt: skip
+    assert row["age_s"] >= 0 and row["streaming_s"] is not None
+    view = collect_status(status, ray_session.nodes())
+    assert view["sessions"] == status["sessions"]
+    text = format_status(view)
+    assert f"{row['lease']} {s.event_id} via gw-list: pid {lease['pid']} on node {lease['node_id'][:12]}, tcp" in text
+    sched.call("release", lease["lease_id"])
+    assert sched.call("status")["sessions"] == []

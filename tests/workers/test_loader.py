@@ -269,3 +269,68 @@ def test_register_returns_the_index():
     assert loader.register("a") == 0
     assert loader.register("b") == 1
     assert loader.REGISTRY == ["a", "b"]
+
+
+# --- identity: what makes two specs the same handler ------------------------------------------------
+
+CLASS_APP = """
+class Inverter:
+    def __call__(self, frame):
+        return 255 - frame
+"""
+
+
+def test_two_processes_pickling_one_class_handler_agree_on_its_identity(tmp_path):
+    """cloudpickle gives a class defined in an app file a per-process id: the bytes differ,
+    the identity must not (two gateways serving one app share one pool)."""
+    app = tmp_path / "class_app.py"
+    app.write_text(CLASS_APP)
+    code = textwrap.dedent(
+        f"""
+        import importlib.util, pickle, sys
+        from workers.loader import make_spec
+        spec = importlib.util.spec_from_file_location("rtcpool_class_app", {str(app)!r})
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["rtcpool_class_app"] = module
+        spec.loader.exec_module(module)
+        sys.stdout.buffer.write(pickle.dumps(make_spec(module.Inverter(), 0)))
+        """
+    )
+    specs = []
+    for _ in range(2):
+        result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, timeout=120)
+        assert result.returncode == 0, result.stderr.decode()
+        specs.append(pickle.loads(result.stdout))
+    a, b = specs
+    assert a.blob != b.blob
+    assert a.identity() == b.identity()
+    assert a.source_sha256 and a.app_path == str(app)
+
+
+def test_an_app_file_that_changes_changes_the_identity(reimport_app):
+    app, module = reimport_app
+    before = make_spec(module.first, 0)
+    assert before.blob is None, "the premise: a handler that goes by re-import has no bytes of its own"
+    assert make_spec(module.first, 0).identity() == before.identity()
+    app.write_text(REIMPORT_APP.replace("frame + 1", "frame + 2"))
+    assert make_spec(module.first, 0).identity() != before.identity()
+    # so do the options that travel with it, and the position of the registration
+    assert make_spec(module.first, 1).identity() != make_spec(module.first, 0).identity()
+    assert make_spec(module.first, 0, stream_every=0.5).identity() != make_spec(module.first, 0).identity()
+
+
+def test_a_handler_without_a_file_is_known_by_its_bytes():
+    one, other = make_spec(lambda f: f + 1, 0), make_spec(lambda f: f + 2, 0)
+    assert one.app_path is not None  # this test module; a lambda typed at a prompt has none
+    one.app_path = other.app_path = None
+    one.source_sha256 = other.source_sha256 = ""
+    assert one.identity() != other.identity()
+
+
+def test_a_reimport_of_a_changed_file_still_loads_and_says_so(reimport_app, caplog):
+    app, module = reimport_app
+    spec = make_spec(module.second, 1)
+    app.write_text(REIMPORT_APP + "\n# edited\n")
+    with caplog.at_level("WARNING", logger="rtcpool.loader"):
+        assert load(spec)(5) == 4
+    assert f"{app} on this host differs from the file the gateway registered second from" in caplog.text
