@@ -12,6 +12,7 @@ tasks, and the scheduler lease (marking the worker for replacement if it misbeha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -60,6 +61,8 @@ AUDIO_OUT_MAX_S = 60.0  # audio buffered for the client at most; the oldest goes
 AUDIO_OUT_MAX_BYTES = int(AUDIO_OUT_MAX_S / C.AUDIO_FRAME_S) * AUDIO_OUT_FRAME_BYTES
 AUDIO_OUT_MAX_LAG_S = 0.2  # an output clock this far behind restarts instead of bursting
 OUTPUTS_QUEUE_MAX = 1024  # AdditionalOutputs kept for a consumer that is not reading
+END_DRAIN_MAX_S = 30.0  # a stream the handler ended plays out its queued audio for at most this long
+PLAYOUT_MARGIN_S = 0.2  # after the last frame is sent, for the client's jitter buffer to play it
 
 
 class WorkerGone(Exception):
@@ -126,6 +129,8 @@ class WorkerAudioTrack(MediaStreamTrack):
         self._frames = 0
         self.dropped_bytes = 0
         self.played_samples = 0  # samples of worker audio (not silence) sent to the client
+        self.drained = asyncio.Event()  # set while nothing waits to be played
+        self.drained.set()
 
     def push(self, header: Any, samples: Any) -> None:
         layout = "stereo" if header.layout == 2 else "mono"
@@ -137,6 +142,8 @@ class WorkerAudioTrack(MediaStreamTrack):
         frame.sample_rate = header.sample_rate
         for out in resampler.resample(frame):
             self._fifo += out.to_ndarray().tobytes()
+        if self._fifo:
+            self.drained.clear()
         excess = len(self._fifo) - AUDIO_OUT_MAX_BYTES
         if excess > 0:
             del self._fifo[:excess]
@@ -144,6 +151,7 @@ class WorkerAudioTrack(MediaStreamTrack):
 
     def clear(self) -> None:
         self._fifo.clear()
+        self.drained.set()
 
     @property
     def buffered_s(self) -> float:
@@ -165,6 +173,8 @@ class WorkerAudioTrack(MediaStreamTrack):
             self.played_samples += n // 4
         chunk = bytes(self._fifo[:n]) + bytes(AUDIO_OUT_FRAME_BYTES - n)
         del self._fifo[:n]
+        if not self._fifo:
+            self.drained.set()
         frame.planes[0].update(chunk)
         frame.sample_rate = AUDIO_OUT_RATE
         frame.pts = self._frames * AUDIO_OUT_FRAME_SAMPLES
@@ -195,6 +205,7 @@ class Session:
         self.closed = False
         self._closing: asyncio.Task[None] | None = None
         self._link_closed = asyncio.Event()
+        self.handler_ended = False  # the worker said end_stream: the handler ended the stream
         self.worker_ok = True
         self._writing = False  # a writer callback is flushing the channel's backlog
         self.created_at = time.monotonic()
@@ -342,14 +353,33 @@ class Session:
             self.send_client_error(msg.message)
         elif isinstance(msg, Message):
             if msg.type == "end_stream":
-                self.send_client("end_stream", msg.data)
-                self.close_soon("handler ended the stream", delay=C.END_STREAM_GRACE_S)
+                self.handler_ended = True
+                self._spawn(self._end_after_playout(msg.data))
             else:
                 self.send_client(msg.type, msg.data)
+
+    async def _end_after_playout(self, data: Any) -> None:
+        """The handler ended the stream (a generator finished, CloseStream): the worker sent
+        its last audio before saying so, and the client stops as soon as it hears end_stream,
+        so the audio queued here is played out first (the worker runs ahead of real time)."""
+        out = self.audio_out
+        if out is not None and not out.drained.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(out.drained.wait(), END_DRAIN_MAX_S)
+            await asyncio.sleep(PLAYOUT_MARGIN_S)
+        self.send_client("end_stream", data)
+        self.close_soon("handler ended the stream", delay=C.END_STREAM_GRACE_S)
 
     def _on_link_closed(self, reason: str) -> None:
         self._link_closed.set()
         if self.closed:
+            return
+        peer = self.channel.peer_close if self.channel is not None else None
+        if self.handler_ended and peer is not None:
+            # the handler ended the stream and the worker closed its side cleanly: the
+            # session ends once its audio has played out (_end_after_playout)
+            if peer.retire:
+                self.worker_ok = False
             return
         # the worker ended the link without being asked: its process died or gave up
         self.worker_ok = False

@@ -40,6 +40,32 @@ class CloseStream:
         self.msg = msg
 
 
+class ArgsEvent:
+    """``args_set``: set when the stream's inputs have arrived. A threading.Event, since sync
+    handlers wait on it from their own threads, whose ``wait()`` may also be awaited from a
+    coroutine, as fastrtc's asyncio.Event is (``await self.args_set.wait()``)."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def clear(self) -> None:
+        self._event.clear()
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """Blocking on a plain thread; an awaitable inside a running event loop."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return self._event.wait(timeout)
+        return asyncio.to_thread(self._event.wait, timeout)
+
+
 class _SessionHooks:
     """What the worker plugs into a handler copy; a handler outside a worker gets these
     no-ops, so it can be unit-tested on its own."""
@@ -72,7 +98,7 @@ class StreamHandlerBase(ABC):
         self.output_frame_size = output_frame_size
         self.input_sample_rate = input_sample_rate
         self.latest_args: list[Any] = [WEBRTC_VALUE]
-        self.args_set = threading.Event()
+        self.args_set = ArgsEvent()
         self._hooks: _SessionHooks = _SessionHooks()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -86,7 +112,7 @@ class StreamHandlerBase(ABC):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self.args_set = threading.Event()
+        self.args_set = ArgsEvent()
         self._hooks = _SessionHooks()
         self._loop = None
 

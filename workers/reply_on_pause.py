@@ -186,11 +186,19 @@ class ReplyOnPause(StreamHandler):
 
     ``fn(audio, *extra_inputs)`` gets ``(sample_rate, int16 array (1, N))`` -- the whole
     utterance -- and yields (or returns) ``(sr, array)``, ``(sr, array, layout)`` or
-    ``AdditionalOutputs``; a coroutine function or async generator works too.
+    ``AdditionalOutputs``; a coroutine function or async generator works too. A ``fn`` of one
+    parameter gets the audio alone, whatever other inputs the stream has (as upstream).
+
+    The positional parameters are gradio_webrtc's, in its order; the ones it did not have
+    are keyword-only (fastrtc put ``startup_fn`` second, so a positional call written for it
+    fails loudly here instead of shifting every argument):
 
     ``can_interrupt``: when the speaker starts a new utterance while a reply is still
     being produced or played, the reply stops and the audio already queued for the client
     is flushed. When False, what the speaker says during a reply is ignored.
+    ``model``: the pause-detection model (:class:`PauseDetectionModel`; Silero by default).
+    ``startup_fn``: called once per session before listening starts (with the stream's
+    other inputs when ``fn`` takes them); what it yields or returns is played first.
     """
 
     def __init__(
@@ -198,24 +206,42 @@ class ReplyOnPause(StreamHandler):
         fn: Callable[..., Any],
         algo_options: AlgoOptions | None = None,
         model_options: SileroVadOptions | None = None,
-        can_interrupt: bool = True,
         expected_layout: Layout = "mono",
         output_sample_rate: int = DEFAULT_OUTPUT_SAMPLE_RATE,
         output_frame_size: int = DEFAULT_OUTPUT_FRAME_SIZE,
         input_sample_rate: int = REPLY_ON_PAUSE_INPUT_SAMPLE_RATE,
+        *,
+        can_interrupt: bool = True,
         model: PauseDetectionModel | None = None,
+        startup_fn: Callable[..., Any] | None = None,
     ) -> None:
+        if algo_options is not None and not isinstance(algo_options, AlgoOptions):
+            raise TypeError(
+                f"algo_options must be an AlgoOptions, got {type(algo_options).__name__} "
+                "(fastrtc's positional startup_fn? pass startup_fn=... by keyword)"
+            )
+        if expected_layout not in ("mono", "stereo"):
+            raise ValueError(f"expected_layout must be 'mono' or 'stereo', got {expected_layout!r}")
         super().__init__(expected_layout, output_sample_rate, output_frame_size, input_sample_rate)
         self.fn = fn
         self.algo_options = algo_options or AlgoOptions()
         self.model_options = model_options or SileroVadOptions()
         self.can_interrupt = can_interrupt
         self.model: PauseDetectionModel = model if model is not None else SileroVADModel()
+        self.startup_fn = startup_fn
         self._init_runtime()
+
+    @property
+    def _needs_additional_inputs(self) -> bool:
+        """Whether ``fn`` takes the stream's other inputs after the audio."""
+        try:
+            return len(inspect.signature(self.fn).parameters) > 1
+        except (TypeError, ValueError):  # no signature to read (a builtin): pass them
+            return True
 
     # --- per-session runtime state (never pickled) ---------------------------------------------
 
-    _RUNTIME = ("_lock", "_stream", "_pending", "_reply", "_epoch", "_active", "_replied", "_deaf", "_aloop")
+    _RUNTIME = ("_lock", "_stream", "_pending", "_reply", "_epoch", "_active", "_replied", "_deaf", "_aloop", "_startup_out")
 
     def _init_runtime(self) -> None:
         self._lock = threading.Lock()
@@ -227,6 +253,7 @@ class ReplyOnPause(StreamHandler):
         self._replied = False  # a reply started since the speaker last started talking
         self._deaf = False  # audio was dropped during a reply (can_interrupt=False)
         self._aloop: asyncio.AbstractEventLoop | None = None
+        self._startup_out: Any = None  # what startup_fn gave, played before any reply
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -249,6 +276,7 @@ class ReplyOnPause(StreamHandler):
             output_frame_size=self.output_frame_size,
             input_sample_rate=self.input_sample_rate,
             model=self.model,
+            startup_fn=self.startup_fn,
         )
 
     def warmup(self) -> None:
@@ -257,6 +285,15 @@ class ReplyOnPause(StreamHandler):
 
     def start_up(self) -> None:
         self.warmup()
+        if self.startup_fn is not None:
+            args: list[Any] = []
+            if self._needs_additional_inputs:
+                if not self.args_set.is_set():
+                    self.wait_for_args_sync()
+                args = self.latest_args[1:]
+            out = self.startup_fn(*args)
+            with self._lock:
+                self._startup_out = out
 
     def reset(self) -> None:
         """Forget the stream: buffers, the turn in progress, any pending or running reply."""
@@ -343,7 +380,8 @@ class ReplyOnPause(StreamHandler):
                 st.utt_start16 = self._onset(st, segments, a, b)
                 self._on_speech_start(actions)
             return
-        if speech_s < opts.speech_threshold and not self._talking_at_window_end(st, a, b):
+        too_long = (b - st.utt_start16) / VAD_SAMPLE_RATE >= opts.max_continuous_speech_s
+        if too_long or (speech_s < opts.speech_threshold and not self._talking_at_window_end(st, a, b)):
             st.talking = False
             lo, hi = st.to_input(st.utt_start16), st.to_input(b)
             frames = st.frames_between(lo, hi, self.expected_layout)
@@ -428,7 +466,11 @@ class ReplyOnPause(StreamHandler):
         with self._lock:
             reply = self._reply
             stale = reply is not None and reply.epoch != self._epoch
-            if reply is None and self._pending is not None:
+            startup, self._startup_out = (self._startup_out, None) if reply is None else (None, self._startup_out)
+            if startup is not None:
+                reply = self._reply = _Reply(startup, self._epoch, self._reply_loop)
+                self._active = True
+            elif reply is None and self._pending is not None:
                 utterance, self._pending = self._pending, None
                 epoch = self._epoch
         if reply is not None:
@@ -441,7 +483,7 @@ class ReplyOnPause(StreamHandler):
         return None
 
     def _start_reply(self, utterance: AudioTuple, epoch: int) -> Any:
-        if not self.args_set.is_set():
+        if self._needs_additional_inputs and not self.args_set.is_set():
             # the stream's other inputs: the worker sets them when the client sends them;
             # ask once and wait (bounded) rather than call fn with arguments missing
             self.wait_for_args_sync()
@@ -449,7 +491,8 @@ class ReplyOnPause(StreamHandler):
         with self._lock:
             self._replied = True
         try:
-            out = self.fn(utterance, *self.latest_args[1:])
+            extra = self.latest_args[1:] if self._needs_additional_inputs else []
+            out = self.fn(utterance, *extra)
             reply = _Reply(out, epoch, self._reply_loop)
         except BaseException:
             with self._lock:

@@ -22,7 +22,7 @@ from workers.reply_on_pause import AudioTuple, ReplyOnPause, _Stream
 from workers.stopwords import StopWordDetector, StopWordOptions, check_stop_words
 from workers.vad import VAD_SAMPLE_RATE, AlgoOptions, PauseDetectionModel, SileroVadOptions
 
-REPLY_ON_STOPWORDS_INPUT_SAMPLE_RATE = 16_000  # Hz, fastrtc's default for ReplyOnStopWords
+REPLY_ON_STOPWORDS_INPUT_SAMPLE_RATE = 48_000  # Hz, gradio_webrtc's and fastrtc's default
 STOPWORD_ARMED_TIMEOUT_S = 8.0  # s without speech after a stop word before listening again
 STOPWORD_MESSAGE_TYPE = "stopword"
 
@@ -37,14 +37,18 @@ class ReplyOnStopWords(ReplyOnPause):
         stop_words: Sequence[str],
         algo_options: AlgoOptions | None = None,
         model_options: SileroVadOptions | None = None,
-        can_interrupt: bool = True,
         expected_layout: Layout = "mono",
         output_sample_rate: int = DEFAULT_OUTPUT_SAMPLE_RATE,
         output_frame_size: int = DEFAULT_OUTPUT_FRAME_SIZE,
         input_sample_rate: int = REPLY_ON_STOPWORDS_INPUT_SAMPLE_RATE,
+        *,
+        can_interrupt: bool = True,
         model: PauseDetectionModel | None = None,
+        startup_fn: Callable[..., Any] | None = None,
         stopword_options: StopWordOptions | None = None,
     ) -> None:
+        """Positional parameters in gradio_webrtc's order; the rest keyword-only (see
+        ReplyOnPause)."""
         # validated here, in the app's process, so a typo fails at start-up, not per session
         self.stop_words = check_stop_words(stop_words)
         self.stopword_options = stopword_options or StopWordOptions()
@@ -58,6 +62,7 @@ class ReplyOnStopWords(ReplyOnPause):
             output_frame_size=output_frame_size,
             input_sample_rate=input_sample_rate,
             model=model,
+            startup_fn=startup_fn,
         )
 
     _RUNTIME = (*ReplyOnPause._RUNTIME, "_detector", "_armed", "_armed_at16")
@@ -80,6 +85,7 @@ class ReplyOnStopWords(ReplyOnPause):
             output_frame_size=self.output_frame_size,
             input_sample_rate=self.input_sample_rate,
             model=self.model,
+            startup_fn=self.startup_fn,
             stopword_options=self.stopword_options,
         )
 

@@ -43,6 +43,7 @@ DEFAULT_SPEECH_PAD_MS = 400  # ms
 DEFAULT_AUDIO_CHUNK_DURATION_S = 0.6  # s of audio per VAD decision
 DEFAULT_STARTED_TALKING_THRESHOLD_S = 0.2  # s of speech in a window that starts an utterance
 DEFAULT_SPEECH_THRESHOLD_S = 0.1  # s of speech in a window below which the speaker paused
+DEFAULT_MAX_CONTINUOUS_SPEECH_S = float("inf")  # s of one utterance after which it is cut (none)
 
 
 @dataclass
@@ -76,11 +77,14 @@ class AlgoOptions:
     started_talking_threshold: a window with more speech than this (s) starts an utterance.
     speech_threshold: once talking, a window with less speech than this (s) is the pause that
       ends the utterance.
+    max_continuous_speech_s: an utterance that reaches this length (s) is replied to as if
+      the speaker had paused (fastrtc's option; a speaker who never pauses still gets one).
     """
 
     audio_chunk_duration: float = DEFAULT_AUDIO_CHUNK_DURATION_S
     started_talking_threshold: float = DEFAULT_STARTED_TALKING_THRESHOLD_S
     speech_threshold: float = DEFAULT_SPEECH_THRESHOLD_S
+    max_continuous_speech_s: float = DEFAULT_MAX_CONTINUOUS_SPEECH_S
 
 
 @runtime_checkable

@@ -25,6 +25,8 @@ pool replaces it rather than hand a busy process to the next user.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import hmac
 import inspect
 import logging
@@ -84,6 +86,9 @@ HANDLER_STOP_TIMEOUT_S = 1.0  # handler threads get this long to return once a s
 EMIT_IDLE_S = 0.005  # a StreamHandler's emit() returned None: ask again after this long
 AUDIO_LEAD_S = 0.5  # audio may be produced this far ahead of real time; the gateway plays it out
 ERROR_REPEAT_S = 1.0  # the same handler error is sent to the client at most this often
+ARGS_HOLD_MAX_S = 2.0  # inputs pushed before a handler's first emit() returns are held at most this long
+PARKED_THREAD_CPU_S = 0.05  # a handler thread using less CPU than this while joined is parked, not busy
+MAX_PARKED_THREADS = 8  # parked handler threads a worker leaves behind before it retires
 WORKER_NICENESS = 15  # workers run behind the gateway (Ray's own default for its workers)
 ACCEPT_INTERVAL_S = 0.5  # the accept loop wakes this often to notice shutdown
 LISTEN_BACKLOG = 8
@@ -93,6 +98,21 @@ TOKEN_BYTES = 16  # a session's token: 128 random bits
 HELLO_TIMEOUT_S = 2.0
 MAX_HELLO_THREADS = 16  # connections read at once; beyond that a new one is closed unread
 REFUSE_SEND_TIMEOUT_S = 1.0  # a refused peer gets this long to take its Close
+
+
+# the clear_gen a clear_audio() call made, in the context (thread, or asyncio task) that made
+# it: audio an emit() returns after clearing the queue itself is new, not stale
+_OWN_CLEAR: contextvars.ContextVar[int | None] = contextvars.ContextVar("rtcpool_own_clear", default=None)
+
+
+def _made_under(gen: int) -> int:
+    """The clear_gen an emit() result counts as made under: ``gen`` (taken before the call),
+    or the one the call's own clear_audio() made."""
+    own = _OWN_CLEAR.get()
+    if own is not None:
+        _OWN_CLEAR.set(None)
+        return max(gen, own)
+    return gen
 
 
 def _peer_uid(conn: socket.socket) -> int:
@@ -146,6 +166,7 @@ class Worker:
         port = self.tcp_listener.getsockname()[1]
         self.tcp_endpoint = f"{TCP_SCHEME}[{host}]:{port}" if ":" in host else f"{TCP_SCHEME}{host}:{port}"
         self.sessions_served = 0
+        self.parked_threads: list[threading.Thread] = []  # left blocked in handlers by past sessions
         self.session: Session | None = None
         self._stop = threading.Event()
         # a connection whose hello was valid, waiting for the serve thread: (socket, hello,
@@ -302,8 +323,9 @@ class Worker:
             finally:
                 self.session = None
                 self.sessions_served += 1
-            if session.stuck:
-                log.error("handler did not stop within %.1f s; exiting so the pool replaces this worker", C.CLOSE_ACK_TIMEOUT_S)
+            if session.retire:
+                log.error("handler threads did not stop (%s); exiting so the pool replaces this worker",
+                          "still running" if session.stuck else f"{len(self.parked_threads)} parked")
                 os._exit(3)
 
 
@@ -319,11 +341,22 @@ class Session:
         self.cond = threading.Condition()
         self.stop_event = threading.Event()
         self.args_arrived = threading.Event()
-        self.emit_started = False  # the handler's emit() has been called once
-        self.args_held = False  # inputs arrived before that, not yet marked set
+        # Inputs the page pushes as it connects are held (latest_args only, args_set clear)
+        # until the handler asks for them (wait_for_args*), its first emit() returns, or
+        # ARGS_HOLD_MAX_S pass: the seed's AsyncStreamHandler starts its work only when its
+        # first emit() finds args_set clear, as it always does under gradio_webrtc, whose
+        # first emit() runs before any input arrives.
+        self.emit_returned = False
+        self.args_requested = False
+        self.args_held = False
+        self._hold_timer: threading.Timer | None = None
+        self.clear_gen = 0  # bumped by clear_audio(): audio made before it is stale
+        self._video_due: float | None = None  # next frame time of server-generated video
         self.stopping = False
         self.stop_reason = ""
-        self.stuck = False
+        self.stuck = False  # a handler thread still runs (uses CPU) after the session ended
+        self.parked: list[threading.Thread] = []  # handler threads blocked in the handler at the end
+        self.retire = False  # the worker exits after this session (see run())
         self.outputs_seq = 0
         self.sends_video = hello.mode in ("send-receive", "receive") and hello.modality in ("video", "audio-video")
         self.sends_audio = hello.mode in ("send-receive", "receive") and hello.modality in ("audio", "audio-video")
@@ -336,6 +369,7 @@ class Session:
         self._last_error_at = 0.0
         self._errors_held = 0
         self._async_wake: Callable[[], None] | None = None
+        self._async_pace_cut: Callable[[], None] | None = None
         self.stream_every = worker.spec.stream_every  # seconds between a function's inputs
         self.layout = worker.spec.outputs
         # positions in ``args`` of inputs that are also outputs and that the handler has
@@ -410,17 +444,29 @@ class Session:
                     ch.flush()
         finally:
             self.stop(ch.close_reason or "session ended")
-            deadline = time.monotonic() + HANDLER_STOP_TIMEOUT_S
-            for t in threads:
-                t.join(max(0.0, deadline - time.monotonic()))
-            self.stuck = any(t.is_alive() for t in threads)
-            if isinstance(self.handler, StreamHandlerBase):
+            if isinstance(self.handler, StreamHandlerBase) and not isinstance(self.handler, AsyncStreamHandler):
+                # before the join, so a handler can unblock its own threads; an async
+                # handler's shutdown runs on its loop (_async_main)
                 try:
                     self.handler.shutdown()
                 except Exception:
                     log.exception("handler shutdown raised")
+            # only a StreamHandler's threads may be left parked: each session has its own
+            # copy, whereas a plain function blocked mid-call is shared with the next session
+            can_park = isinstance(self.handler, StreamHandlerBase)
+            self.parked, self.stuck = _join_handler_threads(threads, HANDLER_STOP_TIMEOUT_S, can_park)
+            worker = self.worker
+            worker.parked_threads = [t for t in worker.parked_threads if t.is_alive()] + self.parked
+            if self.parked:
+                log.warning(
+                    "%d handler thread(s) still blocked in the handler after the session; left parked (%d in this worker)",
+                    len(self.parked), len(worker.parked_threads),
+                )
+            # a thread still running would compete with the next session; parked ones only
+            # hold memory, up to MAX_PARKED_THREADS
+            self.retire = self.stuck or len(worker.parked_threads) > MAX_PARKED_THREADS
             # answers the gateway's Close (or tells it we are done), then unmaps both segments
-            ch.close(self.stop_reason, notify=True, retire=self.stuck)
+            ch.close(self.stop_reason, notify=True, retire=self.retire)
 
     def stop(self, reason: str) -> None:
         with self.cond:
@@ -430,6 +476,11 @@ class Session:
             self.cond.notify_all()
         self.stop_event.set()
         self.args_arrived.set()
+        if isinstance(self.handler, StreamHandlerBase):
+            self.handler.args_set.set()  # a wait_for_args*() in progress returns now
+        timer = self._hold_timer
+        if timer is not None:
+            timer.cancel()
         self._wake_async()
 
     def _wake(self) -> None:
@@ -477,23 +528,38 @@ class Session:
             self.args_arrived.set()
             h = self.handler
             if isinstance(h, StreamHandlerBase):
-                if self.emit_started:
+                with self.cond:
+                    hold = not (self.emit_returned or self.args_requested or self.stopping)
+                    if hold:
+                        h.latest_args = [WEBRTC_VALUE, *self.args]
+                        self.args_held = True
+                        if self._hold_timer is None:
+                            # a handler that waits on args_set itself gets them all the same
+                            self._hold_timer = threading.Timer(ARGS_HOLD_MAX_S, self._release_held_args)
+                            self._hold_timer.daemon = True
+                            self._hold_timer.start()
+                if not hold:
                     h.set_args(self.args)
-                else:
-                    # The page pushes its inputs as soon as it connects, usually before the
-                    # first emit(). The seed's AsyncStreamHandler starts its work only when
-                    # emit() finds args_set clear and waits for them: so values that arrive
-                    # before any emit() are held (latest_args only) and marked set after it.
-                    h.latest_args = [WEBRTC_VALUE, *self.args]
-                    self.args_held = True
 
     def _on_closed(self, reason: str) -> None:
         self.stop(reason)
 
     def _release_held_args(self) -> None:
-        if self.args_held:
-            self.args_held = False
-            self.handler.set_args(self.args)  # type: ignore[union-attr]
+        """Mark held inputs set (see ``args_held``); from now on inputs apply as they come."""
+        with self.cond:
+            self.emit_returned = True  # (or asked, or waited long enough: the hold is over)
+            held, self.args_held = self.args_held, False
+            args = list(self.args)
+        if held:
+            self.handler.set_args(args)  # type: ignore[union-attr]
+
+    def request_args(self) -> None:
+        """The handler asks for the inputs (wait_for_args*): what the page pushed already
+        is current enough, and an answer to this request must reach the waiting handler."""
+        with self.cond:
+            self.args_requested = True
+        self._release_held_args()
+        self.channel.send_control(Message("send_input", None))
 
     # --- handler side ----------------------------------------------------------------------------
 
@@ -692,17 +758,20 @@ class Session:
             self.started_up.set()
         emit = h.emit  # type: ignore[attr-defined]
         while not self.stopping:
-            self.emit_started = True
+            gen = self.clear_gen
             try:
                 out = emit()
             except Exception as exc:
                 self._report(exc)
                 out = None
             finally:
-                self._release_held_args()
+                if not self.emit_returned:
+                    self._release_held_args()
+            if self.stopping:
+                return  # (a call that outlived its session: its result has nowhere to go)
             if out is None:
                 self.stop_event.wait(EMIT_IDLE_S)
-            elif self._emit_all(out, None):
+            elif self._emit_all(out, None, _made_under(gen)):
                 return
 
     def _video_emit_loop(self) -> None:
@@ -738,7 +807,9 @@ class Session:
         loop = asyncio.get_running_loop()
         h._loop = loop
         wake = asyncio.Event()
+        pace_cut = asyncio.Event()  # clear_audio(): the reply's pacing wait ends at once
         self._async_wake = lambda: loop.call_soon_threadsafe(wake.set)
+        self._async_pace_cut = lambda: loop.call_soon_threadsafe(pace_cut.set)
         started = h.start_up()
         if inspect.isawaitable(started):
             await started
@@ -750,32 +821,46 @@ class Session:
                     item = self.audio_in.popleft() if self.audio_in else None
                     if item is not None:
                         self.audio_in_samples -= item[1].shape[-1]
+                # an exception in the handler is reported and the session goes on, as for a
+                # sync handler
                 if item is not None:
-                    await _maybe_await(h.receive(item))  # type: ignore[attr-defined]
+                    try:
+                        await _maybe_await(h.receive(item))  # type: ignore[attr-defined]
+                    except Exception as exc:
+                        self._report(exc)
                     continue
                 if wants_video and self.channel.has_video():
                     got = self._next_input(audio=False, video=True)
                     if got is not None:
-                        await _maybe_await(h.video_receive(got[1]))  # type: ignore[attr-defined]
+                        try:
+                            await _maybe_await(h.video_receive(got[1]))  # type: ignore[attr-defined]
+                        except Exception as exc:
+                            self._report(exc)
                     continue
                 wake.clear()
                 await wake.wait()
 
         async def emit() -> None:
             while not self.stopping:
-                self.emit_started = True
+                gen = self.clear_gen
                 try:
                     out = await _maybe_await(h.emit())  # type: ignore[attr-defined]
+                except Exception as exc:
+                    self._report(exc)
+                    out = None
                 finally:
-                    self._release_held_args()
+                    if not self.emit_returned:
+                        self._release_held_args()
                 if out is None:
                     await asyncio.sleep(EMIT_IDLE_S)
                     continue
-                if self._emit(out, None):
+                if self._emit(out, None, _made_under(gen)):
                     return
                 delay = self._pace_delay(out)
                 if delay > 0:
-                    await asyncio.sleep(delay)
+                    pace_cut.clear()
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(pace_cut.wait(), delay)
 
         async def watch_stop() -> None:
             while not self.stopping:
@@ -789,32 +874,52 @@ class Session:
                 if t.exception() is not None:
                     raise t.exception()  # type: ignore[misc]
         finally:
+            try:
+                # before the tasks are cancelled, so the handler can end its own work first
+                await _maybe_await(h.shutdown())
+            except Exception:
+                log.exception("handler shutdown raised")
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             self._async_wake = None
+            self._async_pace_cut = None
 
     # --- output -------------------------------------------------------------------------------
 
-    def _emit_all(self, out: Any, header: SlotHeader | None) -> bool:
-        """Send a result, or every item of a generator result, paced. True: end the stream."""
+    def _emit_all(self, out: Any, header: SlotHeader | None, gen: int | None = None) -> bool:
+        """Send a result, or every item of a generator result, paced. True: end the stream.
+        ``gen``: the clear_gen the result was made under (None: no reply to interrupt)."""
         if inspect.isgenerator(out):
             try:
                 for item in out:
-                    if self.stopping or self._emit(item, header):
+                    if self.stopping or self._emit(item, header, gen):
                         return True
                     delay = self._pace_delay(item)
-                    if delay > 0 and self.stop_event.wait(delay):
+                    if delay > 0 and self._pace_wait(delay):
                         return True
             finally:
                 out.close()
             return False
-        if self._emit(out, header):
+        if self._emit(out, header, gen):
             return True
         delay = self._pace_delay(out)
-        return delay > 0 and self.stop_event.wait(delay)
+        return delay > 0 and self._pace_wait(delay)
 
-    def _emit(self, out: Any, header: SlotHeader | None) -> bool:
+    def _pace_wait(self, delay: float) -> bool:
+        """Wait ``delay`` s before producing more; clear_audio() cuts it short (the audio it
+        paced was dropped, so the next reply may start at once). True: the session stops."""
+        deadline = time.monotonic() + delay
+        with self.cond:
+            gen = self.clear_gen
+            while not self.stopping and self.clear_gen == gen:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.cond.wait(left)
+            return self.stopping
+
+    def _emit(self, out: Any, header: SlotHeader | None, gen: int | None = None) -> bool:
         """Send one handler result. True when the handler asked to end the stream."""
         if out is None:
             return False
@@ -836,7 +941,11 @@ class Session:
                 return False
         if _is_audio(out):
             if self.sends_audio:
-                self._send_audio(out)
+                with self.cond:
+                    # checked and sent under the lock clear_audio() bumps clear_gen with: audio
+                    # made before an interruption never follows its ClearAudio to the gateway
+                    if gen is None or gen == self.clear_gen:
+                        self._send_audio(out)
             return False
         if self.sends_video:
             frame = as_rgb24(out)
@@ -865,12 +974,27 @@ class Session:
         if _is_audio(out) or (isinstance(out, tuple) and out and _is_audio(out[0])):
             return self.audio_out_until - time.monotonic() - AUDIO_LEAD_S
         if self.hello.mode == "receive" and isinstance(out, np.ndarray):
-            return 1.0 / C.DEFAULT_OUTPUT_FPS
+            # a schedule of frame times, so the generator's own time per frame does not slow
+            # the video down; a generator that falls behind goes on at once, without a burst
+            now = time.monotonic()
+            period = 1.0 / C.DEFAULT_OUTPUT_FPS
+            due = now if self._video_due is None else self._video_due
+            self._video_due = max(due + period, now)
+            return self._video_due - now
         return 0.0
 
     def clear_audio(self) -> None:
-        self.audio_out_until = time.monotonic()
+        """An interrupted reply: the client's queued audio goes, and so does any the handler
+        made before now (clear_gen), and the reply's pacing wait ends."""
+        with self.cond:
+            self.clear_gen += 1
+            _OWN_CLEAR.set(self.clear_gen)
+            self.audio_out_until = time.monotonic()
+            self.cond.notify_all()
         self.channel.send_control(ClearAudio())
+        cut = self._async_pace_cut
+        if cut is not None:
+            cut()
 
     def _split_outputs(self, out: Any) -> Any:
         """A result mapped onto the stream's outputs, one value each, as Gradio maps an
@@ -955,6 +1079,32 @@ def as_audio(out: tuple[Any, ...]) -> tuple[int, np.ndarray, str]:
     return rate, np.ascontiguousarray(a), layout
 
 
+def _thread_cpu_s(thread: threading.Thread) -> float:
+    """CPU seconds a live thread has used (0 once it has ended)."""
+    try:
+        return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))  # type: ignore[arg-type]
+    except (OSError, TypeError, ValueError):
+        return 0.0
+
+
+def _join_handler_threads(
+    threads: list[threading.Thread], timeout: float, can_park: bool
+) -> tuple[list[threading.Thread], bool]:
+    """Join a session's handler threads for up to ``timeout`` s. Returns the ones still
+    blocked inside the handler and using no CPU (parked: the seeds' EchoHandler waits in
+    ``queue.get()`` forever once the audio stops), and whether any other is still alive
+    (stuck). With ``can_park`` False every thread still alive is stuck."""
+    cpu0 = {t: _thread_cpu_s(t) for t in threads}
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    alive = [t for t in threads if t.is_alive()]
+    if not can_park:
+        return [], bool(alive)
+    parked = [t for t in alive if _thread_cpu_s(t) - cpu0[t] < PARKED_THREAD_CPU_S]
+    return parked, len(parked) < len(alive)
+
+
 async def _maybe_await(value: Any) -> Any:
     if inspect.isawaitable(value):
         return await value
@@ -969,7 +1119,7 @@ class _Hooks:
         self.session.channel.send_control(Message(type_, data))
 
     def request_args(self) -> None:
-        self.session.channel.send_control(Message("send_input", None))
+        self.session.request_args()
 
     def initial_args(self) -> list[Any]:
         return list(self.session.hello.args)

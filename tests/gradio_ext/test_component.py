@@ -66,6 +66,15 @@ def test_public_api_is_all():
         "StopWordOptions",
         "StreamHandler",
         "WebRTC",
+        "aggregate_bytes_to_16bit",
+        "async_aggregate_bytes_to_16bit",
+        "audio_to_bytes",
+        "audio_to_file",
+        "audio_to_float32",
+        "audio_to_int16",
+        "get_hf_turn_credentials",
+        "get_turn_credentials",
+        "get_twilio_turn_credentials",
     ]
     for name in gradio_ext.__all__:
         assert getattr(gradio_ext, name) is not None

@@ -44,7 +44,10 @@ SETTLE_S = 1.5  # s after the input ends for the last reply to arrive
 CONNECT_TIMEOUT_S = 30.0
 UTTERANCE_EARLY_S = 0.15  # the utterance may miss at most this much of the voice's start ...
 UTTERANCE_LATE_S = 2.4  # ... and run at most this much past its end (speech pad + pause chunks)
-INTERRUPTED_MAX_S = 4.0  # the long reply must stop well before its LONG_REPLY_S of tone
+INTERRUPTED_MAX_S = 2.5  # the long reply must stop well before its LONG_REPLY_S of tone
+# from the cut long reply to the next reply: the rest of the second utterance plus the pause
+# (~1.5 s); a reply thread still sleeping out the long reply's pacing made it ~4.5 s
+NEXT_REPLY_GAP_MAX_S = 3.0
 
 
 def tone(seconds: float, hz: float) -> np.ndarray:
@@ -70,8 +73,9 @@ def short_reply(audio: tuple[int, np.ndarray]):
 
 
 class LongThenShort:
-    """First call: a long tone at REPLY_HZ; later calls: a short one at SECOND_REPLY_HZ.
-    (One instance per worker process; each test's event has a pool of its own.)"""
+    """First call: a long tone at REPLY_HZ, as one array (all of it queued for the client at
+    once, so only the interruption's flush can cut it); later calls: a short one at
+    SECOND_REPLY_HZ. (One instance per worker process; each test's event has its own pool.)"""
 
     def __init__(self) -> None:
         self.calls = 0
@@ -79,7 +83,7 @@ class LongThenShort:
     def __call__(self, audio: tuple[int, np.ndarray]):
         self.calls += 1
         if self.calls == 1:
-            yield from chunks(LONG_REPLY_S, REPLY_HZ)
+            yield (AUDIO_RATE, tone(LONG_REPLY_S, REPLY_HZ))
         else:
             yield from chunks(REPLY_S, SECOND_REPLY_HZ)
 
@@ -220,3 +224,5 @@ async def test_a_new_utterance_interrupts_a_long_reply(make_gateway):
     assert long_s < INTERRUPTED_MAX_S, f"{long_s:.1f} s of the {LONG_REPLY_S} s reply played: the second utterance did not cut it"
     assert second_bursts, "no reply to the second utterance"
     assert second_bursts[0][0] > first_bursts[-1][0], "the second reply came before the first"
+    gap_s = frame_seconds(client, first_bursts[-1][1], second_bursts[0][0])
+    assert gap_s < NEXT_REPLY_GAP_MAX_S, f"the next reply came {gap_s:.1f} s after the cut one"

@@ -449,3 +449,72 @@ def test_buffers_stay_bounded_while_nobody_speaks() -> None:
     kept_s = (st.audio16.end - st.audio16.start) / 16_000
     assert kept_s <= HISTORY_S + 0.6 + 0.02
     assert len(st.frames) * 0.02 <= HISTORY_S + 0.6 + 0.06
+
+
+# --- upstream's signature and options ----------------------------------------------------------
+
+
+def test_positional_arguments_are_gradio_webrtcs_and_the_additions_keyword_only() -> None:
+    opts = AlgoOptions(audio_chunk_duration=0.5)
+    h = ReplyOnPause(lambda audio: None, opts, None, "stereo", 16_000, 320, 16_000)
+    assert (h.algo_options, h.expected_layout, h.output_sample_rate, h.input_sample_rate) == (opts, "stereo", 16_000, 16_000)
+    c = h.copy()
+    assert (c.algo_options, c.expected_layout, c.input_sample_rate) == (opts, "stereo", 16_000)
+    with pytest.raises(TypeError):  # can_interrupt is keyword-only
+        ReplyOnPause(lambda audio: None, None, None, "mono", 24_000, 480, 48_000, False)
+    with pytest.raises(TypeError, match="startup_fn"):  # fastrtc's positional order fails loudly
+        ReplyOnPause(lambda audio: None, lambda: None, AlgoOptions())
+    with pytest.raises(ValueError, match="expected_layout"):
+        ReplyOnPause(lambda audio: None, None, None, True)  # type: ignore[arg-type]
+
+
+def test_a_one_parameter_fn_gets_the_audio_alone_whatever_the_other_inputs(two_utterances) -> None:
+    _, mono = two_utterances
+    calls: list[tuple[int, np.ndarray]] = []
+
+    def reply(audio):  # the seeds' `def response(audio)` on a stream with more inputs
+        calls.append(audio)
+        yield (OUT_RATE, OUT_FRAME)
+
+    h, hooks = _handler(reply)
+    h.set_args(["a textbox", 3])
+    out = drive(h, mono, RATE)
+    assert len(calls) == 2 and all(sr == RATE for sr, _ in calls)
+    assert [item for _, item in out].count((OUT_RATE, OUT_FRAME)) == 2
+    assert hooks.arg_requests == 0
+
+
+def test_max_continuous_speech_cuts_an_utterance_that_never_pauses() -> None:
+    # about 7 s of speech with only short breaths: one turn by default (see above), and
+    # two or more with a 2.5 s cap, each at most the cap plus a window
+    sentences = [FIRST, SECOND, "the weather is nice today", "please tell me a story about a dragon"]
+    parts: list[Any] = [0.5]
+    for s in sentences:
+        parts += [s, BREATH_S]
+    c = compose([*parts, TAIL_S], sample_rate=RATE)
+    cap_s = 2.5
+    fn = Recorder()
+    h, _ = _handler(fn, algo_options=AlgoOptions(max_continuous_speech_s=cap_s))
+    drive(h, c.samples, RATE)
+    assert len(fn.calls) >= 2
+    for (sr, audio), _ in fn.calls:
+        assert audio.shape[1] / sr <= cap_s + 0.6 + VAD_HOP_S + 0.05
+
+
+def test_startup_fn_is_played_before_listening_and_gets_the_inputs(two_utterances) -> None:
+    _, mono = two_utterances
+    got: list[tuple[Any, ...]] = []
+
+    def greet(*args):
+        got.append(args)
+        yield (OUT_RATE, OUT_FRAME + 7)
+
+    fn = Recorder()
+    h, _ = _handler(fn, startup_fn=greet)
+    h.set_args(["name"])
+    h.start_up()
+    first = h.emit()
+    assert first is not None and int(first[1][0, 0]) == 7 and got == [("name",)]
+    drive(h, mono, RATE)
+    assert len(fn.calls) == 2  # the replies still come
+    assert h.copy().startup_fn is greet

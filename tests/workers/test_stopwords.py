@@ -135,10 +135,16 @@ def test_detector_hears_the_phrase_among_several() -> None:
 # --- the handler ---------------------------------------------------------------------------------
 
 
-def test_is_a_stream_handler_with_fastrtc_signature() -> None:
+def test_is_a_stream_handler_with_gradio_webrtc_signature() -> None:
     h = ReplyOnStopWords(lambda a: None, stop_words=["computer"])
     assert isinstance(h, StreamHandler)
-    assert h.input_sample_rate == 16_000 and h.stop_words == ["computer"]
+    assert h.input_sample_rate == 48_000 and h.stop_words == ["computer"]  # upstream's default
+    # gradio_webrtc's positional order after stop_words; the additions are keyword-only
+    opts = AlgoOptions(audio_chunk_duration=0.5)
+    p = ReplyOnStopWords(lambda a: None, ["computer"], opts, None, "mono", 24_000, 480, 16_000)
+    assert (p.algo_options, p.input_sample_rate) == (opts, 16_000)
+    with pytest.raises(TypeError):
+        ReplyOnStopWords(lambda a: None, ["computer"], None, None, "mono", 24_000, 480, 16_000, False)
 
 
 @pytest.mark.parametrize("rate", [16_000, 48_000])

