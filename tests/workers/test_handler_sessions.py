@@ -144,6 +144,37 @@ class FailingAsync(AsyncStreamHandler):
         return (RATE, await self.queue.get())
 
 
+class Lifecycle(StreamHandler):
+    """start_up() and shutdown() run once per session, each on a fresh copy; messages from
+    the handler reach the client's data channel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = False
+        self.said = False
+        self.tag = uuid.uuid4().hex  # which copy this is (an id() could be reused)
+
+    def copy(self) -> Lifecycle:
+        return Lifecycle()
+
+    def start_up(self) -> None:
+        self.started = True
+        self.send_message_sync("started")
+
+    def receive(self, frame: Any) -> None:
+        pass
+
+    def emit(self) -> Any:
+        if self.started and not self.said:
+            self.said = True
+            self.send_message_sync({"copy": self.tag}, "log")
+        return None
+
+    def shutdown(self) -> None:
+        # a worker-side effect the test can see: a file named after this copy
+        Path(os.environ["LIFECYCLE_DIR"], f"shutdown-{self.tag}").touch()
+
+
 CUT_MARK = 11  # an input frame of this value makes the handler interrupt its own reply
 LONG_REPLY_S = 12.0
 
@@ -297,6 +328,21 @@ def test_the_seeds_async_handler_starts_its_work_when_inputs_come_at_connect(mak
     assert s.pump_until(lambda: s.samples_of(len("secret")) >= 10 * 480 * RATE // 24_000 // 2)
     assert s.samples_of(0) == 0
     s.end()
+
+
+def test_start_up_and_shutdown_run_once_per_session_on_its_own_copy(make_worker, tmp_path, monkeypatch):
+    monkeypatch.setenv("LIFECYCLE_DIR", str(tmp_path))
+    worker = make_worker(Lifecycle())
+    copies = []
+    for _ in range(2):
+        s = link(worker)
+        assert s.pump_until(lambda s=s: len(s.of_type(Message)) >= 2)
+        logs = [(m.type, m.data) for m in s.of_type(Message)]
+        assert logs[0] == ("log", "started")
+        copies.append(logs[1][1]["copy"])
+        s.end()
+    assert copies[0] != copies[1], "each session runs on a copy of its own"
+    assert wait_until(lambda: sorted(p.name for p in tmp_path.iterdir()) == sorted(f"shutdown-{c}" for c in copies), WAIT_S)
 
 
 # --- errors in async handlers ----------------------------------------------------------------------

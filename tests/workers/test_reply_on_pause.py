@@ -518,3 +518,53 @@ def test_startup_fn_is_played_before_listening_and_gets_the_inputs(two_utterance
     drive(h, mono, RATE)
     assert len(fn.calls) == 2  # the replies still come
     assert h.copy().startup_fn is greet
+
+
+class EnergyVAD:
+    """A pause-detection model of one's own (the PauseDetectionModel protocol): speech is
+    any 32 ms window louder than a threshold; no Silero involved."""
+
+    WINDOW = 512  # samples at 16 kHz
+    LEVEL = 0.02  # RMS of full scale above which a window is speech
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.warmed = False
+
+    def warmup(self) -> None:
+        self.warmed = True
+
+    def vad(self, audio: tuple[int, np.ndarray], options: Any) -> tuple[float, list[dict]]:
+        self.calls += 1
+        rate, x = audio
+        n = len(x) // self.WINDOW
+        loud = [float(np.sqrt(np.mean(x[i * self.WINDOW : (i + 1) * self.WINDOW] ** 2))) > self.LEVEL for i in range(n)]
+        chunks: list[dict] = []
+        for i, is_loud in enumerate(loud):
+            if not is_loud:
+                continue
+            if chunks and chunks[-1]["end"] == i * self.WINDOW:
+                chunks[-1]["end"] = (i + 1) * self.WINDOW
+            else:
+                chunks.append({"start": i * self.WINDOW, "end": (i + 1) * self.WINDOW})
+        return sum(c["end"] - c["start"] for c in chunks) / rate, chunks
+
+
+def test_a_model_of_ones_own_drives_the_turns() -> None:
+    # two bursts of tone with silence between: the energy model finds two utterances
+    rate = RATE
+    t = np.arange(int(1.0 * rate)) / rate
+    burst = (0.3 * 32767 * np.sin(2 * np.pi * 300 * t)).astype(np.int16)
+    silence = np.zeros(int(1.5 * rate), np.int16)
+    samples = np.concatenate([silence[: rate // 2], burst, silence, burst, silence, silence])
+    model = EnergyVAD()
+    fn = Recorder()
+    h, _ = _handler(fn, model=model)
+    h.start_up()
+    assert model.warmed
+    drive(h, samples, rate)
+    assert model.calls > 0
+    assert len(fn.calls) == 2
+    for (sr, audio), _ in fn.calls:
+        assert sr == rate and 0.9 <= audio.shape[1] / rate <= 1.0 + 0.6 + 0.2
+    assert h.copy().model is model
