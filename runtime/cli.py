@@ -14,12 +14,14 @@ process and builds its gateway from ``load_config()``, which reads the flags bac
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import runpy
 import socket
 import sys
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import yaml
@@ -38,6 +40,9 @@ from runtime.config import (
 EXIT_OK = 0
 EXIT_UNREACHABLE = 1  # no Ray cluster or no rtcpool scheduler at the address
 EXIT_BAD_CONFIG = 2
+EXIT_SERVER_FAILED = 3  # the HTTP server did not start (the port is taken, ...)
+EXIT_NOTHING_TO_SERVE = 4  # `serve`: the app file leaves no Blocks, app, Stream or Gateway
+ASGI_APP_NAME = "app"  # of several ASGI apps in a file, `serve` serves this one (uvicorn's habit)
 HEAD_NODE_RESOURCE = "node:__internal_head__"  # the marker resource Ray gives its head node
 SHORT_ID_CHARS = 12  # node ids are 56 hex characters; this many tell them apart in a listing
 # `status`: a cluster address that takes no TCP connection within this is down
@@ -108,8 +113,192 @@ def _serve(args: argparse.Namespace) -> int:
     )
     sys.argv = [args.app]
     sys.path.insert(0, os.path.dirname(os.path.abspath(args.app)))
-    runpy.run_path(args.app, run_name="__main__")
-    return EXIT_OK
+    try:
+        with _servers_started() as started:
+            app_globals = runpy.run_path(args.app, run_name="__main__")
+        return serve_globals(args.app, app_globals, cfg, served_itself=started[0] > 0)
+    except KeyboardInterrupt:
+        # uvicorn re-raises the SIGINT it shut down on, once its lifespan (and so the
+        # gateways' aclose) has run: a stop asked for, not a failure
+        print("rtcpool: stopped", file=sys.stderr)
+        return EXIT_OK
+
+
+@contextlib.contextmanager
+def _servers_started() -> Iterator[list[int]]:
+    """Count the uvicorn servers that start while the app file runs. An app that serves
+    itself (``demo.launch()``, ``uvicorn.run`` in its ``__main__`` block) returns from the
+    file only when its server has stopped: serving its app again then would be wrong. Every
+    way of serving there goes through ``uvicorn.Server.startup``, Gradio's launch() too."""
+    import uvicorn
+
+    started = [0]
+    original = uvicorn.Server.startup
+
+    async def startup(self: Any, *args: Any, **kwargs: Any) -> Any:
+        started[0] += 1
+        return await original(self, *args, **kwargs)
+
+    uvicorn.Server.startup = startup  # type: ignore[method-assign]
+    try:
+        yield started
+    finally:
+        uvicorn.Server.startup = original  # type: ignore[method-assign]
+
+
+def serve_globals(app_path: str, app_globals: dict[str, Any], cfg: Any, served_itself: bool = False) -> int:
+    """Serve what the app file left in its globals, with the config's host and port:
+
+    * a Gradio Blocks launched with ``prevent_thread_lock``: wait on it;
+    * the app served itself and stopped (see _servers_started): done;
+    * a FastAPI/Starlette app (``app`` if there are several): start every rtcpool gateway
+      the file made (its own, its streams', the Gradio one) and serve the app with uvicorn
+      on uvloop, the gateways closing with the app's lifespan;
+    * else a Blocks never launched: ``launch()`` it (its streams' gateway starts there);
+    * else a Stream or Gateway: as for an app, on a FastAPI app of its own;
+    * else nothing to serve: say so, exit EXIT_NOTHING_TO_SERVE.
+    """
+    from runtime.gateway import Gateway
+    from runtime.stream import Stream
+
+    blocks = _gradio_blocks(app_globals)
+    for name, demo in blocks:
+        server = getattr(demo, "server", None)
+        thread = getattr(server, "thread", None)
+        if thread is not None and thread.is_alive():
+            print(f"rtcpool: {app_path} launched {name} without blocking: serving until it stops", file=sys.stderr)
+            demo.block_thread()
+            return EXIT_OK
+    if served_itself:
+        return EXIT_OK
+    streams = [(n, v) for n, v in app_globals.items() if isinstance(v, Stream)]
+    gateways = _unique([v.gateway for _, v in streams] + [v for _, v in app_globals.items() if isinstance(v, Gateway)] + _gradio_gateway())
+    apps = [(n, v) for n, v in app_globals.items() if _is_asgi_app(v)]
+    if len(apps) > 1:
+        named = [(n, v) for n, v in apps if n == ASGI_APP_NAME]
+        if not named:
+            print(
+                f"rtcpool serve: {app_path} has several apps ({', '.join(n for n, _ in apps)}): "
+                f"name the one to serve {ASGI_APP_NAME!r}",
+                file=sys.stderr,
+            )
+            return EXIT_NOTHING_TO_SERVE
+        apps = named
+    if apps:
+        name, app = apps[0]
+        if not gateways:
+            print(f"rtcpool: no rtcpool gateway among {app_path}'s globals: serving {name} as it is", file=sys.stderr)
+        return _serve_asgi(app, gateways, cfg)
+    if blocks:
+        name, demo = blocks[0]
+        others = [g for g in gateways if not any(g is gg for gg in _gradio_gateway())]
+        if others:
+            print(
+                f"rtcpool: launching {name}; the Stream/Gateway objects of {app_path} are not part "
+                "of it (mount them on the Blocks' app, or serve them from an app of their own)",
+                file=sys.stderr,
+            )
+        else:
+            print(f"rtcpool: launching {name}", file=sys.stderr)
+        demo.launch(server_name=cfg.gateway.host, server_port=cfg.gateway.port)
+        return EXIT_OK
+    if gateways:
+        if len(gateways) > 1:
+            print(
+                f"rtcpool serve: {app_path} made {len(gateways)} gateways and no app: their routes would "
+                "clash on one app. Put every stream on one gateway (Stream(..., gateway=first.gateway))",
+                file=sys.stderr,
+            )
+            return EXIT_NOTHING_TO_SERVE
+        from fastapi import FastAPI
+
+        from runtime.stream import bind_lifespan
+
+        app = FastAPI(title="rtcpool")
+        bind_lifespan(app, gateways[0])
+        gateways[0].mount(app)
+        return _serve_asgi(app, gateways, cfg)
+    print(
+        f"rtcpool serve: {app_path} leaves nothing to serve: no Gradio Blocks, FastAPI/Starlette app, "
+        "Stream or Gateway among its module-level names. Make one there, e.g. `demo = gr.Blocks()`, "
+        "`app = FastAPI()` with `gateway.mount(app)`, or `stream = Stream(handler, ...)` "
+        "(from runtime.stream import Stream)",
+        file=sys.stderr,
+    )
+    return EXIT_NOTHING_TO_SERVE
+
+
+def _serve_asgi(app: Any, gateways: list[Any], cfg: Any) -> int:
+    import uvicorn
+
+    from runtime.stream import bind_lifespan
+
+    for gateway in gateways:
+        if len(gateways) == 1:
+            bind_lifespan(app, gateway)
+        else:
+            _close_with(app, gateway)
+        # now, not in the lifespan: a cluster that cannot be joined fails before the port
+        # opens, and the workers pre-warm while uvicorn starts
+        gateway.start()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=cfg.gateway.host, port=cfg.gateway.port, loop="uvloop", lifespan="on")
+    )
+    server.run()  # SIGINT/SIGTERM: a graceful shutdown, the lifespan closes the gateways
+    return EXIT_OK if server.started else EXIT_SERVER_FAILED
+
+
+def _close_with(app: Any, gateway: Any) -> None:
+    """Several gateways on one app (the app's own routes decide which serves what): each
+    closes with the app's lifespan."""
+    inner = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(a: Any) -> AsyncIterator[Any]:
+        async with inner(a) as state:
+            try:
+                yield state
+            finally:
+                await gateway.aclose()
+
+    app.router.lifespan_context = lifespan
+
+
+def _is_asgi_app(value: Any) -> bool:
+    try:
+        from starlette.applications import Starlette
+    except ImportError:
+        return False
+    return isinstance(value, Starlette) and not _is_gradio_app(value)
+
+
+def _is_gradio_app(value: Any) -> bool:
+    # Gradio's own App (a FastAPI) is built by launch(): serving it bare would skip Gradio's start-up
+    gradio_routes = sys.modules.get("gradio.routes")
+    return gradio_routes is not None and isinstance(value, gradio_routes.App)
+
+
+def _gradio_blocks(app_globals: dict[str, Any]) -> list[tuple[str, Any]]:
+    gradio = sys.modules.get("gradio")  # an app that never imported Gradio has no Blocks
+    if gradio is None:
+        return []
+    return [(n, v) for n, v in app_globals.items() if isinstance(v, gradio.Blocks)]
+
+
+def _gradio_gateway() -> list[Any]:
+    """The process-wide gateway of the app's Gradio streams, if it has any."""
+    serving = sys.modules.get("gradio_ext.serving")
+    if serving is None or not serving.has_streams():
+        return []
+    return [serving.get_gateway()]
+
+
+def _unique(items: list[Any]) -> list[Any]:
+    seen: list[Any] = []
+    for item in items:
+        if not any(item is s for s in seen):
+            seen.append(item)
+    return seen
 
 
 def _config_check(args: argparse.Namespace) -> int:

@@ -321,6 +321,7 @@ print("EFFECTIVE " + json.dumps({
     "far": cfg.streams["far"].pool.resources if "far" in cfg.streams else None,
     "gradio_port": os.environ.get("GRADIO_SERVER_PORT"),
 }))
+raise SystemExit(0)  # done: it serves nothing (`rtcpool serve` would say so and fail)
 """
 
 

@@ -1,0 +1,132 @@
+"""A stream object for apps without Gradio, in the shape fastrtc users write:
+
+    from runtime.stream import Stream
+
+    def invert(frame):
+        return 255 - frame  # runs in a worker process
+
+    stream = Stream(invert, mode="send-receive", modality="video", concurrency_limit=4)
+    app = stream.app             # a FastAPI app with the /webrtc/* routes; or
+    stream.mount(my_fastapi_app)  # the routes on an app of your own
+
+Serve it with ``rtcpool serve app.py`` (the config's host and port) or ``uvicorn app:app``.
+Either way the app's lifespan starts the gateway (Ray, the worker pools) and, on shutdown,
+ends its sessions and gives their leases back. Several streams share one gateway (and one
+set of routes; ``stream_id`` picks one): ``Stream(other, gateway=stream.gateway)``.
+
+Nothing here imports Gradio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import weakref
+from collections.abc import AsyncIterator
+from typing import Any
+
+from runtime.config import Config
+from runtime.gateway import Gateway, StreamEvent
+
+# app -> the gateway whose routes and lifespan it carries (one per app: two would answer the
+# same /webrtc/* routes)
+_bound: weakref.WeakKeyDictionary[Any, Gateway] = weakref.WeakKeyDictionary()
+
+
+def bind_lifespan(app: Any, gateway: Gateway) -> None:
+    """Make ``app`` (FastAPI or Starlette) start ``gateway`` when it starts and close it when
+    it stops, around the app's own lifespan. Idempotent for one gateway; a second gateway on
+    the same app is refused."""
+    bound = _bound.get(app)
+    if bound is gateway:
+        return
+    if bound is not None:
+        raise ValueError(
+            "this app already serves another gateway's /webrtc/* routes: put every stream on "
+            "one gateway (Stream(..., gateway=first.gateway))"
+        )
+    inner = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(a: Any) -> AsyncIterator[Any]:
+        # start() blocks (ray.init, registration): off the loop. Idempotent: `rtcpool serve`
+        # has started it already, so that a bad cluster fails before the port opens.
+        await asyncio.to_thread(gateway.start)
+        async with inner(a) as state:
+            try:
+                yield state
+            finally:
+                # the sessions live on this loop: end them while it still runs
+                await gateway.aclose()
+
+    app.router.lifespan_context = lifespan
+    _bound[app] = gateway
+
+
+class Stream:
+    """One stream event and the gateway that serves it. The arguments are
+    :meth:`Gateway.add_stream`'s; ``gateway``: share one with other streams (default: a new
+    one from ``config``, else from ``load_config()``: configs/local.yaml and ``RTCPOOL_*``)."""
+
+    def __init__(
+        self,
+        handler: Any,
+        *,
+        mode: str = "send-receive",
+        modality: str = "video",
+        concurrency_limit: int | None = 1,
+        time_limit: float | None = None,
+        initial_args: list[Any] | None = None,
+        stream_every: float | None = None,
+        stream_id: str | None = None,
+        gateway: Gateway | None = None,
+        config: Config | None = None,
+    ) -> None:
+        if gateway is not None and config is not None:
+            raise ValueError("pass a gateway or a config, not both (a gateway has its config)")
+        self.gateway = gateway if gateway is not None else Gateway(config)
+        self.event: StreamEvent = self.gateway.add_stream(
+            handler,
+            mode=mode,
+            modality=modality,
+            concurrency_limit=concurrency_limit,
+            time_limit=time_limit,
+            initial_args=initial_args,
+            event_id=stream_id,
+            stream_every=stream_every,
+        )
+        self._app: Any = None
+
+    @property
+    def stream_id(self) -> str:
+        """The id clients pass as ``stream_id`` (``GET /webrtc/streams`` lists them)."""
+        return self.event.event_id
+
+    def mount(self, app: Any) -> None:
+        """Add the gateway's routes (``/webrtc/offer``, ``/streams``, ``/input``, ``/outputs``,
+        ``/ui``) to a FastAPI app, at its root, and tie the gateway to its lifespan."""
+        if _bound.get(app) is not self.gateway:
+            bind_lifespan(app, self.gateway)  # first: it refuses a second gateway
+            self.gateway.mount(app)
+
+    @property
+    def app(self) -> Any:
+        """A FastAPI app of this stream's gateway alone, made on first use."""
+        if self._app is None:
+            from fastapi import FastAPI
+
+            app = FastAPI(title="rtcpool")
+            self.mount(app)
+            self._app = app
+        return self._app
+
+    def start(self) -> None:
+        """Connect to (or start) Ray and register the stream now rather than at app start-up."""
+        self.gateway.start()
+
+    async def aclose(self) -> None:
+        """End the gateway's sessions and give their leases back. Safe to call twice."""
+        await self.gateway.aclose()
+
+
+__all__ = ["Stream", "bind_lifespan"]
