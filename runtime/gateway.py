@@ -6,6 +6,7 @@ to any FastAPI app (the Gradio app included), at the app's root:
 * ``POST /webrtc/offer`` -- fastrtc's offer and trickle-candidate body;
 * ``GET  /webrtc/streams`` -- the stream events this app serves;
 * ``POST /webrtc/input`` -- set a session's additional inputs (apps without Gradio);
+* ``POST /webrtc/close`` -- the client hangs up: ``{"webrtc_id"}`` ends that session;
 * ``GET  /webrtc/outputs?webrtc_id=`` -- server-sent events with its AdditionalOutputs.
 
 Handlers never run here: the gateway leases a worker from the scheduler for each session.
@@ -266,7 +267,7 @@ class Gateway:
                 [
                     {"event_id": s.event.event_id, "worker_pid": s.worker_pid, "worker_node_id": s.lease.get("node_id", ""), "transport": s.transport}
                     for s in gw.sessions.values()
-                    if not s.closed
+                    if s is not None and not s.closed  # None: an offer still being answered
                 ]
             )
 
@@ -278,6 +279,15 @@ class Gateway:
                 if not isinstance(args, list):
                     raise HTTPError(400, "bad_request", "'args' must be a list of the stream's input values")
                 gw.set_args(_check_id(webrtc_id), args)
+                return JSONResponse({"status": "success"})
+            except HTTPError as err:
+                return JSONResponse(err.body(), status_code=err.status)
+
+        async def close(request: Request) -> JSONResponse:
+            # the client hangs up (the page's Stop): the slot is free now, not at a timeout
+            try:
+                body = await _read_json(request, C.MAX_INPUT_BYTES)
+                await gw.close_session(_check_id(body.get("webrtc_id")))
                 return JSONResponse({"status": "success"})
             except HTTPError as err:
                 return JSONResponse(err.body(), status_code=err.status)
@@ -309,6 +319,7 @@ class Gateway:
         app.add_api_route("/webrtc/streams", streams, methods=["GET"])
         app.add_api_route("/webrtc/sessions", sessions, methods=["GET"])
         app.add_api_route("/webrtc/input", set_input, methods=["POST"])
+        app.add_api_route("/webrtc/close", close, methods=["POST"])
         app.add_api_route("/webrtc/outputs", outputs, methods=["GET"])
         from runtime.standalone import mount_standalone  # it imports this module
         mount_standalone(app, gw)  # GET /webrtc/ui: the client's own page, for apps without Gradio
@@ -437,6 +448,31 @@ class Gateway:
         if session is None:
             raise HTTPError(404, "unknown_webrtc_id", f"no session {webrtc_id!r}")
         session.set_args(args)
+
+    # a hang-up for an offer still being answered polls for its session this often, for at
+    # most as long as the offer itself may take (a lease, then the worker link)
+    HANGUP_POLL_S = 0.05
+    HANGUP_WAIT_S = C.LEASE_TIMEOUT_S + C.RAY_CALL_TIMEOUT_S + C.WORKER_CONNECT_TIMEOUT_S
+
+    async def close_session(self, webrtc_id: str) -> None:
+        """End a session because its client hung up. An offer still being answered (its id
+        reserved, no session yet) is ended as soon as its session exists: the client that
+        stopped will never use the answer, and the session would hold its slot until the
+        connect timeout. Returns once the session is closing (or its offer failed)."""
+        if webrtc_id not in self.sessions:
+            raise HTTPError(404, "unknown_webrtc_id", f"no session {webrtc_id!r}")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.HANGUP_WAIT_S
+        while webrtc_id in self.sessions:
+            session = self.sessions[webrtc_id]
+            if session is not None:
+                session.close_soon("the client hung up")
+                return
+            if loop.time() > deadline:
+                # left to the session's connect timeout
+                log.warning("session %s: hang-up gave up waiting for its offer", webrtc_id)
+                return
+            await asyncio.sleep(self.HANGUP_POLL_S)
 
     # --- lifecycle -------------------------------------------------------------------------------
 
