@@ -4,8 +4,8 @@ Every ``WebRTC.stream(...)`` of a process registers with the same :class:`Gatewa
 file may build several Blocks; one set of ``/webrtc/*`` routes serves all their streams).
 
 Gradio has no extension point for "add routes to the app you are about to serve", and the
-seed apps call ``demo.launch()`` with nothing of ours in between, so this module patches two
-Gradio entry points, once, at ``gradio_ext`` import:
+seed apps call ``demo.launch()`` with nothing of ours in between, so this module patches
+Gradio, once, at ``gradio_ext`` import:
 
 * ``gradio.routes.App.create_app`` -- every FastAPI app Gradio builds (``Blocks.__exit__``,
   ``queue()``, ``launch()``, ``gr.mount_gradio_app``) gets the gateway's routes at its root,
@@ -15,6 +15,12 @@ Gradio entry points, once, at ``gradio_ext`` import:
   registers every stream, so workers pre-warm while Gradio boots); and, while an app file is
   re-imported inside a worker to recover its handler, does nothing at all (the seed
   snippets call ``demo.launch()`` unguarded).
+* ``gradio.blocks.postprocess_update_dict`` -- an event that updates a gr.HTML (our
+  component is one), e.g. ``gr.update(visible=True)``, sends the page a ``props`` of the
+  update's keys that are no gr.HTML parameter, which always includes its ``"__type__"``
+  marker; the page then replaces the component's props with that and re-renders it without
+  its ``rtc`` config (no stream). For components that carry ``rtc``, the update's props go on
+  top of the component's own instead (Gradio 6.31; the hook changes nothing for others).
 
 And one more, only while our component class is defined (:class:`NoStubComponentMeta`): Gradio's
 component metaclass writes a ``.pyi`` beside the source of every Component subclass (for
@@ -98,10 +104,12 @@ def install() -> None:
     if _installed:
         return
     import gradio
+    import gradio.blocks
     from gradio.routes import App
 
     original_create_app: Callable[..., Any] = App.create_app
     original_launch: Callable[..., Any] = gradio.Blocks.launch
+    original_update: Callable[..., Any] = gradio.blocks.postprocess_update_dict
 
     def create_app(blocks: Any, *args: Any, **kwargs: Any) -> Any:
         app = original_create_app(blocks, *args, **kwargs)
@@ -121,6 +129,16 @@ def install() -> None:
             _gateway.start()
         return original_launch(self, *args, **kwargs)
 
+    def postprocess_update_dict(block: Any, update_dict: dict[str, Any], postprocess: bool = True) -> Any:
+        update = original_update(block, update_dict, postprocess)
+        own = getattr(block, "props", None)
+        sent = update.get("props") if isinstance(update, dict) else None
+        if isinstance(own, dict) and "rtc" in own and isinstance(sent, dict):
+            extra = {k: v for k, v in sent.items() if k != "__type__"}
+            update["props"] = {**own, **extra}  # block is Gradio's updated copy: its rtc is current
+        return update
+
     App.create_app = staticmethod(create_app)  # type: ignore[method-assign]
     gradio.Blocks.launch = launch  # type: ignore[method-assign]
+    gradio.blocks.postprocess_update_dict = postprocess_update_dict  # type: ignore[assignment]
     _installed = True

@@ -19,7 +19,17 @@ fire :data:`OUTPUTS_EVENT` once. Two kinds of listeners take from the session's 
 that event: ``on_additional_outputs`` (the AdditionalOutputs a handler yields) and, wired by
 ``.stream()`` itself, the stream's own non-WebRTC ``outputs`` (what a plain function returns
 for them, as in a Gradio event). Each takes the oldest of its own kind, so neither steals
-the other's and none is lost.
+the other's and none is lost. The page fires the event for the next ``fetch_output`` only
+once every listener of the last one has finished (each listener is followed by a browser-only
+``.then`` that tells the page, :data:`OUTPUTS_DONE_JS`): concurrent fetches could complete
+out of order and leave an older value on screen, and a listener whose ``inputs`` include
+its own outputs (a Chatbot it appends to) must see the previous result applied.
+
+How the browser's peer connection is configured: ``rtc_configuration`` as a dict goes to the
+page as it is; as a callable (sync or async) it is called once per connection, by the
+component's server function :meth:`WebRTC.webrtc_configuration`, which the page awaits before
+each ``new RTCPeerConnection`` (short-lived TURN credentials stay fresh). None: the
+deployment config's ``gateway.ice_servers``.
 """
 
 from __future__ import annotations
@@ -32,7 +42,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import anyio.to_thread
 import gradio as gr
+from gradio.components.base import server
 
 from runtime.gateway import MODALITIES, MODES, HTTPError, check_stream_options
 from runtime.wire import OUTPUTS_STREAM
@@ -52,6 +64,32 @@ DEFAULT_CONCURRENCY_LIMIT = 1  # what Gradio's concurrency_limit="default" means
 DEFAULT_MIN_WIDTH_PX = 160
 DEFAULT_BUTTON_LABELS = {"start": "Start", "stop": "Stop", "waiting": "Connecting…"}
 URL_SCHEMES = ("http://", "https://", "data:", "blob:")
+# Runs in the browser after every listener of OUTPUTS_EVENT (as its ``.then``), with this
+# component's value (the session's webrtc_id): the page fires the next fetch only then.
+OUTPUTS_DONE_JS = (
+    "(id) => { const r = window.__rtcpool; if (r && r.outputsDone) r.outputsDone(id); return []; }"
+)
+# Gradio's event keywords that ``.stream()`` accepts with no effect (its docstring says why),
+# besides those it takes as parameters; anything else is a TypeError naming it.
+STREAM_EVENT_KEYWORDS = frozenset(
+    {
+        "api_description",
+        "api_visibility",
+        "queue",
+        "show_progress_on",
+        "scroll_to_output",
+        "trigger_mode",
+        "batch",
+        "max_batch_size",
+        "preprocess",
+        "postprocess",
+        "cancels",
+        "every",
+        "key",
+        "validator",
+        "show_api",
+    }
+)
 
 Mode = Literal["send-receive", "send", "receive"]
 Modality = Literal["video", "audio", "audio-video"]
@@ -98,7 +136,10 @@ class WebRTC(gr.HTML, metaclass=NoStubComponentMeta):
       sizes the audio panel.
     * ``mirror_webcam``: mirror the user's own camera preview (never the processed video).
     * ``time_limit``: seconds per session, enforced by the server, shown as a shrinking bar.
-    * ``rtc_configuration``: its ``iceServers`` are given to the browser's peer connection.
+    * ``rtc_configuration``: the browser's ``RTCPeerConnection`` configuration, whole
+      (``iceServers``, ``iceTransportPolicy``, ...). A dict, or a callable (sync or async)
+      returning one, called once per connection (each Start). None: the deployment
+      config's ``gateway.ice_servers``.
     * ``track_constraints``: getUserMedia constraints, ``{"video": ..., "audio": ...}`` or
       those of the one track; a camera/microphone picked in the page's lists is added.
     * ``button_labels``: ``{"start", "stop", "waiting"}`` texts of the button.
@@ -153,20 +194,26 @@ class WebRTC(gr.HTML, metaclass=NoStubComponentMeta):
         *,
         mode: Mode = "send-receive",
         modality: Modality = "video",
-        rtc_configuration: dict[str, Any] | None = None,
+        rtc_configuration: dict[str, Any] | Callable[[], Any] | None = None,
         time_limit: float | None = None,
         track_constraints: dict[str, Any] | None = None,
         icon: str | Path | None = None,
         icon_button_color: str | None = None,
         pulse_color: str | None = None,
         button_labels: dict[str, str] | None = None,
+        _stream: dict[str, Any] | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if modality not in MODALITIES:
             raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
-        if rtc_configuration is not None and not isinstance(rtc_configuration, dict):
-            raise TypeError("rtc_configuration must be a dict like {'iceServers': [...]} or None")
+        if rtc_configuration is not None and not (
+            isinstance(rtc_configuration, dict) or callable(rtc_configuration)
+        ):
+            raise TypeError(
+                "rtc_configuration must be a dict like {'iceServers': [...]}, a function "
+                f"(sync or async) returning one, or None; got {type(rtc_configuration).__name__}"
+            )
         self.mode = mode
         self.modality = modality
         self.rtc_configuration = rtc_configuration
@@ -187,6 +234,18 @@ class WebRTC(gr.HTML, metaclass=NoStubComponentMeta):
         self.icon_src = _icon_src(icon)
         self.display_only = interactive is False  # Gradio's own ``interactive`` is set below
         self.stream_event: Any = None  # the gateway's StreamEvent once .stream() ran
+        # What the page needs of the stream once .stream() ran (see _remember_stream). Gradio
+        # re-creates a component from its constructor arguments when an event updates it
+        # (gr.update(visible=...)) and re-renders it with the copy's props: ``_stream``
+        # carries these into that copy, or the re-rendered page would have no stream.
+        stream = _stream or {}
+        self.stream_id: str | None = stream.get("stream_id")
+        # ICE servers when rtc_configuration is None: the deployment's
+        self.default_ice_servers: list[dict[str, Any]] = stream.get("default_ice_servers", [])
+        # listeners of OUTPUTS_EVENT: the page waits for this many ".then"s per fetch
+        self.output_listeners: int = stream.get("output_listeners", 0)
+        if "time_limit" in stream:
+            self.time_limit = stream["time_limit"]  # the stream's, maybe a config override
         # ``value`` is accepted and dropped (see the class docstring): the page sets the
         # component's value to its session id, and a default video has nothing to show
         super().__init__(
@@ -197,7 +256,8 @@ class WebRTC(gr.HTML, metaclass=NoStubComponentMeta):
             js_on_load=JS_PATH.read_text(encoding="utf-8"),
             every=every,
             inputs=inputs,
-            show_label=True if show_label is None else show_label,
+            # no label, no badge (Gradio would show an empty one)
+            show_label=(label is not None) if show_label is None else show_label,
             container=container,
             scale=scale,
             min_width=min_width,
@@ -207,18 +267,27 @@ class WebRTC(gr.HTML, metaclass=NoStubComponentMeta):
             render=render,
             key=key,
             # everything the page needs, under one prop so it cannot collide with Gradio's
-            rtc=self._client_config(None),
+            rtc=self._client_config(self.stream_id),
         )
         self.interactive = interactive
 
     # --- what the page gets ---------------------------------------------------------------
 
     def _client_config(self, stream_id: str | None) -> dict[str, Any]:
+        per_connection = callable(self.rtc_configuration)
+        if per_connection:
+            static = None  # the page asks webrtc_configuration() at each Start
+        elif self.rtc_configuration is not None:
+            static = self.rtc_configuration
+        else:
+            static = {"iceServers": self.default_ice_servers}
         return {
             "stream_id": stream_id,
             "mode": self.mode,
             "modality": self.modality,
-            "ice_servers": (self.rtc_configuration or {}).get("iceServers", []),
+            "rtc_configuration": static,
+            "rtc_configuration_per_connection": per_connection,
+            "output_listeners": self.output_listeners,
             "time_limit": self.time_limit,
             "track_constraints": self.track_constraints,
             "mirror_webcam": self.mirror_webcam,
@@ -242,6 +311,29 @@ class WebRTC(gr.HTML, metaclass=NoStubComponentMeta):
         # that the page sets from ``rtc``
         return CSS_PATH.read_text(encoding="utf-8")
 
+    @server
+    async def webrtc_configuration(self, _args: Any = None) -> dict[str, Any]:
+        """The ``RTCPeerConnection`` configuration for one connection (a gr.HTML server
+        function: the page awaits it before each ``new RTCPeerConnection`` when
+        ``rtc_configuration`` is a callable). A sync callable runs on a worker thread, as
+        Gradio runs a sync event function: it may block on a credentials service."""
+        config = self.rtc_configuration
+        if callable(config):
+            if inspect.iscoroutinefunction(config):
+                config = await config()
+            else:
+                config = await anyio.to_thread.run_sync(config)
+                if inspect.isawaitable(config):  # an object whose __call__ is async
+                    config = await config
+        elif config is None:
+            config = {"iceServers": self.default_ice_servers}
+        if not isinstance(config, dict):
+            raise TypeError(
+                f"rtc_configuration() must return a dict like {{'iceServers': [...]}}, "
+                f"got {type(config).__name__}"
+            )
+        return config
+
     # --- the stream event -------------------------------------------------------------------
 
     def stream(
@@ -249,11 +341,16 @@ class WebRTC(gr.HTML, metaclass=NoStubComponentMeta):
         fn: Callable[..., Any] | Any,
         inputs: Sequence[Any] | Any | None = None,
         outputs: Sequence[Any] | Any | None = None,
+        *,
         time_limit: float | None = None,
         concurrency_limit: int | None | Literal["default"] = "default",
         trigger: Callable[..., Any] | None = None,
         stream_every: float | None = None,
-        **ignored: Any,
+        js: str | None = None,
+        api_name: str | Literal[False] | None = None,
+        concurrency_id: str | None = None,
+        show_progress: Literal["full", "minimal", "hidden"] = "hidden",
+        **event_options: Any,
     ) -> Any:
         """Run ``fn`` (a frame function, generator or StreamHandler) on this stream, one
         worker process per session.
@@ -278,7 +375,30 @@ class WebRTC(gr.HTML, metaclass=NoStubComponentMeta):
 
         ``trigger`` (e.g. ``button.click``, for ``mode="receive"``) starts the stream from
         the page, like the component's own start button.
+
+        Gradio's event keywords, as gradio_webrtc takes them:
+
+        * ``api_name`` (else ``concurrency_id``) names the stream event: its ``stream_id``
+          in ``POST /webrtc/offer``, ``GET /webrtc/streams`` and the deployment config's
+          ``streams.<id>``. Unnamed streams are ``stream-0``, ``stream-1``, ... in the order
+          the app registers them. (A stream is no Gradio API endpoint, and its sessions are
+          limited by rtcpool's scheduler, not by Gradio's queue: those meanings of the two
+          keywords have nothing to act on.)
+        * ``js`` runs in the browser on the stream's input values before they go to the
+          worker (it is the ``js`` of the events that send them), and returns the values
+          to send.
+        * ``show_progress``: the progress shown on the stream's other outputs while the page
+          fetches their values (default ``"hidden"``).
+        * Accepted with no effect, because the media path has no Gradio event for them:
+          ``queue``, ``trigger_mode``, ``batch``, ``max_batch_size``, ``preprocess``,
+          ``postprocess``, ``cancels``, ``every``, ``scroll_to_output``,
+          ``show_progress_on``, ``api_description``, ``api_visibility``, ``show_api``,
+          ``key``, ``validator``. Any other keyword is a TypeError.
         """
+        unknown = sorted(set(event_options) - STREAM_EVENT_KEYWORDS)
+        if unknown:
+            raise TypeError(f"WebRTC.stream() got unexpected keyword argument(s): {', '.join(unknown)}")
+        event_id = _stream_id(api_name, concurrency_id)
         if loader.in_worker_import():
             # the app file is being re-imported in a worker to recover this handler
             loader.register(fn)
@@ -293,6 +413,11 @@ class WebRTC(gr.HTML, metaclass=NoStubComponentMeta):
         if concurrency_limit == "default":
             concurrency_limit = DEFAULT_CONCURRENCY_LIMIT
         gateway = get_gateway()
+        if event_id is not None and event_id in gateway.events:
+            raise ValueError(
+                f"a stream named {event_id!r} (api_name/concurrency_id) is already registered; "
+                "each stream needs its own name"
+            )
         # Gradio events first: if they cannot be wired (no Blocks context), nothing is registered
         push = _args_pusher(gateway)
         wiring = {
@@ -300,6 +425,7 @@ class WebRTC(gr.HTML, metaclass=NoStubComponentMeta):
             "queue": False,
             "show_progress": "hidden",
             "api_visibility": "private",
+            "js": js,
         }
         getattr(self, ARGS_EVENT)(push, inputs=[self, *extra], **wiring)
         fed_back = [extra[pos] for pos in layout.feedback.values()]
@@ -312,16 +438,16 @@ class WebRTC(gr.HTML, metaclass=NoStubComponentMeta):
             if change is not None:
                 change(push, inputs=[self, *extra], **wiring)
         if others:
-            getattr(self, OUTPUTS_EVENT)(
+            self._listen_for_outputs(
                 _stream_outputs_fetcher(gateway, len(others)),
                 inputs=[self],
                 outputs=others,
                 queue=False,  # a quick UI update, like the seeds' on_additional_outputs
-                show_progress="hidden",
-                api_visibility="private",
+                show_progress=show_progress,
             )
         event = gateway.add_stream(
             fn,
+            event_id=event_id,
             mode=self.mode,
             modality=self.modality,
             concurrency_limit=concurrency_limit,
@@ -339,13 +465,50 @@ class WebRTC(gr.HTML, metaclass=NoStubComponentMeta):
                 None,
                 None,
                 None,
-                js=f"() => {{ const c = (window.__rtcpool || {{}})[{json.dumps(event.event_id)}]; if (c) c.start(); }}",
+                js=f"() => {{ const r = window.__rtcpool; const c = r && r.streams[{json.dumps(event.event_id)}]; if (c) c.start(); }}",
                 queue=False,
                 show_progress="hidden",
             )
         self.time_limit = event.time_limit  # a config override may have changed it
-        self.props["rtc"] = self._client_config(event.event_id)
+        self.stream_id = event.event_id
+        self.default_ice_servers = [
+            s.model_dump(exclude_none=True) for s in gateway.config.gateway.ice_servers
+        ]
+        self._remember_stream()
         return event
+
+    def _remember_stream(self) -> None:
+        """Update the page's config, and the constructor arguments Gradio re-creates this
+        component from (see ``_stream`` in __init__), with what the stream set."""
+        self.props["rtc"] = self._client_config(self.stream_id)
+        if self._constructor_args:
+            self._constructor_args[0]["_stream"] = {
+                "stream_id": self.stream_id,
+                "time_limit": self.time_limit,
+                "default_ice_servers": self.default_ice_servers,
+                "output_listeners": self.output_listeners,
+            }
+
+    def _listen_for_outputs(self, fn: Callable[..., Any], **options: Any) -> Any:
+        """Listen to OUTPUTS_EVENT with ``fn``, followed by the browser-only ``.then`` that
+        tells the page this listener is done (the page fires the next fetch only when all
+        are). ``trigger_mode="multiple"``: a fetch is never dropped for an earlier one still
+        running (Gradio's default, "once", would skip it and leave its outputs queued)."""
+        dep = getattr(self, OUTPUTS_EVENT)(
+            fn, trigger_mode="multiple", api_visibility="private", **options
+        )
+        dep.then(
+            None,
+            inputs=[self],
+            outputs=None,
+            js=OUTPUTS_DONE_JS,
+            queue=False,
+            show_progress="hidden",
+            api_visibility="private",
+        )
+        self.output_listeners += 1
+        self._remember_stream()
+        return dep
 
     def on_additional_outputs(
         self,
@@ -359,21 +522,15 @@ class WebRTC(gr.HTML, metaclass=NoStubComponentMeta):
         queue: bool = True,
     ) -> Any:
         """Update other components with what the handler yields as ``AdditionalOutputs``:
-        ``fn(*outputs.args, *inputs)`` runs once per AdditionalOutputs, in order."""
+        ``fn(*inputs, *additional_outputs.args)`` (the inputs' current values first, as in
+        gradio_webrtc and fastrtc) runs once per AdditionalOutputs, in order, each after the
+        last one's result is on the page. A sync ``fn`` runs on a worker thread, as Gradio
+        runs sync event functions; an async one on the server's event loop."""
         if loader.in_worker_import():
             return None
         extra = list(inputs) if isinstance(inputs, (list, tuple, set)) else ([inputs] if inputs is not None else [])
-        gateway = get_gateway()
-
-        async def fetch_additional_outputs(webrtc_id: Any, *values: Any) -> Any:
-            got = gateway.next_output(webrtc_id) if isinstance(webrtc_id, str) and webrtc_id else None
-            if got is None:
-                return gr.skip()
-            result = fn(*got, *values)
-            return await result if inspect.isawaitable(result) else result
-
-        return getattr(self, OUTPUTS_EVENT)(
-            fetch_additional_outputs,
+        return self._listen_for_outputs(
+            _additional_outputs_fetcher(get_gateway(), fn),
             inputs=[self, *extra],
             outputs=outputs,
             js=js,
@@ -381,12 +538,32 @@ class WebRTC(gr.HTML, metaclass=NoStubComponentMeta):
             concurrency_id=concurrency_id,
             show_progress=show_progress,
             queue=queue,
-            api_visibility="private",
         )
 
-    def webrtc_stream(self, fn: Callable[..., Any] | Any, *args: Any, **kwargs: Any) -> Any:
-        """gradio_webrtc 0.0.1's name for :meth:`stream`."""
-        return self.stream(fn, *args, **kwargs)
+    def webrtc_stream(
+        self,
+        fn: Callable[..., Any] | Any,
+        inputs: Sequence[Any] | Any | None = None,
+        js: str | None = None,
+        concurrency_limit: int | None | Literal["default"] = "default",
+        concurrency_id: str | None = None,
+        stream_every: float | None = None,
+        time_limit: float | None = None,
+        **event_options: Any,
+    ) -> Any:
+        """gradio_webrtc 0.0.1's name for :meth:`stream`, in its parameter order: it had no
+        ``outputs``, the processed video goes to this component."""
+        return self.stream(
+            fn,
+            inputs,
+            [self],
+            js=js,
+            concurrency_limit=concurrency_limit,
+            concurrency_id=concurrency_id,
+            stream_every=stream_every,
+            time_limit=time_limit,
+            **event_options,
+        )
 
     def _extra_inputs(self, inputs: Sequence[Any] | Any | None) -> list[Any]:
         if inputs is None:
@@ -457,6 +634,32 @@ def _stream_outputs_fetcher(gateway: Any, count: int) -> Callable[..., Any]:
     return fetch_stream_outputs
 
 
+def _additional_outputs_fetcher(gateway: Any, fn: Callable[..., Any]) -> Callable[..., Any]:
+    # async, so the queue is read on the server's event loop, where the gateway's sessions
+    # live; the user's sync fn then runs on a thread, never blocking that loop
+    async def fetch_additional_outputs(webrtc_id: Any, *values: Any) -> Any:
+        got = gateway.next_output(webrtc_id) if isinstance(webrtc_id, str) and webrtc_id else None
+        if got is None:
+            return gr.skip()  # this fetch_output was for the stream's own outputs
+        if inspect.iscoroutinefunction(fn):
+            return await fn(*values, *got)
+        result = await anyio.to_thread.run_sync(lambda: fn(*values, *got))
+        return await result if inspect.isawaitable(result) else result
+
+    return fetch_additional_outputs
+
+
+def _stream_id(api_name: Any, concurrency_id: Any) -> str | None:
+    """The stream event's id from Gradio's naming keywords (None: the gateway numbers it)."""
+    for keyword, value in (("api_name", api_name), ("concurrency_id", concurrency_id)):
+        if value is None or value is False:  # Gradio's api_name=False: no endpoint name
+            continue
+        if not isinstance(value, str) or not value.strip():
+            raise TypeError(f"{keyword} must be a non-empty string, got {value!r}")
+        return value
+    return None
+
+
 def _args_pusher(gateway: Any) -> Callable[..., Any]:
     # async, so it runs on the server's event loop, where the gateway's sessions live
     async def push_webrtc_args(webrtc_id: Any, *values: Any) -> None:
@@ -470,4 +673,4 @@ def _args_pusher(gateway: Any) -> Callable[..., Any]:
     return push_webrtc_args
 
 
-__all__ = ["WebRTC", "ARGS_EVENT", "OUTPUTS_EVENT"]
+__all__ = ["WebRTC", "ARGS_EVENT", "OUTPUTS_EVENT", "OUTPUTS_DONE_JS"]

@@ -61,9 +61,11 @@ def page_config(event: StreamEvent, gateway: Gateway) -> dict[str, Any]:
         "stream_id": event.event_id,
         "mode": event.mode,
         "modality": event.modality,
-        "ice_servers": [
-            s.model_dump(exclude_none=True) for s in gateway.config.gateway.ice_servers
-        ],
+        "rtc_configuration": {
+            "iceServers": [
+                s.model_dump(exclude_none=True) for s in gateway.config.gateway.ice_servers
+            ]
+        },
         "time_limit": event.time_limit,
         "mirror_webcam": True,
         # no other component can show the processed video elsewhere: let the user keep a frame
@@ -104,11 +106,12 @@ def stream_page(event: StreamEvent, gateway: Gateway) -> str:
         f'<p class="meta">{html.escape(_limits(event))} · <a href="ui">all streams</a></p>'
         f'<div id="{HOST_ID}">{markup}</div>'
         "<script>\n"
-        # exactly how gr.HTML runs js_on_load; there are no other components here, so
-        # nothing listens to the client's events ("webrtc_args" and "webrtc_outputs")
-        "(function (element, trigger, props) {\n"
+        # as gr.HTML runs js_on_load; there are no other components here, so nothing
+        # listens to the client's events ("webrtc_args", "webrtc_outputs", "tick"), and no
+        # server functions: the connection's configuration is the static one in props
+        "(function (element, trigger, props, server) {\n"
         f"{script}\n"
-        f"}})(document.getElementById({json.dumps(HOST_ID)}), function () {{}}, {_script_json(props)});\n"
+        f"}})(document.getElementById({json.dumps(HOST_ID)}), function () {{}}, {_script_json(props)}, {{}});\n"
         "</script>"
     )
     return _document(f"rtcpool · {event.event_id}", body, head=f"<style>{css}</style>")

@@ -1,14 +1,20 @@
 // rtcpool's WebRTC client. One file, two hosts, run the same way by both: as the body of a
-// function of (element, trigger, props), once per rendered component.
+// function of (element, trigger, props, server), once per rendered component.
 // * Gradio: gradio_ext/webrtc.py passes this file as gr.HTML's js_on_load; `element` holds
-//   static/webrtc.html, `props.rtc` is the component's _client_config().
+//   static/webrtc.html, `props.rtc` is the component's _client_config(), `server` has the
+//   component's server function webrtc_configuration().
 // * Without Gradio: runtime/standalone.py inlines it in the page it serves at /webrtc/ui,
-//   with the same markup, `props.rtc` built from the stream event and a `trigger` that does
-//   nothing (there are no other components to read inputs from).
+//   with the same markup, `props.rtc` built from the stream event, a `trigger` that does
+//   nothing (there are no other components to read inputs from) and no server functions.
 //
-// One session at a time: getUserMedia -> RTCPeerConnection (+ data channel "text") ->
-// wait for ICE gathering (aiortc does not trickle) -> POST <root>/webrtc/offer ->
-// the answer -> processed media shown in the remote <video> / played by the <audio>.
+// One session at a time: [the connection's configuration from the server] -> getUserMedia ->
+// RTCPeerConnection (+ data channel "text") -> wait for ICE gathering (aiortc does not
+// trickle) -> POST <root>/webrtc/offer -> the answer -> processed media shown in the remote
+// <video> / played by the <audio>. A Stop from the page posts <root>/webrtc/close, so the
+// server frees the slot at once (also when the offer is still being answered).
+// While streaming, the component fires Gradio's "tick" event every TICK_INTERVAL_MS, as
+// gradio_webrtc's does, for apps that listen to it (webrtc.tick(fn, ...)).
+// When the component leaves the page (a re-render), everything it started is ended.
 //
 // The stream's other inputs reach the worker through the custom Gradio event
 // "webrtc_args" (keep that name quoted in this file: gr.HTML finds custom events by
@@ -29,11 +35,26 @@ const METER_RELEASE = 0.12; // share of the way down per animation frame: a peak
 const METER_STEPS = 100; // the bar moves in 1 % steps, so a steady level writes no style
 const SNAPSHOT_URL_TTL_MS = 10000; // the saved frame's object URL outlives the download's start
 const DEVICES_EVENT = "rtcpool-devices"; // window event: device permission granted, relist
+const TICK_INTERVAL_MS = 500; // "tick" while streaming: gradio_webrtc's stream_every of 0.5 s
+// A close posted while its offer is still on the way may reach the server first (404): try again
+const HANGUP_RETRY_MS = 1000;
+const HANGUP_RETRIES = 3;
+// A fetch of outputs whose listeners never report back (a lost request) is given up after this
+const OUTPUTS_DONE_TIMEOUT_MS = 15000;
+const LABEL_GAP_PX = 12; // room below Gradio's floating label badge (it overlaps the block's top)
+// The label badge's icon (Gradio's gr.HTML shows a "</>" code icon there), 32 x 32 viewBox
+const LABEL_ICONS = {
+  video: "M4 9h16a2 2 0 0 1 2 2v10a2 2 0 0 1-2 2H4a2 2 0 0 1-2-2V11a2 2 0 0 1 2-2zM23 14l7-4v12l-7-4z",
+  audio:
+    "M16 3a4 4 0 0 1 4 4v9a4 4 0 0 1-8 0V7a4 4 0 0 1 4-4zM9 15h2a5 5 0 0 0 10 0h2a7 7 0 0 1-6 6.93V26h4v2H11v-2h4v-4.07A7 7 0 0 1 9 15z",
+};
 
 const cfg = props.rtc || {};
+const serverFns = typeof server === "object" && server ? server : {}; // the standalone page has none
 const root = element.querySelector(".rtc-root");
 const ui = {
   stage: root.querySelector(".rtc-stage"),
+  placeholder: root.querySelector(".rtc-placeholder"),
   remote: root.querySelector(".rtc-remote"),
   local: root.querySelector(".rtc-local"),
   audio: root.querySelector(".rtc-audio"),
@@ -58,15 +79,25 @@ const sends = mode !== "receive";
 const receives = mode !== "send";
 const wantsVideo = modality !== "audio";
 const wantsAudio = modality !== "video";
+const outputListeners = Number(cfg.output_listeners) || 0; // listeners of "webrtc_outputs"
 
 let session = null; // the live session, or null
 let retryTimer = null;
+let disposed = false; // the component left the page: nothing may start again
+
+// Listeners on objects that outlive this component (window, mediaDevices), removed in dispose()
+const disposers = [];
+function listen(target, type, fn) {
+  target.addEventListener(type, fn);
+  disposers.push(() => target.removeEventListener(type, fn));
+}
 
 // --- static look: what the constructor asked for ----------------------------------------------
 
 function applyOptions() {
   root.dataset.mode = mode;
   root.dataset.modality = modality;
+  if (cfg.stream_id) root.dataset.streamId = cfg.stream_id;
   // the camera preview sits over the processed video when both are shown, else fills the stage
   if (sends && receives && wantsVideo) root.dataset.pip = "";
   // mirroring is for the user's own image only: the processed video is shown as sent
@@ -90,6 +121,29 @@ function applyOptions() {
   ui.snapshot.hidden = !(cfg.show_download_button && receives && wantsVideo);
   // interactive=False: display only; the stream starts from the app's trigger= instead
   ui.button.hidden = cfg.interactive === false;
+  dressBlock();
+}
+
+// The Gradio block around this component (none on the standalone page). Its label badge
+// shows gr.HTML's "</>" icon, replaced with a camera or microphone; and inside a gr.Group,
+// whose rule `border: none` on its children leaves the "medium" border width that shows as a
+// thick dark frame once Gradio's block sets border-style inline, the theme's width and colour
+// (0 in a group) are set back.
+let labelIcon = null; // the badge's <svg> once dressed: a re-rendered badge is dressed again
+function dressBlock() {
+  const block = element.closest ? element.closest(".block") : null;
+  if (!block) return;
+  block.style.borderWidth = "var(--block-border-width)";
+  block.style.borderColor = "var(--block-border-color)";
+  const label = block.querySelector(':scope > label[data-testid="block-label"]');
+  root.style.setProperty("--rtc-label-gap", `${LABEL_GAP_PX}px`);
+  root.toggleAttribute("data-labelled", label !== null);
+  const svg = label ? label.querySelector("svg") : null;
+  const path = svg ? svg.querySelector("path") : null;
+  if (!path) return;
+  svg.setAttribute("viewBox", "0 0 32 32");
+  path.setAttribute("d", wantsVideo ? LABEL_ICONS.video : LABEL_ICONS.audio);
+  labelIcon = svg;
 }
 
 // --- ui ------------------------------------------------------------------------------------
@@ -98,6 +152,20 @@ function setState(state, text) {
   root.dataset.state = state;
   ui.status.textContent = text || state;
   ui.buttonLabel.textContent = state === "connecting" ? labels.waiting : state === "streaming" ? labels.stop : labels.start;
+  showPlaceholder();
+}
+
+// What the video area says while it has no picture: an idle area is not a bare black box
+function showPlaceholder() {
+  const main = receives ? ui.remote : ui.local; // the camera preview is an inset when both show
+  const state = root.dataset.state;
+  let text;
+  if (state === "connecting") text = labels.waiting;
+  else if (state === "streaming") text = receives ? "Waiting for the stream…" : "Waiting for the camera…";
+  else if (sends && cfg.interactive !== false) text = `Click ${labels.start} to share your camera`;
+  else text = "Stream will appear here";
+  ui.placeholder.textContent = text;
+  ui.placeholder.hidden = main.classList.contains("live");
 }
 
 function addMessage(kind, text) {
@@ -128,6 +196,7 @@ function clearRetry() {
 }
 
 function serverFull(seconds, limit) {
+  clearRetry();
   let left = seconds;
   const show = () => setState("full", `server full — retry in ${left} s`);
   show();
@@ -170,7 +239,8 @@ function meterContext() {
     meter.analyser.fftSize = METER_FFT_SIZE;
     if (!meter.samples) meter.samples = new Float32Array(METER_FFT_SIZE);
   }
-  if (meter.ctx.state === "suspended") meter.ctx.resume();
+  // a context the browser will not resume (no user gesture) leaves the meter at zero
+  if (meter.ctx.state === "suspended") meter.ctx.resume().catch(() => {});
   return meter.ctx;
 }
 
@@ -209,7 +279,7 @@ function closeMeter() {
   meter.raf = 0;
   if (meter.source) meter.source.disconnect();
   meter.source = null;
-  if (meter.ctx) meter.ctx.close();
+  if (meter.ctx) meter.ctx.close().catch(() => {}); // already closed: nothing to release
   meter.ctx = null;
   meter.analyser = null;
   meter.shown = 0;
@@ -322,15 +392,45 @@ function newId() {
   return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-function offerUrl() {
-  // the standalone page says where its gateway is (relative to the page)
-  if (cfg.offer_url) return new URL(cfg.offer_url, window.location.href).href;
+// The gateway's route /webrtc/<name> ("offer", "close")
+function routeUrl(name) {
+  // the standalone page says where its gateway's offer route is (relative to the page); the
+  // others are beside it
+  if (cfg.offer_url) return new URL(name, new URL(cfg.offer_url, window.location.href)).href;
   // Gradio's root (it includes the sub-path when the app is served under one); same rule
   // as Gradio's own page: on the same host name, the page's origin is the reachable one
   const configured = window.gradio_config && window.gradio_config.root;
   const base = new URL(configured || "/", window.location.href);
   const origin = base.hostname === window.location.hostname ? window.location.origin : base.origin;
-  return `${origin}${base.pathname.replace(/\/$/, "")}/webrtc/offer`;
+  return `${origin}${base.pathname.replace(/\/$/, "")}/webrtc/${name}`;
+}
+
+// Tell the server this page ended the session, so it frees the slot now rather than at its
+// connect or inactivity timeout. keepalive: it still goes out when the page is closing.
+function hangUp(id, retries) {
+  fetch(routeUrl("close"), {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ webrtc_id: id }),
+    keepalive: true,
+  })
+    .then((resp) => {
+      if (resp.status === 404 && retries > 0) setTimeout(() => hangUp(id, retries - 1), HANGUP_RETRY_MS);
+    })
+    .catch(() => {}); // the page or the server is going away: its timeouts end the session
+}
+
+// The RTCPeerConnection configuration, whole (iceServers, iceTransportPolicy, ...): as given,
+// or, when the app's rtc_configuration is a function, fetched for this connection
+async function connectionConfig() {
+  if (!cfg.rtc_configuration_per_connection) return cfg.rtc_configuration || {};
+  const fetchConfig = serverFns.webrtc_configuration;
+  // Gradio's server functions resolve to undefined when the call fails (it logs a warning)
+  const got = typeof fetchConfig === "function" ? await fetchConfig() : undefined;
+  if (!got || typeof got !== "object" || Array.isArray(got)) {
+    throw new Error("the server did not give this connection's configuration (rtc_configuration)");
+  }
+  return got;
 }
 
 function mediaConstraints() {
@@ -372,11 +472,12 @@ function iceGathered(pc) {
 }
 
 async function postOffer(s) {
-  const abort = new AbortController();
+  const abort = (s.abort = new AbortController()); // Stop aborts it too
   const timer = setTimeout(() => abort.abort(), OFFER_TIMEOUT_MS);
   let resp;
+  s.offered = true;
   try {
-    resp = await fetch(offerUrl(), {
+    resp = await fetch(routeUrl("offer"), {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({
@@ -397,11 +498,14 @@ async function postOffer(s) {
     // not JSON: reported by status below
   }
   if (resp.ok) return body;
+  s.offered = false; // refused: there is no session on the server to hang up
+  // stopped while the answer was on its way: a refusal for it must not touch a newer session
+  if (s.closed || s !== session) return null;
   const meta = (body && body.meta) || {};
   if (resp.status === 429) {
     const wait = parseInt(resp.headers.get("Retry-After") || meta.retry_after, 10) || DEFAULT_RETRY_AFTER_S;
     teardown(s);
-    if (s === session) session = null;
+    session = null;
     serverFull(wait, meta.limit);
     return null;
   }
@@ -411,18 +515,27 @@ async function postOffer(s) {
 // --- the session -------------------------------------------------------------------------------
 
 async function start() {
+  if (disposed) return;
   clearRetry();
   clearMessages();
   const s = {
     id: newId(), pc: null, dc: null, media: null, timers: [], startedAt: null, closed: false,
     switching: Promise.resolve(), // device switches, one after the other
+    abort: null, // the offer's fetch, while it is on its way
+    offered: false, // the server may have (or be making) a session for this id
+    answered: false,
+    timeUp: false, // the server ended it at its time limit
+    outputs: { wanted: 0, waiting: 0, timer: 0 }, // fetches of outputs: see fetchOutput()
   };
   session = s;
   root.dataset.webrtcId = s.id;
+  ui.bar.hidden = true;
   setState("connecting", "connecting…");
   try {
     if (wantsAudio) meterContext(); // before any await: still inside the click
-    const pc = (s.pc = new RTCPeerConnection({ iceServers: cfg.ice_servers || [] }));
+    const config = await connectionConfig();
+    if (s.closed) return; // stopped while the server was asked
+    const pc = (s.pc = new RTCPeerConnection(config));
     if (sends) {
       s.media = await navigator.mediaDevices.getUserMedia(mediaConstraints());
       if (s.closed) return teardown(s); // stopped while the permission prompt was open
@@ -431,6 +544,7 @@ async function start() {
       if (video) {
         ui.local.srcObject = new MediaStream([video]);
         ui.local.classList.add("live");
+        showPlaceholder();
       }
       if (audio) attachMeter(new MediaStream([audio]));
       for (const track of s.media.getTracks()) pc.addTrack(track, s.media);
@@ -449,7 +563,9 @@ async function start() {
     await iceGathered(pc);
     if (s.closed) return;
     const answer = await postOffer(s);
+    // stopped while it was answered: stop() has told the server, which ends the session
     if (!answer || s.closed) return;
+    s.answered = true;
     await pc.setRemoteDescription(answer);
     // the session exists on the server now: send it the inputs' current values
     sendArgs(s);
@@ -465,6 +581,7 @@ function showRemote(s, ev) {
     ui.remote.srcObject = stream;
     ui.remote.classList.add("live");
     ui.snapshot.disabled = false;
+    showPlaceholder();
   } else {
     ui.audio.srcObject = stream;
     // with no microphone, the meter shows what the server sends (Chromium feeds a remote
@@ -481,6 +598,9 @@ function onConnectionState(s) {
     s.startedAt = performance.now();
     setState("streaming");
     startCountdown(s);
+    s.timers.push(setInterval(() => {
+      if (s === session && !s.closed) trigger("tick");
+    }, TICK_INTERVAL_MS));
   } else if (state === "failed") {
     fail(s, new Error("the connection to the server failed"));
   } else if (state === "closed") {
@@ -507,6 +627,7 @@ function onServerMessage(s, raw) {
       fetchOutput(s);
       break;
     case "end_stream":
+      s.timeUp = Boolean(msg.data && msg.data.reason === "time_limit_reached");
       stop(s, "stopped", endReason(msg.data));
       break;
     default:
@@ -531,13 +652,48 @@ function sendArgs(s) {
   }, 0);
 }
 
-// One "fetch_output" per AdditionalOutputs the handler yielded: each trigger of the custom
-// event "webrtc_outputs" takes the oldest one off the session's queue on the server, so
-// none is lost and they arrive in order, even after the stream has ended.
+// One "fetch_output" per output the handler produced (an AdditionalOutputs, or a function's
+// values for the stream's other outputs). Each trigger of the custom event "webrtc_outputs"
+// makes every listener take the oldest of its kind off the session's queue on the server, so
+// none is lost, even after the stream has ended. One fetch at a time: the next is fired when
+// every listener of the last one has finished (each is followed by a ".then" that calls
+// window.__rtcpool.outputsDone with this component's value), because concurrent fetches can
+// complete out of order and leave an older value on screen, and a listener that reads its
+// own outputs as inputs (a Chatbot it appends to) must see the previous result. A fetch
+// whose listeners never report back (a lost request) is given up after OUTPUTS_DONE_TIMEOUT_MS.
 function fetchOutput(s) {
-  if (!s.id) return;
-  props.value = s.id;
-  setTimeout(() => trigger("webrtc_outputs"), 0);
+  if (!outputListeners) return; // nothing on this page shows outputs (the standalone page)
+  s.outputs.wanted += 1;
+  registry.outputs[s.id] = () => outputsDone(s);
+  pumpOutputs(s);
+}
+
+function pumpOutputs(s) {
+  const q = s.outputs;
+  if (q.waiting > 0) return;
+  clearTimeout(q.timer);
+  // a newer session owns this component's value now: what is left of this one stays on the
+  // server until its grace period ends
+  if (q.wanted === 0 || disposed || (session !== null && session !== s)) {
+    q.wanted = 0;
+    delete registry.outputs[s.id];
+    return;
+  }
+  q.wanted -= 1;
+  q.waiting = outputListeners;
+  q.timer = setTimeout(() => {
+    q.waiting = 0;
+    pumpOutputs(s);
+  }, OUTPUTS_DONE_TIMEOUT_MS);
+  props.value = s.id; // the listeners read the session id from this component's value
+  setTimeout(() => trigger("webrtc_outputs"), 0); // once Gradio has taken the value
+}
+
+function outputsDone(s) {
+  const q = s.outputs;
+  if (q.waiting === 0) return; // a late report of a fetch given up on
+  q.waiting -= 1;
+  if (q.waiting === 0) pumpOutputs(s);
 }
 
 function fail(s, err) {
@@ -546,11 +702,15 @@ function fail(s, err) {
   if (err && err.name === "NotAllowedError") text = "camera/microphone permission was denied";
   if (err && err.name === "AbortError") text = "the server did not answer in time";
   addMessage("error", text);
-  stop(s, "error", text);
+  stop(s, "error", text, true);
 }
 
-function stop(s, state, why) {
+// End a session. `local`: this page ends it (Stop, an error found here, the page or the
+// component going away), so the server is told; otherwise the server ended it already.
+function stop(s, state, why, local = false) {
   if (s.closed) return;
+  // with the offer still on its way, the close may overtake it: it is retried on a 404
+  if (local && s.offered) hangUp(s.id, s.answered ? 0 : HANGUP_RETRIES);
   teardown(s);
   if (s === session) {
     session = null;
@@ -560,6 +720,7 @@ function stop(s, state, why) {
 
 function teardown(s) {
   s.closed = true;
+  if (s.abort) s.abort.abort(); // an offer still on its way: its answer is not wanted
   for (const t of s.timers) clearInterval(t);
   s.timers = [];
   if (s.dc) {
@@ -582,32 +743,85 @@ function teardown(s) {
     media.classList.remove("live");
   }
   ui.snapshot.disabled = true;
-  ui.bar.hidden = true;
+  if (s.timeUp) ui.fill.style.width = "0%"; // the server's clock says the time is up: shown so
+  else ui.bar.hidden = true;
   closeMeter();
 }
 
+// --- this component on the page -------------------------------------------------------------
+// window.__rtcpool: `streams[stream_id]` is the component a stream's `trigger=` starts (and
+// tests drive); `outputs[webrtc_id]` receives the ".then" reports of output fetches. Each
+// rendered component registers itself and takes itself out when it leaves the page.
+
+const registry = (window.__rtcpool = window.__rtcpool || {});
+registry.streams = registry.streams || {};
+registry.outputs = registry.outputs || {};
+registry.mounted = registry.mounted || [];
+registry.outputsDone =
+  registry.outputsDone ||
+  ((id) => {
+    const done = registry.outputs[id];
+    if (done) done();
+  });
+const api = {
+  streamId: cfg.stream_id,
+  start: () => {
+    if (!session) start();
+  },
+  stop: () => {
+    if (session) stop(session, "stopped", undefined, true);
+  },
+  session: () => session,
+};
+registry.mounted.push(api);
+if (cfg.stream_id) registry.streams[cfg.stream_id] = api; // the newest rendering of the stream
+
+function dispose() {
+  if (disposed) return;
+  if (session) stop(session, "stopped", "the component was removed", true);
+  disposed = true;
+  clearRetry();
+  closeMeter();
+  observer.disconnect();
+  for (const undo of disposers.splice(0)) undo();
+  registry.mounted.splice(registry.mounted.indexOf(api), 1);
+  if (cfg.stream_id && registry.streams[cfg.stream_id] === api) {
+    // another rendering of the same stream, if one is still on the page, takes over
+    const other = registry.mounted.filter((a) => a.streamId === cfg.stream_id).pop();
+    if (other) registry.streams[cfg.stream_id] = other;
+    else delete registry.streams[cfg.stream_id];
+  }
+}
+
+// Gradio removes a component's DOM when it re-renders (gr.render) or unmounts it: that is
+// when everything this one started must end. The check per DOM change is two property reads.
+let wasConnected = root.isConnected;
+const observer = new MutationObserver(() => {
+  if (!root.isConnected) {
+    if (wasConnected) dispose();
+    return;
+  }
+  wasConnected = true;
+  if (labelIcon !== null && !labelIcon.isConnected) dressBlock(); // Gradio redrew the badge
+});
+observer.observe(document.documentElement, { childList: true, subtree: true });
+
 applyOptions();
+// the badge may be drawn after this script runs
+requestAnimationFrame(() => {
+  if (!disposed && labelIcon === null) dressBlock();
+});
 ui.button.addEventListener("click", () => {
-  if (session) stop(session, "stopped");
+  if (session) stop(session, "stopped", undefined, true);
   else start();
 });
 ui.snapshot.addEventListener("click", saveSnapshot);
 if (pickers.length && navigator.mediaDevices) {
-  navigator.mediaDevices.addEventListener("devicechange", refreshDevices);
-  window.addEventListener(DEVICES_EVENT, refreshDevices);
+  listen(navigator.mediaDevices, "devicechange", refreshDevices);
+  listen(window, DEVICES_EVENT, refreshDevices);
   refreshDevices();
 }
-// A stream's `trigger=` (e.g. a button's click) starts it from Python-side wiring, which
-// finds this component here by its stream id; tests read the live session here too.
-window.__rtcpool = window.__rtcpool || {};
-if (cfg.stream_id) {
-  window.__rtcpool[cfg.stream_id] = {
-    start: () => { if (!session) start(); },
-    stop: () => { if (session) stop(session, "stopped"); },
-    session: () => session,
-  };
-}
-window.addEventListener("pagehide", () => {
-  if (session) stop(session, "stopped");
+listen(window, "pagehide", () => {
+  if (session) stop(session, "stopped", undefined, true);
 });
 setState("idle");

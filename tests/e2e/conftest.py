@@ -22,6 +22,7 @@ import numpy as np
 import psutil
 import pytest
 
+from runtime.constants import MEDIA_INACTIVITY_TIMEOUT_S
 from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -180,18 +181,71 @@ def run_app(script: Path, log: Path, env: dict[str, str] | None = None) -> Itera
 
 # --- helpers for tests/e2e/test_examples.py: one Chromium per fake-device set-up ----------
 
-# Records every RTCPeerConnection the page makes, so a test can read pc.getStats()
-# without touching the component's JavaScript.
+# Records every RTCPeerConnection the page makes, and the configuration it was made with,
+# so a test can read pc.getStats() without touching the component's JavaScript.
 RECORD_PEER_CONNECTIONS_JS = """(() => {
   const Native = window.RTCPeerConnection;
   window.__rtcPeerConnections = [];
+  window.__rtcPeerConnectionConfigs = [];
   window.RTCPeerConnection = function (...args) {
     const pc = new Native(...args);
     window.__rtcPeerConnections.push(pc);
+    window.__rtcPeerConnectionConfigs.push(args[0] === undefined ? null : JSON.parse(JSON.stringify(args[0])));
     return pc;
   };
   window.RTCPeerConnection.prototype = Native.prototype;
 })();"""
+
+# A page's Stop posts /webrtc/close: the server must list no session of the stream by then,
+# well inside the media-inactivity timeout that would otherwise end it (this is what proves
+# the hang-up did it), on a busy 2-core box.
+STOP_RELEASE_S = 6.0
+assert STOP_RELEASE_S < MEDIA_INACTIVITY_TIMEOUT_S
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = POLL_INTERVAL_S / 2) -> Any:
+    """Poll ``predicate`` until it is truthy or ``timeout`` passes; its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+def live_sessions(url: str, event_id: str | None = None) -> list[dict[str, Any]]:
+    """The app's live sessions (GET /webrtc/sessions), of one stream event if given."""
+    listed = httpx.get(f"{url}/webrtc/sessions", timeout=10).json()
+    return [s for s in listed if event_id is None or s["event_id"] == event_id]
+
+
+def released(
+    url: str, event_id: str | None = None, left: int = 0, timeout: float = STOP_RELEASE_S
+) -> bool:
+    """Within ``timeout``, the server lists at most ``left`` live sessions (of ``event_id``)."""
+    deadline = time.monotonic() + timeout
+    while len(live_sessions(url, event_id)) > left:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(POLL_INTERVAL_S / 5)
+    return True
+
+
+def stop_and_check_released(page: Any, root_selector: str = ".rtc-root") -> None:
+    """Click the component's Stop: the page says "stopped", its peer connection is closed,
+    and the server ends that session at once (one live session fewer of its stream)."""
+    root = page.locator(root_selector).first
+    stream_id = root.get_attribute("data-stream-id")
+    origin = page.evaluate("() => window.location.origin")
+    before = len(live_sessions(origin, stream_id))
+    assert before >= 1, f"no live session of {stream_id} before Stop"
+    root.locator(".rtc-button").click()
+    assert root.get_attribute("data-state") == "stopped", root.locator(".rtc-status").text_content()
+    pcs = page.evaluate("(window.__rtcPeerConnections || []).map(pc => pc.connectionState)")
+    assert "closed" in pcs, pcs
+    assert released(origin, stream_id, left=before - 1), (
+        f"{stream_id}: the server still lists {live_sessions(origin, stream_id)} {STOP_RELEASE_S} s after Stop"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -202,6 +256,30 @@ def playwright_driver() -> Iterator[Any]:
 
     with sync_playwright() as pw:
         yield pw
+
+
+@contextlib.contextmanager
+def chromium(
+    pw: Any, *extra_args: str, fake_devices: str | None = None
+) -> Iterator[tuple[Any, Any]]:
+    """A Chromium of its own (Debian's, never downloaded) and a browser context in it whose
+    pages record their peer connections. ``fake_devices`` replaces the fake-device switch's
+    value (e.g. ``device-count=2``)."""
+    args = [*BROWSER_ARGS, "--autoplay-policy=no-user-gesture-required", *extra_args]
+    if fake_devices is not None:
+        args = [
+            f"--use-fake-device-for-media-stream={fake_devices}"
+            if a == "--use-fake-device-for-media-stream"
+            else a
+            for a in args
+        ]
+    browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=args)
+    try:
+        context = browser.new_context(viewport={"width": 1200, "height": 1000})
+        context.add_init_script(RECORD_PEER_CONNECTIONS_JS)
+        yield browser, context
+    finally:
+        browser.close()
 
 
 @contextlib.contextmanager

@@ -23,7 +23,6 @@ Screenshots go to artifacts/ui-*.png.
 from __future__ import annotations
 
 import base64
-import contextlib
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -36,12 +35,11 @@ import numpy as np
 import pytest
 
 from tests.e2e.conftest import (
-    BROWSER_ARGS,
-    CHROMIUM,
-    RECORD_PEER_CONNECTIONS_JS,
     App,
+    chromium,
     face_picture,
     run_app,
+    stop_and_check_released,
 )
 from tests.speech import composed_wav
 
@@ -238,8 +236,8 @@ def start(page: Any, sel: str) -> None:
 
 
 def stop(page: Any, sel: str) -> None:
-    page.click(f"{sel} .rtc-button")
-    assert page.evaluate(STATE_JS, sel) == "stopped", page.evaluate(STATUS_JS, sel)
+    """Click the component's Stop; the server ends that session at once."""
+    stop_and_check_released(page, f"{sel} .rtc-root")
 
 
 def shows(page: Any, sel: str, expected: np.ndarray, other: np.ndarray) -> bool:
@@ -286,30 +284,6 @@ def meter_levels(page: Any, sel: str, frames: int = METER_WINDOW_FRAMES) -> list
     return page.evaluate(METER_JS, [sel, frames])
 
 
-@contextlib.contextmanager
-def chromium(
-    pw: Any, *extra_args: str, fake_devices: str | None = None
-) -> Iterator[tuple[Any, Any]]:
-    """A Chromium of its own (Debian's, never downloaded) and a browser context in it whose
-    pages record their peer connections. ``fake_devices`` replaces the fake-device switch's
-    value (e.g. ``device-count=2``)."""
-    args = [*BROWSER_ARGS, "--autoplay-policy=no-user-gesture-required", *extra_args]
-    if fake_devices is not None:
-        args = [
-            f"--use-fake-device-for-media-stream={fake_devices}"
-            if a == "--use-fake-device-for-media-stream"
-            else a
-            for a in args
-        ]
-    browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=args)
-    try:
-        context = browser.new_context(viewport={"width": 1200, "height": 1000})
-        context.add_init_script(RECORD_PEER_CONNECTIONS_JS)
-        yield browser, context
-    finally:
-        browser.close()
-
-
 @pytest.fixture(scope="module")
 def ui_app(tmp_path_factory: pytest.TempPathFactory, artifacts: Path) -> Iterator[App]:
     folder = tmp_path_factory.mktemp("ui_app")
@@ -344,7 +318,7 @@ def test_two_components_on_one_page_stream_independently(
         )
         assert shows(page, "#invert", 255 - camera, camera), "the first stream stopped"
         sessions = page.evaluate(
-            f"() => [window.__rtcpool['{INVERT}'].session().id, window.__rtcpool['{TINT}'].session().id]"
+            f"() => [window.__rtcpool.streams['{INVERT}'].session().id, window.__rtcpool.streams['{TINT}'].session().id]"
         )
         assert sessions[0] != sessions[1]
         # the user's own preview is mirrored (the default) unless the component says not
@@ -499,7 +473,7 @@ def test_device_lists_are_the_browsers_and_switching_camera_keeps_the_session(
         assert shown, (
             f"the picked camera's clock is not in the processed video: {clock_std(page, '#invert')}"
         )
-        session_id = page.evaluate(f"() => window.__rtcpool['{INVERT}'].session().id")
+        session_id = page.evaluate(f"() => window.__rtcpool.streams['{INVERT}'].session().id")
 
         page.select_option("#invert .rtc-camera", plain)  # while streaming
         switched = wait_for(
@@ -510,7 +484,7 @@ def test_device_lists_are_the_browsers_and_switching_camera_keeps_the_session(
         page.screenshot(path=str(artifacts / "ui-device-switch.png"))
         # the same session, peer connection and worker: the track was replaced in place
         assert page.evaluate(STATE_JS, "#invert") == "streaming"
-        assert page.evaluate(f"() => window.__rtcpool['{INVERT}'].session().id") == session_id
+        assert page.evaluate(f"() => window.__rtcpool.streams['{INVERT}'].session().id") == session_id
         assert len(offers) == 1, f"switching cameras renegotiated: {offers}"
         assert page.evaluate("() => window.__rtcPeerConnections.length") == 1
         stop(page, "#invert")

@@ -186,12 +186,15 @@ def test_seed_parameters_are_accepted():
     )  # fmt: skip
 
 
-def test_client_config_carries_ice_servers_mirroring_and_sizes():
+def test_client_config_carries_the_rtc_configuration_mirroring_and_sizes():
     servers = [{"urls": "turn:turn.example.org", "username": "u", "credential": "c"}]
-    mirrored = WebRTC(rtc_configuration={"iceServers": servers}, height=360, width="50%")
+    whole = {"iceServers": servers, "iceTransportPolicy": "relay", "bundlePolicy": "max-bundle"}
+    mirrored = WebRTC(rtc_configuration=whole, height=360, width="50%")
     plain = WebRTC(mirror_webcam=False)
-    assert mirrored.props["rtc"]["ice_servers"] == servers
-    assert plain.props["rtc"]["ice_servers"] == []
+    # the whole dict reaches the browser's RTCPeerConnection, not only its iceServers
+    assert mirrored.props["rtc"]["rtc_configuration"] == whole
+    assert mirrored.props["rtc"]["rtc_configuration_per_connection"] is False
+    assert plain.props["rtc"]["rtc_configuration"] == {"iceServers": []}
     assert mirrored.props["rtc"]["mirror_webcam"] is True
     assert plain.props["rtc"]["mirror_webcam"] is False
     # sizes reach the page as CSS lengths (it sets them as CSS variables)

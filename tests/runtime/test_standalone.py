@@ -45,7 +45,7 @@ def client() -> TestClient:
 def page_props(html: str) -> dict[str, Any]:
     """The props object the page passes to the client script."""
     match = re.search(
-        r"document\.getElementById\(\"rtc-host\"\), function \(\) \{\}, (\{.*\})\);", html
+        r"document\.getElementById\(\"rtc-host\"\), function \(\) \{\}, (\{.*\}), \{\}\);", html
     )
     assert match, "the page does not call the client with its props"
     return json.loads(match.group(1))
@@ -67,8 +67,8 @@ def test_stream_page_runs_the_component_client_with_the_events_config(client: Te
     assert markup in html and css in html and script in html  # the very same client
     props = page_props(html)
     assert props["value"] is None
-    # the configured ICE servers, in RTCPeerConnection's shape (urls: a string or a list)
-    (server,) = props["rtc"].pop("ice_servers")
+    # the configured ICE servers, as the RTCPeerConnection configuration (urls: a string or a list)
+    (server,) = props["rtc"].pop("rtc_configuration").pop("iceServers")
     assert set(server) == {"urls"}
     assert STUN in ([server["urls"]] if isinstance(server["urls"], str) else server["urls"])
     assert props["rtc"] == {
