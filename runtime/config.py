@@ -205,6 +205,16 @@ class GatewayConfig(_Strict):
         le=15,
         description="20 ms audio packets aiortc waits for before decoding; 1 suits loopback/LAN, 4 (aiortc's) the internet",
     )
+    vp8_speed: int = Field(
+        C.VP8_SPEED,
+        ge=0,
+        le=16,
+        description="libvpx speed of the gateway's VP8 encoder (runtime/encoder.py): 6 is aiortc's; higher is faster and worse",
+    )
+    vp8_denoise: bool = Field(
+        C.VP8_DENOISE,
+        description="libvpx's temporal denoiser on the gateway's encoder: off, since it encodes processed frames, not a webcam",
+    )
 
 
 class PoolConfig(_Strict):

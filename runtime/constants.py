@@ -18,6 +18,8 @@ AUDIO_DEFAULT_RATE = 48_000  # Hz: what a plain audio function gets, and the rat
 VIDEO_CLOCK_RATE = 90_000  # RTP clock rate for video pts, in Hz
 AUDIO_JITTER_PREFETCH = 4  # packets aiortc's audio jitter buffer waits for (its own default)
 DEFAULT_OUTPUT_FPS = 30.0  # pace of server-generated video when a generator gives no pts
+VP8_SPEED = 6  # libvpx cpu-used of the gateway's VP8 encoder (aiortc's value); 0-16, higher is faster
+VP8_DENOISE = False  # libvpx's temporal denoiser on the gateway's encoder (aiortc turns it on)
 
 # --- signalling limits ----------------------------------------------------------------
 MAX_OFFER_BYTES = 64 * 1024  # largest POST /webrtc/offer body; real SDP offers are < 10 KiB

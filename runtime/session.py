@@ -32,6 +32,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from runtime import constants as C
 from runtime.channel import FrameChannel, offer_link, worker_socket
+from runtime.encoder import use_gateway_encoder
 from runtime.jitter import release_video_on_marker, set_audio_prefetch
 from runtime.media import newest_frame, rgb_of, video_frame_of
 from runtime.wire import (
@@ -252,6 +253,7 @@ class Session:
             pc.addTrack(self.audio_out)
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)  # aiortc gathers all candidates here (no trickle)
+        use_gateway_encoder(pc, cfg.vp8_speed, cfg.vp8_denoise)  # before the first frame is sent
         self._spawn(self._watchdog())
         if self.event.mode == "receive":
             self.media_since = time.monotonic()
