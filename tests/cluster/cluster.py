@@ -288,11 +288,11 @@ class Probe:
     """A Ray driver in a subprocess (tests/cluster/probe.py): each :meth:`view` is the
     ``rtcpool status --json`` view of the deployment, without a new ``ray.init`` per look."""
 
-    def __init__(self, cluster: LocalCluster, log: Path) -> None:
+    def __init__(self, cluster: LocalCluster, log: Path, namespace: str) -> None:
         self.log = log
         self._err = log.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.cluster.probe", cluster.address],
+            [sys.executable, "-m", "tests.cluster.probe", cluster.address, namespace],
             cwd=REPO,
             env=subprocess_env(),
             stdin=subprocess.PIPE,

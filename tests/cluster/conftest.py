@@ -15,6 +15,9 @@ from tests.cluster.cluster import GatewayProcess, LocalCluster, Probe, gateways
 
 NODE_CPUS = 1  # each node declares one CPU: the machine has two, and a node per core is plenty
 FAR_RESOURCE = "far_node"
+# not the default: the gateways, `rtcpool status` and the probe must all take it from the
+# config (two apps on one cluster keep a scheduler each)
+NAMESPACE = "rtcpool-cluster-test"
 DOOMED_RESOURCE = "doomed_node"
 
 # The deployment config the gateways serve with; `rtcpool serve` adds --address, --port and
@@ -25,6 +28,7 @@ DOOMED_RESOURCE = "doomed_node"
 # that hold half of the node's one CPU each both fit at once.
 CLUSTER_CONFIG = f"""\
 ray:
+  namespace: {NAMESPACE}
   detached_scheduler: true
 gateway:
   host: 127.0.0.1
@@ -79,7 +83,7 @@ def two_gateways(
 
 @pytest.fixture(scope="module")
 def probe(cluster: LocalCluster, logs: Path) -> Iterator[Probe]:
-    p = Probe(cluster, logs / "probe.log")
+    p = Probe(cluster, logs / "probe.log", NAMESPACE)
     try:
         yield p
     finally:

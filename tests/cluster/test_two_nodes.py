@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -124,8 +125,23 @@ async def until(check: Callable[[], Awaitable[bool]], timeout: float) -> bool:
     return True
 
 
+async def rtcpool_status(*flags: str) -> subprocess.CompletedProcess[bytes]:
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "runtime.cli", "status", *flags],
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        timeout=STATUS_S,
+    )
+
+
 async def test_a_stream_that_needs_the_far_node_runs_there_over_tcp(
-    cluster: LocalCluster, two_gateways: list[GatewayProcess], probe: Probe, sessions: Sessions
+    cluster: LocalCluster,
+    cluster_config: Path,
+    two_gateways: list[GatewayProcess],
+    probe: Probe,
+    sessions: Sessions,
 ) -> None:
     a, _ = two_gateways
     far, head = cluster.nodes["far"].node_id, cluster.nodes["head"].node_id
@@ -138,15 +154,16 @@ async def test_a_stream_that_needs_the_far_node_runs_there_over_tcp(
     assert session["worker_node_id"] == far, "the worker is not where pool.resources put it"
     assert session["transport"] == "tcp", "a worker on another node is reached over TCP"
 
-    # `rtcpool status`, per node: the far node runs this session's worker, the head none
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "runtime.cli", "status", "--address", cluster.address, "--json"],
-        cwd=REPO,
-        env=subprocess_env(),
-        capture_output=True,
-        timeout=STATUS_S,
+    # the gateway tells the scheduler each session's transport with its next heartbeat
+    await wait_view(
+        probe,
+        lambda v: [r["transport"] for r in v["sessions"] if r["event_id"] == "far"] == ["tcp"],
+        STATUS_S,
+        "the far session listed with its transport",
     )
+    # `rtcpool status`, per node: the far node runs this session's worker, the head none.
+    # The scheduler is in the config's namespace: --config finds it there
+    result = await rtcpool_status("--address", cluster.address, "--config", str(cluster_config), "--json")
     assert result.returncode == 0, result.stderr.decode(errors="replace")[-2000:]
     view = json.loads(result.stdout)
     nodes = {n["node_id"]: n for n in view["nodes"]}
@@ -157,10 +174,18 @@ async def test_a_stream_that_needs_the_far_node_runs_there_over_tcp(
     assert {"event_id": "far", "pid": session["worker_pid"], "busy": True} in nodes[far]["workers"]
     assert not [w for w in nodes[head]["workers"] if w["event_id"] == "far"]
     assert event(view, "far")["leases"] == 1 and event(view, "far")["sessions"] == 1
+    # and the session itself: its stream, gateway, worker node and pid, transport
+    [row] = [r for r in view["sessions"] if r["event_id"] == "far"]
+    assert (row["pid"], row["node_id"], row["transport"]) == (session["worker_pid"], far, "tcp")
+    assert row["gateway_id"] in view["gateways"] and row["streaming_s"] is not None
     text = format_status(view)
     assert f"node {far[:SHORT_ID_CHARS]}" in text and f"node {head[:SHORT_ID_CHARS]} head" in text
     assert f"far: pid {session['worker_pid']} busy" in text
     assert "far: 1/1 slots taken" in text
+    assert f"{row['lease']} far via {row['gateway_id']}: pid {session['worker_pid']} on node {far[:SHORT_ID_CHARS]}, tcp" in text
+    # the default namespace holds no scheduler of this deployment
+    other = await rtcpool_status("--address", cluster.address)
+    assert other.returncode == 1 and b"no rtcpool scheduler" in other.stdout, other.stdout[-500:]
     await sessions.close_all()
     await wait_view(probe, lambda v: event(v, "far")["leases"] == 0, RELEASE_S, "the far slot back")
 

@@ -444,6 +444,15 @@ def test_the_kuberay_manifest_fits_this_ray_and_config(tmp_path: Path):
     assert cfg.ray.address == "auto" and cfg.ray.detached_scheduler
     assert cfg.pool.num_gpus is not None and 0 < cfg.pool.num_gpus < 1
     assert docs["Service"]["spec"]["selector"]["ray.io/group"] == "gateway"
+    # host networking: gateway pods must never share a node (they would clash on ports)
+    spec = groups["gateway"]["template"]["spec"]
+    assert spec["hostNetwork"] is True
+    [rule] = spec["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert rule["topologyKey"] == "kubernetes.io/hostname"
+    assert rule["labelSelector"]["matchLabels"] == {
+        "ray.io/cluster": cluster["metadata"]["name"],
+        "ray.io/group": "gateway",
+    }
 
 
 def test_status_of_a_cluster_that_is_down_says_so_at_once(capsys):
