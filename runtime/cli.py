@@ -8,7 +8,8 @@
 
 ``serve`` flags beat ``RTCPOOL_*`` variables, which beat the file. The app runs in this
 process and builds its gateway from ``load_config()``, which reads the flags back from
-``RTCPOOL_CLI_OVERRIDES`` (runtime/config.py).
+``RTCPOOL_CLI_OVERRIDES`` (runtime/config.py). Then ``serve`` serves what the file left at
+module level (serve_globals): a Gradio Blocks, a FastAPI/Starlette app, a Stream or Gateway.
 """
 
 from __future__ import annotations
