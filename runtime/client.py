@@ -124,6 +124,72 @@ class CounterVideoTrack(MediaStreamTrack):
         return vf
 
 
+REPLAY_CYCLE_FRAMES = 900  # a replayed source repeats after this many frames (30 s at 30 fps)
+REPLAY_BITRATE = 500_000  # bits/s of the pre-encoded VP8, aiortc's default target
+REPLAY_GOP_FRAMES = REPLAY_CYCLE_FRAMES  # one keyframe per cycle, at its start
+_replay_cache: dict[tuple[Any, ...], list[bytes]] = {}
+
+
+def encode_cycle(base: np.ndarray, frames: int, bitrate: int = REPLAY_BITRATE) -> list[bytes]:
+    """``frames`` VP8 frames of ``base`` with the counter 0, 1, ... painted in: the first a
+    keyframe, the others each predicted from the one before, so playing them in order from
+    the first, over and over, is a valid stream."""
+    import cv2
+
+    height, width = base.shape[:2]
+    codec = av.CodecContext.create("libvpx", "w")
+    codec.width, codec.height, codec.pix_fmt = width, height, "yuv420p"
+    codec.bit_rate = bitrate
+    codec.gop_size = max(frames, 1)
+    codec.options = {"deadline": "realtime", "cpu-used": "-6", "lag-in-frames": "0", "minrate": str(bitrate), "maxrate": str(bitrate), "bufsize": str(bitrate)}
+    codec.thread_count = 1
+    picture = base.copy()
+    out: list[bytes] = []
+    for n in range(frames):
+        np.copyto(picture, base)
+        paint_counter(picture, n)
+        frame = av.VideoFrame.from_ndarray(cv2.cvtColor(picture, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
+        frame.pts, frame.time_base = n, Fraction(1, 30)
+        out.append(b"".join(bytes(p) for p in codec.encode(frame)))
+    tail = b"".join(bytes(p) for p in codec.encode(None))
+    if tail:
+        out[-1] += tail
+    return out
+
+
+class ReplayVideoTrack(CounterVideoTrack):
+    """CounterVideoTrack that sends a cycle of frames encoded once, ahead of time, instead
+    of encoding every frame as it goes: a load generator running many streams on the
+    machine it measures should not spend its cores on VP8 (one 640x480 encode costs as much
+    as a server's). The server sees the same kind of stream; counters repeat every
+    REPLAY_CYCLE_FRAMES frames, so latencies up to that long are read unambiguously."""
+
+    def __init__(self, fps: float = DEFAULT_FPS, size: tuple[int, int] = DEFAULT_SIZE, image: np.ndarray | None = None, cycle: int = REPLAY_CYCLE_FRAMES) -> None:
+        super().__init__(fps, size, image)
+        key = (size, cycle, hash(self.base.tobytes()))
+        if key not in _replay_cache:
+            _replay_cache[key] = encode_cycle(self.base, cycle)
+        self.encoded = _replay_cache[key]
+
+    async def recv(self) -> av.Packet:  # type: ignore[override]
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+        due = self._start + self.count / self.fps
+        if due > now:
+            await asyncio.sleep(due - now)
+        n = self.count
+        self.count += 1
+        k = n % len(self.encoded)
+        packet = av.Packet(self.encoded[k])
+        packet.pts = int(n * C.VIDEO_CLOCK_RATE / self.fps)
+        packet.time_base = Fraction(1, C.VIDEO_CLOCK_RATE)
+        self.sent_at[k] = time.monotonic()
+        return packet
+
+
 class ArrayAudioTrack(MediaStreamTrack):
     """Mono int16 samples sent as 20 ms frames in real time; silence after the end (or loop)."""
 
@@ -224,14 +290,19 @@ class Client:
         audio_loop: bool = False,
         audio_jitter_prefetch: int | None = None,
         video_release_on_marker: bool = True,
+        replay: int = 0,
     ) -> None:
+        """``replay``: send a cycle of this many pre-encoded frames (:class:`ReplayVideoTrack`,
+        for load tests; REPLAY_CYCLE_FRAMES is a good length) instead of encoding live."""
         self.url = url.rstrip("/")
         self.mode = mode
         self.modality = modality
         self.stream_id = stream_id
         self.webrtc_id = webrtc_id or uuid.uuid4().hex[:16]
         sends = mode in ("send-receive", "send")
-        self.source = CounterVideoTrack(fps, size, image) if sends and modality in ("video", "audio-video") else None
+        self.source: CounterVideoTrack | None = None
+        if sends and modality in ("video", "audio-video"):
+            self.source = ReplayVideoTrack(fps, size, image, replay) if replay else CounterVideoTrack(fps, size, image)
         self.audio_source = ArrayAudioTrack(audio if audio is not None else np.zeros(0, np.int16), loop=audio_loop) if sends and modality in ("audio", "audio-video") else None
         self.audio_received: list[np.ndarray] = []  # mono int16 at 48 kHz, one array per 20 ms frame
         self.audio_times: list[float] = []  # arrival time (monotonic) of each received audio frame

@@ -50,6 +50,8 @@ sys.path.insert(0, str(SCRIPTS))
 
 import bench_common as bc  # noqa: E402
 
+from runtime.client import REPLAY_CYCLE_FRAMES  # noqa: E402
+
 LOOPBACK = "127.0.0.1"
 STREAM_COUNTS = (1, 2, 4)  # concurrent streams with the busy handler (full run)
 QUICK_STREAM_COUNTS = (1, 4)  # (--quick)
@@ -281,19 +283,19 @@ async def _client_loop(conn: Any) -> None:
             return
         if not isinstance(cmd, tuple):
             continue  # a stray "end"/"stop" for a session that failed to start
-        _, url, stream_id, fps, warmup_s = cmd
+        _, url, stream_id, fps, warmup_s, replay = cmd
         try:
-            conn.send(("report", await _one_session(conn, inbox, url, stream_id, fps, warmup_s)))
+            conn.send(("report", await _one_session(conn, inbox, url, stream_id, fps, warmup_s, replay)))
         except Exception as exc:
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
 
-async def _connect(url: str, stream_id: str | None, fps: float) -> Any:
+async def _connect(url: str, stream_id: str | None, fps: float, replay: int) -> Any:
     from runtime.client import Client, OfferRejected, ServerFull
 
     deadline = time.monotonic() + OFFER_RETRY_S
     while True:
-        client = Client(url, stream_id=stream_id, fps=fps, size=FRAME_SIZE)
+        client = Client(url, stream_id=stream_id, fps=fps, size=FRAME_SIZE, replay=replay)
         try:
             await client.connect()
             return client
@@ -304,9 +306,9 @@ async def _connect(url: str, stream_id: str | None, fps: float) -> Any:
         await asyncio.sleep(OFFER_RETRY_INTERVAL_S)
 
 
-async def _one_session(conn: Any, inbox: asyncio.Queue[Any], url: str, stream_id: str | None, fps: float, warmup_s: float) -> dict[str, Any]:
+async def _one_session(conn: Any, inbox: asyncio.Queue[Any], url: str, stream_id: str | None, fps: float, warmup_s: float, replay: int) -> dict[str, Any]:
     """Connect, warm up, then report one window per ``"start"``/``"stop"`` pair until ``"end"``."""
-    client = await _connect(url, stream_id, fps)
+    client = await _connect(url, stream_id, fps, replay)
     try:
         await asyncio.wait_for(client.first_frame.wait(), CLIENT_READY_TIMEOUT_S)
         await asyncio.sleep(warmup_s)
@@ -385,14 +387,14 @@ class Clients:
                 p.kill()
 
 
-def run_config(server: Server, clients: Clients, stream_id: str, n: int, run_s: float, warmup_s: float, quiet_wait_s: float, profile: bool) -> dict[str, Any]:
+def run_config(server: Server, clients: Clients, stream_id: str, n: int, run_s: float, warmup_s: float, quiet_wait_s: float, profile: bool, replay: int) -> dict[str, Any]:
     """One configuration: connect ``n`` clients, warm up, measure ``WINDOWS`` windows; the
     windows with the least CPU used by processes outside the benchmark are pooled and reported."""
     url = server.url + (f"/{stream_id}" if server.name == "fastrtc" else "")
     sid = stream_id if server.name == "rtcpool" else None
     quiet = bc.wait_quiet(QUIET_THRESHOLD_PCT, quiet_wait_s)
     for i in range(n):
-        clients.conns[i].send(("run", url, sid, FPS, warmup_s))
+        clients.conns[i].send(("run", url, sid, FPS, warmup_s, replay))
     try:
         for i in range(n):
             clients._recv(i, CLIENT_READY_TIMEOUT_S + OFFER_RETRY_S)
@@ -596,6 +598,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", choices=("rtcpool", "fastrtc"), help="benchmark one server only")
     ap.add_argument("--worker-niceness", type=int, metavar="N",
                     help="start rtcpool's Ray workers at this nice value (Ray's default: 15, i.e. below every normal process)")
+    ap.add_argument("--live-source", action="store_true",
+                    help="clients encode their VP8 live, frame by frame (default: replay a pre-encoded cycle, so the load generator leaves the cores to the servers)")
     ap.add_argument("--profile", action="store_true", help="py-spy the server (and a worker) at the largest N (needs py-spy)")
     ap.add_argument("--serve-rtcpool", type=int, metavar="PORT", help=argparse.SUPPRESS)
     ap.add_argument("--busy-iters", type=int, help="loop turns per frame (default: --busy-ms at bench_common.ITERS_PER_MS)")
@@ -606,6 +610,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     counts = QUICK_STREAM_COUNTS if args.quick else STREAM_COUNTS
+    replay = 0 if args.live_source else REPLAY_CYCLE_FRAMES
     run_s = QUICK_RUN_S if args.quick else RUN_S
     warmup_s = QUICK_WARMUP_S if args.quick else WARMUP_S
     quiet_wait_s = QUICK_QUIET_WAIT_MAX_S if args.quick else QUIET_WAIT_MAX_S
@@ -628,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
                 plan = [("noop", 1)] + [("busy", n) for n in counts]
                 for stream_id, n in plan:
                     profile = args.profile and stream_id == "busy" and n == max(counts)
-                    r = run_config(server, clients, stream_id, n, run_s, warmup_s, quiet_wait_s, profile)
+                    r = run_config(server, clients, stream_id, n, run_s, warmup_s, quiet_wait_s, profile, replay)
                     results.append(r)
                     cpu = {k: round(v) for k, v in r["cpu_percent"].items()}
                     print(f"  {name:7s} {stream_id:4s} N={n}: {r['fps_total']:6.1f} fps total {r['fps_per_stream']}, "
@@ -672,6 +677,7 @@ def main(argv: list[str] | None = None) -> int:
             "fps_per_stream": FPS, "frame_size": FRAME_SIZE, "busy_ms": args.busy_ms, "busy_iters": iters,
             "run_s": run_s, "warmup_s": warmup_s, "stream_counts": counts, "server_startup_s": startup,
             "ray_worker_niceness": args.worker_niceness if args.worker_niceness is not None else "ray default (15)",
+            "client_source": "live VP8 encoding" if args.live_source else f"replayed pre-encoded VP8 cycle of {REPLAY_CYCLE_FRAMES} frames",
         },
         "machine": bc.machine_info(),
         "results": results,

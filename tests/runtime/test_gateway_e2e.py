@@ -115,3 +115,31 @@ async def test_the_link_to_the_worker_in_either_form(make_gateway, transport):
         await client.close()
         assert await async_wait_until(lambda: served.leases() == 0, 10)
         assert await _sessions(served.url) == []
+
+
+def invert_below_counter(frame: np.ndarray) -> np.ndarray:
+    out = frame.copy()
+    out[COUNTER_STRIP_ROWS:] = 255 - out[COUNTER_STRIP_ROWS:]  # the counter comes back as sent
+    return out
+
+
+COUNTER_STRIP_ROWS = 40  # the client paints its counter in the rows above (mark_block(640) = 16)
+
+
+async def test_a_replaying_client_is_served_like_a_live_one(make_gateway):
+    """The load generator's pre-encoded source (runtime.client.ReplayVideoTrack): the stream
+    decodes at the gateway across the cycle's restart, comes back processed, and its
+    counters give latencies."""
+    cycle = 45  # 1.5 s at 30 fps: the test sees it wrap
+    with make_gateway(lambda gw: gw.add_stream(invert_below_counter, event_id="e2e-replay")) as served:
+        client = Client(served.url, replay=cycle)
+        await client.connect()
+        await asyncio.wait_for(client.first_frame.wait(), 30)
+        sent = client.source.base.astype(int)
+        region = (slice(60, 460), slice(20, 620))
+        assert await async_wait_until(lambda: client.source.count > 2 * cycle, 30)
+        error = float(np.abs(client.frames[-1].astype(int)[region] - (255 - sent[region])).mean())
+        report = await client.close()
+    assert error < 12, f"the frame is not the inverse of the replayed picture ({error:.1f})"
+    assert report.marked > cycle, "counters past the cycle's restart were not read back"
+    assert report.percentile(50) is not None and report.percentile(50) < 1000 * cycle / 30
