@@ -104,7 +104,8 @@ class CounterVideoTrack(MediaStreamTrack):
         self.count = 0
         self._start: float | None = None
 
-    async def recv(self) -> av.VideoFrame:
+    async def _next_frame_number(self) -> int:
+        """Wait until the next frame is due (``fps`` from the first), and number it."""
         if self.readyState != "live":
             raise MediaStreamError
         now = time.monotonic()
@@ -115,6 +116,10 @@ class CounterVideoTrack(MediaStreamTrack):
             await asyncio.sleep(due - now)
         n = self.count
         self.count += 1
+        return n
+
+    async def recv(self) -> av.VideoFrame:
+        n = await self._next_frame_number()
         np.copyto(self.frame, self.base)
         paint_counter(self.frame, n)
         vf = av.VideoFrame.from_ndarray(self.frame, format="rgb24")
@@ -172,16 +177,7 @@ class ReplayVideoTrack(CounterVideoTrack):
         self.encoded = _replay_cache[key]
 
     async def recv(self) -> av.Packet:  # type: ignore[override]
-        if self.readyState != "live":
-            raise MediaStreamError
-        now = time.monotonic()
-        if self._start is None:
-            self._start = now
-        due = self._start + self.count / self.fps
-        if due > now:
-            await asyncio.sleep(due - now)
-        n = self.count
-        self.count += 1
+        n = await self._next_frame_number()
         k = n % len(self.encoded)
         packet = av.Packet(self.encoded[k])
         packet.pts = int(n * C.VIDEO_CLOCK_RATE / self.fps)
