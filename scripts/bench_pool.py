@@ -30,6 +30,7 @@ import argparse
 import math
 import os
 import queue
+import secrets
 import select
 import sys
 import threading
@@ -54,6 +55,7 @@ QUICK_RUN_S = 3.0  # measured seconds per configuration (--quick)
 WARMUP_S = 1.0  # seconds run before measuring, per configuration
 QUICK_WARMUP_S = 0.5
 CONNECT_TIMEOUT_S = 10.0  # bench -> worker socket connect + ready
+SESSION_TOKEN_BYTES = 16  # a session token: 128 random bits, as the scheduler mints them
 WORKER_START_TIMEOUT_S = 120.0  # Ray actor start
 STALL_TIMEOUT_S = 5.0  # no result for this long aborts a run
 WINDOWS = 3  # a run's measured time is cut in this many windows; the quiet ones are reported
@@ -83,12 +85,17 @@ class PoolDriver:
 
     name = "pool"
 
-    def __init__(self, endpoints: list[tuple[str, str]], args: list[Any]) -> None:
+    def __init__(self, endpoints: list[tuple[str, Any]], args: list[Any]) -> None:
+        import ray
+
         from runtime.channel import connect_worker
         from runtime.wire import Hello
 
         self.channels = []
-        for ep, token in endpoints:
+        for ep, actor in endpoints:
+            # one token opens one session: arm a fresh one, as the scheduler does per lease
+            token = secrets.token_hex(SESSION_TOKEN_BYTES)
+            ray.get(actor.arm.remote(token), timeout=CONNECT_TIMEOUT_S)
             hello = Hello(f"bench-{uuid.uuid4().hex[:8]}", "", "", "send-receive", "video", args=list(args), args_set=True, token=token)
             ch, _ready = connect_worker(ep, hello, CONNECT_TIMEOUT_S)
             self.channels.append(ch)
@@ -363,7 +370,7 @@ def start_workers(count: int) -> tuple[list[Any], list[dict[str, Any]]]:
     return actors, infos
 
 
-def measure(mode: str, kind: str, n: int, image: np.ndarray, iters: int, endpoints: list[tuple[str, str]], worker_pids: list[int], run_s: float, warmup_s: float, quiet_wait_s: float) -> dict[str, Any]:
+def measure(mode: str, kind: str, n: int, image: np.ndarray, iters: int, endpoints: list[tuple[str, Any]], worker_pids: list[int], run_s: float, warmup_s: float, quiet_wait_s: float) -> dict[str, Any]:
     args = [iters if kind == "busy" else 0]
     quiet = bc.wait_quiet(QUIET_THRESHOLD_PCT, quiet_wait_s)
     ray_daemons = [p for p in bc.descendants(os.getpid()) if p not in worker_pids]
@@ -466,8 +473,8 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.monotonic()
     ray.init(namespace=C.RAY_NAMESPACE, include_dashboard=False, log_to_driver=True)
-    _actors, infos = start_workers(max(SESSION_COUNTS))
-    endpoints = [(i["endpoint"], i["token"]) for i in infos]
+    actors, infos = start_workers(max(SESSION_COUNTS))
+    endpoints = [(i["endpoint"], a) for i, a in zip(infos, actors, strict=True)]
     worker_pids = [i["pid"] for i in infos]
     import psutil
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import select
-import subprocess
-import sys
 import time
 import uuid
 from collections import deque
@@ -36,6 +34,7 @@ from runtime.wire import (
     Outputs,
 )
 from tests.conftest import wait_until
+from tests.workers.worker_process import worker_process_fixture
 from workers.handlers import AdditionalOutputs, AsyncStreamHandler, StreamHandler
 from workers.loader import make_spec
 from workers.worker import MAX_PARKED_THREADS, Worker
@@ -411,13 +410,9 @@ def test_server_video_keeps_its_frame_rate_whatever_each_frame_costs(make_worker
 
 # --- threads left in a handler at a session's end: in a worker subprocess ---------------------------
 
-WORKER_SCRIPT = """
-import sys, threading
-sys.path.insert(0, {repo!r})
+worker_process = worker_process_fixture("""
 from queue import Queue
 from workers.handlers import StreamHandler
-from workers.loader import in_worker_import, make_spec, register
-from workers.worker import Worker
 
 class EchoHandler(StreamHandler):  # the user guide's, verbatim
     def __init__(self) -> None:
@@ -447,70 +442,8 @@ class AsksForever(StreamHandler):  # asks for inputs in emit(); the client never
     def copy(self) -> StreamHandler:
         return AsksForever()
 
-handler = {{"echo": EchoHandler, "asks": AsksForever}}[sys.argv[1]]()
-if in_worker_import():  # the worker recovers the handler (a Queue does not pickle) by import
-    register(handler)
-else:
-    w = Worker(make_spec(handler, 0))
-    print("ENDPOINT", w.endpoint[1:], flush=True)
-    for line in sys.stdin:  # "arm <token>": the next session's token, as the scheduler arms it
-        w.arm(line.split()[1])
-        print("ARMED", flush=True)
-"""
-
-
-class WorkerProcess:
-    def __init__(self, tmp_path: Path, handler: str) -> None:
-        script = tmp_path / "handler_worker.py"
-        script.write_text(WORKER_SCRIPT.format(repo=str(REPO)))
-        self.proc = subprocess.Popen(
-            [sys.executable, str(script), handler],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        line = self._line()
-        if not line.startswith("ENDPOINT"):
-            self.kill()
-            raise AssertionError(f"worker process did not start: {line!r}")
-        self.endpoint = "\0" + line.split(" ", 1)[1].strip()
-
-    def _line(self) -> str:
-        assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], WAIT_S * 3)
-        return self.proc.stdout.readline() if ready else ""
-
-    def session(self, args: list[Any]) -> Link:
-        """A session under a fresh token, armed first (one token opens one session)."""
-        token = uuid.uuid4().hex
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(f"arm {token}\n")
-        self.proc.stdin.flush()
-        assert self._line().startswith("ARMED")
-        return Link(self.endpoint, token, args)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(30)
-        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            if pipe is not None:
-                pipe.close()
-
-
-@pytest.fixture
-def worker_process(tmp_path: Path) -> Iterator[Callable[[str], WorkerProcess]]:
-    made: list[WorkerProcess] = []
-
-    def factory(handler: str) -> WorkerProcess:
-        wp = WorkerProcess(tmp_path, handler)
-        made.append(wp)
-        return wp
-
-    yield factory
-    for wp in made:
-        wp.kill()
+HANDLERS = {"echo": EchoHandler(), "asks": AsksForever()}
+""")
 
 
 def test_the_seeds_echo_handler_leaves_its_worker_serving(worker_process):
@@ -520,7 +453,7 @@ def test_the_seeds_echo_handler_leaves_its_worker_serving(worker_process):
     wp = worker_process("echo")
     retired_at = None
     for n in range(1, MAX_PARKED_THREADS + 2):
-        s = wp.session([])
+        s = Link(wp.endpoint, wp.token, [])
         s.send_tone(100 + n, frames=3)
         assert s.pump_until(lambda s=s, n=n: s.samples_of(100 + n) >= FRAME * 3), f"session {n} got no echo"
         peer = s.end()
@@ -536,7 +469,7 @@ def test_the_seeds_echo_handler_leaves_its_worker_serving(worker_process):
 def test_a_session_ending_while_the_handler_waits_for_inputs_leaves_the_worker_serving(worker_process):
     wp = worker_process("asks")
     for _ in range(2):
-        s = wp.session(["initial"])
+        s = Link(wp.endpoint, wp.token, ["initial"])
         assert s.pump_until(lambda s=s: [m for m in s.of_type(Message) if m.type == "send_input"])
         peer = s.end()  # while emit() waits: the wait ends with the session
         assert peer is not None and peer.retire is False

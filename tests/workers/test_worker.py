@@ -10,7 +10,6 @@ import os
 import select
 import socket
 import subprocess
-import sys
 import textwrap
 import time
 import uuid
@@ -42,6 +41,7 @@ from runtime.wire import (
     Ready,
 )
 from tests.conftest import shm_segments, wait_until
+from tests.workers.worker_process import worker_process_fixture
 from workers.handlers import AdditionalOutputs, CloseStream
 from workers.loader import make_spec
 from workers.worker import Worker, as_rgb24
@@ -534,13 +534,7 @@ def test_a_peer_of_another_uid_is_refused(make_worker):
 
 # --- handlers that will not stop: in a worker subprocess ---------------------------------------------
 
-WORKER_SCRIPT = """
-import sys, threading, time
-sys.path.insert(0, {repo!r})
-import numpy as np
-from workers.loader import make_spec
-from workers.worker import Worker
-
+worker_process = worker_process_fixture("""
 def stuck(frame):
     print("CALLED", flush=True)
     time.sleep(3600)
@@ -552,60 +546,8 @@ def endless(frame):
             yield frame
     return frames()
 
-w = Worker(make_spec({{"stuck": stuck, "endless": endless}}[sys.argv[1]], 0))
-print("ENDPOINT", w.token, w.endpoint[1:], flush=True)  # one line: expect() selects on the fd
-threading.Event().wait()
-"""
-
-
-class WorkerProcess:
-    def __init__(self, tmp_path: Path, handler: str) -> None:
-        script = tmp_path / "worker_main.py"
-        script.write_text(WORKER_SCRIPT.format(repo=str(REPO)))
-        self.proc = subprocess.Popen(
-            [sys.executable, str(script), handler], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        try:
-            self.token, endpoint = self.expect("ENDPOINT").split(" ", 1)
-        except BaseException:
-            self.kill()  # not yet the fixture's to kill
-            raise
-        self.endpoint = "\0" + endpoint
-
-    def expect(self, word: str, timeout: float = 60.0) -> str:
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
-            if ready:
-                line = self.proc.stdout.readline()
-                if not line:
-                    break
-                if line.startswith(word):
-                    return line[len(word) :].strip()
-        raise AssertionError(f"worker process never said {word}: {self.proc.stderr.read() if self.proc.poll() is not None else ''}")
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(30)
-        for pipe in (self.proc.stdout, self.proc.stderr):
-            if pipe is not None:
-                pipe.close()
-
-
-@pytest.fixture
-def worker_process(tmp_path: Path) -> Iterator[Callable[[str], WorkerProcess]]:
-    made: list[WorkerProcess] = []
-
-    def factory(handler: str) -> WorkerProcess:
-        wp = WorkerProcess(tmp_path, handler)
-        made.append(wp)
-        return wp
-
-    yield factory
-    for wp in made:
-        wp.kill()
+HANDLERS = {"stuck": stuck, "endless": endless}
+""")
 
 
 def test_a_handler_that_never_returns_makes_the_worker_exit(worker_process):
