@@ -1,10 +1,11 @@
 """Helpers shared by the benchmark scripts: a GIL-bound workload, percentiles, CPU
 accounting, tables and result files.
 
-The workload is a fixed number of pure-Python loop iterations, calibrated once on an idle
-core to take the wanted time. A wall-clock busy loop would do less work when the machine is
-contended (it stops at a time, not at a work count) and flatter a setup that overloads the
-CPU; a fixed count makes every setup do the same work per frame.
+The workload is a fixed number of pure-Python loop iterations, sized once per run (on a
+quiet machine, before any server starts) to take the wanted time. A wall-clock busy loop
+would do less work when the machine is contended (it stops at a time, not at a work count)
+and flatter a setup that overloads the CPU; a count fixed for the run makes every setup do
+the same work per frame, and the results report the CPU time a frame really took.
 """
 
 from __future__ import annotations
@@ -22,11 +23,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench-results"
 
-# spin() loop turns per millisecond on the 2-vCPU box these benchmarks were written on, with
-# both vCPUs busy (measured as worker CPU time per frame). The speed of one vCPU wanders by
-# up to 2x with what runs on its sibling (54k/ms with it idle, 27k/ms under other load), so a
-# calibration at start-up made runs incomparable; a fixed count makes the work per frame the
-# same in every run, and the results report the CPU time a frame really took.
+# spin() loop turns per millisecond on the 2-vCPU box these benchmarks were first run on, with
+# both vCPUs busy (--fixed-rate). The next machine ran Python ~3x slower (15.7k/ms): a count
+# fixed across machines made the "15 ms" handler take 43 ms there, so the scripts time the
+# loop at start-up by default, and --fixed-rate keeps runs on one machine comparable.
 ITERS_PER_MS = 45_000
 CALIBRATION_PROBE_ITERS = 200_000  # loop iterations of the first, rough timing
 CALIBRATION_S = 1.5  # seconds of full-length timings; their median is taken (this VM's speed wanders)

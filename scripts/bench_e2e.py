@@ -603,7 +603,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true", help="py-spy the server (and a worker) at the largest N (needs py-spy)")
     ap.add_argument("--serve-rtcpool", type=int, metavar="PORT", help=argparse.SUPPRESS)
     ap.add_argument("--busy-iters", type=int, help="loop turns per frame (default: --busy-ms at bench_common.ITERS_PER_MS)")
-    ap.add_argument("--calibrate", action="store_true", help="time the loop here to size --busy-ms instead of the fixed rate")
+    ap.add_argument("--fixed-rate", action="store_true",
+                    help="size --busy-ms at bench_common.ITERS_PER_MS loop turns/ms instead of timing the loop here first (the default: this VM's Python speed differs between machines by up to 3x)")
     args = ap.parse_args(argv)
     if args.serve_rtcpool:
         serve_rtcpool(args.serve_rtcpool, args.busy_iters)
@@ -614,10 +615,11 @@ def main(argv: list[str] | None = None) -> int:
     run_s = QUICK_RUN_S if args.quick else RUN_S
     warmup_s = QUICK_WARMUP_S if args.quick else WARMUP_S
     quiet_wait_s = QUICK_QUIET_WAIT_MAX_S if args.quick else QUIET_WAIT_MAX_S
-    if args.calibrate and not args.busy_iters:
+    calibrate = not args.fixed_rate
+    if calibrate and not args.busy_iters:
         bc.wait_quiet(QUIET_THRESHOLD_PCT, quiet_wait_s)
-    iters = args.busy_iters or bc.busy_iters(args.busy_ms, args.calibrate)
-    how = "calibrated here" if args.calibrate and not args.busy_iters else f"at {bc.ITERS_PER_MS} turns/ms"
+    iters = args.busy_iters or bc.busy_iters(args.busy_ms, calibrate)
+    how = "calibrated here" if calibrate and not args.busy_iters else f"at {bc.ITERS_PER_MS} turns/ms"
     print(f"busy handler: {iters} loop turns ~ {args.busy_ms:.0f} ms ({how})", flush=True)
 
     servers = [s for s in ("rtcpool", "fastrtc") if args.only in (None, s)]
