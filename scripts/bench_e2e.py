@@ -8,12 +8,15 @@ runtime/client.py) go to
 * **fastrtc**: a single-process fastrtc server (scripts/fastrtc_server.py) run from its own
   venv, bench-results/fastrtc-venv (created on first use with ``pip install fastrtc``),
 
-both serving a frame function that holds the GIL ~15 ms (a pure-Python loop of a fixed
-iteration count, bench_common.ITERS_PER_MS, passed to both) and returns the frame
-unchanged, so the counter comes back; and, at N=1, a no-op frame function.
+both serving a frame function that holds the GIL ~15 ms (a pure-Python loop, its count timed
+here before the servers start and passed to both) and returns the frame unchanged, so the
+counter comes back; and, at N=1, a no-op frame function.
 
 Each client stream runs in a process of its own (N independent browsers; no client GIL is
-shared between streams). A configuration connects, waits for the first processed frame,
+shared between streams), and replays a cycle of VP8 frames encoded once at its start
+(runtime.client.ReplayVideoTrack) rather than encoding each frame: on a 2-core machine
+four live encoders would take the cores from the servers being measured (--live-source
+encodes live). A configuration connects, waits for the first processed frame,
 warms up, then measures for a fixed window: delivered fps per stream and in total, latency
 from the painted counter (frame made at the client -> processed frame decoded back at the
 client) p50/p95, and the CPU% (100 = one core) of the server's processes over the window:
@@ -57,7 +60,7 @@ STREAM_COUNTS = (1, 2, 4)  # concurrent streams with the busy handler (full run)
 QUICK_STREAM_COUNTS = (1, 4)  # (--quick)
 FPS = 30.0  # frames/s each client sends
 FRAME_SIZE = (640, 480)  # W, H
-BUSY_MS = 15.0  # GIL-holding work per frame in the busy handler, ms (at bench_common.ITERS_PER_MS)
+BUSY_MS = 15.0  # GIL-holding work per frame in the busy handler, ms
 RUN_S = 15.0  # measured seconds per configuration (full run)
 QUICK_RUN_S = 6.0  # (--quick)
 WARMUP_S = 2.0  # seconds streamed after the first processed frame, before measuring
@@ -602,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="clients encode their VP8 live, frame by frame (default: replay a pre-encoded cycle, so the load generator leaves the cores to the servers)")
     ap.add_argument("--profile", action="store_true", help="py-spy the server (and a worker) at the largest N (needs py-spy)")
     ap.add_argument("--serve-rtcpool", type=int, metavar="PORT", help=argparse.SUPPRESS)
-    ap.add_argument("--busy-iters", type=int, help="loop turns per frame (default: --busy-ms at bench_common.ITERS_PER_MS)")
+    ap.add_argument("--busy-iters", type=int, help="loop turns per frame (default: what --busy-ms takes here)")
     ap.add_argument("--fixed-rate", action="store_true",
                     help="size --busy-ms at bench_common.ITERS_PER_MS loop turns/ms instead of timing the loop here first (the default: this VM's Python speed differs between machines by up to 3x)")
     args = ap.parse_args(argv)

@@ -7,9 +7,8 @@ newest frame and sends the result back. Two measurements per N:
 * **hop latency** (no-op handler, returns its frame): ping-pong. Each session sends one
   frame and waits for the processed frame to come back into this process (copied out of
   the slot, as the gateway's encoder would) before it sends the next. p50/p99 of that time.
-* **throughput** (handler holding the GIL for ~20 ms: a pure-Python loop with a fixed
-  iteration count, bench_common.ITERS_PER_MS; the table shows what a frame really cost in a
-  worker): every session offers frames at a fixed
+* **throughput** (handler holding the GIL for ~20 ms: a pure-Python loop, its count timed
+  here at start-up; the table shows what a frame really cost in a worker): every session offers frames at a fixed
   ``OFFER_FPS``, like a camera; frames are latest-frame-wins (a busy handler makes older
   frames drop). Processed frames/s in total, and offer -> result latency.
 
@@ -48,7 +47,7 @@ import numpy as np  # noqa: E402
 
 SESSION_COUNTS = (1, 2, 4)  # concurrent sessions per configuration
 FRAME_SHAPE = (480, 640, 3)  # H, W, C of every frame (RGB24, 921,600 bytes)
-BUSY_MS = 20.0  # GIL-holding handler: pure-Python work per frame, in ms (at bench_common.ITERS_PER_MS)
+BUSY_MS = 20.0  # GIL-holding handler: pure-Python work per frame, in ms
 OFFER_FPS = 30.0  # throughput run: frames offered per session per second
 RUN_S = 10.0  # measured seconds per configuration (full run)
 QUICK_RUN_S = 3.0  # measured seconds per configuration (--quick)
@@ -450,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help=f"{QUICK_RUN_S:.0f} s per configuration instead of {RUN_S:.0f} s")
     ap.add_argument("--busy-ms", type=float, default=BUSY_MS, help="GIL-holding work per frame, ms")
-    ap.add_argument("--busy-iters", type=int, help="loop turns per frame (default: --busy-ms at bench_common.ITERS_PER_MS)")
+    ap.add_argument("--busy-iters", type=int, help="loop turns per frame (default: what --busy-ms takes here)")
     ap.add_argument("--fixed-rate", action="store_true",
                     help="size --busy-ms at bench_common.ITERS_PER_MS loop turns/ms instead of timing the loop here first (the default: this VM's Python speed differs between machines by up to 3x)")
     ap.add_argument("--worker-niceness", type=int, metavar="N",
