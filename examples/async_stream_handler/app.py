@@ -4,13 +4,14 @@ The seed's ``GeminiHandler`` streams the microphone to Google's live API and pla
 answers. This project makes no network calls, so ``connect`` talks to ``FakeLiveSession``,
 a local async stand-in for the live API with the same shape: it takes base64 PCM chunks
 (16 kHz) from an async generator and yields raw 24 kHz PCM bytes back (the caller's own
-voice, resampled, half a second late, like a parrot). Everything else is the seed's:
-the handler's queues, ``wait_for_args`` before the generator starts (started once, even
-when the inputs arrived before the first ``emit``: see the comment there), ``latest_args[1]``
-as the "API key" from the Textbox, ``shutdown``, and the Textbox's ``submit`` revealing
-the stream. ``async_aggregate_bytes_to_16bit`` (not part of rtcpool's API) is defined here.
-The seed's ``get_twilio_turn_credentials()`` (a network call) is dropped: ICE servers come
-from the deployment config.
+voice, resampled, half a second late, like a parrot). Everything else is the seed's,
+``emit`` verbatim: the handler's queues, ``wait_for_args`` before the generator starts,
+``latest_args[1]`` as the "API key" from the Textbox, ``shutdown``, and the Textbox's
+``submit`` revealing the stream. ``async_aggregate_bytes_to_16bit`` (not part of rtcpool's
+API) is defined here. Two arguments of the seed's WebRTC are dropped because they reach the
+internet: ``rtc_configuration=get_twilio_turn_credentials()`` (a call to Twilio; ICE servers
+come from the deployment config instead) and ``icon=`` a gstatic.com URL (the browser would
+fetch it).
 
 Run:  python examples/async_stream_handler/app.py   (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT)
 """
@@ -73,7 +74,6 @@ class ParrotHandler(AsyncStreamHandler):
         self.input_queue = asyncio.Queue()
         self.output_queue = asyncio.Queue()
         self.quit = asyncio.Event()
-        self.generator_task: asyncio.Task | None = None
 
     def copy(self) -> "ParrotHandler":
         return ParrotHandler(
@@ -109,11 +109,7 @@ class ParrotHandler(AsyncStreamHandler):
     async def emit(self):
         if not self.args_set.is_set():
             await self.wait_for_args()
-        if self.generator_task is None:
-            # the seed creates this task inside the ``if`` above, i.e. only when the inputs
-            # have not arrived by the first emit(); rtcpool's page sends them as soon as it
-            # connects, so they may already be there, and the generator would never start
-            self.generator_task = asyncio.create_task(self.generator())
+            asyncio.create_task(self.generator())
 
         array = await self.output_queue.get()
         return (self.output_sample_rate, array)

@@ -3,9 +3,11 @@
 The seed streams an MP4 from a URL with ``cv2.VideoCapture``; this project makes no
 downloads, so the app writes an 8 s test clip at start-up (a red square circling over a
 colour-bar background, with a frame counter; MPEG-4 via ``cv2.VideoWriter``) into a
-temporary directory and plays that. ``generation`` is the seed's, with two changes:
-OpenCV decodes BGR and rtcpool streams RGB (as the handler contract says), so each frame is
-converted; and the loop stops at the end of the file instead of yielding its final ``None``.
+temporary directory and plays that. ``generation`` is the seed's, with one change besides
+the file: OpenCV decodes BGR and rtcpool streams RGB (the handler contract, as the seed docs
+say for frames), so each frame is converted on the way out. At the end of the file
+``cap.read()`` gives ``(False, None)`` and, as in the seed, that ``None`` is yielded too:
+a yielded ``None`` is no frame, and the stream ends with the generator.
 
 The seed starts the stream with ``trigger=button.click``; the component's own button
 starts it too.
@@ -66,9 +68,7 @@ def generation():
     iterating = True
     while iterating:
         iterating, frame = cap.read()
-        if not iterating:
-            break
-        yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        yield frame if frame is None else cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
 
 
 with gr.Blocks() as demo:
