@@ -95,11 +95,13 @@ def browser(face_y4m: Path) -> Iterator[Any]:
 
 @pytest.fixture
 def new_page(browser: Any) -> Iterator[Callable[[], Any]]:
-    """Pages in a fresh browser context each, closed after the test."""
+    """Pages in a fresh browser context each, closed after the test; they record their
+    peer connections (RECORD_PEER_CONNECTIONS_JS)."""
     contexts: list[Any] = []
 
     def open_page() -> Any:
         context = browser.new_context(viewport={"width": 1000, "height": 900})
+        context.add_init_script(RECORD_PEER_CONNECTIONS_JS)
         contexts.append(context)
         return context.new_page()
 

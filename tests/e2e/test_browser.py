@@ -19,7 +19,15 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.e2e.conftest import REPO, App, face_picture, run_app
+from tests.e2e.conftest import (
+    REPO,
+    App,
+    face_picture,
+    live_sessions,
+    released,
+    run_app,
+    stop_and_check_released,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -122,6 +130,11 @@ def test_face_demo_boxes_the_face_and_follows_the_slider(
 ) -> None:
     page = new_page()
     start_stream(page, face_app.url)
+    # inside the demo's gr.Group: the group's thin border, no thick frame of the component's own
+    border = page.evaluate(
+        "() => getComputedStyle(document.querySelector('.rtc-root').closest('.block')).borderTopWidth"
+    )
+    assert border in ("0px", "1px"), border
     page.evaluate(COUNT_FRAMES_JS)
     frames = wait_for(lambda: page.evaluate("window.rtcFrames") > MIN_FRAMES, FRAMES_WINDOW_S)
     assert frames, (
@@ -156,8 +169,7 @@ def test_face_demo_boxes_the_face_and_follows_the_slider(
     )
     assert back, "boxes did not come back at threshold 0.3"
 
-    page.click(".rtc-button")
-    assert page.evaluate(STATE_JS) == "stopped"
+    stop_and_check_released(page)
 
 
 def test_full_server_says_retry_then_admits_after_stop(face_app: App, new_page: Any) -> None:
@@ -170,7 +182,7 @@ def test_full_server_says_retry_then_admits_after_stop(face_app: App, new_page: 
     )
     assert re.fullmatch(r"server full — retry in \d+ s", second.evaluate(STATUS_JS))
 
-    first.click(".rtc-button")  # frees the only slot
+    stop_and_check_released(first)  # frees the only slot
 
     def admitted() -> bool:
         if second.evaluate(STATE_JS) in ("idle", "stopped", "error"):
@@ -178,17 +190,42 @@ def test_full_server_says_retry_then_admits_after_stop(face_app: App, new_page: 
         return second.evaluate(STATE_JS) == "streaming"
 
     assert wait_for(admitted, RELEASE_TIMEOUT_S), second.evaluate(STATUS_JS)
-    second.click(".rtc-button")
+    stop_and_check_released(second)
 
 
-def test_time_limit_ends_the_stream_and_says_why(face_app: App, new_page: Any) -> None:
+# The time bar's width (percent of the time limit left), sampled ten times a second while
+# the stream runs, and once more when it has ended.
+SAMPLE_BAR_JS = """() => {
+  const root = document.querySelector('.rtc-root');
+  const fill = root.querySelector('.rtc-timebar-fill');
+  window.rtcBar = [];
+  const timer = setInterval(() => {
+    window.rtcBar.push(parseFloat(fill.style.width));
+    if (root.dataset.state !== 'streaming') clearInterval(timer);
+  }, 100);
+}"""
+BAR_FULL_PCT = 90.0  # the first sample, taken as the stream starts
+BAR_STEP_PCT = 1.0  # a sample may read this much above the one before (rounding), no more
+
+
+def test_time_limit_bar_runs_down_to_zero_then_the_stream_closes(face_app: App, new_page: Any) -> None:
     page = new_page()
     start_stream(page, face_app.url)
     assert page.is_visible(".rtc-timebar")
+    page.evaluate(SAMPLE_BAR_JS)
     page.wait_for_function(
         "() => document.querySelector('.rtc-root').dataset.state !== 'streaming'",
         timeout=(TIME_LIMIT_S + 30) * 1000,
     )
     assert page.evaluate(STATE_JS) == "stopped"
     assert f"time limit of {TIME_LIMIT_S} s reached" in page.evaluate(STATUS_JS)
-    assert not page.is_visible(".rtc-timebar")
+    page.wait_for_function("() => window.rtcBar.length && window.rtcBar[window.rtcBar.length - 1] === 0")
+    widths = page.evaluate("() => window.rtcBar")
+    assert widths[0] >= BAR_FULL_PCT, widths[:5]
+    assert all(b <= a + BAR_STEP_PCT for a, b in zip(widths, widths[1:], strict=False)), (
+        "the time bar went back up"
+    )
+    # it reached zero, and stays there, shown, once the server has ended the stream
+    assert widths[-1] == 0.0
+    assert page.is_visible(".rtc-timebar")
+    assert released(face_app.url, STREAM_ID), live_sessions(face_app.url, STREAM_ID)

@@ -188,6 +188,13 @@ METER_JS = """async ([sel, frames]) => {
   }
   return levels;
 }"""
+LABEL_ICONS_JS = """(sels) => sels.map((s) =>
+  document.querySelector(s + ' label[data-testid="block-label"] svg path').getAttribute('d'))"""
+GRADIO_CODE_ICON = "m31 16l-7 7l-1.41-1.41L28.17 16l-5.58-5.59L24 9l7 7zM1 16l7-7l1.41 1.41L3.83 16l5.58 5.59L8 23l-7-7zm11.42 9.484L17.64 6l1.932.517L14.352 26z"
+LABEL_CLEARS_JS = """([sel, part]) => {
+  const label = document.querySelector(sel + ' label[data-testid="block-label"]').getBoundingClientRect();
+  return label.bottom <= document.querySelector(sel + ' ' + part).getBoundingClientRect().top;
+}"""
 OPTIONS_JS = """(sel) => Array.from(document.querySelectorAll(sel + ' option'))
   .map((o) => [o.value, o.textContent])"""
 DEVICES_JS = """async (kind) => (await navigator.mediaDevices.enumerateDevices())
@@ -313,6 +320,7 @@ def test_two_components_on_one_page_stream_independently(
         assert wait_for(lambda: shows(page, "#invert", 255 - camera, camera), VIDEO_TIMEOUT_S), (
             "the first component does not show inverted video"
         )
+        assert not page.is_visible("#invert .rtc-placeholder"), "the prompt covers the video"
         assert wait_for(lambda: tinted_by(page, "#tint", 0), VIDEO_TIMEOUT_S), (
             "the second component does not show its red-tinted video"
         )
@@ -448,6 +456,14 @@ def test_device_lists_are_the_browsers_and_switching_camera_keeps_the_session(
 
         page.on("request", count_offers)
         open_app(page, ui_app.url)
+        # idle: the video area says what to do, not a bare black box
+        assert page.locator("#invert .rtc-placeholder").inner_text() == "Click Start to share your camera"
+        # the label badge shows a camera or a microphone, not gr.HTML's "</>" code icon,
+        # and does not cover the top of the component
+        icons = page.evaluate(LABEL_ICONS_JS, ["#invert", "#mic"])
+        assert len(set(icons)) == 2 and GRADIO_CODE_ICON not in icons, icons
+        for sel, part in (("#invert", ".rtc-stage"), ("#mic", ".rtc-audio-panel")):
+            assert page.evaluate(LABEL_CLEARS_JS, [sel, part]), f"{sel}: the label covers {part}"
         cameras = page.evaluate(DEVICES_JS, "videoinput")
         mics = page.evaluate(DEVICES_JS, "audioinput")
         assert len(cameras) == 3 and len(mics) >= 1, (cameras, mics)

@@ -3,15 +3,20 @@
 Each test starts ``python examples/<name>/app.py`` with its own local Ray (conftest's
 ``run_app``), opens it in a Chromium of its own whose fake camera/microphone play what the
 example needs, and checks what a person would: reply audio arrives and is not silence, the
-transcript fills, processed video differs from the camera, Stop stops. Each writes a
-screenshot to artifacts/example-<name>.png.
+transcript fills with words that were said, processed video is the filter's (flip, edges,
+cartoon: compared in pixels with the example's own function), a server-side clip plays and
+ends with its file, a second tab is told the server is full, and Stop stops (the server
+lists the session no more, well before its own timeouts). Each writes a screenshot to
+artifacts/example-<name>.png.
 """
 
 from __future__ import annotations
 
+import ast
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -23,7 +28,16 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.e2e.conftest import REPO, App, chromium_page, face_picture, run_app
+from tests.e2e.conftest import (
+    REPO,
+    App,
+    chromium_page,
+    face_picture,
+    live_sessions,
+    released,
+    run_app,
+    stop_and_check_released,
+)
 from tests.speech import composed_wav
 
 pytestmark = pytest.mark.browser
@@ -33,6 +47,7 @@ STREAM_START_TIMEOUT_S = 120.0  # a cold pool may start a worker (which imports 
 REPLY_TIMEOUT_S = 40.0  # utterance + pause detection + reply playing, on a slow box
 POLL_S = 0.25
 UTTERANCE = "hello, this is a test of the echo"
+UTTERANCE_WORDS = {"hello", "this", "test", "echo"}  # the utterance's words PocketSphinx may hear
 PAUSE_S = 3.0  # silence after the utterance: ReplyOnPause needs a pause to reply
 MIN_REPLY_ENERGY = 1e-3  # inbound totalAudioEnergy of an audible reply (a -60 dBFS floor: ~1e-6/s)
 MIN_REPLY_SAMPLES = 48_000  # one second of received audio at 48 kHz
@@ -88,10 +103,8 @@ def start_stream(page: Any, url: str | None, button: str | None = None) -> None:
 
 
 def stop_stream(page: Any) -> None:
-    page.click(".rtc-button")
-    assert page.evaluate(STATE_JS) == "stopped", page.evaluate(STATUS_JS)
-    pcs = page.evaluate("(window.__rtcPeerConnections || []).map(pc => pc.connectionState)")
-    assert pcs and pcs[-1] == "closed", pcs
+    """The Stop button stops: the page says so, and the server ends the session at once."""
+    stop_and_check_released(page)
 
 
 def grab(page: Any, selector: str) -> np.ndarray:
@@ -127,6 +140,8 @@ def test_reply_on_pause_echo_plays_the_utterance_back(
         assert heard, f"no audible reply within {REPLY_TIMEOUT_S} s: {audio()}\n{app.log_tail()}"
         assert heard["samples"] >= MIN_REPLY_SAMPLES, heard
         page.screenshot(path=str(artifacts / "example-reply_on_pause_echo.png"))
+        # the seed's component has no label: no (empty) label badge either
+        assert page.locator('label[data-testid="block-label"]').count() == 0
         stop_stream(page)
 
 
@@ -148,7 +163,13 @@ def test_transcript_outputs_fill_the_chatbot(
         assert said, f"the transcript stayed empty for {REPLY_TIMEOUT_S} s\n{app.log_tail()}"
         page.screenshot(path=str(artifacts / "example-transcript_outputs.png"))
         print("transcript:", said)
+        # recognised words of the utterance, not the example's "(no words recognised ...)"
+        assert words(said[0]) & UTTERANCE_WORDS, f"no word of {UTTERANCE!r} in {said}"
         stop_stream(page)
+
+
+def words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z']+", text.lower()))
 
 
 # --- 3. the other examples ------------------------------------------------------------------------
@@ -164,9 +185,14 @@ def wait_audible(page: Any, app: App, timeout: float = AUDIBLE_JS_TIMEOUT_S) -> 
     return heard
 
 
-def test_stream_handler_echo_echoes_the_microphone(
+FULL_TIMEOUT_S = 30.0  # the second tab's offer is refused by then
+ADMIT_TIMEOUT_S = 30.0  # the freed slot takes the second tab by then
+
+
+def test_stream_handler_echo_echoes_and_a_second_tab_is_told_the_server_is_full(
     playwright_driver: Any, speech_then_pause: Path, artifacts: Path
 ) -> None:
+    # the example's stream has Gradio's default concurrency_limit: one session at a time
     with (
         app_of("stream_handler_echo", artifacts) as app,
         chromium_page(playwright_driver, microphone=speech_then_pause) as page,
@@ -174,7 +200,32 @@ def test_stream_handler_echo_echoes_the_microphone(
         start_stream(page, app.url)
         wait_audible(page, app)
         page.screenshot(path=str(artifacts / "example-stream_handler_echo.png"))
-        stop_stream(page)
+
+        second = page.context.new_page()
+        second.goto(app.url)
+        second.click(".rtc-button")
+        second.wait_for_function(
+            "() => document.querySelector('.rtc-root').dataset.state === 'full'",
+            timeout=FULL_TIMEOUT_S * 1000,
+        )
+        status = second.evaluate(STATUS_JS)
+        assert re.fullmatch(r"server full — retry in \d+ s", status), status
+        warnings = second.evaluate(
+            "() => Array.from(document.querySelectorAll('.rtc-messages .warning')).map(e => e.textContent)"
+        )
+        assert any("at most 1 session" in w for w in warnings), warnings
+        second.screenshot(path=str(artifacts / "example-stream_handler_echo-full.png"))
+        assert page.evaluate(STATE_JS) == "streaming", "the refused tab stopped the first one"
+
+        stop_stream(page)  # frees the only slot
+
+        def admitted() -> bool:
+            if second.evaluate(STATE_JS) in ("idle", "stopped", "error"):
+                second.click(".rtc-button")
+            return second.evaluate(STATE_JS) == "streaming"
+
+        assert wait_for(admitted, ADMIT_TIMEOUT_S), second.evaluate(STATUS_JS)
+        stop_stream(second)
 
 
 def test_reply_on_stopwords_replies_after_computer(playwright_driver: Any, artifacts: Path) -> None:
@@ -206,9 +257,11 @@ def test_server_audio_plays_the_file_then_ends(playwright_driver: Any, artifacts
 
 
 RED_SQUARE_MIN_PX = 5_000  # the clip's square is 120 x 120 px
+CLIP_S = 8.0  # examples/server_video writes an 8 s clip
+CLIP_END_TIMEOUT_S = CLIP_S + 40.0  # playing it through, on a slow box
 
 
-def test_server_video_plays_the_clip_in_true_colour(
+def test_server_video_plays_the_clip_in_true_colour_and_ends_with_the_file(
     playwright_driver: Any, artifacts: Path
 ) -> None:
     with app_of("server_video", artifacts) as app, chromium_page(playwright_driver) as page:
@@ -223,7 +276,15 @@ def test_server_video_plays_the_clip_in_true_colour(
         page.screenshot(path=str(artifacts / "example-server_video.png"))
         assert frame.shape == (480, 640, 3)
         assert red >= RED_SQUARE_MIN_PX and blue < RED_SQUARE_MIN_PX, (red, blue)
-        stop_stream(page)
+        # the seed's generator yields cap.read()'s None at the end of the file and returns:
+        # the stream ends by itself, without a handler error
+        page.wait_for_function(
+            "() => document.querySelector('.rtc-root').dataset.state !== 'streaming'",
+            timeout=CLIP_END_TIMEOUT_S * 1000,
+        )
+        assert page.evaluate(STATE_JS) == "stopped", page.evaluate(STATUS_JS)
+        assert not page.evaluate(PAGE_ERRORS_JS), page.evaluate(PAGE_ERRORS_JS)
+        assert released(app.url), live_sessions(app.url)
 
 
 def shows_flipped(page: Any, camera: np.ndarray) -> bool:
@@ -236,7 +297,29 @@ def shows_flipped(page: Any, camera: np.ndarray) -> bool:
     return bool(np.abs(shown - camera[::-1]).mean() < 0.5 * np.abs(shown - camera).mean())
 
 
-def test_webcam_filters_flip_then_edges_live(
+def example_function(name: str, function: str) -> Callable[..., Any]:
+    """``function`` as defined in examples/<name>/app.py, without running the app (which
+    would build its Blocks and register its streams in this process)."""
+    path = EXAMPLES / name / "app.py"
+    tree = ast.parse(path.read_text())
+    node = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == function)
+    namespace: dict[str, Any] = {"cv2": cv2, "np": np}
+    exec(compile(ast.Module(body=[node], type_ignores=[]), str(path), "exec"), namespace)  # noqa: S102 - the repo's own example
+    return namespace[function]
+
+
+def closest(shown: np.ndarray, candidates: dict[str, np.ndarray]) -> tuple[str, float]:
+    """The candidate picture ``shown`` is nearest to (mean absolute difference), and how much
+    nearer it is than the runner-up (their ratio, < 1)."""
+    distance = {k: float(np.abs(shown.astype(int) - c.astype(int)).mean()) for k, c in candidates.items()}
+    best, second = sorted(distance, key=distance.get)[:2]  # type: ignore[arg-type]
+    return best, distance[best] / distance[second]
+
+
+CARTOON_MARGIN = 0.7  # the cartoon shown is this much nearer its expected picture than any other
+
+
+def test_webcam_filters_flip_then_edges_then_cartoon_live(
     playwright_driver: Any, face_y4m: Path, artifacts: Path
 ) -> None:
     camera = face_picture().astype(int)
@@ -262,6 +345,25 @@ def test_webcam_filters_flip_then_edges_live(
 
         assert wait_for(edges, 20.0), "switching the Radio to 'edges' did not change the stream"
         page.screenshot(path=str(artifacts / "example-webcam_filters.png"))
+
+        # cartoon: the example's own filter run here on the camera picture is what shows,
+        # nearer to it than to the camera, its mirror image or its edges
+        transform = example_function("webcam_filters", "transform_cv2")
+        picture = face_picture()
+        candidates = {
+            name: transform(picture.copy(), name).astype(np.uint8)
+            for name in ("cartoon", "edges", "flip")
+        }
+        candidates["camera"] = picture
+        page.get_by_label("cartoon").check()
+        seen: list[tuple[str, float]] = []
+
+        def cartoon() -> bool:
+            seen.append(closest(grab(page, ".rtc-remote"), candidates))
+            return seen[-1][0] == "cartoon" and seen[-1][1] < CARTOON_MARGIN
+
+        assert wait_for(cartoon, 20.0), f"the stream does not show the cartoon filter: {seen[-3:]}"
+        page.screenshot(path=str(artifacts / "example-webcam_filters-cartoon.png"))
         stop_stream(page)
 
 
@@ -300,7 +402,6 @@ def test_async_stream_handler_parrots_after_the_key_is_entered(
 PAGE_ERRORS_JS = (
     "() => Array.from(document.querySelectorAll('.rtc-messages .error')).map(e => e.textContent)"
 )
-UTTERANCE_WORDS = {"hello", "this", "test", "echo"}  # the utterance's words PocketSphinx may hear
 STATE_STREAM_S = 10.0  # the example's time_limit
 TRANSCRIPT_SETTLE_S = 3.0  # after the stream ends, for the last outputs to reach the page
 
@@ -329,8 +430,7 @@ def test_state_transcription_fills_the_textbox(
         print("transcripts:", seen)
         errors = page.evaluate(PAGE_ERRORS_JS)
         assert not errors, f"the handler raised: {errors}\n{app.log_tail()}"
-        final = seen[-1].split()
-        assert set(final) & UTTERANCE_WORDS, f"no word of {UTTERANCE!r} in {seen}\n{app.log_tail()}"
+        assert words(seen[-1]) & UTTERANCE_WORDS, f"no word of {UTTERANCE!r} in {seen}\n{app.log_tail()}"
         # the function returns transcript + next_text and the worker feeds it back: the text
         # only ever grows, chunk by chunk (each value is the one before plus new words)
         shown = [t for t in seen if t]
