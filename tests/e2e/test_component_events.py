@@ -331,3 +331,39 @@ def test_a_re_rendered_component_ends_its_session_and_starts_afresh(
         start(page, "#async")
         page.screenshot(path=str(artifacts / "events-rerendered.png"))
         stop(page, "#async")
+
+
+# The page's first offer gets a 429 that the test releases late, whatever the abort says
+# (a refusal that was already on its way when Stop was clicked); later offers are real.
+LATE_REFUSAL_JS = """() => {
+  const real = window.fetch;
+  let held = true;
+  window.fetch = (url, options) => {
+    if (held && String(url).endsWith('/webrtc/offer')) {
+      held = false;
+      return new Promise((resolve) => {
+        window.__releaseRefusal = () => resolve(new Response(
+          JSON.stringify({status: 'failed', meta: {error: 'concurrency_limit_reached', limit: 1}}),
+          {status: 429, headers: {'Content-Type': 'application/json', 'Retry-After': '7'}}));
+      });
+    }
+    return real(url, options);
+  };
+}"""
+
+
+def test_a_refusal_arriving_after_stop_leaves_the_newer_session_alone(
+    playwright_driver: Any, events_app: App
+) -> None:
+    with app_page(playwright_driver, events_app) as page:
+        page.evaluate(LATE_REFUSAL_JS)
+        page.click("#sync .rtc-button")
+        page.wait_for_function("() => typeof window.__releaseRefusal === 'function'")
+        page.click("#sync .rtc-button")  # Stop, the refusal still on its way
+        assert page.evaluate(STATE_JS, "#sync") == "stopped"
+        start(page, "#sync")  # a newer session
+        page.evaluate("() => window.__releaseRefusal()")
+        page.wait_for_timeout(1000)  # the refusal's handlers have run
+        assert page.evaluate(STATE_JS, "#sync") == "streaming", page.evaluate(STATUS_JS, "#sync")
+        assert "server full" not in page.evaluate(STATUS_JS, "#sync")
+        stop(page, "#sync")
