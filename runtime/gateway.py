@@ -345,11 +345,12 @@ class Gateway:
         event = self._pick_event(body.get("stream_id"))
         if webrtc_id in self.sessions:
             raise HTTPError(409, "duplicate_webrtc_id", f"a session {webrtc_id!r} is already active")
-        if not self._started:
-            await asyncio.get_running_loop().run_in_executor(None, self.start)
-        # reserve the id now: a second offer with it while this one waits is a duplicate
+        # reserve the id before any wait (Ray's start-up too): a second offer with it meanwhile
+        # is a duplicate, and a close for it finds it pending rather than unknown
         self.sessions[webrtc_id] = None  # type: ignore[assignment]
         try:
+            if not self._started:
+                await asyncio.get_running_loop().run_in_executor(None, self.start)
             return await self._open_session(event, webrtc_id, sdp)
         finally:
             if self.sessions.get(webrtc_id) is None:
