@@ -202,6 +202,20 @@ class Gateway:
             self._started = True
             self._start_heartbeat()
 
+    def _replace_scheduler(self, dead: Any) -> None:
+        """The scheduler actor died (its node or process): find or start a new one and
+        register this gateway's streams with it. Leases of the dead one are unknown to the
+        new one, so the heartbeat ends their sessions, as for any reclaimed lease: the new
+        scheduler could not count them against concurrency_limit. Blocking."""
+        with self._start_lock:
+            if self.scheduler is not dead:
+                return  # another caller replaced it already
+            rc = self.config.ray
+            log.warning("the scheduler died: starting a new one, registering %d stream(s) again", len(self.events))
+            self.scheduler = get_scheduler(detached=rc.detached_scheduler, namespace=rc.namespace, replace=True)
+            for event in self.events.values():
+                self._register(event)
+
     def _warn_unknown_streams(self) -> None:
         """``streams.<id>`` keys that match no stream event are most likely a typo or an id
         that changed: say so at start. A warning, not an error: one config file may serve
@@ -376,13 +390,22 @@ class Gateway:
         raise AssertionError("unreachable")
 
     async def _acquire(self, event: StreamEvent, webrtc_id: str) -> dict[str, Any]:
-        try:
-            lease = await asyncio.wait_for(
-                self.scheduler.acquire.remote(event.event_id, self.gateway_id, webrtc_id),
-                C.LEASE_TIMEOUT_S + C.RAY_CALL_TIMEOUT_S,
-            )
-        except Exception as exc:
-            raise HTTPError(503, "scheduler_unavailable", f"the scheduler did not answer: {exc}") from exc
+        from ray.exceptions import ActorDiedError
+
+        for attempt in range(2):  # once more with a new scheduler, if the one held has died
+            scheduler = self.scheduler
+            try:
+                lease = await asyncio.wait_for(
+                    scheduler.acquire.remote(event.event_id, self.gateway_id, webrtc_id),
+                    C.LEASE_TIMEOUT_S + C.RAY_CALL_TIMEOUT_S,
+                )
+                break
+            except ActorDiedError as exc:
+                if attempt:
+                    raise HTTPError(503, "scheduler_unavailable", f"the scheduler did not answer: {exc}") from exc
+                await asyncio.get_running_loop().run_in_executor(None, self._replace_scheduler, scheduler)
+            except Exception as exc:
+                raise HTTPError(503, "scheduler_unavailable", f"the scheduler did not answer: {exc}") from exc
         if lease.get("ok"):
             return lease
         if lease.get("error") == "concurrency_limit_reached":
@@ -489,17 +512,24 @@ class Gateway:
 
     def _heartbeat_run(self) -> None:
         import ray
+        from ray.exceptions import ActorDiedError
 
         while not self._heartbeat_stop.wait(C.HEARTBEAT_S):
             # a copy made in one C call: the loop thread adds and removes sessions meanwhile
             live = {s.lease_id: s for s in list(self.sessions.values()) if s is not None}
+            scheduler = self.scheduler
             try:
                 answer = ray.get(
-                    self.scheduler.heartbeat.remote(
+                    scheduler.heartbeat.remote(
                         self.gateway_id, list(live), list(self.events), {lid: s.transport for lid, s in live.items()}
                     ),
                     timeout=C.RAY_CALL_TIMEOUT_S,
                 )
+            except ActorDiedError:
+                if not self._heartbeat_stop.is_set():
+                    with contextlib.suppress(Exception):  # tried again at the next beat
+                        self._replace_scheduler(scheduler)
+                continue
             except Exception as exc:
                 log.warning("scheduler heartbeat failed: %s", exc)
                 continue

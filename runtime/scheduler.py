@@ -688,9 +688,27 @@ def _reason(exc: BaseException) -> str:
 SchedulerActor = ray.remote(num_cpus=0)(Scheduler)
 
 
-def get_scheduler(detached: bool = False, namespace: str = C.RAY_NAMESPACE) -> Any:
+# Handles this process keeps, per Ray job: a scheduler that is not detached lives only while
+# some handle to it does. Test-found: a gateway closed and collected took the last handle
+# with it, Ray killed the actor, and the next gateway's get_if_exists got that dying actor.
+_held: dict[tuple[str, str, bool], Any] = {}
+
+
+def get_scheduler(detached: bool = False, namespace: str = C.RAY_NAMESPACE, *, replace: bool = False) -> Any:
     """The deployment's scheduler actor in ``namespace`` (``ray.namespace``: two apps on one
-    cluster in two namespaces have a scheduler each), created on first use."""
+    cluster in two namespaces have a scheduler each), created on first use and kept for the
+    life of this process's Ray job. ``replace``: the one held has died; find or make anew."""
+    key = (ray.get_runtime_context().get_job_id(), namespace, detached)
+    if replace:
+        _held.pop(key, None)
+    if key not in _held:
+        for old in [k for k in _held if k[0] != key[0]]:
+            del _held[old]  # handles of an earlier ray.init
+        _held[key] = _create_scheduler(detached, namespace)
+    return _held[key]
+
+
+def _create_scheduler(detached: bool, namespace: str) -> Any:
     options: dict[str, Any] = {
         "name": C.SCHEDULER_NAME,
         "namespace": namespace,

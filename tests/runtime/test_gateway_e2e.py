@@ -143,3 +143,21 @@ async def test_a_replaying_client_is_served_like_a_live_one(make_gateway):
     assert error < 12, f"the frame is not the inverse of the replayed picture ({error:.1f})"
     assert report.marked > cycle, "counters past the cycle's restart were not read back"
     assert report.percentile(50) is not None and report.percentile(50) < 1000 * cycle / 30
+
+
+async def test_a_dead_scheduler_is_replaced_and_the_next_offer_served(make_gateway):
+    """The scheduler actor dies (its process, or the head node's): the next offer finds a
+    new one, with this gateway's streams registered again, instead of a 503 forever."""
+    import ray
+
+    with make_gateway(lambda gw: gw.add_stream(invert, event_id="e2e-scheduler-dies")) as served:
+        dead = served.gateway.scheduler
+        ray.kill(dead, no_restart=True)
+        client = Client(served.url)
+        await client.connect()
+        await asyncio.wait_for(client.first_frame.wait(), 60)
+        assert served.gateway.scheduler is not dead
+        assert "e2e-scheduler-dies" in served.status()["events"]
+        assert served.leases() == 1
+        await client.close()
+        assert await async_wait_until(lambda: served.leases() == 0, 10)
