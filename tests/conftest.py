@@ -70,9 +70,18 @@ def ray_session() -> Iterator[Any]:
     from runtime import constants as C
 
     if not ray.is_initialized():
-        ray.init(namespace=C.RAY_NAMESPACE, include_dashboard=False, log_to_driver=True)
+        # address="local": a Ray of this session's own, never one a `ray start` on the
+        # machine (the cluster tests start some) or RAY_ADDRESS names
+        ray.init(address="local", namespace=C.RAY_NAMESPACE, include_dashboard=False, log_to_driver=True)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def app_ray(ray_session: Any) -> str:
+    """The address of this test session's Ray, for app processes to join: a Ray of each
+    app's own costs ~8 s to start and ~2 s to stop, per app."""
+    return ray_session.get_runtime_context().gcs_address
 
 
 @pytest.fixture(scope="session")

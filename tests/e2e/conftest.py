@@ -139,9 +139,19 @@ def stop_process_tree(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def run_app(script: Path, log: Path, env: dict[str, str] | None = None) -> Iterator[App]:
-    """Run an example app as ``python <script>`` on a free loopback port until it serves."""
+def run_app(
+    script: Path, log: Path, env: dict[str, str] | None = None, *, ray_address: str | None = None
+) -> Iterator[App]:
+    """Run an example app as ``python <script>`` on a free loopback port until it serves.
+
+    With ``ray_address`` the app joins that Ray (as a deployment's config would) in a
+    namespace of its own, so its scheduler and workers are its alone and die with it (its
+    scheduler is not detached); without, it starts a local Ray of its own."""
     port = free_port()
+    joined = {} if ray_address is None else {
+        "RTCPOOL_RAY__ADDRESS": ray_address,
+        "RTCPOOL_RAY__NAMESPACE": f"app-{port}",
+    }
     full_env = {
         **os.environ,
         "GRADIO_SERVER_NAME": "127.0.0.1",
@@ -149,6 +159,7 @@ def run_app(script: Path, log: Path, env: dict[str, str] | None = None) -> Itera
         "GRADIO_ANALYTICS_ENABLED": "False",
         "RTCPOOL_GATEWAY__ICE_HOST_ADDRESSES": "[127.0.0.1]",
         "RAY_AUTH_MODE": "disabled",
+        **joined,
         **(env or {}),
     }
     with log.open("wb") as out:

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.browser
 
 FACE_APP = REPO / "examples" / "face_detection" / "app.py"
 STREAM_ID = "stream-0"  # the demo's only stream
-TIME_LIMIT_S = 45  # long enough for the face test's steps on a slow box, short enough to wait out
+TIME_LIMIT_S = 30  # long enough for the face test's steps on a slow box, short enough to wait out
 STREAM_START_TIMEOUT_S = 120.0  # a cold pool may start a worker (which imports Gradio) first
 FRAMES_WINDOW_S = 20.0
 MIN_FRAMES = 20  # processed frames the page must show within FRAMES_WINDOW_S
@@ -63,12 +63,12 @@ GRAB_JS = """(selector) => {
 
 
 @pytest.fixture(scope="module")
-def face_app(artifacts: Path) -> Iterator[App]:
+def face_app(artifacts: Path, app_ray: str) -> Iterator[App]:
     env = {
         f"RTCPOOL_STREAMS__{STREAM_ID}__CONCURRENCY_LIMIT": "1",
         f"RTCPOOL_STREAMS__{STREAM_ID}__TIME_LIMIT": str(TIME_LIMIT_S),
     }
-    with run_app(FACE_APP, artifacts / "browser-face-demo.log", env) as app:
+    with run_app(FACE_APP, artifacts / "browser-face-demo.log", env, ray_address=app_ray) as app:
         yield app
 
 

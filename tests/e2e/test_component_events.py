@@ -142,11 +142,11 @@ BOT_MESSAGES_JS = """() => Array.from(document.querySelectorAll('#burst-chat [da
 
 
 @pytest.fixture(scope="module")
-def events_app(tmp_path_factory: pytest.TempPathFactory, artifacts: Path) -> Iterator[App]:
+def events_app(tmp_path_factory: pytest.TempPathFactory, artifacts: Path, app_ray: str) -> Iterator[App]:
     script = tmp_path_factory.mktemp("events_app") / "app.py"
     script.write_text(textwrap.dedent(EVENTS_APP))
     env = {"BURST": str(BURST), "RTCPOOL_STREAMS__slow__POOL__PREWARM": "0"}
-    with run_app(script, artifacts / "events-app.log", env) as app:
+    with run_app(script, artifacts / "events-app.log", env, ray_address=app_ray) as app:
         yield app
 
 

@@ -292,7 +292,7 @@ def meter_levels(page: Any, sel: str, frames: int = METER_WINDOW_FRAMES) -> list
 
 
 @pytest.fixture(scope="module")
-def ui_app(tmp_path_factory: pytest.TempPathFactory, artifacts: Path) -> Iterator[App]:
+def ui_app(tmp_path_factory: pytest.TempPathFactory, artifacts: Path, app_ray: str) -> Iterator[App]:
     folder = tmp_path_factory.mktemp("ui_app")
     icon = folder / "icon.png"
     picture = np.zeros((64, 64, 3), np.uint8)
@@ -300,7 +300,7 @@ def ui_app(tmp_path_factory: pytest.TempPathFactory, artifacts: Path) -> Iterato
     cv2.imwrite(str(icon), picture)
     script = folder / "app.py"
     script.write_text(textwrap.dedent(UI_APP))
-    with run_app(script, artifacts / "ui-app.log", {"UI_ICON": str(icon)}) as app:
+    with run_app(script, artifacts / "ui-app.log", {"UI_ICON": str(icon)}, ray_address=app_ray) as app:
         yield app
 
 
@@ -510,10 +510,10 @@ def test_device_lists_are_the_browsers_and_switching_camera_keeps_the_session(
 
 
 @pytest.fixture(scope="module")
-def fastapi_app(tmp_path_factory: pytest.TempPathFactory, artifacts: Path) -> Iterator[App]:
+def fastapi_app(tmp_path_factory: pytest.TempPathFactory, artifacts: Path, app_ray: str) -> Iterator[App]:
     script = tmp_path_factory.mktemp("fastapi_app") / "app.py"
     script.write_text(textwrap.dedent(FASTAPI_APP))
-    with run_app(script, artifacts / "ui-standalone.log") as app:
+    with run_app(script, artifacts / "ui-standalone.log", ray_address=app_ray) as app:
         yield app
 
 

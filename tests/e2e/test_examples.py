@@ -113,8 +113,14 @@ def grab(page: Any, selector: str) -> np.ndarray:
     return cv2.cvtColor(cv2.imdecode(png, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
-def app_of(name: str, artifacts: Path) -> Any:
-    return run_app(EXAMPLES / name / "app.py", artifacts / f"example-{name}.log")
+@pytest.fixture
+def app_of(artifacts: Path, app_ray: str) -> Callable[[str], Any]:
+    """``with app_of(name) as app:`` -- examples/<name>/app.py served, joined to the session's Ray."""
+
+    def run(name: str) -> Any:
+        return run_app(EXAMPLES / name / "app.py", artifacts / f"example-{name}.log", ray_address=app_ray)
+
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -145,10 +151,10 @@ def chunkable_words() -> Path:
 
 
 def test_reply_on_pause_echo_plays_the_utterance_back(
-    playwright_driver: Any, speech_then_pause: Path, artifacts: Path
+    playwright_driver: Any, speech_then_pause: Path, artifacts: Path, app_of: Callable[[str], Any]
 ) -> None:
     with (
-        app_of("reply_on_pause_echo", artifacts) as app,
+        app_of("reply_on_pause_echo") as app,
         chromium_page(playwright_driver, microphone=speech_then_pause) as page,
     ):
         start_stream(page, app.url)
@@ -171,10 +177,10 @@ BOT_MESSAGES_JS = """() => Array.from(document.querySelectorAll('[data-testid="b
 
 
 def test_transcript_outputs_fill_the_chatbot(
-    playwright_driver: Any, speech_then_pause: Path, artifacts: Path
+    playwright_driver: Any, speech_then_pause: Path, artifacts: Path, app_of: Callable[[str], Any]
 ) -> None:
     with (
-        app_of("transcript_outputs", artifacts) as app,
+        app_of("transcript_outputs") as app,
         chromium_page(playwright_driver, microphone=speech_then_pause) as page,
     ):
         start_stream(page, app.url)
@@ -209,11 +215,11 @@ ADMIT_TIMEOUT_S = 30.0  # the freed slot takes the second tab by then
 
 
 def test_stream_handler_echo_echoes_and_a_second_tab_is_told_the_server_is_full(
-    playwright_driver: Any, speech_then_pause: Path, artifacts: Path
+    playwright_driver: Any, speech_then_pause: Path, artifacts: Path, app_of: Callable[[str], Any]
 ) -> None:
     # the example's stream has Gradio's default concurrency_limit: one session at a time
     with (
-        app_of("stream_handler_echo", artifacts) as app,
+        app_of("stream_handler_echo") as app,
         chromium_page(playwright_driver, microphone=speech_then_pause) as page,
     ):
         start_stream(page, app.url)
@@ -247,10 +253,10 @@ def test_stream_handler_echo_echoes_and_a_second_tab_is_told_the_server_is_full(
         stop_stream(second)
 
 
-def test_reply_on_stopwords_replies_after_computer(playwright_driver: Any, artifacts: Path) -> None:
+def test_reply_on_stopwords_replies_after_computer(playwright_driver: Any, artifacts: Path, app_of: Callable[[str], Any]) -> None:
     wav = composed_wav([0.5, "computer, what is the weather like today", PAUSE_S])
     with (
-        app_of("reply_on_stopwords", artifacts) as app,
+        app_of("reply_on_stopwords") as app,
         chromium_page(playwright_driver, microphone=wav) as page,
     ):
         start_stream(page, app.url)
@@ -261,8 +267,8 @@ def test_reply_on_stopwords_replies_after_computer(playwright_driver: Any, artif
         stop_stream(page)
 
 
-def test_server_audio_plays_the_file_then_ends(playwright_driver: Any, artifacts: Path) -> None:
-    with app_of("server_audio", artifacts) as app, chromium_page(playwright_driver) as page:
+def test_server_audio_plays_the_file_then_ends(playwright_driver: Any, artifacts: Path, app_of: Callable[[str], Any]) -> None:
+    with app_of("server_audio") as app, chromium_page(playwright_driver) as page:
         start_stream(page, app.url, button="Generate")  # the seed's trigger=button.click
         heard = wait_audible(page, app)
         page.screenshot(path=str(artifacts / "example-server_audio.png"))
@@ -281,9 +287,9 @@ CLIP_END_TIMEOUT_S = CLIP_S + 40.0  # playing it through, on a slow box
 
 
 def test_server_video_plays_the_clip_in_true_colour_and_ends_with_the_file(
-    playwright_driver: Any, artifacts: Path
+    playwright_driver: Any, artifacts: Path, app_of: Callable[[str], Any]
 ) -> None:
-    with app_of("server_video", artifacts) as app, chromium_page(playwright_driver) as page:
+    with app_of("server_video") as app, chromium_page(playwright_driver) as page:
         start_stream(page, app.url)
         page.wait_for_function(
             "() => document.querySelector('.rtc-remote').videoWidth > 0", timeout=30_000
@@ -339,11 +345,11 @@ CARTOON_MARGIN = 0.7  # the cartoon shown is this much nearer its expected pictu
 
 
 def test_webcam_filters_flip_then_edges_then_cartoon_live(
-    playwright_driver: Any, face_y4m: Path, artifacts: Path
+    playwright_driver: Any, face_y4m: Path, artifacts: Path, app_of: Callable[[str], Any]
 ) -> None:
     camera = face_picture().astype(int)
     with (
-        app_of("webcam_filters", artifacts) as app,
+        app_of("webcam_filters") as app,
         chromium_page(playwright_driver, camera=face_y4m) as page,
     ):
         start_stream(page, app.url)
@@ -387,11 +393,11 @@ def test_webcam_filters_flip_then_edges_then_cartoon_live(
 
 
 def test_unified_image_shows_the_filtered_webcam_in_place(
-    playwright_driver: Any, face_y4m: Path, artifacts: Path
+    playwright_driver: Any, face_y4m: Path, artifacts: Path, app_of: Callable[[str], Any]
 ) -> None:
     camera = face_picture().astype(int)
     with (
-        app_of("unified_image", artifacts) as app,
+        app_of("unified_image") as app,
         chromium_page(playwright_driver, camera=face_y4m) as page,
     ):
         start_stream(page, app.url)
@@ -401,10 +407,10 @@ def test_unified_image_shows_the_filtered_webcam_in_place(
 
 
 def test_async_stream_handler_parrots_after_the_key_is_entered(
-    playwright_driver: Any, speech_then_pause: Path, artifacts: Path
+    playwright_driver: Any, speech_then_pause: Path, artifacts: Path, app_of: Callable[[str], Any]
 ) -> None:
     with (
-        app_of("async_stream_handler", artifacts) as app,
+        app_of("async_stream_handler") as app,
         chromium_page(playwright_driver, microphone=speech_then_pause) as page,
     ):
         page.goto(app.url)
@@ -426,10 +432,10 @@ TRANSCRIPT_SETTLE_S = 3.0  # after the stream ends, for the last outputs to reac
 
 
 def test_state_transcription_fills_the_textbox(
-    playwright_driver: Any, chunkable_words: Path, artifacts: Path
+    playwright_driver: Any, chunkable_words: Path, artifacts: Path, app_of: Callable[[str], Any]
 ) -> None:
     with (
-        app_of("state_transcription", artifacts) as app,
+        app_of("state_transcription") as app,
         chromium_page(playwright_driver, microphone=chunkable_words) as page,
     ):
         start_stream(page, app.url)

@@ -1,5 +1,7 @@
-"""`rtcpool serve APP` of every shape an app file comes in, each in a process of its own
-(its own local Ray), reached over HTTP; and a file with nothing to serve.
+"""`rtcpool serve APP` of every shape an app file comes in, each in a process of its own,
+reached over HTTP; and a file with nothing to serve. One starts the embedded local Ray of
+its own; the others join the test session's Ray (as a deployment's ``ray.address`` does),
+each in a namespace of its own, which spares each ~8 s of Ray start-up.
 
 Shapes: a FastAPI app with a Gateway mounted and no ``__main__`` block; a Gateway alone; a
 Stream object; a Gradio Blocks that never calls launch(); an app that serves itself in its
@@ -135,6 +137,11 @@ def serve_env(**extra: str) -> dict[str, str]:
     }
 
 
+def joining(ray_address: str) -> dict[str, str]:
+    """The environment that has a served app join the Ray at ``ray_address``."""
+    return {"RTCPOOL_RAY__ADDRESS": ray_address, "RTCPOOL_RAY__NAMESPACE": f"serve-{free_port()}"}
+
+
 @contextlib.contextmanager
 def serving(tmp_path: Path, source: str, **env: str) -> Iterator[Served]:
     app = tmp_path / "app.py"
@@ -173,8 +180,8 @@ def serving(tmp_path: Path, source: str, **env: str) -> Iterator[Served]:
     [(FASTAPI_APP, "fastapi-invert"), (GATEWAY_APP, "gateway-invert")],
     ids=["fastapi-app-without-main", "gateway-alone"],
 )
-def test_serve_starts_the_gateway_of_an_app_that_does_not_serve_itself(tmp_path, source, stream_id):
-    with serving(tmp_path, source) as served:
+def test_serve_starts_the_gateway_of_an_app_that_does_not_serve_itself(tmp_path, source, stream_id, app_ray):
+    with serving(tmp_path, source, **joining(app_ray)) as served:
         assert served.streams() == [stream_id]
         assert served.stop() == 0, tail(served.log)
 
@@ -194,16 +201,16 @@ async def test_serve_runs_a_stream_object_end_to_end_on_a_ray_of_its_own(tmp_pat
     assert "Started a local Ray instance" in text, "the embedded default did not start its own Ray"
 
 
-def test_serve_launches_a_gradio_blocks_that_never_calls_launch(tmp_path):
-    with serving(tmp_path, GRADIO_APP) as served:
+def test_serve_launches_a_gradio_blocks_that_never_calls_launch(tmp_path, app_ray):
+    with serving(tmp_path, GRADIO_APP, **joining(app_ray)) as served:
         [stream_id] = served.streams()
         assert httpx.get(served.url, timeout=10).status_code == 200, "the Gradio page"
         assert stream_id
         assert served.stop() == 0, tail(served.log)
 
 
-def test_an_app_that_serves_itself_is_served_once(tmp_path):
-    with serving(tmp_path, SELF_SERVING_APP) as served:
+def test_an_app_that_serves_itself_is_served_once(tmp_path, app_ray):
+    with serving(tmp_path, SELF_SERVING_APP, **joining(app_ray)) as served:
         assert served.streams() == ["self-served"]
         assert served.stop() == 0, tail(served.log)
         # when its own uvicorn.run returned, serve did not start it a second time
