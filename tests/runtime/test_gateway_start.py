@@ -15,12 +15,16 @@ import pytest
 from runtime import constants as C
 from runtime.config import load_config
 from runtime.gateway import Gateway
+from runtime.scheduler import SchedulerActor
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
 CALL_S = 30.0
-BEYOND_TTL_S = C.GATEWAY_TTL_S + 4 * C.HEARTBEAT_S  # a gateway that did not beat is gone by then
+# The test's own scheduler expires gateways sooner than the deployment's GATEWAY_TTL_S, so
+# "still known well past the TTL" costs seconds; still 3 heartbeats long, for a busy box.
+TEST_TTL_S = 3 * C.HEARTBEAT_S
+BEYOND_TTL_S = TEST_TTL_S + 2 * C.HEARTBEAT_S  # a gateway that did not beat is gone by then
 
 
 def invert(frame: np.ndarray) -> np.ndarray:
@@ -34,8 +38,15 @@ def scheduler_status(ray: Any, gw: Gateway) -> dict[str, Any]:
 def test_a_started_gateway_beats_registers_as_itself_and_warns_of_unknown_stream_ids(ray_session, caplog):
     known = f"t-start-{uuid.uuid4().hex[:6]}"
     typo = f"{known}-typo"
+    # the gateway finds (get_if_exists) this scheduler under the deployment's name in a
+    # namespace of the test's own, and gets its short TTL
+    namespace = f"t-start-{uuid.uuid4().hex[:6]}"
+    own = SchedulerActor.options(name=C.SCHEDULER_NAME, namespace=namespace, max_concurrency=1000).remote(
+        gateway_ttl_s=TEST_TTL_S, monitor_interval_s=0.2
+    )
     cfg = load_config(
         overrides={
+            "ray": {"namespace": namespace},
             "gateway": {"ice_host_addresses": ["127.0.0.1"]},
             "streams": {known: {"pool": {"prewarm": 1}}, typo: {"concurrency_limit": 3}},
         },
@@ -43,6 +54,13 @@ def test_a_started_gateway_beats_registers_as_itself_and_warns_of_unknown_stream
     )
     gw = Gateway(cfg)
     gw.add_stream(invert, event_id=known)
+    try:
+        started_and_closed(ray_session, gw, own, known, typo, caplog)
+    finally:
+        ray_session.kill(own, no_restart=True)
+
+
+def started_and_closed(ray_session: Any, gw: Gateway, own: Any, known: str, typo: str, caplog: Any) -> None:
     with caplog.at_level(logging.WARNING, logger="rtcpool.gateway"):
         gw.start()
     try:
@@ -50,6 +68,7 @@ def test_a_started_gateway_beats_registers_as_itself_and_warns_of_unknown_stream
         [warning] = [r.getMessage() for r in caplog.records if "no stream event has that id" in r.getMessage()]
         assert f"streams.{typo}" in warning and known in warning.split("this app's:")[1]
         gw.wait_warm()
+        assert gw.scheduler._actor_id == own._actor_id, "the gateway found the test's scheduler"
         ev = scheduler_status(ray_session, gw)["events"][known]
         assert ev["gateways"] == [gw.gateway_id], "the registration names its gateway"
         # the embedded local Ray: a worker's TCP listener is on loopback only
