@@ -32,17 +32,17 @@ An app mounted with ``gr.mount_gradio_app`` starts the gateway when it is mounte
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 from gradio import component_meta
 
 from runtime.config import load_config
 from runtime.gateway import Gateway
+from runtime.stream import close_with_app
 from workers.loader import in_worker_import
 
 log = logging.getLogger("rtcpool.gradio")
@@ -71,19 +71,7 @@ def _mount(app: Any, gateway: Gateway) -> None:
         return
     gateway.mount(app)
     _mounted.add(app)
-    inner = app.router.lifespan_context
-
-    @contextlib.asynccontextmanager
-    async def lifespan(a: Any) -> AsyncIterator[Any]:
-        # the sessions live on this app's event loop: end them (and give their leases back)
-        # while it still runs
-        async with inner(a) as state:
-            try:
-                yield state
-            finally:
-                await gateway.aclose()
-
-    app.router.lifespan_context = lifespan
+    close_with_app(app, gateway)
 
 
 class NoStubComponentMeta(component_meta.ComponentMeta):

@@ -22,7 +22,7 @@ import os
 import runpy
 import socket
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import yaml
@@ -232,13 +232,15 @@ def serve_globals(app_path: str, app_globals: dict[str, Any], cfg: Any, served_i
 def _serve_asgi(app: Any, gateways: list[Any], cfg: Any) -> int:
     import uvicorn
 
-    from runtime.stream import bind_lifespan
+    from runtime.stream import bind_lifespan, close_with_app
 
     for gateway in gateways:
         if len(gateways) == 1:
             bind_lifespan(app, gateway)
         else:
-            _close_with(app, gateway)
+            # several gateways on one app (its own routes decide which serves what): each
+            # closes with the app's lifespan
+            close_with_app(app, gateway)
         # now, not in the lifespan: a cluster that cannot be joined fails before the port
         # opens, and the workers pre-warm while uvicorn starts
         gateway.start()
@@ -247,22 +249,6 @@ def _serve_asgi(app: Any, gateways: list[Any], cfg: Any) -> int:
     )
     server.run()  # SIGINT/SIGTERM: a graceful shutdown, the lifespan closes the gateways
     return EXIT_OK if server.started else EXIT_SERVER_FAILED
-
-
-def _close_with(app: Any, gateway: Any) -> None:
-    """Several gateways on one app (the app's own routes decide which serves what): each
-    closes with the app's lifespan."""
-    inner = app.router.lifespan_context
-
-    @contextlib.asynccontextmanager
-    async def lifespan(a: Any) -> AsyncIterator[Any]:
-        async with inner(a) as state:
-            try:
-                yield state
-            finally:
-                await gateway.aclose()
-
-    app.router.lifespan_context = lifespan
 
 
 def _is_asgi_app(value: Any) -> bool:

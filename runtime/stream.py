@@ -45,22 +45,29 @@ def bind_lifespan(app: Any, gateway: Gateway) -> None:
             "this app already serves another gateway's /webrtc/* routes: put every stream on "
             "one gateway (Stream(..., gateway=first.gateway))"
         )
+    close_with_app(app, gateway, start=True)
+    _bound[app] = gateway
+
+
+def close_with_app(app: Any, gateway: Gateway, *, start: bool = False) -> None:
+    """Wrap ``app``'s lifespan (FastAPI or Starlette) so that ``gateway`` closes when the app
+    stops -- its sessions live on the app's event loop, so they end (and give their leases
+    back) while it still runs -- and, with ``start``, starts when the app starts."""
     inner = app.router.lifespan_context
 
     @contextlib.asynccontextmanager
     async def lifespan(a: Any) -> AsyncIterator[Any]:
-        # start() blocks (ray.init, registration): off the loop. Idempotent: `rtcpool serve`
-        # has started it already, so that a bad cluster fails before the port opens.
-        await asyncio.to_thread(gateway.start)
+        if start:
+            # start() blocks (ray.init, registration): off the loop. Idempotent: `rtcpool
+            # serve` has started it already, so that a bad cluster fails before the port opens.
+            await asyncio.to_thread(gateway.start)
         async with inner(a) as state:
             try:
                 yield state
             finally:
-                # the sessions live on this loop: end them while it still runs
                 await gateway.aclose()
 
     app.router.lifespan_context = lifespan
-    _bound[app] = gateway
 
 
 class Stream:
