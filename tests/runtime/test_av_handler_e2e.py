@@ -19,7 +19,7 @@ import pytest
 
 from runtime.client import AUDIO_RATE, Client, synthetic_image
 from tests.conftest import async_wait_until
-from tests.runtime.test_audio_e2e import chirp
+from tests.echo import chirp, find_echo
 from workers.handlers import AudioVideoStreamHandler
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -30,21 +30,7 @@ LEAD_S = 0.5  # silence before the chirp
 TAIL_S = 1.5  # silence after it, so the echo has time to come back
 EMIT_WAIT_S = 0.1  # how long the waiting handler's emits wait for an item
 MAX_ECHO_DELAY_S = 1.0  # mouth-to-ear of the echo; a starved audio emit falls seconds behind
-MIN_CORRELATION = 0.6
 MARK_ROWS = 16  # the client paints its frame counter along the top rows
-
-
-def find_echo(received: np.ndarray, sent: np.ndarray) -> tuple[float, int]:
-    """Where ``sent`` is in ``received`` (the lag of the raw cross-correlation's peak), and
-    the normalised correlation there. The peak is found unnormalised: normalising by the
-    window's energy everywhere divides by ~0 in the silence around the echo."""
-    r = received.astype(np.float64)
-    s = sent.astype(np.float64)
-    n = len(r) + len(s)
-    corr = np.fft.irfft(np.fft.rfft(r, n) * np.conj(np.fft.rfft(s, n)), n)[: len(r) - len(s) + 1]
-    lag = int(np.argmax(corr))
-    window = r[lag : lag + len(s)]
-    return float(corr[lag] / (np.linalg.norm(window) * np.linalg.norm(s) + 1e-9)), lag
 
 
 class InvertEcho(AudioVideoStreamHandler):
@@ -139,9 +125,9 @@ async def test_audio_video_handler_inverts_video_and_echoes_audio(make_gateway, 
 
     # audio: the chirp came back, and soon: the video's emit did not hold the audio's up
     assert len(heard) > AUDIO_RATE, "no audio came back"
-    corr, lag = find_echo(heard, chirp())
-    assert corr > MIN_CORRELATION, f"the echo does not match what was sent (correlation {corr:.2f})"
+    echo = find_echo(heard, chirp())
+    assert not echo.problems(), f"the echo does not carry what was sent: {echo.problems()}"
     # the client's received audio starts with the stream (silence until the echo), so the
     # chirp's place in it, less its place in what was sent, is the echo's delay
-    delay = lag / AUDIO_RATE - LEAD_S
+    delay = echo.start_s - LEAD_S
     assert delay < MAX_ECHO_DELAY_S, f"the echo came back {delay:.2f} s late"

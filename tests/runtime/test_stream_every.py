@@ -17,7 +17,7 @@ import pytest
 from runtime.client import AUDIO_RATE, Client
 from runtime.gateway import Gateway
 from tests.conftest import async_wait_until
-from tests.runtime.test_audio_e2e import chirp
+from tests.echo import chirp
 from workers.handlers import AdditionalOutputs
 
 ON_SESSION_LOOP = pytest.mark.asyncio(loop_scope="session")  # the gateways' fixtures live there
