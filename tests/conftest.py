@@ -12,6 +12,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,13 @@ def ray_session() -> Iterator[Any]:
         ray.init(address="local", namespace=C.RAY_NAMESPACE, include_dashboard=False, log_to_driver=True)
     yield ray
     ray.shutdown()
+
+
+def joining_ray(ray_address: str, prefix: str = "app") -> dict[str, str]:
+    """The environment that has an app process join the Ray at ``ray_address`` (as a
+    deployment's ``ray.address`` does) in a namespace of its own, so its scheduler and
+    workers are its alone and die with it (its scheduler is not detached)."""
+    return {"RTCPOOL_RAY__ADDRESS": ray_address, "RTCPOOL_RAY__NAMESPACE": f"{prefix}-{uuid.uuid4().hex[:8]}"}
 
 
 @pytest.fixture(scope="session")

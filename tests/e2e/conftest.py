@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 from runtime.constants import MEDIA_INACTIVITY_TIMEOUT_S
-from tests.conftest import free_port
+from tests.conftest import free_port, joining_ray
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -144,14 +144,10 @@ def run_app(
 ) -> Iterator[App]:
     """Run an example app as ``python <script>`` on a free loopback port until it serves.
 
-    With ``ray_address`` the app joins that Ray (as a deployment's config would) in a
-    namespace of its own, so its scheduler and workers are its alone and die with it (its
-    scheduler is not detached); without, it starts a local Ray of its own."""
+    With ``ray_address`` the app joins that Ray (``joining_ray``); without, it starts a
+    local Ray of its own."""
     port = free_port()
-    joined = {} if ray_address is None else {
-        "RTCPOOL_RAY__ADDRESS": ray_address,
-        "RTCPOOL_RAY__NAMESPACE": f"app-{port}",
-    }
+    joined = {} if ray_address is None else joining_ray(ray_address)
     full_env = {
         **os.environ,
         "GRADIO_SERVER_NAME": "127.0.0.1",

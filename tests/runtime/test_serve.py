@@ -28,7 +28,7 @@ import pytest
 from runtime.cli import EXIT_NOTHING_TO_SERVE
 from runtime.client import Client
 from tests.cluster.cluster import end_tree, tail
-from tests.conftest import free_port
+from tests.conftest import free_port, joining_ray
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -137,11 +137,6 @@ def serve_env(**extra: str) -> dict[str, str]:
     }
 
 
-def joining(ray_address: str) -> dict[str, str]:
-    """The environment that has a served app join the Ray at ``ray_address``."""
-    return {"RTCPOOL_RAY__ADDRESS": ray_address, "RTCPOOL_RAY__NAMESPACE": f"serve-{free_port()}"}
-
-
 @contextlib.contextmanager
 def serving(tmp_path: Path, source: str, **env: str) -> Iterator[Served]:
     app = tmp_path / "app.py"
@@ -181,7 +176,7 @@ def serving(tmp_path: Path, source: str, **env: str) -> Iterator[Served]:
     ids=["fastapi-app-without-main", "gateway-alone"],
 )
 def test_serve_starts_the_gateway_of_an_app_that_does_not_serve_itself(tmp_path, source, stream_id, app_ray):
-    with serving(tmp_path, source, **joining(app_ray)) as served:
+    with serving(tmp_path, source, **joining_ray(app_ray, "serve")) as served:
         assert served.streams() == [stream_id]
         assert served.stop() == 0, tail(served.log)
 
@@ -202,7 +197,7 @@ async def test_serve_runs_a_stream_object_end_to_end_on_a_ray_of_its_own(tmp_pat
 
 
 def test_serve_launches_a_gradio_blocks_that_never_calls_launch(tmp_path, app_ray):
-    with serving(tmp_path, GRADIO_APP, **joining(app_ray)) as served:
+    with serving(tmp_path, GRADIO_APP, **joining_ray(app_ray, "serve")) as served:
         [stream_id] = served.streams()
         assert httpx.get(served.url, timeout=10).status_code == 200, "the Gradio page"
         assert stream_id
@@ -210,7 +205,7 @@ def test_serve_launches_a_gradio_blocks_that_never_calls_launch(tmp_path, app_ra
 
 
 def test_an_app_that_serves_itself_is_served_once(tmp_path, app_ray):
-    with serving(tmp_path, SELF_SERVING_APP, **joining(app_ray)) as served:
+    with serving(tmp_path, SELF_SERVING_APP, **joining_ray(app_ray, "serve")) as served:
         assert served.streams() == ["self-served"]
         assert served.stop() == 0, tail(served.log)
         # when its own uvicorn.run returned, serve did not start it a second time
