@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parents[2]
 APP = Path(__file__).resolve().parent / "app.py"
 RAY_CLI = Path(sys.executable).with_name("ray")  # the venv's `ray` command
 NODE_START_TIMEOUT_S = 90.0  # `ray start` until "Ray runtime started." (2 busy cores)
+NODE_START_ATTEMPTS = 2  # a joining node that exits while starting is started again once
 NODE_STOP_TIMEOUT_S = 15.0  # SIGKILL -> every process of the node reaped
 GATEWAY_START_TIMEOUT_S = 120.0  # python + aiortc + ray.init + registration on 2 cores
 GATEWAY_STOP_TIMEOUT_S = 20.0  # SIGINT -> sessions closed, leases given back, process gone
@@ -212,9 +213,19 @@ class LocalCluster:
             "--resources",
             json.dumps(resources),
         ]
-        node = self._start(name, args, subprocess_env())
-        node.wait_started()
-        return node
+        # CI once saw a joining `ray start` exit with "the current node timed out during
+        # startup" on a busy box: a node that dies starting is started once more
+        for attempt in range(NODE_START_ATTEMPTS):
+            node = self._start(name, args, subprocess_env())
+            try:
+                node.wait_started()
+                return node
+            except RuntimeError:
+                if node.process.poll() is None or attempt + 1 == NODE_START_ATTEMPTS:
+                    raise  # still running (too slow), or out of attempts
+                node.kill()
+                del self.nodes[name]  # the next attempt gets this one's address
+        raise AssertionError("unreachable")
 
     def shutdown(self) -> None:
         for node in self.nodes.values():
