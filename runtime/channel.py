@@ -48,6 +48,8 @@ from runtime.wire import (
     MSG_CONTROL,
     MSG_FRAME,
     MSG_RELEASE,
+    PIXFMT_I420,
+    PIXFMT_RGB24,
     SEGMENT_HEADER,
     SEGMENT_HEADER_BYTES,
     SEGMENT_MAGIC,
@@ -61,6 +63,8 @@ from runtime.wire import (
     Ready,
     SlotHeader,
     WireError,
+    i420_views,
+    video_nbytes,
 )
 
 SEGMENT_PREFIX = "rtcpool-"  # every segment's name starts so; leak tests count them in /dev/shm
@@ -76,7 +80,12 @@ TCP_SCHEME = "tcp://"  # a worker endpoint "tcp://host:port" is reached over TCP
 
 @dataclass(frozen=True)
 class Geometry:
-    """Slot counts and sizes of one segment."""
+    """Slot counts and sizes of one segment.
+
+    A video slot holds a largest frame as RGB24 (3 bytes a pixel), the fallback form, so
+    any frame the pixel limit lets through fits in either form; an I420 frame (1.5 bytes a
+    pixel) fills half of it. Untouched pages of a segment take no memory, so the
+    RGB24-sized slot costs only address space while frames go as I420."""
 
     video_slots: int = C.VIDEO_SLOTS
     video_slot_bytes: int = SLOT_HEADER_BYTES + C.MAX_FRAME_PIXELS * 3
@@ -119,6 +128,7 @@ class Segment:
         self.buf: memoryview | None = shm.buf
         # per-slot cached ndarray view, keyed by (shape, dtype): the per-frame path makes none
         self._views: dict[tuple[int, int], tuple[tuple[int, ...], np.dtype, np.ndarray]] = {}
+        self._i420: dict[int, tuple[int, int, tuple[np.ndarray, ...]]] = {}  # video slot -> (H, W, views)
 
     @classmethod
     def create(cls, geometry: Geometry | None = None) -> Segment:
@@ -185,10 +195,22 @@ class Segment:
         self._views[key] = (shape, dtype, arr)
         return arr
 
+    def i420(self, index: int, height: int, width: int) -> tuple[np.ndarray, ...]:
+        """``(packed, y, u, v)`` views of video slot ``index`` for an I420 frame of this size
+        (see ``wire.i420_views``), cached per slot like :meth:`view`."""
+        cached = self._i420.get(index)
+        if cached is not None and cached[0] == height and cached[1] == width:
+            return cached[2]
+        nbytes = video_nbytes(PIXFMT_I420, height, width)
+        views = i420_views(self.view(KIND_VIDEO, index, (nbytes,), np.dtype(np.uint8)), height, width)
+        self._i420[index] = (height, width, views)
+        return views
+
     def close(self) -> None:
         if self.buf is None:
             return
         self._views.clear()
+        self._i420.clear()
         self.buf = None
         try:
             self.shm.close()
@@ -219,11 +241,13 @@ class LocalSegment(Segment):
         self._map: mmap.mmap | None = mmap.mmap(-1, geometry.size)
         self.buf = memoryview(self._map)
         self._views = {}
+        self._i420 = {}
 
     def close(self) -> None:
         if self.buf is None:
             return
         self._views.clear()
+        self._i420.clear()
         self.buf.release()
         self.buf = None
         try:
@@ -324,8 +348,61 @@ class FrameChannel:
     def send_video(
         self, frame: np.ndarray, pts: int = 0, time_base: tuple[int, int] = (1, C.VIDEO_CLOCK_RATE)
     ) -> bool:
-        """Copy an (H, W, 3) uint8 frame into a free slot and ring. False if it was dropped."""
-        return self._send_frame(KIND_VIDEO, frame, pts, time_base, 0, 0)
+        """Copy an (H, W, 3) uint8 RGB frame into a free slot (the RGB24 form) and ring.
+        False if it was dropped."""
+        return self._send_frame(KIND_VIDEO, frame, pts, time_base, 0, PIXFMT_RGB24)
+
+    def send_i420(
+        self,
+        y: np.ndarray,
+        u: np.ndarray,
+        v: np.ndarray,
+        pts: int = 0,
+        time_base: tuple[int, int] = (1, C.VIDEO_CLOCK_RATE),
+    ) -> bool:
+        """Copy the three planes of an I420 frame (2-D uint8 arrays of any strides, such as
+        views of a decoder's padded rows) into a free slot and ring. False if dropped."""
+        height, width = y.shape
+        slot = self.reserve_video(height, width)
+        if slot is None:
+            return False
+        _, ys, us, vs = self.tx.i420(slot, height, width)
+        try:
+            np.copyto(ys, y, casting="no")
+            np.copyto(us, u, casting="no")
+            np.copyto(vs, v, casting="no")
+        except Exception:
+            self.cancel_video(slot)  # planes of the wrong size or type: the slot is free again
+            raise
+        return self.commit_video(slot, height, width, PIXFMT_I420, pts, time_base)
+
+    def reserve_video(self, height: int, width: int, pixfmt: int = PIXFMT_I420) -> int | None:
+        """A free video slot for a frame to be written in place (``tx.i420(slot, ...)`` for
+        I420), then :meth:`commit_video` or :meth:`cancel_video`. None, counted, when the
+        channel is closed, the frame is larger than a slot, or no slot is free."""
+        return self._reserve(KIND_VIDEO, video_nbytes(pixfmt, height, width))
+
+    def commit_video(
+        self,
+        slot: int,
+        height: int,
+        width: int,
+        pixfmt: int = PIXFMT_I420,
+        pts: int = 0,
+        time_base: tuple[int, int] = (1, C.VIDEO_CLOCK_RATE),
+    ) -> bool:
+        """Ring for a frame written into a reserved slot. False if the link failed."""
+        if pixfmt == PIXFMT_I420:
+            ndim, shape = 2, (height, width, 0)
+        else:
+            ndim, shape = 3, (height, width, 3)
+        nbytes = video_nbytes(pixfmt, height, width)
+        return self._commit(KIND_VIDEO, slot, nbytes, pts, time_base, 0, DTYPE_CODES[np.dtype(np.uint8)], pixfmt, ndim, shape)
+
+    def cancel_video(self, slot: int) -> None:
+        """Give a reserved slot back unsent."""
+        with self._lock:
+            self._free[KIND_VIDEO].append(slot)
 
     def send_audio(
         self,
@@ -351,9 +428,26 @@ class FrameChannel:
         if self.closed:
             return False
         dtype_code = DTYPE_CODES.get(array.dtype)
-        if dtype_code is None or array.ndim > 3 or array.nbytes > self.tx.geometry.capacity(kind):
+        if dtype_code is None or array.ndim > 3:
             self.stats.oversize += 1
             return False
+        slot = self._reserve(kind, array.nbytes)
+        if slot is None:
+            return False
+        shape = array.shape
+        dst = self.tx.view(kind, slot, shape, array.dtype)
+        np.copyto(dst, array, casting="no")
+        return self._commit(
+            kind, slot, array.nbytes, pts, time_base, sample_rate, dtype_code, layout, array.ndim,
+            (shape + (0, 0, 0))[:3],  # type: ignore[arg-type]
+        )
+
+    def _reserve(self, kind: int, nbytes: int) -> int | None:
+        if self.closed:
+            return None
+        if nbytes > self.tx.geometry.capacity(kind):
+            self.stats.oversize += 1
+            return None
         with self._lock:
             free = self._free[kind]
             if not free:
@@ -361,31 +455,47 @@ class FrameChannel:
                     self.stats.video_dropped += 1
                 else:
                     self.stats.audio_dropped += 1
-                return False
-            slot = free.popleft()
+                return None
+            return free.popleft()
+
+    def _commit(
+        self,
+        kind: int,
+        slot: int,
+        nbytes: int,
+        pts: int,
+        time_base: tuple[int, int],
+        sample_rate: int,
+        dtype_code: int,
+        layout: int,
+        ndim: int,
+        shape: tuple[int, int, int],
+    ) -> bool:
+        """Write the slot's header and ring; the payload is in the slot already."""
+        if self.closed or self.tx.buf is None:
+            return False  # closed while the payload was written: nothing to give the slot back to
+        with self._lock:
+            # numbered when sent, not when reserved: a reserved slot may be cancelled
             self._seq += 1
             seq = self._seq
-        shape = array.shape
-        dst = self.tx.view(kind, slot, shape, array.dtype)
-        np.copyto(dst, array, casting="no")
-        assert self.tx.buf is not None
         SlotHeader(
             seq,
             pts,
             time_base[0],
             time_base[1],
             sample_rate,
-            array.nbytes,
+            nbytes,
             kind,
             dtype_code,
             layout,
-            array.ndim,
-            (shape + (0, 0, 0))[:3],  # type: ignore[arg-type]
+            ndim,
+            shape,
         ).pack_into(self.tx.buf, self.tx.geometry.offset(kind, slot))
         payload = None
         if self.stream:
+            # the TCP form carries the slot as written: an I420 frame's header and planes
             offset = self.tx.geometry.offset(kind, slot)
-            payload = self.tx.buf[offset : offset + SLOT_HEADER_BYTES + array.nbytes]
+            payload = self.tx.buf[offset : offset + SLOT_HEADER_BYTES + nbytes]
         if not self._send_slot_message(MSG_FRAME, kind, slot, payload):
             with self._lock:
                 self._free[kind].append(slot)
@@ -496,6 +606,14 @@ class FrameChannel:
         header = SlotHeader.unpack_from(self.rx.buf, self.rx.geometry.offset(KIND_VIDEO, slot))
         return header, self._view_of(KIND_VIDEO, slot, header)
 
+    def i420_planes(self, header: SlotHeader) -> tuple[np.ndarray, ...]:
+        """``(packed, y, u, v)`` views of the I420 frame :meth:`take_video` gave with ``header``
+        (valid until :meth:`release_video`); cached per slot, so the per-frame path makes none."""
+        slot = self._held_video
+        if slot is None:
+            raise WireError("no video frame is held")
+        return self.rx.i420(slot, header.shape[0], header.shape[1])
+
     def release_video(self) -> None:
         with self._lock:
             slot, self._held_video = self._held_video, None
@@ -506,6 +624,17 @@ class FrameChannel:
         return self._pending_video is not None
 
     def _view_of(self, kind: int, slot: int, header: SlotHeader) -> np.ndarray:
+        if kind == KIND_VIDEO and header.layout == PIXFMT_I420:
+            # the 1-D payload; i420_planes() gives its planes
+            height, width = header.shape[0], header.shape[1]
+            nbytes = video_nbytes(PIXFMT_I420, height, width)
+            if header.ndim != 2 or header.dtype != DTYPE_CODES[np.dtype(np.uint8)] or header.nbytes != nbytes:
+                raise WireError(f"I420 slot header with ndim {header.ndim}, dtype {header.dtype}, {header.nbytes} bytes for {width}x{height}")
+            if nbytes > self.rx.geometry.capacity(kind):
+                raise WireError(f"I420 frame of {width}x{height} exceeds the slot")
+            return self.rx.view(kind, slot, (nbytes,), np.dtype(np.uint8))
+        if kind == KIND_VIDEO and header.layout != PIXFMT_RGB24:
+            raise WireError(f"video slot header names pixel format {header.layout}")
         if header.dtype >= len(DTYPES) or header.ndim > 3:
             raise WireError(f"slot header names dtype {header.dtype}, ndim {header.ndim}")
         shape = header.shape[: header.ndim]

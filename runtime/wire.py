@@ -4,7 +4,12 @@ Three things cross between a gateway and a worker for a session:
 
 * **Segments** (shared memory, one per direction). A 64-byte segment header, then the
   video slots, then the audio slots. Every slot is a 64-byte slot header followed by its
-  payload (C-contiguous array bytes).
+  payload (C-contiguous array bytes). A video slot's ``layout`` byte is its pixel format
+  (``PIXFMT_*`` below): I420, the decoder's and the encoder's own layout, is the normal form
+  (Y plane H x W, then U and V planes ceil(H/2) x ceil(W/2), rows packed without padding;
+  ``ndim`` 2, ``shape`` (H, W, 0)); RGB24 (an (H, W, 3) uint8 array, ``ndim`` 3) is the
+  fallback for frames that come in another format. For audio the same byte is the channel
+  layout (``LAYOUTS``).
 * **Link messages** on a connected Unix SOCK_SEQPACKET socket (the doorbell). Each message
   is one datagram whose first byte is its type:
   ``F`` a frame is ready in a slot, ``R`` a slot is given back, ``C`` a msgpack control map.
@@ -27,7 +32,7 @@ import numpy as np
 
 # --- segment layout -----------------------------------------------------------------------
 SEGMENT_MAGIC = b"RTCP"
-SEGMENT_VERSION = 1
+SEGMENT_VERSION = 2  # 2: video slots may hold I420 (a version-1 peer read every frame as RGB24)
 # magic, version, video_slots, video_slot_bytes, audio_slots, audio_slot_bytes
 SEGMENT_HEADER = struct.Struct("<4sHHIHI")
 SEGMENT_HEADER_BYTES = 64  # the header struct, padded so slots start cache-line aligned
@@ -52,6 +57,45 @@ DTYPE_CODES = {dt: i for i, dt in enumerate(DTYPES)}
 
 LAYOUTS = ("", "mono", "stereo")
 LAYOUT_CODES = {name: i for i, name in enumerate(LAYOUTS)}
+
+# video pixel formats, in a video slot's layout byte. RGB24 is 0, the byte every video slot
+# carried before I420 existed, so such a header still reads as what it holds.
+PIXFMT_RGB24 = 0  # (H, W, 3) uint8 interleaved RGB
+PIXFMT_I420 = 1  # yuv420p planar, BT.601 limited range: Y, U, V planes back to back
+PIXFMTS = ("rgb24", "i420")
+RGB24_CHANNELS = 3
+
+
+def chroma_size(height: int, width: int) -> tuple[int, int]:
+    """Rows and columns of an I420 frame's U (and V) plane: one sample per 2x2 pixels,
+    rounded up, as libvpx and FFmpeg's yuv420p have it for odd sizes."""
+    return (height + 1) // 2, (width + 1) // 2
+
+
+def video_nbytes(pixfmt: int, height: int, width: int) -> int:
+    """Payload bytes of a video frame of this size and pixel format."""
+    if pixfmt == PIXFMT_I420:
+        ch, cw = chroma_size(height, width)
+        return height * width + 2 * ch * cw
+    if pixfmt == PIXFMT_RGB24:
+        return height * width * RGB24_CHANNELS
+    raise WireError(f"unknown pixel format {pixfmt}")
+
+
+def i420_views(payload: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Views of an I420 payload (1-D uint8 of ``video_nbytes(PIXFMT_I420, ...)`` bytes):
+    ``(packed, y, u, v)``. ``packed`` is the (H * 3 / 2, W) array OpenCV's I420 conversions
+    take when both sizes are even (its U and V rows then pack two to a row), the 1-D
+    payload otherwise (OpenCV cannot take it as is)."""
+    ch, cw = chroma_size(height, width)
+    luma = height * width
+    chroma = ch * cw
+    y = payload[:luma].reshape(height, width)
+    u = payload[luma : luma + chroma].reshape(ch, cw)
+    v = payload[luma + chroma : luma + 2 * chroma].reshape(ch, cw)
+    even = not (height | width) & 1
+    packed = payload[: luma + 2 * chroma].reshape(height * 3 // 2, width) if even else payload
+    return packed, y, u, v
 
 
 @dataclass(slots=True)

@@ -80,7 +80,7 @@ def test_segment_header_round_trip_at_offset():
 
 def test_segment_magic_and_version_are_fixed():
     assert SEGMENT_MAGIC == b"RTCP"
-    assert SEGMENT_VERSION == 1
+    assert SEGMENT_VERSION == 2  # 2: video slots may hold I420
 
 
 # --- slot header ------------------------------------------------------------------------------
