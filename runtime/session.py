@@ -34,9 +34,17 @@ from runtime import constants as C
 from runtime.channel import FrameChannel, offer_link, worker_socket
 from runtime.encoder import use_gateway_encoder
 from runtime.jitter import release_video_on_marker, set_audio_prefetch
-from runtime.media import newest_frame, rgb_of, video_frame_of
+from runtime.media import (
+    I420_FORMAT,
+    EncoderFrame,
+    newest_frame,
+    plane_views,
+    rgb_of,
+    video_frame_of,
+)
 from runtime.wire import (
     OUTPUTS_STREAM,
+    PIXFMT_I420,
     ClearAudio,
     Close,
     Control,
@@ -80,6 +88,13 @@ class WorkerVideoTrack(MediaStreamTrack):
         self._session = session
         self._wake = asyncio.Event()
         self._last_pts = -1
+        # Reused for every I420 frame. Safe because the previous frame's encode is over when
+        # recv() runs again: aiortc's RTCRtpSender._next_encoded_frame awaits recv(), then
+        # awaits the encode (run_in_executor(encoder.encode)), and _run_rtp calls it again
+        # only after that; our encoder (runtime/encoder.py, aiortc's Vp8Encoder under it) and
+        # aiortc's H.264 one encode with no lag (lag-in-frames 0, x264 zerolatency), so
+        # libvpx/x264 have copied the picture before encode() returns and nothing keeps it.
+        self._encoder_frame = EncoderFrame()
 
     def wake(self) -> None:
         self._wake.set()
@@ -97,7 +112,12 @@ class WorkerVideoTrack(MediaStreamTrack):
                 continue
             await self._wake.wait()
         header, view = got
-        frame = video_frame_of(view)  # converts (so copies) out of the slot
+        if header.layout == PIXFMT_I420:
+            # the worker wrote the encoder's own layout: the planes are copied, not converted
+            _, y, u, v = session.channel.i420_planes(header)
+            frame = self._encoder_frame.fill(y, u, v)
+        else:
+            frame = video_frame_of(view)  # the RGB24 fallback form: converted (so copied)
         session.channel.release_video()
         # the encoder needs rising pts; a handler may emit several frames for one input
         pts = header.pts if header.pts > self._last_pts else self._last_pts + 1
@@ -476,18 +496,23 @@ class Session:
             return
 
     def _send_deferred_video(self) -> None:
-        """Convert and hand over the newest decoded frame, once the worker is ready for it.
-        One frame waits at the worker while its handler runs: a frame sent meanwhile would
-        only supersede it, so it waits here unconverted to RGB (that conversion and copy is
-        the gateway's largest per-frame cost after VP8) and goes when the worker takes the
-        waiting one."""
+        """Hand over the newest decoded frame, once the worker is ready for it. One frame
+        waits at the worker while its handler runs: a frame sent meanwhile would only
+        supersede it, so it waits here uncopied and goes when the worker takes the waiting
+        one. A yuv420p frame (what VP8 and H.264 decode to) is copied plane by plane into
+        the slot, no colour conversion here: the worker converts it for its handler."""
         frame = self._deferred_video
         channel = self.channel
         if frame is None or channel is None or channel.closed or channel.video_in_flight() >= VIDEO_IN_FLIGHT:
             return
         self._deferred_video = None
         tb = frame.time_base or Fraction(1, C.VIDEO_CLOCK_RATE)
-        channel.send_video(rgb_of(frame), frame.pts or 0, (tb.numerator, tb.denominator))
+        pts, time_base = frame.pts or 0, (tb.numerator, tb.denominator)
+        if frame.format.name == I420_FORMAT:
+            y, u, v = plane_views(frame)
+            channel.send_i420(y, u, v, pts, time_base)
+        else:
+            channel.send_video(rgb_of(frame), pts, time_base)  # another format: the RGB24 fallback
         self.frames_in += 1
         if channel.has_backlog:
             self._watch_backlog()

@@ -43,6 +43,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import cv2
 import numpy as np
 
 from runtime import constants as C
@@ -57,6 +58,7 @@ from runtime.channel import (
 from runtime.wire import (
     OUTPUTS_ADDITIONAL,
     OUTPUTS_STREAM,
+    PIXFMT_I420,
     STREAM_LENGTH,
     Args,
     ClearAudio,
@@ -69,6 +71,7 @@ from runtime.wire import (
     Ready,
     SlotHeader,
     WireError,
+    i420_views,
 )
 from workers.handlers import (
     WEBRTC_VALUE,
@@ -134,6 +137,72 @@ def as_rgb24(frame: Any) -> np.ndarray:
             a = a * 255.0
         a = np.clip(a, 0, 255).astype(np.uint8)
     return a
+
+
+class PixelConverter:
+    """I420 <-> (H, W, 3) uint8 RGB for one direction of a session's video, by OpenCV
+    (BT.601 limited range, what VP8 decodes to and encodes from).
+
+    OpenCV's I420 conversions take only even sizes. An odd-sized frame goes through an
+    even-sized scratch frame one row and/or column larger, kept for the next frame of that
+    size: its chroma planes are exactly the odd frame's (ceil(H/2) x ceil(W/2)), so only
+    the luma (or RGB) is placed in its top-left corner and the extra row/column is cut off
+    afterwards. A lock, since an AudioVideoStreamHandler's threads may send video at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._size: tuple[int, int] = (0, 0)  # (H, W) of the odd frames the scratch is for
+        self._i420: tuple[np.ndarray, ...] = ()  # (packed, y, u, v) of the even scratch frame
+        self._rgb: np.ndarray | None = None  # (H + H % 2, W + W % 2, 3) scratch RGB
+
+    def _scratch(self, height: int, width: int) -> None:
+        if self._size == (height, width):
+            return
+        even_h, even_w = height + (height & 1), width + (width & 1)
+        packed = np.zeros((even_h * 3 // 2, even_w), np.uint8)
+        self._i420 = i420_views(packed.reshape(-1), even_h, even_w)
+        self._rgb = np.zeros((even_h, even_w, 3), np.uint8)
+        self._size = (height, width)
+
+    def to_rgb(self, packed: np.ndarray, y: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """A new (H, W, 3) uint8 RGB array (the handler's to keep or modify) of the I420
+        frame whose views (``wire.i420_views``) are given."""
+        height, width = y.shape
+        if not (height | width) & 1:
+            return cv2.cvtColor(packed, cv2.COLOR_YUV2RGB_I420)
+        with self._lock:
+            self._scratch(height, width)
+            even, ey, eu, ev = self._i420
+            ey[:height, :width] = y  # the extra row/column's luma only reaches pixels cut off below
+            eu[...] = u
+            ev[...] = v
+            rgb = cv2.cvtColor(even, cv2.COLOR_YUV2RGB_I420, dst=self._rgb)
+            return np.ascontiguousarray(rgb[:height, :width])  # a copy: the scratch is reused
+
+    def to_i420(self, rgb: np.ndarray, packed: np.ndarray, y: np.ndarray, u: np.ndarray, v: np.ndarray) -> None:
+        """Write an (H, W, 3) uint8 RGB array into the I420 views given (a slot's)."""
+        height, width = y.shape
+        if not (height | width) & 1:
+            out = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420, dst=packed)
+            if out is not packed:  # OpenCV made its own array (it never has here): copy it in
+                np.copyto(packed, out)
+            return
+        with self._lock:
+            self._scratch(height, width)
+            even, ey, eu, ev = self._i420
+            scratch = self._rgb
+            assert scratch is not None
+            scratch[:height, :width] = rgb
+            # the extra row/column repeats the edge, so a 2x2 block's chroma stays the edge's
+            # whichever of its pixels OpenCV samples (it takes the top-left one today)
+            scratch[:height, width:] = rgb[:, width - 1 :]
+            scratch[height:, :] = scratch[height - 1 : height, :]
+            out = cv2.cvtColor(scratch, cv2.COLOR_RGB2YUV_I420, dst=even)
+            if out is not even:
+                np.copyto(even, out)
+            np.copyto(y, ey[:height, :width])
+            np.copyto(u, eu)
+            np.copyto(v, ev)
 
 
 class Worker:
@@ -365,6 +434,9 @@ class Session:
         self.audio_in_dropped = 0
         self.audio_out_until = 0.0  # monotonic time up to which audio has been sent
         self.video_pts = 0
+        # one per direction, so a handler thread sending video never waits for the reader's
+        self.pixels_in = PixelConverter()
+        self.pixels_out = PixelConverter()
         self._last_error = ""
         self._last_error_at = 0.0
         self._errors_held = 0
@@ -612,9 +684,15 @@ class Session:
         if got is None:
             return self._next_input(audio, video)
         header, view = got
-        # a copy, so a handler may modify or keep its frame, as with gradio_webrtc
-        frame = view.copy()
-        ch.release_video()
+        # a new array either way, so a handler may modify or keep its frame, as with
+        # gradio_webrtc: the conversion from I420 replaces the copy that RGB24 needs
+        try:
+            if header.layout == PIXFMT_I420:
+                frame = self.pixels_in.to_rgb(*ch.i420_planes(header))
+            else:
+                frame = view.copy()
+        finally:
+            ch.release_video()
         return header, frame
 
     def _video_function_loop(self) -> None:
@@ -950,14 +1028,31 @@ class Session:
         if self.sends_video:
             frame = as_rgb24(out)
             if header is not None:
-                self.channel.send_video(frame, header.pts, (header.time_base_num, header.time_base_den))
+                self._send_video(frame, header.pts, (header.time_base_num, header.time_base_den))
             else:
                 # stamped when produced: a receiver plays frames out by their timestamps, and
                 # a video_emit() or generator may well run below DEFAULT_OUTPUT_FPS
                 pts = int((time.monotonic() - self.video_t0) * C.VIDEO_CLOCK_RATE)
                 self.video_pts = max(pts, self.video_pts + 1)
-                self.channel.send_video(frame, self.video_pts)
+                self._send_video(frame, self.video_pts)
         return False
+
+    def _send_video(self, rgb: np.ndarray, pts: int, time_base: tuple[int, int] = (1, C.VIDEO_CLOCK_RATE)) -> bool:
+        """An RGB frame into a slot as I420, converted in place (the gateway's encoder takes
+        the planes as they are). False if it was dropped."""
+        ch = self.channel
+        height, width = rgb.shape[:2]
+        if not height or not width:
+            return False  # an empty picture: no encoder takes it
+        slot = ch.reserve_video(height, width, PIXFMT_I420)
+        if slot is None:
+            return False
+        try:
+            self.pixels_out.to_i420(rgb, *ch.tx.i420(slot, height, width))
+        except BaseException:
+            ch.cancel_video(slot)
+            raise
+        return ch.commit_video(slot, height, width, PIXFMT_I420, pts, time_base)
 
     def _send_audio(self, out: tuple[Any, ...]) -> None:
         rate, samples, layout = as_audio(out)
