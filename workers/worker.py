@@ -177,7 +177,9 @@ class PixelConverter:
             eu[...] = u
             ev[...] = v
             rgb = cv2.cvtColor(even, cv2.COLOR_YUV2RGB_I420, dst=self._rgb)
-            return np.ascontiguousarray(rgb[:height, :width])  # a copy: the scratch is reused
+            # always a copy: the scratch is reused (test-found: np.ascontiguousarray gave back
+            # the scratch itself when only the height was odd, as that crop is contiguous)
+            return rgb[:height, :width].copy()
 
     def to_i420(self, rgb: np.ndarray, packed: np.ndarray, y: np.ndarray, u: np.ndarray, v: np.ndarray) -> None:
         """Write an (H, W, 3) uint8 RGB array into the I420 views given (a slot's)."""
