@@ -9,6 +9,10 @@ ownership checks and everything above them are one code path for both forms. Own
 the producer writes a free slot and sends ``F``; the consumer sends ``R`` when it is done.
 No shared counters, so no atomics are needed: the kernel's message order is the barrier.
 
+Video crosses in the decoder's I420 (``send_i420``, or ``reserve_video``/``commit_video`` to
+write a slot in place), half the bytes of RGB24 (``send_video``), which stays as the fallback
+form; both forms of the link carry the slot as written.
+
 Video is latest-frame-wins: a frame that arrives while an older one still waits is kept
 and the older slot is given back at once (counted in ``stats.video_superseded``), so the
 consumer always takes the newest frame and latency stays at about one handler call. A
