@@ -622,11 +622,12 @@ def _initial_value(component: Any) -> Any:
 
 
 def _stream_outputs_fetcher(gateway: Any, count: int) -> Callable[..., Any]:
-    # async, so it runs on the server's event loop, where the gateway's sessions live
+    # async, so it runs on the server's event loop, where the gateway's sessions live (or
+    # the forwarding to the media process that holds the session, a Ray call, is awaited)
     async def fetch_stream_outputs(webrtc_id: Any) -> Any:
         if not isinstance(webrtc_id, str) or not webrtc_id:
             return gr.skip()  # not streaming (yet)
-        got = gateway.next_output(webrtc_id, OUTPUTS_STREAM)
+        got = await gateway.anext_output(webrtc_id, OUTPUTS_STREAM)
         if got is None:
             return gr.skip()  # this fetch_output was for an AdditionalOutputs
         return got[0] if count == 1 else tuple(got)
@@ -638,7 +639,7 @@ def _additional_outputs_fetcher(gateway: Any, fn: Callable[..., Any]) -> Callabl
     # async, so the queue is read on the server's event loop, where the gateway's sessions
     # live; the user's sync fn then runs on a thread, never blocking that loop
     async def fetch_additional_outputs(webrtc_id: Any, *values: Any) -> Any:
-        got = gateway.next_output(webrtc_id) if isinstance(webrtc_id, str) and webrtc_id else None
+        got = await gateway.anext_output(webrtc_id) if isinstance(webrtc_id, str) and webrtc_id else None
         if got is None:
             return gr.skip()  # this fetch_output was for the stream's own outputs
         if inspect.iscoroutinefunction(fn):
@@ -661,12 +662,13 @@ def _stream_id(api_name: Any, concurrency_id: Any) -> str | None:
 
 
 def _args_pusher(gateway: Any) -> Callable[..., Any]:
-    # async, so it runs on the server's event loop, where the gateway's sessions live
+    # async, so it runs on the server's event loop, where the gateway's sessions live (or
+    # the forwarding to the media process that holds the session, a Ray call, is awaited)
     async def push_webrtc_args(webrtc_id: Any, *values: Any) -> None:
         if not isinstance(webrtc_id, str) or not webrtc_id:
             return  # not streaming (yet): the worker starts with the inputs' initial values
         try:
-            gateway.set_args(webrtc_id, list(values))
+            await gateway.aset_args(webrtc_id, list(values))
         except HTTPError:
             pass  # the session ended (or never started) while the event was on its way
 

@@ -310,6 +310,9 @@ def collect_status(
     """One view of a deployment: every Ray node with the rtcpool workers on it (busy ones
     carry a session), and each stream's slots. ``nodes`` is ``ray.nodes()``."""
     events = (scheduler_status or {}).get("events", {})
+    media_by_node: dict[str, list[dict[str, Any]]] = {}
+    for m in (scheduler_status or {}).get("media", []):
+        media_by_node.setdefault(m.get("node_id") or "", []).append(m)
     by_node: dict[str, list[dict[str, Any]]] = {}
     for event_id, ev in events.items():
         for w in ev["workers"]:
@@ -328,6 +331,7 @@ def collect_status(
                 "head": HEAD_NODE_RESOURCE in resources,
                 "resources": {k: v for k, v in resources.items() if not k.startswith("node:")},
                 "workers": by_node.pop(n["NodeID"], []),
+                "media": media_by_node.pop(n["NodeID"], []),
             }
         )
     for node_id, workers in by_node.items():  # workers on a node Ray no longer lists
@@ -340,6 +344,7 @@ def collect_status(
                 "head": False,
                 "resources": {},
                 "workers": workers,
+                "media": media_by_node.pop(node_id, []),
             }
         )
     return {
@@ -369,6 +374,13 @@ def format_status(view: dict[str, Any]) -> str:
         lines.append(
             f"node {n['node_id'][:SHORT_ID_CHARS]}{role} {n['host']} ({n['ip']}) {state}: {res}"
         )
+        media = n.get("media", [])
+        if media:
+            lines.append(f"  {len(media)} media process(es)")
+        for m in sorted(media, key=lambda m: (m["in_app"], m["pid"] or 0)):
+            where = "the app's process" if m["in_app"] else f"beside {m['front_id']}"
+            cpu = "" if m.get("cpu_percent") is None else f", CPU {m['cpu_percent']:.0f}%, loop lag {m['loop_lag_ms']:.0f} ms"
+            lines.append(f"    pid {m['pid']} ({where}): {m['sessions']} session(s){cpu}")
         busy = sum(1 for w in n["workers"] if w["busy"])
         lines.append(f"  {len(n['workers'])} worker(s), {busy} in a session")
         for w in sorted(n["workers"], key=lambda w: (w["event_id"], w["pid"])):

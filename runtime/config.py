@@ -29,6 +29,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ByteSize,
     ConfigDict,
     Field,
@@ -179,9 +180,29 @@ class RayConfig(_Strict):
         return kwargs
 
 
+def _check_processes(value: Any) -> Any:
+    """``gateway.processes``: "auto" or a whole number 1-MAX_MEDIA_PROCESSES (one message,
+    not pydantic's one per member of the union)."""
+    if value == "auto":
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)  # from RTCPOOL_GATEWAY__PROCESSES or --set
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= C.MAX_MEDIA_PROCESSES:
+        raise ValueError(f"must be 'auto' or a whole number of media processes from 1 to {C.MAX_MEDIA_PROCESSES}, got {value!r}")
+    return value
+
+
 class GatewayConfig(_Strict):
     host: str = Field("127.0.0.1", min_length=1)
     port: int = Field(7860, ge=0, le=65535)
+    processes: Annotated[int | Literal["auto"], BeforeValidator(_check_processes)] = Field(
+        "auto",
+        description=(
+            "media processes on this host: 1 = the app's own process carries media (as on a "
+            "laptop); N >= 2 = N media processes beside it, the app's process keeps signalling; "
+            "auto = 1 below 4 cores, else one per 2 cores (at least 2)"
+        ),
+    )
     ice_servers: list[IceServer] = Field(default_factory=list)
     ice_host_addresses: list[IPAddress] = Field(
         default_factory=list,
@@ -211,10 +232,26 @@ class GatewayConfig(_Strict):
         le=16,
         description="libvpx speed of the gateway's VP8 encoder (runtime/encoder.py): 6 is aiortc's; higher is faster and worse",
     )
+    def media_processes(self, cores: int | None = None) -> int:
+        """``processes`` as a count: ``auto`` reads this host's cores (see media_processes_for)."""
+        if self.processes != "auto":
+            return self.processes
+        return media_processes_for(cores if cores is not None else (os.cpu_count() or 1))
+
     vp8_denoise: bool = Field(
         C.VP8_DENOISE,
         description="libvpx's temporal denoiser on the gateway's encoder: off, since it encodes processed frames, not a webcam",
     )
+
+
+def media_processes_for(cores: int) -> int:
+    """What ``gateway.processes: auto`` means on a host of ``cores``: one media process per
+    AUTO_CORES_PER_MEDIA_PROCESS cores (the rest is for workers and the system), at least 2;
+    on a small host the app's own process alone, where a second process only adds a hop
+    (measured: scripts/bench_gateway.py)."""
+    if cores < C.AUTO_MEDIA_MIN_CORES:
+        return 1
+    return max(2, min(C.MAX_MEDIA_PROCESSES, cores // C.AUTO_CORES_PER_MEDIA_PROCESS))
 
 
 class PoolConfig(_Strict):

@@ -21,6 +21,13 @@ DEFAULT_OUTPUT_FPS = 30.0  # pace of server-generated video when a generator giv
 VP8_SPEED = 6  # libvpx cpu-used of the gateway's VP8 encoder (aiortc's value); 0-16, higher is faster
 VP8_DENOISE = False  # libvpx's temporal denoiser on the gateway's encoder (aiortc turns it on)
 
+# --- media processes ------------------------------------------------------------------
+MAX_MEDIA_PROCESSES = 64  # gateway.processes at most, per host
+AUTO_MEDIA_MIN_CORES = 4  # gateway.processes: auto on fewer cores = the app's process alone
+AUTO_CORES_PER_MEDIA_PROCESS = 2  # gateway.processes: auto = one media process per this many cores
+MEDIA_POLL_S = 1.0  # how often a front reads its media processes' load (and sees one die)
+MEDIA_START_TIMEOUT_S = 60.0  # a media process not started by then is killed and retried
+
 # --- signalling limits ----------------------------------------------------------------
 MAX_OFFER_BYTES = 64 * 1024  # largest POST /webrtc/offer body; real SDP offers are < 10 KiB
 MAX_INPUT_BYTES = 1024 * 1024  # largest body on the input route

@@ -1,75 +1,64 @@
-"""The gateway: signalling routes, sessions, and the link to the scheduler.
+"""The gateway's front: signalling routes, stream registrations, and placement.
 
-One ``Gateway`` per process. It is framework-agnostic: :meth:`Gateway.mount` adds its routes
-to any FastAPI app (the Gradio app included), at the app's root:
+One ``Gateway`` per app process. It is framework-agnostic: :meth:`Gateway.mount` adds its
+routes to any FastAPI app (the Gradio app included), at the app's root:
 
 * ``POST /webrtc/offer`` -- fastrtc's offer and trickle-candidate body;
 * ``GET  /webrtc/streams`` -- the stream events this app serves;
+* ``GET  /webrtc/sessions`` -- the live sessions of this gateway (no ids: they are keys);
 * ``POST /webrtc/input`` -- set a session's additional inputs (apps without Gradio);
 * ``POST /webrtc/close`` -- the client hangs up: ``{"webrtc_id"}`` ends that session;
 * ``GET  /webrtc/outputs?webrtc_id=`` -- server-sent events with its AdditionalOutputs.
 
-Handlers never run here: the gateway leases a worker from the scheduler for each session.
+Where media runs is ``gateway.processes``: with 1 the app's process holds the sessions itself
+(a :class:`runtime.engine.MediaEngine` on the app's event loop); with N >= 2 it starts N media
+processes on its node (runtime/media_process.py), places each offer on the least loaded one
+and keeps signalling only. Per-session requests reach the engine that holds the session
+wherever it is: this process, one of its media processes, or a media process another gateway
+of the deployment started (the scheduler's session directory says which), so a plain
+load balancer in front of several gateways needs no stickiness.
+
+Handlers never run here: an engine leases a worker from the scheduler for each session.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
 import math
 import os
-import re
 import threading
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from runtime import constants as C
-from runtime.channel import Geometry
 from runtime.config import Config, load_config
+from runtime.engine import EngineLoad, MediaEngine, StreamEvent, check_id, check_sdp
+from runtime.errors import HTTPError, Refusal
 from runtime.ice import pin_host_addresses
 from runtime.scheduler import EventSpec, PoolSpec, get_scheduler
-from runtime.session import OUTPUTS_QUEUE_MAX, Session, WorkerGone
-from runtime.wire import OUTPUTS_ADDITIONAL, OUTPUTS_STREAM
+from runtime.session import Session
+from runtime.wire import OUTPUTS_ADDITIONAL
 from workers.handlers import StreamHandlerBase
 from workers.loader import StreamOutputs, app_file_of, make_spec
 
 log = logging.getLogger("rtcpool.gateway")
 
-WEBRTC_ID_RE = re.compile(rf"^[A-Za-z0-9_.:-]{{1,{C.MAX_WEBRTC_ID_CHARS}}}$")
 MODES = ("send-receive", "send", "receive")
 MODALITIES = ("video", "audio", "audio-video")
 SSE_KEEPALIVE_S = 15.0  # comment line on an idle outputs stream, so proxies keep it open
-OUTPUTS_GRACE_S = 30.0  # a session's unfetched AdditionalOutputs are kept this long after it ends
+PLACED_CACHE_MAX = 4096  # sessions whose media process this front remembers (else: the directory)
+FORWARD_TIMEOUT_S = C.RAY_CALL_TIMEOUT_S  # a forwarded per-session call not answered by then fails
+OFFER_FORWARD_TIMEOUT_S = C.LEASE_TIMEOUT_S + C.RAY_CALL_TIMEOUT_S + C.WORKER_CONNECT_TIMEOUT_S + C.RAY_CALL_TIMEOUT_S
 
-
-@dataclass
-class StreamEvent:
-    """A stream event: one handler, its media shape and its limits."""
-
-    event_id: str
-    handler: Any
-    mode: str = "send-receive"
-    modality: str = "video"
-    concurrency_limit: int | None = 1
-    time_limit: float | None = None
-    initial_args: list[Any] = field(default_factory=list)
-    index: int = 0
-    stream_every: float | None = None
-    outputs: StreamOutputs = field(default_factory=StreamOutputs)
-
-    @property
-    def has_video(self) -> bool:
-        return self.modality in ("video", "audio-video")
-
-    @property
-    def has_audio(self) -> bool:
-        return self.modality in ("audio", "audio-video")
+__all__ = ["Gateway", "HTTPError", "StreamEvent", "MODES", "MODALITIES", "check_stream_options"]
 
 
 def check_stream_options(handler: Any, stream_every: Any, outputs: StreamOutputs | None) -> None:
@@ -93,20 +82,19 @@ def check_stream_options(handler: Any, stream_every: Any, outputs: StreamOutputs
         )
 
 
-class HTTPError(Exception):
-    def __init__(self, status: int, error: str, message: str, headers: dict[str, str] | None = None, meta: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error = error
-        self.message = message
-        self.headers = headers or {}
-        self.meta = meta
+@dataclass
+class MediaSlot:
+    """One of this front's media processes: its actor and its last measured load. ``placed``
+    counts offers sent since that reading, so a burst of offers spreads out."""
 
-    def body(self) -> dict[str, Any]:
-        meta = {"error": self.error, "message": self.message}
-        if self.meta:
-            meta.update(self.meta)
-        return {"status": "failed", "meta": meta}
+    index: int
+    engine_id: str
+    actor: Any
+    load: EngineLoad
+    placed: int = 0
+
+    def score(self) -> float:
+        return self.load.score() + self.placed
 
 
 class Gateway:
@@ -114,16 +102,33 @@ class Gateway:
         self.config = config or load_config()
         self.gateway_id = f"gw-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.events: dict[str, StreamEvent] = {}
-        self.sessions: dict[str, Session] = {}
-        self.geometry = Geometry(video_slot_bytes=64 + self.config.gateway.max_frame_pixels * 3)
+        # the engine of this process: it holds the sessions with processes: 1; with media
+        # processes it holds none, and its heartbeat keeps the front's hold on its pools
+        self.engine = MediaEngine(self.config, self.gateway_id)
+        self.processes = self.config.gateway.media_processes()
+        self.media: list[MediaSlot] = []
+        self._placed: collections.OrderedDict[str, MediaSlot] = collections.OrderedDict()
         self.scheduler: Any = None
-        self.node_id = ""  # this process's Ray node, once started: workers elsewhere get TCP
+        self.node_id = ""
         self._started = False
         self._start_lock = threading.Lock()
-        self._heartbeat: threading.Thread | None = None
-        self._heartbeat_stop = threading.Event()
-        # unfetched outputs of ended sessions, by (webrtc_id, kind)
-        self._ended_outputs: dict[tuple[str, str], asyncio.Queue[list[Any]]] = {}
+        self._media_lock = threading.Lock()
+        self._supervisor: threading.Thread | None = None
+        self._supervisor_stop = threading.Event()
+
+    # the engine's state, as the gateway had it before media processes (tests, benchmarks)
+    @property
+    def sessions(self) -> dict[str, Session]:
+        return self.engine.sessions
+
+    @property
+    def geometry(self) -> Any:
+        return self.engine.geometry
+
+    @property
+    def in_app(self) -> bool:
+        """Whether this process carries the media itself (gateway.processes: 1)."""
+        return self.processes == 1
 
     # --- set-up ------------------------------------------------------------------------------
 
@@ -178,10 +183,12 @@ class Gateway:
         self.events[event_id] = event
         if self._started:
             self._register(event)
+            self._send_events()
         return event
 
     def start(self) -> None:
-        """Connect to (or start) Ray and register every stream event. Idempotent; blocking."""
+        """Connect to (or start) Ray, register every stream event, start the media processes.
+        Idempotent; blocking."""
         with self._start_lock:
             if self._started:
                 return
@@ -199,22 +206,41 @@ class Gateway:
             for event in self.events.values():
                 self._register(event)
             self._warn_unknown_streams()
+            eng = self.engine
+            eng.scheduler, eng.node_id = self.scheduler, self.node_id
+            eng.events = self.events
+            eng.on_unknown_event = self._register_again
+            eng.on_scheduler_died = self._replace_scheduler
+            eng.start_heartbeat()
+            if not self.in_app:
+                self._start_media()
             self._started = True
-            self._start_heartbeat()
 
     def _replace_scheduler(self, dead: Any) -> None:
         """The scheduler actor died (its node or process): find or start a new one and
         register this gateway's streams with it. Leases of the dead one are unknown to the
         new one, so the heartbeat ends their sessions, as for any reclaimed lease: the new
         scheduler could not count them against concurrency_limit. Blocking."""
-        with self._start_lock:
+        with self._start_lock if not self._start_lock.locked() else contextlib.nullcontext():
             if self.scheduler is not dead:
                 return  # another caller replaced it already
             rc = self.config.ray
             log.warning("the scheduler died: starting a new one, registering %d stream(s) again", len(self.events))
-            self.scheduler = get_scheduler(detached=rc.detached_scheduler, namespace=rc.namespace, replace=True)
+            self.scheduler = self.engine.scheduler = get_scheduler(
+                detached=rc.detached_scheduler, namespace=rc.namespace, replace=True
+            )
             for event in self.events.values():
                 self._register(event)
+
+    def _register_again(self, event_id: str) -> None:
+        # dropped while this gateway was taken for gone (silent past the TTL)
+        event = self.events.get(event_id)
+        if event is not None:
+            log.warning("the scheduler forgot stream event %r: registering it again", event_id)
+            try:
+                self._register(event)
+            except Exception as exc:
+                log.warning("registering %r again failed: %s", event_id, exc)
 
     def _warn_unknown_streams(self) -> None:
         """``streams.<id>`` keys that match no stream event are most likely a typo or an id
@@ -258,6 +284,93 @@ class Gateway:
         refs = [self.scheduler.wait_warm.remote(eid, timeout) for eid in self.events]
         ray.get(refs, timeout=timeout + C.RAY_CALL_TIMEOUT_S)
 
+    # --- media processes -----------------------------------------------------------------------
+
+    def _start_media(self) -> None:
+        """Start the media processes (blocking), then the thread that watches them."""
+        slots = [self._launch_media(i) for i in range(self.processes)]
+        for slot in slots:
+            self._await_media(slot)
+        self.media = slots
+        log.info("%d media processes: pids %s", len(slots), ", ".join(str(s.load.pid) for s in slots))
+        self._supervisor_stop.clear()
+        self._supervisor = threading.Thread(target=self._supervise, name="rtcpool-media", daemon=True)
+        self._supervisor.start()
+
+    def _launch_media(self, index: int) -> MediaSlot:
+        from runtime.media_process import start_media_process
+
+        engine_id = f"{self.gateway_id}-m{index}-{uuid.uuid4().hex[:4]}"
+        actor = start_media_process(self.config, engine_id, self.node_id)
+        return MediaSlot(index, engine_id, actor, EngineLoad(engine_id, 0, self.node_id, 0, 0.0, 0.0))
+
+    def _await_media(self, slot: MediaSlot) -> None:
+        """Give a new media process the events and wait for it; tell the scheduler (which
+        watches it from then on). A process that does not start in time is killed."""
+        import ray
+
+        events = [e.media_only() for e in self.events.values()]
+        try:
+            slot.load = ray.get(slot.actor.start.remote(events), timeout=C.MEDIA_START_TIMEOUT_S)
+        except Exception:
+            with contextlib.suppress(Exception):
+                ray.kill(slot.actor, no_restart=True)
+            raise
+        ray.get(
+            self.scheduler.register_media.remote(slot.engine_id, slot.actor, self.gateway_id, self.node_id, slot.load.pid),
+            timeout=C.RAY_CALL_TIMEOUT_S,
+        )
+
+    def _send_events(self) -> None:
+        """A stream added after start: the media processes learn it (blocking)."""
+        import ray
+
+        events = [e.media_only() for e in self.events.values()]
+        refs = [s.actor.set_events.remote(events) for s in self.media]
+        with contextlib.suppress(Exception):  # a dead one gets them when it is replaced
+            ray.get(refs, timeout=C.RAY_CALL_TIMEOUT_S)
+
+    def _supervise(self) -> None:
+        """Read each media process's load every MEDIA_POLL_S; replace one that died. Its
+        sessions are gone with it (the scheduler has given their leases back already);
+        the others do not notice."""
+        import ray
+        from ray.exceptions import ActorDiedError, GetTimeoutError
+
+        while not self._supervisor_stop.wait(C.MEDIA_POLL_S):
+            for slot in list(self.media):
+                try:
+                    slot.load = ray.get(slot.actor.load.remote(), timeout=C.RAY_CALL_TIMEOUT_S)
+                    slot.placed = 0
+                except GetTimeoutError:
+                    log.warning("media process %s (pid %s) did not report its load", slot.engine_id, slot.load.pid)
+                except ActorDiedError as exc:
+                    if self._supervisor_stop.is_set():
+                        return
+                    log.warning("media process %s (pid %s) died: %s; starting another", slot.engine_id, slot.load.pid, str(exc).splitlines()[0])
+                    self._replace_media(slot)
+                except Exception as exc:
+                    log.warning("media process %s: %s", slot.engine_id, exc)
+
+    def _replace_media(self, dead: MediaSlot) -> None:
+        with self._media_lock:
+            for key in [k for k, v in self._placed.items() if v is dead]:
+                del self._placed[key]
+            try:
+                slot = self._launch_media(dead.index)
+                self._await_media(slot)
+            except Exception as exc:
+                log.warning("starting a media process failed: %s; trying again at the next poll", exc)
+                return
+            self.media = [slot if s is dead else s for s in self.media]
+
+    def _least_loaded(self) -> MediaSlot:
+        if not self.media:
+            raise HTTPError(503, "no_media_process", "no media process is running")
+        slot = min(self.media, key=MediaSlot.score)
+        slot.placed += 1
+        return slot
+
     # --- routes ------------------------------------------------------------------------------
 
     def mount(self, app: Any) -> None:
@@ -276,14 +389,7 @@ class Gateway:
             return JSONResponse({"streams": [{"stream_id": e.event_id, "mode": e.mode, "modality": e.modality, "concurrency_limit": e.concurrency_limit, "time_limit": e.time_limit} for e in gw.events.values()]})
 
         async def sessions() -> JSONResponse:
-            # no webrtc_id: it is the key to a session's inputs and outputs
-            return JSONResponse(
-                [
-                    {"event_id": s.event.event_id, "worker_pid": s.worker_pid, "worker_node_id": s.lease.get("node_id", ""), "transport": s.transport}
-                    for s in gw.sessions.values()
-                    if s is not None and not s.closed  # None: an offer still being answered
-                ]
-            )
+            return JSONResponse(await gw.sessions_view())
 
         async def set_input(request: Request) -> JSONResponse:
             try:
@@ -292,7 +398,7 @@ class Gateway:
                 args = body.get("args")
                 if not isinstance(args, list):
                     raise HTTPError(400, "bad_request", "'args' must be a list of the stream's input values")
-                gw.set_args(_check_id(webrtc_id), args)
+                await gw.aset_args(check_id(webrtc_id), args)
                 return JSONResponse({"status": "success"})
             except HTTPError as err:
                 return JSONResponse(err.body(), status_code=err.status)
@@ -301,31 +407,23 @@ class Gateway:
             # the client hangs up (the page's Stop): the slot is free now, not at a timeout
             try:
                 body = await _read_json(request, C.MAX_INPUT_BYTES)
-                await gw.close_session(_check_id(body.get("webrtc_id")))
+                await gw.close_session(check_id(body.get("webrtc_id")))
                 return JSONResponse({"status": "success"})
             except HTTPError as err:
                 return JSONResponse(err.body(), status_code=err.status)
 
         async def outputs(webrtc_id: str) -> Any:
-            session = gw.sessions.get(webrtc_id)
-            if session is None:
-                return JSONResponse(HTTPError(404, "unknown_webrtc_id", f"no session {webrtc_id!r}").body(), status_code=404)
-
-            queue: asyncio.Queue[list[Any]] = asyncio.Queue(OUTPUTS_QUEUE_MAX)
-            session.subscribers.append(queue)
+            try:
+                stream = await gw.output_stream(webrtc_id)
+            except HTTPError as err:
+                return JSONResponse(err.body(), status_code=err.status)
 
             async def events() -> Any:
-                try:
-                    while not session.closed or not queue.empty():
-                        try:
-                            values = await asyncio.wait_for(queue.get(), SSE_KEEPALIVE_S)
-                        except asyncio.TimeoutError:
-                            yield ": keep-alive\n\n"
-                            continue
+                async for values in stream:
+                    if values is None:
+                        yield ": keep-alive\n\n"
+                    else:
                         yield f"event: output\ndata: {json.dumps(values, default=_jsonable)}\n\n"
-                finally:
-                    if queue in session.subscribers:
-                        session.subscribers.remove(queue)
 
             return StreamingResponse(events(), media_type="text/event-stream")
 
@@ -349,75 +447,55 @@ class Gateway:
     async def handle_offer(self, body: dict[str, Any]) -> dict[str, Any]:
         kind = body.get("type")
         if kind == "ice-candidate":
-            return await self._add_candidate(body)
+            webrtc_id = check_id(body.get("webrtc_id"))
+            owner = await self._owner(webrtc_id)
+            if isinstance(owner, MediaEngine):
+                await owner.add_candidate(webrtc_id, body.get("candidate"))
+            else:
+                _raise(await self._call(owner.actor.candidate.remote(webrtc_id, body.get("candidate"))))
+            return {"status": "success"}
         if kind != "offer":
             raise HTTPError(400, "bad_request", "'type' must be 'offer' or 'ice-candidate'")
-        webrtc_id = _check_id(body.get("webrtc_id"))
-        sdp = body.get("sdp")
-        if not isinstance(sdp, str) or not sdp.startswith("v=0") or "\nm=" not in sdp:
-            raise HTTPError(400, "bad_sdp", "'sdp' must be an SDP offer (starting 'v=0', with media sections)")
+        webrtc_id = check_id(body.get("webrtc_id"))
+        sdp = check_sdp(body.get("sdp"))
         event = self._pick_event(body.get("stream_id"))
-        if webrtc_id in self.sessions:
-            raise HTTPError(409, "duplicate_webrtc_id", f"a session {webrtc_id!r} is already active")
-        # reserve the id before any wait (Ray's start-up too): a second offer with it meanwhile
-        # is a duplicate, and a close for it finds it pending rather than unknown
-        self.sessions[webrtc_id] = None  # type: ignore[assignment]
-        try:
-            if not self._started:
+        if not self._started:
+            if self.in_app:
+                # reserve the id before Ray's start-up: a second offer with it meanwhile is
+                # a duplicate, and a close for it finds it pending rather than unknown
+                if webrtc_id in self.engine.sessions:
+                    raise HTTPError(409, "duplicate_webrtc_id", f"a session {webrtc_id!r} is already active")
+                self.engine.sessions[webrtc_id] = None  # type: ignore[assignment]
+                try:
+                    await asyncio.get_running_loop().run_in_executor(None, self.start)
+                finally:
+                    if self.engine.sessions.get(webrtc_id) is None:
+                        self.engine.sessions.pop(webrtc_id, None)
+            else:
                 await asyncio.get_running_loop().run_in_executor(None, self.start)
-            return await self._open_session(event, webrtc_id, sdp)
-        finally:
-            if self.sessions.get(webrtc_id) is None:
-                self.sessions.pop(webrtc_id, None)
+        if self.in_app:
+            return await self.engine.offer(event.event_id, webrtc_id, sdp)
+        if webrtc_id in self._placed:
+            raise HTTPError(409, "duplicate_webrtc_id", f"a session {webrtc_id!r} is already active")
+        slot = self._least_loaded()
+        # remembered before the call: a hang-up or a candidate for this offer meanwhile
+        # goes to the process answering it
+        self._remember(webrtc_id, slot)
+        try:
+            answer = await self._call(slot.actor.offer.remote(event.event_id, webrtc_id, sdp), OFFER_FORWARD_TIMEOUT_S)
+        except BaseException:
+            self._placed.pop(webrtc_id, None)
+            raise
+        if isinstance(answer, Refusal):
+            self._placed.pop(webrtc_id, None)
+            raise answer.error_()
+        return answer
 
-    async def _open_session(self, event: StreamEvent, webrtc_id: str, sdp: str) -> dict[str, Any]:
-        for attempt in range(2):  # one retry: an idle worker may have died since the lease
-            lease = await self._acquire(event, webrtc_id)
-            session = Session(self, event, webrtc_id, lease)
-            try:
-                answer = await session.start(sdp, "offer")
-            except WorkerGone as exc:
-                log.warning("session %s: %s", webrtc_id, exc)
-                await session.aclose("worker unavailable")
-                if attempt == 0:
-                    continue
-                raise HTTPError(503, "worker_unavailable", str(exc)) from exc
-            except Exception as exc:
-                await session.aclose(f"offer failed: {exc}")
-                raise HTTPError(400, "bad_sdp", f"the offer could not be answered: {exc}") from exc
-            self.sessions[webrtc_id] = session
-            return {"sdp": answer.sdp, "type": answer.type}
-        raise AssertionError("unreachable")
-
-    async def _acquire(self, event: StreamEvent, webrtc_id: str) -> dict[str, Any]:
-        from ray.exceptions import ActorDiedError
-
-        for attempt in range(2):  # once more with a new scheduler, if the one held has died
-            scheduler = self.scheduler
-            try:
-                lease = await asyncio.wait_for(
-                    scheduler.acquire.remote(event.event_id, self.gateway_id, webrtc_id),
-                    C.LEASE_TIMEOUT_S + C.RAY_CALL_TIMEOUT_S,
-                )
-                break
-            except ActorDiedError as exc:
-                if attempt:
-                    raise HTTPError(503, "scheduler_unavailable", f"the scheduler did not answer: {exc}") from exc
-                await asyncio.get_running_loop().run_in_executor(None, self._replace_scheduler, scheduler)
-            except Exception as exc:
-                raise HTTPError(503, "scheduler_unavailable", f"the scheduler did not answer: {exc}") from exc
-        if lease.get("ok"):
-            return lease
-        if lease.get("error") == "concurrency_limit_reached":
-            retry = str(lease.get("retry_after", C.RETRY_AFTER_S))
-            raise HTTPError(
-                429,
-                "concurrency_limit_reached",
-                f"this stream serves at most {lease['limit']} session(s) at once; retry in {retry} s",
-                headers={"Retry-After": retry},
-                meta={"limit": lease["limit"], "retry_after": int(retry)},
-            )
-        raise HTTPError(503, lease.get("error", "no_worker"), lease.get("message", "no worker available"))
+    def _remember(self, webrtc_id: str, slot: MediaSlot) -> None:
+        self._placed[webrtc_id] = slot
+        self._placed.move_to_end(webrtc_id)
+        while len(self._placed) > PLACED_CACHE_MAX:
+            self._placed.popitem(last=False)
 
     def _pick_event(self, stream_id: Any) -> StreamEvent:
         if stream_id is None:
@@ -430,185 +508,172 @@ class Gateway:
             raise HTTPError(404, "unknown_stream", f"no stream {stream_id!r} (GET /webrtc/streams)")
         return self.events[stream_id]
 
-    async def _add_candidate(self, body: dict[str, Any]) -> dict[str, Any]:
-        from aiortc.sdp import candidate_from_sdp
+    # --- per-session requests, wherever the session is ----------------------------------------------
 
-        webrtc_id = _check_id(body.get("webrtc_id"))
-        session = self.sessions.get(webrtc_id)
-        if session is None or session.pc is None:
+    async def _owner(self, webrtc_id: str) -> MediaEngine | MediaSlot:
+        """The engine that holds a session: this process's, one of its media processes, or
+        a media process of another gateway (from the scheduler's session directory)."""
+        if webrtc_id in self.engine.sessions:
+            return self.engine
+        slot = self._placed.get(webrtc_id)
+        if slot is not None:
+            return slot
+        if self.scheduler is None:
             raise HTTPError(404, "unknown_webrtc_id", f"no session {webrtc_id!r}")
-        cand = body.get("candidate")
-        if cand is None:
-            return {"status": "success"}  # end of candidates
         try:
-            text = cand["candidate"] if isinstance(cand, dict) else cand
-            if not text:
-                return {"status": "success"}
-            ice = candidate_from_sdp(text.split(":", 1)[1] if text.startswith("candidate:") else text)
-            if isinstance(cand, dict):
-                ice.sdpMid = cand.get("sdpMid")
-                ice.sdpMLineIndex = cand.get("sdpMLineIndex")
-            await session.pc.addIceCandidate(ice)
+            found = await asyncio.wait_for(self.scheduler.locate.remote(webrtc_id), C.RAY_CALL_TIMEOUT_S)
         except Exception as exc:
-            raise HTTPError(400, "bad_candidate", f"cannot parse ICE candidate: {exc}") from exc
-        return {"status": "success"}
-
-    def next_output(self, webrtc_id: str, kind: str = OUTPUTS_ADDITIONAL) -> list[Any] | None:
-        """The oldest outputs of a session not yet fetched (None: none waiting): its
-        AdditionalOutputs, or with ``kind=OUTPUTS_STREAM`` the values its function returned
-        for the stream's other outputs. A session's unfetched outputs outlive it by
-        OUTPUTS_GRACE_S."""
-        session = self.sessions.get(webrtc_id)
-        if session is not None:
-            queue = session.stream_outputs if kind == OUTPUTS_STREAM else session.outputs
-        else:
-            queue = self._ended_outputs.get((webrtc_id, kind))
-        if queue is None or queue.empty():
-            return None
-        return queue.get_nowait()
-
-    def set_args(self, webrtc_id: str, args: list[Any]) -> None:
-        session = self.sessions.get(webrtc_id)
-        if session is None:
+            raise HTTPError(503, "scheduler_unavailable", f"the session directory did not answer: {exc}") from exc
+        if found is None or found["gateway_id"] == self.gateway_id:
             raise HTTPError(404, "unknown_webrtc_id", f"no session {webrtc_id!r}")
-        session.set_args(args)
+        if found["media"] is None:
+            raise HTTPError(
+                421,
+                "session_elsewhere",
+                f"session {webrtc_id!r} is held inside another gateway's app process "
+                "(gateway.processes: 1), which no other gateway reaches: route its requests "
+                "to that gateway, or run gateways with gateway.processes >= 2",
+            )
+        return MediaSlot(-1, found["gateway_id"], found["media"], EngineLoad(found["gateway_id"], 0, "", 0, 0.0, 0.0))
 
-    # a hang-up for an offer still being answered polls for its session this often, for at
-    # most as long as the offer itself may take (a lease, then the worker link)
-    HANGUP_POLL_S = 0.05
-    HANGUP_WAIT_S = C.LEASE_TIMEOUT_S + C.RAY_CALL_TIMEOUT_S + C.WORKER_CONNECT_TIMEOUT_S
-
-    async def close_session(self, webrtc_id: str) -> None:
-        """End a session because its client hung up. An offer still being answered (its id
-        reserved, no session yet) is ended as soon as its session exists: the client that
-        stopped will never use the answer, and the session would hold its slot until the
-        connect timeout. Returns once the session is closing (or its offer failed)."""
-        if webrtc_id not in self.sessions:
-            raise HTTPError(404, "unknown_webrtc_id", f"no session {webrtc_id!r}")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.HANGUP_WAIT_S
-        while webrtc_id in self.sessions:
-            session = self.sessions[webrtc_id]
-            if session is not None:
-                session.close_soon("the client hung up")
-                return
-            if loop.time() > deadline:
-                # left to the session's connect timeout
-                log.warning("session %s: hang-up gave up waiting for its offer", webrtc_id)
-                return
-            await asyncio.sleep(self.HANGUP_POLL_S)
-
-    # --- lifecycle -------------------------------------------------------------------------------
-
-    def _start_heartbeat(self) -> None:
-        """Beat from start-up, not from the first offer: the scheduler keeps a gateway's pools
-        while it beats (a detached scheduler drops pools whose gateways are all gone). A
-        thread, not a task: start() runs before any event loop of the app exists (the CLI,
-        Gradio's launch()), and a beat is one small Ray call every HEARTBEAT_S."""
-        if self._heartbeat is None or not self._heartbeat.is_alive():
-            self._heartbeat_stop.clear()
-            self._heartbeat = threading.Thread(target=self._heartbeat_run, name="rtcpool-heartbeat", daemon=True)
-            self._heartbeat.start()
-
-    def _heartbeat_run(self) -> None:
-        import ray
+    async def _call(self, ref: Any, timeout: float = FORWARD_TIMEOUT_S) -> Any:
         from ray.exceptions import ActorDiedError
 
-        while not self._heartbeat_stop.wait(C.HEARTBEAT_S):
-            # a copy made in one C call: the loop thread adds and removes sessions meanwhile
-            live = {s.lease_id: s for s in list(self.sessions.values()) if s is not None}
-            scheduler = self.scheduler
-            try:
-                answer = ray.get(
-                    scheduler.heartbeat.remote(
-                        self.gateway_id, list(live), list(self.events), {lid: s.transport for lid, s in live.items()}
-                    ),
-                    timeout=C.RAY_CALL_TIMEOUT_S,
-                )
-            except ActorDiedError:
-                if not self._heartbeat_stop.is_set():
-                    with contextlib.suppress(Exception):  # tried again at the next beat
-                        self._replace_scheduler(scheduler)
-                continue
-            except Exception as exc:
-                log.warning("scheduler heartbeat failed: %s", exc)
-                continue
-            for lease_id in answer["gone"]:
-                session = live.get(lease_id)
-                if session is not None:
-                    with contextlib.suppress(RuntimeError):  # its loop has closed: nothing to end
-                        session.loop.call_soon_threadsafe(self._end_reclaimed, session)
-            for event_id in answer["unknown_events"]:
-                # dropped while this gateway was taken for gone (silent past the TTL)
-                event = self.events.get(event_id)
-                if event is not None and not self._heartbeat_stop.is_set():
-                    log.warning("the scheduler forgot stream event %r: registering it again", event_id)
-                    try:
-                        self._register(event)
-                    except Exception as exc:
-                        log.warning("registering %r again failed: %s", event_id, exc)
-
-    def _end_reclaimed(self, session: Session) -> None:
-        session.send_client("end_stream", {"reason": "lease_reclaimed"})
-        session.close_soon("the scheduler reclaimed the lease", delay=C.END_STREAM_GRACE_S)
-
-    def _stop_heartbeat(self) -> threading.Thread | None:
-        thread, self._heartbeat = self._heartbeat, None
-        self._heartbeat_stop.set()
-        return thread
-
-    async def _session_ended(self, session: Session) -> None:
-        if self.sessions.get(session.webrtc_id) is session:
-            self.sessions.pop(session.webrtc_id, None)
-        for kind, queue in (
-            (OUTPUTS_ADDITIONAL, session.outputs),
-            (OUTPUTS_STREAM, session.stream_outputs),
-        ):
-            if not queue.empty():
-                # the page fetches outputs after the fact: keep them a little while
-                key = (session.webrtc_id, kind)
-                self._ended_outputs[key] = queue
-                later = asyncio.get_running_loop().call_later
-                later(OUTPUTS_GRACE_S, self._ended_outputs.pop, key, None)
         try:
-            await asyncio.wait_for(self.scheduler.release.remote(session.lease_id, session.worker_ok), C.RAY_CALL_TIMEOUT_S)
-        except Exception as exc:
-            # the lease expires with this gateway's heartbeat if the scheduler missed this
-            log.warning("session %s: release failed: %s", session.webrtc_id, exc)
+            return await asyncio.wait_for(ref, timeout)
+        except ActorDiedError as exc:
+            raise HTTPError(404, "unknown_webrtc_id", "the session's media process has ended") from exc
+        except asyncio.TimeoutError as exc:
+            raise HTTPError(504, "media_timeout", f"the session's media process did not answer within {timeout:.0f} s") from exc
+
+    async def aset_args(self, webrtc_id: str, args: list[Any]) -> None:
+        owner = await self._owner(webrtc_id)
+        if isinstance(owner, MediaEngine):
+            owner.set_args(webrtc_id, args)
+        else:
+            _raise(await self._call(owner.actor.set_args.remote(webrtc_id, args)))
+
+    async def anext_output(self, webrtc_id: str, kind: str = OUTPUTS_ADDITIONAL) -> list[Any] | None:
+        """The oldest outputs of a session not yet fetched (None: none waiting), wherever
+        the session is (see MediaEngine.next_output)."""
+        try:
+            owner = await self._owner(webrtc_id)
+        except HTTPError:
+            return self.engine.next_output(webrtc_id, kind)  # an ended session's, kept a while here
+        if isinstance(owner, MediaEngine):
+            return owner.next_output(webrtc_id, kind)
+        result: list[Any] | None = await self._call(owner.actor.next_output.remote(webrtc_id, kind))
+        return result
+
+    def next_output(self, webrtc_id: str, kind: str = OUTPUTS_ADDITIONAL) -> list[Any] | None:
+        """This process's sessions only (gateway.processes: 1); see anext_output."""
+        return self.engine.next_output(webrtc_id, kind)
+
+    def set_args(self, webrtc_id: str, args: list[Any]) -> None:
+        """This process's sessions only (gateway.processes: 1); see aset_args."""
+        self.engine.set_args(webrtc_id, args)
+
+    async def close_session(self, webrtc_id: str) -> None:
+        """End a session because its client hung up (see MediaEngine.close_session)."""
+        owner = await self._owner(webrtc_id)
+        if isinstance(owner, MediaEngine):
+            await owner.close_session(webrtc_id)
+        else:
+            _raise(await self._call(owner.actor.close_session.remote(webrtc_id), MediaEngine.HANGUP_WAIT_S + FORWARD_TIMEOUT_S))
+
+    async def output_stream(self, webrtc_id: str) -> Any:
+        """An async iterator of a session's AdditionalOutputs for one SSE reader: a list of
+        values each, or None every SSE_KEEPALIVE_S while there are none."""
+        owner = await self._owner(webrtc_id)
+        if isinstance(owner, MediaEngine):
+            session, queue = owner.subscribe(webrtc_id)
+
+            async def local() -> Any:
+                try:
+                    while not session.closed or not queue.empty():
+                        try:
+                            yield await asyncio.wait_for(queue.get(), SSE_KEEPALIVE_S)
+                        except asyncio.TimeoutError:
+                            yield None
+                finally:
+                    if queue in session.subscribers:
+                        session.subscribers.remove(queue)
+
+            return local()
+        sub = await self._call(owner.actor.subscribe.remote(webrtc_id))
+        if isinstance(sub, Refusal):
+            raise sub.error_()
+        actor = owner.actor
+
+        async def remote() -> Any:
+            try:
+                while True:
+                    got, ended = await self._call(actor.wait_outputs.remote(sub, SSE_KEEPALIVE_S), SSE_KEEPALIVE_S + FORWARD_TIMEOUT_S)
+                    for values in got:
+                        yield values
+                    if ended:
+                        return
+                    if not got:
+                        yield None
+            except HTTPError:
+                return  # its media process ended: so did the session
+            finally:
+                with contextlib.suppress(Exception):
+                    actor.unsubscribe.remote(sub)
+
+        return remote()
+
+    async def sessions_view(self) -> list[dict[str, Any]]:
+        """The live sessions of this gateway and its media processes (no webrtc_id: it is
+        the key to a session's inputs and outputs)."""
+        view = self.engine.sessions_view()
+        for slot in list(self.media):
+            with contextlib.suppress(Exception):  # a dead one has no sessions
+                view += await asyncio.wait_for(slot.actor.sessions_view.remote(), C.RAY_CALL_TIMEOUT_S)
+        return view
+
+    # --- lifecycle -------------------------------------------------------------------------------
 
     async def aclose(self, drop_pools: bool = False) -> None:
         """End every session and give back every lease. Safe to call twice.
         ``drop_pools``: also kill this app's idle workers (when no other gateway serves it)."""
-        sessions = [s for s in self.sessions.values() if s is not None]
-        await asyncio.gather(*(s.aclose("gateway shutting down") for s in sessions), return_exceptions=True)
-        beating = self._stop_heartbeat()
-        if beating is not None:
-            # a beat after forget_gateway would make this gateway known again
-            await asyncio.to_thread(beating.join, C.RAY_CALL_TIMEOUT_S)
-        if self.scheduler is not None:
+        import ray
+
+        self._supervisor_stop.set()
+        supervisor, self._supervisor = self._supervisor, None
+        if supervisor is not None:
+            await asyncio.to_thread(supervisor.join, C.RAY_CALL_TIMEOUT_S)
+        media, self.media = self.media, []
+        self._placed.clear()
+
+        async def close_media(slot: MediaSlot) -> None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(slot.actor.aclose.remote(), C.RAY_CALL_TIMEOUT_S + C.CLOSE_ACK_TIMEOUT_S)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.scheduler.forget_gateway.remote(slot.engine_id), C.RAY_CALL_TIMEOUT_S)
+            with contextlib.suppress(Exception):
+                ray.kill(slot.actor, no_restart=True)
+
+        await asyncio.gather(*(close_media(s) for s in media))
+        await self.engine.aclose()
+        if self.scheduler is not None and drop_pools:
             try:
-                await asyncio.wait_for(self.scheduler.forget_gateway.remote(self.gateway_id), C.RAY_CALL_TIMEOUT_S)
-                if drop_pools:
-                    for eid in self.events:
-                        await asyncio.wait_for(self.scheduler.unregister.remote(eid), C.RAY_CALL_TIMEOUT_S)
+                for eid in self.events:
+                    await asyncio.wait_for(self.scheduler.unregister.remote(eid), C.RAY_CALL_TIMEOUT_S)
             except Exception as exc:
                 log.warning("scheduler did not take the gateway's shutdown: %s", exc)
 
     async def status(self) -> dict[str, Any]:
-        return {
-            "gateway_id": self.gateway_id,
-            "sessions": {
-                sid: {"worker_pid": s.worker_pid, "frames_in": s.frames_in, "frames_out": s.frames_out, "channel": vars(s.channel.stats) if s.channel else None}
-                for sid, s in self.sessions.items()
-                if s is not None
-            },
-        }
+        sessions = self.engine.status()
+        for slot in list(self.media):
+            with contextlib.suppress(Exception):
+                sessions.update(await asyncio.wait_for(slot.actor.status.remote(), C.RAY_CALL_TIMEOUT_S))
+        return {"gateway_id": self.gateway_id, "sessions": sessions, "media": [vars(s.load) for s in self.media]}
 
 
-def _check_id(webrtc_id: Any) -> str:
-    if not isinstance(webrtc_id, str) or not WEBRTC_ID_RE.match(webrtc_id):
-        raise HTTPError(400, "bad_webrtc_id", f"'webrtc_id' must be 1-{C.MAX_WEBRTC_ID_CHARS} characters of [A-Za-z0-9_.:-]")
-    return webrtc_id
+def _raise(result: Any) -> None:
+    if isinstance(result, Refusal):
+        raise result.error_()
 
 
 async def _read_json(request: Any, limit: int) -> dict[str, Any]:

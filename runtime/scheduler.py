@@ -123,6 +123,18 @@ class Lease:
     transport: str = ""  # "shm" or "tcp", as the gateway's heartbeat reports it
 
 
+@dataclass
+class MediaRecord:
+    """A media process: its actor (any gateway forwards a session's requests to it) and
+    the front that started it."""
+
+    actor: Any
+    front_id: str
+    node_id: str
+    pid: int
+    watch: asyncio.Task[None] | None = None
+
+
 class Full(Exception):
     pass
 
@@ -183,6 +195,10 @@ class Scheduler:
         self.pools: dict[str, Pool] = {}
         self.leases: dict[str, Lease] = {}
         self.gateways: dict[str, float] = {}  # gateway id -> last heartbeat (monotonic)
+        # the media processes (engines that are Ray actors), by gateway id: the session
+        # directory maps a session to its lease's gateway id, and that to a handle here
+        self.media: dict[str, MediaRecord] = {}
+        self.loads: dict[str, dict[str, Any]] = {}  # gateway id -> its engine's last EngineLoad
         self._tasks: set[asyncio.Task[Any]] = set()
         self._monitor: asyncio.Task[None] | None = None
         # alive node id -> its total resources; None until first read (placement unknown)
@@ -302,6 +318,9 @@ class Scheduler:
                 "limit": limit,
                 "retry_after": C.RETRY_AFTER_S,
             }
+        if any(lease.session_id == session_id for lease in self.leases.values()):
+            # one directory for the deployment: a webrtc_id names one session everywhere
+            return {"ok": False, "error": "duplicate_webrtc_id", "message": f"a session {session_id!r} is already active"}
         # the slot is taken now, before any wait, so concurrent offers cannot overshoot
         lease = Lease(uuid.uuid4().hex, event_id, gateway_id, session_id, time.monotonic())
         self.leases[lease.lease_id] = lease
@@ -408,13 +427,16 @@ class Scheduler:
         lease_ids: list[str],
         event_ids: list[str] | None = None,
         transports: dict[str, str] | None = None,
+        load: dict[str, Any] | None = None,
     ) -> dict[str, list[str]]:
         """Renew a gateway's leases and its hold on its events' pools. Returns ``gone``: the
         leases the scheduler no longer knows (the gateway must end those sessions), and
         ``unknown_events``: the events it no longer knows (dropped while the gateway was
         silent past the TTL: it must register them again). ``transports``: lease id ->
-        "shm"/"tcp", for `rtcpool status`."""
+        "shm"/"tcp", for `rtcpool status`; ``load``: the engine's EngineLoad, likewise."""
         self.gateways[gateway_id] = time.monotonic()
+        if load is not None:
+            self.loads[gateway_id] = load
         unknown = []
         for eid in event_ids or []:
             pool = self.pools.get(eid)
@@ -432,12 +454,48 @@ class Scheduler:
         """A gateway shutting down (or silent past the TTL) gives back all its leases, and
         its hold on its pools."""
         self.gateways.pop(gateway_id, None)
+        self.loads.pop(gateway_id, None)
+        record = self.media.pop(gateway_id, None)
+        if record is not None and record.watch is not None and record.watch is not asyncio.current_task():
+            record.watch.cancel()
         for pool in self.pools.values():
             pool.gateways.discard(gateway_id)
         mine = [lid for lid, lease in self.leases.items() if lease.gateway_id == gateway_id]
         for lid in mine:
             await self.release(lid, worker_ok=False)
         return len(mine)
+
+    # --- media processes and the session directory ---------------------------------------------
+
+    async def register_media(self, gateway_id: str, actor: Any, front_id: str, node_id: str, pid: int) -> None:
+        """A front started a media process. The scheduler waits on its ``run()``, which
+        returns only when the process dies: then its leases come back at once (not after
+        GATEWAY_TTL_S), so a killed media process frees its slots and workers in about the
+        time Ray takes to see the process gone."""
+        self._ensure_monitor()
+        self.gateways[gateway_id] = time.monotonic()
+        record = self.media[gateway_id] = MediaRecord(actor, front_id, node_id, pid)
+        record.watch = asyncio.get_running_loop().create_task(self._watch_media(gateway_id, record))
+
+    async def _watch_media(self, gateway_id: str, record: MediaRecord) -> None:
+        try:
+            await record.actor.run.remote()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if self.media.get(gateway_id) is record:
+                n = await self.forget_gateway(gateway_id)
+                log.warning("media process %s (pid %s) is gone (%s): %d lease(s) given back", gateway_id, record.pid, _reason(exc), n)
+
+    async def locate(self, session_id: str) -> dict[str, Any] | None:
+        """The session directory: which engine holds ``session_id``, and the actor to
+        forward to (None: an engine inside some app's process, which no other process
+        reaches). None: no such session anywhere."""
+        for lease in self.leases.values():
+            if lease.session_id == session_id:
+                record = self.media.get(lease.gateway_id)
+                return {"gateway_id": lease.gateway_id, "media": record.actor if record is not None else None}
+        return None
 
     # --- pool ----------------------------------------------------------------------------------
 
@@ -639,6 +697,20 @@ class Scheduler:
             "leases": len(self.leases),
             "sessions": [self._lease_view(lease) for lease in self.leases.values()],
             "gateways": list(self.gateways),
+            "media": [
+                {
+                    "gateway_id": gid,
+                    "front_id": r.front_id if r is not None else "",
+                    "node_id": (r.node_id if r is not None else "") or load.get("node_id", ""),
+                    "pid": r.pid if r is not None else load.get("pid"),
+                    "in_app": r is None,
+                    "sessions": sum(1 for lease in self.leases.values() if lease.gateway_id == gid),
+                    "cpu_percent": load.get("cpu_percent"),
+                    "loop_lag_ms": load.get("loop_lag_ms"),
+                }
+                for gid in sorted(set(self.media) | set(self.loads))
+                for r, load in [(self.media.get(gid), self.loads.get(gid, {}))]
+            ],
         }
 
     @staticmethod

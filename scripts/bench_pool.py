@@ -104,7 +104,8 @@ class PoolDriver:
             fd = ch.sock.fileno()
             self.by_fd[fd] = i
             self.poller.register(fd, select.POLLIN)
-        self.out = [np.empty(FRAME_SHAPE, np.uint8) for _ in self.channels]
+        # the worker answers in I420 (a 1-D payload); RGB24 is the larger form a slot may hold
+        self.out = [np.empty(int(np.prod(FRAME_SHAPE)), np.uint8) for _ in self.channels]
 
     def send(self, i: int, frame: np.ndarray, pts: int) -> bool:
         return self.channels[i].send_video(frame, pts)
@@ -120,7 +121,8 @@ class PoolDriver:
             got = ch.take_video()
             if got is not None:
                 header, view = got
-                np.copyto(self.out[i], view)  # as the gateway's encoder copies out of the slot
+                flat = view.reshape(-1)
+                np.copyto(self.out[i][: flat.size], flat)  # as the gateway's encoder copies out of the slot
                 ch.release_video()
                 results.append((i, header.pts))
             if ch.has_backlog:

@@ -304,7 +304,7 @@ class RecordingGateway:
         self.known = known
         self.calls: list[tuple[str, list]] = []
 
-    def set_args(self, webrtc_id: str, args: list) -> None:
+    async def aset_args(self, webrtc_id: str, args: list) -> None:
         if webrtc_id not in self.known:
             raise HTTPError(404, "unknown_webrtc_id", "no session")
         self.calls.append((webrtc_id, args))

@@ -125,7 +125,7 @@ class FakeGateway:
         self.queued = queued
         self.kinds: list[str] = []
 
-    def next_output(self, webrtc_id: str, kind: str = "additional"):
+    async def anext_output(self, webrtc_id: str, kind: str = "additional"):
         self.kinds.append(kind)
         return self.queued.pop(0) if self.queued else None
 

@@ -130,6 +130,11 @@ BAD_CONFIGS = [
     ),
     ("streams:\n  s:\n    time_limit: 0\n", "streams.s.time_limit", "greater than 0"),
     ("streams:\n  s:\n    pool: {num_gpus: 2.5}\n", "streams.s.pool.num_gpus", "whole number"),
+    ("gateway:\n  processes: 0\n", "gateway.processes", "from 1 to 64, got 0"),
+    ("gateway:\n  processes: 65\n", "gateway.processes", "from 1 to 64, got 65"),
+    ("gateway:\n  processes: many\n", "gateway.processes", "must be 'auto' or a whole number"),
+    ("gateway:\n  processes: [2]\n", "gateway.processes", "got [2]"),
+    ("gateway:\n  processes: true\n", "gateway.processes", "got True"),
 ]
 
 
@@ -460,3 +465,16 @@ def test_status_of_a_cluster_that_is_down_says_so_at_once(capsys):
     assert main(["status", "--address", f"127.0.0.1:{free_port()}"]) == 1
     assert time.monotonic() - started < STATUS_DOWN_S
     assert "no Ray cluster reachable" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("cores", "count"), [(1, 1), (2, 1), (3, 1), (4, 2), (6, 3), (16, 8), (1000, 64)])
+def test_auto_media_processes_follow_the_cores(cores: int, count: int):
+    from runtime.config import GatewayConfig
+
+    assert GatewayConfig().media_processes(cores=cores) == count
+    assert GatewayConfig(processes=3).media_processes(cores=cores) == 3
+
+
+def test_media_processes_from_env_and_set(tmp_path: Path):
+    assert load_config(environ={"RTCPOOL_GATEWAY__PROCESSES": "2"}).gateway.processes == 2
+    assert load_config(environ={"RTCPOOL_GATEWAY__PROCESSES": "auto"}).gateway.processes == "auto"

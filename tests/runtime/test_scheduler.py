@@ -442,7 +442,7 @@ def test_shutdown_kills_every_worker(make_sched):
     pids = sched.pids(s.event_id)
     assert lease["pid"] in pids and len(pids) == 2
     sched.call("shutdown")
-    assert sched.call("status") == {"events": {}, "leases": 0, "sessions": [], "gateways": [sched.gateway]}
+    assert sched.call("status") == {"events": {}, "leases": 0, "sessions": [], "gateways": [sched.gateway], "media": []}
     for pid in pids:
         assert wait_until(lambda pid=pid: not alive(pid), GONE_S)
 

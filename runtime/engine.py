@@ -1,0 +1,464 @@
+"""The media engine: one process's sessions, their leases, and its heartbeat.
+
+A media engine answers offers, holds the peer connections (runtime/session.py), leases
+workers from the scheduler and gives them back. It runs either inside the app's own process
+(``gateway.processes: 1``, the front and the engine share one event loop) or in a media
+process beside it (runtime/media_process.py, a Ray actor per engine). The routes and the
+stream registrations are the front's (runtime/gateway.py); an engine only needs to know each
+stream's media shape and limits (:class:`StreamEvent` with or without its handler).
+
+Every engine is a "gateway" to the scheduler: it has its own id, its own leases and its own
+heartbeat, so a media process that dies loses exactly its own leases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from runtime import constants as C
+from runtime.channel import Geometry
+from runtime.config import Config
+from runtime.errors import HTTPError
+from runtime.session import OUTPUTS_QUEUE_MAX, Session, WorkerGone
+from runtime.wire import OUTPUTS_ADDITIONAL, OUTPUTS_STREAM
+from workers.loader import StreamOutputs
+
+log = logging.getLogger("rtcpool.engine")
+
+WEBRTC_ID_RE = re.compile(rf"^[A-Za-z0-9_.:-]{{1,{C.MAX_WEBRTC_ID_CHARS}}}$")
+OUTPUTS_GRACE_S = 30.0  # a session's unfetched AdditionalOutputs are kept this long after it ends
+LOAD_SAMPLE_S = 1.0  # how often an engine measures its own CPU and event-loop lag
+
+
+@dataclass
+class StreamEvent:
+    """A stream event: its media shape and limits, and (in the front) its handler."""
+
+    event_id: str
+    handler: Any = None
+    mode: str = "send-receive"
+    modality: str = "video"
+    concurrency_limit: int | None = 1
+    time_limit: float | None = None
+    initial_args: list[Any] = field(default_factory=list)
+    index: int = 0
+    stream_every: float | None = None
+    outputs: StreamOutputs = field(default_factory=StreamOutputs)
+
+    @property
+    def has_video(self) -> bool:
+        return self.modality in ("video", "audio-video")
+
+    @property
+    def has_audio(self) -> bool:
+        return self.modality in ("audio", "audio-video")
+
+    def media_only(self) -> StreamEvent:
+        """This event without its handler: what a media process is sent (by Ray, so no
+        user object travels; the workers load the handler themselves)."""
+        return StreamEvent(
+            self.event_id,
+            None,
+            self.mode,
+            self.modality,
+            self.concurrency_limit,
+            self.time_limit,
+            list(self.initial_args),
+            self.index,
+            self.stream_every,
+            StreamOutputs(),
+        )
+
+
+@dataclass(frozen=True)
+class EngineLoad:
+    """What an engine reports for placement and `rtcpool status`."""
+
+    engine_id: str
+    pid: int
+    node_id: str
+    sessions: int
+    cpu_percent: float  # of one core, over the last LOAD_SAMPLE_S
+    loop_lag_ms: float  # how late a LOAD_SAMPLE_S timer fired, last sample
+
+    def score(self) -> float:
+        """Lower is less loaded: sessions, plus CPU in units of what one session costs.
+        A 640x480@30 video session costs a media process ~20-30% of a core (issue 10's
+        measurement), so CPU_PER_SESSION_PERCENT converts CPU to sessions; a lagging loop
+        counts as loaded whatever its session count."""
+        return self.sessions + self.cpu_percent / CPU_PER_SESSION_PERCENT + self.loop_lag_ms / LAG_PER_SESSION_MS
+
+
+CPU_PER_SESSION_PERCENT = 25.0  # CPU% of one core a video session costs a media process, for placement
+LAG_PER_SESSION_MS = 20.0  # event-loop lag counted as one more session, for placement
+
+
+def check_id(webrtc_id: Any) -> str:
+    if not isinstance(webrtc_id, str) or not WEBRTC_ID_RE.match(webrtc_id):
+        raise HTTPError(400, "bad_webrtc_id", f"'webrtc_id' must be 1-{C.MAX_WEBRTC_ID_CHARS} characters of [A-Za-z0-9_.:-]")
+    return webrtc_id
+
+
+def check_sdp(sdp: Any) -> str:
+    if not isinstance(sdp, str) or not sdp.startswith("v=0") or "\nm=" not in sdp:
+        raise HTTPError(400, "bad_sdp", "'sdp' must be an SDP offer (starting 'v=0', with media sections)")
+    return sdp
+
+
+class MediaEngine:
+    """The sessions of one process. ``scheduler`` is the deployment's scheduler handle;
+    ``on_unknown_event`` is called (from the heartbeat thread) for an event the scheduler
+    forgot, by whoever can register it again (the front: it has the handlers);
+    ``on_scheduler_died`` likewise replaces a dead scheduler."""
+
+    def __init__(self, config: Config, engine_id: str | None = None) -> None:
+        self.config = config
+        self.gateway_id = engine_id or f"gw-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.events: dict[str, StreamEvent] = {}
+        self.sessions: dict[str, Session] = {}
+        self.geometry = Geometry(video_slot_bytes=64 + config.gateway.max_frame_pixels * 3)
+        self.scheduler: Any = None
+        self.node_id = ""  # this process's Ray node, once started: workers elsewhere get TCP
+        self.on_unknown_event: Callable[[str], None] | None = None
+        self.on_scheduler_died: Callable[[Any], None] | None = None
+        self._heartbeat: threading.Thread | None = None
+        self._heartbeat_stop = threading.Event()
+        # unfetched outputs of ended sessions, by (webrtc_id, kind)
+        self._ended_outputs: dict[tuple[str, str], asyncio.Queue[list[Any]]] = {}
+        self._load = EngineLoad(self.gateway_id, os.getpid(), "", 0, 0.0, 0.0)
+        self._sampler: asyncio.Task[None] | None = None
+        self._beat_task: asyncio.Task[None] | None = None
+
+    # --- signalling ----------------------------------------------------------------------------
+
+    async def offer(self, event_id: str, webrtc_id: str, sdp: str) -> dict[str, Any]:
+        """Answer an offer for ``event_id``. The id is reserved before any wait, so a second
+        offer with it meanwhile is a duplicate, and a close for it finds it pending."""
+        event = self.events.get(event_id)
+        if event is None:
+            raise HTTPError(404, "unknown_stream", f"no stream {event_id!r} (GET /webrtc/streams)")
+        if webrtc_id in self.sessions:
+            raise HTTPError(409, "duplicate_webrtc_id", f"a session {webrtc_id!r} is already active")
+        self.sessions[webrtc_id] = None  # type: ignore[assignment]
+        try:
+            return await self._open_session(event, webrtc_id, sdp)
+        finally:
+            if self.sessions.get(webrtc_id) is None:
+                self.sessions.pop(webrtc_id, None)
+
+    async def _open_session(self, event: StreamEvent, webrtc_id: str, sdp: str) -> dict[str, Any]:
+        for attempt in range(2):  # one retry: an idle worker may have died since the lease
+            lease = await self._acquire(event, webrtc_id)
+            session = Session(self, event, webrtc_id, lease)  # type: ignore[arg-type]
+            try:
+                answer = await session.start(sdp, "offer")
+            except WorkerGone as exc:
+                log.warning("session %s: %s", webrtc_id, exc)
+                await session.aclose("worker unavailable")
+                if attempt == 0:
+                    continue
+                raise HTTPError(503, "worker_unavailable", str(exc)) from exc
+            except Exception as exc:
+                await session.aclose(f"offer failed: {exc}")
+                raise HTTPError(400, "bad_sdp", f"the offer could not be answered: {exc}") from exc
+            self.sessions[webrtc_id] = session
+            return {"sdp": answer.sdp, "type": answer.type}
+        raise AssertionError("unreachable")
+
+    async def _acquire(self, event: StreamEvent, webrtc_id: str) -> dict[str, Any]:
+        from ray.exceptions import ActorDiedError
+
+        for attempt in range(2):  # once more with a new scheduler, if the one held has died
+            scheduler = self.scheduler
+            try:
+                lease = await asyncio.wait_for(
+                    scheduler.acquire.remote(event.event_id, self.gateway_id, webrtc_id),
+                    C.LEASE_TIMEOUT_S + C.RAY_CALL_TIMEOUT_S,
+                )
+                break
+            except ActorDiedError as exc:
+                if attempt:
+                    raise HTTPError(503, "scheduler_unavailable", f"the scheduler did not answer: {exc}") from exc
+                await asyncio.get_running_loop().run_in_executor(None, self.scheduler_died, scheduler)
+            except Exception as exc:
+                raise HTTPError(503, "scheduler_unavailable", f"the scheduler did not answer: {exc}") from exc
+        if lease.get("ok"):
+            return lease
+        if lease.get("error") == "concurrency_limit_reached":
+            retry = str(lease.get("retry_after", C.RETRY_AFTER_S))
+            raise HTTPError(
+                429,
+                "concurrency_limit_reached",
+                f"this stream serves at most {lease['limit']} session(s) at once; retry in {retry} s",
+                headers={"Retry-After": retry},
+                meta={"limit": lease["limit"], "retry_after": int(retry)},
+            )
+        if lease.get("error") == "duplicate_webrtc_id":
+            raise HTTPError(409, "duplicate_webrtc_id", lease.get("message", "duplicate webrtc_id"))
+        raise HTTPError(503, lease.get("error", "no_worker"), lease.get("message", "no worker available"))
+
+    def scheduler_died(self, dead: Any) -> None:
+        """Blocking: the scheduler actor died; whoever owns registrations replaces it."""
+        if self.on_scheduler_died is not None:
+            self.on_scheduler_died(dead)
+            return
+        from runtime.scheduler import get_scheduler
+
+        if self.scheduler is dead:
+            rc = self.config.ray
+            self.scheduler = get_scheduler(detached=rc.detached_scheduler, namespace=rc.namespace, replace=True)
+
+    async def add_candidate(self, webrtc_id: str, cand: Any) -> None:
+        from aiortc.sdp import candidate_from_sdp
+
+        session = self.sessions.get(webrtc_id)
+        if session is None or session.pc is None:
+            raise HTTPError(404, "unknown_webrtc_id", f"no session {webrtc_id!r}")
+        if cand is None:
+            return  # end of candidates
+        try:
+            text = cand["candidate"] if isinstance(cand, dict) else cand
+            if not text:
+                return
+            ice = candidate_from_sdp(text.split(":", 1)[1] if text.startswith("candidate:") else text)
+            if isinstance(cand, dict):
+                ice.sdpMid = cand.get("sdpMid")
+                ice.sdpMLineIndex = cand.get("sdpMLineIndex")
+            await session.pc.addIceCandidate(ice)
+        except Exception as exc:
+            raise HTTPError(400, "bad_candidate", f"cannot parse ICE candidate: {exc}") from exc
+
+    def next_output(self, webrtc_id: str, kind: str = OUTPUTS_ADDITIONAL) -> list[Any] | None:
+        """The oldest outputs of a session not yet fetched (None: none waiting): its
+        AdditionalOutputs, or with ``kind=OUTPUTS_STREAM`` the values its function returned
+        for the stream's other outputs. A session's unfetched outputs outlive it by
+        OUTPUTS_GRACE_S."""
+        session = self.sessions.get(webrtc_id)
+        if session is not None:
+            queue = session.stream_outputs if kind == OUTPUTS_STREAM else session.outputs
+        else:
+            queue = self._ended_outputs.get((webrtc_id, kind))
+        if queue is None or queue.empty():
+            return None
+        return queue.get_nowait()
+
+    def set_args(self, webrtc_id: str, args: list[Any]) -> None:
+        session = self.sessions.get(webrtc_id)
+        if session is None:
+            raise HTTPError(404, "unknown_webrtc_id", f"no session {webrtc_id!r}")
+        session.set_args(args)
+
+    def subscribe(self, webrtc_id: str) -> tuple[Session, asyncio.Queue[list[Any]]]:
+        """A queue of its own for an outputs (SSE) reader of a live session."""
+        session = self.sessions.get(webrtc_id)
+        if session is None:
+            raise HTTPError(404, "unknown_webrtc_id", f"no session {webrtc_id!r}")
+        queue: asyncio.Queue[list[Any]] = asyncio.Queue(OUTPUTS_QUEUE_MAX)
+        session.subscribers.append(queue)
+        return session, queue
+
+    # a hang-up for an offer still being answered polls for its session this often, for at
+    # most as long as the offer itself may take (a lease, then the worker link)
+    HANGUP_POLL_S = 0.05
+    HANGUP_WAIT_S = C.LEASE_TIMEOUT_S + C.RAY_CALL_TIMEOUT_S + C.WORKER_CONNECT_TIMEOUT_S
+
+    async def close_session(self, webrtc_id: str) -> None:
+        """End a session because its client hung up. An offer still being answered (its id
+        reserved, no session yet) is ended as soon as its session exists: the client that
+        stopped will never use the answer, and the session would hold its slot until the
+        connect timeout. Returns once the session is closing (or its offer failed)."""
+        if webrtc_id not in self.sessions:
+            raise HTTPError(404, "unknown_webrtc_id", f"no session {webrtc_id!r}")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.HANGUP_WAIT_S
+        while webrtc_id in self.sessions:
+            session = self.sessions[webrtc_id]
+            if session is not None:
+                session.close_soon("the client hung up")
+                return
+            if loop.time() > deadline:
+                # left to the session's connect timeout
+                log.warning("session %s: hang-up gave up waiting for its offer", webrtc_id)
+                return
+            await asyncio.sleep(self.HANGUP_POLL_S)
+
+    def live_sessions(self) -> list[Session]:
+        return [s for s in self.sessions.values() if s is not None and not s.closed]
+
+    # --- load -------------------------------------------------------------------------------------
+
+    def start_load_sampler(self) -> None:
+        """Measure this process's CPU and event-loop lag every LOAD_SAMPLE_S (on the loop:
+        a late timer is the lag)."""
+        if self._sampler is None:
+            self._sampler = asyncio.get_running_loop().create_task(self._sample_load())
+
+    async def _sample_load(self) -> None:
+        cpu0, t0 = time.process_time(), time.monotonic()
+        while True:
+            await asyncio.sleep(LOAD_SAMPLE_S)
+            cpu1, t1 = time.process_time(), time.monotonic()
+            lag = max(0.0, t1 - t0 - LOAD_SAMPLE_S)
+            self._load = EngineLoad(
+                self.gateway_id,
+                os.getpid(),
+                self.node_id,
+                len(self.live_sessions()),
+                round(100.0 * (cpu1 - cpu0) / max(t1 - t0, 1e-6), 1),
+                round(1000.0 * lag, 1),
+            )
+            cpu0, t0 = cpu1, t1
+
+    def load(self) -> EngineLoad:
+        sessions = len(self.live_sessions())
+        if sessions != self._load.sessions:
+            self._load = EngineLoad(**{**vars(self._load), "sessions": sessions})
+        return self._load
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def start_heartbeat(self) -> None:
+        """Beat from start-up, not from the first offer: the scheduler keeps a gateway's pools
+        while it beats (a detached scheduler drops pools whose gateways are all gone). A
+        thread, not a task: start() runs before any event loop of the app exists (the CLI,
+        Gradio's launch()), and a beat is one small Ray call every HEARTBEAT_S."""
+        if self._heartbeat is None or not self._heartbeat.is_alive():
+            self._heartbeat_stop.clear()
+            self._heartbeat = threading.Thread(target=self._heartbeat_run, name="rtcpool-heartbeat", daemon=True)
+            self._heartbeat.start()
+
+    def _heartbeat_run(self) -> None:
+        import ray
+        from ray.exceptions import ActorDiedError
+
+        while not self._heartbeat_stop.wait(C.HEARTBEAT_S):
+            live, scheduler = self._live_leases(), self.scheduler
+            try:
+                answer = ray.get(self._beat(scheduler, live), timeout=C.RAY_CALL_TIMEOUT_S)
+            except ActorDiedError:
+                if not self._heartbeat_stop.is_set():
+                    with contextlib.suppress(Exception):  # tried again at the next beat
+                        self.scheduler_died(scheduler)
+                continue
+            except Exception as exc:
+                log.warning("scheduler heartbeat failed: %s", exc)
+                continue
+            self._take_answer(answer, live)
+
+    def start_heartbeat_task(self) -> None:
+        """The heartbeat as a task on this loop, for an engine inside an async Ray actor
+        (a media process): there a blocking ray.get, even on a thread, is flagged by Ray."""
+        if self._beat_task is None:
+            self._beat_task = asyncio.get_running_loop().create_task(self._heartbeat_loop())
+
+    async def _heartbeat_loop(self) -> None:
+        from ray.exceptions import ActorDiedError
+
+        while True:
+            await asyncio.sleep(C.HEARTBEAT_S)
+            live, scheduler = self._live_leases(), self.scheduler
+            try:
+                answer = await asyncio.wait_for(self._beat(scheduler, live), C.RAY_CALL_TIMEOUT_S)
+            except ActorDiedError:
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self.scheduler_died, scheduler)
+                continue
+            except Exception as exc:
+                log.warning("scheduler heartbeat failed: %s", exc)
+                continue
+            self._take_answer(answer, live)
+
+    def _live_leases(self) -> dict[str, Session]:
+        # a copy made in one C call: the loop thread adds and removes sessions meanwhile
+        return {s.lease_id: s for s in list(self.sessions.values()) if s is not None}
+
+    def _beat(self, scheduler: Any, live: dict[str, Session]) -> Any:
+        return scheduler.heartbeat.remote(
+            self.gateway_id,
+            list(live),
+            list(self.events),
+            {lid: s.transport for lid, s in live.items()},
+            vars(self.load()),
+        )
+
+    def _take_answer(self, answer: dict[str, list[str]], live: dict[str, Session]) -> None:
+        for lease_id in answer["gone"]:
+            session = live.get(lease_id)
+            if session is not None:
+                with contextlib.suppress(RuntimeError):  # its loop has closed: nothing to end
+                    session.loop.call_soon_threadsafe(self._end_reclaimed, session)
+        for event_id in answer["unknown_events"]:
+            # dropped while this gateway was taken for gone (silent past the TTL)
+            if self.on_unknown_event is not None and not self._heartbeat_stop.is_set():
+                self.on_unknown_event(event_id)
+
+    def _end_reclaimed(self, session: Session) -> None:
+        session.send_client("end_stream", {"reason": "lease_reclaimed"})
+        session.close_soon("the scheduler reclaimed the lease", delay=C.END_STREAM_GRACE_S)
+
+    def stop_heartbeat(self) -> threading.Thread | None:
+        thread, self._heartbeat = self._heartbeat, None
+        self._heartbeat_stop.set()
+        return thread
+
+    async def _session_ended(self, session: Session) -> None:
+        if self.sessions.get(session.webrtc_id) is session:
+            self.sessions.pop(session.webrtc_id, None)
+        for kind, queue in (
+            (OUTPUTS_ADDITIONAL, session.outputs),
+            (OUTPUTS_STREAM, session.stream_outputs),
+        ):
+            if not queue.empty():
+                # the page fetches outputs after the fact: keep them a little while
+                key = (session.webrtc_id, kind)
+                self._ended_outputs[key] = queue
+                later = asyncio.get_running_loop().call_later
+                later(OUTPUTS_GRACE_S, self._ended_outputs.pop, key, None)
+        try:
+            await asyncio.wait_for(self.scheduler.release.remote(session.lease_id, session.worker_ok), C.RAY_CALL_TIMEOUT_S)
+        except Exception as exc:
+            # the lease expires with this gateway's heartbeat if the scheduler missed this
+            log.warning("session %s: release failed: %s", session.webrtc_id, exc)
+
+    async def aclose(self) -> None:
+        """End every session, give back every lease, stop beating. Safe to call twice."""
+        for task in (self._sampler, self._beat_task):
+            if task is not None:
+                task.cancel()
+        self._sampler = self._beat_task = None
+        sessions = [s for s in self.sessions.values() if s is not None]
+        await asyncio.gather(*(s.aclose("gateway shutting down") for s in sessions), return_exceptions=True)
+        beating = self.stop_heartbeat()
+        if beating is not None:
+            # a beat after forget_gateway would make this gateway known again
+            await asyncio.to_thread(beating.join, C.RAY_CALL_TIMEOUT_S)
+        if self.scheduler is not None:
+            try:
+                await asyncio.wait_for(self.scheduler.forget_gateway.remote(self.gateway_id), C.RAY_CALL_TIMEOUT_S)
+            except Exception as exc:
+                log.warning("scheduler did not take the gateway's shutdown: %s", exc)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            sid: {"worker_pid": s.worker_pid, "frames_in": s.frames_in, "frames_out": s.frames_out, "channel": vars(s.channel.stats) if s.channel else None}
+            for sid, s in self.sessions.items()
+            if s is not None
+        }
+
+    def sessions_view(self) -> list[dict[str, Any]]:
+        # no webrtc_id: it is the key to a session's inputs and outputs
+        return [
+            {"event_id": s.event.event_id, "worker_pid": s.worker_pid, "worker_node_id": s.lease.get("node_id", ""), "transport": s.transport, "media_pid": os.getpid()}
+            for s in self.live_sessions()
+        ]
+
