@@ -159,7 +159,7 @@ class MediaEngine:
     async def _open_session(self, event: StreamEvent, webrtc_id: str, sdp: str) -> dict[str, Any]:
         for attempt in range(2):  # one retry: an idle worker may have died since the lease
             lease = await self._acquire(event, webrtc_id)
-            session = Session(self, event, webrtc_id, lease)  # type: ignore[arg-type]
+            session = Session(self, event, webrtc_id, lease)
             try:
                 answer = await session.start(sdp, "offer")
             except WorkerGone as exc:
@@ -411,7 +411,7 @@ class MediaEngine:
         self._heartbeat_stop.set()
         return thread
 
-    async def _session_ended(self, session: Session) -> None:
+    async def session_ended(self, session: Session) -> None:
         if self.sessions.get(session.webrtc_id) is session:
             self.sessions.pop(session.webrtc_id, None)
         for kind, queue in (

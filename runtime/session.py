@@ -1,8 +1,11 @@
 """One session: one client's peer connection, bound to one worker for its whole life.
 
-Media path (all on the gateway's event loop, nothing optional per frame):
-  client track --decode (aiortc)--> RGB ndarray --FrameChannel--> worker
-  worker --FrameChannel--> WorkerVideoTrack.recv() --encode (aiortc)--> client
+Media path (all on its media engine's event loop, nothing optional per frame):
+  client track --decode (aiortc)--> yuv420p planes --copied into a slot--> worker (I420 -> RGB there)
+  worker (RGB -> I420 there) --slot--> WorkerVideoTrack.recv() --one reused frame, encode--> client
+
+A session depends on the small :class:`SessionHost` protocol, not on the engine that holds
+it (runtime/engine.py, in the app's process or in a media process).
 
 Every way a session ends goes through :meth:`Session.aclose`, which is idempotent and gives
 back everything: the peer connection, the link and both segments, the watchdog and media
@@ -18,7 +21,7 @@ import logging
 import time
 from collections.abc import Callable
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import av
 from aiortc import (
@@ -57,9 +60,23 @@ from runtime.wire import (
 )
 
 if TYPE_CHECKING:
-    from runtime.gateway import Gateway, StreamEvent
+    from runtime.channel import Geometry
+    from runtime.config import Config
+    from runtime.engine import StreamEvent
 
 log = logging.getLogger("rtcpool.session")
+
+
+class SessionHost(Protocol):
+    """What a session needs of the engine that holds it."""
+
+    config: Config
+    geometry: Geometry
+    scheduler: Any  # the scheduler actor's handle
+    node_id: str  # the engine's Ray node: a worker elsewhere is reached over TCP
+
+    async def session_ended(self, session: Session) -> None:
+        """Called once, last, by :meth:`Session.aclose`: forget it, give its lease back."""
 
 WATCHDOG_INTERVAL_S = 0.25  # how often connect timeout, inactivity and time limit are checked
 VIDEO_IN_FLIGHT = 1  # input frames waiting at the worker (it copies a frame out before its handler runs)
@@ -205,8 +222,8 @@ class WorkerAudioTrack(MediaStreamTrack):
 
 
 class Session:
-    def __init__(self, gateway: Gateway, event: StreamEvent, webrtc_id: str, lease: dict[str, Any]) -> None:
-        self.gateway = gateway
+    def __init__(self, host: SessionHost, event: StreamEvent, webrtc_id: str, lease: dict[str, Any]) -> None:
+        self.host = host
         self.event = event
         self.webrtc_id = webrtc_id
         self.lease = lease
@@ -255,7 +272,7 @@ class Session:
         """Bind the worker, answer the offer. Raises on any failure, leaving nothing behind
         for the caller but :meth:`aclose`."""
         await self._connect_worker()
-        cfg = self.gateway.config.gateway
+        cfg = self.host.config.gateway
         ice = [RTCIceServer(urls=s.urls, username=s.username, credential=s.credential) for s in cfg.ice_servers]
         pc = self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
         pc.on("connectionstatechange", self._on_connection_state)
@@ -281,10 +298,10 @@ class Session:
 
     def _choose_transport(self) -> str:
         """Shared memory when the worker shares this node (and its /dev/shm), TCP otherwise."""
-        wanted = self.gateway.config.gateway.transport
+        wanted = self.host.config.gateway.transport
         if wanted != "auto":
             return wanted
-        local = self.lease.get("node_id") == self.gateway.node_id or not self.lease.get("tcp_endpoint")
+        local = self.lease.get("node_id") == self.host.node_id or not self.lease.get("tcp_endpoint")
         return "shm" if local else "tcp"
 
     async def _connect_worker(self) -> None:
@@ -299,7 +316,7 @@ class Session:
             self.channel = offer_link(
                 sock,
                 hello,
-                self.gateway.geometry,
+                self.host.geometry,
                 on_video=self._on_worker_video,
                 on_audio=self._on_worker_audio,
                 on_control=lambda m: self._on_first_control(m, ready),
@@ -471,7 +488,7 @@ class Session:
     async def _pump_video_in(self, track: MediaStreamTrack) -> None:
         channel = self.channel
         assert channel is not None
-        max_pixels = self.gateway.config.gateway.max_frame_pixels
+        max_pixels = self.host.config.gateway.max_frame_pixels
         try:
             ended = False
             channel.on_video_slot_free = self._send_deferred_video
@@ -543,7 +560,7 @@ class Session:
 
     async def _mark_streaming(self) -> None:
         try:
-            await asyncio.wait_for(self.gateway.scheduler.mark_streaming.remote(self.lease_id), C.RAY_CALL_TIMEOUT_S)
+            await asyncio.wait_for(self.host.scheduler.mark_streaming.remote(self.lease_id), C.RAY_CALL_TIMEOUT_S)
         except Exception as exc:
             log.warning("session %s: scheduler did not take mark_streaming: %s", self.webrtc_id, exc)
 
@@ -591,7 +608,7 @@ class Session:
     # --- watchdog --------------------------------------------------------------------------------------
 
     async def _watchdog(self) -> None:
-        cfg = self.gateway.config.gateway
+        cfg = self.host.config.gateway
         time_limit = self.event.time_limit
         while not self.closed:
             await asyncio.sleep(WATCHDOG_INTERVAL_S)
@@ -661,4 +678,4 @@ class Session:
                 await asyncio.wait_for(self.pc.close(), C.CLOSE_ACK_TIMEOUT_S)
             except Exception as exc:
                 log.warning("session %s: peer connection close failed: %s", self.webrtc_id, exc)
-        await self.gateway._session_ended(self)
+        await self.host.session_ended(self)
