@@ -182,7 +182,7 @@ class MediaEngine:
             scheduler = self.scheduler
             try:
                 lease = await asyncio.wait_for(
-                    scheduler.acquire.remote(event.event_id, self.gateway_id, webrtc_id),
+                    scheduler.acquire.remote(event.event_id, self.gateway_id, webrtc_id, self.node_id),
                     C.LEASE_TIMEOUT_S + C.RAY_CALL_TIMEOUT_S,
                 )
                 break

@@ -303,7 +303,9 @@ class Scheduler:
 
     # --- leases ------------------------------------------------------------------------------
 
-    async def acquire(self, event_id: str, gateway_id: str, session_id: str) -> dict[str, Any]:
+    async def acquire(self, event_id: str, gateway_id: str, session_id: str, node_id: str = "") -> dict[str, Any]:
+        """A slot and an idle worker for session ``session_id`` of ``gateway_id``; an idle
+        worker on ``node_id`` (the engine's node: shared memory instead of TCP) if any."""
         pool = self.pools.get(event_id)
         if pool is None:
             return {"ok": False, "error": "unknown_stream", "message": f"no stream event {event_id!r}"}
@@ -327,7 +329,7 @@ class Scheduler:
         token = secrets.token_hex(TOKEN_BYTES)
         for attempt in range(ARM_ATTEMPTS):
             try:
-                worker = await self._take_worker(pool)
+                worker = await self._take_worker(pool, node_id)
             except Unplaceable as exc:
                 self.leases.pop(lease.lease_id, None)
                 return {"ok": False, "error": "no_node_fits", "message": str(exc)}
@@ -367,7 +369,7 @@ class Scheduler:
             "time_limit": pool.spec.time_limit,
         }
 
-    async def _take_worker(self, pool: Pool) -> WorkerRef:
+    async def _take_worker(self, pool: Pool, node_id: str = "") -> WorkerRef:
         deadline = time.monotonic() + C.LEASE_TIMEOUT_S
         failures_before = pool.start_failures
         if self.nodes is None:  # the first offer, before the monitor read the nodes: read them now
@@ -401,6 +403,10 @@ class Scheduler:
                 # while this offer waited answers it now.
                 if pool.start_failures != failures_before and not pool.idle:
                     raise RuntimeError(pool.last_error)
+            # the newest idle worker (warm caches), on the engine's node where there is one
+            for i in range(len(pool.idle) - 1, -1, -1):
+                if pool.idle[i].info.get("node_id") == node_id:
+                    return pool.idle.pop(i)
             return pool.idle.pop()
 
     async def mark_streaming(self, lease_id: str) -> None:
