@@ -115,6 +115,10 @@ class Gateway:
         self._media_lock = threading.Lock()
         self._supervisor: threading.Thread | None = None
         self._supervisor_stop = threading.Event()
+        # processes: 1 on a cluster: the inbox other gateways reach this process's sessions by
+        self.inbox: Any = None
+        self._inbox_task: asyncio.Task[None] | None = None
+        self._inbox_stop: asyncio.Event | None = None
 
     # the engine's state, as the gateway had it before media processes (tests, benchmarks)
     @property
@@ -214,7 +218,38 @@ class Gateway:
             eng.start_heartbeat()
             if not self.in_app:
                 self._start_media()
+            elif not rc.embedded:
+                self._start_inbox()
             self._started = True
+
+    def _start_inbox(self) -> None:
+        """Other gateways of a cluster forward this process's sessions' requests through an
+        inbox actor (runtime/inbox.py); under the embedded local Ray there are none."""
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from runtime.inbox import InboxActor
+
+        self.inbox = InboxActor.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(self.node_id, soft=True),
+        ).remote()
+        ray.get(
+            self.scheduler.register_media.remote(self.gateway_id, self.inbox, self.gateway_id, self.node_id, os.getpid(), True),
+            timeout=C.RAY_CALL_TIMEOUT_S,
+        )
+
+    def _serve_inbox(self) -> None:
+        """Answer the inbox on this (the serving) loop: the sessions live here. Started at
+        the first offer, since start() may run before the app's loop exists."""
+        if self.inbox is None or self._inbox_task is not None:
+            return
+        from runtime.inbox import serve_inbox
+        from runtime.media_process import EngineCalls
+
+        self._inbox_stop = asyncio.Event()
+        self._inbox_task = asyncio.get_running_loop().create_task(
+            serve_inbox(self.inbox, EngineCalls(self.engine), self._inbox_stop)
+        )
 
     def _replace_scheduler(self, dead: Any) -> None:
         """The scheduler actor died (its node or process): find or start a new one and
@@ -474,6 +509,7 @@ class Gateway:
             else:
                 await asyncio.get_running_loop().run_in_executor(None, self.start)
         if self.in_app:
+            self._serve_inbox()
             return await self.engine.offer(event.event_id, webrtc_id, sdp)
         if webrtc_id in self._placed:
             raise HTTPError(409, "duplicate_webrtc_id", f"a session {webrtc_id!r} is already active")
@@ -527,12 +563,11 @@ class Gateway:
         if found is None or found["gateway_id"] == self.gateway_id:
             raise HTTPError(404, "unknown_webrtc_id", f"no session {webrtc_id!r}")
         if found["media"] is None:
+            # an app process under its own embedded Ray has no inbox; kept for safety
             raise HTTPError(
                 421,
                 "session_elsewhere",
-                f"session {webrtc_id!r} is held inside another gateway's app process "
-                "(gateway.processes: 1), which no other gateway reaches: route its requests "
-                "to that gateway, or run gateways with gateway.processes >= 2",
+                f"session {webrtc_id!r} is held inside another gateway's process, which this one cannot reach",
             )
         return MediaSlot(-1, found["gateway_id"], found["media"], EngineLoad(found["gateway_id"], 0, "", 0, 0.0, 0.0))
 
@@ -656,6 +691,15 @@ class Gateway:
 
         await asyncio.gather(*(close_media(s) for s in media))
         await self.engine.aclose()
+        if self._inbox_stop is not None:
+            self._inbox_stop.set()
+        if self._inbox_task is not None:
+            self._inbox_task.cancel()
+            self._inbox_task = None
+        inbox, self.inbox = self.inbox, None
+        if inbox is not None:
+            with contextlib.suppress(Exception):
+                ray.kill(inbox, no_restart=True)
         if self.scheduler is not None and drop_pools:
             try:
                 for eid in self.events:

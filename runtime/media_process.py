@@ -34,49 +34,15 @@ log = logging.getLogger("rtcpool.media")
 MEDIA_ACTOR_CONCURRENCY = 1000  # concurrent calls a media process takes (offers wait on Ray)
 
 
-class MediaProcess:
-    def __init__(self, config: Config, engine_id: str) -> None:
-        self.engine = MediaEngine(config, engine_id)
+class EngineCalls:
+    """The per-session calls a front forwards, over one engine, as plain values (see the
+    module docstring): a media process's methods, and what an app process whose engine
+    holds sessions itself answers through its inbox (runtime/inbox.py)."""
+
+    def __init__(self, engine: MediaEngine) -> None:
+        self.engine = engine
         self._subs: dict[int, tuple[Any, asyncio.Queue[list[Any]]]] = {}
         self._sub_ids = itertools.count(1)
-        self._forever: asyncio.Future[None] | None = None
-
-    async def start(self, events: list[StreamEvent]) -> EngineLoad:
-        """Connect to the scheduler, take the events, start beating. Returns its load."""
-        from runtime.ice import pin_host_addresses
-        from runtime.scheduler import get_scheduler
-
-        eng = self.engine
-        rc = eng.config.ray
-        pin_host_addresses(eng.config.gateway.ice_host_addresses)
-        eng.node_id = ray.get_runtime_context().get_node_id()
-        # on a thread: finding a named actor blocks, and this loop is the sessions' loop
-        eng.scheduler = await asyncio.to_thread(get_scheduler, rc.detached_scheduler, rc.namespace)
-        self.set_events(events)
-        eng.start_heartbeat_task()
-        eng.start_load_sampler()
-        return eng.load()
-
-    def set_events(self, events: list[StreamEvent]) -> None:
-        self.engine.events = {e.event_id: e for e in events}
-
-    async def run(self) -> None:
-        """Never returns while the process lives: the scheduler awaits it, so Ray tells the
-        scheduler the moment this process dies (the call fails with ActorDiedError)."""
-        if self._forever is None:
-            self._forever = asyncio.get_running_loop().create_future()
-        await self._forever
-
-    async def load(self) -> EngineLoad:
-        return self.engine.load()
-
-    async def sessions_view(self) -> list[dict[str, Any]]:
-        return self.engine.sessions_view()
-
-    async def status(self) -> dict[str, Any]:
-        return self.engine.status()
-
-    # --- per-session calls, forwarded by a front ----------------------------------------------
 
     async def offer(self, event_id: str, webrtc_id: str, sdp: str) -> dict[str, Any] | Refusal:
         try:
@@ -142,6 +108,48 @@ class MediaProcess:
         entry = self._subs.pop(sub, None)
         if entry is not None and entry[1] in entry[0].subscribers:
             entry[0].subscribers.remove(entry[1])
+
+
+
+class MediaProcess(EngineCalls):
+    def __init__(self, config: Config, engine_id: str) -> None:
+        super().__init__(MediaEngine(config, engine_id))
+        self._forever: asyncio.Future[None] | None = None
+
+    async def start(self, events: list[StreamEvent]) -> EngineLoad:
+        """Connect to the scheduler, take the events, start beating. Returns its load."""
+        from runtime.ice import pin_host_addresses
+        from runtime.scheduler import get_scheduler
+
+        eng = self.engine
+        rc = eng.config.ray
+        pin_host_addresses(eng.config.gateway.ice_host_addresses)
+        eng.node_id = ray.get_runtime_context().get_node_id()
+        # on a thread: finding a named actor blocks, and this loop is the sessions' loop
+        eng.scheduler = await asyncio.to_thread(get_scheduler, rc.detached_scheduler, rc.namespace)
+        self.set_events(events)
+        eng.start_heartbeat_task()
+        eng.start_load_sampler()
+        return eng.load()
+
+    def set_events(self, events: list[StreamEvent]) -> None:
+        self.engine.events = {e.event_id: e for e in events}
+
+    async def run(self) -> None:
+        """Never returns while the process lives: the scheduler awaits it, so Ray tells the
+        scheduler the moment this process dies (the call fails with ActorDiedError)."""
+        if self._forever is None:
+            self._forever = asyncio.get_running_loop().create_future()
+        await self._forever
+
+    async def load(self) -> EngineLoad:
+        return self.engine.load()
+
+    async def sessions_view(self) -> list[dict[str, Any]]:
+        return self.engine.sessions_view()
+
+    async def status(self) -> dict[str, Any]:
+        return self.engine.status()
 
     async def aclose(self) -> None:
         await self.engine.aclose()

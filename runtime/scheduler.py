@@ -132,6 +132,7 @@ class MediaRecord:
     front_id: str
     node_id: str
     pid: int
+    in_app: bool = False  # an app process's inbox (runtime/inbox.py), not a media process
     watch: asyncio.Task[None] | None = None
 
 
@@ -473,14 +474,14 @@ class Scheduler:
 
     # --- media processes and the session directory ---------------------------------------------
 
-    async def register_media(self, gateway_id: str, actor: Any, front_id: str, node_id: str, pid: int) -> None:
+    async def register_media(self, gateway_id: str, actor: Any, front_id: str, node_id: str, pid: int, in_app: bool = False) -> None:
         """A front started a media process. The scheduler waits on its ``run()``, which
         returns only when the process dies: then its leases come back at once (not after
         GATEWAY_TTL_S), so a killed media process frees its slots and workers in about the
         time Ray takes to see the process gone."""
         self._ensure_monitor()
         self.gateways[gateway_id] = time.monotonic()
-        record = self.media[gateway_id] = MediaRecord(actor, front_id, node_id, pid)
+        record = self.media[gateway_id] = MediaRecord(actor, front_id, node_id, pid, in_app)
         record.watch = asyncio.get_running_loop().create_task(self._watch_media(gateway_id, record))
 
     async def _watch_media(self, gateway_id: str, record: MediaRecord) -> None:
@@ -709,7 +710,7 @@ class Scheduler:
                     "front_id": r.front_id if r is not None else "",
                     "node_id": (r.node_id if r is not None else "") or load.get("node_id", ""),
                     "pid": r.pid if r is not None else load.get("pid"),
-                    "in_app": r is None,
+                    "in_app": r is None or r.in_app,
                     "sessions": sum(1 for lease in self.leases.values() if lease.gateway_id == gid),
                     "cpu_percent": load.get("cpu_percent"),
                     "loop_lag_ms": load.get("loop_lag_ms"),

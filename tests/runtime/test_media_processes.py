@@ -88,36 +88,54 @@ async def test_four_sessions_spread_over_two_media_processes(two_media):
     assert await async_wait_until(lambda: served.leases() == 0, RELEASE_TIMEOUT_S, 0.2)
 
 
-async def test_per_session_routes_reach_the_session_from_another_gateway(make_gateway, ray_session):
-    """Offer to gateway A; input, outputs and close to gateway B (a plain load balancer)."""
-    from runtime.gateway import Gateway
-    from tests.conftest import _loopback_config
+def _cluster_config(app_ray: str, processes: int):
+    from runtime.config import load_config
 
-    with make_gateway(lambda gw: gw.add_stream(level_bar, event_id="mp-forward", concurrency_limit=2, initial_args=[0]), processes=2) as a:
-        other = Gateway(_loopback_config(processes=2))
-        other.add_stream(level_bar, event_id="mp-forward", concurrency_limit=2, initial_args=[0])
-        with serve_gateway(other) as b:
-            client = await _connected(a.url)
-            try:
-                async with httpx.AsyncClient(timeout=10) as http:
-                    r = await http.post(f"{b.url}/webrtc/input", json={"webrtc_id": client.webrtc_id, "args": [200]})
-                    assert r.status_code == 200, r.text
-                    assert await async_wait_until(lambda: abs(float(client.frames[-1][5:50, 100:500].mean()) - 200) < 12, 10), "input via B did not reach the session"
-                    got = None
-                    async with http.stream("GET", f"{b.url}/webrtc/outputs", params={"webrtc_id": client.webrtc_id}) as sse:
-                        assert sse.status_code == 200
-                        async for line in sse.aiter_lines():
-                            if line.startswith("data: "):
-                                got = json.loads(line[6:])
-                                break
-                    assert got == [200], f"outputs via B: {got}"
-                    bad = await http.post(f"{b.url}/webrtc/input", json={"webrtc_id": "no-such-session", "args": []})
-                    assert bad.status_code == 404 and bad.json()["meta"]["error"] == "unknown_webrtc_id"
-                    r = await http.post(f"{b.url}/webrtc/close", json={"webrtc_id": client.webrtc_id})
-                    assert r.status_code == 200, r.text
-                assert await async_wait_until(lambda: a.leases() == 0, RELEASE_TIMEOUT_S, 0.2), "close via B did not end the session"
-            finally:
-                await client.close()
+    # ray.address set: a deployment other gateways may join (no embedded Ray of its own)
+    return load_config(overrides={"gateway": {"ice_host_addresses": ["127.0.0.1"], "processes": processes}, "ray": {"address": app_ray}})
+
+
+async def _forwarded_routes_work(a, b) -> None:
+    """Offer to gateway A; input, outputs and close to gateway B (a plain load balancer)."""
+    client = await _connected(a.url)
+    try:
+        async with httpx.AsyncClient(timeout=10) as http:
+            r = await http.post(f"{b.url}/webrtc/input", json={"webrtc_id": client.webrtc_id, "args": [200]})
+            assert r.status_code == 200, r.text
+            assert await async_wait_until(lambda: abs(float(client.frames[-1][5:50, 100:500].mean()) - 200) < 12, 10), "input via B did not reach the session"
+            got = []
+            async with http.stream("GET", f"{b.url}/webrtc/outputs", params={"webrtc_id": client.webrtc_id}) as sse:
+                assert sse.status_code == 200
+                async for line in sse.aiter_lines():
+                    if line.startswith("data: "):
+                        got.append(json.loads(line[6:]))
+                        if got[-1] == [200] or len(got) > 10:
+                            break
+            assert got[-1] == [200], f"outputs via B's SSE: {got}"
+            # the component's fetch (its server function) through B: the page's own queue
+            fetched = [b.run(b.gateway.anext_output(client.webrtc_id)) for _ in range(64)]
+            assert [200] in fetched, f"outputs fetched via B: {fetched[-5:]}"
+            bad = await http.post(f"{b.url}/webrtc/input", json={"webrtc_id": "no-such-session", "args": []})
+            assert bad.status_code == 404 and bad.json()["meta"]["error"] == "unknown_webrtc_id"
+            r = await http.post(f"{b.url}/webrtc/close", json={"webrtc_id": client.webrtc_id})
+            assert r.status_code == 200, r.text
+        assert await async_wait_until(lambda: a.leases() == 0, RELEASE_TIMEOUT_S, 0.2), "close via B did not end the session"
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("processes", [2, 1], ids=["media-processes", "app-process-inbox"])
+async def test_per_session_routes_reach_the_session_from_another_gateway(app_ray, processes):
+    from runtime.gateway import Gateway
+
+    gateways = []
+    for _ in range(2):
+        gw = Gateway(_cluster_config(app_ray, processes))
+        gw.add_stream(level_bar, event_id=f"mp-forward-{processes}", concurrency_limit=2, initial_args=[0])
+        gateways.append(gw)
+    with serve_gateway(gateways[0]) as a, serve_gateway(gateways[1]) as b:
+        assert (a.gateway.inbox is not None) == (processes == 1)
+        await _forwarded_routes_work(a, b)
 
 
 async def test_duplicate_webrtc_id_across_media_processes_is_refused(two_media):
