@@ -11,7 +11,9 @@
 // RTCPeerConnection (+ data channel "text") -> wait for ICE gathering (aiortc does not
 // trickle) -> POST <root>/webrtc/offer -> the answer -> processed media shown in the remote
 // <video> / played by the <audio>. A Stop from the page posts <root>/webrtc/close, so the
-// server frees the slot at once (also when the offer is still being answered).
+// server frees the slot at once (also when the offer is still being answered). A server
+// that goes silent (its media process killed) ends the session here within seconds, as a
+// failure the page shows: see SERVER_SILENCE_MS.
 // While streaming, the component fires Gradio's "tick" event every TICK_INTERVAL_MS, as
 // gradio_webrtc's does, for apps that listen to it (webrtc.tick(fn, ...)).
 // When the component leaves the page (a re-render), everything it started is ended.
@@ -41,6 +43,21 @@ const HANGUP_RETRY_MS = 1000;
 const HANGUP_RETRIES = 3;
 // A fetch of outputs whose listeners never report back (a lost request) is given up after this
 const OUTPUTS_DONE_TIMEOUT_MS = 15000;
+// A server that vanishes without a word (its media process killed, its host gone) sends no
+// BYE and no data-channel close, and Chromium reports the connection "failed" only ~30 s
+// later, when ICE consent runs out. Two signals end such a session here instead, so the
+// page says so within seconds (and posts /webrtc/close, for the deployment to free the slot):
+// * silence: a live server sends something at least every ~1.5 s (aiortc's RTCP reports
+//   for every track, answers to the browser's ICE checks), so nothing at all received for
+//   SERVER_SILENCE_MS, read from getStats() every SILENCE_CHECK_MS, means it is gone;
+// * "disconnected" (Chromium says it 5-7 s after the packets stop, measured here, when its
+//   ICE checks go unanswered) not back to "connected" within DISCONNECTED_GRACE_MS: for when
+//   the stats tell nothing, or only the server stopped hearing us. A short network blip
+//   recovers within either bound; a dead server never does.
+const SERVER_SILENCE_MS = 5000;
+const SILENCE_CHECK_MS = 1000;
+const DISCONNECTED_GRACE_MS = 4000;
+const LOST_TEXT = "lost the connection to the server";
 const LABEL_GAP_PX = 12; // room below Gradio's floating label badge (it overlaps the block's top)
 // The label badge's icon (Gradio's gr.HTML shows a "</>" code icon there), 32 x 32 viewBox
 const LABEL_ICONS = {
@@ -525,6 +542,7 @@ async function start() {
     offered: false, // the server may have (or be making) a session for this id
     answered: false,
     timeUp: false, // the server ended it at its time limit
+    lostTimer: null, // while "disconnected": see DISCONNECTED_GRACE_MS
     outputs: { wanted: 0, waiting: 0, timer: 0 }, // fetches of outputs: see fetchOutput()
   };
   session = s;
@@ -593,6 +611,10 @@ function showRemote(s, ev) {
 function onConnectionState(s) {
   if (s.closed) return;
   const state = s.pc.connectionState;
+  if (state !== "disconnected" && s.lostTimer !== null) {
+    clearTimeout(s.lostTimer); // back to "connected" (or on to "failed"/"closed", handled below)
+    s.lostTimer = null;
+  }
   if (state === "connected" && s.startedAt === null) {
     // the server counts time_limit from the first media, which is about now
     s.startedAt = performance.now();
@@ -601,11 +623,60 @@ function onConnectionState(s) {
     s.timers.push(setInterval(() => {
       if (s === session && !s.closed) trigger("tick");
     }, TICK_INTERVAL_MS));
+    watchSilence(s);
+  } else if (state === "disconnected") {
+    // see DISCONNECTED_GRACE_MS: wait for ICE to recover, else end the session here. fail()
+    // posts /webrtc/close too, for a server still alive behind a broken path (or the
+    // deployment's front, when only the media process died) to free the slot at once.
+    if (s.lostTimer === null) {
+      s.lostTimer = setTimeout(() => {
+        s.lostTimer = null;
+        if (!s.closed && s.pc.connectionState !== "connected") {
+          fail(s, new Error(LOST_TEXT));
+        }
+      }, DISCONNECTED_GRACE_MS);
+    }
   } else if (state === "failed") {
     fail(s, new Error("the connection to the server failed"));
   } else if (state === "closed") {
     stop(s, "stopped", "the server closed the connection");
   }
+}
+
+// See SERVER_SILENCE_MS. The bytes received on the connection's transport(s), read from
+// getStats(); an interval that saw them grow marks the server heard (a check the browser
+// delays, a throttled background tab, still sees the growth: no false alarm from that).
+function watchSilence(s) {
+  const watch = { bytes: -1, heardAt: performance.now(), busy: false };
+  s.timers.push(setInterval(async () => {
+    if (s.closed || watch.busy) return;
+    watch.busy = true;
+    let bytes = -1;
+    try {
+      const stats = await s.pc.getStats();
+      let sum = 0;
+      let found = false;
+      for (const r of stats.values()) {
+        if (r.type === "transport" && typeof r.bytesReceived === "number") {
+          sum += r.bytesReceived;
+          found = true;
+        }
+      }
+      if (found) bytes = sum;
+    } catch (_) {
+      // a closing connection: nothing to tell
+    } finally {
+      watch.busy = false;
+    }
+    if (s.closed || bytes < 0) return; // no transport stats: "disconnected" is the signal left
+    const now = performance.now();
+    if (bytes > watch.bytes) {
+      watch.bytes = bytes;
+      watch.heardAt = now;
+    } else if (now - watch.heardAt >= SERVER_SILENCE_MS) {
+      fail(s, new Error(LOST_TEXT));
+    }
+  }, SILENCE_CHECK_MS));
 }
 
 function onServerMessage(s, raw) {
@@ -723,6 +794,8 @@ function teardown(s) {
   if (s.abort) s.abort.abort(); // an offer still on its way: its answer is not wanted
   for (const t of s.timers) clearInterval(t);
   s.timers = [];
+  if (s.lostTimer !== null) clearTimeout(s.lostTimer);
+  s.lostTimer = null;
   if (s.dc) {
     try {
       s.dc.close();
