@@ -184,7 +184,9 @@ def test_two_tabs_on_two_media_processes_and_a_killed_one_ends_only_its_tab(
     playwright_driver: Any, mp_app: App, face_y4m: Path, artifacts: Path, namespace: str
 ) -> None:
     pids = wait_for(lambda: len(media_pids(namespace)) == 2 and media_pids(namespace), 30)
-    assert pids, f"the app did not start two media processes: {scheduler_status(namespace)['media']}"
+    assert pids, (
+        f"the app did not start two media processes: {scheduler_status(namespace)['media']}"
+    )
     assert mp_app.process.pid not in pids
 
     with chromium(playwright_driver, f"--use-file-for-fake-video-capture={face_y4m}") as (_, ctx):
@@ -194,13 +196,19 @@ def test_two_tabs_on_two_media_processes_and_a_killed_one_ends_only_its_tab(
 
         # tab 1, then tab 2: each session is placed on the least-loaded media process
         start(first)
-        assert wait_for(lambda: inverted(first), VIDEO_TIMEOUT_S), "tab 1 does not show inverted video"
+        assert wait_for(lambda: inverted(first), VIDEO_TIMEOUT_S), (
+            "tab 1 does not show inverted video"
+        )
         [row] = live_sessions(mp_app.url, STREAM_ID)
         victim = row["media_pid"]
         start(second)
-        assert wait_for(lambda: inverted(second), VIDEO_TIMEOUT_S), "tab 2 does not show inverted video"
+        assert wait_for(lambda: inverted(second), VIDEO_TIMEOUT_S), (
+            "tab 2 does not show inverted video"
+        )
         on = sorted(s["media_pid"] for s in live_sessions(mp_app.url, STREAM_ID))
-        assert on == sorted(pids), f"the two sessions are not on the two media processes: {on}, {pids}"
+        assert on == sorted(pids), (
+            f"the two sessions are not on the two media processes: {on}, {pids}"
+        )
         assert leases(namespace) == 2
         first.screenshot(path=str(artifacts / "mp-tab1-streaming.png"))
         second.screenshot(path=str(artifacts / "mp-tab2-streaming.png"))
@@ -238,7 +246,9 @@ def test_two_tabs_on_two_media_processes_and_a_killed_one_ends_only_its_tab(
         before = second.evaluate("window.mpFrames")
         time.sleep(STREAMING_ON_S)
         painted = second.evaluate("window.mpFrames") - before
-        assert painted >= MIN_FRAMES_ON, f"tab 2 painted {painted} frames in {STREAMING_ON_S} s after the kill"
+        assert painted >= MIN_FRAMES_ON, (
+            f"tab 2 painted {painted} frames in {STREAMING_ON_S} s after the kill"
+        )
         assert second.evaluate(STATE_JS) == "streaming", second.evaluate(STATUS_JS)
         assert inverted(second), "tab 2 no longer shows inverted video"
         second.screenshot(path=str(artifacts / "mp-tab2-after-kill.png"))
@@ -250,9 +260,13 @@ def test_two_tabs_on_two_media_processes_and_a_killed_one_ends_only_its_tab(
         assert replaced, f"the media process was not replaced: {media_pids(namespace)}"
         start(first)
         assert wait_for(lambda: inverted(first), VIDEO_TIMEOUT_S), "tab 1 does not stream again"
-        assert sorted(s["media_pid"] for s in live_sessions(mp_app.url, STREAM_ID)) == sorted(replaced)
+        assert sorted(s["media_pid"] for s in live_sessions(mp_app.url, STREAM_ID)) == sorted(
+            replaced
+        )
         first.screenshot(path=str(artifacts / "mp-tab1-again.png"))
-        print(f"tab 1 showed the end {ended_after:.1f} s after the kill; media {pids} -> {replaced}")
+        print(
+            f"tab 1 showed the end {ended_after:.1f} s after the kill; media {pids} -> {replaced}"
+        )
 
         stop_and_check_released(first, f"{SEL} .rtc-root")
         stop_and_check_released(second, f"{SEL} .rtc-root")
