@@ -54,7 +54,7 @@ const OUTPUTS_DONE_TIMEOUT_MS = 15000;
 //   ICE checks go unanswered) not back to "connected" within DISCONNECTED_GRACE_MS: for when
 //   the stats tell nothing, or only the server stopped hearing us. A short network blip
 //   recovers within either bound; a dead server never does.
-const SERVER_SILENCE_MS = 5000;
+const SERVER_SILENCE_MS = 4000; // > 2.5 of aiortc's longest RTCP intervals, plus an ICE check answer
 const SILENCE_CHECK_MS = 1000;
 const DISCONNECTED_GRACE_MS = 4000;
 const LOST_TEXT = "lost the connection to the server";
