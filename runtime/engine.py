@@ -29,6 +29,7 @@ from runtime import constants as C
 from runtime.channel import Geometry
 from runtime.config import Config
 from runtime.errors import HTTPError
+from runtime.leases import LeaseGrant
 from runtime.session import OUTPUTS_QUEUE_MAX, Session, WorkerGone
 from runtime.wire import OUTPUTS_ADDITIONAL, OUTPUTS_STREAM
 from workers.loader import StreamOutputs
@@ -175,7 +176,7 @@ class MediaEngine:
             return {"sdp": answer.sdp, "type": answer.type}
         raise AssertionError("unreachable")
 
-    async def _acquire(self, event: StreamEvent, webrtc_id: str) -> dict[str, Any]:
+    async def _acquire(self, event: StreamEvent, webrtc_id: str) -> LeaseGrant:
         from ray.exceptions import ActorDiedError
 
         for attempt in range(2):  # once more with a new scheduler, if the one held has died
@@ -192,20 +193,20 @@ class MediaEngine:
                 await asyncio.get_running_loop().run_in_executor(None, self.scheduler_died, scheduler)
             except Exception as exc:
                 raise HTTPError(503, "scheduler_unavailable", f"the scheduler did not answer: {exc}") from exc
-        if lease.get("ok"):
+        if isinstance(lease, LeaseGrant):
             return lease
-        if lease.get("error") == "concurrency_limit_reached":
-            retry = str(lease.get("retry_after", C.RETRY_AFTER_S))
+        if lease.error == "concurrency_limit_reached":
+            retry = str(lease.retry_after or C.RETRY_AFTER_S)
             raise HTTPError(
                 429,
                 "concurrency_limit_reached",
-                f"this stream serves at most {lease['limit']} session(s) at once; retry in {retry} s",
+                f"this stream serves at most {lease.limit} session(s) at once; retry in {retry} s",
                 headers={"Retry-After": retry},
-                meta={"limit": lease["limit"], "retry_after": int(retry)},
+                meta={"limit": lease.limit, "retry_after": int(retry)},
             )
-        if lease.get("error") == "duplicate_webrtc_id":
-            raise HTTPError(409, "duplicate_webrtc_id", lease.get("message", "duplicate webrtc_id"))
-        raise HTTPError(503, lease.get("error", "no_worker"), lease.get("message", "no worker available"))
+        if lease.error == "duplicate_webrtc_id":
+            raise HTTPError(409, "duplicate_webrtc_id", lease.message)
+        raise HTTPError(503, lease.error, lease.message or "no worker available")
 
     def scheduler_died(self, dead: Any) -> None:
         """Blocking: the scheduler actor died; whoever owns registrations replaces it."""
@@ -458,7 +459,7 @@ class MediaEngine:
     def sessions_view(self) -> list[dict[str, Any]]:
         # no webrtc_id: it is the key to a session's inputs and outputs
         return [
-            {"event_id": s.event.event_id, "worker_pid": s.worker_pid, "worker_node_id": s.lease.get("node_id", ""), "transport": s.transport, "media_pid": os.getpid()}
+            {"event_id": s.event.event_id, "worker_pid": s.worker_pid, "worker_node_id": s.lease.node_id, "transport": s.transport, "media_pid": os.getpid()}
             for s in self.live_sessions()
         ]
 

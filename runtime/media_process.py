@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 from typing import Any
 
 import ray
@@ -112,9 +113,10 @@ class EngineCalls:
 
 
 class MediaProcess(EngineCalls):
-    def __init__(self, config: Config, engine_id: str) -> None:
+    def __init__(self, config: Config, engine_id: str, niceness: int = 0) -> None:
         super().__init__(MediaEngine(config, engine_id))
         self._forever: asyncio.Future[None] | None = None
+        _take_priority(niceness)
 
     async def start(self, events: list[StreamEvent]) -> EngineLoad:
         """Connect to the scheduler, take the events, start beating. Returns its load."""
@@ -155,6 +157,26 @@ class MediaProcess(EngineCalls):
         await self.engine.aclose()
 
 
+def _take_priority(niceness: int) -> None:
+    """Run at the app process's priority, above the workers. Ray starts every worker process
+    at nice 15 (RAY_worker_niceness), actors included, and a media process carries all its
+    sessions: starved by the handlers' workers or by anything else on the host, it stalls
+    every one of them (test-found: a session's rate halved while a worker and a media
+    process started beside it). Linux keeps a niceness per thread, so every thread of the
+    process is set (those made later, the encoder's among them, inherit it from the loop's).
+    Lowering niceness needs privilege (root, CAP_SYS_NICE) or RAY_worker_niceness=0 on the
+    node; without either, say so once."""
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            if os.getpriority(os.PRIO_PROCESS, int(tid)) > niceness:
+                os.setpriority(os.PRIO_PROCESS, int(tid), niceness)
+    except OSError as exc:
+        log.warning(
+            "media process at nice %d, below the app's %d (%s): start Ray with RAY_worker_niceness=0 on this node",
+            os.getpriority(os.PRIO_PROCESS, 0), niceness, exc,
+        )
+
+
 MediaProcessActor = ray.remote(num_cpus=0, max_restarts=0, max_concurrency=MEDIA_ACTOR_CONCURRENCY)(MediaProcess)
 
 
@@ -168,7 +190,7 @@ def start_media_process(config: Config, engine_id: str, node_id: str) -> Any:
         name=engine_id,
         namespace=config.ray.namespace,
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-    ).remote(config, engine_id)
+    ).remote(config, engine_id, os.getpriority(os.PRIO_PROCESS, 0))
 
 
 

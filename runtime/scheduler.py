@@ -51,6 +51,7 @@ from typing import Any
 import ray
 
 from runtime import constants as C
+from runtime.leases import LeaseDenied, LeaseGrant
 from workers.loader import HandlerSpec
 
 log = logging.getLogger("rtcpool.scheduler")
@@ -304,26 +305,21 @@ class Scheduler:
 
     # --- leases ------------------------------------------------------------------------------
 
-    async def acquire(self, event_id: str, gateway_id: str, session_id: str, node_id: str = "") -> dict[str, Any]:
+    async def acquire(self, event_id: str, gateway_id: str, session_id: str, node_id: str = "") -> LeaseGrant | LeaseDenied:
         """A slot and an idle worker for session ``session_id`` of ``gateway_id``; an idle
         worker on ``node_id`` (the engine's node: shared memory instead of TCP) if any."""
         pool = self.pools.get(event_id)
         if pool is None:
-            return {"ok": False, "error": "unknown_stream", "message": f"no stream event {event_id!r}"}
+            return LeaseDenied("unknown_stream", f"no stream event {event_id!r}")
         self.gateways[gateway_id] = time.monotonic()
         self._attach(pool, gateway_id)
         limit = pool.spec.concurrency_limit
         taken = len(self._leases_of(event_id))
         if limit is not None and taken >= limit:
-            return {
-                "ok": False,
-                "error": "concurrency_limit_reached",
-                "limit": limit,
-                "retry_after": C.RETRY_AFTER_S,
-            }
+            return LeaseDenied("concurrency_limit_reached", f"at most {limit} session(s) at once", limit, C.RETRY_AFTER_S)
         if any(lease.session_id == session_id for lease in self.leases.values()):
             # one directory for the deployment: a webrtc_id names one session everywhere
-            return {"ok": False, "error": "duplicate_webrtc_id", "message": f"a session {session_id!r} is already active"}
+            return LeaseDenied("duplicate_webrtc_id", f"a session {session_id!r} is already active")
         # the slot is taken now, before any wait, so concurrent offers cannot overshoot
         lease = Lease(uuid.uuid4().hex, event_id, gateway_id, session_id, time.monotonic())
         self.leases[lease.lease_id] = lease
@@ -333,10 +329,10 @@ class Scheduler:
                 worker = await self._take_worker(pool, node_id)
             except Unplaceable as exc:
                 self.leases.pop(lease.lease_id, None)
-                return {"ok": False, "error": "no_node_fits", "message": str(exc)}
+                return LeaseDenied("no_node_fits", str(exc))
             except Exception as exc:
                 self.leases.pop(lease.lease_id, None)
-                return {"ok": False, "error": "no_worker", "message": str(exc)}
+                return LeaseDenied("no_worker", str(exc))
             # the worker learns the lease's token over Ray before anyone else does; it takes
             # exactly one session with it. Busy meanwhile: a worker counted nowhere would let
             # a concurrent offer start one too many.
@@ -351,24 +347,23 @@ class Scheduler:
                 self._return_worker(pool, worker, healthy=False)
                 if attempt == ARM_ATTEMPTS - 1:
                     self.leases.pop(lease.lease_id, None)
-                    return {"ok": False, "error": "no_worker", "message": f"no worker took a session token: {_reason(exc)}"}
+                    return LeaseDenied("no_worker", f"no worker took a session token: {_reason(exc)}")
         if lease.lease_id not in self.leases:  # reclaimed while waiting (gateway expired)
             if pool.busy.pop(lease.lease_id, None) is not None:  # not already given back
                 self._return_worker(pool, worker, healthy=True)
-            return {"ok": False, "error": "expired", "message": "lease expired while waiting"}
+            return LeaseDenied("expired", "lease expired while waiting")
         lease.worker = worker
         self._top_up(pool)
-        return {
-            "ok": True,
-            "lease_id": lease.lease_id,
-            "worker": worker.actor,
-            "endpoint": worker.info["endpoint"],
-            "tcp_endpoint": worker.info.get("tcp_endpoint", ""),
-            "token": token,
-            "pid": worker.info["pid"],
-            "node_id": worker.info["node_id"],
-            "time_limit": pool.spec.time_limit,
-        }
+        return LeaseGrant(
+            lease.lease_id,
+            worker.actor,
+            worker.info["endpoint"],
+            worker.info.get("tcp_endpoint", ""),
+            token,
+            worker.info["pid"],
+            worker.info["node_id"],
+            pool.spec.time_limit,
+        )
 
     async def _take_worker(self, pool: Pool, node_id: str = "") -> WorkerRef:
         deadline = time.monotonic() + C.LEASE_TIMEOUT_S

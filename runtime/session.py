@@ -63,6 +63,7 @@ if TYPE_CHECKING:
     from runtime.channel import Geometry
     from runtime.config import Config
     from runtime.engine import StreamEvent
+    from runtime.leases import LeaseGrant
 
 log = logging.getLogger("rtcpool.session")
 
@@ -222,13 +223,13 @@ class WorkerAudioTrack(MediaStreamTrack):
 
 
 class Session:
-    def __init__(self, host: SessionHost, event: StreamEvent, webrtc_id: str, lease: dict[str, Any]) -> None:
+    def __init__(self, host: SessionHost, event: StreamEvent, webrtc_id: str, lease: LeaseGrant) -> None:
         self.host = host
         self.event = event
         self.webrtc_id = webrtc_id
         self.lease = lease
-        self.lease_id: str = lease["lease_id"]
-        self.worker_pid: int = lease["pid"]
+        self.lease_id = lease.lease_id
+        self.worker_pid = lease.pid
         self.transport = ""  # "shm" or "tcp" once the worker is connected
         self.loop = asyncio.get_running_loop()
         self.pc: RTCPeerConnection | None = None
@@ -301,18 +302,18 @@ class Session:
         wanted = self.host.config.gateway.transport
         if wanted != "auto":
             return wanted
-        local = self.lease.get("node_id") == self.host.node_id or not self.lease.get("tcp_endpoint")
+        local = self.lease.node_id == self.host.node_id or not self.lease.tcp_endpoint
         return "shm" if local else "tcp"
 
     async def _connect_worker(self) -> None:
         self.transport = self._choose_transport()
-        endpoint = self.lease["endpoint"] if self.transport == "shm" else self.lease["tcp_endpoint"]
+        endpoint = self.lease.endpoint if self.transport == "shm" else self.lease.tcp_endpoint
         sock, address = worker_socket(endpoint)
         sock.setblocking(False)
         try:
             await asyncio.wait_for(self.loop.sock_connect(sock, address), C.WORKER_CONNECT_TIMEOUT_S)
             ready = self.loop.create_future()
-            hello = Hello(self.webrtc_id, "", "", self.event.mode, self.event.modality, self.args, self.args_set, token=self.lease.get("token", ""))
+            hello = Hello(self.webrtc_id, "", "", self.event.mode, self.event.modality, self.args, self.args_set, token=self.lease.token)
             self.channel = offer_link(
                 sock,
                 hello,

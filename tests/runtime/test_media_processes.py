@@ -71,6 +71,9 @@ async def test_four_sessions_spread_over_two_media_processes(two_media):
     assert len(served.gateway.media) == 2
     pids = {s.load.pid for s in served.gateway.media}
     assert len(pids) == 2 and os.getpid() not in pids
+    # at the app's priority, above the workers (Ray starts its processes at nice 15)
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    assert all(os.getpriority(os.PRIO_PROCESS, int(t)) == mine for p in pids for t in os.listdir(f"/proc/{p}/task"))
     clients = []
     for _ in range(4):
         clients.append(await _connected(served.url))

@@ -102,7 +102,7 @@ class Sched:
         answer = self.call("heartbeat", gateway, lease_ids, events)
         return answer["gone"]
 
-    def acquire(self, event_id: str, gateway: str | None = None, session: str | None = None) -> dict[str, Any]:
+    def acquire(self, event_id: str, gateway: str | None = None, session: str | None = None) -> Any:  # LeaseGrant | LeaseDenied
         return self.call("acquire", event_id, gateway or self.gateway, session or uuid.uuid4().hex)
 
     def event(self, event_id: str) -> dict[str, Any]:
@@ -160,29 +160,29 @@ def test_concurrency_limit_enforced_and_release_frees_the_slot(sched):
     first = sched.acquire(s.event_id)
     second = sched.acquire(s.event_id)
     for lease in (first, second):
-        assert lease["ok"] is True
-        assert lease["endpoint"].startswith("\0rtcpool-")
-        assert isinstance(lease["pid"], int) and lease["pid"] != os.getpid()
-        assert lease["time_limit"] is None
-        assert "node_id" in lease
-    assert first["pid"] != second["pid"], "one session per worker"
-    assert first["lease_id"] != second["lease_id"]
+        assert lease.ok is True
+        assert lease.endpoint.startswith("\0rtcpool-")
+        assert isinstance(lease.pid, int) and lease.pid != os.getpid()
+        assert lease.time_limit is None
+        assert lease.node_id
+    assert first.pid != second.pid, "one session per worker"
+    assert first.lease_id != second.lease_id
     # the lease names a live worker actor
-    info = sched.ray.get(first["worker"].ready.remote(), timeout=CALL_S)
-    assert (info["pid"], info["endpoint"]) == (first["pid"], first["endpoint"])
+    info = sched.ray.get(first.worker.ready.remote(), timeout=CALL_S)
+    assert (info["pid"], info["endpoint"]) == (first.pid, first.endpoint)
 
     third = sched.acquire(s.event_id)
-    assert third == {"ok": False, "error": "concurrency_limit_reached", "limit": 2, "retry_after": C.RETRY_AFTER_S}
+    assert (third.ok, third.error, third.limit, third.retry_after) == (False, "concurrency_limit_reached", 2, C.RETRY_AFTER_S)
 
-    assert sched.call("release", first["lease_id"]) is True
-    assert sched.call("release", first["lease_id"]) is False, "a lease is released once"
+    assert sched.call("release", first.lease_id) is True
+    assert sched.call("release", first.lease_id) is False, "a lease is released once"
     again = sched.acquire(s.event_id)
-    assert again["ok"] is True
-    assert again["pid"] in {first["pid"], second["pid"]}, "a healthy worker is reused"
+    assert again.ok is True
+    assert again.pid in {first.pid, second.pid}, "a healthy worker is reused"
     ev = sched.event(s.event_id)
     assert (ev["leases"], ev["active"], ev["started_total"], ev["replaced_total"]) == (2, 2, 2, 0)
     for lease in (second, again):
-        assert sched.call("release", lease["lease_id"]) is True
+        assert sched.call("release", lease.lease_id) is True
     ev = sched.event(s.event_id)
     assert (ev["leases"], ev["active"], ev["idle"]) == (0, 0, 2)
 
@@ -191,18 +191,18 @@ def test_release_of_a_bad_worker_kills_it_and_the_pool_refills(sched):
     s = spec("replace", limit=1, prewarm=1)
     sched.register(s)
     lease = sched.acquire(s.event_id)
-    assert lease["ok"]
+    assert lease.ok
     assert sched.event(s.event_id)["idle"] == 0
-    assert sched.call("release", lease["lease_id"], worker_ok=False) is True
+    assert sched.call("release", lease.lease_id, worker_ok=False) is True
     with pytest.raises(sched.ray.exceptions.RayActorError):
-        sched.ray.get(lease["worker"].ready.remote(), timeout=CALL_S)
-    assert wait_until(lambda: not alive(lease["pid"]), GONE_S)
+        sched.ray.get(lease.worker.ready.remote(), timeout=CALL_S)
+    assert wait_until(lambda: not alive(lease.pid), GONE_S)
     assert sched.call("wait_warm", s.event_id, WARM_S, timeout=WARM_S + 10) == 1
     ev = sched.event(s.event_id)
     assert ev["replaced_total"] == 1
     assert ev["started_total"] == 2
     assert (ev["idle"], ev["active"], ev["leases"]) == (1, 0, 0)
-    assert lease["pid"] not in {w["pid"] for w in ev["workers"]}
+    assert lease.pid not in {w["pid"] for w in ev["workers"]}
 
 
 async def test_concurrent_acquires_never_exceed_the_limit(sched):
@@ -211,16 +211,16 @@ async def test_concurrent_acquires_never_exceed_the_limit(sched):
     for round_ in range(2):
         refs = [sched.actor.acquire.remote(s.event_id, sched.gateway, f"r{round_}-{i}") for i in range(12)]
         results = await asyncio.wait_for(asyncio.gather(*refs), CALL_S * 2)
-        granted = [r for r in results if r["ok"]]
-        refused = [r for r in results if not r["ok"]]
+        granted = [r for r in results if r.ok]
+        refused = [r for r in results if not r.ok]
         assert len(granted) == 2
-        assert all(r["error"] == "concurrency_limit_reached" and r["limit"] == 2 for r in refused)
-        assert len({r["pid"] for r in granted}) == 2, "no worker is handed out twice"
+        assert all(r.error == "concurrency_limit_reached" and r.limit == 2 for r in refused)
+        assert len({r.pid for r in granted}) == 2, "no worker is handed out twice"
         ev = await sched.actor.status.remote()
         ev = ev["events"][s.event_id]
         assert ev["leases"] == ev["active"] == 2
         assert len(ev["workers"]) <= 2
-        await asyncio.gather(*(sched.actor.release.remote(r["lease_id"]) for r in granted))
+        await asyncio.gather(*(sched.actor.release.remote(r.lease_id) for r in granted))
     ev = sched.event(s.event_id)
     assert ev["started_total"] == 2, "never more workers than the limit"
     assert ev["leases"] == 0
@@ -231,19 +231,16 @@ def test_no_limit_uses_the_pool_maximum(sched):
     s.pool.max_workers = 1
     sched.register(s)
     a = sched.acquire(s.event_id)
-    assert a["ok"]
+    assert a.ok
     ev = sched.event(s.event_id)
     assert ev["limit"] is None and ev["leases"] == 1
     assert ev["started_total"] == 1, "the pool maximum, not the (absent) limit, bounds the pool"
-    sched.call("release", a["lease_id"])
+    sched.call("release", a.lease_id)
 
 
 def test_unknown_event_and_unknown_lease(sched):
-    assert sched.acquire("t-sched-no-such-event") == {
-        "ok": False,
-        "error": "unknown_stream",
-        "message": "no stream event 't-sched-no-such-event'",
-    }
+    refused = sched.acquire("t-sched-no-such-event")
+    assert (refused.ok, refused.error, refused.message) == (False, "unknown_stream", "no stream event 't-sched-no-such-event'")
     assert sched.call("release", "no-such-lease") is False
     assert sched.call("unregister", "t-sched-no-such-event") is False
 
@@ -258,11 +255,11 @@ def test_a_silent_gateway_loses_its_leases_after_the_ttl(make_sched):
     sched.register(s)
     silent = sched.acquire(s.event_id, gateway="gw-silent")
     live = sched.acquire(s.event_id, gateway="gw-live")
-    assert silent["ok"] and live["ok"]
+    assert silent.ok and live.ok
 
     def silent_lease_gone() -> bool:
         # the live gateway keeps beating while we wait; it must never lose its own lease
-        assert sched.beat("gw-live", [live["lease_id"]]) == []
+        assert sched.beat("gw-live", [live.lease_id]) == []
         return sched.event(s.event_id)["leases"] == 1
 
     assert wait_until(silent_lease_gone, ttl * 10, interval=0.2)
@@ -270,11 +267,11 @@ def test_a_silent_gateway_loses_its_leases_after_the_ttl(make_sched):
     assert "gw-silent" not in status["gateways"] and "gw-live" in status["gateways"]
     # the worker of a vanished gateway is in an unknown state: replaced, not reused
     assert status["events"][s.event_id]["replaced_total"] == 1
-    assert wait_until(lambda: not alive(silent["pid"]), GONE_S)
+    assert wait_until(lambda: not alive(silent.pid), GONE_S)
     # when the silent gateway comes back, it learns which of its leases are gone
-    assert sched.beat("gw-silent", [silent["lease_id"]]) == [silent["lease_id"]]
-    assert sched.call("release", silent["lease_id"]) is False
-    assert sched.call("release", live["lease_id"]) is True
+    assert sched.beat("gw-silent", [silent.lease_id]) == [silent.lease_id]
+    assert sched.call("release", silent.lease_id) is False
+    assert sched.call("release", live.lease_id) is True
 
 
 def test_forget_gateway_returns_only_that_gateways_leases(sched):
@@ -282,14 +279,14 @@ def test_forget_gateway_returns_only_that_gateways_leases(sched):
     sched.register(s)
     x = sched.acquire(s.event_id, gateway="gw-x")
     y = sched.acquire(s.event_id, gateway="gw-y")
-    assert x["ok"] and y["ok"]
+    assert x.ok and y.ok
     assert sched.call("forget_gateway", "gw-x") == 1
-    assert sched.beat("gw-x", [x["lease_id"], "never-granted"]) == [x["lease_id"], "never-granted"]
-    assert sched.beat("gw-y", [y["lease_id"]]) == []
+    assert sched.beat("gw-x", [x.lease_id, "never-granted"]) == [x.lease_id, "never-granted"]
+    assert sched.beat("gw-y", [y.lease_id]) == []
     ev = sched.event(s.event_id)
     assert (ev["leases"], ev["replaced_total"]) == (1, 1)
     assert sched.call("forget_gateway", "gw-x") == 0
-    assert sched.call("release", y["lease_id"]) is True
+    assert sched.call("release", y.lease_id) is True
 
 
 def test_lease_outliving_its_time_limit_is_reclaimed(make_sched):
@@ -298,17 +295,17 @@ def test_lease_outliving_its_time_limit_is_reclaimed(make_sched):
     sched.register(s)
     streaming = sched.acquire(s.event_id)
     idle = sched.acquire(s.event_id)
-    assert streaming["time_limit"] == 0.5
-    sched.call("mark_streaming", streaming["lease_id"])
+    assert streaming.time_limit == 0.5
+    sched.call("mark_streaming", streaming.lease_id)
 
     def reclaimed() -> bool:
-        return sched.beat(sched.gateway, [streaming["lease_id"]]) == [streaming["lease_id"]]
+        return sched.beat(sched.gateway, [streaming.lease_id]) == [streaming.lease_id]
 
     assert wait_until(reclaimed, 30, interval=0.2)
     # the clock starts when media flows: a lease never marked streaming stays
-    assert sched.beat(sched.gateway, [idle["lease_id"]]) == []
+    assert sched.beat(sched.gateway, [idle.lease_id]) == []
     assert sched.event(s.event_id)["replaced_total"] == 1
-    assert sched.call("release", idle["lease_id"]) is True
+    assert sched.call("release", idle.lease_id) is True
 
 
 # --- registration and pools ---------------------------------------------------------------------
@@ -322,12 +319,12 @@ def test_unregister_kills_idle_workers_but_not_while_leased(sched):
     lease = sched.acquire(s.event_id)
     assert sched.call("unregister", s.event_id) is False, "a session holds a slot"
     assert sched.pids(s.event_id) == pids
-    sched.call("release", lease["lease_id"])
+    sched.call("release", lease.lease_id)
     assert sched.call("unregister", s.event_id) is True
     assert s.event_id not in sched.call("status")["events"]
     for pid in pids:
         assert wait_until(lambda pid=pid: not alive(pid), GONE_S), f"worker {pid} still runs"
-    assert sched.acquire(s.event_id)["error"] == "unknown_stream"
+    assert sched.acquire(s.event_id).error == "unknown_stream"
 
 
 def test_a_handler_that_fails_to_load_answers_no_worker(sched):
@@ -343,9 +340,9 @@ def test_a_handler_that_fails_to_load_answers_no_worker(sched):
     timeout = C.LEASE_TIMEOUT_S * 0.75
     for _ in range(2):
         result = sched.call("acquire", s.event_id, sched.gateway, "sess", timeout=timeout)
-        assert result["ok"] is False
-        assert result["error"] == "no_worker"
-        assert app in result["message"] and "not on this host" in result["message"], result["message"]
+        assert result.ok is False
+        assert result.error == "no_worker"
+        assert app in result.message and "not on this host" in result.message, result.message
     ev = sched.event(s.event_id)
     assert ev["leases"] == 0, "a refused offer holds no slot"
     assert app in ev["last_error"]
@@ -362,8 +359,8 @@ def test_a_handler_that_cannot_unpickle_answers_no_worker(sched):
     )
     sched.register(s, warm=False)
     result = sched.call("acquire", s.event_id, sched.gateway, "sess", timeout=C.LEASE_TIMEOUT_S * 0.75)
-    assert result["error"] == "no_worker"
-    assert "cannot unpickle handler garbled" in result["message"], result["message"]
+    assert result.error == "no_worker"
+    assert "cannot unpickle handler garbled" in result.message, result.message
 
 
 def test_reregistering_an_event(sched):
@@ -384,7 +381,7 @@ def test_reregistering_an_event(sched):
     # while a session holds a slot, a changed spec does not pull the pool away: the answer
     # gives the limit in force and says the change waits
     lease = sched.acquire(a.event_id)
-    assert lease["time_limit"] == 30.0, "the new spec is the one in force"
+    assert lease.time_limit == 30.0, "the new spec is the one in force"
     (pid_b,) = sched.pids(a.event_id)
     c = EventSpec(a.event_id, make_spec(passthrough, 0), concurrency_limit=5, pool=PoolSpec(prewarm=1))
     answer = sched.call("register", c)
@@ -393,7 +390,7 @@ def test_reregistering_an_event(sched):
     ev = sched.event(a.event_id)
     assert ev["limit"] == 1 and ev["leases"] == 1
     # ... and takes effect when that session ends: a new pool, with the new limit
-    sched.call("release", lease["lease_id"])
+    sched.call("release", lease.lease_id)
     assert wait_until(lambda: sched.event(a.event_id)["limit"] == 5, CALL_S)
     assert sched.call("wait_warm", a.event_id, WARM_S, timeout=WARM_S + 10) == 1
     assert pid_b not in sched.pids(a.event_id), "no worker of the old spec is reused"
@@ -428,7 +425,7 @@ def test_status_numbers(make_sched):
     ev = status["events"][s.event_id]
     assert (ev["active"], ev["leases"], ev["idle"], ev["started_total"], len(ev["workers"])) == (1, 1, 1, 2, 2)
     assert status["leases"] == 1 and status["gateways"] == ["gw-status"]
-    sched.call("release", lease["lease_id"])
+    sched.call("release", lease.lease_id)
     ev = sched.event(s.event_id)
     assert (ev["active"], ev["leases"], ev["idle"]) == (0, 0, 2)
 
@@ -440,7 +437,7 @@ def test_shutdown_kills_every_worker(make_sched):
     lease = sched.acquire(s.event_id)  # busy; the pool tops up another, idle
     assert sched.call("wait_warm", s.event_id, WARM_S, timeout=WARM_S + 10) == 1
     pids = sched.pids(s.event_id)
-    assert lease["pid"] in pids and len(pids) == 2
+    assert lease.pid in pids and len(pids) == 2
     sched.call("shutdown")
     assert sched.call("status") == {"events": {}, "leases": 0, "sessions": [], "gateways": [sched.gateway], "media": []}
     for pid in pids:
@@ -509,8 +506,8 @@ def test_one_class_handler_pickled_by_two_gateways_is_one_pool(sched, tmp_path):
     assert (ev["started_total"], ev["replaced_total"]) == (1, 0)
     assert sched.pids(event_id) == pids
     lease = sched.acquire(event_id, gateway="gw-class-2")
-    assert lease["ok"] and lease["pid"] in pids, "the pool's worker loaded the class handler"
-    sched.call("release", lease["lease_id"])
+    assert lease.ok and lease.pid in pids, "the pool's worker loaded the class handler"
+    sched.call("release", lease.lease_id)
     assert sched.call("unregister", event_id) is True
 
 
@@ -611,8 +608,8 @@ def test_an_unplaceable_pool_keeps_one_worker_requested_and_answers_at_once(make
         started = time.monotonic()
         refused = sched.acquire(s.event_id)
         assert time.monotonic() - started < FAST_ANSWER_S
-        assert refused["ok"] is False and refused["error"] == "no_node_fits"
-        assert "rtcpool_test_absent_node" in refused["message"]
+        assert refused.ok is False and refused.error == "no_node_fits"
+        assert "rtcpool_test_absent_node" in refused.message
     # one worker is requested, not one per offer, and Ray holds it as pending demand
     ev = sched.event(s.event_id)
     assert (ev["starting"], ev["started_total"], ev["leases"]) == (1, 1, 0)
@@ -631,9 +628,9 @@ def test_an_unplaceable_pool_keeps_one_worker_requested_and_answers_at_once(make
 # --- lease tokens ---------------------------------------------------------------------------------
 
 
-def open_link(lease: dict[str, Any], token: str | None = None) -> Any:
-    hello = Hello(uuid.uuid4().hex, "", "", "send-receive", "video", token=lease["token"] if token is None else token)
-    ch, _ready = connect_worker(lease["endpoint"], hello, C.WORKER_CONNECT_TIMEOUT_S, LINK_GEOMETRY)
+def open_link(lease: Any, token: str | None = None) -> Any:
+    hello = Hello(uuid.uuid4().hex, "", "", "send-receive", "video", token=lease.token if token is None else token)
+    ch, _ready = connect_worker(lease.endpoint, hello, C.WORKER_CONNECT_TIMEOUT_S, LINK_GEOMETRY)
     return ch
 
 
@@ -641,20 +638,20 @@ def test_a_lease_token_opens_exactly_one_session(sched):
     s = spec("token", limit=1, prewarm=1)
     sched.register(s)
     first = sched.acquire(s.event_id)
-    assert len(first["token"]) == 32
+    assert len(first.token) == 32
     assert all("token" not in w for w in sched.event(s.event_id)["workers"]), "status shows no token"
     ch = open_link(first)
     ch.close("done")
     # the same token again, on the same lease: refused, though the worker is idle again
     with pytest.raises((ConnectionError, TimeoutError, OSError)):
         open_link(first)
-    sched.call("release", first["lease_id"])
+    sched.call("release", first.lease_id)
     second = sched.acquire(s.event_id)
-    assert second["pid"] == first["pid"] and second["token"] != first["token"]
+    assert second.pid == first.pid and second.token != first.token
     with pytest.raises((ConnectionError, TimeoutError, OSError)):
-        open_link(second, token=first["token"])  # a token of an earlier lease opens nothing
+        open_link(second, token=first.token)  # a token of an earlier lease opens nothing
     open_link(second).close("done")
-    sched.call("release", second["lease_id"])
+    sched.call("release", second.lease_id)
 
 
 # --- namespaces and status ------------------------------------------------------------------------
@@ -680,18 +677,18 @@ def test_status_lists_every_session(make_sched, ray_session):
     s = spec("sessions", limit=2, prewarm=1)
     sched.register(s, gateway="gw-list")
     lease = sched.acquire(s.event_id, gateway="gw-list")
-    sched.call("heartbeat", "gw-list", [lease["lease_id"]], [s.event_id], {lease["lease_id"]: "tcp"})
-    sched.call("mark_streaming", lease["lease_id"])
+    sched.call("heartbeat", "gw-list", [lease.lease_id], [s.event_id], {lease.lease_id: "tcp"})
+    sched.call("mark_streaming", lease.lease_id)
     status = sched.call("status")
     [row] = status["sessions"]
-    assert row["lease"] == lease["lease_id"][:SHORT_LEASE_ID]
+    assert row["lease"] == lease.lease_id[:SHORT_LEASE_ID]
     assert (row["event_id"], row["gateway_id"], row["pid"], row["node_id"], row["transport"]) == (
-        s.event_id, "gw-list", lease["pid"], lease["node_id"], "tcp",
+        s.event_id, "gw-list", lease.pid, lease.node_id, "tcp",
     )  # fmt: skip
     assert row["age_s"] >= 0 and row["streaming_s"] is not None
     view = collect_status(status, ray_session.nodes())
     assert view["sessions"] == status["sessions"]
     text = format_status(view)
-    assert f"{row['lease']} {s.event_id} via gw-list: pid {lease['pid']} on node {lease['node_id'][:12]}, tcp" in text
-    sched.call("release", lease["lease_id"])
+    assert f"{row['lease']} {s.event_id} via gw-list: pid {lease.pid} on node {lease.node_id[:12]}, tcp" in text
+    sched.call("release", lease.lease_id)
     assert sched.call("status")["sessions"] == []
