@@ -256,7 +256,7 @@ class Gateway:
         register this gateway's streams with it. Leases of the dead one are unknown to the
         new one, so the heartbeat ends their sessions, as for any reclaimed lease: the new
         scheduler could not count them against concurrency_limit. Blocking."""
-        with self._start_lock if not self._start_lock.locked() else contextlib.nullcontext():
+        with self._start_lock:
             if self.scheduler is not dead:
                 return  # another caller replaced it already
             rc = self.config.ray
