@@ -31,8 +31,9 @@ import logging
 import math
 import os
 import threading
+import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
@@ -84,17 +85,40 @@ def check_stream_options(handler: Any, stream_every: Any, outputs: StreamOutputs
 
 @dataclass
 class MediaSlot:
-    """One of this front's media processes: its actor and its last measured load. ``placed``
-    counts offers sent since that reading, so a burst of offers spreads out."""
+    """One of this front's media processes: its actor and its last measured load.
+
+    ``unseen`` holds the offers placed here that the last reading may not count: in flight
+    (None) or answered at a monotonic time. A reading asked for after an offer was answered
+    counts its session, so only then is the offer dropped from ``unseen``; a burst of offers
+    spreads out, and a reading that was under way while an offer was answered cannot
+    erase it (issue 10: a 3-1 split of four sessions)."""
 
     index: int
     engine_id: str
     actor: Any
     load: EngineLoad
-    placed: int = 0
+    unseen: dict[str, float | None] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def score(self) -> float:
-        return self.load.score() + self.placed
+        return self.load.score() + len(self.unseen)
+
+    def place(self, webrtc_id: str) -> None:
+        with self.lock:
+            self.unseen[webrtc_id] = None
+
+    def answered(self, webrtc_id: str, ok: bool) -> None:
+        with self.lock:
+            if ok:
+                self.unseen[webrtc_id] = time.monotonic()
+            else:
+                self.unseen.pop(webrtc_id, None)
+
+    def reading(self, load: EngineLoad, asked_at: float) -> None:
+        """A load reading asked for at ``asked_at`` (monotonic) arrived."""
+        with self.lock:
+            self.load = load
+            self.unseen = {k: t for k, t in self.unseen.items() if t is None or t >= asked_at}
 
 
 class Gateway:
@@ -375,8 +399,8 @@ class Gateway:
         while not self._supervisor_stop.wait(C.MEDIA_POLL_S):
             for slot in list(self.media):
                 try:
-                    slot.load = ray.get(slot.actor.load.remote(), timeout=C.RAY_CALL_TIMEOUT_S)
-                    slot.placed = 0
+                    asked_at = time.monotonic()
+                    slot.reading(ray.get(slot.actor.load.remote(), timeout=C.RAY_CALL_TIMEOUT_S), asked_at)
                 except GetTimeoutError:
                     log.warning("media process %s (pid %s) did not report its load", slot.engine_id, slot.load.pid)
                 except ActorDiedError as exc:
@@ -399,11 +423,11 @@ class Gateway:
                 return
             self.media = [slot if s is dead else s for s in self.media]
 
-    def _least_loaded(self) -> MediaSlot:
+    def _least_loaded(self, webrtc_id: str) -> MediaSlot:
         if not self.media:
             raise HTTPError(503, "no_media_process", "no media process is running")
         slot = min(self.media, key=MediaSlot.score)
-        slot.placed += 1
+        slot.place(webrtc_id)
         return slot
 
     # --- routes ------------------------------------------------------------------------------
@@ -513,16 +537,19 @@ class Gateway:
             return await self.engine.offer(event.event_id, webrtc_id, sdp)
         if webrtc_id in self._placed:
             raise HTTPError(409, "duplicate_webrtc_id", f"a session {webrtc_id!r} is already active")
-        slot = self._least_loaded()
+        slot = self._least_loaded(webrtc_id)
         # remembered before the call: a hang-up or a candidate for this offer meanwhile
         # goes to the process answering it
         self._remember(webrtc_id, slot)
         try:
             answer = await self._call(slot.actor.offer.remote(event.event_id, webrtc_id, sdp), OFFER_FORWARD_TIMEOUT_S)
         except BaseException:
+            slot.answered(webrtc_id, ok=False)
             self._placed.pop(webrtc_id, None)
             raise
-        if isinstance(answer, Refusal):
+        refused = isinstance(answer, Refusal)
+        slot.answered(webrtc_id, ok=not refused)
+        if refused:
             self._placed.pop(webrtc_id, None)
             raise answer.error_()
         return answer

