@@ -37,6 +37,7 @@ from __future__ import annotations
 import base64
 import inspect
 import json
+import logging
 import mimetypes
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -46,12 +47,15 @@ import anyio.to_thread
 import gradio as gr
 from gradio.components.base import server
 
+from runtime.engine import split_handle
 from runtime.gateway import MODALITIES, MODES, HTTPError, check_stream_options
 from runtime.wire import OUTPUTS_STREAM
 from workers import loader
 from workers.loader import StreamOutputs
 
 from .serving import NoStubComponentMeta, get_gateway
+
+log = logging.getLogger("rtcpool.gradio")
 
 ARGS_EVENT = "webrtc_args"  # custom event the page fires when the inputs must reach the worker
 OUTPUTS_EVENT = "webrtc_outputs"  # custom event the page fires once per fetch_output message
@@ -624,10 +628,15 @@ def _initial_value(component: Any) -> Any:
 def _stream_outputs_fetcher(gateway: Any, count: int) -> Callable[..., Any]:
     # async, so it runs on the server's event loop, where the gateway's sessions live (or
     # the forwarding to the media process that holds the session, a Ray call, is awaited)
-    async def fetch_stream_outputs(webrtc_id: Any) -> Any:
-        if not isinstance(webrtc_id, str) or not webrtc_id:
+    async def fetch_stream_outputs(handle: Any) -> Any:
+        webrtc_id, key = split_handle(handle)
+        if not webrtc_id:
             return gr.skip()  # not streaming (yet)
-        got = await gateway.anext_output(webrtc_id, OUTPUTS_STREAM)
+        try:
+            got = await gateway.anext_output(webrtc_id, key, OUTPUTS_STREAM)
+        except HTTPError as err:
+            _refused(webrtc_id, err)
+            return gr.skip()
         if got is None:
             return gr.skip()  # this fetch_output was for an AdditionalOutputs
         return got[0] if count == 1 else tuple(got)
@@ -638,8 +647,13 @@ def _stream_outputs_fetcher(gateway: Any, count: int) -> Callable[..., Any]:
 def _additional_outputs_fetcher(gateway: Any, fn: Callable[..., Any]) -> Callable[..., Any]:
     # async, so the queue is read on the server's event loop, where the gateway's sessions
     # live; the user's sync fn then runs on a thread, never blocking that loop
-    async def fetch_additional_outputs(webrtc_id: Any, *values: Any) -> Any:
-        got = await gateway.anext_output(webrtc_id) if isinstance(webrtc_id, str) and webrtc_id else None
+    async def fetch_additional_outputs(handle: Any, *values: Any) -> Any:
+        webrtc_id, key = split_handle(handle)
+        try:
+            got = await gateway.anext_output(webrtc_id, key) if webrtc_id else None
+        except HTTPError as err:
+            _refused(webrtc_id, err)
+            return gr.skip()
         if got is None:
             return gr.skip()  # this fetch_output was for the stream's own outputs
         if inspect.iscoroutinefunction(fn):
@@ -664,15 +678,23 @@ def _stream_id(api_name: Any, concurrency_id: Any) -> str | None:
 def _args_pusher(gateway: Any) -> Callable[..., Any]:
     # async, so it runs on the server's event loop, where the gateway's sessions live (or
     # the forwarding to the media process that holds the session, a Ray call, is awaited)
-    async def push_webrtc_args(webrtc_id: Any, *values: Any) -> None:
-        if not isinstance(webrtc_id, str) or not webrtc_id:
+    async def push_webrtc_args(handle: Any, *values: Any) -> None:
+        webrtc_id, key = split_handle(handle)
+        if not webrtc_id:
             return  # not streaming (yet): the worker starts with the inputs' initial values
         try:
-            await gateway.aset_args(webrtc_id, list(values))
-        except HTTPError:
-            pass  # the session ended (or never started) while the event was on its way
+            await gateway.aset_args(webrtc_id, key, list(values))
+        except HTTPError as err:
+            _refused(webrtc_id, err)
 
     return push_webrtc_args
+
+
+def _refused(webrtc_id: str, err: HTTPError) -> None:
+    # 404: the session ended (or never started) while the event was on its way; 403: a
+    # value that is not this session's handle (a forged request), worth a line
+    if err.status == 403:
+        log.warning("component event for session %r refused: %s", webrtc_id[:40], err.error)
 
 
 __all__ = ["WebRTC", "ARGS_EVENT", "OUTPUTS_EVENT", "OUTPUTS_DONE_JS"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import time
@@ -295,6 +296,7 @@ class Client:
         self.modality = modality
         self.stream_id = stream_id
         self.webrtc_id = webrtc_id or uuid.uuid4().hex[:16]
+        self.session_key: str | None = None  # from the answer
         sends = mode in ("send-receive", "send")
         self.source: CounterVideoTrack | None = None
         if sends and modality in ("video", "audio-video"):
@@ -410,11 +412,28 @@ class Client:
         if resp.status_code != 200 or "sdp" not in answer:
             await self.pc.close()
             raise OfferRejected(resp.status_code, answer)
+        # the server's secret for this session: every later request about it carries it
+        self.session_key = answer.get("session_key")
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
         set_audio_prefetch(self.pc, self.audio_jitter_prefetch)
         if self.video_release_on_marker:
             release_video_on_marker(self.pc)
         self._started = time.monotonic()
+
+    def ids(self, **body: Any) -> dict[str, Any]:
+        """A request body about this session: its webrtc_id and key, and ``body``."""
+        return {"webrtc_id": self.webrtc_id, "session_key": self.session_key, **body}
+
+    async def post(self, route: str, **body: Any) -> httpx.Response:
+        """POST /webrtc/<route> about this session (input, close), with its key."""
+        async with httpx.AsyncClient(timeout=OFFER_TIMEOUT_S) as http:
+            return await http.post(f"{self.url}/webrtc/{route}", json=self.ids(**body))
+
+    async def hang_up(self) -> None:
+        """Tell the server this client ended the session (POST /webrtc/close), then close."""
+        with contextlib.suppress(httpx.HTTPError):
+            await self.post("close")
+        await self.close()
 
     def send(self, type_: str, data: Any = None) -> None:
         self.channel.send(json.dumps({"type": type_, "data": data}))

@@ -212,6 +212,14 @@ class GatewayConfig(_Strict):
     media_inactivity_timeout_s: float = Field(C.MEDIA_INACTIVITY_TIMEOUT_S, gt=0)
     max_offer_bytes: int = Field(C.MAX_OFFER_BYTES, gt=0)
     max_frame_pixels: int = Field(C.MAX_FRAME_PIXELS, gt=0)
+    require_session_key: bool = Field(
+        True,
+        description=(
+            "every request about a session (candidates, input, close, outputs) must carry the key "
+            "the offer's answer gave (session_key); false lets fastrtc-style clients, which send "
+            "only their webrtc_id, work: then anyone who learns an id can use that session"
+        ),
+    )
     transport: Literal["auto", "shm", "tcp"] = Field(
         "auto",
         description="gateway <-> worker link: auto = shared memory when the worker is on this node, TCP otherwise",

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import os
 import re
+import secrets
 import threading
 import time
 import uuid
@@ -39,6 +41,7 @@ log = logging.getLogger("rtcpool.engine")
 WEBRTC_ID_RE = re.compile(rf"^[A-Za-z0-9_.:-]{{1,{C.MAX_WEBRTC_ID_CHARS}}}$")
 OUTPUTS_GRACE_S = 30.0  # a session's unfetched AdditionalOutputs are kept this long after it ends
 LOAD_SAMPLE_S = 1.0  # how often an engine measures its own CPU and event-loop lag
+SESSION_KEY_BYTES = 24  # random bytes of a session key (192 bits; base64url: 32 characters)
 
 
 @dataclass
@@ -110,6 +113,28 @@ def check_id(webrtc_id: Any) -> str:
     return webrtc_id
 
 
+def _check_key(config: Config, expected: str, key: Any) -> None:
+    if not config.gateway.require_session_key:
+        return
+    if not isinstance(key, str) or not key:
+        raise HTTPError(403, "session_key_required", "send the session's key (the answer's 'session_key') with every request about it")
+    # constant time: a key compared byte by byte would leak its prefix to a patient prober
+    if not hmac.compare_digest(expected.encode(), key.encode("utf-8", "replace")):
+        raise HTTPError(403, "bad_session_key", "the session key does not match the session")
+
+
+HANDLE_SEP = "/"  # in neither a webrtc_id ([A-Za-z0-9_.:-]) nor a key (base64url)
+
+
+def split_handle(value: Any) -> tuple[str, str | None]:
+    """A session's handle, as the Gradio component's value carries it: ``webrtc_id/key``
+    (a bare id, from a client that has no key, gives key None)."""
+    if not isinstance(value, str):
+        return "", None
+    webrtc_id, sep, key = value.partition(HANDLE_SEP)
+    return webrtc_id, (key if sep else None)
+
+
 def check_sdp(sdp: Any) -> str:
     if not isinstance(sdp, str) or not sdp.startswith("v=0") or "\nm=" not in sdp:
         raise HTTPError(400, "bad_sdp", "'sdp' must be an SDP offer (starting 'v=0', with media sections)")
@@ -134,8 +159,11 @@ class MediaEngine:
         self.on_scheduler_died: Callable[[Any], None] | None = None
         self._heartbeat: threading.Thread | None = None
         self._heartbeat_stop = threading.Event()
-        # unfetched outputs of ended sessions, by (webrtc_id, kind)
-        self._ended_outputs: dict[tuple[str, str], asyncio.Queue[list[Any]]] = {}
+        # each session's key (pending offers too): the server's secret its client proves
+        # every later request with; the client's webrtc_id is only a name
+        self.keys: dict[str, str] = {}
+        # unfetched outputs of ended sessions, by (webrtc_id, kind), with the session's key
+        self._ended_outputs: dict[tuple[str, str], tuple[str, asyncio.Queue[list[Any]]]] = {}
         self._load = EngineLoad(self.gateway_id, os.getpid(), "", 0, 0.0, 0.0)
         self._sampler: asyncio.Task[None] | None = None
         self._beat_task: asyncio.Task[None] | None = None
@@ -151,11 +179,24 @@ class MediaEngine:
         if webrtc_id in self.sessions:
             raise HTTPError(409, "duplicate_webrtc_id", f"a session {webrtc_id!r} is already active")
         self.sessions[webrtc_id] = None  # type: ignore[assignment]
+        key = self.keys[webrtc_id] = secrets.token_urlsafe(SESSION_KEY_BYTES)
         try:
-            return await self._open_session(event, webrtc_id, sdp)
+            answer = await self._open_session(event, webrtc_id, sdp)
+            return {**answer, "session_key": key}
         finally:
             if self.sessions.get(webrtc_id) is None:
                 self.sessions.pop(webrtc_id, None)
+                if self.keys.get(webrtc_id) == key:
+                    del self.keys[webrtc_id]
+
+    def authorize(self, webrtc_id: str, key: Any) -> None:
+        """Refuse a request about a session that does not present the session's key: 404
+        for no such session (pending offers included), 403 for a missing or wrong key. With
+        ``gateway.require_session_key: false`` the id alone is enough (fastrtc clients)."""
+        expected = self.keys.get(webrtc_id)
+        if expected is None:
+            raise HTTPError(404, "unknown_webrtc_id", f"no session {webrtc_id!r}")
+        _check_key(self.config, expected, key)
 
     async def _open_session(self, event: StreamEvent, webrtc_id: str, sdp: str) -> dict[str, Any]:
         for attempt in range(2):  # one retry: an idle worker may have died since the lease
@@ -219,9 +260,10 @@ class MediaEngine:
             rc = self.config.ray
             self.scheduler = get_scheduler(detached=rc.detached_scheduler, namespace=rc.namespace, replace=True)
 
-    async def add_candidate(self, webrtc_id: str, cand: Any) -> None:
+    async def add_candidate(self, webrtc_id: str, key: Any, cand: Any) -> None:
         from aiortc.sdp import candidate_from_sdp
 
+        self.authorize(webrtc_id, key)
         session = self.sessions.get(webrtc_id)
         if session is None or session.pc is None:
             raise HTTPError(404, "unknown_webrtc_id", f"no session {webrtc_id!r}")
@@ -239,28 +281,39 @@ class MediaEngine:
         except Exception as exc:
             raise HTTPError(400, "bad_candidate", f"cannot parse ICE candidate: {exc}") from exc
 
-    def next_output(self, webrtc_id: str, kind: str = OUTPUTS_ADDITIONAL) -> list[Any] | None:
+    def next_output(self, webrtc_id: str, key: Any, kind: str = OUTPUTS_ADDITIONAL) -> list[Any] | None:
         """The oldest outputs of a session not yet fetched (None: none waiting): its
         AdditionalOutputs, or with ``kind=OUTPUTS_STREAM`` the values its function returned
         for the stream's other outputs. A session's unfetched outputs outlive it by
-        OUTPUTS_GRACE_S."""
+        OUTPUTS_GRACE_S. Raises 403 for a wrong key, 404 for no such session."""
         session = self.sessions.get(webrtc_id)
+        queue: asyncio.Queue[list[Any]] | None
         if session is not None:
+            self.authorize(webrtc_id, key)
             queue = session.stream_outputs if kind == OUTPUTS_STREAM else session.outputs
         else:
-            queue = self._ended_outputs.get((webrtc_id, kind))
-        if queue is None or queue.empty():
+            ended = self._ended_outputs.get((webrtc_id, kind))
+            if ended is None:
+                if webrtc_id in self.keys:  # an offer being answered: no outputs yet
+                    self.authorize(webrtc_id, key)
+                    return None
+                raise HTTPError(404, "unknown_webrtc_id", f"no session {webrtc_id!r}")
+            _check_key(self.config, ended[0], key)
+            queue = ended[1]
+        if queue.empty():
             return None
         return queue.get_nowait()
 
-    def set_args(self, webrtc_id: str, args: list[Any]) -> None:
+    def set_args(self, webrtc_id: str, key: Any, args: list[Any]) -> None:
+        self.authorize(webrtc_id, key)
         session = self.sessions.get(webrtc_id)
         if session is None:
             raise HTTPError(404, "unknown_webrtc_id", f"no session {webrtc_id!r}")
         session.set_args(args)
 
-    def subscribe(self, webrtc_id: str) -> tuple[Session, asyncio.Queue[list[Any]]]:
+    def subscribe(self, webrtc_id: str, key: Any) -> tuple[Session, asyncio.Queue[list[Any]]]:
         """A queue of its own for an outputs (SSE) reader of a live session."""
+        self.authorize(webrtc_id, key)
         session = self.sessions.get(webrtc_id)
         if session is None:
             raise HTTPError(404, "unknown_webrtc_id", f"no session {webrtc_id!r}")
@@ -273,13 +326,12 @@ class MediaEngine:
     HANGUP_POLL_S = 0.05
     HANGUP_WAIT_S = C.LEASE_TIMEOUT_S + C.RAY_CALL_TIMEOUT_S + C.WORKER_CONNECT_TIMEOUT_S
 
-    async def close_session(self, webrtc_id: str) -> None:
+    async def close_session(self, webrtc_id: str, key: Any) -> None:
         """End a session because its client hung up. An offer still being answered (its id
         reserved, no session yet) is ended as soon as its session exists: the client that
         stopped will never use the answer, and the session would hold its slot until the
         connect timeout. Returns once the session is closing (or its offer failed)."""
-        if webrtc_id not in self.sessions:
-            raise HTTPError(404, "unknown_webrtc_id", f"no session {webrtc_id!r}")
+        self.authorize(webrtc_id, key)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.HANGUP_WAIT_S
         while webrtc_id in self.sessions:
@@ -413,18 +465,20 @@ class MediaEngine:
         return thread
 
     async def session_ended(self, session: Session) -> None:
+        key = self.keys.get(session.webrtc_id, "")
         if self.sessions.get(session.webrtc_id) is session:
             self.sessions.pop(session.webrtc_id, None)
+            self.keys.pop(session.webrtc_id, None)
         for kind, queue in (
             (OUTPUTS_ADDITIONAL, session.outputs),
             (OUTPUTS_STREAM, session.stream_outputs),
         ):
             if not queue.empty():
                 # the page fetches outputs after the fact: keep them a little while
-                key = (session.webrtc_id, kind)
-                self._ended_outputs[key] = queue
+                ended = (session.webrtc_id, kind)
+                self._ended_outputs[ended] = (key, queue)
                 later = asyncio.get_running_loop().call_later
-                later(OUTPUTS_GRACE_S, self._ended_outputs.pop, key, None)
+                later(OUTPUTS_GRACE_S, self._ended_outputs.pop, ended, None)
         try:
             await asyncio.wait_for(self.scheduler.release.remote(session.lease_id, session.worker_ok), C.RAY_CALL_TIMEOUT_S)
         except Exception as exc:

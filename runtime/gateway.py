@@ -40,6 +40,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from runtime import constants as C
+from runtime import safejson
 from runtime.config import Config, load_config
 from runtime.engine import EngineLoad, MediaEngine, StreamEvent, check_id, check_sdp
 from runtime.errors import HTTPError, Refusal
@@ -54,6 +55,7 @@ log = logging.getLogger("rtcpool.gateway")
 
 MODES = ("send-receive", "send", "receive")
 MODALITIES = ("video", "audio", "audio-video")
+SESSION_KEY_HEADER = "x-session-key"  # where a GET (the outputs stream) carries the session key
 SSE_KEEPALIVE_S = 15.0  # comment line on an idle outputs stream, so proxies keep it open
 PLACED_CACHE_MAX = 4096  # sessions whose media process this front remembers (else: the directory)
 FORWARD_TIMEOUT_S = C.RAY_CALL_TIMEOUT_S  # a forwarded per-session call not answered by then fails
@@ -224,8 +226,16 @@ class Gateway:
 
             pin_host_addresses(self.config.gateway.ice_host_addresses)
             rc = self.config.ray
+            if not self.config.gateway.require_session_key:
+                log.warning(
+                    "gateway.require_session_key is false: anyone who learns a session's webrtc_id "
+                    "can send it input, read its outputs and close it"
+                )
             if not ray.is_initialized():
-                os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+                if rc.embedded:
+                    # a Ray of our own, on this host only: nobody else to keep out. A cluster
+                    # keeps Ray's token auth (docs/deployment.md gives gateways the token)
+                    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
                 # the embedded default passes address="local": Ray would otherwise join the
                 # cluster RAY_ADDRESS or the latest `ray start` on this host names
                 ray.init(**rc.init_kwargs(), log_to_driver=True)
@@ -439,7 +449,7 @@ class Gateway:
         async def offer(request: Request) -> JSONResponse:
             try:
                 body = await _read_json(request, gw.config.gateway.max_offer_bytes)
-                result = await gw.handle_offer(body)
+                result = await gw.handle_offer(body, _session_key(request, body))
                 return JSONResponse(result)
             except HTTPError as err:
                 return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
@@ -457,7 +467,7 @@ class Gateway:
                 args = body.get("args")
                 if not isinstance(args, list):
                     raise HTTPError(400, "bad_request", "'args' must be a list of the stream's input values")
-                await gw.aset_args(check_id(webrtc_id), args)
+                await gw.aset_args(check_id(webrtc_id), _session_key(request, body), args)
                 return JSONResponse({"status": "success"})
             except HTTPError as err:
                 return JSONResponse(err.body(), status_code=err.status)
@@ -466,14 +476,23 @@ class Gateway:
             # the client hangs up (the page's Stop): the slot is free now, not at a timeout
             try:
                 body = await _read_json(request, C.MAX_INPUT_BYTES)
-                await gw.close_session(check_id(body.get("webrtc_id")))
+                await gw.close_session(check_id(body.get("webrtc_id")), _session_key(request, body))
                 return JSONResponse({"status": "success"})
             except HTTPError as err:
                 return JSONResponse(err.body(), status_code=err.status)
 
-        async def outputs(webrtc_id: str) -> Any:
+        async def outputs(request: Request) -> Any:
+            # the key comes in a header (GET) or the body (POST), never in the URL, which
+            # proxies and access logs keep
             try:
-                stream = await gw.output_stream(webrtc_id)
+                if "session_key" in request.query_params:
+                    raise HTTPError(400, "session_key_in_url", "send the session key in the X-Session-Key header or a POST body, not the URL")
+                if request.method == "POST":
+                    body = await _read_json(request, C.MAX_INPUT_BYTES)
+                    webrtc_id = body.get("webrtc_id")
+                else:
+                    body, webrtc_id = None, request.query_params.get("webrtc_id")
+                stream = await gw.output_stream(check_id(webrtc_id), _session_key(request, body))
             except HTTPError as err:
                 return JSONResponse(err.body(), status_code=err.status)
 
@@ -491,7 +510,7 @@ class Gateway:
         app.add_api_route("/webrtc/sessions", sessions, methods=["GET"])
         app.add_api_route("/webrtc/input", set_input, methods=["POST"])
         app.add_api_route("/webrtc/close", close, methods=["POST"])
-        app.add_api_route("/webrtc/outputs", outputs, methods=["GET"])
+        app.add_api_route("/webrtc/outputs", outputs, methods=["GET", "POST"])
         from runtime.standalone import mount_standalone  # it imports this module
         mount_standalone(app, gw)  # GET /webrtc/ui: the client's own page, for apps without Gradio
         # Routes added after start-up go last; Gradio's catch-alls must not shadow ours.
@@ -503,15 +522,16 @@ class Gateway:
 
     # --- signalling ----------------------------------------------------------------------------
 
-    async def handle_offer(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def handle_offer(self, body: dict[str, Any], key: Any = None) -> dict[str, Any]:
+        """An offer, or a trickled ICE candidate for a session (with its ``key``)."""
         kind = body.get("type")
         if kind == "ice-candidate":
             webrtc_id = check_id(body.get("webrtc_id"))
             owner = await self._owner(webrtc_id)
             if isinstance(owner, MediaEngine):
-                await owner.add_candidate(webrtc_id, body.get("candidate"))
+                await owner.add_candidate(webrtc_id, key, body.get("candidate"))
             else:
-                _raise(await self._call(owner.actor.candidate.remote(webrtc_id, body.get("candidate"))))
+                _raise(await self._call(owner.actor.candidate.remote(webrtc_id, key, body.get("candidate"))))
             return {"status": "success"}
         if kind != "offer":
             raise HTTPError(400, "bad_request", "'type' must be 'offer' or 'ice-candidate'")
@@ -608,47 +628,51 @@ class Gateway:
         except asyncio.TimeoutError as exc:
             raise HTTPError(504, "media_timeout", f"the session's media process did not answer within {timeout:.0f} s") from exc
 
-    async def aset_args(self, webrtc_id: str, args: list[Any]) -> None:
+    # Every per-session call takes the session's ``key`` (the answer's session_key) and is
+    # checked by the engine that holds the session, wherever the request came in.
+
+    async def aset_args(self, webrtc_id: str, key: Any, args: list[Any]) -> None:
         owner = await self._owner(webrtc_id)
         if isinstance(owner, MediaEngine):
-            owner.set_args(webrtc_id, args)
+            owner.set_args(webrtc_id, key, args)
         else:
-            _raise(await self._call(owner.actor.set_args.remote(webrtc_id, args)))
+            _raise(await self._call(owner.actor.set_args.remote(webrtc_id, key, args)))
 
-    async def anext_output(self, webrtc_id: str, kind: str = OUTPUTS_ADDITIONAL) -> list[Any] | None:
+    async def anext_output(self, webrtc_id: str, key: Any, kind: str = OUTPUTS_ADDITIONAL) -> list[Any] | None:
         """The oldest outputs of a session not yet fetched (None: none waiting), wherever
-        the session is (see MediaEngine.next_output)."""
+        the session is (see MediaEngine.next_output). HTTPError 404/403 as the routes."""
         try:
             owner = await self._owner(webrtc_id)
         except HTTPError:
-            return self.engine.next_output(webrtc_id, kind)  # an ended session's, kept a while here
+            return self.engine.next_output(webrtc_id, key, kind)  # an ended session's, kept a while here
         if isinstance(owner, MediaEngine):
-            return owner.next_output(webrtc_id, kind)
-        result: list[Any] | None = await self._call(owner.actor.next_output.remote(webrtc_id, kind))
-        return result
+            return owner.next_output(webrtc_id, key, kind)
+        result = await self._call(owner.actor.next_output.remote(webrtc_id, key, kind))
+        _raise(result)
+        return result  # type: ignore[no-any-return]
 
-    def next_output(self, webrtc_id: str, kind: str = OUTPUTS_ADDITIONAL) -> list[Any] | None:
+    def next_output(self, webrtc_id: str, key: Any, kind: str = OUTPUTS_ADDITIONAL) -> list[Any] | None:
         """This process's sessions only (gateway.processes: 1); see anext_output."""
-        return self.engine.next_output(webrtc_id, kind)
+        return self.engine.next_output(webrtc_id, key, kind)
 
-    def set_args(self, webrtc_id: str, args: list[Any]) -> None:
+    def set_args(self, webrtc_id: str, key: Any, args: list[Any]) -> None:
         """This process's sessions only (gateway.processes: 1); see aset_args."""
-        self.engine.set_args(webrtc_id, args)
+        self.engine.set_args(webrtc_id, key, args)
 
-    async def close_session(self, webrtc_id: str) -> None:
+    async def close_session(self, webrtc_id: str, key: Any) -> None:
         """End a session because its client hung up (see MediaEngine.close_session)."""
         owner = await self._owner(webrtc_id)
         if isinstance(owner, MediaEngine):
-            await owner.close_session(webrtc_id)
+            await owner.close_session(webrtc_id, key)
         else:
-            _raise(await self._call(owner.actor.close_session.remote(webrtc_id), MediaEngine.HANGUP_WAIT_S + FORWARD_TIMEOUT_S))
+            _raise(await self._call(owner.actor.close_session.remote(webrtc_id, key), MediaEngine.HANGUP_WAIT_S + FORWARD_TIMEOUT_S))
 
-    async def output_stream(self, webrtc_id: str) -> Any:
+    async def output_stream(self, webrtc_id: str, key: Any) -> Any:
         """An async iterator of a session's AdditionalOutputs for one SSE reader: a list of
         values each, or None every SSE_KEEPALIVE_S while there are none."""
         owner = await self._owner(webrtc_id)
         if isinstance(owner, MediaEngine):
-            session, queue = owner.subscribe(webrtc_id)
+            session, queue = owner.subscribe(webrtc_id, key)
 
             async def local() -> Any:
                 try:
@@ -662,7 +686,7 @@ class Gateway:
                         session.subscribers.remove(queue)
 
             return local()
-        sub = await self._call(owner.actor.subscribe.remote(webrtc_id))
+        sub = await self._call(owner.actor.subscribe.remote(webrtc_id, key))
         if isinstance(sub, Refusal):
             raise sub.error_()
         actor = owner.actor
@@ -747,6 +771,13 @@ def _raise(result: Any) -> None:
         raise result.error_()
 
 
+def _session_key(request: Any, body: dict[str, Any] | None) -> Any:
+    """A request's session key: the body's ``session_key``, else the X-Session-Key header."""
+    if body is not None and "session_key" in body:
+        return body["session_key"]
+    return request.headers.get(SESSION_KEY_HEADER)
+
+
 async def _read_json(request: Any, limit: int) -> dict[str, Any]:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "application/json":
@@ -760,9 +791,9 @@ async def _read_json(request: Any, limit: int) -> dict[str, Any]:
         if len(raw) > limit:
             raise HTTPError(413, "body_too_large", f"the body may be at most {limit} bytes")
     try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise HTTPError(400, "bad_json", f"the body is not JSON: {exc}") from exc
+        body = safejson.loads(raw)
+    except safejson.JSONRejected as exc:
+        raise HTTPError(400, exc.reason, exc.message) from None
     if not isinstance(body, dict):
         raise HTTPError(400, "bad_json", "the body must be a JSON object")
     return body

@@ -74,22 +74,22 @@ class Inbox:
         finally:
             self._waiting.pop(call_id, None)
 
-    async def candidate(self, webrtc_id: str, cand: Any) -> Any:
-        return await self._relay("candidate", webrtc_id, cand)
+    async def candidate(self, webrtc_id: str, key: Any, cand: Any) -> Any:
+        return await self._relay("candidate", webrtc_id, key, cand)
 
-    async def set_args(self, webrtc_id: str, args: list[Any]) -> Any:
-        return await self._relay("set_args", webrtc_id, args)
+    async def set_args(self, webrtc_id: str, key: Any, args: list[Any]) -> Any:
+        return await self._relay("set_args", webrtc_id, key, args)
 
-    async def close_session(self, webrtc_id: str) -> Any:
+    async def close_session(self, webrtc_id: str, key: Any) -> Any:
         from runtime.engine import MediaEngine
 
-        return await self._relay("close_session", webrtc_id, timeout=MediaEngine.HANGUP_WAIT_S)
+        return await self._relay("close_session", webrtc_id, key, timeout=MediaEngine.HANGUP_WAIT_S)
 
-    async def next_output(self, webrtc_id: str, kind: str = OUTPUTS_ADDITIONAL) -> Any:
-        return await self._relay("next_output", webrtc_id, kind)
+    async def next_output(self, webrtc_id: str, key: Any, kind: str = OUTPUTS_ADDITIONAL) -> Any:
+        return await self._relay("next_output", webrtc_id, key, kind)
 
-    async def subscribe(self, webrtc_id: str) -> Any:
-        return await self._relay("subscribe", webrtc_id)
+    async def subscribe(self, webrtc_id: str, key: Any) -> Any:
+        return await self._relay("subscribe", webrtc_id, key)
 
     async def wait_outputs(self, sub: int, timeout: float) -> Any:
         return await self._relay("wait_outputs", sub, timeout, timeout=timeout + RELAY_TIMEOUT_S)

@@ -51,34 +51,37 @@ class EngineCalls:
         except HTTPError as err:
             return err.refusal()
 
-    async def candidate(self, webrtc_id: str, cand: Any) -> Refusal | None:
+    async def candidate(self, webrtc_id: str, key: Any, cand: Any) -> Refusal | None:
         try:
-            await self.engine.add_candidate(webrtc_id, cand)
+            await self.engine.add_candidate(webrtc_id, key, cand)
             return None
         except HTTPError as err:
             return err.refusal()
 
-    async def set_args(self, webrtc_id: str, args: list[Any]) -> Refusal | None:
+    async def set_args(self, webrtc_id: str, key: Any, args: list[Any]) -> Refusal | None:
         try:
-            self.engine.set_args(webrtc_id, args)
+            self.engine.set_args(webrtc_id, key, args)
             return None
         except HTTPError as err:
             return err.refusal()
 
-    async def close_session(self, webrtc_id: str) -> Refusal | None:
+    async def close_session(self, webrtc_id: str, key: Any) -> Refusal | None:
         try:
-            await self.engine.close_session(webrtc_id)
+            await self.engine.close_session(webrtc_id, key)
             return None
         except HTTPError as err:
             return err.refusal()
 
-    async def next_output(self, webrtc_id: str, kind: str = OUTPUTS_ADDITIONAL) -> list[Any] | None:
-        return self.engine.next_output(webrtc_id, kind)
+    async def next_output(self, webrtc_id: str, key: Any, kind: str = OUTPUTS_ADDITIONAL) -> list[Any] | Refusal | None:
+        try:
+            return self.engine.next_output(webrtc_id, key, kind)
+        except HTTPError as err:
+            return err.refusal()
 
-    async def subscribe(self, webrtc_id: str) -> int | Refusal:
+    async def subscribe(self, webrtc_id: str, key: Any) -> int | Refusal:
         """An outputs (SSE) reader at another process: a queue here, read by wait_outputs."""
         try:
-            session, queue = self.engine.subscribe(webrtc_id)
+            session, queue = self.engine.subscribe(webrtc_id, key)
         except HTTPError as err:
             return err.refusal()
         sub = next(self._sub_ids)

@@ -34,6 +34,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 
 from runtime import constants as C
+from runtime import safejson
 from runtime.channel import FrameChannel, offer_link, worker_socket
 from runtime.encoder import use_gateway_encoder
 from runtime.jitter import release_video_on_marker, set_audio_prefetch
@@ -453,9 +454,12 @@ class Session:
                                      f"{C.MAX_DATA_CHANNEL_MESSAGE_BYTES} bytes")
             return
         try:
-            msg = json.loads(message)
-            kind = msg["type"]
-        except (ValueError, KeyError, TypeError):
+            msg = safejson.loads(message)
+        except safejson.JSONRejected as exc:
+            self.send_client_warning(f"data channel message refused: {exc.message}")
+            return
+        kind = msg.get("type") if isinstance(msg, dict) else None
+        if not isinstance(kind, str):
             self.send_client_warning("data channel message is not JSON with a 'type'")
             return
         if kind == "ping":
@@ -467,7 +471,7 @@ class Session:
                 return
             self.set_args(args)
         else:
-            self.send_client_warning(f"unknown message type {kind!r}")
+            self.send_client_warning(f"unknown message type {kind[:40]!r}")
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "video" and self.event.has_video and self.event.mode in ("send-receive", "send"):

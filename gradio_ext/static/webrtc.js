@@ -39,8 +39,6 @@ const SNAPSHOT_URL_TTL_MS = 10000; // the saved frame's object URL outlives the 
 const DEVICES_EVENT = "rtcpool-devices"; // window event: device permission granted, relist
 const TICK_INTERVAL_MS = 500; // "tick" while streaming: gradio_webrtc's stream_every of 0.5 s
 // A close posted while its offer is still on the way may reach the server first (404): try again
-const HANGUP_RETRY_MS = 1000;
-const HANGUP_RETRIES = 3;
 // A fetch of outputs whose listeners never report back (a lost request) is given up after this
 const OUTPUTS_DONE_TIMEOUT_MS = 15000;
 // A server that vanishes without a word (its media process killed, its host gone) sends no
@@ -423,18 +421,24 @@ function routeUrl(name) {
 }
 
 // Tell the server this page ended the session, so it frees the slot now rather than at its
-// connect or inactivity timeout. keepalive: it still goes out when the page is closing.
-function hangUp(id, retries) {
+// connect or inactivity timeout. It takes the session's key, which only the answer brings: a
+// session stopped while its offer was on its way is hung up when the answer arrives (see
+// postOffer). keepalive: it still goes out when the page is closing.
+function hangUp(s) {
+  if (s.hungUp || !s.key) return;
+  s.hungUp = true;
   fetch(routeUrl("close"), {
     method: "POST",
     headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ webrtc_id: id }),
+    body: JSON.stringify({ webrtc_id: s.id, session_key: s.key }),
     keepalive: true,
-  })
-    .then((resp) => {
-      if (resp.status === 404 && retries > 0) setTimeout(() => hangUp(id, retries - 1), HANGUP_RETRY_MS);
-    })
-    .catch(() => {}); // the page or the server is going away: its timeouts end the session
+  }).catch(() => {}); // the page or the server is going away: its timeouts end the session
+}
+
+// This session as the component's value: its id and key, which the server functions of the
+// page's events (inputs, outputs) present; the key is the server's secret for the session
+function handle(s) {
+  return s.key ? `${s.id}/${s.key}` : s.id;
 }
 
 // The RTCPeerConnection configuration, whole (iceServers, iceTransportPolicy, ...): as given,
@@ -489,7 +493,7 @@ function iceGathered(pc) {
 }
 
 async function postOffer(s) {
-  const abort = (s.abort = new AbortController()); // Stop aborts it too
+  const abort = (s.abort = new AbortController()); // only its timeout aborts it
   const timer = setTimeout(() => abort.abort(), OFFER_TIMEOUT_MS);
   let resp;
   s.offered = true;
@@ -514,7 +518,11 @@ async function postOffer(s) {
   } catch (_) {
     // not JSON: reported by status below
   }
-  if (resp.ok) return body;
+  if (resp.ok) {
+    s.key = body && typeof body.session_key === "string" ? body.session_key : null;
+    if (s.closed) hangUp(s); // stopped while it was answered: the server must not keep it
+    return body;
+  }
   s.offered = false; // refused: there is no session on the server to hang up
   // stopped while the answer was on its way: a refusal for it must not touch a newer session
   if (s.closed || s !== session) return null;
@@ -541,6 +549,8 @@ async function start() {
     abort: null, // the offer's fetch, while it is on its way
     offered: false, // the server may have (or be making) a session for this id
     answered: false,
+    key: null, // the server's secret for this session, from the answer
+    hungUp: false,
     timeUp: false, // the server ended it at its time limit
     lostTimer: null, // while "disconnected": see DISCONNECTED_GRACE_MS
     outputs: { wanted: 0, waiting: 0, timer: 0 }, // fetches of outputs: see fetchOutput()
@@ -581,7 +591,7 @@ async function start() {
     await iceGathered(pc);
     if (s.closed) return;
     const answer = await postOffer(s);
-    // stopped while it was answered: stop() has told the server, which ends the session
+    // stopped while it was answered: postOffer has told the server, which ends the session
     if (!answer || s.closed) return;
     s.answered = true;
     await pc.setRemoteDescription(answer);
@@ -716,7 +726,7 @@ function endReason(data) {
 
 function sendArgs(s) {
   if (s !== session || s.closed) return;
-  props.value = s.id; // the args event reads the session id from this component's value
+  props.value = handle(s); // the args event reads the session from this component's value
   // a macrotask later, so Gradio has taken the new value when the event collects its inputs
   setTimeout(() => {
     if (s === session && !s.closed) trigger("webrtc_args");
@@ -756,7 +766,7 @@ function pumpOutputs(s) {
     q.waiting = 0;
     pumpOutputs(s);
   }, OUTPUTS_DONE_TIMEOUT_MS);
-  props.value = s.id; // the listeners read the session id from this component's value
+  props.value = handle(s); // the listeners read the session from this component's value
   setTimeout(() => trigger("webrtc_outputs"), 0); // once Gradio has taken the value
 }
 
@@ -780,8 +790,8 @@ function fail(s, err) {
 // component going away), so the server is told; otherwise the server ended it already.
 function stop(s, state, why, local = false) {
   if (s.closed) return;
-  // with the offer still on its way, the close may overtake it: it is retried on a 404
-  if (local && s.offered) hangUp(s.id, s.answered ? 0 : HANGUP_RETRIES);
+  // with the offer still on its way, the answer hangs up (it brings the key: postOffer)
+  if (local && s.offered) hangUp(s);
   teardown(s);
   if (s === session) {
     session = null;
@@ -791,7 +801,8 @@ function stop(s, state, why, local = false) {
 
 function teardown(s) {
   s.closed = true;
-  if (s.abort) s.abort.abort(); // an offer still on its way: its answer is not wanted
+  // an offer still on its way is left to arrive: its answer has the key to hang up with. One
+  // not posted yet (gathering) is aborted before it goes out (start() checks s.closed)
   for (const t of s.timers) clearInterval(t);
   s.timers = [];
   if (s.lostTimer !== null) clearTimeout(s.lostTimer);
@@ -832,8 +843,9 @@ registry.outputs = registry.outputs || {};
 registry.mounted = registry.mounted || [];
 registry.outputsDone =
   registry.outputsDone ||
-  ((id) => {
-    const done = registry.outputs[id];
+  ((value) => {
+    // the component's value is the session's handle, "webrtc_id/key": keyed by the id
+    const done = registry.outputs[String(value).split("/")[0]];
     if (done) done();
   });
 const api = {

@@ -70,7 +70,7 @@ async def test_demo_draws_the_box_on_the_face_and_follows_the_threshold(demo_url
     pid = gateway.sessions[client.webrtc_id].worker_pid
     # the slider at its top, as the page would send it: no detection passes
     async with httpx.AsyncClient() as http:
-        r = await http.post(f"{url}/webrtc/input", json={"webrtc_id": client.webrtc_id, "args": [STRICT]})
+        r = await http.post(f"{url}/webrtc/input", json=client.ids(args=[STRICT]))
         assert r.status_code == 200
     await asyncio.sleep(2.0)
     strict = client.frames[-1]

@@ -304,17 +304,22 @@ class RecordingGateway:
         self.known = known
         self.calls: list[tuple[str, list]] = []
 
-    async def aset_args(self, webrtc_id: str, args: list) -> None:
+    async def aset_args(self, webrtc_id: str, key, args: list) -> None:
         if webrtc_id not in self.known:
             raise HTTPError(404, "unknown_webrtc_id", "no session")
+        if key != "k3y":
+            raise HTTPError(403, "bad_session_key", "wrong key")
         self.calls.append((webrtc_id, args))
 
 
 async def test_args_reach_the_gateway_and_unknown_ids_are_ignored():
     gw = RecordingGateway({"abc"})
     push = _args_pusher(gw)
-    await push("abc", 0.5, "x")
-    await push("gone", 0.5, "x")  # a session that ended: swallowed
+    # the component's value is the session's handle: "webrtc_id/key"
+    await push("abc/k3y", 0.5, "x")
+    await push("gone/k3y", 0.5, "x")  # a session that ended: swallowed
+    await push("abc/forged", 0.5, "x")  # a wrong key: refused, swallowed (logged)
+    await push("abc", 0.5, "x")  # no key at all: refused
     await push("", 0.5, "x")  # not streaming yet: nothing to do
     await push(None)
     assert gw.calls == [("abc", [0.5, "x"])]

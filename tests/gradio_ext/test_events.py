@@ -126,7 +126,7 @@ class OutputsGateway:
     def __init__(self, queued: list[list]) -> None:
         self.queued = queued
 
-    async def anext_output(self, webrtc_id: str, kind: str = "additional"):
+    async def anext_output(self, webrtc_id: str, key, kind: str = "additional"):
         return self.queued.pop(0) if self.queued else None
 
 

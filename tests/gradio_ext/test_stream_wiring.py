@@ -125,7 +125,7 @@ class FakeGateway:
         self.queued = queued
         self.kinds: list[str] = []
 
-    async def anext_output(self, webrtc_id: str, kind: str = "additional"):
+    async def anext_output(self, webrtc_id: str, key, kind: str = "additional"):
         self.kinds.append(kind)
         return self.queued.pop(0) if self.queued else None
 

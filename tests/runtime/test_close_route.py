@@ -1,9 +1,10 @@
 """POST /webrtc/close: the client hangs up and the gateway frees the slot at once.
 
-A real gateway (real Ray, real aiortc peers): a hang-up ends a live session well inside the
-media-inactivity timeout, a hang-up for an offer that is still being answered ends that
-session as soon as it exists, and bad input gets a 4xx with a JSON reason and changes
-nothing.
+A real gateway (real Ray, real aiortc peers): a hang-up (with the session's key) ends a live
+session well inside the media-inactivity timeout; a hang-up for an offer that is still being
+answered has no key yet, so it is refused and the client hangs up once the answer brings the
+key (with ``gateway.require_session_key: false`` the id alone ends that session as soon as it
+exists); bad input gets a 4xx with a JSON reason and changes nothing.
 """
 
 from __future__ import annotations
@@ -56,9 +57,9 @@ def leases(served, event_id: str) -> int:
     return served.status()["events"][event_id]["leases"]
 
 
-async def hang_up(url: str, webrtc_id: str) -> httpx.Response:
+async def hang_up(url: str, client: Client, **body) -> httpx.Response:
     async with httpx.AsyncClient(timeout=WORKER_START_TIMEOUT_S) as http:
-        return await http.post(f"{url}/webrtc/close", json={"webrtc_id": webrtc_id})
+        return await http.post(f"{url}/webrtc/close", json=client.ids(**body))
 
 
 async def test_hang_up_ends_a_live_session_at_once(app):
@@ -67,7 +68,7 @@ async def test_hang_up_ends_a_live_session_at_once(app):
     await asyncio.wait_for(client.first_frame.wait(), FIRST_FRAME_TIMEOUT_S)
     assert leases(app, WARM) == 1
     try:
-        r = await hang_up(app.url, client.webrtc_id)
+        r = await hang_up(app.url, client)
         assert r.status_code == 200, r.text
         assert r.json() == {"status": "success"}
         # the client's peer connection is still open and sending: only the hang-up ends it
@@ -83,7 +84,40 @@ async def test_hang_up_ends_a_live_session_at_once(app):
         await client.close()
 
 
-async def test_hang_up_during_the_offer_ends_the_session_once_it_exists(app):
+async def test_hang_up_during_the_offer_needs_the_key_the_answer_brings(app):
+    client = Client(app.url, stream_id=COLD)
+    offer = asyncio.ensure_future(client.connect())
+    try:
+        pending = await async_wait_until(
+            lambda: client.webrtc_id in app.gateway.sessions
+            and app.gateway.sessions[client.webrtc_id] is None,
+            OFFER_PENDING_TIMEOUT_S,
+            0.01,
+        )
+        assert pending, "the offer was answered before it could be caught pending"
+        # whoever saw only the id (it is the client's own name) cannot end the session
+        r = await hang_up(app.url, client, session_key=None)
+        assert r.status_code == 403 and r.json()["meta"]["error"] == "session_key_required", r.text
+        await asyncio.wait_for(offer, WORKER_START_TIMEOUT_S)
+        assert client.session_key and len(client.session_key) >= 22  # >= 128 bits, base64url
+        await asyncio.wait_for(client.first_frame.wait(), FIRST_FRAME_TIMEOUT_S)
+        r = await hang_up(app.url, client)
+        assert r.status_code == 200, r.text
+        released = await async_wait_until(
+            lambda: client.webrtc_id not in app.gateway.sessions and leases(app, COLD) == 0,
+            HANGUP_RELEASE_S,
+            0.1,
+        )
+        assert released, (list(app.gateway.sessions), leases(app, COLD))
+    finally:
+        if not offer.done():
+            offer.cancel()
+        await client.close()
+
+
+async def test_without_session_keys_a_hang_up_during_the_offer_ends_the_session_once_it_exists(app, monkeypatch):
+    # fastrtc-style clients (gateway.require_session_key: false) hang up by id alone
+    monkeypatch.setattr(app.gateway.config.gateway, "require_session_key", False)
     client = Client(app.url, stream_id=COLD)
     offer = asyncio.ensure_future(client.connect())
     try:
@@ -96,7 +130,7 @@ async def test_hang_up_during_the_offer_ends_the_session_once_it_exists(app):
         )
         assert pending, "the offer was answered before it could be caught pending"
         # answered only once the session existed and was ended
-        r = await hang_up(app.url, client.webrtc_id)
+        r = await hang_up(app.url, client, session_key=None)
         assert r.status_code == 200, r.text
         assert r.json() == {"status": "success"}
         await asyncio.wait_for(offer, WORKER_START_TIMEOUT_S)  # the session was made: an answer came
@@ -150,6 +184,6 @@ async def test_bad_hang_ups_are_refused_and_change_nothing(app, body, headers, s
         assert client.report.received > frames, "the session stopped streaming"
         assert leases(app, WARM) == 1
     finally:
-        await hang_up(app.url, client.webrtc_id)
+        await hang_up(app.url, client)
         await client.close()
         assert await async_wait_until(lambda: leases(app, WARM) == 0, HANGUP_RELEASE_S, 0.1)

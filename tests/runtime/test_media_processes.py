@@ -104,11 +104,15 @@ async def _forwarded_routes_work(a, b) -> None:
     client = await _connected(a.url)
     try:
         async with httpx.AsyncClient(timeout=10) as http:
-            r = await http.post(f"{b.url}/webrtc/input", json={"webrtc_id": client.webrtc_id, "args": [200]})
+            # B knows the session only by its key, checked by A's engine that holds it
+            for key in (None, "not-the-key"):
+                r = await http.post(f"{b.url}/webrtc/input", json={**client.ids(args=[90]), "session_key": key})
+                assert r.status_code == 403 and r.json()["meta"]["error"] in ("session_key_required", "bad_session_key"), r.text
+            r = await http.post(f"{b.url}/webrtc/input", json=client.ids(args=[200]))
             assert r.status_code == 200, r.text
             assert await async_wait_until(lambda: abs(float(client.frames[-1][5:50, 100:500].mean()) - 200) < 12, 10), "input via B did not reach the session"
             got = []
-            async with http.stream("GET", f"{b.url}/webrtc/outputs", params={"webrtc_id": client.webrtc_id}) as sse:
+            async with http.stream("GET", f"{b.url}/webrtc/outputs", params={"webrtc_id": client.webrtc_id}, headers={"X-Session-Key": client.session_key}) as sse:
                 assert sse.status_code == 200
                 async for line in sse.aiter_lines():
                     if line.startswith("data: "):
@@ -117,11 +121,13 @@ async def _forwarded_routes_work(a, b) -> None:
                             break
             assert got[-1] == [200], f"outputs via B's SSE: {got}"
             # the component's fetch (its server function) through B: the page's own queue
-            fetched = [b.run(b.gateway.anext_output(client.webrtc_id)) for _ in range(64)]
+            fetched = [b.run(b.gateway.anext_output(client.webrtc_id, client.session_key)) for _ in range(64)]
             assert [200] in fetched, f"outputs fetched via B: {fetched[-5:]}"
             bad = await http.post(f"{b.url}/webrtc/input", json={"webrtc_id": "no-such-session", "args": []})
             assert bad.status_code == 404 and bad.json()["meta"]["error"] == "unknown_webrtc_id"
-            r = await http.post(f"{b.url}/webrtc/close", json={"webrtc_id": client.webrtc_id})
+            r = await http.post(f"{b.url}/webrtc/close", json={**client.ids(), "session_key": "x" * 32})
+            assert r.status_code == 403 and a.leases() == 1, "a close with a wrong key ended the session"
+            r = await http.post(f"{b.url}/webrtc/close", json=client.ids())
             assert r.status_code == 200, r.text
         assert await async_wait_until(lambda: a.leases() == 0, RELEASE_TIMEOUT_S, 0.2), "close via B did not end the session"
     finally:

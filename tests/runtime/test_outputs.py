@@ -22,9 +22,9 @@ def tagger(frame: np.ndarray, tag: str):
     return frame, AdditionalOutputs(tag, COUNT["n"])
 
 
-async def _collect(url: str, webrtc_id: str, want: int, out: list) -> None:
+async def _collect(url: str, client: Client, want: int, out: list) -> None:
     async with httpx.AsyncClient(timeout=None) as http:
-        async with http.stream("GET", f"{url}/webrtc/outputs", params={"webrtc_id": webrtc_id}) as resp:
+        async with http.stream("GET", f"{url}/webrtc/outputs", params={"webrtc_id": client.webrtc_id}, headers={"X-Session-Key": client.session_key}) as resp:
             assert resp.status_code == 200
             async for line in resp.aiter_lines():
                 if line.startswith("data: "):
@@ -43,13 +43,13 @@ async def test_outputs_are_per_session_in_order_and_inputs_change_live(make_gate
         got_a: list = []
         got_b: list = []
         readers = [
-            asyncio.create_task(_collect(served.url, a.webrtc_id, 40, got_a)),
-            asyncio.create_task(_collect(served.url, b.webrtc_id, 40, got_b)),
+            asyncio.create_task(_collect(served.url, a, 40, got_a)),
+            asyncio.create_task(_collect(served.url, b, 40, got_b)),
         ]
         await asyncio.sleep(0.5)
         async with httpx.AsyncClient() as http:
             for c, tag in ((a, "A"), (b, "B")):
-                r = await http.post(f"{served.url}/webrtc/input", json={"webrtc_id": c.webrtc_id, "args": [tag]})
+                r = await http.post(f"{served.url}/webrtc/input", json=c.ids(args=[tag]))
                 assert r.status_code == 200
         await asyncio.wait_for(asyncio.gather(*readers), 60)
         await a.close()

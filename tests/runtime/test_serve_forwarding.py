@@ -135,12 +135,17 @@ async def sessions(http: httpx.AsyncClient, url: str) -> list[dict[str, Any]]:
 
 
 async def first_output(
-    http: httpx.AsyncClient, url: str, webrtc_id: str, wanted: list[Any]
+    http: httpx.AsyncClient, url: str, client: Client, wanted: list[Any]
 ) -> list[Any]:
     """The SSE stream of ``url`` for the session, read until ``wanted`` comes; every value
     it carried (the handler reports its level with each frame)."""
     seen: list[Any] = []
-    async with http.stream("GET", f"{url}/webrtc/outputs", params={"webrtc_id": webrtc_id}) as sse:
+    async with http.stream(
+        "GET",
+        f"{url}/webrtc/outputs",
+        params={"webrtc_id": client.webrtc_id},
+        headers={"X-Session-Key": client.session_key},
+    ) as sse:
         assert sse.status_code == 200, await sse.aread()
         assert sse.headers["content-type"].startswith("text/event-stream")
         async for line in sse.aiter_lines():
@@ -171,7 +176,7 @@ async def test_offer_to_one_serve_gateway_input_outputs_close_through_the_other(
 
                 # input to B: the handler on A's media process paints it
                 resp = await http.post(
-                    f"{b}/webrtc/input", json={"webrtc_id": client.webrtc_id, "args": [LEVEL]}
+                    f"{b}/webrtc/input", json=client.ids(args=[LEVEL])
                 )
                 assert resp.status_code == 200, resp.text
                 assert resp.json() == {"status": "success"}
@@ -181,7 +186,7 @@ async def test_offer_to_one_serve_gateway_input_outputs_close_through_the_other(
 
                 # outputs from B: the value the handler reports comes on B's SSE stream
                 seen = await asyncio.wait_for(
-                    first_output(http, b, client.webrtc_id, [LEVEL]), OUTPUT_S
+                    first_output(http, b, client, [LEVEL]), OUTPUT_S
                 )
                 assert seen[-1] == [LEVEL], f"B's outputs stream carried {seen[-5:]}"
 
@@ -201,7 +206,7 @@ async def test_offer_to_one_serve_gateway_input_outputs_close_through_the_other(
 
                 # close to B: the session ends on A's media process, its slot is back
                 assert leases(namespace) == 1
-                resp = await http.post(f"{b}/webrtc/close", json={"webrtc_id": client.webrtc_id})
+                resp = await http.post(f"{b}/webrtc/close", json=client.ids())
                 assert resp.status_code == 200, resp.text
                 for _ in range(int(RELEASE_S / POLL_S)):
                     if not await sessions(http, a):
@@ -215,7 +220,7 @@ async def test_offer_to_one_serve_gateway_input_outputs_close_through_the_other(
                 )
                 # the session is gone for every route now, through either gateway
                 gone = await http.post(
-                    f"{b}/webrtc/input", json={"webrtc_id": client.webrtc_id, "args": [1]}
+                    f"{b}/webrtc/input", json=client.ids(args=[1])
                 )
                 assert gone.status_code == 404, gone.text
         finally:

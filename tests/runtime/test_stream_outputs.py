@@ -35,13 +35,13 @@ def count_and_invert(frame: np.ndarray, count: int, text: str, level: int):
     return 255 - frame, count + 1, text + "x", level
 
 
-async def read_outputs(served, webrtc_id: str, want: int) -> list[list]:
+async def read_outputs(served, client: Client, want: int) -> list[list]:
     """The session's stream outputs, oldest first, as the page's event would fetch them."""
     got: list[list] = []
 
     async def take() -> None:
         while True:
-            values = served.gateway.next_output(webrtc_id, OUTPUTS_STREAM)
+            values = served.gateway.next_output(client.webrtc_id, client.session_key, OUTPUTS_STREAM)
             if values is None:
                 return
             got.append(values)
@@ -63,18 +63,18 @@ async def test_outputs_map_in_order_and_inputs_that_are_outputs_feed_back(make_g
         assert await async_wait_until(lambda: client.first_frame.is_set(), START_TIMEOUT_S), (
             client.messages
         )
-        before = await asyncio.wait_for(read_outputs(served, client.webrtc_id, WANT_OUTPUTS), 30)
+        before = await asyncio.wait_for(read_outputs(served, client, WANT_OUTPUTS), 30)
         # what a page sends when any input changes: every input's value, here stale ones for
         # the two fed back (the worker is long past 0 and "") and a new level
         async with httpx.AsyncClient() as http:
             r = await http.post(
                 f"{served.url}/webrtc/input",
-                json={"webrtc_id": client.webrtc_id, "args": [0, "", 9]},
+                json=client.ids(args=[0, "", 9]),
             )
             assert r.status_code == 200
-        after = await asyncio.wait_for(read_outputs(served, client.webrtc_id, WANT_OUTPUTS), 30)
+        after = await asyncio.wait_for(read_outputs(served, client, WANT_OUTPUTS), 30)
         frame = client.frames[-1].astype(int)
-        additional = served.gateway.next_output(client.webrtc_id)
+        additional = served.gateway.next_output(client.webrtc_id, client.session_key)
         errors = [m for m in client.messages if m.get("type") == "error"]
         await client.close()
     assert not errors, errors

@@ -111,9 +111,9 @@ def dominant_hz(frame: np.ndarray) -> float:
     return float(np.argmax(spectrum) * AUDIO_RATE / frame.size)
 
 
-async def read_outputs(url: str, webrtc_id: str, out: list[float]) -> None:
+async def read_outputs(url: str, client: Client, out: list[float]) -> None:
     async with httpx.AsyncClient(timeout=None) as http:
-        async with http.stream("GET", f"{url}/webrtc/outputs", params={"webrtc_id": webrtc_id}) as resp:
+        async with http.stream("GET", f"{url}/webrtc/outputs", params={"webrtc_id": client.webrtc_id}, headers={"X-Session-Key": client.session_key}) as resp:
             assert resp.status_code == 200, f"outputs route answered {resp.status_code}"
             async for line in resp.aiter_lines():
                 if line.startswith("data: "):
@@ -150,7 +150,7 @@ async def test_reply_on_pause_replies_once_per_utterance_with_the_whole_utteranc
         talker = await talk(served.url, speaking)
         quiet = await talk(served.url, silent)
         durations: list[float] = []  # read the way an app without Gradio would: the SSE route
-        reader = asyncio.create_task(read_outputs(served.url, talker.webrtc_id, durations))
+        reader = asyncio.create_task(read_outputs(served.url, talker, durations))
         await listen_to_the_end([talker, quiet], max(speaking.duration, silent.duration))
         if reader.done():
             reader.result()  # the route failed: say why
