@@ -50,7 +50,7 @@ CONFIG_ENV = "RTCPOOL_CONFIG"  # path of the config file when none is given
 CLI_OVERRIDES_ENV = "RTCPOOL_CLI_OVERRIDES"  # JSON of the `rtcpool serve` flags; beats the env
 # RTCPOOL_* names that are not key paths: a name outside these and without "__" is a typo
 # (RTCPOOL_GATEWAY_PORT), and a typo that is silently ignored is a setting that never applies
-OWN_ENV_NAMES = (CONFIG_ENV, CLI_OVERRIDES_ENV, WORKER_IMPORT_ENV)
+OWN_ENV_NAMES = (CONFIG_ENV, CLI_OVERRIDES_ENV, WORKER_IMPORT_ENV, C.RUN_DIR_ENV)
 RESOURCE_PRECISION = 1e-4  # Ray schedules resource quantities in units of 1/10,000
 RESERVED_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")  # keys of their own in Ray
 _RESERVED_KEY = {"CPU": "num_cpus", "GPU": "num_gpus", "object_store_memory": "memory"}
@@ -212,6 +212,11 @@ class GatewayConfig(_Strict):
     media_inactivity_timeout_s: float = Field(C.MEDIA_INACTIVITY_TIMEOUT_S, gt=0)
     max_offer_bytes: int = Field(C.MAX_OFFER_BYTES, gt=0)
     max_frame_pixels: int = Field(C.MAX_FRAME_PIXELS, gt=0)
+    drain_timeout_s: float = Field(
+        C.DRAIN_TIMEOUT_S,
+        ge=0,
+        description="on SIGTERM (or rtcpool drain), how long live sessions may run before they are ended",
+    )
     require_session_key: bool = Field(
         True,
         description=(

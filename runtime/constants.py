@@ -40,6 +40,10 @@ MEDIA_INACTIVITY_TIMEOUT_S = 10.0  # no media from a sending client for this lon
 END_STREAM_GRACE_S = 0.5  # time between telling the client the stream ends and closing it
 ARGS_WAIT_TIMEOUT_S = 2.0  # wait_for_args(): a client that never answers gets the initial values
 RETRY_AFTER_S = 5  # Retry-After header on HTTP 429, in seconds
+DRAIN_TIMEOUT_S = 30.0  # SIGTERM: live sessions may run this long before they are ended
+DRAIN_RETRY_AFTER_S = 10  # Retry-After on the 503 a draining gateway answers offers with, in seconds
+RUN_DIR_ENV = "RTCPOOL_RUN_DIR"  # where gateway processes announce themselves to `rtcpool drain`
+DRAIN_POLL_S = 0.2  # how often a drain looks whether its sessions have ended
 
 # --- control plane (Ray) ----------------------------------------------------------------
 SCHEDULER_NAME = "rtcpool-scheduler"

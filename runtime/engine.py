@@ -123,6 +123,17 @@ def _check_key(config: Config, expected: str, key: Any) -> None:
         raise HTTPError(403, "bad_session_key", "the session key does not match the session")
 
 
+def draining_error() -> HTTPError:
+    # 503 + Retry-After: a load balancer (or the page's retry) sends the user elsewhere
+    return HTTPError(
+        503,
+        "draining",
+        "this server is restarting and takes no new streams; try again",
+        headers={"Retry-After": str(C.DRAIN_RETRY_AFTER_S)},
+        meta={"retry_after": C.DRAIN_RETRY_AFTER_S},
+    )
+
+
 HANDLE_SEP = "/"  # in neither a webrtc_id ([A-Za-z0-9_.:-]) nor a key (base64url)
 
 
@@ -167,6 +178,8 @@ class MediaEngine:
         self._load = EngineLoad(self.gateway_id, os.getpid(), "", 0, 0.0, 0.0)
         self._sampler: asyncio.Task[None] | None = None
         self._beat_task: asyncio.Task[None] | None = None
+        self.draining = False  # no new offers: see adrain()
+        self._drain_now: asyncio.Event | None = None
 
     # --- signalling ----------------------------------------------------------------------------
 
@@ -176,6 +189,8 @@ class MediaEngine:
         event = self.events.get(event_id)
         if event is None:
             raise HTTPError(404, "unknown_stream", f"no stream {event_id!r} (GET /webrtc/streams)")
+        if self.draining:
+            raise draining_error()
         if webrtc_id in self.sessions:
             raise HTTPError(409, "duplicate_webrtc_id", f"a session {webrtc_id!r} is already active")
         self.sessions[webrtc_id] = None  # type: ignore[assignment]
@@ -344,6 +359,48 @@ class MediaEngine:
                 log.warning("session %s: hang-up gave up waiting for its offer", webrtc_id)
                 return
             await asyncio.sleep(self.HANGUP_POLL_S)
+
+    # --- draining ---------------------------------------------------------------------------------
+
+    async def adrain(self, timeout_s: float) -> None:
+        """Take no new offers, tell every client the server is going away, let the sessions
+        run until they end or ``timeout_s`` passes (or :meth:`drain_now`), then end the rest
+        cleanly: end_stream, then close (slots and workers back). Offers being answered when
+        the drain began become sessions and are told too."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        now = self._drain_now = self._drain_now or asyncio.Event()
+        deadline = loop.time() + timeout_s
+        told: set[int] = set()
+        while loop.time() < deadline and not now.is_set():
+            pending = any(s is None for s in self.sessions.values())
+            live = self.live_sessions()
+            if not live and not pending:
+                break
+            for session in live:
+                if id(session) not in told:
+                    told.add(id(session))
+                    left = max(0.0, deadline - loop.time())
+                    session.send_client_warning(f"the server is restarting: this stream ends within {left:.0f} s")
+                    session.send_client("log", {"event": "server_draining", "deadline_s": round(left, 1)})
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(now.wait(), min(C.DRAIN_POLL_S, max(0.0, deadline - loop.time())))
+        ending = [asyncio.ensure_future(self._end_drained(s)) for s in self.live_sessions()]
+        if ending:
+            await asyncio.wait(ending, timeout=C.END_STREAM_GRACE_S + C.CLOSE_ACK_TIMEOUT_S + C.RAY_CALL_TIMEOUT_S)
+
+    @staticmethod
+    async def _end_drained(session: Session) -> None:
+        session.send_client("end_stream", {"reason": "server_draining"})
+        await asyncio.sleep(C.END_STREAM_GRACE_S)  # the message goes out before the close
+        await session.aclose("the server is draining")
+
+    def drain_now(self) -> None:
+        """End a drain's wait at once (a second SIGTERM, or SIGINT)."""
+        self.draining = True
+        if self._drain_now is None:
+            self._drain_now = asyncio.Event()
+        self._drain_now.set()
 
     def live_sessions(self) -> list[Session]:
         return [s for s in self.sessions.values() if s is not None and not s.closed]

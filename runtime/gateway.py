@@ -40,9 +40,9 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from runtime import constants as C
-from runtime import safejson
+from runtime import drain, safejson
 from runtime.config import Config, load_config
-from runtime.engine import EngineLoad, MediaEngine, StreamEvent, check_id, check_sdp
+from runtime.engine import EngineLoad, MediaEngine, StreamEvent, check_id, check_sdp, draining_error
 from runtime.errors import HTTPError, Refusal
 from runtime.ice import pin_host_addresses
 from runtime.scheduler import EventSpec, PoolSpec, get_scheduler
@@ -58,6 +58,8 @@ MODALITIES = ("video", "audio", "audio-video")
 SESSION_KEY_HEADER = "x-session-key"  # where a GET (the outputs stream) carries the session key
 SSE_KEEPALIVE_S = 15.0  # comment line on an idle outputs stream, so proxies keep it open
 PLACED_CACHE_MAX = 4096  # sessions whose media process this front remembers (else: the directory)
+READY_TIMEOUT_S = 2.0  # /webrtc/ready: the scheduler answers by then, or the gateway is not ready
+DRAIN_MARGIN_S = C.END_STREAM_GRACE_S + C.CLOSE_ACK_TIMEOUT_S + 2 * C.RAY_CALL_TIMEOUT_S  # after a drain's deadline, its sessions' closes
 FORWARD_TIMEOUT_S = C.RAY_CALL_TIMEOUT_S  # a forwarded per-session call not answered by then fails
 OFFER_FORWARD_TIMEOUT_S = C.LEASE_TIMEOUT_S + C.RAY_CALL_TIMEOUT_S + C.WORKER_CONNECT_TIMEOUT_S + C.RAY_CALL_TIMEOUT_S
 
@@ -145,6 +147,9 @@ class Gateway:
         self.inbox: Any = None
         self._inbox_task: asyncio.Task[None] | None = None
         self._inbox_stop: asyncio.Event | None = None
+        # the event loop the routes run on (the sessions of processes: 1 live there): a
+        # drain started by a signal runs on it
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     # the engine's state, as the gateway had it before media processes (tests, benchmarks)
     @property
@@ -255,6 +260,7 @@ class Gateway:
             elif not rc.embedded:
                 self._start_inbox()
             self._started = True
+            drain.register(self)  # SIGTERM drains it from now on
 
     def _start_inbox(self) -> None:
         """Other gateways of a cluster forward this process's sessions' requests through an
@@ -447,12 +453,24 @@ class Gateway:
         gw = self
 
         async def offer(request: Request) -> JSONResponse:
+            gw.loop = asyncio.get_running_loop()
             try:
                 body = await _read_json(request, gw.config.gateway.max_offer_bytes)
                 result = await gw.handle_offer(body, _session_key(request, body))
                 return JSONResponse(result)
             except HTTPError as err:
                 return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+        async def health() -> JSONResponse:
+            # liveness: this process answers (a probe that fails restarts it)
+            return JSONResponse({"status": "alive", "draining": gw.draining})
+
+        async def ready() -> JSONResponse:
+            # readiness: worth sending new users to (a probe that fails takes it out of rotation)
+            gw.loop = asyncio.get_running_loop()
+            problems = await gw.readiness()
+            body = {"status": "ready" if not problems else "not_ready", "problems": problems}
+            return JSONResponse(body, status_code=200 if not problems else 503)
 
         async def streams() -> JSONResponse:
             return JSONResponse({"streams": [{"stream_id": e.event_id, "mode": e.mode, "modality": e.modality, "concurrency_limit": e.concurrency_limit, "time_limit": e.time_limit} for e in gw.events.values()]})
@@ -506,6 +524,8 @@ class Gateway:
             return StreamingResponse(events(), media_type="text/event-stream")
 
         app.add_api_route("/webrtc/offer", offer, methods=["POST"])
+        app.add_api_route("/webrtc/health", health, methods=["GET"])
+        app.add_api_route("/webrtc/ready", ready, methods=["GET"])
         app.add_api_route("/webrtc/streams", streams, methods=["GET"])
         app.add_api_route("/webrtc/sessions", sessions, methods=["GET"])
         app.add_api_route("/webrtc/input", set_input, methods=["POST"])
@@ -535,6 +555,8 @@ class Gateway:
             return {"status": "success"}
         if kind != "offer":
             raise HTTPError(400, "bad_request", "'type' must be 'offer' or 'ice-candidate'")
+        if self.draining:
+            raise draining_error()
         webrtc_id = check_id(body.get("webrtc_id"))
         sdp = check_sdp(body.get("sdp"))
         event = self._pick_event(body.get("stream_id"))
@@ -718,6 +740,55 @@ class Gateway:
                 view += await asyncio.wait_for(slot.actor.sessions_view.remote(), C.RAY_CALL_TIMEOUT_S)
         return view
 
+    # --- readiness and draining ---------------------------------------------------------------
+
+    @property
+    def draining(self) -> bool:
+        return self.engine.draining
+
+    async def readiness(self) -> list[str]:
+        """What keeps this gateway from taking new users (empty: ready): draining, not
+        started, Ray or the scheduler unreachable, a stream whose pool cannot place a worker,
+        no media process running."""
+        if self.draining:
+            return ["draining"]
+        if not self._started:
+            return ["not started (the first offer, or the app's start-up, starts it)"]
+        try:
+            status = await asyncio.wait_for(self.scheduler.status.remote(), READY_TIMEOUT_S)
+        except Exception as exc:
+            return [f"scheduler unreachable: {type(exc).__name__}"]
+        problems = []
+        for eid in self.events:
+            pool = status["events"].get(eid)
+            if pool is None:
+                problems.append(f"stream {eid!r} is not registered with the scheduler")
+            elif pool.get("unplaceable"):
+                problems.append(f"stream {eid!r}: {pool['unplaceable']}")
+        if not self.in_app and not self.media:
+            problems.append("no media process is running")
+        return problems
+
+    async def adrain(self, timeout_s: float | None = None) -> None:
+        """Stop taking offers (503 + Retry-After), tell every client, let sessions run up to
+        ``timeout_s`` (gateway.drain_timeout_s), then end the rest; here and in every media
+        process. The routes keep serving the live sessions meanwhile."""
+        timeout = self.config.gateway.drain_timeout_s if timeout_s is None else timeout_s
+        self.engine.draining = True
+        log.info("draining: no new offers; live sessions may run %.0f s more", timeout)
+        calls = [self.engine.adrain(timeout)]
+        calls += [self._call(slot.actor.drain.remote(timeout), timeout + DRAIN_MARGIN_S) for slot in list(self.media)]
+        for result in await asyncio.gather(*calls, return_exceptions=True):
+            if isinstance(result, BaseException):
+                log.warning("a media process did not drain: %s", result)
+
+    async def adrain_now(self) -> None:
+        """Cut a drain's wait short: the live sessions are ended now (still cleanly)."""
+        self.engine.drain_now()
+        for slot in list(self.media):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(slot.actor.drain_now.remote(), C.RAY_CALL_TIMEOUT_S)
+
     # --- lifecycle -------------------------------------------------------------------------------
 
     async def aclose(self, drop_pools: bool = False) -> None:
@@ -725,6 +796,7 @@ class Gateway:
         ``drop_pools``: also kill this app's idle workers (when no other gateway serves it)."""
         import ray
 
+        drain.unregister(self)
         self._supervisor_stop.set()
         supervisor, self._supervisor = self._supervisor, None
         if supervisor is not None:

@@ -156,6 +156,12 @@ class MediaProcess(EngineCalls):
     async def status(self) -> dict[str, Any]:
         return self.engine.status()
 
+    async def drain(self, timeout_s: float) -> None:
+        await self.engine.adrain(timeout_s)
+
+    async def drain_now(self) -> None:
+        self.engine.drain_now()
+
     async def aclose(self) -> None:
         await self.engine.aclose()
 

@@ -61,6 +61,7 @@ def close_with_app(app: Any, gateway: Gateway, *, start: bool = False) -> None:
             # start() blocks (ray.init, registration): off the loop. Idempotent: `rtcpool
             # serve` has started it already, so that a bad cluster fails before the port opens.
             await asyncio.to_thread(gateway.start)
+        gateway.loop = asyncio.get_running_loop()  # a drain (SIGTERM) runs on it
         async with inner(a) as state:
             try:
                 yield state

@@ -721,6 +721,7 @@ function endReason(data) {
   if (reason === "time_limit_reached") return `time limit of ${data.time_limit} s reached`;
   if (reason === "worker_failed") return "the stream's worker stopped";
   if (reason === "lease_reclaimed") return "the server took the stream back";
+  if (reason === "server_draining") return "the server is restarting";
   return reason ? String(reason) : "the server ended the stream";
 }
 
