@@ -217,6 +217,10 @@ class GatewayConfig(_Strict):
         ge=0,
         description="on SIGTERM (or rtcpool drain), how long live sessions may run before they are ended",
     )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="rtcpool's log lines on stderr: text, or one JSON object per line for log shippers",
+    )
     require_session_key: bool = Field(
         True,
         description=(

@@ -229,6 +229,7 @@ class MediaEngine:
                 await session.aclose(f"offer failed: {exc}")
                 raise HTTPError(400, "bad_sdp", f"the offer could not be answered: {exc}") from exc
             self.sessions[webrtc_id] = session
+            session.log_start()
             return {"sdp": answer.sdp, "type": answer.type}
         raise AssertionError("unreachable")
 

@@ -40,7 +40,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from runtime import constants as C
-from runtime import drain, safejson
+from runtime import drain, logs, safejson
 from runtime.config import Config, load_config
 from runtime.engine import EngineLoad, MediaEngine, StreamEvent, check_id, check_sdp, draining_error
 from runtime.errors import HTTPError, Refusal
@@ -229,6 +229,7 @@ class Gateway:
                 return
             import ray
 
+            logs.configure(self.config.gateway.log_format)
             pin_host_addresses(self.config.gateway.ice_host_addresses)
             rc = self.config.ray
             if not self.config.gateway.require_session_key:

@@ -25,6 +25,7 @@ from typing import Any
 
 import ray
 
+from runtime import logs
 from runtime.config import Config
 from runtime.engine import EngineLoad, MediaEngine, StreamEvent
 from runtime.errors import HTTPError, Refusal
@@ -128,6 +129,7 @@ class MediaProcess(EngineCalls):
 
         eng = self.engine
         rc = eng.config.ray
+        logs.configure(eng.config.gateway.log_format)
         pin_host_addresses(eng.config.gateway.ice_host_addresses)
         eng.node_id = ray.get_runtime_context().get_node_id()
         # on a thread: finding a named actor blocks, and this loop is the sessions' loop

@@ -646,12 +646,27 @@ class Session:
             await asyncio.sleep(delay)
         await self.aclose(reason)
 
+    def log_start(self) -> None:
+        log.info(
+            "session %s started: stream %s, worker pid %s (%s)",
+            self.webrtc_id, self.event.event_id, self.worker_pid, self.transport,
+            extra={"rtcpool": {"event": "session_start", "webrtc_id": self.webrtc_id, "stream": self.event.event_id, "worker_pid": self.worker_pid, "worker_node": self.lease.node_id, "transport": self.transport}},
+        )  # fmt: skip
+
+    def _log_end(self, reason: str) -> None:
+        duration = time.monotonic() - self.created_at
+        log.info(
+            "session %s ended after %.1f s: %s; frames in %d (skipped %d), out %d; stream %s, worker pid %s",
+            self.webrtc_id, duration, reason, self.frames_in, self.frames_skipped_in, self.frames_out, self.event.event_id, self.worker_pid,
+            extra={"rtcpool": {"event": "session_end", "webrtc_id": self.webrtc_id, "stream": self.event.event_id, "duration_s": round(duration, 3), "reason": reason, "frames_in": self.frames_in, "frames_skipped_in": self.frames_skipped_in, "frames_out": self.frames_out, "worker_pid": self.worker_pid}},
+        )  # fmt: skip
+
     async def aclose(self, reason: str = "closed") -> None:
         """End the session and give everything back. Safe to call twice, from any path."""
         if self.closed:
             return
         self.closed = True
-        log.info("session %s ends: %s", self.webrtc_id, reason)
+        self._log_end(reason)
         current = asyncio.current_task()
         for task in list(self.tasks):
             if task is not current:

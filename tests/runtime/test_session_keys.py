@@ -65,13 +65,20 @@ async def test_the_answer_carries_a_fresh_unguessable_key_that_is_never_listed(a
         async with httpx.AsyncClient(timeout=10) as http:
             listed = (await http.get(f"{app.url}/webrtc/sessions")).text
         assert len(json.loads(listed)) == 2
-        for key in (a.session_key, b.session_key):
-            assert key not in listed
-            assert not [r for r in caplog.records if key in r.getMessage()], "a session key was logged"
     finally:
         await a.hang_up()
         await b.hang_up()
     assert await async_wait_until(lambda: app.leases() == 0, RELEASE_S, 0.1)
+    for key in (a.session_key, b.session_key):
+        assert key not in listed
+        assert not [r for r in caplog.records if key in r.getMessage() or key in str(getattr(r, "rtcpool", ""))], "a session key was logged"
+    # one line per session start and end, with the fields an operator indexes
+    fields = [getattr(r, "rtcpool", {}) for r in caplog.records]
+    ends = [f for f in fields if f.get("event") == "session_end" and f.get("webrtc_id") == a.webrtc_id]
+    starts = [f for f in fields if f.get("event") == "session_start" and f.get("webrtc_id") == a.webrtc_id]
+    assert len(starts) == 1 and starts[0]["stream"] == STREAM and starts[0]["worker_pid"]
+    assert len(ends) == 1 and ends[0]["frames_in"] > 0 and ends[0]["frames_out"] > 0 and ends[0]["duration_s"] > 0
+    assert ends[0]["reason"] == "the client hung up"
 
 
 async def test_requests_without_the_sessions_key_are_refused_and_change_nothing(app):
