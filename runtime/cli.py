@@ -5,6 +5,9 @@
     rtcpool config check FILE        validate; print the effective config (file + RTCPOOL_* env)
     rtcpool status [--address RAY] [--namespace NS] [--config FILE] [--json]
                                      nodes, and per node the workers; slots per stream; sessions
+    rtcpool token [--stream ID] [--ttl SECONDS] [--subject S] [--config FILE]
+                                     print a join token signed with the secret in the
+                                     environment variable gateway.auth.secret_env names
 
 ``serve`` flags beat ``RTCPOOL_*`` variables, which beat the file. The app runs in this
 process and builds its gateway from ``load_config()``, which reads the flags back from
@@ -28,6 +31,14 @@ from typing import Any
 import yaml
 
 from runtime import constants as C
+from runtime.auth import (
+    BEARER_TOKENS_ENV,
+    JOIN_SECRET_ENV,
+    JOIN_TOKEN_TTL_S,
+    AuthConfigError,
+    mint_join_token,
+    read_secret,
+)
 from runtime.config import (
     CLI_OVERRIDES_ENV,
     CONFIG_ENV,
@@ -43,6 +54,7 @@ EXIT_UNREACHABLE = 1  # no Ray cluster or no rtcpool scheduler at the address
 EXIT_BAD_CONFIG = 2
 EXIT_SERVER_FAILED = 3  # the HTTP server did not start (the port is taken, ...)
 EXIT_NOTHING_TO_SERVE = 4  # `serve`: the app file leaves no Blocks, app, Stream or Gateway
+EXIT_NO_SECRET = 5  # `token`: the secret's environment variable is unset or too short
 ASGI_APP_NAME = "app"  # of several ASGI apps in a file, `serve` serves this one (uvicorn's habit)
 HEAD_NODE_RESOURCE = "node:__internal_head__"  # the marker resource Ray gives its head node
 SHORT_ID_CHARS = 12  # node ids are 56 hex characters; this many tell them apart in a listing
@@ -476,6 +488,33 @@ def _status(args: argparse.Namespace) -> int:
     return EXIT_OK if view["scheduler"] else EXIT_UNREACHABLE
 
 
+# --- token -----------------------------------------------------------------------------------
+
+
+def _token(args: argparse.Namespace) -> int:
+    # the secrets' own variables are not key paths: load_config would take them for typos
+    environ = {k: v for k, v in os.environ.items() if k not in (JOIN_SECRET_ENV, BEARER_TOKENS_ENV)}
+    try:
+        cfg = load_config(args.config, environ=environ)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    # gateway.auth is optional in a config: the default variable then
+    auth = getattr(cfg.gateway, "auth", None)
+    env_name = getattr(auth, "secret_env", None) or JOIN_SECRET_ENV
+    try:
+        secret = read_secret(env_name)
+        token = mint_join_token(secret, stream_id=args.stream, ttl_s=args.ttl, subject=args.subject)
+    except AuthConfigError as exc:
+        print(f"rtcpool token: {exc}", file=sys.stderr)
+        return EXIT_NO_SECRET
+    except ValueError as exc:
+        print(f"rtcpool token: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    print(token)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="rtcpool", description="Live WebRTC media into Python handlers on a Ray worker pool"
@@ -533,6 +572,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     status.add_argument("--json", action="store_true", help="print the view as JSON")
     status.set_defaults(fn=_status)
+    token = sub.add_parser(
+        "token",
+        help="print a join token (gateway.auth.mode: join_token) signed with the secret in the environment",
+    )
+    token.add_argument("--stream", default=None, metavar="ID", help="valid for this stream only (default: any)")
+    token.add_argument(
+        "--ttl", type=float, default=JOIN_TOKEN_TTL_S, metavar="SECONDS", help=f"lifetime (default {JOIN_TOKEN_TTL_S:g})"
+    )
+    token.add_argument("--subject", default=None, metavar="S", help="who it is for (the app's user id)")
+    token.add_argument(
+        "--config",
+        default=None,
+        help=f"the deployment's config file: its gateway.auth.secret_env (default variable: {JOIN_SECRET_ENV})",
+    )
+    token.set_defaults(fn=_token)
     args = ap.parse_args(argv)
     return int(args.fn(args))
 
