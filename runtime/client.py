@@ -288,9 +288,12 @@ class Client:
         audio_jitter_prefetch: int | None = None,
         video_release_on_marker: bool = True,
         replay: int = 0,
+        token: str | None = None,
     ) -> None:
         """``replay``: send a cycle of this many pre-encoded frames (:class:`ReplayVideoTrack`,
-        for load tests; REPLAY_CYCLE_FRAMES is a good length) instead of encoding live."""
+        for load tests; REPLAY_CYCLE_FRAMES is a good length) instead of encoding live.
+        ``token``: sent as ``Authorization: Bearer`` (gateway.auth: a bearer or join token)."""
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.url = url.rstrip("/")
         self.mode = mode
         self.modality = modality
@@ -401,7 +404,7 @@ class Client:
         if self.stream_id is not None:
             body["stream_id"] = self.stream_id
         async with httpx.AsyncClient(timeout=OFFER_TIMEOUT_S) as http:
-            resp = await http.post(f"{self.url}/webrtc/offer", json=body)
+            resp = await http.post(f"{self.url}/webrtc/offer", json=body, headers=self.headers)
         try:
             answer = resp.json()
         except ValueError:
@@ -427,7 +430,7 @@ class Client:
     async def post(self, route: str, **body: Any) -> httpx.Response:
         """POST /webrtc/<route> about this session (input, close), with its key."""
         async with httpx.AsyncClient(timeout=OFFER_TIMEOUT_S) as http:
-            return await http.post(f"{self.url}/webrtc/{route}", json=self.ids(**body))
+            return await http.post(f"{self.url}/webrtc/{route}", json=self.ids(**body), headers=self.headers)
 
     async def hang_up(self) -> None:
         """Tell the server this client ended the session (POST /webrtc/close), then close."""

@@ -41,6 +41,8 @@ from pydantic import (
 )
 
 from runtime import constants as C
+from runtime.auth import BEARER_TOKENS_ENV, JOIN_SECRET_ENV, AuthConfig, SignallingAuth
+from runtime.limits import LimitsConfig
 from workers.loader import WORKER_IMPORT_ENV
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -50,7 +52,7 @@ CONFIG_ENV = "RTCPOOL_CONFIG"  # path of the config file when none is given
 CLI_OVERRIDES_ENV = "RTCPOOL_CLI_OVERRIDES"  # JSON of the `rtcpool serve` flags; beats the env
 # RTCPOOL_* names that are not key paths: a name outside these and without "__" is a typo
 # (RTCPOOL_GATEWAY_PORT), and a typo that is silently ignored is a setting that never applies
-OWN_ENV_NAMES = (CONFIG_ENV, CLI_OVERRIDES_ENV, WORKER_IMPORT_ENV, C.RUN_DIR_ENV)
+OWN_ENV_NAMES = (CONFIG_ENV, CLI_OVERRIDES_ENV, WORKER_IMPORT_ENV, C.RUN_DIR_ENV, JOIN_SECRET_ENV, BEARER_TOKENS_ENV)
 RESOURCE_PRECISION = 1e-4  # Ray schedules resource quantities in units of 1/10,000
 RESERVED_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")  # keys of their own in Ray
 _RESERVED_KEY = {"CPU": "num_cpus", "GPU": "num_gpus", "object_store_memory": "memory"}
@@ -217,6 +219,15 @@ class GatewayConfig(_Strict):
         ge=0,
         description="on SIGTERM (or rtcpool drain), how long live sessions may run before they are ended",
     )
+    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="what one client may make the gateway hold")
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="who may use the signalling routes")
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description=(
+            "browser origins whose pages may use the signalling routes (scheme://host[:port], '*' for "
+            "any); empty: the app's own origin and localhost/127.0.0.1/[::1] on any port"
+        ),
+    )
     log_format: Literal["text", "json"] = Field(
         "text",
         description="rtcpool's log lines on stderr: text, or one JSON object per line for log shippers",
@@ -249,6 +260,21 @@ class GatewayConfig(_Strict):
         le=16,
         description="libvpx speed of the gateway's VP8 encoder (runtime/encoder.py): 6 is aiortc's; higher is faster and worse",
     )
+    @field_validator("allowed_origins")
+    @classmethod
+    def _check_origins(cls, value: list[str]) -> list[str]:
+        return AuthConfig(allowed_origins=value).allowed_origins  # normalised, or a clear error
+
+    @model_validator(mode="after")
+    def _one_origin_list(self) -> GatewayConfig:
+        if self.auth.allowed_origins:
+            raise ValueError("set the origin allow-list as gateway.allowed_origins, not gateway.auth.allowed_origins")
+        return self
+
+    def signalling_auth(self) -> SignallingAuth:
+        """The check in front of the signalling routes (reads the secrets' environment)."""
+        return SignallingAuth(self.auth.model_copy(update={"allowed_origins": self.allowed_origins}))
+
     def media_processes(self, cores: int | None = None) -> int:
         """``processes`` as a count: ``auto`` reads this host's cores (see media_processes_for)."""
         if self.processes != "auto":

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import math
 import os
 import re
 import secrets
@@ -32,6 +33,7 @@ from runtime.channel import Geometry
 from runtime.config import Config
 from runtime.errors import HTTPError
 from runtime.leases import LeaseGrant
+from runtime.limits import AddressLimits, Admission, check_candidate_address
 from runtime.session import OUTPUTS_QUEUE_MAX, Session, WorkerGone
 from runtime.wire import OUTPUTS_ADDITIONAL, OUTPUTS_STREAM
 from workers.loader import StreamOutputs
@@ -41,6 +43,7 @@ log = logging.getLogger("rtcpool.engine")
 WEBRTC_ID_RE = re.compile(rf"^[A-Za-z0-9_.:-]{{1,{C.MAX_WEBRTC_ID_CHARS}}}$")
 OUTPUTS_GRACE_S = 30.0  # a session's unfetched AdditionalOutputs are kept this long after it ends
 LOAD_SAMPLE_S = 1.0  # how often an engine measures its own CPU and event-loop lag
+UNLIMITED_OFFERS_PER_MIN = 10**9  # an engine does not rate-limit: its front does, seeing every offer
 SESSION_KEY_BYTES = 24  # random bytes of a session key (192 bits; base64url: 32 characters)
 
 
@@ -123,6 +126,22 @@ def _check_key(config: Config, expected: str, key: Any) -> None:
         raise HTTPError(403, "bad_session_key", "the session key does not match the session")
 
 
+def strip_forbidden_candidates(sdp: str, allow_loopback: bool) -> str:
+    """The offer without its ICE candidates to addresses the gateway must not probe (see
+    check_candidate_address): candidates in the SDP are trickled ones by another name."""
+    if "a=candidate:" not in sdp:
+        return sdp
+    kept = []
+    for line in sdp.splitlines(keepends=True):
+        if line.startswith("a=candidate:"):
+            try:
+                check_candidate_address(line[2:].strip(), allow_loopback=allow_loopback)
+            except HTTPError:
+                continue
+        kept.append(line)
+    return "".join(kept)
+
+
 def draining_error() -> HTTPError:
     # 503 + Retry-After: a load balancer (or the page's retry) sends the user elsewhere
     return HTTPError(
@@ -179,13 +198,21 @@ class MediaEngine:
         self._sampler: asyncio.Task[None] | None = None
         self._beat_task: asyncio.Task[None] | None = None
         self.draining = False  # no new offers: see adrain()
+        # pending offers and live sessions per client address; the front limits the rate
+        lc = config.gateway.limits
+        self.address_limits = AddressLimits(
+            lc.max_pending_offers_per_address, lc.max_sessions_per_address, UNLIMITED_OFFERS_PER_MIN,
+            exempt_loopback=lc.exempt_loopback, max_tracked=lc.max_tracked_addresses,
+        )  # fmt: skip
         self._drain_now: asyncio.Event | None = None
 
     # --- signalling ----------------------------------------------------------------------------
 
-    async def offer(self, event_id: str, webrtc_id: str, sdp: str) -> dict[str, Any]:
-        """Answer an offer for ``event_id``. The id is reserved before any wait, so a second
-        offer with it meanwhile is a duplicate, and a close for it finds it pending."""
+    async def offer(self, event_id: str, webrtc_id: str, sdp: str, client: str | None = None) -> dict[str, Any]:
+        """Answer an offer for ``event_id`` from ``client`` (its address). The id is
+        reserved before any wait, so a second offer with it meanwhile is a duplicate, and a
+        close for it finds it pending. The client's address holds a pending offer until
+        the session connects, and a session until it ends (gateway.limits)."""
         event = self.events.get(event_id)
         if event is None:
             raise HTTPError(404, "unknown_stream", f"no stream {event_id!r} (GET /webrtc/streams)")
@@ -193,13 +220,16 @@ class MediaEngine:
             raise draining_error()
         if webrtc_id in self.sessions:
             raise HTTPError(409, "duplicate_webrtc_id", f"a session {webrtc_id!r} is already active")
+        admission = self.address_limits.admit_offer(client)
         self.sessions[webrtc_id] = None  # type: ignore[assignment]
         key = self.keys[webrtc_id] = secrets.token_urlsafe(SESSION_KEY_BYTES)
         try:
-            answer = await self._open_session(event, webrtc_id, sdp)
+            sdp = strip_forbidden_candidates(sdp, self.config.gateway.limits.allow_loopback_candidates)
+            answer = await self._open_session(event, webrtc_id, sdp, admission)
             return {**answer, "session_key": key}
         finally:
             if self.sessions.get(webrtc_id) is None:
+                admission.ended()
                 self.sessions.pop(webrtc_id, None)
                 if self.keys.get(webrtc_id) == key:
                     del self.keys[webrtc_id]
@@ -213,10 +243,11 @@ class MediaEngine:
             raise HTTPError(404, "unknown_webrtc_id", f"no session {webrtc_id!r}")
         _check_key(self.config, expected, key)
 
-    async def _open_session(self, event: StreamEvent, webrtc_id: str, sdp: str) -> dict[str, Any]:
+    async def _open_session(self, event: StreamEvent, webrtc_id: str, sdp: str, admission: Admission) -> dict[str, Any]:
         for attempt in range(2):  # one retry: an idle worker may have died since the lease
             lease = await self._acquire(event, webrtc_id)
             session = Session(self, event, webrtc_id, lease)
+            session.admission = admission
             try:
                 answer = await session.start(sdp, "offer")
             except WorkerGone as exc:
@@ -285,10 +316,16 @@ class MediaEngine:
             raise HTTPError(404, "unknown_webrtc_id", f"no session {webrtc_id!r}")
         if cand is None:
             return  # end of candidates
+        text = cand.get("candidate") if isinstance(cand, dict) else cand
+        if not text:
+            return
+        if not isinstance(text, str):
+            raise HTTPError(400, "bad_candidate", "'candidate' must be an SDP candidate attribute")
+        session.candidates.take()
+        # no candidates to link-local/metadata (169.254.0.0/16), multicast or (outside the
+        # local config) loopback addresses: the gateway would send STUN checks there
+        check_candidate_address(text, allow_loopback=self.config.gateway.limits.allow_loopback_candidates)
         try:
-            text = cand["candidate"] if isinstance(cand, dict) else cand
-            if not text:
-                return
             ice = candidate_from_sdp(text.split(":", 1)[1] if text.startswith("candidate:") else text)
             if isinstance(cand, dict):
                 ice.sdpMid = cand.get("sdpMid")
@@ -325,6 +362,9 @@ class MediaEngine:
         session = self.sessions.get(webrtc_id)
         if session is None:
             raise HTTPError(404, "unknown_webrtc_id", f"no session {webrtc_id!r}")
+        if not session.input_rate.take():
+            retry = max(1, math.ceil(session.input_rate.retry_after()))
+            raise HTTPError(429, "input_rate_limited", "too many input posts for this session", headers={"Retry-After": str(retry)})
         session.set_args(args)
 
     def subscribe(self, webrtc_id: str, key: Any) -> tuple[Session, asyncio.Queue[list[Any]]]:
@@ -333,9 +373,17 @@ class MediaEngine:
         session = self.sessions.get(webrtc_id)
         if session is None:
             raise HTTPError(404, "unknown_webrtc_id", f"no session {webrtc_id!r}")
+        session.readers.take()
         queue: asyncio.Queue[list[Any]] = asyncio.Queue(OUTPUTS_QUEUE_MAX)
         session.subscribers.append(queue)
         return session, queue
+
+    @staticmethod
+    def unsubscribe(session: Session, queue: asyncio.Queue[list[Any]]) -> None:
+        """An outputs reader went away: its queue and its place among the session's readers."""
+        if queue in session.subscribers:
+            session.subscribers.remove(queue)
+            session.readers.release()
 
     # a hang-up for an offer still being answered polls for its session this often, for at
     # most as long as the offer itself may take (a lease, then the worker link)
@@ -524,6 +572,8 @@ class MediaEngine:
 
     async def session_ended(self, session: Session) -> None:
         key = self.keys.get(session.webrtc_id, "")
+        if session.admission is not None:
+            session.admission.ended()
         if self.sessions.get(session.webrtc_id) is session:
             self.sessions.pop(session.webrtc_id, None)
             self.keys.pop(session.webrtc_id, None)

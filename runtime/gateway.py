@@ -41,10 +41,12 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from runtime import constants as C
 from runtime import drain, logs, safejson
+from runtime.auth import gradio_app_of, gradio_auth_enabled, gradio_user
 from runtime.config import Config, load_config
 from runtime.engine import EngineLoad, MediaEngine, StreamEvent, check_id, check_sdp, draining_error
 from runtime.errors import HTTPError, Refusal
 from runtime.ice import pin_host_addresses
+from runtime.limits import AddressLimits
 from runtime.scheduler import EventSpec, PoolSpec, get_scheduler
 from runtime.session import Session
 from runtime.wire import OUTPUTS_ADDITIONAL
@@ -58,6 +60,7 @@ MODALITIES = ("video", "audio", "audio-video")
 SESSION_KEY_HEADER = "x-session-key"  # where a GET (the outputs stream) carries the session key
 SSE_KEEPALIVE_S = 15.0  # comment line on an idle outputs stream, so proxies keep it open
 PLACED_CACHE_MAX = 4096  # sessions whose media process this front remembers (else: the directory)
+UNBOUNDED_HOLDS = 10**9  # the front's offer-rate limiter holds nothing: the engines count holds
 READY_TIMEOUT_S = 2.0  # /webrtc/ready: the scheduler answers by then, or the gateway is not ready
 DRAIN_MARGIN_S = C.END_STREAM_GRACE_S + C.CLOSE_ACK_TIMEOUT_S + 2 * C.RAY_CALL_TIMEOUT_S  # after a drain's deadline, its sessions' closes
 FORWARD_TIMEOUT_S = C.RAY_CALL_TIMEOUT_S  # a forwarded per-session call not answered by then fails
@@ -147,6 +150,14 @@ class Gateway:
         self.inbox: Any = None
         self._inbox_task: asyncio.Task[None] | None = None
         self._inbox_stop: asyncio.Event | None = None
+        # who may use the routes, and how fast one address may post offers (its pending
+        # offers and sessions are counted by the engine that holds them)
+        self.auth = self.config.gateway.signalling_auth()
+        lc = self.config.gateway.limits
+        self.offer_rate = AddressLimits(
+            UNBOUNDED_HOLDS, UNBOUNDED_HOLDS, lc.max_offers_per_address_per_min,
+            exempt_loopback=lc.exempt_loopback, max_tracked=lc.max_tracked_addresses,
+        )  # fmt: skip
         # the event loop the routes run on (the sessions of processes: 1 live there): a
         # drain started by a signal runs on it
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -456,8 +467,10 @@ class Gateway:
         async def offer(request: Request) -> JSONResponse:
             gw.loop = asyncio.get_running_loop()
             try:
+                await gw.check_access(request)
                 body = await _read_json(request, gw.config.gateway.max_offer_bytes)
-                result = await gw.handle_offer(body, _session_key(request, body))
+                client = request.client.host if request.client else None
+                result = await gw.handle_offer(body, _session_key(request, body), client)
                 return JSONResponse(result)
             except HTTPError as err:
                 return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
@@ -473,14 +486,23 @@ class Gateway:
             body = {"status": "ready" if not problems else "not_ready", "problems": problems}
             return JSONResponse(body, status_code=200 if not problems else 503)
 
-        async def streams() -> JSONResponse:
+        async def streams(request: Request) -> JSONResponse:
+            try:
+                await gw.check_access(request)
+            except HTTPError as err:
+                return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
             return JSONResponse({"streams": [{"stream_id": e.event_id, "mode": e.mode, "modality": e.modality, "concurrency_limit": e.concurrency_limit, "time_limit": e.time_limit} for e in gw.events.values()]})
 
-        async def sessions() -> JSONResponse:
+        async def sessions(request: Request) -> JSONResponse:
+            try:
+                await gw.check_access(request)
+            except HTTPError as err:
+                return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
             return JSONResponse(await gw.sessions_view())
 
         async def set_input(request: Request) -> JSONResponse:
             try:
+                await gw.check_access(request)
                 body = await _read_json(request, C.MAX_INPUT_BYTES)
                 webrtc_id = body.get("webrtc_id")
                 args = body.get("args")
@@ -489,21 +511,23 @@ class Gateway:
                 await gw.aset_args(check_id(webrtc_id), _session_key(request, body), args)
                 return JSONResponse({"status": "success"})
             except HTTPError as err:
-                return JSONResponse(err.body(), status_code=err.status)
+                return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
         async def close(request: Request) -> JSONResponse:
             # the client hangs up (the page's Stop): the slot is free now, not at a timeout
             try:
+                await gw.check_access(request)
                 body = await _read_json(request, C.MAX_INPUT_BYTES)
                 await gw.close_session(check_id(body.get("webrtc_id")), _session_key(request, body))
                 return JSONResponse({"status": "success"})
             except HTTPError as err:
-                return JSONResponse(err.body(), status_code=err.status)
+                return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
         async def outputs(request: Request) -> Any:
             # the key comes in a header (GET) or the body (POST), never in the URL, which
             # proxies and access logs keep
             try:
+                await gw.check_access(request)
                 if "session_key" in request.query_params:
                     raise HTTPError(400, "session_key_in_url", "send the session key in the X-Session-Key header or a POST body, not the URL")
                 if request.method == "POST":
@@ -513,7 +537,7 @@ class Gateway:
                     body, webrtc_id = None, request.query_params.get("webrtc_id")
                 stream = await gw.output_stream(check_id(webrtc_id), _session_key(request, body))
             except HTTPError as err:
-                return JSONResponse(err.body(), status_code=err.status)
+                return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
             async def events() -> Any:
                 async for values in stream:
@@ -543,7 +567,17 @@ class Gateway:
 
     # --- signalling ----------------------------------------------------------------------------
 
-    async def handle_offer(self, body: dict[str, Any], key: Any = None) -> dict[str, Any]:
+    async def check_access(self, request: Any) -> None:
+        """Who may use a signalling route (gateway.auth, gateway.allowed_origins): the Origin
+        first, then the credentials. Routes on a Gradio app launched with ``auth=`` take
+        that app's login whatever the mode, as Gradio's own routes do."""
+        await self.auth.check_request(request, stream_id=None)
+        if self.auth.mode == "none":
+            app = gradio_app_of(request)
+            if app is not None and gradio_auth_enabled(app) and await gradio_user(request, app) is None:
+                raise HTTPError(401, "auth_required", "log in to the app first (its Gradio login)")
+
+    async def handle_offer(self, body: dict[str, Any], key: Any = None, client: str | None = None) -> dict[str, Any]:
         """An offer, or a trickled ICE candidate for a session (with its ``key``)."""
         kind = body.get("type")
         if kind == "ice-candidate":
@@ -558,6 +592,7 @@ class Gateway:
             raise HTTPError(400, "bad_request", "'type' must be 'offer' or 'ice-candidate'")
         if self.draining:
             raise draining_error()
+        self.offer_rate.admit_offer(client).ended()  # counts against its rate, holds nothing
         webrtc_id = check_id(body.get("webrtc_id"))
         sdp = check_sdp(body.get("sdp"))
         event = self._pick_event(body.get("stream_id"))
@@ -577,7 +612,7 @@ class Gateway:
                 await asyncio.get_running_loop().run_in_executor(None, self.start)
         if self.in_app:
             self._serve_inbox()
-            return await self.engine.offer(event.event_id, webrtc_id, sdp)
+            return await self.engine.offer(event.event_id, webrtc_id, sdp, client)
         if webrtc_id in self._placed:
             raise HTTPError(409, "duplicate_webrtc_id", f"a session {webrtc_id!r} is already active")
         slot = self._least_loaded(webrtc_id)
@@ -585,7 +620,7 @@ class Gateway:
         # goes to the process answering it
         self._remember(webrtc_id, slot)
         try:
-            answer = await self._call(slot.actor.offer.remote(event.event_id, webrtc_id, sdp), OFFER_FORWARD_TIMEOUT_S)
+            answer = await self._call(slot.actor.offer.remote(event.event_id, webrtc_id, sdp, client), OFFER_FORWARD_TIMEOUT_S)
         except BaseException:
             slot.answered(webrtc_id, ok=False)
             self._placed.pop(webrtc_id, None)
@@ -705,8 +740,7 @@ class Gateway:
                         except asyncio.TimeoutError:
                             yield None
                 finally:
-                    if queue in session.subscribers:
-                        session.subscribers.remove(queue)
+                    owner.unsubscribe(session, queue)
 
             return local()
         sub = await self._call(owner.actor.subscribe.remote(webrtc_id, key))

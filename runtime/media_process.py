@@ -46,9 +46,9 @@ class EngineCalls:
         self._subs: dict[int, tuple[Any, asyncio.Queue[list[Any]]]] = {}
         self._sub_ids = itertools.count(1)
 
-    async def offer(self, event_id: str, webrtc_id: str, sdp: str) -> dict[str, Any] | Refusal:
+    async def offer(self, event_id: str, webrtc_id: str, sdp: str, client: str | None = None) -> dict[str, Any] | Refusal:
         try:
-            return await self.engine.offer(event_id, webrtc_id, sdp)
+            return await self.engine.offer(event_id, webrtc_id, sdp, client)
         except HTTPError as err:
             return err.refusal()
 
@@ -111,8 +111,8 @@ class EngineCalls:
 
     def unsubscribe(self, sub: int) -> None:
         entry = self._subs.pop(sub, None)
-        if entry is not None and entry[1] in entry[0].subscribers:
-            entry[0].subscribers.remove(entry[1])
+        if entry is not None:
+            self.engine.unsubscribe(*entry)
 
 
 

@@ -38,6 +38,7 @@ from runtime import safejson
 from runtime.channel import FrameChannel, offer_link, worker_socket
 from runtime.encoder import use_gateway_encoder
 from runtime.jitter import release_video_on_marker, set_audio_prefetch
+from runtime.limits import Admission, PerSessionCount, TokenBucket
 from runtime.media import (
     I420_FORMAT,
     EncoderFrame,
@@ -267,6 +268,14 @@ class Session:
         self.args: list[Any] = list(event.initial_args)
         self.args_set = False
         self._warned_oversize = False
+        # what this client may make the gateway do (gateway.limits)
+        lc = host.config.gateway.limits
+        self.admission: Admission | None = None  # its address's hold, given back when it ends
+        self.candidates = PerSessionCount.candidates(lc.max_candidates_per_session)
+        self.readers = PerSessionCount.readers(lc.max_sse_readers_per_session)
+        self.input_rate = TokenBucket(lc.max_input_posts_per_s, lc.input_post_burst)
+        self.message_rate = TokenBucket(lc.data_channel_messages_per_s, lc.data_channel_message_burst)
+        self._warned_rate = False
 
     # --- start --------------------------------------------------------------------------------
 
@@ -435,6 +444,8 @@ class Session:
         state = self.pc.connectionState
         if state == "connected" and self.connected_at is None:
             self.connected_at = time.monotonic()
+            if self.admission is not None:
+                self.admission.connected()  # no longer a pending offer of its address
         elif state in ("failed", "closed"):
             self.close_soon(f"peer connection {state}")
 
@@ -449,6 +460,11 @@ class Session:
             self._flush_messages()
 
     def _on_client_message(self, message: Any) -> None:
+        if not self.message_rate.take():
+            if not self._warned_rate:  # once: a warning per dropped message would be a flood back
+                self._warned_rate = True
+                self.send_client_warning("too many data channel messages: some are dropped")
+            return
         if isinstance(message, bytes) or len(message) > C.MAX_DATA_CHANNEL_MESSAGE_BYTES:
             self.send_client_warning("data channel messages must be JSON text of at most "
                                      f"{C.MAX_DATA_CHANNEL_MESSAGE_BYTES} bytes")

@@ -10,26 +10,20 @@ its own (its scheduler and workers die with it).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
-import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
 from runtime.client import Client
+from tests.app_process import start_app
 from tests.cluster.cluster import end_tree, tail
-from tests.conftest import async_wait_until, free_port, joining_ray, shm_segments
+from tests.conftest import async_wait_until, shm_segments
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(400)]
 
-REPO = Path(__file__).resolve().parents[2]
-SERVING_S = 120.0
 FIRST_FRAME_S = 60.0
 DRAIN_S = 8  # the apps' gateway.drain_timeout_s
 TOLD_S = 5.0  # SIGTERM -> every client has the warning
@@ -76,44 +70,6 @@ async def test_the_uvicorn_exit_handler_drain_wraps_is_still_there():
     assert "self.handle_exit" in source and "raise_signal" in source
 
 
-def _start(tmp_path: Path, how: str, app_ray: str) -> tuple[subprocess.Popen[bytes], str, Path]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RTCPOOL_", "RAY_ADDRESS"))}
-    env.update(
-        joining_ray(app_ray, "drain"),
-        RAY_AUTH_MODE="disabled",
-        RAY_USAGE_STATS_ENABLED="0",
-        GRADIO_ANALYTICS_ENABLED="False",
-        PYTHONPATH=str(REPO),
-        APP_PORT=str(port),
-        RTCPOOL_GATEWAY__DRAIN_TIMEOUT_S=str(DRAIN_S),
-        RTCPOOL_GATEWAY__ICE_HOST_ADDRESSES="[127.0.0.1]",
-        RTCPOOL_RUN_DIR=str(tmp_path / "run"),
-    )
-    app = tmp_path / "app.py"
-    log = tmp_path / "app.log"
-    if how == "serve":
-        app.write_text(STREAM_APP)
-        cmd = [sys.executable, "-m", "runtime.cli", "serve", str(app), "--port", str(port)]
-    else:
-        app.write_text(GRADIO_APP)
-        cmd = [sys.executable, str(app)]
-    with log.open("wb") as out:
-        process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + SERVING_S
-    while True:
-        if process.poll() is not None:
-            raise AssertionError(f"the app exited with {process.returncode}:\n{tail(log)}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/webrtc/ready", timeout=5).status_code == 200:
-                return process, url, log
-        if time.monotonic() > deadline:
-            end_tree(process.pid, signal.SIGKILL, 10)
-            raise AssertionError(f"the app was not ready in {SERVING_S} s:\n{tail(log)}")
-        time.sleep(POLL_S)
-
-
 async def _offer_status(url: str) -> httpx.Response:
     from aiortc import RTCConfiguration, RTCPeerConnection
 
@@ -139,7 +95,7 @@ def _ended_by_drain(client: Client) -> bool:
 @pytest.mark.parametrize("how", ["serve", "gradio-launch"])
 async def test_sigterm_drains_live_sessions_then_exits_0(tmp_path, app_ray, how):
     segments = shm_segments()
-    process, url, log = _start(tmp_path, how, app_ray)
+    process, url, log = start_app(tmp_path, STREAM_APP if how == "serve" else GRADIO_APP, app_ray, serve=how == "serve", RTCPOOL_GATEWAY__DRAIN_TIMEOUT_S=str(DRAIN_S))
     clients = [Client(url, fps=15, size=(160, 120)) for _ in range(2)]
     try:
         for c in clients:
@@ -181,7 +137,7 @@ async def test_sigterm_drains_live_sessions_then_exits_0(tmp_path, app_ray, how)
 
 async def test_a_second_sigterm_ends_the_sessions_at_once(tmp_path, app_ray):
     segments = shm_segments()
-    process, url, log = _start(tmp_path, "serve", app_ray)
+    process, url, log = start_app(tmp_path, STREAM_APP, app_ray, RTCPOOL_GATEWAY__DRAIN_TIMEOUT_S=str(DRAIN_S))
     client = Client(url, fps=15, size=(160, 120))
     try:
         await client.connect()
