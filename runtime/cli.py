@@ -32,7 +32,6 @@ import yaml
 
 from runtime import constants as C
 from runtime.auth import (
-    BEARER_TOKENS_ENV,
     JOIN_SECRET_ENV,
     JOIN_TOKEN_TTL_S,
     AuthConfigError,
@@ -55,6 +54,8 @@ EXIT_BAD_CONFIG = 2
 EXIT_SERVER_FAILED = 3  # the HTTP server did not start (the port is taken, ...)
 EXIT_NOTHING_TO_SERVE = 4  # `serve`: the app file leaves no Blocks, app, Stream or Gateway
 EXIT_NO_SECRET = 5  # `token`: the secret's environment variable is unset or too short
+EXIT_DRAIN_TIMEOUT = 6  # `drain`: a gateway process was still running when the wait ended
+DRAIN_WAIT_S = C.DRAIN_TIMEOUT_S + 30.0  # `drain`: the default drain, plus its sessions' closes
 ASGI_APP_NAME = "app"  # of several ASGI apps in a file, `serve` serves this one (uvicorn's habit)
 HEAD_NODE_RESOURCE = "node:__internal_head__"  # the marker resource Ray gives its head node
 SHORT_ID_CHARS = 12  # node ids are 56 hex characters; this many tell them apart in a listing
@@ -118,7 +119,8 @@ def _serve(args: argparse.Namespace) -> int:
     # Gradio's launch() reads its address from these; the config decides it
     os.environ["GRADIO_SERVER_NAME"] = cfg.gateway.host
     os.environ["GRADIO_SERVER_PORT"] = str(cfg.gateway.port)
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if cfg.ray.embedded:  # a cluster keeps Ray's token auth (docs/deployment.md)
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     where = cfg.ray.address or "a local Ray started here"
     print(
         f"rtcpool: serving {args.app} on http://{cfg.gateway.host}:{cfg.gateway.port} (Ray: {where})",
@@ -492,16 +494,12 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _token(args: argparse.Namespace) -> int:
-    # the secrets' own variables are not key paths: load_config would take them for typos
-    environ = {k: v for k, v in os.environ.items() if k not in (JOIN_SECRET_ENV, BEARER_TOKENS_ENV)}
     try:
-        cfg = load_config(args.config, environ=environ)
+        cfg = load_config(args.config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_BAD_CONFIG
-    # gateway.auth is optional in a config: the default variable then
-    auth = getattr(cfg.gateway, "auth", None)
-    env_name = getattr(auth, "secret_env", None) or JOIN_SECRET_ENV
+    env_name = cfg.gateway.auth.secret_env
     try:
         secret = read_secret(env_name)
         token = mint_join_token(secret, stream_id=args.stream, ttl_s=args.ttl, subject=args.subject)
@@ -512,6 +510,31 @@ def _token(args: argparse.Namespace) -> int:
         print(f"rtcpool token: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG
     print(token)
+    return EXIT_OK
+
+
+# --- drain -----------------------------------------------------------------------------------
+
+
+def _drain(args: argparse.Namespace) -> int:
+    """SIGTERM to this host's gateway processes (or those named), then wait for them."""
+    from runtime import drain
+
+    found = drain.gateway_processes()
+    pids = args.pid or [int(p["pid"]) for p in found]
+    if not pids:
+        print(f"rtcpool drain: no gateway process runs on this host (none announced in {drain.run_dir()})", file=sys.stderr)
+        return EXIT_OK
+    known = {int(p["pid"]): p for p in found}
+    for pid in pids:
+        info = known.get(pid, {})
+        where = f" on {info['host']}:{info['port']}" if info else ""
+        print(f"rtcpool drain: draining gateway process {pid}{where}", file=sys.stderr)
+    alive = drain.drain_processes(pids, args.wait)
+    if alive:
+        print(f"rtcpool drain: still running after {args.wait:g} s: {', '.join(map(str, alive))}", file=sys.stderr)
+        return EXIT_DRAIN_TIMEOUT
+    print("rtcpool drain: every gateway process has exited", file=sys.stderr)
     return EXIT_OK
 
 
@@ -587,6 +610,15 @@ def main(argv: list[str] | None = None) -> int:
         help=f"the deployment's config file: its gateway.auth.secret_env (default variable: {JOIN_SECRET_ENV})",
     )
     token.set_defaults(fn=_token)
+    drain_cmd = sub.add_parser(
+        "drain",
+        help="drain this host's gateway processes: no new streams, live ones end by gateway.drain_timeout_s, then exit",
+    )
+    drain_cmd.add_argument("pid", nargs="*", type=int, help="these processes only (default: every gateway process of this host)")
+    drain_cmd.add_argument(
+        "--wait", type=float, default=DRAIN_WAIT_S, metavar="SECONDS", help=f"how long to wait for them to exit (default {DRAIN_WAIT_S:g})"
+    )
+    drain_cmd.set_defaults(fn=_drain)
     args = ap.parse_args(argv)
     return int(args.fn(args))
 

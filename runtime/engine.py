@@ -29,12 +29,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime import constants as C
-from runtime.channel import Geometry
 from runtime.config import Config
 from runtime.errors import HTTPError
 from runtime.leases import LeaseGrant
 from runtime.limits import AddressLimits, Admission, check_candidate_address
+from runtime.sdp_check import check_offer_sdp
 from runtime.session import OUTPUTS_QUEUE_MAX, Session, WorkerGone
+from runtime.shm_check import geometry_for
 from runtime.wire import OUTPUTS_ADDITIONAL, OUTPUTS_STREAM
 from workers.loader import StreamOutputs
 
@@ -165,9 +166,16 @@ def split_handle(value: Any) -> tuple[str, str | None]:
     return webrtc_id, (key if sep else None)
 
 
-def check_sdp(sdp: Any) -> str:
-    if not isinstance(sdp, str) or not sdp.startswith("v=0") or "\nm=" not in sdp:
-        raise HTTPError(400, "bad_sdp", "'sdp' must be an SDP offer (starting 'v=0', with media sections)")
+def check_sdp(sdp: Any, event: StreamEvent, max_bytes: int) -> str:
+    """The offer parsed and checked (runtime/sdp_check.py) before any lease or worker is
+    taken, and with a section for each kind of media the stream carries."""
+    summary = check_offer_sdp(sdp, max_bytes=max_bytes)
+    wanted = {"video"} if event.has_video else set()
+    wanted |= {"audio"} if event.has_audio else set()
+    missing = sorted(wanted - set(summary.kinds))
+    if missing:
+        raise HTTPError(400, "offer_lacks_media", f"stream {event.event_id!r} carries {event.modality}: the offer has no {' or '.join(missing)} section")
+    assert isinstance(sdp, str)
     return sdp
 
 
@@ -182,7 +190,7 @@ class MediaEngine:
         self.gateway_id = engine_id or f"gw-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.events: dict[str, StreamEvent] = {}
         self.sessions: dict[str, Session] = {}
-        self.geometry = Geometry(video_slot_bytes=64 + config.gateway.max_frame_pixels * 3)
+        self.geometry = geometry_for(config)
         self.scheduler: Any = None
         self.node_id = ""  # this process's Ray node, once started: workers elsewhere get TCP
         self.on_unknown_event: Callable[[str], None] | None = None

@@ -49,6 +49,7 @@ from runtime.ice import pin_host_addresses
 from runtime.limits import AddressLimits
 from runtime.scheduler import EventSpec, PoolSpec, get_scheduler
 from runtime.session import Session
+from runtime.shm_check import require_shm
 from runtime.wire import OUTPUTS_ADDITIONAL
 from workers.handlers import StreamHandlerBase
 from workers.loader import StreamOutputs, app_file_of, make_spec
@@ -257,6 +258,9 @@ class Gateway:
                 # cluster RAY_ADDRESS or the latest `ray start` on this host names
                 ray.init(**rc.init_kwargs(), log_to_driver=True)
             self.node_id = ray.get_runtime_context().get_node_id()
+            # after ray.init (its object store may share /dev/shm): a full /dev/shm kills a
+            # session with SIGBUS mid-frame, so say it now, with what to change
+            require_shm(self.config, self._most_sessions())
             self.scheduler = get_scheduler(detached=rc.detached_scheduler, namespace=rc.namespace)
             for event in self.events.values():
                 self._register(event)
@@ -451,6 +455,11 @@ class Gateway:
                 return
             self.media = [slot if s is dead else s for s in self.media]
 
+    def _most_sessions(self) -> int:
+        """The sessions this host may hold at once: each stream's limit, or its pool's size."""
+        pool = self.config.pool.max_workers
+        return sum(e.concurrency_limit or pool for e in self.events.values())
+
     def _least_loaded(self, webrtc_id: str) -> MediaSlot:
         if not self.media:
             raise HTTPError(503, "no_media_process", "no media process is running")
@@ -594,8 +603,8 @@ class Gateway:
             raise draining_error()
         self.offer_rate.admit_offer(client).ended()  # counts against its rate, holds nothing
         webrtc_id = check_id(body.get("webrtc_id"))
-        sdp = check_sdp(body.get("sdp"))
         event = self._pick_event(body.get("stream_id"))
+        sdp = check_sdp(body.get("sdp"), event, self.config.gateway.max_offer_bytes)
         if not self._started:
             if self.in_app:
                 # reserve the id before Ray's start-up: a second offer with it meanwhile is

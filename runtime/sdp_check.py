@@ -49,7 +49,8 @@ LEGACY_SCTP_PROTOCOL = "DTLS/SCTP"  # its format is the SCTP port (aiortc reads 
 DATACHANNEL_FORMAT = "webrtc-datachannel"
 # codecs the gateway decodes, as (encoding name lower-cased, clock rate in Hz)
 SERVED_CODECS = {"audio": ("opus", 48_000), "video": ("vp8", 90_000)}
-FINGERPRINT_BYTES = {"sha-1": 20, "sha-224": 28, "sha-256": 32, "sha-384": 48, "sha-512": 64}  # RFC 8122
+# RFC 8122's hashes that aiortc's DTLS verifies (sha-1 and sha-224 would pass here and fail at DTLS)
+FINGERPRINT_BYTES = {"sha-256": 32, "sha-384": 48, "sha-512": 64}
 DTLS_SETUP_VALUES = ("actpass", "active", "passive")  # the ones aiortc knows (no holdconn)
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
 SENDING_DIRECTIONS = ("sendrecv", "sendonly")  # the offerer sends media in these: its tracks count
@@ -386,11 +387,11 @@ def _check_rtp(section: _Section, lines: list[str]) -> None:
         _refuse("bad_sdp", f"{section.where}: no direction (a=sendrecv, sendonly, recvonly or inactive)")
     if not section.rtcp_mux:
         _refuse("rtcp_mux_required", f"{section.where}: RTP and RTCP must share a port (a=rtcp-mux)")
-    if section.port != 0:  # a rejected section is not decoded: what it lists does not matter
-        served = SERVED_CODECS[section.kind]
-        if served not in codecs.values():
-            name, rate = served
-            _refuse("unsupported_codec", f"{section.where}: the gateway decodes {name}/{rate} and the offer does not list it")
+    # every section, port 0 too: aiortc ignores the port, negotiates and receives anyway
+    served = SERVED_CODECS[section.kind]
+    if served not in codecs.values():
+        name, rate = served
+        _refuse("unsupported_codec", f"{section.where}: the gateway decodes {name}/{rate} and the offer does not list it")
 
 
 def _check_rtpmap(section: _Section, value: str, payload_types: set[int], codecs: dict[int, tuple[str, int]]) -> None:

@@ -37,7 +37,7 @@ from runtime import constants as C
 from runtime import safejson
 from runtime.channel import FrameChannel, offer_link, worker_socket
 from runtime.encoder import use_gateway_encoder
-from runtime.jitter import release_video_on_marker, set_audio_prefetch
+from runtime.jitter import guard_video, set_audio_prefetch
 from runtime.limits import Admission, PerSessionCount, TokenBucket
 from runtime.media import (
     I420_FORMAT,
@@ -47,6 +47,7 @@ from runtime.media import (
     rgb_of,
     video_frame_of,
 )
+from runtime.vp8_guard import answer_vp8_only
 from runtime.wire import (
     OUTPUTS_STREAM,
     PIXFMT_I420,
@@ -291,8 +292,10 @@ class Session:
         pc.on("track", self._on_track)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=type_))
         set_audio_prefetch(pc, cfg.audio_jitter_prefetch)
-        if cfg.video_release_on_marker:
-            release_video_on_marker(pc)
+        # VP8 only (the frame guard reads VP8 headers; an H.264 frame would pass unchecked),
+        # and no key frame over max_frame_pixels reaches the decoder
+        answer_vp8_only(pc)
+        guard_video(pc, cfg.max_frame_pixels, self._on_oversize_keyframe, release_on_marker=cfg.video_release_on_marker)
         if self.event.mode in ("send-receive", "receive") and self.event.has_video:
             self.video_out = WorkerVideoTrack(self)
             pc.addTrack(self.video_out)
@@ -448,6 +451,13 @@ class Session:
                 self.admission.connected()  # no longer a pending offer of its address
         elif state in ("failed", "closed"):
             self.close_soon(f"peer connection {state}")
+
+    def _on_oversize_keyframe(self, width: int, height: int) -> None:
+        max_pixels = self.host.config.gateway.max_frame_pixels
+        log.warning("session %s: refused a %dx%d key frame before decoding", self.webrtc_id, width, height)
+        if not self._warned_oversize:
+            self._warned_oversize = True
+            self.send_client_warning(f"video frames of {width}x{height} exceed the {max_pixels}-pixel limit and are dropped")
 
     def _on_datachannel(self, channel: Any) -> None:
         if channel.label != "text":

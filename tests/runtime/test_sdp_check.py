@@ -514,16 +514,17 @@ def test_limits_are_parameters():
 
 
 def test_accepted_variants():
-    # a rejected (port 0) section is not decoded: it need not list a codec the gateway serves
-    rejected = CHROMIUM_OFFER.replace("m=audio 9 ", "m=audio 0 ").replace("opus/48000", "ilbc/48000")
+    # a port 0 section is still one aiortc negotiates: it must list a codec the gateway serves
+    rejected = CHROMIUM_OFFER.replace("m=audio 9 ", "m=audio 0 ")
     assert check(rejected).sections[0].port == 0
+    assert refusal(rejected.replace("opus/48000", "ilbc/48000")).error == "unsupported_codec"
     # ICE credentials, fingerprint and setup at session level serve every section
     lines = _lines(CHROMIUM_OFFER)
     moved = [line for line in lines if line.split(":")[0] in ("a=ice-ufrag", "a=ice-pwd", "a=fingerprint", "a=setup")]
     rest = [line for line in lines if line not in moved]
     session_level = _join(rest[:4] + moved[:4] + rest[4:])
     assert check(session_level).kinds == ("audio", "video", "application")
-    # every hash the brief allows, at its length
+    # every hash aiortc's DTLS verifies, at its length
     for algorithm, size in sdp_check.FINGERPRINT_BYTES.items():
         digest = ":".join(["AB"] * size)
         offer = _join([f"a=fingerprint:{algorithm} {digest}" if line.startswith("a=fingerprint") else line for line in lines])
