@@ -32,7 +32,7 @@ from runtime import constants as C
 from runtime.config import Config
 from runtime.errors import HTTPError
 from runtime.leases import LeaseGrant
-from runtime.limits import AddressLimits, Admission, check_candidate_address
+from runtime.limits import AddressLimits, Admission, check_candidate_address, client_key
 from runtime.sdp_check import check_offer_sdp
 from runtime.session import OUTPUTS_QUEUE_MAX, Session, WorkerGone
 from runtime.shm_check import geometry_for
@@ -44,6 +44,7 @@ log = logging.getLogger("rtcpool.engine")
 WEBRTC_ID_RE = re.compile(rf"^[A-Za-z0-9_.:-]{{1,{C.MAX_WEBRTC_ID_CHARS}}}$")
 OUTPUTS_GRACE_S = 30.0  # a session's unfetched AdditionalOutputs are kept this long after it ends
 LOAD_SAMPLE_S = 1.0  # how often an engine measures its own CPU and event-loop lag
+HALF_OPEN_GRACE_S = 5.0  # an answered offer that has not connected by then may give its slot to a newcomer
 UNLIMITED_OFFERS_PER_MIN = 10**9  # an engine does not rate-limit: its front does, seeing every offer
 SESSION_KEY_BYTES = 24  # random bytes of a session key (192 bits; base64url: 32 characters)
 
@@ -233,7 +234,7 @@ class MediaEngine:
         key = self.keys[webrtc_id] = secrets.token_urlsafe(SESSION_KEY_BYTES)
         try:
             sdp = strip_forbidden_candidates(sdp, self.config.gateway.limits.allow_loopback_candidates)
-            answer = await self._open_session(event, webrtc_id, sdp, admission)
+            answer = await self._open_session(event, webrtc_id, sdp, admission, client_key(client).key)
             return {**answer, "session_key": key}
         finally:
             if self.sessions.get(webrtc_id) is None:
@@ -251,11 +252,17 @@ class MediaEngine:
             raise HTTPError(404, "unknown_webrtc_id", f"no session {webrtc_id!r}")
         _check_key(self.config, expected, key)
 
-    async def _open_session(self, event: StreamEvent, webrtc_id: str, sdp: str, admission: Admission) -> dict[str, Any]:
+    async def _open_session(self, event: StreamEvent, webrtc_id: str, sdp: str, admission: Admission, client: str) -> dict[str, Any]:
         for attempt in range(2):  # one retry: an idle worker may have died since the lease
-            lease = await self._acquire(event, webrtc_id)
+            try:
+                lease = await self._acquire(event, webrtc_id)
+            except HTTPError as err:
+                if err.error != "concurrency_limit_reached" or not await self._displace_half_open(event, client):
+                    raise
+                lease = await self._acquire(event, webrtc_id)
             session = Session(self, event, webrtc_id, lease)
             session.admission = admission
+            session.client = client
             try:
                 answer = await session.start(sdp, "offer")
             except WorkerGone as exc:
@@ -271,6 +278,25 @@ class MediaEngine:
             session.log_start()
             return {"sdp": answer.sdp, "type": answer.type}
         raise AssertionError("unreachable")
+
+    async def _displace_half_open(self, event: StreamEvent, client: str) -> bool:
+        """A full stream, and a newcomer: end the oldest session of another client address
+        that was answered HALF_OPEN_GRACE_S ago or more and never connected (a half-open
+        offer: its client never completed ICE). A client that posts offers and never
+        connects would otherwise hold a concurrency_limit=1 stream shut until each offer's
+        connect timeout, again and again. True if one was ended (its slot is back)."""
+        now = time.monotonic()
+        stale = [
+            s for s in self.live_sessions()
+            if s.event.event_id == event.event_id and s.connected_at is None and s.client != client
+            and now - s.created_at >= HALF_OPEN_GRACE_S
+        ]  # fmt: skip
+        if not stale:
+            return False
+        victim = min(stale, key=lambda s: s.created_at)
+        log.warning("session %s: ended half-open (no ICE after %.1f s) for a newcomer to the full stream %s", victim.webrtc_id, now - victim.created_at, event.event_id)
+        await victim.aclose("half-open: displaced by a newcomer to the full stream")
+        return True
 
     async def _acquire(self, event: StreamEvent, webrtc_id: str) -> LeaseGrant:
         from ray.exceptions import ActorDiedError

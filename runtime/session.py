@@ -272,6 +272,7 @@ class Session:
         # what this client may make the gateway do (gateway.limits)
         lc = host.config.gateway.limits
         self.admission: Admission | None = None  # its address's hold, given back when it ends
+        self.client = ""  # its address as the limits count it (an IPv4 address, an IPv6 /64)
         self.candidates = PerSessionCount.candidates(lc.max_candidates_per_session)
         self.readers = PerSessionCount.readers(lc.max_sse_readers_per_session)
         self.input_rate = TokenBucket(lc.max_input_posts_per_s, lc.input_post_burst)
