@@ -41,7 +41,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from runtime import constants as C
 from runtime import drain, logs, safejson
-from runtime.auth import gradio_app_of, gradio_auth_enabled, gradio_user
+from runtime.auth import AuthGrant, gradio_app_of, gradio_auth_enabled, gradio_user
 from runtime.config import Config, load_config
 from runtime.engine import EngineLoad, MediaEngine, StreamEvent, check_id, check_sdp, draining_error
 from runtime.errors import HTTPError, Refusal
@@ -476,10 +476,10 @@ class Gateway:
         async def offer(request: Request) -> JSONResponse:
             gw.loop = asyncio.get_running_loop()
             try:
-                await gw.check_access(request)
+                grant = await gw.check_access(request)
                 body = await _read_json(request, gw.config.gateway.max_offer_bytes)
                 client = request.client.host if request.client else None
-                result = await gw.handle_offer(body, _session_key(request, body), client)
+                result = await gw.handle_offer(body, _session_key(request, body), client, grant)
                 return JSONResponse(result)
             except HTTPError as err:
                 return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
@@ -576,17 +576,18 @@ class Gateway:
 
     # --- signalling ----------------------------------------------------------------------------
 
-    async def check_access(self, request: Any) -> None:
+    async def check_access(self, request: Any) -> AuthGrant:
         """Who may use a signalling route (gateway.auth, gateway.allowed_origins): the Origin
         first, then the credentials. Routes on a Gradio app launched with ``auth=`` take
         that app's login whatever the mode, as Gradio's own routes do."""
-        await self.auth.check_request(request, stream_id=None)
+        grant = await self.auth.check_request(request, stream_id=None)  # the offer's stream: handle_offer
         if self.auth.mode == "none":
             app = gradio_app_of(request)
             if app is not None and gradio_auth_enabled(app) and await gradio_user(request, app) is None:
                 raise HTTPError(401, "auth_required", "log in to the app first (its Gradio login)")
+        return grant
 
-    async def handle_offer(self, body: dict[str, Any], key: Any = None, client: str | None = None) -> dict[str, Any]:
+    async def handle_offer(self, body: dict[str, Any], key: Any = None, client: str | None = None, grant: AuthGrant | None = None) -> dict[str, Any]:
         """An offer, or a trickled ICE candidate for a session (with its ``key``)."""
         kind = body.get("type")
         if kind == "ice-candidate":
@@ -604,6 +605,9 @@ class Gateway:
         self.offer_rate.admit_offer(client).ended()  # counts against its rate, holds nothing
         webrtc_id = check_id(body.get("webrtc_id"))
         event = self._pick_event(body.get("stream_id"))
+        claims = grant.claims if grant is not None else None
+        if claims is not None and claims.stream_id is not None and claims.stream_id != event.event_id:
+            raise HTTPError(403, "token_wrong_stream", "this join token is for another stream")
         sdp = check_sdp(body.get("sdp"), event, self.config.gateway.max_offer_bytes)
         if not self._started:
             if self.in_app:
