@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import signal
+import subprocess
+import sys
 import time
 
 import httpx
 import pytest
 
 from runtime.client import Client
-from tests.app_process import start_app
+from tests.app_process import REPO, start_app
 from tests.cluster.cluster import end_tree, tail
 from tests.conftest import async_wait_until, shm_segments
 
@@ -153,3 +156,24 @@ async def test_a_second_sigterm_ends_the_sessions_at_once(tmp_path, app_ray):
         await client.close()
         end_tree(process.pid, signal.SIGKILL, 10)
     assert shm_segments() <= segments, "shared memory left behind"
+
+
+async def test_rtcpool_drain_drains_this_hosts_gateway_processes(tmp_path, app_ray):
+    process, url, log = start_app(tmp_path, STREAM_APP, app_ray, RTCPOOL_GATEWAY__DRAIN_TIMEOUT_S="3")
+    client = Client(url, fps=15, size=(160, 120))
+    try:
+        await client.connect()
+        await asyncio.wait_for(client.first_frame.wait(), FIRST_FRAME_S)
+        env = {**os.environ, "RTCPOOL_RUN_DIR": str(tmp_path / "run"), "PYTHONPATH": str(REPO)}
+        cmd = [sys.executable, "-m", "runtime.cli", "drain", "--wait", str(EXIT_S)]
+        done = await asyncio.to_thread(subprocess.run, cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=EXIT_S + 30)
+        assert done.returncode == 0, done.stderr
+        assert f"draining gateway process {process.pid}" in done.stderr
+        assert _told(client) and _ended_by_drain(client), client.messages[-4:]
+        assert await asyncio.to_thread(process.wait, 10) == 0, tail(log)
+        # nothing left to drain: said so, and still exit 0
+        again = await asyncio.to_thread(subprocess.run, cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+        assert again.returncode == 0 and "no gateway process" in again.stderr
+    finally:
+        await client.close()
+        end_tree(process.pid, signal.SIGKILL, 10)
