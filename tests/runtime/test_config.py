@@ -439,7 +439,8 @@ def test_the_kuberay_manifest_fits_this_ray_and_config(tmp_path: Path):
     assert gpu_container["resources"]["limits"]["nvidia.com/gpu"] >= 1
     # the gateway pods serve with the config the ConfigMap holds, where they mount it
     [gateway] = groups["gateway"]["template"]["spec"]["containers"]
-    [mount] = gateway["volumeMounts"]
+    mounts = {m["name"]: m for m in gateway["volumeMounts"]}
+    mount = mounts["rtcpool-config"]
     config_map = docs["ConfigMap"]
     [(name, text)] = config_map["data"].items()
     assert f"--config {mount['mountPath']}/{name}" in " ".join(gateway["args"])
@@ -449,6 +450,19 @@ def test_the_kuberay_manifest_fits_this_ray_and_config(tmp_path: Path):
     assert cfg.ray.address == "auto" and cfg.ray.detached_scheduler
     assert cfg.pool.num_gpus is not None and 0 < cfg.pool.num_gpus < 1
     assert docs["Service"]["spec"]["selector"]["ray.io/group"] == "gateway"
+    # probes on the gateway's own routes; a /dev/shm that holds the slots; time to drain
+    assert gateway["readinessProbe"]["httpGet"]["path"] == "/webrtc/ready"
+    assert gateway["livenessProbe"]["httpGet"]["path"] == "/webrtc/health"
+    assert mounts["dshm"]["mountPath"] == "/dev/shm"
+    volumes = {v["name"]: v for v in groups["gateway"]["template"]["spec"]["volumes"]}
+    assert volumes["dshm"]["emptyDir"]["medium"] == "Memory"
+    assert groups["gateway"]["template"]["spec"]["terminationGracePeriodSeconds"] > cfg.gateway.drain_timeout_s
+    # Ray's token auth stays on in every pod, with one token from a Secret
+    containers = [cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0], gateway, gpu_container]
+    for c in containers:
+        env = {e["name"]: e for e in c["env"]}
+        assert env["RAY_AUTH_MODE"]["value"] == "token"
+        assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "rtcpool-ray-token"
     # host networking: gateway pods must never share a node (they would clash on ports)
     spec = groups["gateway"]["template"]["spec"]
     assert spec["hostNetwork"] is True
