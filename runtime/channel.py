@@ -20,6 +20,9 @@ producer with no free video slot drops the new frame (``stats.video_dropped``); 
 waits. Audio is copied out of its slot on arrival and the slot given back, so audio slots
 run out only when the consumer stops reading (``stats.audio_dropped``).
 
+A worker reports how long its handler calls take (``HandlerStats``, about once a second);
+the gateway's side keeps the last report in ``handler_hist`` for a metrics scrape to read.
+
 The same class serves both sides. The gateway calls :meth:`pump` from its event loop's
 reader callback; the worker calls it from a reader thread. A lock makes the few shared
 fields safe between that thread and the handler thread; uncontended it costs ~50 ns.
@@ -46,6 +49,7 @@ from runtime import constants as C
 from runtime.wire import (
     DTYPE_CODES,
     DTYPES,
+    EMPTY_HANDLER_HIST,
     KIND_AUDIO,
     KIND_VIDEO,
     LAYOUT_CODES,
@@ -63,6 +67,8 @@ from runtime.wire import (
     STREAM_LENGTH,
     Close,
     Control,
+    HandlerHist,
+    HandlerStats,
     Hello,
     Ready,
     SlotHeader,
@@ -319,6 +325,9 @@ class FrameChannel:
         self.on_closed = on_closed
         self.on_video_slot_free: Callable[[], None] | None = None  # the peer gave a video slot back
         self.stats = ChannelStats()
+        # the peer's handler call durations (a worker's HandlerStats), replaced whole on each
+        # report: a scrape on another thread reads one consistent value, never a half update
+        self.handler_hist: HandlerHist = EMPTY_HANDLER_HIST
         self.closed = False
         self.close_reason = ""
         self.peer_close: Close | None = None  # the peer's Close, when it ended the link cleanly
@@ -755,6 +764,10 @@ class FrameChannel:
                 self.peer_close = msg
                 self._closed(msg.reason or "peer closed the session")
                 return
+            if isinstance(msg, HandlerStats):
+                # the channel's own stats, like ChannelStats: kept here, not an owner's business
+                self.handler_hist = msg.hist()
+                return
             if self.on_control is not None:
                 self.on_control(msg)
         else:
@@ -864,8 +877,11 @@ class FrameChannel:
         if self.on_closed is not None:
             self.on_closed(reason)
 
-    def close(self, reason: str = "closed", *, notify: bool = True, retire: bool = False) -> None:
-        """Tell the peer (best effort), close the link and both segments. Safe to call twice."""
+    def close(self, reason: str = "closed", *, notify: bool = True, retire: bool = False, last: Control | None = None) -> None:
+        """Tell the peer (best effort), close the link and both segments. Safe to call twice.
+        ``last``: a small control (one fragment) that goes out just ahead of the Close, even
+        when the peer closed first (the worker's final HandlerStats, sent in answer to the
+        gateway's Close: send_control() refuses once the channel is closed)."""
         # the peer may have closed first: a Close still goes out, as the answer (it carries
         # ``retire``), unless the socket itself is gone
         if notify and self.sock.fileno() != -1:
@@ -876,8 +892,17 @@ class FrameChannel:
                 # (only blocking callers notify: the worker's serve thread, tools); a Close
                 # after part of a fragmented message would corrupt it, so then none is sent.
                 if self._drain(CLOSE_FLUSH_TIMEOUT_S):
+                    messages = [Close(reason, retire).encode()]
+                    if last is not None:
+                        data = last.encode()
+                        if len(data) <= CONTROL_FRAGMENT_BYTES:
+                            messages.insert(0, data)
                     try:
-                        self.sock.send(self._wire(Close(reason, retire).encode()))
+                        if self.stream:  # one send: a part of a message must not precede the Close
+                            self.sock.send(b"".join(self._wire(m) for m in messages))
+                        else:
+                            for m in messages:
+                                self.sock.send(m)
                     except OSError:
                         pass
         self.closed = True

@@ -15,7 +15,9 @@ Three things cross between a gateway and a worker for a session:
   ``F`` a frame is ready in a slot, ``R`` a slot is given back, ``C`` a msgpack control map.
   The kernel orders them, so a slot's bytes are visible before its ``F`` arrives.
 * **Control messages**: small dataclasses with an explicit ``encode``/``decode`` to and from
-  msgpack. Nothing on the data plane is ever pickled.
+  msgpack. Nothing on the data plane is ever pickled. One of them, ``HandlerStats``, carries
+  the worker's histogram of handler call durations (bucket bounds ``HANDLER_BUCKETS_S``,
+  fixed here so both sides agree on them) at most every ``HANDLER_STATS_PERIOD_S``.
 
 This module imports only the standard library, numpy and msgpack, so a worker process
 loads nothing of the gateway.
@@ -23,6 +25,7 @@ loads nothing of the gateway.
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, ClassVar
@@ -151,6 +154,32 @@ STREAM_LENGTH = struct.Struct("<I")
 
 class WireError(ValueError):
     """A message or segment that does not follow this module's layout."""
+
+
+# --- handler call durations -------------------------------------------------------------------
+# Upper bounds (seconds, inclusive, as Prometheus' "le") of the buckets a worker counts its
+# handler calls in; one more bucket, +Inf, follows the last. 33 ms is a 30 fps frame period,
+# 20 ms an audio frame: a handler above either falls behind its media.
+HANDLER_BUCKETS_S: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.033, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+HANDLER_BUCKET_COUNT = len(HANDLER_BUCKETS_S) + 1  # counts a histogram carries: one per bound, then +Inf
+HANDLER_STATS_PERIOD_S = 1.0  # a worker reports its handler histogram at most this often (and once at the end)
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerHist:
+    """A session's handler call durations, as the gateway last heard them: calls per bucket
+    of ``HANDLER_BUCKETS_S`` (not cumulative; +Inf last) and their total seconds, since the
+    session began. Immutable, so a scrape may read it from another thread."""
+
+    counts: tuple[int, ...] = (0,) * HANDLER_BUCKET_COUNT
+    sum_s: float = 0.0
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+
+EMPTY_HANDLER_HIST = HandlerHist()
 
 
 # --- control messages -----------------------------------------------------------------------
@@ -319,3 +348,30 @@ class Close(Control):
     TYPE: ClassVar[str] = "close"
     reason: str = ""
     retire: bool = False
+
+
+@dataclass
+class HandlerStats(Control):
+    """Worker -> gateway: the session's handler call durations so far (totals, not a delta,
+    so a report the gateway never reads loses nothing); at most every HANDLER_STATS_PERIOD_S
+    while calls happen, and once more just before the worker's Close. Checked on decode: the
+    gateway hands these numbers to its metrics."""
+
+    TYPE: ClassVar[str] = "handler_stats"
+    counts: list[int]  # per bucket of HANDLER_BUCKETS_S, then +Inf
+    sum_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        counts = self.counts
+        if not isinstance(counts, list) or len(counts) != HANDLER_BUCKET_COUNT:
+            raise WireError(f"handler_stats needs {HANDLER_BUCKET_COUNT} bucket counts")
+        for c in counts:
+            # bool is an int to Python; a negative count would make the gateway's totals fall
+            if type(c) is not int or c < 0:
+                raise WireError(f"handler_stats bucket count {c!r} is not a count")
+        s = self.sum_s
+        if type(s) not in (int, float) or not math.isfinite(s) or s < 0:
+            raise WireError(f"handler_stats sum {s!r} is not a duration")
+
+    def hist(self) -> HandlerHist:
+        return HandlerHist(tuple(self.counts), float(self.sum_s))

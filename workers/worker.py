@@ -18,13 +18,16 @@ short-lived ``hello`` thread per new connection (reads its first message within
 ``HELLO_TIMEOUT_S``, so a silent peer -- a port scanner, a health check -- holds only its own
 thread); ``serve`` (runs the sessions whose hello was valid, one at a time, reading their
 link); ``handler`` (calls the user's code, so a handler that holds the GIL or blocks never
-delays the link). A handler that will not stop when its session ends makes the worker exit, so the
-pool replaces it rather than hand a busy process to the next user.
+delays the link); ``stats`` (one per session: sends the handler's call durations to the
+gateway every ``HANDLER_STATS_PERIOD_S``, for its metrics). A handler that will not stop
+when its session ends makes the worker exit, so the pool replaces it rather than hand a
+busy process to the next user.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import contextvars
 import hmac
@@ -56,6 +59,9 @@ from runtime.channel import (
     read_first_control,
 )
 from runtime.wire import (
+    HANDLER_BUCKET_COUNT,
+    HANDLER_BUCKETS_S,
+    HANDLER_STATS_PERIOD_S,
     OUTPUTS_ADDITIONAL,
     OUTPUTS_STREAM,
     PIXFMT_I420,
@@ -65,6 +71,7 @@ from runtime.wire import (
     Close,
     Control,
     Error,
+    HandlerStats,
     Hello,
     Message,
     Outputs,
@@ -205,6 +212,35 @@ class PixelConverter:
             np.copyto(y, ey[:height, :width])
             np.copyto(u, eu)
             np.copyto(v, ev)
+
+
+class CallTimes:
+    """How long a session's handler calls took, in the fixed buckets of ``HANDLER_BUCKETS_S``.
+
+    Timed: the calls that take an input (a frame or audio function, ``receive``,
+    ``video_receive``): ``emit``/``video_emit`` and generators block until they have
+    something, so their time would be waiting, not work. Per call: two clock reads, a
+    bisect into a constant tuple and an uncontended lock (an AudioVideoStreamHandler's
+    receive threads record at once); nothing is allocated that a float result does not need.
+    The session's stats thread sends the totals to the gateway (``HandlerStats``)."""
+
+    __slots__ = ("counts", "sum_s", "_lock")
+
+    def __init__(self) -> None:
+        self.counts = [0] * HANDLER_BUCKET_COUNT
+        self.sum_s = 0.0
+        self._lock = threading.Lock()
+
+    def record(self, seconds: float) -> None:
+        # bisect_left: a call of exactly a bound counts in that bound's bucket ("le")
+        i = bisect.bisect_left(HANDLER_BUCKETS_S, seconds)
+        with self._lock:
+            self.counts[i] += 1
+            self.sum_s += seconds
+
+    def report(self) -> HandlerStats:
+        with self._lock:
+            return HandlerStats(list(self.counts), self.sum_s)
 
 
 class Worker:
@@ -439,6 +475,8 @@ class Session:
         # one per direction, so a handler thread sending video never waits for the reader's
         self.pixels_in = PixelConverter()
         self.pixels_out = PixelConverter()
+        self.call_times = CallTimes()
+        self._call_times_sent = 0  # calls counted in the last HandlerStats sent
         self._last_error = ""
         self._last_error_at = 0.0
         self._errors_held = 0
@@ -501,6 +539,10 @@ class Session:
         threads = [threading.Thread(target=self._guard(fn), name=f"rtcpool-{fn.__name__}", daemon=True) for fn in self._handler_loops()]
         for t in threads:
             t.start()
+        # a thread of its own, on a timer: the link loop below wakes for every frame, and a
+        # clock check there would be work on the per-frame path
+        stats = threading.Thread(target=self._stats_loop, name="rtcpool-stats", daemon=True)
+        stats.start()
         ch = self.channel
         fd = ch.sock.fileno()
         poller = select.poll()
@@ -539,8 +581,30 @@ class Session:
             # a thread still running would compete with the next session; parked ones only
             # hold memory, up to MAX_PARKED_THREADS
             self.retire = self.stuck or len(worker.parked_threads) > MAX_PARKED_THREADS
-            # answers the gateway's Close (or tells it we are done), then unmaps both segments
-            ch.close(self.stop_reason, notify=True, retire=self.retire)
+            stats.join(HANDLER_STOP_TIMEOUT_S)  # it waits on stop_event: it has ended already
+            # answers the gateway's Close (or tells it we are done), then unmaps both segments;
+            # the last totals go just ahead of the Close, so the gateway's count of an ended
+            # session has every call its handler made (none when nothing changed)
+            report = self.call_times.report()
+            last = report if sum(report.counts) != self._call_times_sent else None
+            ch.close(self.stop_reason, notify=True, retire=self.retire, last=last)
+
+    def _stats_loop(self) -> None:
+        """Report the handler's call durations every HANDLER_STATS_PERIOD_S while they change."""
+        while not self.stop_event.wait(HANDLER_STATS_PERIOD_S):
+            self._send_call_times()
+
+    def _send_call_times(self) -> None:
+        """Send the totals, unless no call was made since the last report."""
+        report = self.call_times.report()
+        count = sum(report.counts)
+        if count == self._call_times_sent or self.channel.closed:
+            return
+        self._call_times_sent = count  # (run() reads it once this thread has ended)
+        try:
+            self.channel.send_control(report)
+        except Exception:
+            pass  # only metrics: a failed link ends the session by its own path
 
     def stop(self, reason: str) -> None:
         with self.cond:
@@ -721,7 +785,12 @@ class Session:
                 due = now + every if due is None else max(due + every, now)
             header, frame = got
             try:
-                if self._emit_all(fn(frame, *self.args), header):
+                t0 = time.perf_counter()
+                try:
+                    out = fn(frame, *self.args)
+                finally:
+                    self.call_times.record(time.perf_counter() - t0)
+                if self._emit_all(out, header):
                     return
             except Exception as exc:
                 self._report(exc)
@@ -769,7 +838,12 @@ class Session:
     def _call_audio(self, fn: Callable[..., Any], audio: tuple[int, np.ndarray]) -> bool:
         """One call of an audio function and its output. True: the stream ends."""
         try:
-            return self._emit_all(fn(audio, *self.args), None)
+            t0 = time.perf_counter()
+            try:
+                out = fn(audio, *self.args)
+            finally:
+                self.call_times.record(time.perf_counter() - t0)
+            return self._emit_all(out, None)
         except Exception as exc:
             self._report(exc)
             return False
@@ -814,7 +888,11 @@ class Session:
             if got is None:
                 return
             try:
-                receive(got)
+                t0 = time.perf_counter()
+                try:
+                    receive(got)
+                finally:
+                    self.call_times.record(time.perf_counter() - t0)
             except Exception as exc:
                 self._report(exc)
 
@@ -826,7 +904,11 @@ class Session:
             if got is None:
                 return
             try:
-                video_receive(got[1])
+                t0 = time.perf_counter()
+                try:
+                    video_receive(got[1])
+                finally:
+                    self.call_times.record(time.perf_counter() - t0)
             except Exception as exc:
                 self._report(exc)
 
@@ -905,7 +987,11 @@ class Session:
                 # sync handler
                 if item is not None:
                     try:
-                        await _maybe_await(h.receive(item))  # type: ignore[attr-defined]
+                        t0 = time.perf_counter()
+                        try:
+                            await _maybe_await(h.receive(item))  # type: ignore[attr-defined]
+                        finally:
+                            self.call_times.record(time.perf_counter() - t0)
                     except Exception as exc:
                         self._report(exc)
                     continue
@@ -913,7 +999,11 @@ class Session:
                     got = self._next_input(audio=False, video=True)
                     if got is not None:
                         try:
-                            await _maybe_await(h.video_receive(got[1]))  # type: ignore[attr-defined]
+                            t0 = time.perf_counter()
+                            try:
+                                await _maybe_await(h.video_receive(got[1]))  # type: ignore[attr-defined]
+                            finally:
+                                self.call_times.record(time.perf_counter() - t0)
                         except Exception as exc:
                             self._report(exc)
                     continue

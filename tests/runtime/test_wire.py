@@ -41,6 +41,7 @@ from runtime.wire import (
     Close,
     Control,
     Error,
+    HandlerStats,
     Hello,
     Message,
     Outputs,
@@ -197,6 +198,10 @@ EXAMPLES: dict[type[Control], list[Control]] = {
     Error: [Error(""), Error("ValueError: ünïcödé ✓")],
     ClearAudio: [ClearAudio()],
     Close: [Close(), Close("time limit reached"), Close("handler would not stop", retire=True)],
+    HandlerStats: [
+        HandlerStats([0] * wire.HANDLER_BUCKET_COUNT),
+        HandlerStats([2**40, *range(1, wire.HANDLER_BUCKET_COUNT)], 1234.5),
+    ],
 }
 ALL_EXAMPLES = [m for msgs in EXAMPLES.values() for m in msgs]
 
@@ -394,3 +399,33 @@ def test_encoding_does_not_copy_or_change_the_message():
     msg = Outputs(1, [big])
     msg.encode()
     assert msg.values[0] is big
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"counts": [0] * (wire.HANDLER_BUCKET_COUNT - 1)},  # buckets of another build
+        {"counts": [0] * (wire.HANDLER_BUCKET_COUNT + 1)},
+        {"counts": [-1] + [0] * (wire.HANDLER_BUCKET_COUNT - 1)},  # totals would fall
+        {"counts": [True] + [0] * (wire.HANDLER_BUCKET_COUNT - 1)},
+        {"counts": [0.5] + [0] * (wire.HANDLER_BUCKET_COUNT - 1)},
+        {"counts": "x" * wire.HANDLER_BUCKET_COUNT},
+        {"counts": [0] * wire.HANDLER_BUCKET_COUNT, "sum_s": float("nan")},
+        {"counts": [0] * wire.HANDLER_BUCKET_COUNT, "sum_s": float("inf")},
+        {"counts": [0] * wire.HANDLER_BUCKET_COUNT, "sum_s": -1.0},
+        {"counts": [0] * wire.HANDLER_BUCKET_COUNT, "sum_s": "1"},
+    ],
+    ids=repr,
+)
+def test_handler_stats_the_gateway_would_count_are_checked_on_decode(body):
+    # the gateway adds these numbers into its metrics: a wrong one is a protocol error there
+    with pytest.raises(WireError, match="malformed control message: handler_stats"):
+        Control.decode(b"C" + msgpack.packb({"t": "handler_stats", **body}))
+
+
+def test_handler_stats_as_the_gateway_keeps_them():
+    counts = list(range(wire.HANDLER_BUCKET_COUNT))
+    hist = Control.decode(HandlerStats(counts, 2.5).encode()).hist()
+    assert hist == wire.HandlerHist(tuple(counts), 2.5) and hist.count == sum(counts)
+    assert wire.EMPTY_HANDLER_HIST.count == 0 and len(wire.EMPTY_HANDLER_HIST.counts) == len(wire.HANDLER_BUCKETS_S) + 1
+    assert list(wire.HANDLER_BUCKETS_S) == sorted(set(wire.HANDLER_BUCKETS_S))  # bisect needs them ascending
