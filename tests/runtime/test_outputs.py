@@ -22,14 +22,19 @@ def tagger(frame: np.ndarray, tag: str):
     return frame, AdditionalOutputs(tag, COUNT["n"])
 
 
-async def _collect(url: str, client: Client, want: int, out: list) -> None:
+MAX_OUTPUTS = 2000  # a reader gives up after this many without seeing its input's tag
+
+
+async def _collect(url: str, client: Client, tag: str, out: list) -> None:
+    """Outputs of one session until its new input's ``tag`` shows (robust to a slow machine:
+    a fixed count may all be backlog from before the input)."""
     async with httpx.AsyncClient(timeout=None) as http:
         async with http.stream("GET", f"{url}/webrtc/outputs", params={"webrtc_id": client.webrtc_id}, headers={"X-Session-Key": client.session_key}) as resp:
             assert resp.status_code == 200
             async for line in resp.aiter_lines():
                 if line.startswith("data: "):
                     out.append(json.loads(line[6:]))
-                    if len(out) >= want:
+                    if out[-1][0] == tag or len(out) >= MAX_OUTPUTS:
                         return
 
 
@@ -43,8 +48,8 @@ async def test_outputs_are_per_session_in_order_and_inputs_change_live(make_gate
         got_a: list = []
         got_b: list = []
         readers = [
-            asyncio.create_task(_collect(served.url, a, 40, got_a)),
-            asyncio.create_task(_collect(served.url, b, 40, got_b)),
+            asyncio.create_task(_collect(served.url, a, "A", got_a)),
+            asyncio.create_task(_collect(served.url, b, "B", got_b)),
         ]
         await asyncio.sleep(0.5)
         async with httpx.AsyncClient() as http:
