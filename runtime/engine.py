@@ -33,6 +33,7 @@ from runtime.config import Config
 from runtime.errors import HTTPError
 from runtime.leases import LeaseGrant
 from runtime.limits import AddressLimits, Admission, check_candidate_address, client_key
+from runtime.metrics import EngineCounters, EngineMetrics, snapshot
 from runtime.sdp_check import check_offer_sdp
 from runtime.session import OUTPUTS_QUEUE_MAX, Session, WorkerGone
 from runtime.shm_check import geometry_for
@@ -206,6 +207,7 @@ class MediaEngine:
         self._load = EngineLoad(self.gateway_id, os.getpid(), "", 0, 0.0, 0.0)
         self._sampler: asyncio.Task[None] | None = None
         self._beat_task: asyncio.Task[None] | None = None
+        self.counters = EngineCounters(process=self.gateway_id)  # /metrics
         self.draining = False  # no new offers: see adrain()
         # pending offers and live sessions per client address; the front limits the rate
         lc = config.gateway.limits
@@ -275,6 +277,7 @@ class MediaEngine:
                 await session.aclose(f"offer failed: {exc}")
                 raise HTTPError(400, "bad_sdp", f"the offer could not be answered: {exc}") from exc
             self.sessions[webrtc_id] = session
+            self.counters.session_started(event.event_id)
             session.log_start()
             return {"sdp": answer.sdp, "type": answer.type}
         raise AssertionError("unreachable")
@@ -485,6 +488,10 @@ class MediaEngine:
             self._drain_now = asyncio.Event()
         self._drain_now.set()
 
+    def metrics(self) -> EngineMetrics:
+        """This engine's counters and its live sessions' counts, for /metrics."""
+        return snapshot(self.counters, [s.stats() for s in self.live_sessions()], self._load.loop_lag_ms)
+
     def live_sessions(self) -> list[Session]:
         return [s for s in self.sessions.values() if s is not None and not s.closed]
 
@@ -606,6 +613,8 @@ class MediaEngine:
 
     async def session_ended(self, session: Session) -> None:
         key = self.keys.get(session.webrtc_id, "")
+        if session.pc is not None and session.lease_id:
+            self.counters.session_ended(session.stats(), session.end_reason)
         if session.admission is not None:
             session.admission.ended()
         if self.sessions.get(session.webrtc_id) is session:

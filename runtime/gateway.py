@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from runtime import constants as C
 from runtime import drain, logs, safejson
@@ -47,6 +47,7 @@ from runtime.engine import EngineLoad, MediaEngine, StreamEvent, check_id, check
 from runtime.errors import HTTPError, Refusal
 from runtime.ice import pin_host_addresses
 from runtime.limits import AddressLimits
+from runtime.metrics import render
 from runtime.scheduler import EventSpec, PoolSpec, get_scheduler
 from runtime.session import Session
 from runtime.shm_check import require_shm
@@ -475,13 +476,19 @@ class Gateway:
 
         async def offer(request: Request) -> JSONResponse:
             gw.loop = asyncio.get_running_loop()
+            candidate = False  # a trickled candidate is not an offer: not counted as one
             try:
                 grant = await gw.check_access(request)
                 body = await _read_json(request, gw.config.gateway.max_offer_bytes)
+                candidate = body.get("type") == "ice-candidate"
                 client = request.client.host if request.client else None
                 result = await gw.handle_offer(body, _session_key(request, body), client, grant)
+                if not candidate:
+                    gw.engine.counters.offer_outcome("answered")
                 return JSONResponse(result)
             except HTTPError as err:
+                if not candidate:
+                    gw.engine.counters.offer_outcome(err.error, err.status)
                 return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
         async def health() -> JSONResponse:
@@ -494,6 +501,11 @@ class Gateway:
             problems = await gw.readiness()
             body = {"status": "ready" if not problems else "not_ready", "problems": problems}
             return JSONResponse(body, status_code=200 if not problems else 503)
+
+        async def metrics() -> Response:
+            # Prometheus text; counters the code keeps anyway, read now (no per-frame work)
+            body, content_type = await gw.metrics_text()
+            return Response(body, media_type=content_type)
 
         async def streams(request: Request) -> JSONResponse:
             try:
@@ -559,6 +571,7 @@ class Gateway:
 
         app.add_api_route("/webrtc/offer", offer, methods=["POST"])
         app.add_api_route("/webrtc/health", health, methods=["GET"])
+        app.add_api_route("/metrics", metrics, methods=["GET"])
         app.add_api_route("/webrtc/ready", ready, methods=["GET"])
         app.add_api_route("/webrtc/streams", streams, methods=["GET"])
         app.add_api_route("/webrtc/sessions", sessions, methods=["GET"])
@@ -569,7 +582,7 @@ class Gateway:
         mount_standalone(app, gw)  # GET /webrtc/ui: the client's own page, for apps without Gradio
         # Routes added after start-up go last; Gradio's catch-alls must not shadow ours.
         routes = app.router.routes
-        ours = [r for r in routes if getattr(r, "path", "").startswith("/webrtc/")]
+        ours = [r for r in routes if getattr(r, "path", "").startswith("/webrtc/") or getattr(r, "path", "") == "/metrics"]
         for r in ours:
             routes.remove(r)
         routes[0:0] = ours
@@ -816,6 +829,19 @@ class Gateway:
         if not self.in_app and not self.media:
             problems.append("no media process is running")
         return problems
+
+    async def metrics_text(self) -> tuple[bytes, str]:
+        """GET /metrics: this process's engine, every media process's, and the scheduler's
+        pools (None when it does not answer: the rest is still worth scraping)."""
+        engines = [self.engine.metrics()]
+        for slot in list(self.media):
+            with contextlib.suppress(Exception):  # a dead one has nothing to report
+                engines.append(await asyncio.wait_for(slot.actor.metrics.remote(), C.RAY_CALL_TIMEOUT_S))
+        status = None
+        if self.scheduler is not None:
+            with contextlib.suppress(Exception):
+                status = await asyncio.wait_for(self.scheduler.status.remote(), READY_TIMEOUT_S)
+        return render(engines, status)
 
     async def adrain(self, timeout_s: float | None = None) -> None:
         """Stop taking offers (503 + Retry-After), tell every client, let sessions run up to

@@ -29,6 +29,7 @@ from runtime import logs
 from runtime.config import Config
 from runtime.engine import EngineLoad, MediaEngine, StreamEvent
 from runtime.errors import HTTPError, Refusal
+from runtime.metrics import EngineMetrics
 from runtime.wire import OUTPUTS_ADDITIONAL
 
 log = logging.getLogger("rtcpool.media")
@@ -151,6 +152,9 @@ class MediaProcess(EngineCalls):
 
     async def load(self) -> EngineLoad:
         return self.engine.load()
+
+    async def metrics(self) -> EngineMetrics:
+        return self.engine.metrics()
 
     async def sessions_view(self) -> list[dict[str, Any]]:
         return self.engine.sessions_view()

@@ -47,6 +47,7 @@ from runtime.media import (
     rgb_of,
     video_frame_of,
 )
+from runtime.metrics import EngineCounters, LiveSessionStats
 from runtime.vp8_guard import answer_vp8_only
 from runtime.wire import (
     OUTPUTS_STREAM,
@@ -78,6 +79,7 @@ class SessionHost(Protocol):
     geometry: Geometry
     scheduler: Any  # the scheduler actor's handle
     node_id: str  # the engine's Ray node: a worker elsewhere is reached over TCP
+    counters: EngineCounters  # what /metrics reports of this engine (bumped per session, never per frame)
 
     async def session_ended(self, session: Session) -> None:
         """Called once, last, by :meth:`Session.aclose`: forget it, give its lease back."""
@@ -145,6 +147,8 @@ class WorkerVideoTrack(MediaStreamTrack):
         self._last_pts = pts
         frame.pts = pts
         frame.time_base = Fraction(header.time_base_num, header.time_base_den or C.VIDEO_CLOCK_RATE)
+        if session.frames_out == 0:
+            session.first_output()
         session.frames_out += 1
         return frame
 
@@ -273,6 +277,8 @@ class Session:
         lc = host.config.gateway.limits
         self.admission: Admission | None = None  # its address's hold, given back when it ends
         self.client = ""  # its address as the limits count it (an IPv4 address, an IPv6 /64)
+        self.first_output_at: float | None = None  # the first processed frame (or audio) back
+        self.end_reason = ""
         self.candidates = PerSessionCount.candidates(lc.max_candidates_per_session)
         self.readers = PerSessionCount.readers(lc.max_sse_readers_per_session)
         self.input_rate = TokenBucket(lc.max_input_posts_per_s, lc.input_post_burst)
@@ -383,6 +389,8 @@ class Session:
             self.video_out.wake()
 
     def _on_worker_audio(self, header: Any, samples: Any) -> None:
+        if self.first_output_at is None:
+            self.first_output()
         if self.audio_out is not None:
             self.audio_out.push(header, samples)
 
@@ -437,6 +445,7 @@ class Session:
             return
         # the worker ended the link without being asked: its process died or gave up
         self.worker_ok = False
+        self.host.counters.worker_died(self.event.event_id)
         self.send_client_error(f"the worker for this stream stopped ({reason})")
         self.send_client("end_stream", {"reason": "worker_failed"})
         self.close_soon(f"worker link closed: {reason}", delay=0.05)
@@ -673,6 +682,25 @@ class Session:
             await asyncio.sleep(delay)
         await self.aclose(reason)
 
+    def first_output(self) -> None:
+        """The handler's first output reached the gateway: offer -> first processed frame."""
+        if self.first_output_at is None:
+            self.first_output_at = time.monotonic()
+            self.host.counters.first_frame(self.first_output_at - self.created_at)
+
+    def stats(self) -> LiveSessionStats:
+        """What it has counted so far, for /metrics (read at scrape time, or as it ends)."""
+        ch = self.channel
+        return LiveSessionStats(
+            self.event.event_id,
+            self.frames_in,
+            self.frames_out,
+            self.frames_skipped_in + (ch.stats.video_dropped if ch else 0),
+            ch.stats.video_superseded if ch else 0,
+            ch.handler_hist if ch else None,
+            time.monotonic() - self.created_at,
+        )
+
     def log_start(self) -> None:
         log.info(
             "session %s started: stream %s, worker pid %s (%s)",
@@ -693,6 +721,7 @@ class Session:
         if self.closed:
             return
         self.closed = True
+        self.end_reason = reason
         self._log_end(reason)
         current = asyncio.current_task()
         for task in list(self.tasks):

@@ -85,6 +85,11 @@ async def test_four_sessions_spread_over_two_media_processes(two_media):
         # placement weighs measured CPU and loop lag too, so a noisy machine may make it 3-1;
         # the even split on equal loads is test_placement_* below
         assert set(on) == pids, f"sessions not spread over both media processes: {on}"
+        # /metrics adds up the media processes' engines
+        async with httpx.AsyncClient(timeout=30) as http:
+            text = (await http.get(f"{served.url}/metrics")).text
+        live = [line for line in text.splitlines() if line.startswith("rtcpool_sessions_live{")]
+        assert sum(float(line.rsplit(" ", 1)[1]) for line in live) == 4, live
         assert not served.gateway.sessions, "the app's process holds no session"
     finally:
         for c in clients:
