@@ -37,12 +37,12 @@ from runtime.metrics import EngineCounters, EngineMetrics, snapshot
 from runtime.sdp_check import check_offer_sdp
 from runtime.session import OUTPUTS_QUEUE_MAX, Session, WorkerGone
 from runtime.shm_check import geometry_for
-from runtime.wire import OUTPUTS_ADDITIONAL, OUTPUTS_STREAM
+from runtime.wire import OUTPUTS_ADDITIONAL, OUTPUTS_STREAM, Args, WireError
 from workers.loader import StreamOutputs
 
 log = logging.getLogger("rtcpool.engine")
 
-WEBRTC_ID_RE = re.compile(rf"^[A-Za-z0-9_.:-]{{1,{C.MAX_WEBRTC_ID_CHARS}}}$")
+WEBRTC_ID_RE = re.compile(rf"[A-Za-z0-9_.:-]{{1,{C.MAX_WEBRTC_ID_CHARS}}}")  # fullmatch: "$" takes a final newline
 OUTPUTS_GRACE_S = 30.0  # a session's unfetched AdditionalOutputs are kept this long after it ends
 LOAD_SAMPLE_S = 1.0  # how often an engine measures its own CPU and event-loop lag
 HALF_OPEN_GRACE_S = 5.0  # an answered offer that has not connected by then may give its slot to a newcomer
@@ -114,7 +114,7 @@ LAG_PER_SESSION_MS = 20.0  # event-loop lag counted as one more session, for pla
 
 
 def check_id(webrtc_id: Any) -> str:
-    if not isinstance(webrtc_id, str) or not WEBRTC_ID_RE.match(webrtc_id):
+    if not isinstance(webrtc_id, str) or not WEBRTC_ID_RE.fullmatch(webrtc_id):
         raise HTTPError(400, "bad_webrtc_id", f"'webrtc_id' must be 1-{C.MAX_WEBRTC_ID_CHARS} characters of [A-Za-z0-9_.:-]")
     return webrtc_id
 
@@ -402,6 +402,10 @@ class MediaEngine:
         if not session.input_rate.take():
             retry = max(1, math.ceil(session.input_rate.retry_after()))
             raise HTTPError(429, "input_rate_limited", "too many input posts for this session", headers={"Retry-After": str(retry)})
+        try:
+            Args(list(args)).encode()  # what the worker is sent: refused here, not after a 200
+        except (TypeError, ValueError, OverflowError, WireError) as exc:
+            raise HTTPError(400, "bad_request", f"'args' holds a value the worker cannot receive: {str(exc)[:200]}") from None
         session.set_args(args)
 
     def subscribe(self, webrtc_id: str, key: Any) -> tuple[Session, asyncio.Queue[list[Any]]]:

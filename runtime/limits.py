@@ -65,6 +65,7 @@ CANDIDATE_TYPES = frozenset({"host", "srflx", "prflx", "relay"})  # RFC 8445 sec
 CANDIDATE_TRANSPORTS = frozenset({"udp", "tcp"})  # RFC 6544 adds tcp; aiortc itself uses udp
 MAX_CANDIDATE_COMPONENT = 256  # RFC 8445: a component id is 1-256
 MAX_PORT = 65535
+MAX_CANDIDATE_PRIORITY = 2**31 - 1  # RFC 8445 section 5.1.2.1
 CANDIDATE_FIELDS = 8  # foundation component transport priority address port "typ" type
 # a browser hides its host address behind "<uuid>.local" (mDNS, RFC 6762); aioice resolves it
 MDNS_HOSTNAME_RE = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+local\.?$", re.IGNORECASE)
@@ -505,6 +506,8 @@ def _parse_candidate(candidate: object) -> Candidate:
         raise _bad_candidate(f"ICE candidate type {cand.type[:16]!r} is not one of {sorted(CANDIDATE_TYPES)}")
     if not 1 <= cand.component <= MAX_CANDIDATE_COMPONENT:
         raise _bad_candidate(f"ICE candidate component {cand.component} is not 1-{MAX_CANDIDATE_COMPONENT}")
+    if not 1 <= cand.priority <= MAX_CANDIDATE_PRIORITY:
+        raise _bad_candidate(f"ICE candidate priority is not 1-{MAX_CANDIDATE_PRIORITY} (RFC 8445)")
     if not 0 <= cand.port <= MAX_PORT:
         raise _bad_candidate(f"ICE candidate port {cand.port} is not 0-{MAX_PORT}")
     return cand
