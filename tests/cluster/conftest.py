@@ -33,6 +33,9 @@ ray:
 gateway:
   host: 127.0.0.1
   transport: auto
+  limits:  # every peer of these tests is on loopback (as in configs/local.yaml)
+    exempt_loopback: true
+    allow_loopback_candidates: true
 pool:
   prewarm: 1
 streams:
