@@ -183,3 +183,17 @@ def make_gateway(ray_session: Any) -> Callable[..., Any]:
             yield served
 
     return factory
+
+
+async def offer_sdp() -> str:
+    """A real offer (video sendrecv and the "text" data channel) from an aiortc peer that
+    is closed at once: an offer whose client never completes ICE."""
+    from aiortc import RTCConfiguration, RTCPeerConnection
+
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("video", direction="sendrecv")
+    pc.createDataChannel("text")
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    return sdp

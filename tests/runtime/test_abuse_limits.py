@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from runtime.client import Client
-from tests.conftest import async_wait_until
+from tests.conftest import async_wait_until, offer_sdp
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -59,25 +59,13 @@ def app(make_gateway):
         yield served
 
 
-async def _sdp() -> str:
-    from aiortc import RTCConfiguration, RTCPeerConnection
-
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    pc.addTransceiver("video", direction="sendrecv")
-    pc.createDataChannel("text")
-    await pc.setLocalDescription(await pc.createOffer())
-    sdp = pc.localDescription.sdp
-    await pc.close()
-    return sdp
-
-
 def _from(address: str) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(local_address=address), timeout=60)
 
 
 async def _half_open(http: httpx.AsyncClient, url: str, stream: str, n: int) -> httpx.Response:
     # a real offer whose client never sets the answer: ICE never completes
-    return await http.post(f"{url}/webrtc/offer", json={"type": "offer", "sdp": await _sdp(), "webrtc_id": f"half-{stream}-{n}", "stream_id": stream})
+    return await http.post(f"{url}/webrtc/offer", json={"type": "offer", "sdp": await offer_sdp(), "webrtc_id": f"half-{stream}-{n}", "stream_id": stream})
 
 
 def _inverted(client: Client) -> bool:

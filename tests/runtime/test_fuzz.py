@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from runtime.client import Client
-from tests.conftest import async_wait_until, open_fds, shm_segments
+from tests.conftest import async_wait_until, offer_sdp, open_fds, shm_segments
 from tests.runtime import fuzz_cases as F
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -57,15 +57,7 @@ def app(make_gateway):
 
 
 async def _offer_sdp() -> str:
-    from aiortc import RTCConfiguration, RTCPeerConnection
-
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    pc.addTransceiver("video", direction="sendrecv")
-    pc.createDataChannel("text")
-    await pc.setLocalDescription(await pc.createOffer())
-    sdp = pc.localDescription.sdp
-    await pc.close()
-    return F.normalise_offer(sdp)
+    return F.normalise_offer(await offer_sdp())
 
 
 def invert_error(client: Client) -> float:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from runtime.client import Client
-from tests.conftest import async_wait_until, shm_segments
+from tests.conftest import async_wait_until, offer_sdp, shm_segments
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -28,18 +28,6 @@ def _two_streams(gw) -> None:
 def app(make_gateway):
     with make_gateway(_two_streams) as served:
         yield served
-
-
-async def _offer_sdp() -> str:
-    from aiortc import RTCConfiguration, RTCPeerConnection
-
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    pc.addTransceiver("video", direction="sendrecv")
-    pc.createDataChannel("text")
-    await pc.setLocalDescription(await pc.createOffer())
-    sdp = pc.localDescription.sdp
-    await pc.close()
-    return sdp
 
 
 async def test_streams_are_listed(app):
@@ -74,7 +62,7 @@ async def test_malformed_offers_are_refused(app, body, headers, status, error):
 
 
 async def test_oversize_body_is_refused(app):
-    sdp = await _offer_sdp()
+    sdp = await offer_sdp()
     body = json.dumps({"type": "offer", "sdp": sdp + "a=x-pad:" + "p" * 100_000, "webrtc_id": "big", "stream_id": "sig-a"})
     async with httpx.AsyncClient() as http:
         r = await http.post(f"{app.url}/webrtc/offer", content=body, headers={"content-type": "application/json"})
@@ -84,7 +72,7 @@ async def test_oversize_body_is_refused(app):
 
 
 async def test_stream_id_is_required_with_two_streams_and_must_exist(app):
-    sdp = await _offer_sdp()
+    sdp = await offer_sdp()
     async with httpx.AsyncClient() as http:
         r = await http.post(f"{app.url}/webrtc/offer", json={"type": "offer", "sdp": sdp, "webrtc_id": "s1"})
         assert r.status_code == 400 and r.json()["meta"]["error"] == "stream_id_required"
@@ -107,7 +95,7 @@ async def test_sdp_that_aiortc_rejects_is_a_400_and_releases_the_lease(app):
 async def test_duplicate_webrtc_id_is_a_409(app):
     client = Client(app.url, stream_id="sig-a", webrtc_id="dup-1")
     await client.connect()
-    sdp = await _offer_sdp()
+    sdp = await offer_sdp()
     async with httpx.AsyncClient() as http:
         r = await http.post(f"{app.url}/webrtc/offer", json={"type": "offer", "sdp": sdp, "webrtc_id": "dup-1", "stream_id": "sig-a"})
     assert r.status_code == 409 and r.json()["meta"]["error"] == "duplicate_webrtc_id"
