@@ -5,12 +5,15 @@ Importing this package hooks Gradio's app creation and launch (see gradio_ext/se
 """
 
 from runtime.turn import get_hf_turn_credentials, get_turn_credentials, get_twilio_turn_credentials
+from workers.context import Context, get_current_context
 from workers.handlers import (
     AdditionalOutputs,
+    AsyncAudioVideoStreamHandler,
     AsyncStreamHandler,
     AudioVideoStreamHandler,
     CloseStream,
     StreamHandler,
+    VideoStreamHandler,
 )
 from workers.reply_on_pause import ReplyOnPause
 from workers.reply_on_stopwords import ReplyOnStopWords
@@ -37,14 +40,17 @@ __all__ = [
     "audio_to_file",
     "audio_to_float32",
     "audio_to_int16",
+    "get_current_context",
     "get_hf_turn_credentials",
     "get_turn_credentials",
     "get_twilio_turn_credentials",
     "AdditionalOutputs",
     "AlgoOptions",
+    "AsyncAudioVideoStreamHandler",
     "AsyncStreamHandler",
     "AudioVideoStreamHandler",
     "CloseStream",
+    "Context",
     "PauseDetectionModel",
     "ReplyOnPause",
     "ReplyOnStopWords",
@@ -52,5 +58,6 @@ __all__ = [
     "SileroVadOptions",
     "StopWordOptions",
     "StreamHandler",
+    "VideoStreamHandler",
     "WebRTC",
 ]

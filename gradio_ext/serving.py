@@ -75,7 +75,9 @@ def _mount(app: Any, gateway: Gateway) -> None:
 
 
 class NoStubComponentMeta(component_meta.ComponentMeta):
-    """Gradio's component metaclass, minus the .pyi it writes beside the class's source."""
+    """Gradio's component metaclass, minus the .pyi it writes beside the class's source
+    (``component_meta.create_or_modify_pyi``, checked against gradio 6.31.0;
+    tests/runtime/test_patched_internals.py)."""
 
     def __new__(mcs, name: str, bases: tuple[type, ...], attrs: dict[str, Any]) -> Any:
         original = component_meta.create_or_modify_pyi
@@ -87,7 +89,10 @@ class NoStubComponentMeta(component_meta.ComponentMeta):
 
 
 def install() -> None:
-    """Patch Gradio's app creation and launch. Idempotent."""
+    """Patch Gradio's app creation and launch. Idempotent.
+
+    Wraps ``App.create_app``, ``Blocks.launch`` and ``gradio.blocks.postprocess_update_dict``
+    (checked against gradio 6.31.0; tests/runtime/test_patched_internals.py)."""
     global _installed
     if _installed:
         return
@@ -128,5 +133,5 @@ def install() -> None:
 
     App.create_app = staticmethod(create_app)  # type: ignore[method-assign]
     gradio.Blocks.launch = launch  # type: ignore[method-assign]
-    gradio.blocks.postprocess_update_dict = postprocess_update_dict  # type: ignore[assignment]
+    gradio.blocks.postprocess_update_dict = postprocess_update_dict
     _installed = True

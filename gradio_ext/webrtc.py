@@ -79,7 +79,6 @@ STREAM_EVENT_KEYWORDS = frozenset(
     {
         "api_description",
         "api_visibility",
-        "queue",
         "show_progress_on",
         "scroll_to_output",
         "trigger_mode",
@@ -340,7 +339,8 @@ class WebRTC(gr.HTML, metaclass=NoStubComponentMeta):
 
     # --- the stream event -------------------------------------------------------------------
 
-    def stream(
+    # fastrtc's signature (the seeds call it so), not Gradio's: a WebRTC stream is no Gradio event
+    def stream(  # type: ignore[override]
         self,
         fn: Callable[..., Any] | Any,
         inputs: Sequence[Any] | Any | None = None,
@@ -354,6 +354,8 @@ class WebRTC(gr.HTML, metaclass=NoStubComponentMeta):
         api_name: str | Literal[False] | None = None,
         concurrency_id: str | None = None,
         show_progress: Literal["full", "minimal", "hidden"] = "hidden",
+        queue: bool = True,
+        max_queue: int | None = None,
         **event_options: Any,
     ) -> Any:
         """Run ``fn`` (a frame function, generator or StreamHandler) on this stream, one
@@ -393,8 +395,14 @@ class WebRTC(gr.HTML, metaclass=NoStubComponentMeta):
           to send.
         * ``show_progress``: the progress shown on the stream's other outputs while the page
           fetches their values (default ``"hidden"``).
+        * ``queue`` (default True, as in Gradio): Start on a full stream puts the user in its
+          line (one line for the whole deployment, kept by the scheduler), shown in the
+          component as Gradio shows its queue (``queue: 2/4 | 3.1/40.0s``), and the stream
+          starts by itself at the user's turn; ``queue=False``: "server full" with a retry
+          time (HTTP 429). ``max_queue`` bounds the line, like ``Blocks.queue(max_size=)``
+          (None: the config's ``queue.max_size``).
         * Accepted with no effect, because the media path has no Gradio event for them:
-          ``queue``, ``trigger_mode``, ``batch``, ``max_batch_size``, ``preprocess``,
+          ``trigger_mode``, ``batch``, ``max_batch_size``, ``preprocess``,
           ``postprocess``, ``cancels``, ``every``, ``scroll_to_output``,
           ``show_progress_on``, ``api_description``, ``api_visibility``, ``show_api``,
           ``key``, ``validator``. Any other keyword is a TypeError.
@@ -459,6 +467,8 @@ class WebRTC(gr.HTML, metaclass=NoStubComponentMeta):
             initial_args=[_initial_value(c) for c in extra],
             stream_every=stream_every,
             outputs=layout,
+            queue=queue,
+            max_queue=max_queue,
         )
         self.stream_event = event
         self.stream_trigger = trigger

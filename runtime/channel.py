@@ -146,6 +146,7 @@ class Segment:
         name = f"{SEGMENT_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
         # SharedMemory creates the segment with mode 0600: private to this user.
         shm = SharedMemory(name=name, create=True, size=geometry.size)
+        assert shm.buf is not None  # None only after close()
         SEGMENT_HEADER.pack_into(
             shm.buf,
             0,
@@ -173,6 +174,7 @@ class Segment:
             except Exception:
                 pass
         try:
+            assert shm.buf is not None  # None only after close()
             magic, version, vs, vb, as_, ab = SEGMENT_HEADER.unpack_from(shm.buf, 0)
             if magic != SEGMENT_MAGIC or version != SEGMENT_VERSION:
                 raise WireError(f"segment {name} has magic {magic!r} version {version}")
@@ -331,6 +333,14 @@ class FrameChannel:
         self.closed = False
         self.close_reason = ""
         self.peer_close: Close | None = None  # the peer's Close, when it ended the link cleanly
+        # Datagram form: the peer has closed its end (a send failed), or Linux reported that
+        # it closed with messages of ours unread. What it sent before closing -- its Close
+        # among them -- still waits to be read: the reader ends the channel when it gets
+        # there, not the failed send (test-found: a worker's CloseStream reached the gateway
+        # as "link error: Connection reset by peer", the Close behind it unread, and the
+        # session counted as a worker death).
+        self._hung_up = False
+        self._reset_read = False
         self._lock = threading.Lock()
         # Test-found: one control's fragments must go out back to back. Two threads sending
         # controls (the worker's handler loops, its reader's warnings) interleaved them, and a
@@ -344,7 +354,7 @@ class FrameChannel:
         self._seq = 0
         self._pending_video: int | None = None  # newest received video slot, not yet taken
         self._held_video: int | None = None  # slot taken by the consumer, not yet released
-        self._backlog: deque[bytes] = deque()
+        self._backlog: deque[bytes | memoryview] = deque()
         self._parts: list[bytes] = []
         self._parts_bytes = 0
         self._recv_buf = bytearray(STREAM_READ_BYTES if self.stream else CONTROL_FRAGMENT_BYTES + 64)
@@ -452,7 +462,7 @@ class FrameChannel:
         np.copyto(dst, array, casting="no")
         return self._commit(
             kind, slot, array.nbytes, pts, time_base, sample_rate, dtype_code, layout, array.ndim,
-            (shape + (0, 0, 0))[:3],  # type: ignore[arg-type]
+            (shape + (0, 0, 0))[:3],
         )
 
     def _reserve(self, kind: int, nbytes: int) -> int | None:
@@ -535,10 +545,10 @@ class FrameChannel:
                 self._send_raw(self._wire(bytes((MSG_PART,)), chunk), must=True)
             self._send_raw(self._wire(bytes((MSG_CONTROL,)), chunks[-1]), must=True)
 
-    def _wire(self, *parts: bytes | memoryview) -> bytes:
+    def _wire(self, *parts: bytes | memoryview) -> bytes | memoryview:
         """One message as it goes on the socket: as is on SEQPACKET, behind its length on TCP."""
         if not self.stream:
-            return parts[0] if len(parts) == 1 else b"".join(parts)  # type: ignore[return-value]
+            return parts[0] if len(parts) == 1 else b"".join(parts)
         return b"".join((STREAM_LENGTH.pack(sum(len(p) for p in parts)), *parts))
 
     def _send_slot_message(self, mtype: int, kind: int, slot: int, payload: memoryview | None = None) -> bool:
@@ -552,11 +562,11 @@ class FrameChannel:
             return self._send_raw(self._wire(head) if payload is None else self._wire(head, payload), must=True)
         return self._send_raw(SLOT_MESSAGE.pack(mtype, kind, slot), must=True)
 
-    def _send_raw(self, data: bytes, must: bool) -> bool:
+    def _send_raw(self, data: bytes | memoryview, must: bool) -> bool:
         """Send one datagram. A message that must arrive (every one sent today: frame,
         release, control) waits in the backlog behind earlier ones when the socket is full;
         one that need not is dropped (False). False too once the link is closed."""
-        if self.closed:
+        if self.closed or self._hung_up:
             return False
         error: Exception | None = None
         with self._lock:
@@ -580,8 +590,25 @@ class FrameChannel:
                 except OSError as exc:
                     error = exc
         if error is not None:
-            self._closed(f"link error: {error}")
+            if not self._peer_hung_up(error):
+                self._closed(f"link error: {error}")
             return False
+        return True
+
+    @property
+    def hung_up(self) -> bool:
+        """Datagram form: the peer has closed its end; what it sent before is still read."""
+        return self._hung_up
+
+    def _peer_hung_up(self, error: BaseException) -> bool:
+        """True (and nothing more goes out) when a send failed because the peer closed its
+        end of a datagram link: see ``_hung_up``. Any other failure ends the link."""
+        cause = error.__cause__ if error.__cause__ is not None else error
+        if self.stream or not isinstance(cause, (BrokenPipeError, ConnectionResetError)):
+            return False
+        with self._lock:
+            self._hung_up = True
+            self._backlog.clear()  # nothing will ever take it
         return True
 
     def _flush_locked(self) -> None:
@@ -674,6 +701,14 @@ class FrameChannel:
                 n = sock.recv_into(buf)
             except (BlockingIOError, InterruptedError):
                 return
+            except ConnectionResetError as exc:
+                # Linux reports a peer that closed with messages of ours unread once, on this
+                # read, ahead of what the peer sent before closing: read those, then the end
+                if self._reset_read:
+                    self._closed(f"link error: {exc}")
+                    return
+                self._reset_read = self._hung_up = True
+                continue
             except OSError as exc:
                 self._closed(f"link error: {exc}")
                 return
@@ -786,7 +821,8 @@ class FrameChannel:
             with self._lock:
                 self._flush_locked()
         except ConnectionError as exc:
-            self._closed(str(exc))
+            if not self._peer_hung_up(exc):
+                self._closed(str(exc))
 
     def _drain(self, timeout: float) -> bool:
         """Blocking: flush the backlog, waiting for the link to be writable. True when empty."""
@@ -940,8 +976,8 @@ def offer_link(sock: socket.socket, hello: Hello, geometry: Geometry | None = No
     on_closed, channel.on_closed = channel.on_closed, None  # a failure here raises instead
     try:
         channel.send_control(hello)
-        if channel.closed:
-            raise ConnectionError(f"could not send hello: {channel.close_reason}")
+        if channel.closed or channel.hung_up:
+            raise ConnectionError(f"could not send hello: {channel.close_reason or 'the peer closed'}")
     except Exception:
         up.close()
         down.close()

@@ -2,7 +2,8 @@
 
     rtcpool serve APP.py [--config FILE] [--host H] [--port P] [--address RAY]
                          [--ice-host-address IP ...] [--set KEY.PATH=VALUE ...]
-    rtcpool config check FILE        validate; print the effective config (file + RTCPOOL_* env)
+    rtcpool config check [FILE]      validate; print the effective config (file + RTCPOOL_* env;
+                                     no FILE: $RTCPOOL_CONFIG, else the packaged local.yaml)
     rtcpool status [--address RAY] [--namespace NS] [--config FILE] [--json]
                                      nodes, and per node the workers; slots per stream; sessions
     rtcpool token [--stream ID] [--ttl SECONDS] [--subject S] [--config FILE]
@@ -26,7 +27,7 @@ import runpy
 import socket
 import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -148,7 +149,7 @@ def _servers_started() -> Iterator[list[int]]:
     import uvicorn
 
     started = [0]
-    original = uvicorn.Server.startup
+    original = uvicorn.Server.startup  # checked against uvicorn 0.55.0 (test_patched_internals.py)
 
     async def startup(self: Any, *args: Any, **kwargs: Any) -> Any:
         started[0] += 1
@@ -406,6 +407,8 @@ def format_status(view: dict[str, Any]) -> str:
     for eid, ev in view["events"].items():
         limit = "unlimited" if ev["limit"] is None else ev["limit"]
         line = f"  {eid}: {ev['leases']}/{limit} slots taken, {ev['idle']} idle, {ev['starting']} starting, replaced {ev['replaced_total']}"
+        if ev.get("queue") or ev.get("admitted"):
+            line += f", {ev.get('queue', 0)} waiting ({ev.get('admitted', 0)} admitted)"
         if ev.get("unplaceable"):
             line += f"; {ev['unplaceable']}"
         elif ev.get("last_error"):
@@ -480,7 +483,8 @@ def _status(args: argparse.Namespace) -> int:
     try:
         try:
             scheduler = ray.get_actor(C.SCHEDULER_NAME, namespace=namespace)
-            status = ray.get(scheduler.status.remote(), timeout=C.RAY_CALL_TIMEOUT_S)
+            # (ray.get's stubs read an actor call's untyped ref as a list of refs)
+            status = cast("dict[str, Any] | None", ray.get(scheduler.status.remote(), timeout=C.RAY_CALL_TIMEOUT_S))
         except ValueError:  # no such named actor: Ray is up, no gateway has started
             status = None
         view = collect_status(status, ray.nodes())
@@ -548,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     serve.add_argument("app")
     serve.add_argument(
-        "--config", default=None, help=f"config file (default: ${CONFIG_ENV} or configs/local.yaml)"
+        "--config", default=None, help=f"config file (default: ${CONFIG_ENV}, else the embedded default local.yaml)"
     )
     serve.add_argument("--host", default=None, help="gateway.host")
     serve.add_argument("--port", type=int, default=None, help="gateway.port")
@@ -577,7 +581,10 @@ def main(argv: list[str] | None = None) -> int:
     check = config_sub.add_parser(
         "check", help="validate a config file and print the effective config"
     )
-    check.add_argument("file")
+    check.add_argument(
+        "file", nargs="?", default=None,
+        help=f"config file (default: ${CONFIG_ENV}, else the embedded default local.yaml)",
+    )
     check.set_defaults(fn=_config_check)
     status = sub.add_parser("status", help="nodes, workers and sessions per node, slots per stream")
     status.add_argument(

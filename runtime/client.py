@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import av
@@ -37,6 +37,8 @@ from runtime.media import newest_frame
 COUNTER_BITS = 16
 MARK_BLOCKS = COUNTER_BITS * 2  # the counter, then its complement as a check
 OFFER_TIMEOUT_S = 90.0  # a cold pool may need to start a worker before it answers
+QUEUE_FOLLOW_ATTEMPTS = 5  # updates streams opened for one wait in line, at most
+QUEUE_FOLLOW_RETRY_S = 0.5  # between two of them (less than the ticket's follow grace)
 DEFAULT_FPS = 30.0
 DEFAULT_SIZE = (640, 480)
 AUDIO_RATE = 48_000  # Hz, what WebRTC's Opus carries
@@ -99,8 +101,8 @@ class CounterVideoTrack(MediaStreamTrack):
             import cv2
 
             image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-        self.base = image if image is not None else synthetic_image(width, height)
-        self.frame = self.base.copy()
+        self.base: np.ndarray = image if image is not None else synthetic_image(width, height)
+        self.frame: np.ndarray = self.base.copy()
         self.sent_at: dict[int, float] = {}
         self.count = 0
         self._start: float | None = None
@@ -154,7 +156,8 @@ def encode_cycle(base: np.ndarray, frames: int, bitrate: int = REPLAY_BITRATE) -
     for n in range(frames):
         np.copyto(picture, base)
         paint_counter(picture, n)
-        frame = av.VideoFrame.from_ndarray(cv2.cvtColor(picture, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
+        i420: np.ndarray = cv2.cvtColor(picture, cv2.COLOR_RGB2YUV_I420)
+        frame = av.VideoFrame.from_ndarray(i420, format="yuv420p")
         frame.pts, frame.time_base = n, Fraction(1, 30)
         out.append(b"".join(bytes(p) for p in codec.encode(frame)))
     tail = b"".join(bytes(p) for p in codec.encode(None))
@@ -222,11 +225,27 @@ class ArrayAudioTrack(MediaStreamTrack):
         return frame
 
 
+def _json_of(resp: httpx.Response) -> Any:
+    try:
+        return resp.json()
+    except ValueError:
+        return {"raw": resp.text}
+
+
 class ServerFull(Exception):
     def __init__(self, body: dict[str, Any], retry_after: str | None) -> None:
         super().__init__(f"server full: {body}")
         self.body = body
         self.retry_after = retry_after
+
+
+class QueueDropped(Exception):
+    """The stream's line let this client go (it waited too long, its slot's hold lapsed, the
+    stream went away): ``view`` is the server's last word (state "gone", reason, message)."""
+
+    def __init__(self, view: dict[str, Any]) -> None:
+        super().__init__(f"dropped from the queue: {view.get('reason')}: {view.get('message')}")
+        self.view = view
 
 
 class OfferRejected(Exception):
@@ -289,11 +308,18 @@ class Client:
         video_release_on_marker: bool = True,
         replay: int = 0,
         token: str | None = None,
+        queue: bool = True,
     ) -> None:
         """``replay``: send a cycle of this many pre-encoded frames (:class:`ReplayVideoTrack`,
         for load tests; REPLAY_CYCLE_FRAMES is a good length) instead of encoding live.
-        ``token``: sent as ``Authorization: Bearer`` (gateway.auth: a bearer or join token)."""
+        ``token``: sent as ``Authorization: Bearer`` (gateway.auth: a bearer or join token).
+        ``queue``: on a full stream that queues, wait in its line (``connect()`` returns once
+        admitted and answered; ``queue_views`` has what the line said on the way); False:
+        the server's 429 (:class:`ServerFull`) at once."""
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.queue = queue
+        self.queue_views: list[dict[str, Any]] = []  # the 202's place, then every update
+        self.ticket: str | None = None  # the line's ticket while this client waits in it
         self.url = url.rstrip("/")
         self.mode = mode
         self.modality = modality
@@ -356,7 +382,7 @@ class Client:
         resampler = av.AudioResampler(format="s16", layout="mono", rate=AUDIO_RATE)
         try:
             while True:
-                frame = await track.recv()
+                frame = cast(av.AudioFrame, await track.recv())  # an audio track's frames
                 now = time.monotonic()
                 for out in resampler.resample(frame):
                     self.audio_received.append(out.to_ndarray().reshape(-1))
@@ -400,15 +426,24 @@ class Client:
                 self.pc.addTransceiver(kind, direction="recvonly")
         offer = await self.pc.createOffer()
         await self.pc.setLocalDescription(offer)  # gathers every candidate: no trickle needed
-        body = {"sdp": self.pc.localDescription.sdp, "type": "offer", "webrtc_id": self.webrtc_id}
+        body: dict[str, Any] = {"sdp": self.pc.localDescription.sdp, "type": "offer", "webrtc_id": self.webrtc_id, "queue": self.queue}
         if self.stream_id is not None:
             body["stream_id"] = self.stream_id
         async with httpx.AsyncClient(timeout=OFFER_TIMEOUT_S) as http:
             resp = await http.post(f"{self.url}/webrtc/offer", json=body, headers=self.headers)
-        try:
-            answer = resp.json()
-        except ValueError:
-            answer = {"raw": resp.text}
+            answer = _json_of(resp)
+            while resp.status_code == 202:
+                # in the stream's line: follow it, and post the same offer again when admitted
+                self.ticket = answer["queue"]["ticket"]
+                self.queue_views.append({"state": "waiting", **{k: v for k, v in answer["queue"].items() if k != "ticket"}})
+                try:
+                    await self._wait_turn(http)
+                except BaseException:
+                    await self.pc.close()
+                    raise
+                resp = await http.post(f"{self.url}/webrtc/offer", json={**body, "queue_ticket": self.ticket}, headers=self.headers)
+                answer = _json_of(resp)
+            self.ticket = None
         if resp.status_code == 429:
             await self.pc.close()
             raise ServerFull(answer, resp.headers.get("retry-after"))
@@ -422,6 +457,41 @@ class Client:
         if self.video_release_on_marker:
             release_video_on_marker(self.pc)
         self._started = time.monotonic()
+
+    async def _wait_turn(self, http: httpx.AsyncClient) -> None:
+        """Follow this client's place in line (GET /webrtc/queue, server-sent events) until
+        it is admitted; QueueDropped if the line lets it go. Cancelling this (or the task
+        that connects) closes the stream, which takes the client out of the line."""
+        assert self.ticket is not None
+        headers = {**self.headers, "X-Queue-Ticket": self.ticket}
+        params = {"webrtc_id": self.webrtc_id}
+        for _ in range(QUEUE_FOLLOW_ATTEMPTS):
+            # a stream that ends with no last word (its gateway drained or restarted) is
+            # followed again: the place is the scheduler's, not the gateway's
+            with contextlib.suppress(httpx.TransportError):
+                async with http.stream("GET", f"{self.url}/webrtc/queue", params=params, headers=headers, timeout=httpx.Timeout(OFFER_TIMEOUT_S, read=None)) as resp:
+                    if resp.status_code != 200:
+                        await resp.aread()
+                        raise OfferRejected(resp.status_code, _json_of(resp))
+                    async for line in resp.aiter_lines():
+                        if not line.startswith("data: "):
+                            continue
+                        view = json.loads(line[len("data: ") :])
+                        self.queue_views.append(view)
+                        if view["state"] == "admitted":
+                            return
+                        if view["state"] == "gone":
+                            raise QueueDropped(view)
+            await asyncio.sleep(QUEUE_FOLLOW_RETRY_S)
+        raise QueueDropped({"state": "gone", "reason": "stream_closed", "message": "the updates stream kept ending"})
+
+    async def leave_queue(self) -> bool:
+        """Leave the line now (POST /webrtc/queue/leave); False if not in one."""
+        if self.ticket is None:
+            return False
+        async with httpx.AsyncClient(timeout=OFFER_TIMEOUT_S) as http:
+            resp = await http.post(f"{self.url}/webrtc/queue/leave", json={"webrtc_id": self.webrtc_id, "ticket": self.ticket}, headers=self.headers)
+        return resp.status_code == 200
 
     def ids(self, **body: Any) -> dict[str, Any]:
         """A request body about this session: its webrtc_id and key, and ``body``."""

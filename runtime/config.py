@@ -45,8 +45,9 @@ from runtime.auth import BEARER_TOKENS_ENV, JOIN_SECRET_ENV, AuthConfig, Signall
 from runtime.limits import LimitsConfig
 from workers.loader import WORKER_IMPORT_ENV
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-DEFAULT_CONFIG = CONFIG_DIR / "local.yaml"
+# The embedded default ships inside the package, so that an installed wheel (which has no
+# checkout's configs/ folder) finds it; configs/local.yaml in a checkout is a link to it.
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "local.yaml"
 ENV_PREFIX = "RTCPOOL_"
 CONFIG_ENV = "RTCPOOL_CONFIG"  # path of the config file when none is given
 CLI_OVERRIDES_ENV = "RTCPOOL_CLI_OVERRIDES"  # JSON of the `rtcpool serve` flags; beats the env
@@ -325,9 +326,43 @@ class PoolConfig(_Strict):
         return None if value is None else int(value)  # a plain int for Ray's .options(memory=)
 
 
+class QueueConfig(_Strict):
+    """A full stream's waiting room (runtime/waiting_room.py), for every stream that queues
+    (``.stream(queue=True)``, the default, as in Gradio)."""
+
+    max_size: int | None = Field(
+        C.QUEUE_MAX, ge=0, description="users waiting per stream at most (Gradio's max_size); beyond: 429 queue_full"
+    )
+    timeout_s: float | None = Field(C.QUEUE_TIMEOUT_S, gt=0, description="a user waiting longer is told and dropped")
+    admit_hold_s: float = Field(
+        C.QUEUE_ADMIT_HOLD_S, gt=0, description="an admitted user's slot is held this long for its offer to come back"
+    )
+
+
+class TelephoneConfig(_Strict):
+    """Phone calls through Twilio Media Streams (runtime/websocket_routes.py)."""
+
+    public_url: str | None = Field(
+        None,
+        pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$",
+        description="the app's public base URL (https://host[/prefix]): where Twilio is told to open the media "
+        "stream and the URL its signatures are over; default: the webhook request's Host",
+    )
+    twilio_auth_token_env: str | None = Field(
+        "TWILIO_AUTH_TOKEN",
+        pattern=r"^[A-Z_][A-Z0-9_]*$",
+        description="environment variable holding the Twilio auth token: when it is set, /telephone/incoming "
+        "takes only requests Twilio signed (X-Twilio-Signature)",
+    )
+    greeting: str = Field("Connecting you now.", max_length=500, description="what the caller hears first (<Say>); empty: nothing")
+
+
 class StreamOverride(_Strict):
     concurrency_limit: int | None = Field(None, ge=1)
     time_limit: float | None = Field(None, gt=0)
+    queue: bool | None = Field(None, description="whether a full stream queues users (else: 429 + Retry-After)")
+    max_queue: int | None = Field(None, ge=0, description="this stream's queue.max_size")
+    queue_timeout_s: float | None = Field(None, gt=0, description="this stream's queue.timeout_s")
     pool: PoolConfig | None = Field(
         None, description="this stream's pool: keys it leaves out come from the top-level pool"
     )
@@ -337,6 +372,8 @@ class Config(_Strict):
     ray: RayConfig = Field(default_factory=RayConfig)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     pool: PoolConfig = Field(default_factory=PoolConfig)
+    queue: QueueConfig = Field(default_factory=QueueConfig)
+    telephone: TelephoneConfig = Field(default_factory=TelephoneConfig)
     streams: dict[str, StreamOverride] = Field(default_factory=dict)
 
     @model_validator(mode="before")
@@ -346,7 +383,7 @@ class Config(_Strict):
         ``streams.x.pool: {num_gpus: 0.5}`` keeps the shared CPU, memory and pool size."""
         if not isinstance(data, dict) or not isinstance(data.get("streams"), dict):
             return data
-        base = data.get("pool") if isinstance(data.get("pool"), dict) else {}
+        base: dict[str, Any] = data["pool"] if isinstance(data.get("pool"), dict) else {}
         streams = {}
         for sid, stream in data["streams"].items():
             if isinstance(stream, dict) and isinstance(stream.get("pool"), dict):
@@ -556,7 +593,8 @@ def load_config(
     environ: dict[str, str] | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> Config:
-    """The effective config: file (default ``configs/local.yaml``), then ``RTCPOOL_*``
+    """The effective config: file (default ``$RTCPOOL_CONFIG``, else the packaged
+    ``runtime/configs/local.yaml``), then ``RTCPOOL_*``
     env vars, then ``rtcpool serve`` flags (``RTCPOOL_CLI_OVERRIDES``), then ``overrides``."""
     environ = dict(os.environ) if environ is None else environ
     if path is None:

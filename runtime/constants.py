@@ -56,6 +56,14 @@ GATEWAY_TTL_S = 15.0  # leases of a gateway silent for this long are reclaimed
 POOL_PREWARM = 1  # idle workers kept ready per stream event
 POOL_MAX = 8  # workers per stream event when concurrency_limit is None
 
+# --- the waiting room (a full stream's queue, owned by the scheduler) --------------------------
+QUEUE_MAX = 100  # users waiting per stream event at most (Gradio's max_size); beyond: 429 queue_full
+QUEUE_TIMEOUT_S = 600.0  # a user waiting longer than this is told and dropped
+QUEUE_ADMIT_HOLD_S = 10.0  # an admitted user's slot is held this long for its offer to come back
+QUEUE_TICKET_TTL_S = 15.0  # a waiting ticket no updates stream follows is dropped after this
+QUEUE_MAX_PER_ADDRESS = 4  # tickets one client address may hold per stream event (loopback exempt)
+QUEUE_POLL_S = 5.0  # a front's long poll of the scheduler returns after this with fresh ETAs
+
 # --- data plane -------------------------------------------------------------------------
 WORKER_CONNECT_TIMEOUT_S = 5.0  # gateway -> worker socket connect + hello
 CLOSE_ACK_TIMEOUT_S = 2.0  # a worker that does not end its session by then is replaced

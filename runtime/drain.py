@@ -14,7 +14,7 @@ Three ways of serving, one behaviour:
 
 * uvicorn in the main thread (``rtcpool serve`` of a FastAPI/Stream app, ``uvicorn
   app:app``, ``uvicorn.run``): uvicorn takes SIGTERM with ``Server.handle_exit``, which
-  is wrapped here (uvicorn 0.30-0.38 checked: ``handle_exit(sig, frame)`` sets
+  is wrapped here (uvicorn 0.30-0.55 checked, tests/runtime/test_patched_internals.py: ``handle_exit(sig, frame)`` sets
   ``should_exit``; tests/runtime/test_drain.py fails if it is gone) so that the first
   SIGTERM drains before ``should_exit`` is set, and is not re-raised at exit (uvicorn
   re-raises the signals it shut down on, which would make the exit status 143).
@@ -98,7 +98,7 @@ def install() -> None:
         import uvicorn
 
         _original_handle_exit = uvicorn.Server.handle_exit
-        uvicorn.Server.handle_exit = _uvicorn_handle_exit  # type: ignore[method-assign]
+        uvicorn.Server.handle_exit = _uvicorn_handle_exit  # type: ignore[method-assign,assignment]
     except ImportError:  # uvicorn ships with Gradio and FastAPI's standard extra; not required
         pass
     if threading.current_thread() is threading.main_thread():
@@ -201,7 +201,7 @@ def _withdraw() -> None:
 
 def gateway_processes() -> list[dict[str, Any]]:
     """The live gateway processes of this host (stale files, of processes gone, removed)."""
-    found = []
+    found: list[dict[str, Any]] = []
     directory = run_dir()
     if not directory.is_dir():
         return found

@@ -23,7 +23,9 @@ from aiortc.codecs.vpx import Vp8Encoder
 
 from runtime import constants as C
 
-SENDER_ENCODER_ATTR = "_RTCRtpSender__encoder"  # aiortc's name-mangled private field
+# aiortc's name-mangled private field, and Vp8Encoder's ``codec``/``target_bitrate`` below
+# (checked against aiortc 1.16.0, av 18.1.0; tests/runtime/test_patched_internals.py)
+SENDER_ENCODER_ATTR = "_RTCRtpSender__encoder"
 VP8_MIME = "video/vp8"
 VP8_GOP_FRAMES = 3000  # keyframes only on request (PLI), as aiortc does
 VP8_QMIN, VP8_QMAX = 2, 56  # libvpx's quantizer range, aiortc's
@@ -52,6 +54,7 @@ class GatewayVp8Encoder(Vp8Encoder):
             codec is None
             or frame.width != codec.width
             or frame.height != codec.height
+            or not codec.bit_rate
             or abs(self.target_bitrate - codec.bit_rate) / codec.bit_rate > BITRATE_CHANGE
         ):
             self.codec = self._make_codec(frame.width, frame.height)

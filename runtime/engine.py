@@ -24,14 +24,14 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from runtime import constants as C
 from runtime.config import Config
 from runtime.errors import HTTPError
-from runtime.leases import LeaseGrant
+from runtime.leases import LeaseGrant, LeaseQueued
 from runtime.limits import AddressLimits, Admission, check_candidate_address, client_key
 from runtime.metrics import EngineCounters, EngineMetrics, snapshot
 from runtime.sdp_check import check_offer_sdp
@@ -64,6 +64,10 @@ class StreamEvent:
     index: int = 0
     stream_every: float | None = None
     outputs: StreamOutputs = field(default_factory=StreamOutputs)
+    # a full stream's waiting room: None = the config's queue section
+    queue: bool = True
+    max_queue: int | None = None
+    queue_timeout_s: float | None = None
 
     @property
     def has_video(self) -> bool:
@@ -87,7 +91,14 @@ class StreamEvent:
             self.index,
             self.stream_every,
             StreamOutputs(),
+            self.queue,
+            self.max_queue,
+            self.queue_timeout_s,
         )
+
+
+SessionMaker = Callable[[StreamEvent, LeaseGrant], Session]  # a session for a lease, not started
+SessionStarter = Callable[[Session], Awaitable[dict[str, Any]]]  # starts it: the client's answer
 
 
 @dataclass(frozen=True)
@@ -143,6 +154,24 @@ def strip_forbidden_candidates(sdp: str, allow_loopback: bool) -> str:
                 continue
         kept.append(line)
     return "".join(kept)
+
+
+def queued_answer(webrtc_id: str, place: LeaseQueued) -> dict[str, Any]:
+    """The 202 body of an offer that waits in its stream's line (runtime/waiting_room.py)."""
+    return {
+        "status": "queued",
+        "webrtc_id": webrtc_id,
+        "queue": {
+            "ticket": place.ticket,
+            "position": place.position,
+            "size": place.size,
+            "eta_s": place.eta_s,
+            "updates": QUEUE_UPDATES_ROUTE,
+        },
+    }
+
+
+QUEUE_UPDATES_ROUTE = "/webrtc/queue"  # where a queued client follows its place (server-sent events)
 
 
 def draining_error() -> HTTPError:
@@ -216,14 +245,84 @@ class MediaEngine:
             exempt_loopback=lc.exempt_loopback, max_tracked=lc.max_tracked_addresses,
         )  # fmt: skip
         self._drain_now: asyncio.Event | None = None
+        # streams with a timer that displaces a half-open session for the line (see
+        # _displace_when_stale), and those timers
+        self._displacing: set[str] = set()
+        self._timers: set[asyncio.Task[None]] = set()
 
     # --- signalling ----------------------------------------------------------------------------
 
-    async def offer(self, event_id: str, webrtc_id: str, sdp: str, client: str | None = None) -> dict[str, Any]:
+    async def offer(
+        self,
+        event_id: str,
+        webrtc_id: str,
+        sdp: str,
+        client: str | None = None,
+        queue: bool = True,
+        ticket: str | None = None,
+    ) -> dict[str, Any]:
         """Answer an offer for ``event_id`` from ``client`` (its address). The id is
         reserved before any wait, so a second offer with it meanwhile is a duplicate, and a
         close for it finds it pending. The client's address holds a pending offer until
-        the session connects, and a session until it ends (gateway.limits)."""
+        the session connects, and a session until it ends (gateway.limits).
+
+        A full stream that queues answers with the session's place in its line instead
+        (``{"status": "queued", "queue": {...}}``, the route's 202; ``queue`` False: the
+        client takes no place, 429); the offer posted again with the line's ``ticket``
+        once admitted is answered as any other. A waiting client holds nothing here."""
+        sdp = strip_forbidden_candidates(sdp, self.config.gateway.limits.allow_loopback_candidates)
+
+        async def begin(session: Session) -> dict[str, Any]:
+            try:
+                answer = await session.start(sdp, "offer")
+            except WorkerGone:
+                raise
+            except Exception as exc:
+                await session.aclose(f"offer failed: {exc}")
+                raise HTTPError(400, "bad_sdp", f"the offer could not be answered: {exc}") from exc
+            return {"sdp": answer.sdp, "type": answer.type}
+
+        def make(event: StreamEvent, lease: LeaseGrant) -> Session:
+            return Session(self, event, webrtc_id, lease)
+
+        return await self._open(event_id, webrtc_id, client, queue, ticket, make, begin)
+
+    async def open_websocket(
+        self,
+        event_id: str,
+        webrtc_id: str,
+        client: str | None,
+        client_kind: str,
+        send_text: Callable[[str], Awaitable[None]],
+        queue: bool = False,
+        ticket: str | None = None,
+    ) -> dict[str, Any]:
+        """A session for a WebSocket audio client (runtime/ws_session.py), with the same
+        lease, limits and line as an offer: the answer has ``session`` (the live
+        WebSocketSession) and ``session_key``, or is a queued answer."""
+        from runtime.ws_session import WebSocketSession
+
+        async def begin(session: Session) -> dict[str, Any]:
+            assert isinstance(session, WebSocketSession)
+            await session.start_ws()
+            return {"session": session}
+
+        def make(event: StreamEvent, lease: LeaseGrant) -> Session:
+            return WebSocketSession(self, event, webrtc_id, lease, client_kind, send_text)
+
+        return await self._open(event_id, webrtc_id, client, queue, ticket, make, begin)
+
+    async def _open(
+        self,
+        event_id: str,
+        webrtc_id: str,
+        client: str | None,
+        queue: bool,
+        ticket: str | None,
+        make: SessionMaker,
+        begin: SessionStarter,
+    ) -> dict[str, Any]:
+        """An offer or a WebSocket: ``make`` a session for the lease, ``begin`` it (its answer)."""
         event = self.events.get(event_id)
         if event is None:
             raise HTTPError(404, "unknown_stream", f"no stream {event_id!r} (GET /webrtc/streams)")
@@ -235,8 +334,9 @@ class MediaEngine:
         self.sessions[webrtc_id] = None  # type: ignore[assignment]
         key = self.keys[webrtc_id] = secrets.token_urlsafe(SESSION_KEY_BYTES)
         try:
-            sdp = strip_forbidden_candidates(sdp, self.config.gateway.limits.allow_loopback_candidates)
-            answer = await self._open_session(event, webrtc_id, sdp, admission, client_key(client).key)
+            answer = await self._open_session(event, webrtc_id, admission, client, queue, ticket, make, begin)
+            if answer.get("status") == "queued":
+                return answer
             return {**answer, "session_key": key}
         finally:
             if self.sessions.get(webrtc_id) is None:
@@ -254,32 +354,50 @@ class MediaEngine:
             raise HTTPError(404, "unknown_webrtc_id", f"no session {webrtc_id!r}")
         _check_key(self.config, expected, key)
 
-    async def _open_session(self, event: StreamEvent, webrtc_id: str, sdp: str, admission: Admission, client: str) -> dict[str, Any]:
+    async def _open_session(
+        self,
+        event: StreamEvent,
+        webrtc_id: str,
+        admission: Admission,
+        address: str | None,
+        queue: bool,
+        ticket: str | None,
+        make: SessionMaker,
+        begin: SessionStarter,
+    ) -> dict[str, Any]:
+        known = client_key(address)
+        client = known.key
+        # the line counts tickets per address, but not those the limits exempt (loopback)
+        line_client = "" if known.loopback and self.config.gateway.limits.exempt_loopback else client
         for attempt in range(2):  # one retry: an idle worker may have died since the lease
             try:
-                lease = await self._acquire(event, webrtc_id)
+                lease = await self._acquire(event, webrtc_id, queue, ticket, line_client)
             except HTTPError as err:
                 if err.error != "concurrency_limit_reached" or not await self._displace_half_open(event, client):
                     raise
-                lease = await self._acquire(event, webrtc_id)
-            session = Session(self, event, webrtc_id, lease)
+                lease = await self._acquire(event, webrtc_id, queue, ticket, line_client)
+            if isinstance(lease, LeaseQueued):
+                # a half-open session of another client holds a slot the line needs: its
+                # end admits the head of the line (maybe this one)
+                if not await self._displace_half_open(event, client):
+                    self._displace_when_stale(event, client)
+                return queued_answer(webrtc_id, lease)
+            ticket = None  # a retry (the worker died) is a new offer: the held slot was taken
+            session = make(event, lease)
             session.admission = admission
             session.client = client
             try:
-                answer = await session.start(sdp, "offer")
+                answer = await begin(session)
             except WorkerGone as exc:
                 log.warning("session %s: %s", webrtc_id, exc)
                 await session.aclose("worker unavailable")
                 if attempt == 0:
                     continue
                 raise HTTPError(503, "worker_unavailable", str(exc)) from exc
-            except Exception as exc:
-                await session.aclose(f"offer failed: {exc}")
-                raise HTTPError(400, "bad_sdp", f"the offer could not be answered: {exc}") from exc
             self.sessions[webrtc_id] = session
             self.counters.session_started(event.event_id)
             session.log_start()
-            return {"sdp": answer.sdp, "type": answer.type}
+            return answer
         raise AssertionError("unreachable")
 
     async def _displace_half_open(self, event: StreamEvent, client: str) -> bool:
@@ -301,14 +419,41 @@ class MediaEngine:
         await victim.aclose("half-open: displaced by a newcomer to the full stream")
         return True
 
-    async def _acquire(self, event: StreamEvent, webrtc_id: str) -> LeaseGrant:
+    def _displace_when_stale(self, event: StreamEvent, client: str) -> None:
+        """Someone waits in line: the youngest half-open session of another address that is
+        not stale yet is displaced once it is (one timer per engine and stream at a time)."""
+        young = [
+            s.created_at for s in self.live_sessions()
+            if s.event.event_id == event.event_id and s.connected_at is None and s.client != client
+        ]  # fmt: skip
+        if not young or event.event_id in self._displacing:
+            return
+        delay = max(0.0, min(young) + HALF_OPEN_GRACE_S - time.monotonic())
+
+        async def later() -> None:
+            try:
+                await asyncio.sleep(delay)
+                await self._displace_half_open(event, client)
+            finally:
+                self._displacing.discard(event.event_id)
+
+        self._displacing.add(event.event_id)
+        task = asyncio.get_running_loop().create_task(later())
+        self._timers.add(task)
+        task.add_done_callback(self._timers.discard)
+
+    async def _acquire(
+        self, event: StreamEvent, webrtc_id: str, queue: bool = False, ticket: str | None = None, client: str = ""
+    ) -> LeaseGrant | LeaseQueued:
         from ray.exceptions import ActorDiedError
 
         for attempt in range(2):  # once more with a new scheduler, if the one held has died
             scheduler = self.scheduler
             try:
                 lease = await asyncio.wait_for(
-                    scheduler.acquire.remote(event.event_id, self.gateway_id, webrtc_id, self.node_id),
+                    scheduler.acquire.remote(
+                        event.event_id, self.gateway_id, webrtc_id, self.node_id, ticket=ticket, queue=queue, client=client
+                    ),
                     C.LEASE_TIMEOUT_S + C.RAY_CALL_TIMEOUT_S,
                 )
                 break
@@ -318,17 +463,21 @@ class MediaEngine:
                 await asyncio.get_running_loop().run_in_executor(None, self.scheduler_died, scheduler)
             except Exception as exc:
                 raise HTTPError(503, "scheduler_unavailable", f"the scheduler did not answer: {exc}") from exc
-        if isinstance(lease, LeaseGrant):
+        if isinstance(lease, (LeaseGrant, LeaseQueued)):
             return lease
-        if lease.error == "concurrency_limit_reached":
+        if lease.error in ("concurrency_limit_reached", "queue_full", "too_many_queued"):
             retry = str(lease.retry_after or C.RETRY_AFTER_S)
-            raise HTTPError(
-                429,
-                "concurrency_limit_reached",
-                f"this stream serves at most {lease.limit} session(s) at once; retry in {retry} s",
-                headers={"Retry-After": retry},
-                meta={"limit": lease.limit, "retry_after": int(retry)},
+            meta = {"limit": lease.limit, "retry_after": int(retry)}
+            if lease.queue_size is not None:
+                meta["queue_size"] = lease.queue_size
+            first = (
+                f"this stream serves at most {lease.limit} session(s) at once"
+                if lease.error == "concurrency_limit_reached"
+                else lease.message
             )
+            raise HTTPError(429, lease.error, f"{first}; retry in {retry} s", headers={"Retry-After": retry}, meta=meta)
+        if lease.error == "queue_ticket_gone":
+            raise HTTPError(410, "queue_ticket_gone", lease.message)
         if lease.error == "duplicate_webrtc_id":
             raise HTTPError(409, "duplicate_webrtc_id", lease.message)
         raise HTTPError(503, lease.error, lease.message or "no worker available")
@@ -642,7 +791,7 @@ class MediaEngine:
 
     async def aclose(self) -> None:
         """End every session, give back every lease, stop beating. Safe to call twice."""
-        for task in (self._sampler, self._beat_task):
+        for task in (self._sampler, self._beat_task, *self._timers):
             if task is not None:
                 task.cancel()
         self._sampler = self._beat_task = None

@@ -8,7 +8,13 @@ routes to any FastAPI app (the Gradio app included), at the app's root:
 * ``GET  /webrtc/sessions`` -- the live sessions of this gateway (no ids: they are keys);
 * ``POST /webrtc/input`` -- set a session's additional inputs (apps without Gradio);
 * ``POST /webrtc/close`` -- the client hangs up: ``{"webrtc_id"}`` ends that session;
-* ``GET  /webrtc/outputs?webrtc_id=`` -- server-sent events with its AdditionalOutputs.
+* ``GET  /webrtc/outputs?webrtc_id=`` -- server-sent events with its AdditionalOutputs;
+* ``GET  /webrtc/queue?webrtc_id=`` -- a queued offer's place in line, as server-sent events
+  (the ticket in ``X-Queue-Ticket``); ``POST /webrtc/queue/leave`` -- leave the line.
+
+An offer for a full stream that queues is answered 202 with a place in the stream's line
+(runtime/waiting_room.py, kept by the scheduler for the whole deployment); the client follows
+it and posts the same offer again with its ticket when admitted.
 
 Where media runs is ``gateway.processes``: with 1 the app's process holds the sessions itself
 (a :class:`runtime.engine.MediaEngine` on the app's event loop); with N >= 2 it starts N media
@@ -48,6 +54,7 @@ from runtime.errors import HTTPError, Refusal
 from runtime.ice import pin_host_addresses
 from runtime.limits import AddressLimits
 from runtime.metrics import render
+from runtime.queue_follower import QueueFollower
 from runtime.scheduler import EventSpec, PoolSpec, get_scheduler
 from runtime.session import Session
 from runtime.shm_check import require_shm
@@ -60,6 +67,8 @@ log = logging.getLogger("rtcpool.gateway")
 MODES = ("send-receive", "send", "receive")
 MODALITIES = ("video", "audio", "audio-video")
 SESSION_KEY_HEADER = "x-session-key"  # where a GET (the outputs stream) carries the session key
+QUEUE_TICKET_HEADER = "x-queue-ticket"  # where the updates stream's GET carries the queue ticket
+MAX_TICKET_CHARS = 64  # a queue ticket is 32 characters; anything longer is not one
 SSE_KEEPALIVE_S = 15.0  # comment line on an idle outputs stream, so proxies keep it open
 PLACED_CACHE_MAX = 4096  # sessions whose media process this front remembers (else: the directory)
 UNBOUNDED_HOLDS = 10**9  # the front's offer-rate limiter holds nothing: the engines count holds
@@ -130,6 +139,9 @@ class MediaSlot:
             self.unseen = {k: t for k, t in self.unseen.items() if t is None or t >= asked_at}
 
 
+OWN_ROUTE_PREFIXES = ("/webrtc/", "/websocket/", "/telephone/")  # ahead of an app's catch-alls
+
+
 class Gateway:
     def __init__(self, config: Config | None = None) -> None:
         self.config = config or load_config()
@@ -163,6 +175,13 @@ class Gateway:
         # the event loop the routes run on (the sessions of processes: 1 live there): a
         # drain started by a signal runs on it
         self.loop: asyncio.AbstractEventLoop | None = None
+        # the queued clients' updates streams, from one long poll of the scheduler
+        self.queue = QueueFollower(lambda: self.scheduler)
+        self._background: set[asyncio.Task[None]] = set()
+        self._closing = False  # aclose() has begun
+        from runtime.websocket_routes import CallTokens
+
+        self.call_tokens = CallTokens()  # Twilio media streams announced by /telephone/incoming
 
     # the engine's state, as the gateway had it before media processes (tests, benchmarks)
     @property
@@ -192,8 +211,16 @@ class Gateway:
         event_id: str | None = None,
         stream_every: float | None = None,
         outputs: StreamOutputs | None = None,
+        queue: bool = True,
+        max_queue: int | None = None,
+        queue_timeout_s: float | None = None,
     ) -> StreamEvent:
-        """Register a stream event. ``stream_every`` (seconds): a plain function takes input
+        """Register a stream event.
+
+        ``queue`` (default True, as in Gradio): an offer for the stream when it is full waits
+        in its line (answered 202 with a place, admitted in order as slots free) instead of
+        429 + Retry-After; ``max_queue`` bounds the line (Gradio's ``max_size``; None: the
+        config's ``queue.max_size``), ``queue_timeout_s`` how long one may wait. ``stream_every`` (seconds): a plain function takes input
         at most this often -- the newest video frame, or audio in chunks of exactly this
         length; a StreamHandler gets every frame regardless (its receive() is its input).
         ``outputs``: how a plain function's result maps onto the stream's outputs (Gradio's
@@ -204,6 +231,10 @@ class Gateway:
             raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
         if concurrency_limit is not None and concurrency_limit < 1:
             raise ValueError("concurrency_limit must be None or at least 1")
+        if max_queue is not None and (isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 0):
+            raise ValueError("max_queue must be None or a whole number >= 0")
+        if queue_timeout_s is not None and not queue_timeout_s > 0:
+            raise ValueError("queue_timeout_s must be None or > 0 seconds")
         check_stream_options(handler, stream_every, outputs)
         event_id = event_id or f"stream-{len(self.events)}"
         # a worker that recovers the handler by re-importing its file counts that file's
@@ -216,6 +247,9 @@ class Gateway:
         if override is not None:
             concurrency_limit = override.concurrency_limit or concurrency_limit
             time_limit = override.time_limit or time_limit
+            queue = queue if override.queue is None else override.queue
+            max_queue = max_queue if override.max_queue is None else override.max_queue
+            queue_timeout_s = override.queue_timeout_s or queue_timeout_s
         event = StreamEvent(
             event_id,
             handler,
@@ -227,6 +261,9 @@ class Gateway:
             index,
             None if stream_every is None else float(stream_every),
             outputs or StreamOutputs(),
+            bool(queue),
+            max_queue,
+            queue_timeout_s,
         )
         self.events[event_id] = event
         if self._started:
@@ -364,6 +401,10 @@ class Gateway:
             # under the embedded local Ray no other host reaches a worker: its TCP listener
             # (used only when gateway.transport forces tcp) stays on loopback
             worker_tcp_host="127.0.0.1" if self.config.ray.embedded else "",
+            queue=event.queue,
+            max_queue=event.max_queue if event.max_queue is not None else self.config.queue.max_size,
+            queue_timeout_s=event.queue_timeout_s or self.config.queue.timeout_s,
+            admit_hold_s=self.config.queue.admit_hold_s,
         )
         answer = ray.get(self.scheduler.register.remote(spec, self.gateway_id), timeout=C.RAY_CALL_TIMEOUT_S)
         if answer.get("warning"):
@@ -483,9 +524,10 @@ class Gateway:
                 candidate = body.get("type") == "ice-candidate"
                 client = request.client.host if request.client else None
                 result = await gw.handle_offer(body, _session_key(request, body), client, grant)
+                queued = result.get("status") == "queued"
                 if not candidate:
-                    gw.engine.counters.offer_outcome("answered")
-                return JSONResponse(result)
+                    gw.engine.counters.offer_outcome("queued" if queued else "answered")
+                return JSONResponse(result, status_code=202 if queued else 200)
             except HTTPError as err:
                 if not candidate:
                     gw.engine.counters.offer_outcome(err.error, err.status)
@@ -512,7 +554,7 @@ class Gateway:
                 await gw.check_access(request)
             except HTTPError as err:
                 return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
-            return JSONResponse({"streams": [{"stream_id": e.event_id, "mode": e.mode, "modality": e.modality, "concurrency_limit": e.concurrency_limit, "time_limit": e.time_limit} for e in gw.events.values()]})
+            return JSONResponse({"streams": [{"stream_id": e.event_id, "mode": e.mode, "modality": e.modality, "concurrency_limit": e.concurrency_limit, "time_limit": e.time_limit, "queue": e.queue} for e in gw.events.values()]})
 
         async def sessions(request: Request) -> JSONResponse:
             try:
@@ -569,7 +611,39 @@ class Gateway:
 
             return StreamingResponse(events(), media_type="text/event-stream")
 
+        async def queue_updates(request: Request) -> Any:
+            # the ticket comes in a header, never in the URL (proxies and access logs keep URLs)
+            try:
+                await gw.check_access(request)
+                if "ticket" in request.query_params:
+                    raise HTTPError(400, "ticket_in_url", "send the queue ticket in the X-Queue-Ticket header, not the URL")
+                webrtc_id = check_id(request.query_params.get("webrtc_id"))
+                stream = await gw.queue_stream(_check_ticket(request.headers.get(QUEUE_TICKET_HEADER)), webrtc_id)
+            except HTTPError as err:
+                return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+            async def events() -> Any:
+                async for view in stream:
+                    if view is None:
+                        yield ": keep-alive\n\n"
+                    else:
+                        yield f"event: queue\ndata: {json.dumps(view)}\n\n"
+
+            return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+
+        async def queue_leave(request: Request) -> JSONResponse:
+            # Stop while queued, or the page going away (navigator.sendBeacon)
+            try:
+                await gw.check_access(request)
+                body = await _read_json(request, C.MAX_INPUT_BYTES)
+                await gw.leave_queue(_check_ticket(body.get("ticket")), check_id(body.get("webrtc_id")))
+                return JSONResponse({"status": "success"})
+            except HTTPError as err:
+                return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
         app.add_api_route("/webrtc/offer", offer, methods=["POST"])
+        app.add_api_route("/webrtc/queue", queue_updates, methods=["GET"])
+        app.add_api_route("/webrtc/queue/leave", queue_leave, methods=["POST"])
         app.add_api_route("/webrtc/health", health, methods=["GET"])
         app.add_api_route("/metrics", metrics, methods=["GET"])
         app.add_api_route("/webrtc/ready", ready, methods=["GET"])
@@ -579,10 +653,13 @@ class Gateway:
         app.add_api_route("/webrtc/close", close, methods=["POST"])
         app.add_api_route("/webrtc/outputs", outputs, methods=["GET", "POST"])
         from runtime.standalone import mount_standalone  # it imports this module
+        from runtime.websocket_routes import mount_websocket_routes
+
         mount_standalone(app, gw)  # GET /webrtc/ui: the client's own page, for apps without Gradio
+        mount_websocket_routes(app, gw)  # /websocket/offer, /telephone/*: audio beyond WebRTC
         # Routes added after start-up go last; Gradio's catch-alls must not shadow ours.
         routes = app.router.routes
-        ours = [r for r in routes if getattr(r, "path", "").startswith("/webrtc/") or getattr(r, "path", "") == "/metrics"]
+        ours = [r for r in routes if getattr(r, "path", "").startswith(OWN_ROUTE_PREFIXES) or getattr(r, "path", "") == "/metrics"]
         for r in ours:
             routes.remove(r)
         routes[0:0] = ours
@@ -618,6 +695,12 @@ class Gateway:
         self.offer_rate.admit_offer(client).ended()  # counts against its rate, holds nothing
         webrtc_id = check_id(body.get("webrtc_id"))
         event = self._pick_event(body.get("stream_id"))
+        queue = body.get("queue", True)
+        if not isinstance(queue, bool):
+            raise HTTPError(400, "bad_request", "'queue' must be true or false")
+        ticket = body.get("queue_ticket")
+        if ticket is not None:
+            ticket = _check_ticket(ticket)
         claims = grant.claims if grant is not None else None
         if claims is not None and claims.stream_id is not None and claims.stream_id != event.event_id:
             raise HTTPError(403, "token_wrong_stream", "this join token is for another stream")
@@ -638,7 +721,7 @@ class Gateway:
                 await asyncio.get_running_loop().run_in_executor(None, self.start)
         if self.in_app:
             self._serve_inbox()
-            return await self.engine.offer(event.event_id, webrtc_id, sdp, client)
+            return await self.engine.offer(event.event_id, webrtc_id, sdp, client, queue, ticket)
         if webrtc_id in self._placed:
             raise HTTPError(409, "duplicate_webrtc_id", f"a session {webrtc_id!r} is already active")
         slot = self._least_loaded(webrtc_id)
@@ -646,17 +729,40 @@ class Gateway:
         # goes to the process answering it
         self._remember(webrtc_id, slot)
         try:
-            answer = await self._call(slot.actor.offer.remote(event.event_id, webrtc_id, sdp, client), OFFER_FORWARD_TIMEOUT_S)
+            answer = await self._call(slot.actor.offer.remote(event.event_id, webrtc_id, sdp, client, queue, ticket), OFFER_FORWARD_TIMEOUT_S)
         except BaseException:
             slot.answered(webrtc_id, ok=False)
             self._placed.pop(webrtc_id, None)
             raise
         refused = isinstance(answer, Refusal)
         slot.answered(webrtc_id, ok=not refused)
-        if refused:
+        if refused or answer.get("status") == "queued":  # a waiting client is nowhere yet
             self._placed.pop(webrtc_id, None)
+        if refused:
             raise answer.error_()
         return answer
+
+    async def open_websocket(
+        self,
+        event: StreamEvent,
+        webrtc_id: str,
+        client: str | None,
+        client_kind: str,
+        send_text: Any,
+        queue: bool,
+        ticket: str | None,
+    ) -> dict[str, Any]:
+        """A WebSocket audio client's session (runtime/websocket_routes.py), in this process's
+        engine whatever gateway.processes says: its socket is here, and mu-law audio is too
+        little work to hand on. Limits, line and answers as :meth:`handle_offer`'s."""
+        if self.draining:
+            raise draining_error()
+        self.offer_rate.admit_offer(client).ended()
+        if not self._started:
+            await asyncio.get_running_loop().run_in_executor(None, self.start)
+        if self.in_app:
+            self._serve_inbox()
+        return await self.engine.open_websocket(event.event_id, webrtc_id, client, client_kind, send_text, queue, ticket)
 
     def _remember(self, webrtc_id: str, slot: MediaSlot) -> None:
         self._placed[webrtc_id] = slot
@@ -709,7 +815,7 @@ class Gateway:
             return await asyncio.wait_for(ref, timeout)
         except ActorDiedError as exc:
             raise HTTPError(404, "unknown_webrtc_id", "the session's media process has ended") from exc
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise HTTPError(504, "media_timeout", f"the session's media process did not answer within {timeout:.0f} s") from exc
 
     # Every per-session call takes the session's ``key`` (the answer's session_key) and is
@@ -733,7 +839,7 @@ class Gateway:
             return owner.next_output(webrtc_id, key, kind)
         result = await self._call(owner.actor.next_output.remote(webrtc_id, key, kind))
         _raise(result)
-        return result  # type: ignore[no-any-return]
+        return result
 
     def next_output(self, webrtc_id: str, key: Any, kind: str = OUTPUTS_ADDITIONAL) -> list[Any] | None:
         """This process's sessions only (gateway.processes: 1); see anext_output."""
@@ -751,6 +857,52 @@ class Gateway:
         else:
             _raise(await self._call(owner.actor.close_session.remote(webrtc_id, key), MediaEngine.HANGUP_WAIT_S + FORWARD_TIMEOUT_S))
 
+    # --- the waiting room ------------------------------------------------------------------------
+
+    async def queue_stream(self, secret: str, webrtc_id: str) -> Any:
+        """A queued client's updates: its place in line (QueueView.to_json) now and on every
+        change, None as keep-alive, ending once it is admitted or gone. A stream that closes
+        while the client still waits (a closed tab) takes it out of the line."""
+        if self.scheduler is None:  # not started: no line has anyone in it
+            raise HTTPError(404, "unknown_queue_ticket", "no such queue ticket")
+        try:
+            first = await self.queue.first_view(secret, webrtc_id)
+        except Exception as exc:
+            raise HTTPError(503, "scheduler_unavailable", f"the scheduler did not answer: {exc}") from exc
+        if first.get("reason") == "unknown_ticket":
+            raise HTTPError(404, "unknown_queue_ticket", "no such queue ticket for this session")
+
+        async def stream() -> Any:
+            last = first
+            try:
+                async for view in self.queue.updates(secret, webrtc_id, first, SSE_KEEPALIVE_S):
+                    if view is not None:
+                        last = view
+                    yield view
+            finally:
+                # the client went away while it waited (not this gateway: a drain or a
+                # shutdown closes the stream, and the client follows on through another)
+                if last["state"] == "waiting" and not self.draining and not self._closing:
+                    task = asyncio.get_running_loop().create_task(self._leave_quietly(secret, webrtc_id))
+                    self._background.add(task)
+                    task.add_done_callback(self._background.discard)
+
+        return stream()
+
+    async def _leave_quietly(self, secret: str, webrtc_id: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.leave_queue(secret, webrtc_id)
+
+    async def leave_queue(self, secret: str, webrtc_id: str) -> None:
+        if self.scheduler is None:
+            raise HTTPError(404, "unknown_queue_ticket", "no such queue ticket")
+        try:
+            left = await asyncio.wait_for(self.scheduler.leave.remote(secret, webrtc_id), C.RAY_CALL_TIMEOUT_S)
+        except Exception as exc:
+            raise HTTPError(503, "scheduler_unavailable", f"the scheduler did not answer: {exc}") from exc
+        if not left:
+            raise HTTPError(404, "unknown_queue_ticket", "no such queue ticket for this session (or it already left)")
+
     async def output_stream(self, webrtc_id: str, key: Any) -> Any:
         """An async iterator of a session's AdditionalOutputs for one SSE reader: a list of
         values each, or None every SSE_KEEPALIVE_S while there are none."""
@@ -763,7 +915,7 @@ class Gateway:
                     while not session.closed or not queue.empty():
                         try:
                             yield await asyncio.wait_for(queue.get(), SSE_KEEPALIVE_S)
-                        except asyncio.TimeoutError:
+                        except TimeoutError:
                             yield None
                 finally:
                     owner.unsubscribe(session, queue)
@@ -871,6 +1023,8 @@ class Gateway:
         import ray
 
         drain.unregister(self)
+        self._closing = True
+        await self.queue.aclose()
         self._supervisor_stop.set()
         supervisor, self._supervisor = self._supervisor, None
         if supervisor is not None:
@@ -910,6 +1064,14 @@ class Gateway:
             with contextlib.suppress(Exception):
                 sessions.update(await asyncio.wait_for(slot.actor.status.remote(), C.RAY_CALL_TIMEOUT_S))
         return {"gateway_id": self.gateway_id, "sessions": sessions, "media": [vars(s.load) for s in self.media]}
+
+
+def _check_ticket(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise HTTPError(400, "queue_ticket_required", "send the queue ticket (the 202's queue.ticket)")
+    if len(value) > MAX_TICKET_CHARS or not value.isascii():
+        raise HTTPError(400, "bad_queue_ticket", "that is not a queue ticket")
+    return value
 
 
 def _raise(result: Any) -> None:

@@ -98,7 +98,7 @@ class Inbox:
         return await self._relay("unsubscribe", sub)
 
 
-InboxActor = ray.remote(num_cpus=0, max_restarts=0, max_concurrency=INBOX_CONCURRENCY)(Inbox)
+InboxActor = ray.remote(num_cpus=0, max_restarts=0, max_concurrency=INBOX_CONCURRENCY)(Inbox)  # type: ignore[call-overload]  # Ray's stubs lack max_concurrency
 
 # the calls an inbox relays, and nothing else: the app's process runs only these
 RELAYED = frozenset({"candidate", "set_args", "close_session", "next_output", "subscribe", "wait_outputs", "unsubscribe"})

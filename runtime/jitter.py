@@ -35,7 +35,9 @@ from runtime.vp8_guard import keyframe_size
 AIORTC_AUDIO_JITTER_CAPACITY = 16  # packets, aiortc's own value (must be a power of two)
 AIORTC_AUDIO_JITTER_PREFETCH = 4  # packets (20 ms each), aiortc's own value
 AIORTC_VIDEO_JITTER_CAPACITY = 512  # packets, aiortc's own value for video
-RECEIVER_BUFFER_ATTR = "_RTCRtpReceiver__jitter_buffer"  # aiortc's name-mangled private field
+# aiortc's name-mangled private field, and JitterBuffer's ``_packets``/``_origin``/
+# ``_remove_frame`` that MarkerJitterBuffer uses (checked against aiortc 1.16.0; tests/runtime/test_patched_internals.py)
+RECEIVER_BUFFER_ATTR = "_RTCRtpReceiver__jitter_buffer"
 
 
 class FrameGuard:

@@ -1,4 +1,4 @@
-"""What the scheduler answers an engine's ``acquire``: a grant or a refusal, typed.
+"""What the scheduler answers an engine's ``acquire``: a grant, a place in line, or a refusal, typed.
 
 Both cross Ray (pickled by Ray on the control plane, never on the data plane); ``ok`` tells
 them apart without an isinstance on the caller's side.
@@ -35,6 +35,19 @@ class LeaseDenied:
     message: str = ""
     limit: int | None = None
     retry_after: int | None = None
+    queue_size: int | None = None  # users waiting for the stream, on a refusal because it is full
 
 
-Lease = LeaseGrant | LeaseDenied
+@dataclass(frozen=True)
+class LeaseQueued:
+    """No slot now: the session waits in the stream's line (runtime/waiting_room.py) with
+    ``ticket``, the secret its client follows the line with and posts its offer again with."""
+
+    ok: ClassVar[bool] = False
+    ticket: str
+    position: int
+    size: int
+    eta_s: float | None
+
+
+Lease = LeaseGrant | LeaseDenied | LeaseQueued

@@ -192,7 +192,7 @@ class TokenBucket:
 # --- per client address -----------------------------------------------------------------
 
 
-class AdmissionState(str, enum.Enum):
+class AdmissionState(enum.StrEnum):
     PENDING = "pending"  # the offer is posted, ICE not connected yet
     LIVE = "live"  # the session is connected
     ENDED = "ended"  # released: counts nothing

@@ -47,9 +47,11 @@ class EngineCalls:
         self._subs: dict[int, tuple[Any, asyncio.Queue[list[Any]]]] = {}
         self._sub_ids = itertools.count(1)
 
-    async def offer(self, event_id: str, webrtc_id: str, sdp: str, client: str | None = None) -> dict[str, Any] | Refusal:
+    async def offer(
+        self, event_id: str, webrtc_id: str, sdp: str, client: str | None = None, queue: bool = True, ticket: str | None = None
+    ) -> dict[str, Any] | Refusal:
         try:
-            return await self.engine.offer(event_id, webrtc_id, sdp, client)
+            return await self.engine.offer(event_id, webrtc_id, sdp, client, queue, ticket)
         except HTTPError as err:
             return err.refusal()
 
@@ -101,7 +103,7 @@ class EngineCalls:
         if queue.empty() and not session.closed:
             try:
                 got.append(await asyncio.wait_for(queue.get(), timeout))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         while not queue.empty():
             got.append(queue.get_nowait())
@@ -192,7 +194,7 @@ def _take_priority(niceness: int) -> None:
         )
 
 
-MediaProcessActor = ray.remote(num_cpus=0, max_restarts=0, max_concurrency=MEDIA_ACTOR_CONCURRENCY)(MediaProcess)
+MediaProcessActor = ray.remote(num_cpus=0, max_restarts=0, max_concurrency=MEDIA_ACTOR_CONCURRENCY)(MediaProcess)  # type: ignore[call-overload]  # Ray's stubs lack max_concurrency
 
 
 def start_media_process(config: Config, engine_id: str, node_id: str) -> Any:

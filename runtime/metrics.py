@@ -47,13 +47,14 @@ PREFIX = "rtcpool_"
 
 # --- offers ------------------------------------------------------------------------------------
 OUTCOME_ANSWERED = "answered"
+OUTCOME_QUEUED = "queued"  # a full stream's offer took a place in its line (202)
 OUTCOME_429 = "429"  # refused for now: concurrency_limit_reached, a per-address limit
 OUTCOME_503 = "503"  # refused by this server's state: draining, no worker, scheduler away
 OUTCOME_5XX = "5xx"  # any other server error
 OUTCOME_4XX_PREFIX = "4xx_"  # a client's mistake, by its JSON reason: "4xx_bad_sdp"
 OUTCOME_4XX_OTHER = "4xx_other"  # a 4xx reason past the cap, or one that is not an identifier
 # exported from the start, at 0, so rate() over them has a first sample before the first event
-FIXED_OUTCOMES = (OUTCOME_ANSWERED, OUTCOME_429, OUTCOME_503, OUTCOME_5XX, OUTCOME_4XX_OTHER)
+FIXED_OUTCOMES = (OUTCOME_ANSWERED, OUTCOME_QUEUED, OUTCOME_429, OUTCOME_503, OUTCOME_5XX, OUTCOME_4XX_OTHER)
 # Distinct outcome labels an engine (and the merge of engines) keeps, fixed ones included.
 # rtcpool has ~25 4xx reasons today; the cap is what keeps a bug or a reason built from a
 # client's input from making one series per request.
@@ -64,6 +65,8 @@ _REASON_CHARS = re.compile(r"[^a-z0-9_]")
 # any other reason counts as a 4xx
 REASON_STATUS: Mapping[str, int] = {
     "concurrency_limit_reached": 429,
+    "queue_full": 429,
+    "too_many_queued": 429,
     "too_many_pending_offers": 429,
     "too_many_sessions": 429,
     "offer_rate_limited": 429,
@@ -279,8 +282,8 @@ class EngineCounters:
 
 def outcome_label(kind: str, status: int | None = None) -> str:
     """The ``offers_total`` label of an offer's outcome (before the cap)."""
-    if kind == OUTCOME_ANSWERED:
-        return OUTCOME_ANSWERED
+    if kind in (OUTCOME_ANSWERED, OUTCOME_QUEUED):
+        return kind
     if status is None:
         status = REASON_STATUS.get(kind, 400)
     if status == 429:
@@ -432,6 +435,8 @@ class _Collector(Collector):
         workers = GaugeMetricFamily(PREFIX + "pool_workers", "Workers of a stream's pool, by state.", labels=["stream", "state"])
         used = GaugeMetricFamily(PREFIX + "slots_used", "Slots (concurrency_limit) held by leases.", labels=["stream"])
         limit = GaugeMetricFamily(PREFIX + "slots_limit", "A stream's concurrency_limit (absent: none).", labels=["stream"])
+        waiting = GaugeMetricFamily(PREFIX + "queue_waiting", "Users waiting in a stream's line (the waiting room).", labels=["stream"])
+        admitted = GaugeMetricFamily(PREFIX + "queue_admitted", "Users admitted from the line whose slot is held for their offer.", labels=["stream"])
         for sid in sorted(self.events):
             ev = self.events[sid]
             starts.add_metric([sid], ev.get("started_total", 0))
@@ -442,7 +447,9 @@ class _Collector(Collector):
             used.add_metric([sid], ev.get("leases", 0))
             if ev.get("limit") is not None:
                 limit.add_metric([sid], ev["limit"])
-        yield from (starts, replaced, workers, used, limit)
+            waiting.add_metric([sid], ev.get("queue", 0))
+            admitted.add_metric([sid], ev.get("admitted", 0))
+        yield from (starts, replaced, workers, used, limit, waiting, admitted)
 
 
 def render(engines: Iterable[EngineMetrics], scheduler_status: Mapping[str, Any] | None) -> tuple[bytes, str]:

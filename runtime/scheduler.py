@@ -34,6 +34,14 @@ the answer says so, and the pool is replaced once they end.
 
 The scheduler is pinned to the head node: a worker node going away must not take it along.
 
+Each stream event has a waiting room (runtime/waiting_room.py): a full stream that queues
+answers an offer with a place in its line, and the slot that frees on any of the exits
+above goes to the head of the line. While any line has someone in it, the scheduler asks
+Ray's autoscaler (``ray.autoscaler.sdk.request_resources``) for the workers the waiting
+sessions need (each pool at its capacity), so a cluster that autoscales adds the nodes for
+them; when every line is empty the request is withdrawn. Without an autoscaler the request
+is a record in Ray's GCS that nothing acts on.
+
 It is an async actor: one event loop, so its state needs no locks, and a wait for a worker
 to start does not hold up other calls.
 """
@@ -41,6 +49,7 @@ to start does not hold up other calls.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -51,7 +60,9 @@ from typing import Any
 import ray
 
 from runtime import constants as C
-from runtime.leases import LeaseDenied, LeaseGrant
+from runtime import waiting_room as wr
+from runtime.leases import LeaseDenied, LeaseGrant, LeaseQueued
+from runtime.waiting_room import QueueRefused, QueueView, Ticket, TicketState, WaitingRoom
 from workers.loader import HandlerSpec
 
 log = logging.getLogger("rtcpool.scheduler")
@@ -88,19 +99,25 @@ class EventSpec:
     # the address a worker's TCP listener binds: "" = its node's address (a gateway on another
     # node connects there); "127.0.0.1" for the embedded local Ray, where no other host may
     worker_tcp_host: str = ""
+    # a full stream's waiting room (runtime/waiting_room.py); queue False: 429 + Retry-After
+    queue: bool = True
+    max_queue: int | None = C.QUEUE_MAX
+    queue_timeout_s: float | None = C.QUEUE_TIMEOUT_S
+    admit_hold_s: float = C.QUEUE_ADMIT_HOLD_S
 
     def identity(self) -> tuple[Any, ...]:
         """Equal for the same stream event served by any gateway (see HandlerSpec.identity)."""
         p = self.pool
         pool = (p.prewarm, p.max_workers, p.num_cpus, p.num_gpus, p.memory, tuple(sorted(p.resources.items())))
-        return (self.event_id, self.handler.identity(), self.concurrency_limit, self.time_limit, pool, self.worker_tcp_host)
+        line = (self.queue, self.max_queue, self.queue_timeout_s, self.admit_hold_s)
+        return (self.event_id, self.handler.identity(), self.concurrency_limit, self.time_limit, pool, self.worker_tcp_host, line)
 
     def differences(self, other: EventSpec) -> list[str]:
         """What ``other`` changes, for a log line."""
         out = []
         if self.handler.identity() != other.handler.identity():
             out.append(f"handler {self.handler.name} (app file or options changed)")
-        for key in ("concurrency_limit", "time_limit", "pool", "worker_tcp_host"):
+        for key in ("concurrency_limit", "time_limit", "pool", "worker_tcp_host", "queue", "max_queue", "queue_timeout_s", "admit_hold_s"):
             if getattr(self, key) != getattr(other, key):
                 out.append(f"{key} {getattr(self, key)} -> {getattr(other, key)}")
         return out
@@ -150,7 +167,7 @@ class _Dropped(Exception):
 
 
 class Pool:
-    def __init__(self, spec: EventSpec) -> None:
+    def __init__(self, spec: EventSpec, ticket_ttl_s: float = C.QUEUE_TICKET_TTL_S) -> None:
         self.spec = spec
         self.idle: list[WorkerRef] = []
         self.busy: dict[str, WorkerRef] = {}
@@ -165,6 +182,7 @@ class Pool:
         self.ownerless = True  # registered without a gateway id (tools, tests): never orphaned
         self.orphan_since: float | None = None  # when its last gateway went (monotonic)
         self.pending: EventSpec | None = None  # a changed spec, waiting for the leases to end
+        self.room = WaitingRoom(spec.max_queue, spec.queue_timeout_s, spec.admit_hold_s, ticket_ttl_s)
 
     @property
     def max_workers(self) -> int:
@@ -177,6 +195,12 @@ class Pool:
     def total(self) -> int:
         return len(self.idle) + len(self.busy) + self.starting
 
+    @property
+    def capacity(self) -> int:
+        """Sessions the stream serves at once: its concurrency_limit, or with None the
+        pool's max_workers (the pool grows to that before anyone waits)."""
+        return self.max_workers
+
 
 class Scheduler:
     def __init__(
@@ -186,6 +210,7 @@ class Scheduler:
         time_limit_grace_s: float = TIME_LIMIT_GRACE_S,
         orphan_pool_grace_s: float = ORPHAN_POOL_GRACE_S,
         worker_start_timeout_s: float = C.WORKER_START_TIMEOUT_S,
+        ticket_ttl_s: float = C.QUEUE_TICKET_TTL_S,
     ) -> None:
         # constructor arguments, not only module constants: inside a Ray actor a patched
         # constant is not seen, and tests need an expiry of seconds, not of GATEWAY_TTL_S
@@ -194,6 +219,7 @@ class Scheduler:
         self.time_limit_grace_s = time_limit_grace_s
         self.orphan_pool_grace_s = orphan_pool_grace_s
         self.worker_start_timeout_s = worker_start_timeout_s
+        self.ticket_ttl_s = ticket_ttl_s
         self.pools: dict[str, Pool] = {}
         self.leases: dict[str, Lease] = {}
         self.gateways: dict[str, float] = {}  # gateway id -> last heartbeat (monotonic)
@@ -206,6 +232,16 @@ class Scheduler:
         # alive node id -> its total resources; None until first read (placement unknown)
         self.nodes: dict[str, dict[str, float]] | None = None
         self._nodes_read_at = 0.0
+        # the waiting rooms' tickets (each pool has its line), by secret; those that left,
+        # until when they are remembered (a late look learns why)
+        self.tickets: dict[str, Ticket] = {}
+        self.tombstones: dict[str, tuple[Ticket, float]] = {}
+        # bumped on every change of any line: a front's long poll (queue_wait) wakes on it
+        self.queue_version = 0
+        self._queue_changed = asyncio.Event()
+        # what the scheduler last asked Ray's autoscaler for (worker bundles; [] = nothing)
+        self.autoscale_request: list[dict[str, float]] = []
+        self.autoscale_calls = 0
 
     # --- registration ----------------------------------------------------------------------
 
@@ -236,7 +272,7 @@ class Scheduler:
         elif pool is not None:
             pool.pending = None  # the spec in force registered again: the newest word wins
         if pool is None:
-            pool = self.pools[spec.event_id] = Pool(spec)
+            pool = self.pools[spec.event_id] = Pool(spec, self.ticket_ttl_s)
         if gateway_id:
             self.gateways[gateway_id] = time.monotonic()  # registering counts as a beat
             self._attach(pool, gateway_id)
@@ -260,15 +296,20 @@ class Scheduler:
     def _replace_pool(self, pool: Pool, spec: EventSpec) -> Pool:
         """A new pool for ``spec`` in place of ``pool`` (which holds no lease); its idle
         workers are killed, its gateways carried over."""
+        line = pool.room
+        pool.room = WaitingRoom()  # the line moves to the new pool, not out with the old one
         self._drop_pool(pool)
-        new = self.pools[spec.event_id] = Pool(spec)
+        new = self.pools[spec.event_id] = Pool(spec, self.ticket_ttl_s)
         new.gateways, new.ownerless = set(pool.gateways), pool.ownerless
+        new.room.waiting, new.room.admitted, new.room.lengths, new.room.turns = line.waiting, line.admitted, line.lengths, line.turns
         return new
 
     def _apply_pending(self, pool: Pool) -> None:
         if pool.pending is not None and not self._in_use(pool) and self.pools.get(pool.spec.event_id) is pool:
             log.info("stream event %r: its sessions ended, the registered change takes effect", pool.spec.event_id)
-            self._top_up(self._replace_pool(pool, pool.pending))
+            new = self._replace_pool(pool, pool.pending)
+            self._top_up(new)
+            self._admit(new)
 
     async def unregister(self, event_id: str) -> bool:
         """Remove a stream event and kill its workers, if no session holds one of its slots."""
@@ -282,6 +323,7 @@ class Scheduler:
         return [lease for lease in self.leases.values() if lease.event_id == event_id]
 
     def _drop_pool(self, pool: Pool) -> None:
+        self._drop_line(pool, wr.STREAM_CHANGED, f"the stream {pool.spec.event_id!r} is no longer served")
         self.pools.pop(pool.spec.event_id, None)
         for w in pool.idle:
             _kill(w.actor)
@@ -299,39 +341,62 @@ class Scheduler:
                     break
                 try:
                     await asyncio.wait_for(pool.available.wait(), left)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
         return len(pool.idle)
 
     # --- leases ------------------------------------------------------------------------------
 
-    async def acquire(self, event_id: str, gateway_id: str, session_id: str, node_id: str = "") -> LeaseGrant | LeaseDenied:
+    async def acquire(
+        self,
+        event_id: str,
+        gateway_id: str,
+        session_id: str,
+        node_id: str = "",
+        *,
+        ticket: str | None = None,
+        queue: bool = False,
+        client: str = "",
+    ) -> LeaseGrant | LeaseDenied | LeaseQueued:
         """A slot and an idle worker for session ``session_id`` of ``gateway_id``; an idle
-        worker on ``node_id`` (the engine's node: shared memory instead of TCP) if any."""
+        worker on ``node_id`` (the engine's node: shared memory instead of TCP) if any.
+
+        A full stream (or one with a line: nobody jumps it) puts the session in its waiting
+        room when the stream queues and the client takes it (``queue``): the answer is its
+        place in line. The same offer posted again with the ``ticket`` gets the slot held
+        for it once admitted (or its place in line again while it waits). ``client``: the
+        client's address key, for the per-address bound on tickets ("" exempt)."""
         pool = self.pools.get(event_id)
         if pool is None:
             return LeaseDenied("unknown_stream", f"no stream event {event_id!r}")
-        self.gateways[gateway_id] = time.monotonic()
+        now = time.monotonic()
+        self.gateways[gateway_id] = now
         self._attach(pool, gateway_id)
-        limit = pool.spec.concurrency_limit
-        taken = len(self._leases_of(event_id))
-        if limit is not None and taken >= limit:
-            return LeaseDenied("concurrency_limit_reached", f"at most {limit} session(s) at once", limit, C.RETRY_AFTER_S)
-        if any(lease.session_id == session_id for lease in self.leases.values()):
-            # one directory for the deployment: a webrtc_id names one session everywhere
-            return LeaseDenied("duplicate_webrtc_id", f"a session {session_id!r} is already active")
+        held: Ticket | None = None
+        if ticket is not None:
+            redeemed = self._redeem(pool, ticket, session_id, now)
+            if not isinstance(redeemed, Ticket):
+                return redeemed
+            held = redeemed
+        else:
+            refused = self._check_line(pool, session_id, queue, client, now)
+            if refused is not None:
+                return refused
         # the slot is taken now, before any wait, so concurrent offers cannot overshoot
         lease = Lease(uuid.uuid4().hex, event_id, gateway_id, session_id, time.monotonic())
         self.leases[lease.lease_id] = lease
+        if held is not None:
+            pool.room.claim(held)  # its held slot is the lease now
+            self._forget_ticket(held, now)
         token = secrets.token_hex(TOKEN_BYTES)
         for attempt in range(ARM_ATTEMPTS):
             try:
                 worker = await self._take_worker(pool, node_id)
             except Unplaceable as exc:
-                self.leases.pop(lease.lease_id, None)
+                self._unlease(pool, lease)
                 return LeaseDenied("no_node_fits", str(exc))
             except Exception as exc:
-                self.leases.pop(lease.lease_id, None)
+                self._unlease(pool, lease)
                 return LeaseDenied("no_worker", str(exc))
             # the worker learns the lease's token over Ray before anyone else does; it takes
             # exactly one session with it. Busy meanwhile: a worker counted nowhere would let
@@ -346,7 +411,7 @@ class Scheduler:
                 pool.busy.pop(lease.lease_id, None)
                 self._return_worker(pool, worker, healthy=False)
                 if attempt == ARM_ATTEMPTS - 1:
-                    self.leases.pop(lease.lease_id, None)
+                    self._unlease(pool, lease)
                     return LeaseDenied("no_worker", f"no worker took a session token: {_reason(exc)}")
         if lease.lease_id not in self.leases:  # reclaimed while waiting (gateway expired)
             if pool.busy.pop(lease.lease_id, None) is not None:  # not already given back
@@ -364,6 +429,184 @@ class Scheduler:
             worker.info["node_id"],
             pool.spec.time_limit,
         )
+
+    def _unlease(self, pool: Pool, lease: Lease) -> None:
+        """A lease that never became a session (no worker): its slot goes to the line."""
+        self.leases.pop(lease.lease_id, None)
+        self._admit(pool)
+
+    # --- the waiting room ------------------------------------------------------------------------
+
+    def _check_line(self, pool: Pool, session_id: str, queue: bool, client: str, now: float) -> LeaseDenied | LeaseQueued | None:
+        """None: a slot is free and nobody waits for it. Else the refusal, or a new ticket."""
+        if any(lease.session_id == session_id for lease in self.leases.values()) or any(
+            t.session_id == session_id and t.event_id == pool.spec.event_id for t in self.tickets.values()
+        ):
+            # one directory for the deployment: a webrtc_id names one session everywhere
+            return LeaseDenied("duplicate_webrtc_id", f"a session {session_id!r} is already active")
+        room = pool.room
+        full = self._taken(pool) >= pool.capacity
+        if not full and not room.waiting:
+            return None
+        limit = pool.spec.concurrency_limit
+        if not (pool.spec.queue and queue):
+            if limit is None and not room.waiting:
+                return None  # unlimited, no line: the offer waits for a worker, as before queues
+            why = f"at most {pool.capacity} session(s) at once" + (f", {len(room)} waiting" if room.waiting else "")
+            return LeaseDenied("concurrency_limit_reached", why, pool.capacity, C.RETRY_AFTER_S, len(room))
+        try:
+            ticket = room.join(pool.spec.event_id, session_id, client, now)
+        except QueueRefused as exc:
+            return LeaseDenied(exc.reason, exc.message, pool.capacity, C.RETRY_AFTER_S, len(room))
+        self.tickets[ticket.secret] = ticket
+        self._queue_bumped()
+        view = self._views(pool)[ticket.secret]
+        return LeaseQueued(ticket.secret, view.position, view.size, view.eta_s)
+
+    def _redeem(self, pool: Pool, secret: str, session_id: str, now: float) -> Ticket | LeaseDenied | LeaseQueued:
+        """An offer posted again with its ticket: the admitted ticket (its slot is held),
+        its place in line while it still waits, or why it has none."""
+        ticket = self.tickets.get(secret)
+        if ticket is None or ticket.event_id != pool.spec.event_id or ticket.session_id != session_id:
+            left = self.tombstones.get(secret)
+            if left is not None and left[0].event_id == pool.spec.event_id and left[0].session_id == session_id:
+                return LeaseDenied("queue_ticket_gone", left[0].message or f"the ticket left the queue ({left[0].reason})")
+            return LeaseDenied("queue_ticket_gone", "no such queue ticket for this session")
+        ticket.seen_at = now
+        if ticket.state == TicketState.WAITING:
+            view = self._views(pool)[secret]
+            return LeaseQueued(secret, view.position, view.size, view.eta_s)
+        return ticket
+
+    def _taken(self, pool: Pool) -> int:
+        """Slots in use: leases, and slots held for admitted tickets."""
+        return len(self._leases_of(pool.spec.event_id)) + len(pool.room.admitted)
+
+    def _admit(self, pool: Pool) -> None:
+        """Give the free slots to the head of the line (on every way a slot frees)."""
+        if not pool.room.waiting or self.pools.get(pool.spec.event_id) is not pool:
+            return
+        admitted = pool.room.admit(pool.capacity - self._taken(pool), time.monotonic())
+        if admitted:
+            self._queue_bumped()
+            self._top_up(pool)  # the next ones' workers: warm when their offers come back
+
+    def _forget_ticket(self, ticket: Ticket, now: float) -> None:
+        self.tickets.pop(ticket.secret, None)
+        self.tombstones[ticket.secret] = (ticket, now + wr.TOMBSTONE_S)
+        self._queue_bumped()
+
+    def _queue_bumped(self) -> None:
+        self.queue_version += 1
+        changed, self._queue_changed = self._queue_changed, asyncio.Event()
+        changed.set()
+
+    def _views(self, pool: Pool) -> dict[str, QueueView]:
+        now = time.monotonic()
+        running: list[float | None] = [
+            None if lease.streaming_since is None else now - lease.streaming_since
+            for lease in self._leases_of(pool.spec.event_id)
+        ]
+        running += [None] * len(pool.room.admitted)
+        return pool.room.views(running, pool.capacity, pool.spec.time_limit)
+
+    def _view(self, secret: str, session_id: str, views: dict[str, dict[str, QueueView]]) -> QueueView:
+        ticket = self.tickets.get(secret)
+        if ticket is not None and ticket.session_id == session_id:
+            pool = self.pools.get(ticket.event_id)
+            if pool is not None:
+                if ticket.event_id not in views:
+                    views[ticket.event_id] = self._views(pool)
+                found = views[ticket.event_id].get(secret)
+                if found is not None:
+                    return found
+        left = self.tombstones.get(secret)
+        if left is not None and left[0].session_id == session_id:
+            return wr.gone_view(left[0])
+        return wr.UNKNOWN_TICKET
+
+    async def queue_wait(self, tickets: list[list[str]], since: int, timeout: float) -> tuple[int, dict[str, dict[str, Any]]]:
+        """A front's long poll for the tickets its clients follow, as [secret, webrtc_id]
+        pairs: renews them (a ticket nobody follows is dropped after its TTL), waits until
+        any line changed after version ``since`` (or ``timeout``), and returns the version
+        and each ticket's view (QueueView.to_json, by secret; a pair whose webrtc_id is not
+        the ticket's is told of no such ticket)."""
+        now = time.monotonic()
+        followed = [t for secret, sid in tickets if (t := self.tickets.get(secret)) is not None and t.session_id == sid]
+        for ticket in followed:
+            ticket.seen_at = now
+            ticket.following += 1
+        try:
+            if self.queue_version == since and timeout > 0:
+                changed = self._queue_changed
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), min(timeout, C.QUEUE_POLL_S))
+        finally:
+            now = time.monotonic()
+            for ticket in followed:
+                ticket.following -= 1
+                ticket.seen_at = now
+        views: dict[str, dict[str, QueueView]] = {}
+        return self.queue_version, {secret: self._view(secret, sid, views).to_json() for secret, sid in tickets}
+
+    async def leave(self, secret: str, session_id: str, reason: str = wr.LEFT) -> bool:
+        """A client leaves the line (Stop, a closed tab): the next one moves up; a held slot
+        goes to the head of the line. False: no such ticket for ``session_id``."""
+        ticket = self.tickets.get(secret)
+        if ticket is None or ticket.session_id != session_id:
+            return False
+        pool = self.pools.get(ticket.event_id)
+        if pool is not None:
+            pool.room.leave(ticket, reason, "left the queue")
+        self._forget_ticket(ticket, time.monotonic())
+        if pool is not None:
+            self._admit(pool)
+        return True
+
+    def _expire_tickets(self, now: float) -> None:
+        for pool in list(self.pools.values()):
+            for ticket in pool.room.expire(now):
+                log.info("queue of %s: a ticket left (%s)", pool.spec.event_id, ticket.reason)
+                self._forget_ticket(ticket, now)
+            self._admit(pool)
+        for secret, (_, until) in list(self.tombstones.items()):
+            if now >= until:
+                del self.tombstones[secret]
+
+    def _wanted_bundles(self) -> list[dict[str, float]]:
+        """The worker bundles the queued streams need: each pool with someone waiting, at
+        its capacity (what its slots in use and its line would fill, no more)."""
+        bundles: list[dict[str, float]] = []
+        for pool in self.pools.values():
+            if not pool.room.waiting:
+                continue
+            want = min(pool.capacity, self._taken(pool) + len(pool.room))
+            bundles += [worker_bundle(pool.spec.pool)] * want
+        return bundles
+
+    async def _request_resources(self) -> None:
+        """Tell Ray's autoscaler what the lines need, when that changed (a GCS write)."""
+        wanted = self._wanted_bundles()
+        if wanted == self.autoscale_request:
+            return
+        from ray.autoscaler.sdk import request_resources
+
+        try:
+            await asyncio.to_thread(request_resources, bundles=wanted)
+        except Exception as exc:  # no autoscaler reachable: the lines work regardless
+            log.warning("asking Ray's autoscaler for %d worker(s) failed: %s", len(wanted), exc)
+            return
+        if wanted:
+            log.info("asked Ray's autoscaler for %d worker(s) for the queued streams", len(wanted))
+        else:
+            log.info("the queues are empty: the autoscaler request is withdrawn")
+        self.autoscale_request = wanted
+        self.autoscale_calls += 1
+
+    def _drop_line(self, pool: Pool, reason: str, message: str) -> None:
+        now = time.monotonic()
+        for ticket in pool.room.drop_all(reason, message):
+            self._forget_ticket(ticket, now)
 
     async def _take_worker(self, pool: Pool, node_id: str = "") -> WorkerRef:
         deadline = time.monotonic() + C.LEASE_TIMEOUT_S
@@ -391,7 +634,7 @@ class Scheduler:
                     raise TimeoutError(f"no worker ready within {C.LEASE_TIMEOUT_S:.0f} s: {pool.last_error}")
                 try:
                     await asyncio.wait_for(pool.available.wait(), left)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     continue
                 # Test-found: this waited for ``starting == 0``, but each failure made the loop
                 # start another worker, so with limit > 1 one was always starting: a handler
@@ -420,7 +663,10 @@ class Scheduler:
         if pool is not None and worker is not None:
             self._return_worker(pool, worker, healthy=worker_ok)
         if pool is not None:
+            if lease.streaming_since is not None:
+                pool.room.session_ended(time.monotonic() - lease.streaming_since)  # for the ETA
             self._apply_pending(pool)
+            self._admit(self.pools.get(lease.event_id, pool))  # the slot goes to the head of the line
         return True
 
     async def heartbeat(
@@ -619,6 +865,8 @@ class Scheduler:
             for pool in list(self.pools.values()):
                 self._apply_pending(pool)
                 self._drop_if_orphaned(pool, now)
+            self._expire_tickets(now)
+            await self._request_resources()
 
     def _drop_if_orphaned(self, pool: Pool, now: float) -> None:
         """Drop a pool once every gateway that used it has been gone for the grace period
@@ -693,10 +941,18 @@ class Scheduler:
                     "last_error": p.last_error,
                     "unplaceable": self._placement_error(p),
                     "gateways": sorted(p.gateways),
+                    # the line: how many wait, how many slots are held for admitted ones
+                    "queue": len(p.room),
+                    "admitted": len(p.room.admitted),
+                    "max_queue": p.spec.max_queue if p.spec.queue else 0,
+                    "expected_session_s": p.room.expected_session_s(p.spec.time_limit),
                 }
                 for eid, p in self.pools.items()
             },
             "leases": len(self.leases),
+            "tickets": len(self.tickets),
+            "autoscale_request": list(self.autoscale_request),
+            "autoscale_calls": self.autoscale_calls,
             "sessions": [self._lease_view(lease) for lease in self.leases.values()],
             "gateways": list(self.gateways),
             "media": [
@@ -731,7 +987,10 @@ class Scheduler:
         }
 
     async def shutdown(self) -> None:
-        """Kill every worker (used when the deployment stops)."""
+        """Kill every worker (used when the deployment stops); the lines go, and with them
+        any request to the autoscaler."""
+        for pool in list(self.pools.values()):
+            self._drop_line(pool, wr.STREAM_CHANGED, "the deployment is stopping")
         for pool in self.pools.values():
             for w in (*pool.idle, *pool.busy.values()):
                 _kill(w.actor)
@@ -739,6 +998,20 @@ class Scheduler:
             pool.busy.clear()
         self.leases.clear()
         self.pools.clear()
+        self.tickets.clear()
+        await self._request_resources()
+
+
+def worker_bundle(spec: PoolSpec) -> dict[str, float]:
+    """The resources one worker of a pool holds, as an autoscaler bundle (an actor with no
+    num_cpus holds 1 CPU while Ray places it)."""
+    bundle: dict[str, float] = {"CPU": float(spec.num_cpus if spec.num_cpus is not None else 1)}
+    if spec.num_gpus:
+        bundle["GPU"] = float(spec.num_gpus)
+    if spec.memory:
+        bundle["memory"] = float(spec.memory)
+    bundle.update({k: float(v) for k, v in spec.resources.items() if v > 0})
+    return bundle
 
 
 def _off(worker: WorkerRef, alive: dict[str, Any]) -> bool:

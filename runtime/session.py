@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Callable
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import av
 from aiortc import (
@@ -50,6 +50,7 @@ from runtime.media import (
 from runtime.metrics import EngineCounters, LiveSessionStats
 from runtime.vp8_guard import answer_vp8_only
 from runtime.wire import (
+    CLIENT_WEBRTC,
     OUTPUTS_STREAM,
     PIXFMT_I420,
     ClearAudio,
@@ -127,21 +128,23 @@ class WorkerVideoTrack(MediaStreamTrack):
         while True:
             if self.readyState != "live" or session.closed:
                 raise MediaStreamError
-            got = session.channel.take_video() if session.channel is not None else None
+            channel = session.channel
+            got = channel.take_video() if channel is not None else None
             if got is not None:
                 break
             self._wake.clear()
-            if session.channel is not None and session.channel.has_video():
+            if channel is not None and channel.has_video():
                 continue
             await self._wake.wait()
+        assert channel is not None  # a frame was taken from it
         header, view = got
         if header.layout == PIXFMT_I420:
             # the worker wrote the encoder's own layout: the planes are copied, not converted
-            _, y, u, v = session.channel.i420_planes(header)
+            _, y, u, v = channel.i420_planes(header)
             frame = self._encoder_frame.fill(y, u, v)
         else:
             frame = video_frame_of(view)  # the RGB24 fallback form: converted (so copied)
-        session.channel.release_video()
+        channel.release_video()
         # the encoder needs rising pts; a handler may emit several frames for one input
         pts = header.pts if header.pts > self._last_pts else self._last_pts + 1
         self._last_pts = pts
@@ -230,6 +233,8 @@ class WorkerAudioTrack(MediaStreamTrack):
 
 
 class Session:
+    client_kind = CLIENT_WEBRTC  # what the worker tells the handler (wire.Hello.client_kind)
+
     def __init__(self, host: SessionHost, event: StreamEvent, webrtc_id: str, lease: LeaseGrant) -> None:
         self.host = host
         self.event = event
@@ -247,6 +252,7 @@ class Session:
         self.audio_out: WorkerAudioTrack | None = None
         self.audio_in_rate = 0
         self.audio_in_layout = "mono"
+        self.audio_out_rate = 0  # the handler's output_sample_rate (wire.Ready)
         self.tasks: set[asyncio.Task[Any]] = set()
         self.closed = False
         self._closing: asyncio.Task[None] | None = None
@@ -333,7 +339,7 @@ class Session:
         try:
             await asyncio.wait_for(self.loop.sock_connect(sock, address), C.WORKER_CONNECT_TIMEOUT_S)
             ready = self.loop.create_future()
-            hello = Hello(self.webrtc_id, "", "", self.event.mode, self.event.modality, self.args, self.args_set, token=self.lease.token)
+            hello = Hello(self.webrtc_id, "", "", self.event.mode, self.event.modality, self.args, self.args_set, token=self.lease.token, client_kind=self.client_kind)
             self.channel = offer_link(
                 sock,
                 hello,
@@ -353,6 +359,7 @@ class Session:
             raise WorkerGone(f"worker {self.worker_pid} did not take the session: {exc!r}") from exc
 
     def _on_readable(self) -> None:
+        assert self.channel is not None  # the reader is added once the channel exists
         self.channel.pump()
         self._watch_backlog()
 
@@ -378,6 +385,7 @@ class Session:
     def _on_first_control(self, msg: Control, ready: asyncio.Future[None]) -> None:
         if isinstance(msg, Ready) and not ready.done():
             self.audio_in_rate, self.audio_in_layout = msg.audio_in_rate, msg.audio_in_layout
+            self.audio_out_rate = msg.audio_out_rate
             ready.set_result(None)
         else:
             self._on_control(msg)
@@ -582,7 +590,7 @@ class Session:
         resampler = av.AudioResampler(format="s16", layout=layout, rate=self.audio_in_rate)
         try:
             while not self.closed:
-                frame = await track.recv()
+                frame = cast(av.AudioFrame, await track.recv())  # an audio track's frames
                 self._media_arrived()
                 for out in resampler.resample(frame):
                     channel.send_audio(out.to_ndarray(), out.sample_rate, layout, out.pts or 0)
@@ -652,7 +660,12 @@ class Session:
         cfg = self.host.config.gateway
         time_limit = self.event.time_limit
         while not self.closed:
-            await asyncio.sleep(WATCHDOG_INTERVAL_S)
+            # wake at the time limit itself, not at the next check after it (measured by
+            # scripts/bench_queue.py: ~0.2 s late, which the next user in line waited too)
+            delay = WATCHDOG_INTERVAL_S
+            if time_limit is not None and self.media_since is not None:
+                delay = min(delay, max(0.0, self.media_since + time_limit - time.monotonic()))
+            await asyncio.sleep(delay)
             now = time.monotonic()
             if self.connected_at is None and now - self.created_at > cfg.connect_timeout_s:
                 self.close_soon("connect timeout")
@@ -738,7 +751,7 @@ class Session:
                 try:
                     ch.send_control(Close(reason))
                     await asyncio.wait_for(self._link_closed.wait(), C.CLOSE_ACK_TIMEOUT_S)
-                except (asyncio.TimeoutError, OSError, WireError):
+                except (TimeoutError, OSError, WireError):
                     self.worker_ok = False
             if ch.peer_close is not None and ch.peer_close.retire:
                 self.worker_ok = False  # its handler would not stop: the pool replaces it

@@ -9,10 +9,18 @@
     app = stream.app             # a FastAPI app with the /webrtc/* routes; or
     stream.mount(my_fastapi_app)  # the routes on an app of your own
 
+An audio stream also answers WebSocket clients (``/websocket/offer``, fastrtc's messages;
+runtime/ws_client.py is a client) and phone calls (point a Twilio number's voice webhook
+at ``https://<host>/telephone/incoming``; docs/deployment.md, "Phone calls").
+
 Serve it with ``rtcpool serve app.py`` (the config's host and port) or ``uvicorn app:app``.
 Either way the app's lifespan starts the gateway (Ray, the worker pools) and, on shutdown,
 ends its sessions and gives their leases back. Several streams share one gateway (and one
 set of routes; ``stream_id`` picks one): ``Stream(other, gateway=stream.gateway)``.
+
+The handler API is here too, so such an app needs no Gradio import for it:
+``from runtime.stream import Stream, ReplyOnPause, VideoStreamHandler, get_current_context``
+(everything ``gradio_ext`` exports but the WebRTC component).
 
 Nothing here imports Gradio.
 """
@@ -27,6 +35,29 @@ from typing import Any
 
 from runtime.config import Config
 from runtime.gateway import Gateway, StreamEvent
+from runtime.turn import get_hf_turn_credentials, get_turn_credentials, get_twilio_turn_credentials
+from workers.context import Context, get_current_context
+from workers.handlers import (
+    AdditionalOutputs,
+    AsyncAudioVideoStreamHandler,
+    AsyncStreamHandler,
+    AudioVideoStreamHandler,
+    CloseStream,
+    StreamHandler,
+    VideoStreamHandler,
+)
+from workers.reply_on_pause import ReplyOnPause
+from workers.reply_on_stopwords import ReplyOnStopWords
+from workers.stopwords import StopWordOptions
+from workers.utils import (
+    aggregate_bytes_to_16bit,
+    async_aggregate_bytes_to_16bit,
+    audio_to_bytes,
+    audio_to_file,
+    audio_to_float32,
+    audio_to_int16,
+)
+from workers.vad import AlgoOptions, PauseDetectionModel, SileroVADModel, SileroVadOptions
 
 # app -> the gateway whose routes and lifespan it carries (one per app: two would answer the
 # same /webrtc/* routes)
@@ -89,7 +120,14 @@ class Stream:
         stream_id: str | None = None,
         gateway: Gateway | None = None,
         config: Config | None = None,
+        queue: bool = True,
+        max_queue: int | None = None,
+        queue_timeout_s: float | None = None,
     ) -> None:
+        """``queue``: a full stream puts the next clients in its line (an offer answered 202
+        with a place; docs/deployment.md, "The waiting room"); False: 429 + Retry-After.
+        ``max_queue`` bounds the line, ``queue_timeout_s`` how long one may wait (None: the
+        config's ``queue`` section)."""
         if gateway is not None and config is not None:
             raise ValueError("pass a gateway or a config, not both (a gateway has its config)")
         self.gateway = gateway if gateway is not None else Gateway(config)
@@ -102,6 +140,9 @@ class Stream:
             initial_args=initial_args,
             event_id=stream_id,
             stream_every=stream_every,
+            queue=queue,
+            max_queue=max_queue,
+            queue_timeout_s=queue_timeout_s,
         )
         self._app: Any = None
 
@@ -112,7 +153,9 @@ class Stream:
 
     def mount(self, app: Any) -> None:
         """Add the gateway's routes (``/webrtc/offer``, ``/streams``, ``/input``, ``/outputs``,
-        ``/ui``) to a FastAPI app, at its root, and tie the gateway to its lifespan."""
+        ``/ui``; for audio streams fastrtc's ``/websocket/offer`` and Twilio's
+        ``/telephone/incoming`` + ``/telephone/handler``) to a FastAPI app, at its root, and
+        tie the gateway to its lifespan."""
         if _bound.get(app) is not self.gateway:
             bind_lifespan(app, self.gateway)  # first: it refuses a second gateway
             self.gateway.mount(app)
@@ -137,4 +180,33 @@ class Stream:
         await self.gateway.aclose()
 
 
-__all__ = ["Stream", "bind_lifespan"]
+__all__ = [
+    "Stream",
+    "bind_lifespan",
+    # the handler API, as gradio_ext has it
+    "aggregate_bytes_to_16bit",
+    "async_aggregate_bytes_to_16bit",
+    "audio_to_bytes",
+    "audio_to_file",
+    "audio_to_float32",
+    "audio_to_int16",
+    "get_current_context",
+    "get_hf_turn_credentials",
+    "get_turn_credentials",
+    "get_twilio_turn_credentials",
+    "AdditionalOutputs",
+    "AlgoOptions",
+    "AsyncAudioVideoStreamHandler",
+    "AsyncStreamHandler",
+    "AudioVideoStreamHandler",
+    "CloseStream",
+    "Context",
+    "PauseDetectionModel",
+    "ReplyOnPause",
+    "ReplyOnStopWords",
+    "SileroVADModel",
+    "SileroVadOptions",
+    "StopWordOptions",
+    "StreamHandler",
+    "VideoStreamHandler",
+]

@@ -136,8 +136,10 @@ class SlotHeader:
 
     @classmethod
     def unpack_from(cls, buf: memoryview, offset: int) -> SlotHeader:
-        v = SLOT_HEADER.unpack_from(buf, offset)
-        return cls(*v[:10], shape=(v[10], v[11], v[12]))
+        (seq, pts, tb_num, tb_den, rate, nbytes, kind, dtype, layout, ndim, s0, s1, s2) = (
+            SLOT_HEADER.unpack_from(buf, offset)
+        )
+        return cls(seq, pts, tb_num, tb_den, rate, nbytes, kind, dtype, layout, ndim, (s0, s1, s2))
 
 
 # --- link messages --------------------------------------------------------------------------
@@ -206,7 +208,8 @@ def _pack_array(a: np.ndarray) -> bytes:
         raise TypeError(f"cannot send a numpy array of dtype {a.dtype} (object) between processes")
     # tobytes() is C order whatever the layout; np.ascontiguousarray (used before) turned a
     # 0-d array into shape (1,), so the shape is taken from the array itself
-    return msgpack.packb([a.dtype.str, list(a.shape), a.tobytes()])
+    packed: bytes = msgpack.packb([a.dtype.str, list(a.shape), a.tobytes()])
+    return packed
 
 
 def _ext_hook(code: int, data: bytes) -> Any:
@@ -217,7 +220,8 @@ def _ext_hook(code: int, data: bytes) -> Any:
 
 
 def packb(value: Any) -> bytes:
-    return msgpack.packb(value, default=_encode_default, use_bin_type=True)
+    packed: bytes = msgpack.packb(value, default=_encode_default, use_bin_type=True)
+    return packed
 
 
 def unpackb(data: bytes) -> Any:
@@ -258,6 +262,12 @@ class Control:
             raise WireError(f"malformed control message: {exc}") from exc
 
 
+CLIENT_WEBRTC = "webrtc"  # a browser or aiortc peer connection
+CLIENT_WEBSOCKET = "websocket"  # /websocket/offer: fastrtc's WebSocket audio messages
+CLIENT_TELEPHONE = "telephone"  # /telephone/handler: a Twilio Media Streams call (phone_mode)
+WEBSOCKET_SEND = "websocket_send"  # a Message whose data (text) goes to a WebSocket client as it is
+
+
 @dataclass
 class Hello(Control):
     """Gateway -> worker, first message of a session: where its segments are, what it streams.
@@ -277,6 +287,9 @@ class Hello(Control):
     args_set: bool = False
     token: str = ""
     geometry: list[int] = field(default_factory=list)
+    # how the client reached the gateway: the handler sees it (``phone_mode``, and
+    # ``get_current_context().websocket`` for the two WebSocket kinds)
+    client_kind: str = "webrtc"  # CLIENT_WEBRTC | CLIENT_WEBSOCKET | CLIENT_TELEPHONE
 
 
 @dataclass
@@ -288,6 +301,7 @@ class Ready(Control):
     node_id: str = ""
     audio_in_rate: int = 0  # the handler's input_sample_rate (0: it takes no audio)
     audio_in_layout: str = "mono"
+    audio_out_rate: int = 0  # the handler's output_sample_rate (0: a plain function's, set per chunk)
 
 
 @dataclass

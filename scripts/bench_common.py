@@ -255,3 +255,59 @@ def stop_server(proc: Any, timeout_s: float) -> None:
         except psutil.NoSuchProcess:
             pass
 
+
+
+# --- fastrtc, the baseline, in a venv of its own ------------------------------------------------
+
+FASTRTC_VENV = RESULTS_DIR / "fastrtc-venv"
+FASTRTC_PACKAGES = ("fastrtc",)  # what bench_e2e needs; bench_voice adds the VAD extra
+# fastrtc's ReplyOnPause downloads Silero VAD v4 (inputs input, sr, h, c) from the Hugging
+# Face hub at first use, which this machine cannot reach; faster-whisper 1.0.2's wheel on
+# PyPI ships that model generation as a file (1.0.3 moved to v5, whose inputs differ)
+FASTRTC_VAD_WHEEL = ("faster-whisper", "1.0.2", "faster_whisper/assets/silero_vad.onnx")
+FASTRTC_VAD_SHA256 = "591f853590d11ddde2f2a54f9e7ccecb2533a8af7716330e8adfa6f3849787a9"
+FASTRTC_VAD_FILE = "silero_vad_v4.onnx"
+
+
+def ensure_fastrtc_venv(packages: Sequence[str] = FASTRTC_PACKAGES, imports: Sequence[str] = ("fastrtc",)) -> Path:
+    """The python of bench-results/fastrtc-venv, made (``pip install <packages>``) or
+    topped up the first time ``imports`` are not all importable there."""
+    import subprocess
+
+    python = FASTRTC_VENV / "bin" / "python"
+    check = "import " + ", ".join(imports)
+    if python.exists() and subprocess.run([str(python), "-c", check], capture_output=True).returncode == 0:
+        return python
+    if not python.exists():
+        print(f"creating {FASTRTC_VENV} (pip install {' '.join(packages)}) ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(FASTRTC_VENV)], check=True)
+    else:
+        print(f"pip install {' '.join(packages)} into {FASTRTC_VENV} ...", flush=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", *packages], check=True)
+    return python
+
+
+def fastrtc_vad_model() -> Path:
+    """A local Silero VAD v4 .onnx for fastrtc's loader (bench-results/silero_vad_v4.onnx),
+    taken once from the faster-whisper wheel on PyPI (``pip download``, no install) and
+    checked against its known sha256."""
+    import hashlib
+    import subprocess
+    import tempfile
+    import zipfile
+
+    path = results_path(FASTRTC_VAD_FILE)
+    if path.exists() and hashlib.sha256(path.read_bytes()).hexdigest() == FASTRTC_VAD_SHA256:
+        return path
+    name, version, member = FASTRTC_VAD_WHEEL
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:",
+                        f"{name}=={version}", "-d", tmp], check=True)
+        (wheel,) = Path(tmp).glob("*.whl")
+        with zipfile.ZipFile(wheel) as z:
+            data = z.read(member)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != FASTRTC_VAD_SHA256:
+        raise RuntimeError(f"{name} {version}'s {member} has sha256 {digest}, not {FASTRTC_VAD_SHA256}")
+    path.write_bytes(data)
+    return path

@@ -82,7 +82,7 @@ QUIET_WAIT_MAX_S = 20.0  # ... but no longer than this
 QUICK_QUIET_WAIT_MAX_S = 2.0  # (--quick)
 MAX_POOL_STREAMS = max(STREAM_COUNTS)  # rtcpool concurrency_limit and pre-warmed workers
 RAY_NICENESS_ENV = "RAY_worker_niceness"  # Ray's own setting; its default is 15
-FASTRTC_VENV = bc.RESULTS_DIR / "fastrtc-venv"
+FASTRTC_VENV = bc.FASTRTC_VENV
 FASTRTC_SERVER = SCRIPTS / "fastrtc_server.py"
 TARGET_FPS_RATIO = 2.5  # rtcpool / fastrtc total fps at N=4, busy
 FRESH_LATENCY_MS = 1000.0  # the "fresh" fps column counts frames back within this long (a live view)
@@ -247,13 +247,7 @@ class Server:
 
 
 def ensure_fastrtc_venv() -> Path:
-    python = FASTRTC_VENV / "bin" / "python"
-    if python.exists() and subprocess.run([str(python), "-c", "import fastrtc"], capture_output=True).returncode == 0:
-        return python
-    print(f"creating {FASTRTC_VENV} (pip install fastrtc) ...", flush=True)
-    subprocess.run([sys.executable, "-m", "venv", str(FASTRTC_VENV)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "fastrtc"], check=True)
-    return python
+    return bc.ensure_fastrtc_venv()
 
 
 def start_rtcpool(busy_iters: int, worker_niceness: int | None) -> Server:

@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # Install everything rtcpool needs on a fresh Debian machine: system packages (as root, via
-# apt-get) and a virtual environment at .venv with rtcpool installed in editable mode.
-#   scripts/setup.sh          runtime only (the demo)
-#   scripts/setup.sh --test   plus test tools: Debian chromium for browser tests, espeak-ng/sox
+# apt-get) and a virtual environment at .venv with rtcpool installed in editable mode, every
+# dependency at the version CI tested (constraints.txt, made by scripts/lock.sh).
+#   scripts/setup.sh              runtime and examples (the demo)
+#   scripts/setup.sh --test       plus test and benchmark tools, Debian chromium, espeak-ng, sox
+#   scripts/setup.sh --tools-only just .venv with uv in it (scripts/lock.sh)
+# uv installs the packages: it resolves and links them several times faster than pip
+# (README: "Set-up time"). Without network access to PyPI nothing here works offline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-with_test=0
-[ "${1:-}" = "--test" ] && with_test=1
+UV_VERSION=0.13.9  # the installer, pinned like everything else it installs
 
+mode=${1:-}
 apt_packages=()
-if [ "$with_test" = 1 ]; then
+if [ "$mode" = "--test" ]; then
   command -v chromium >/dev/null || apt_packages+=(chromium)
   command -v espeak-ng >/dev/null || apt_packages+=(espeak-ng)
   command -v sox >/dev/null || apt_packages+=(sox)
@@ -27,10 +31,12 @@ fi
 
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-. .venv/bin/activate
-python -m pip install -q --upgrade pip
-if [ "$with_test" = 1 ]; then
-  python -m pip install -q -e '.[test,examples]'
-else
-  python -m pip install -q -e '.[examples]'
+if [ "$(.venv/bin/uv --version 2>/dev/null)" != "uv $UV_VERSION" ]; then
+  .venv/bin/python -m pip install -qq --disable-pip-version-check "uv==$UV_VERSION"
 fi
+[ "$mode" = "--tools-only" ] && exit 0
+
+extras=examples
+[ "$mode" = "--test" ] && extras=test,examples,bench
+.venv/bin/uv pip install --quiet --python .venv/bin/python --constraints constraints.txt \
+  --editable ".[$extras]"

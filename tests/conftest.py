@@ -197,3 +197,22 @@ async def offer_sdp() -> str:
     sdp = pc.localDescription.sdp
     await pc.close()
     return sdp
+
+
+# --- the quick subset: pytest -m "not slow" -----------------------------------------------
+
+# A test is slow when it starts something heavy: the session's Ray (directly or through a
+# gateway), an app process, a browser or a cluster. Marked here from the fixtures it uses
+# (transitively) and the folder it lives in, so a new test is classified without anyone
+# remembering to: `pytest -m "not slow"` is the development loop, CI runs everything.
+SLOW_FIXTURES = frozenset({"ray_session", "app_ray", "make_gateway", "browser", "new_page", "chromium", "chromium_page", "playwright_driver"})
+SLOW_FOLDERS = ("e2e", "cluster")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    tests_root = Path(__file__).resolve().parent
+    for item in items:
+        folder = Path(str(item.fspath)).resolve().relative_to(tests_root).parts[0]
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if folder in SLOW_FOLDERS or fixtures & SLOW_FIXTURES or item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.slow)

@@ -56,16 +56,17 @@ class Echo:
     correlations: list[float]  # each piece's, in the chirp's order
     lags: list[int]  # where each piece starts in what was received (samples)
     piece: int  # samples per piece
+    rate: int = AUDIO_RATE  # Hz of what was received
 
     @property
     def start_s(self) -> float:
         """Where the echo starts in what was received."""
-        return self.lags[0] / AUDIO_RATE
+        return self.lags[0] / self.rate
 
     @property
     def gaps_s(self) -> float:
         """Silence inserted between the pieces, in all."""
-        return (self.lags[-1] - self.lags[0] - (len(self.lags) - 1) * self.piece) / AUDIO_RATE
+        return (self.lags[-1] - self.lags[0] - (len(self.lags) - 1) * self.piece) / self.rate
 
     def problems(self) -> list[str]:
         """What is wrong with this echo; empty when it carries the chirp."""
@@ -74,7 +75,7 @@ class Echo:
         if len(weak) > 1 or any(self.correlations[i] < SPLIT_PIECE_MIN_CORRELATION for i in weak):
             found.append(f"pieces not as sent: correlations {[round(c, 2) for c in self.correlations]}")
         # in order, none overlapping the one before (a stall only ever delays what follows)
-        tolerance = AUDIO_RATE // 100  # 10 ms: a piece split by a stall is found off its start
+        tolerance = self.rate // 100  # 10 ms: a piece split by a stall is found off its start
         if any(b < a + self.piece - tolerance for a, b in zip(self.lags, self.lags[1:], strict=False)):
             found.append(f"pieces out of order: lags {self.lags} (piece {self.piece} samples)")
         elif self.gaps_s > MAX_GAPS_S:
@@ -82,8 +83,8 @@ class Echo:
         return found
 
 
-def find_echo(received: np.ndarray, sent: np.ndarray, pieces: int = CHIRP_PIECES) -> Echo:
-    """Each of ``pieces`` equal parts of ``sent``, looked for in ``received``."""
+def find_echo(received: np.ndarray, sent: np.ndarray, pieces: int = CHIRP_PIECES, rate: int = AUDIO_RATE) -> Echo:
+    """Each of ``pieces`` equal parts of ``sent``, looked for in ``received`` (both at ``rate``)."""
     size = len(sent) // pieces
     found = [best_correlation(received, sent[i * size : (i + 1) * size]) for i in range(pieces)]
-    return Echo([c for c, _ in found], [lag for _, lag in found], size)
+    return Echo([c for c, _ in found], [lag for _, lag in found], size, rate)

@@ -25,6 +25,8 @@ from typing import Any
 
 import cloudpickle
 
+from workers.handlers import VideoStreamHandler
+
 log = logging.getLogger("rtcpool.loader")
 
 WORKER_IMPORT_ENV = "RTCPOOL_WORKER_IMPORT"
@@ -109,10 +111,12 @@ def app_file_of(handler: Any) -> str | None:
     """The file that defines ``handler`` (its function, or its class for an instance). Code
     objects know their file even when the module is gone from sys.modules (runpy)."""
     if not inspect.isroutine(handler) and type(handler).__module__.split(".")[0] in OWN_PACKAGES:
-        # our wrappers (ReplyOnPause, ...) live in this package: the app is where their fn is
-        inner = getattr(handler, "fn", None)
+        # our wrappers (ReplyOnPause's fn, VideoStreamHandler's callable) live in this
+        # package: the app is where the function they wrap is
+        inner = getattr(handler, "fn", None) or getattr(handler, "callable", None)
         return app_file_of(inner) if inner is not None else None
     target = handler if inspect.isroutine(handler) else type(handler)
+    path: str | None
     try:
         path = inspect.getfile(target)
     except (TypeError, OSError):
@@ -133,7 +137,9 @@ def make_spec(
     """Build the spec in the gateway. ``event_index`` counts the stream registrations made
     before this one by handlers of the same file: what re-importing that file reproduces."""
     name = getattr(handler, "__qualname__", type(handler).__qualname__)
-    module = sys.modules.get(getattr(handler, "__module__", "") or type(handler).__module__)
+    # VideoStreamHandler(fn) travels as fn would: fn's module by value, as for a plain function
+    code = handler.callable if isinstance(handler, VideoStreamHandler) else handler
+    module = sys.modules.get(getattr(code, "__module__", "") or type(code).__module__)
     app_path = app_file_of(handler)
     paths = [p for p in sys.path if p and os.path.isdir(p)]
     try:

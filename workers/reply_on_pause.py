@@ -42,6 +42,8 @@ from workers.audio import Resampler, frame_samples, to_float_mono
 from workers.handlers import (
     DEFAULT_OUTPUT_FRAME_SIZE,
     DEFAULT_OUTPUT_SAMPLE_RATE,
+    WEBRTC_VALUE,
+    AdditionalOutputs,
     Layout,
     StreamHandler,
 )
@@ -199,6 +201,10 @@ class ReplyOnPause(StreamHandler):
     ``model``: the pause-detection model (:class:`PauseDetectionModel`; Silero by default).
     ``startup_fn``: called once per session before listening starts (with the stream's
     other inputs when ``fn`` takes them); what it yields or returns is played first.
+
+    On a phone call (``phone_mode``) nothing waits for inputs (a phone sends none: ``fn``
+    gets the inputs' initial values), and the AdditionalOutputs a reply yields become the
+    next turn's inputs (see ``_feed_back``).
     """
 
     def __init__(
@@ -241,7 +247,7 @@ class ReplyOnPause(StreamHandler):
 
     # --- per-session runtime state (never pickled) ---------------------------------------------
 
-    _RUNTIME = ("_lock", "_stream", "_pending", "_reply", "_epoch", "_active", "_replied", "_deaf", "_aloop", "_startup_out")
+    _RUNTIME: tuple[str, ...] = ("_lock", "_stream", "_pending", "_reply", "_epoch", "_active", "_replied", "_deaf", "_aloop", "_startup_out")
 
     def _init_runtime(self) -> None:
         self._lock = threading.Lock()
@@ -517,7 +523,19 @@ class ReplyOnPause(StreamHandler):
         if interrupted:  # the speaker started talking while this item was being made
             self._finish(reply)
             return None
+        if self.phone_mode:
+            self._feed_back(item)
         return item
+
+    def _feed_back(self, item: Any) -> None:
+        """In phone mode, the AdditionalOutputs of a reply become the inputs of the next turn:
+        a phone has no page to send them back, and a chatbot's history would start over
+        every turn. fastrtc sets them the same way (0.0.34 then resets its arguments when
+        the next turn starts, so its fn sees only the audio); here the next turn gets them.
+        Inputs the input route sets still replace them."""
+        outputs = item[-1] if isinstance(item, tuple) and item else item
+        if isinstance(outputs, AdditionalOutputs):
+            self.latest_args = [WEBRTC_VALUE, *outputs.args]
 
     def _finish(self, reply: _Reply) -> None:
         with self._lock:

@@ -44,7 +44,7 @@ import traceback
 import uuid
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, overload
 
 import cv2
 import numpy as np
@@ -59,6 +59,8 @@ from runtime.channel import (
     read_first_control,
 )
 from runtime.wire import (
+    CLIENT_TELEPHONE,
+    CLIENT_WEBSOCKET,
     HANDLER_BUCKET_COUNT,
     HANDLER_BUCKETS_S,
     HANDLER_STATS_PERIOD_S,
@@ -66,6 +68,7 @@ from runtime.wire import (
     OUTPUTS_STREAM,
     PIXFMT_I420,
     STREAM_LENGTH,
+    WEBSOCKET_SEND,
     Args,
     ClearAudio,
     Close,
@@ -80,12 +83,15 @@ from runtime.wire import (
     WireError,
     i420_views,
 )
+from workers.context import Context, WebSocketSender, reset_context, set_context
 from workers.handlers import (
     WEBRTC_VALUE,
     AdditionalOutputs,
     AsyncStreamHandler,
     CloseStream,
     StreamHandlerBase,
+    VideoStreamHandler,
+    _SessionHooks,
 )
 from workers.loader import HandlerSpec, load
 
@@ -108,6 +114,13 @@ TOKEN_BYTES = 16  # a session's token: 128 random bits
 HELLO_TIMEOUT_S = 2.0
 MAX_HELLO_THREADS = 16  # connections read at once; beyond that a new one is closed unread
 REFUSE_SEND_TIMEOUT_S = 1.0  # a refused peer gets this long to take its Close
+# stream_every / VideoStreamHandler(fps=): the frame waiting at the worker since the last call
+# is given back for a newer one, unless it surely came less than this long ago (the last call
+# released its own frame, and so let this one be sent, less than this long ago). At 30 fps
+# (period 33 ms) the gateway has no newer frame yet: dropping it would wait a whole frame and
+# halve the rate; at 5 fps it may have waited 200 ms. ~1.5 frames of a 30 fps camera.
+STALE_VIDEO_S = 0.05
+WEBSOCKET_CLIENTS = (CLIENT_WEBSOCKET, CLIENT_TELEPHONE)  # clients a handler can send text to
 
 
 # the clear_gen a clear_audio() call made, in the context (thread, or asyncio task) that made
@@ -480,9 +493,10 @@ class Session:
         self._last_error = ""
         self._last_error_at = 0.0
         self._errors_held = 0
-        self._async_wake: Callable[[], None] | None = None
-        self._async_pace_cut: Callable[[], None] | None = None
+        self._async_wake: Callable[[], object] | None = None
+        self._async_pace_cut: Callable[[], object] | None = None
         self.stream_every = worker.spec.stream_every  # seconds between a function's inputs
+        self.output_fps = C.DEFAULT_OUTPUT_FPS  # pace of the video the worker makes itself
         self.layout = worker.spec.outputs
         # positions in ``args`` of inputs that are also outputs and that the handler has
         # returned a value for: from then on the worker's value is the input (_on_control)
@@ -490,13 +504,33 @@ class Session:
         self.takes_video = hello.mode != "receive" and hello.modality in ("video", "audio-video")
         self.started_up = threading.Event()  # a StreamHandler's start_up() has returned
         self.video_t0 = time.monotonic()  # time 0 of the video this worker produces itself
-        self.handler = worker.handler.copy() if isinstance(worker.handler, StreamHandlerBase) else worker.handler
+        # the app's own object (a function, a generator function or a StreamHandler): typed as
+        # what it is, anything; the loops below call what its kind has
+        handler = worker.handler
+        if isinstance(handler, VideoStreamHandler):
+            # fastrtc's wrapper is its function, at most fps calls (or output frames) a second
+            self.stream_every = max(self.stream_every or 0.0, handler.period_s)
+            self.output_fps = handler.fps
+            handler = handler.callable
+        self.handler: Any = handler.copy() if isinstance(handler, StreamHandlerBase) else handler
+        # a phone sends no inputs (nothing to ask for, nothing to wait for); a WebSocket client
+        # or a phone can be sent text from the handler (get_current_context().websocket)
+        self.phone_mode = hello.client_kind == CLIENT_TELEPHONE
+        to_socket = hello.client_kind in WEBSOCKET_CLIENTS
+        sender = WebSocketSender(self._send_websocket) if to_socket else None
+        self.context = Context(webrtc_id=hello.session_id, websocket=sender)
+        if self.phone_mode:
+            self.args_arrived.set()
         self.in_rate, self.in_layout = C.AUDIO_DEFAULT_RATE, "mono"
+        self._in_resampler: tuple[tuple[int, str], Any] | None = None  # audio that comes at another rate
         if isinstance(self.handler, StreamHandlerBase):
             self.handler._hooks = _Hooks(self)
+            self.handler.phone_mode = self.phone_mode
+            # (a handler whose __init__ never reached the base's has no fps: the default)
+            self.output_fps = getattr(self.handler, "fps", C.DEFAULT_OUTPUT_FPS)
             self.in_rate, self.in_layout = self.handler.input_sample_rate, self.handler.expected_layout
-            if hello.args_set or not hello.args:
-                # a stream without other inputs has nothing to wait for
+            if hello.args_set or not hello.args or self.phone_mode:
+                # a stream without other inputs, or a phone (it sends none): nothing to wait for
                 self.handler.set_args(self.args)
         self.channel = FrameChannel(
             conn,
@@ -513,7 +547,8 @@ class Session:
         """A session on ``conn``, whose ``hello`` the worker has read and checked (its token)."""
         if conn.type == socket.SOCK_STREAM:
             geometry = geometry_from_hello(hello.geometry)
-            up, down = LocalSegment(geometry), LocalSegment(geometry)
+            up: Segment = LocalSegment(geometry)
+            down: Segment = LocalSegment(geometry)
         else:
             up = Segment.attach(hello.up_segment)
             try:
@@ -529,6 +564,7 @@ class Session:
                 node_id=_node_id(),
                 audio_in_rate=session.in_rate if takes_audio else 0,
                 audio_in_layout=session.in_layout,
+                audio_out_rate=session.handler.output_sample_rate if isinstance(session.handler, StreamHandlerBase) else 0,
             )
         )
         return session
@@ -549,6 +585,8 @@ class Session:
         poller.register(fd, select.POLLIN)
         want_out = False
         poll_ms = int(POLL_INTERVAL_S * 1000)
+        # this (serve) thread calls the handler's shutdown(); the next session sets its own
+        context_token = set_context(self.context)
         try:
             while not ch.closed and not self.stopping:
                 poller.poll(poll_ms)
@@ -587,7 +625,10 @@ class Session:
             # session has every call its handler made (none when nothing changed)
             report = self.call_times.report()
             last = report if sum(report.counts) != self._call_times_sent else None
-            ch.close(self.stop_reason, notify=True, retire=self.retire, last=last)
+            try:
+                ch.close(self.stop_reason, notify=True, retire=self.retire, last=last)
+            finally:
+                reset_context(context_token)
 
     def _stats_loop(self) -> None:
         """Report the handler's call durations every HANDLER_STATS_PERIOD_S while they change."""
@@ -632,8 +673,15 @@ class Session:
             wake()
 
     def _on_audio(self, header: SlotHeader, samples: np.ndarray) -> None:
+        rate = header.sample_rate
+        if rate != self.in_rate or (header.layout == 2) != (self.in_layout == "stereo"):
+            # a phone's 8 kHz mono (runtime/ws_session.py sends it as it came): resampled here,
+            # in the worker, not on the gateway's loop (~0.15 ms a 20 ms message there)
+            samples, rate = self._resample_in(header, samples), self.in_rate
+            if not samples.shape[-1]:
+                return
         with self.cond:
-            self.audio_in.append((header.sample_rate, samples))
+            self.audio_in.append((rate, samples))
             self.audio_in_samples += samples.shape[-1]
             limit = int(C.AUDIO_RING_S * header.sample_rate) * (2 if header.layout == 2 else 1)
             dropped = 0
@@ -648,6 +696,18 @@ class Session:
                 self.channel.send_control(Message("warning", f"the handler fell {C.AUDIO_RING_S:.0f} s behind its audio; the oldest audio is dropped"))
             self.audio_in_dropped += dropped
         self._wake_async()
+
+    def _resample_in(self, header: SlotHeader, samples: np.ndarray) -> np.ndarray:
+        import av
+
+        layout = "stereo" if header.layout == 2 else "mono"
+        key = (header.sample_rate, layout)
+        if self._in_resampler is None or self._in_resampler[0] != key:
+            self._in_resampler = (key, av.AudioResampler(format="s16", layout=self.in_layout, rate=self.in_rate))
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples), format="s16", layout=layout)
+        frame.sample_rate = header.sample_rate
+        out = [f.to_ndarray() for f in self._in_resampler[1].resample(frame)]
+        return np.concatenate(out, axis=1) if out else np.zeros((1, 0), dtype=np.int16)
 
     def _on_control(self, msg: Control) -> None:
         if isinstance(msg, Args):
@@ -689,7 +749,11 @@ class Session:
             held, self.args_held = self.args_held, False
             args = list(self.args)
         if held:
-            self.handler.set_args(args)  # type: ignore[union-attr]
+            self.handler.set_args(args)
+
+    def _send_websocket(self, text: str) -> None:
+        """get_current_context().websocket.send_text(): to the client's socket, as it is."""
+        self.channel.send_control(Message(WEBSOCKET_SEND, text))
 
     def request_args(self) -> None:
         """The handler asks for the inputs (wait_for_args*): what the page pushed already
@@ -723,6 +787,9 @@ class Session:
 
     def _guard(self, fn: Callable[[], None]) -> Callable[[], None]:
         def run() -> None:
+            # a new thread starts with an empty context: every handler call this loop makes
+            # (and every task of an async handler's loop, which copies it) sees the session's
+            set_context(self.context)
             try:
                 fn()
             except Exception as exc:  # a failing handler loop ends the session, reported
@@ -732,6 +799,12 @@ class Session:
         run.__name__ = fn.__name__
         return run
 
+    @overload
+    def _next_input(self, audio: Literal[True], video: Literal[False]) -> tuple[int, np.ndarray] | None: ...
+    @overload
+    def _next_input(self, audio: Literal[False], video: Literal[True]) -> tuple[SlotHeader, np.ndarray] | None: ...
+    @overload
+    def _next_input(self, audio: bool, video: bool) -> tuple[int, np.ndarray] | tuple[SlotHeader, np.ndarray] | None: ...
     def _next_input(self, audio: bool, video: bool) -> tuple[int, np.ndarray] | tuple[SlotHeader, np.ndarray] | None:
         """Wait for the next audio frame (oldest first) or the latest video frame."""
         ch = self.channel
@@ -769,19 +842,21 @@ class Session:
         fn = self.handler
         every = self.stream_every
         due: float | None = None  # when the next call may start (stream_every only)
+        taken_at = 0.0  # when the last call's frame was taken (and its slot given back)
         while True:
             if every is not None and due is not None:
                 wait = due - time.monotonic()
                 if wait > 0 and self.stop_event.wait(wait):
                     return
-                self._drop_waiting_video()
+                if time.monotonic() - taken_at >= STALE_VIDEO_S:
+                    self._drop_waiting_video()
             got = self._next_input(audio=False, video=True)
             if got is None:
                 return
             if every is not None:
                 # a fixed schedule, so the rate is one call per period on average; a call
                 # that overruns its period is followed at once, never by a burst to catch up
-                now = time.monotonic()
+                now = taken_at = time.monotonic()
                 due = now + every if due is None else max(due + every, now)
             header, frame = got
             try:
@@ -879,7 +954,7 @@ class Session:
 
     def _receive_loop(self) -> None:
         """A StreamHandler's audio, oldest first, into receive()."""
-        receive = self.handler.receive  # type: ignore[attr-defined]
+        receive = self.handler.receive
         wants_audio = self.hello.modality in ("audio", "audio-video") and self.hello.mode != "receive"
         if not wants_audio:
             return
@@ -898,7 +973,7 @@ class Session:
 
     def _video_receive_loop(self) -> None:
         """An AudioVideoStreamHandler's newest video frame into video_receive()."""
-        video_receive = self.handler.video_receive  # type: ignore[attr-defined]
+        video_receive = self.handler.video_receive
         while True:
             got = self._next_input(audio=False, video=True)
             if got is None:
@@ -918,7 +993,7 @@ class Session:
             h.start_up()
         finally:
             self.started_up.set()
-        emit = h.emit  # type: ignore[attr-defined]
+        emit = h.emit
         while not self.stopping:
             gen = self.clear_gen
             try:
@@ -937,13 +1012,13 @@ class Session:
                 return
 
     def _video_emit_loop(self) -> None:
-        """video_emit() at most DEFAULT_OUTPUT_FPS times a second, as fastrtc's output track
-        asks for it: a handler may return its latest picture on every call."""
-        video_emit = self.handler.video_emit  # type: ignore[attr-defined]
+        """video_emit() at most ``fps`` times a second (the handler's; DEFAULT_OUTPUT_FPS), as
+        fastrtc's output track asks for it: a handler may return its latest picture each call."""
+        video_emit = self.handler.video_emit
         while not self.started_up.wait(POLL_INTERVAL_S):  # start_up() may set up its state
             if self.stopping:
                 return
-        period = 1.0 / C.DEFAULT_OUTPUT_FPS
+        period = 1.0 / self.output_fps
         due = time.monotonic()
         while not self.stopping:
             try:
@@ -976,8 +1051,11 @@ class Session:
         if inspect.isawaitable(started):
             await started
 
+        # Each direction of each kind of media is a task of its own, as fastrtc runs each
+        # track: a video_receive() or video_emit() that awaits (a model server, a queue)
+        # holds up neither the audio nor the other video direction. Several tasks wait on
+        # ``wake``: each checks its own input before it clears and waits, so none misses one.
         async def receive() -> None:
-            wants_video = self.hello.modality in ("video", "audio-video") and hasattr(h, "video_receive")
             while not self.stopping:
                 with self.cond:
                     item = self.audio_in.popleft() if self.audio_in else None
@@ -989,32 +1067,63 @@ class Session:
                     try:
                         t0 = time.perf_counter()
                         try:
-                            await _maybe_await(h.receive(item))  # type: ignore[attr-defined]
+                            await _maybe_await(h.receive(item))
                         finally:
                             self.call_times.record(time.perf_counter() - t0)
                     except Exception as exc:
                         self._report(exc)
                     continue
-                if wants_video and self.channel.has_video():
-                    got = self._next_input(audio=False, video=True)
-                    if got is not None:
-                        try:
-                            t0 = time.perf_counter()
-                            try:
-                                await _maybe_await(h.video_receive(got[1]))  # type: ignore[attr-defined]
-                            finally:
-                                self.call_times.record(time.perf_counter() - t0)
-                        except Exception as exc:
-                            self._report(exc)
-                    continue
                 wake.clear()
                 await wake.wait()
+
+        async def video_receive() -> None:
+            while not self.stopping:
+                if not self.channel.has_video():
+                    wake.clear()
+                    await wake.wait()
+                    continue
+                # the newest frame is there: this takes it without waiting
+                got = self._next_input(audio=False, video=True)
+                if got is None:
+                    continue
+                try:
+                    t0 = time.perf_counter()
+                    try:
+                        await _maybe_await(h.video_receive(got[1]))
+                    finally:
+                        self.call_times.record(time.perf_counter() - t0)
+                except Exception as exc:
+                    self._report(exc)
+
+        async def video_emit() -> None:
+            # at most fps frames a second, on a schedule (as _video_emit_loop): a slow call is
+            # followed at once, never by a burst to catch up
+            period = 1.0 / self.output_fps
+            due = loop.time()
+            while not self.stopping:
+                try:
+                    out = await _maybe_await(h.video_emit())
+                except Exception as exc:
+                    self._report(exc)
+                    out = None
+                if self.stopping:
+                    return
+                if out is None:
+                    await asyncio.sleep(EMIT_IDLE_S)
+                    continue
+                # one result per call (a frame, AdditionalOutputs, CloseStream): _emit, not
+                # _emit_all, whose pacing waits would block this loop's thread
+                if self._emit(out, None):
+                    return
+                now = loop.time()
+                due = max(due + period, now)
+                await asyncio.sleep(due - now)
 
         async def emit() -> None:
             while not self.stopping:
                 gen = self.clear_gen
                 try:
-                    out = await _maybe_await(h.emit())  # type: ignore[attr-defined]
+                    out = await _maybe_await(h.emit())
                 except Exception as exc:
                     self._report(exc)
                     out = None
@@ -1037,7 +1146,13 @@ class Session:
                 wake.clear()
                 await wake.wait()
 
-        tasks = [asyncio.create_task(c) for c in (receive(), emit(), watch_stop())]
+        coros = [receive(), emit(), watch_stop()]
+        # only tasks that run until the session stops: the first task to end ends the session
+        if self.takes_video and callable(getattr(h, "video_receive", None)):
+            coros.append(video_receive())
+        if self.sends_video and callable(getattr(h, "video_emit", None)):
+            coros.append(video_emit())
+        tasks = [asyncio.create_task(c) for c in coros]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for t in done:
@@ -1097,6 +1212,10 @@ class Session:
             self.channel.send_control(Message("end_stream", {"reason": "closed_by_handler", "message": out.msg}))
             self.stop(out.msg)
             return True
+        if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], CloseStream):
+            # fastrtc's (frame, CloseStream(...)): the last frame (or audio) goes out first
+            self._emit(out[0], header, gen)
+            return self._emit(out[1], header, gen)
         if isinstance(out, AdditionalOutputs):
             self._send_outputs(list(out.args))
             return False
@@ -1157,14 +1276,15 @@ class Session:
 
     def _pace_delay(self, out: Any) -> float:
         """Seconds to wait before producing more: audio may run AUDIO_LEAD_S ahead of real
-        time (the gateway plays it out), server-generated video goes at DEFAULT_OUTPUT_FPS."""
+        time (the gateway plays it out), server-generated video goes at ``output_fps``
+        (DEFAULT_OUTPUT_FPS unless the handler says)."""
         if _is_audio(out) or (isinstance(out, tuple) and out and _is_audio(out[0])):
             return self.audio_out_until - time.monotonic() - AUDIO_LEAD_S
         if self.hello.mode == "receive" and isinstance(out, np.ndarray):
             # a schedule of frame times, so the generator's own time per frame does not slow
             # the video down; a generator that falls behind goes on at once, without a burst
             now = time.monotonic()
-            period = 1.0 / C.DEFAULT_OUTPUT_FPS
+            period = 1.0 / self.output_fps
             due = now if self._video_due is None else self._video_due
             self._video_due = max(due + period, now)
             return self._video_due - now
@@ -1298,11 +1418,16 @@ async def _maybe_await(value: Any) -> Any:
     return value
 
 
-class _Hooks:
+class _Hooks(_SessionHooks):
     def __init__(self, session: Session) -> None:
         self.session = session
 
     def send(self, type_: str, data: Any) -> None:
+        if type_ == "error":
+            # the client's shape of an error is {"type": "error", "message": str}, which
+            # the gateway makes of an Error (a {"data": ...} would show as no message)
+            self.session.channel.send_control(Error(str(data)))
+            return
         self.session.channel.send_control(Message(type_, data))
 
     def request_args(self) -> None:

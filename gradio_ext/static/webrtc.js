@@ -14,6 +14,12 @@
 // server frees the slot at once (also when the offer is still being answered). A server
 // that goes silent (its media process killed) ends the session here within seconds, as a
 // failure the page shows: see SERVER_SILENCE_MS.
+// A full stream puts the page in its waiting room, as Gradio's queue does: the offer answers
+// 202 with a ticket, the page follows the queue's updates (GET <root>/webrtc/queue, a
+// server-sent-events stream read with fetch, since the ticket goes in a header, never in a
+// URL), shows "queue: position/size | elapsed/eta s", and when its turn comes posts the same
+// offer again with the ticket: the stream starts by itself. Stop while waiting, or leaving the
+// page, gives the place up (POST <root>/webrtc/queue/leave).
 // While streaming, the component fires Gradio's "tick" event every TICK_INTERVAL_MS, as
 // gradio_webrtc's does, for apps that listen to it (webrtc.tick(fn, ...)).
 // When the component leaves the page (a re-render), everything it started is ended.
@@ -56,6 +62,18 @@ const SERVER_SILENCE_MS = 4000; // > 2.5 of aiortc's longest RTCP intervals, plu
 const SILENCE_CHECK_MS = 1000;
 const DISCONNECTED_GRACE_MS = 4000;
 const LOST_TEXT = "lost the connection to the server";
+// The waiting room (see the top of this file)
+const QUEUE_TICK_MS = 100; // the "elapsed/eta" clock, redrawn as often as Gradio's status tracker
+// An updates stream that brings nothing, not even a keep-alive comment (the server sends one
+// at least every 15 s), for this long is taken as lost and followed again
+const QUEUE_SILENCE_MS = 40000;
+const QUEUE_RECONNECTS = 2; // a lost updates stream is followed again this many times, the ticket unchanged
+const QUEUE_RECONNECT_MS = 500;
+const QUEUE_GONE_TEXT = {
+  queue_timeout: "waited too long in the queue",
+  left: "left the queue",
+  expired: "the place in the queue lapsed",
+};
 const LABEL_GAP_PX = 12; // room below Gradio's floating label badge (it overlaps the block's top)
 // The label badge's icon (Gradio's gr.HTML shows a "</>" code icon there), 32 x 32 viewBox
 const LABEL_ICONS = {
@@ -97,6 +115,7 @@ const wantsAudio = modality !== "video";
 const outputListeners = Number(cfg.output_listeners) || 0; // listeners of "webrtc_outputs"
 
 let session = null; // the live session, or null
+let pageHiding = false; // in pagehide: what goes to the server goes as a beacon
 let retryTimer = null;
 let disposed = false; // the component left the page: nothing may start again
 
@@ -166,7 +185,9 @@ function dressBlock() {
 function setState(state, text) {
   root.dataset.state = state;
   ui.status.textContent = text || state;
-  ui.buttonLabel.textContent = state === "connecting" ? labels.waiting : state === "streaming" ? labels.stop : labels.start;
+  // while queued the button gives the place up: Stop, as Gradio's queue shows it
+  ui.buttonLabel.textContent =
+    state === "connecting" ? labels.waiting : state === "streaming" || state === "queued" ? labels.stop : labels.start;
   showPlaceholder();
 }
 
@@ -176,6 +197,7 @@ function showPlaceholder() {
   const state = root.dataset.state;
   let text;
   if (state === "connecting") text = labels.waiting;
+  else if (state === "queued") text = session && session.queue ? queueText(session.queue) : "queue";
   else if (state === "streaming") text = receives ? "Waiting for the stream…" : "Waiting for the camera…";
   else if (sends && cfg.interactive !== false) text = `Click ${labels.start} to share your camera`;
   else text = "Stream will appear here";
@@ -210,12 +232,14 @@ function clearRetry() {
   retryTimer = null;
 }
 
-function serverFull(seconds, limit) {
+// A full stream that does not queue (its queue is off, or full): the user tries again later
+function serverFull(seconds, limit, queueSize) {
   clearRetry();
   let left = seconds;
   const show = () => setState("full", `server full — retry in ${left} s`);
   show();
   if (limit) addMessage("warning", `this stream serves at most ${limit} session(s) at once`);
+  if (queueSize) addMessage("warning", `the queue is full (${queueSize} waiting)`);
   retryTimer = setInterval(() => {
     left -= 1;
     if (left > 0) return show();
@@ -492,6 +516,10 @@ function iceGathered(pc) {
   });
 }
 
+const QUEUED = "queued"; // postOffer's result when the stream is full and the page waits in line
+
+// The offer: the answer's body, QUEUED (the page holds a ticket in s.queue), or null (stopped,
+// or the stream is full and does not queue: serverFull shows it)
 async function postOffer(s) {
   const abort = (s.abort = new AbortController()); // only its timeout aborts it
   const timer = setTimeout(() => abort.abort(), OFFER_TIMEOUT_MS);
@@ -506,6 +534,10 @@ async function postOffer(s) {
         type: "offer",
         webrtc_id: s.id,
         stream_id: cfg.stream_id,
+        // the server queues a full stream's offers unless told not to (its default: true)
+        queue: cfg.queue === false ? false : undefined,
+        // admitted: the same offer again, with the ticket that holds the slot
+        queue_ticket: s.queue && s.queue.ticket ? s.queue.ticket : undefined,
       }),
       signal: abort.signal,
     });
@@ -518,8 +550,15 @@ async function postOffer(s) {
   } catch (_) {
     // not JSON: reported by status below
   }
+  if (resp.status === 202 && body && body.status === "queued" && body.queue) {
+    s.offered = false; // no session on the server: a place in its queue, which stop() gives up
+    joinQueue(s, body.queue);
+    if (s.closed) leaveQueue(s); // stopped while it was answered
+    return s.closed ? null : QUEUED;
+  }
   if (resp.ok) {
     s.key = body && typeof body.session_key === "string" ? body.session_key : null;
+    if (s.queue) s.queue.ticket = null; // spent: the slot it held is this session's now
     if (s.closed) hangUp(s); // stopped while it was answered: the server must not keep it
     return body;
   }
@@ -529,12 +568,216 @@ async function postOffer(s) {
   const meta = (body && body.meta) || {};
   if (resp.status === 429) {
     const wait = parseInt(resp.headers.get("Retry-After") || meta.retry_after, 10) || DEFAULT_RETRY_AFTER_S;
+    if (s.queue) s.queue.ticket = null;
     teardown(s);
     session = null;
-    serverFull(wait, meta.limit);
+    serverFull(wait, meta.limit, meta.queue_size);
     return null;
   }
+  // 410 queue_ticket_gone: the slot held for this page lapsed before the offer came back
+  if (s.queue && meta.error && String(meta.error).startsWith("queue_")) s.queue.ticket = null;
   throw new Error(meta.message || `the server refused the stream (HTTP ${resp.status})`);
+}
+
+// --- the waiting room --------------------------------------------------------------------------
+// s.queue while the page holds (or held) a place in a full stream's queue: the ticket (the
+// server's secret for the place: sent in a header or a body, never in a URL, never logged),
+// the last update, and the clock the status line counts from.
+
+function joinQueue(s, info) {
+  let q = s.queue;
+  if (!q) {
+    q = s.queue = { ticket: null, joinedAt: performance.now(), position: null, size: null, etaAt: null, abort: null };
+    // (a 202 that arrives after Stop still brings the ticket to give up: no clock for it)
+    if (!s.closed) s.timers.push(setInterval(() => drawQueue(s), QUEUE_TICK_MS));
+  }
+  if (typeof info.ticket === "string" && info.ticket) q.ticket = info.ticket;
+  queueUpdate(q, info);
+  if (s === session && !s.closed) {
+    ui.bar.hidden = q.etaAt === null;
+    setState("queued", queueText(q));
+    drawQueue(s);
+  }
+}
+
+function queueUpdate(q, info) {
+  if (Number.isFinite(info.position)) q.position = info.position;
+  if (Number.isFinite(info.size)) q.size = info.size;
+  // as Gradio's status tracker shows it: the wait expected from joining, i.e. the time
+  // waited so far plus the server's estimate of what is left (none: unknown)
+  q.etaAt = Number.isFinite(info.eta_s) ? (performance.now() - q.joinedAt) / 1000 + info.eta_s : null;
+}
+
+// Gradio's words: "queue: 2/4 | 3.1/40.0s", or "queue: 2/4 | 3.1s" without an estimate
+function queueText(q) {
+  const elapsed = (performance.now() - q.joinedAt) / 1000;
+  const place = q.position !== null ? `${q.position}/${q.size !== null ? q.size : "?"}` : "…";
+  const eta = q.etaAt !== null ? `/${q.etaAt.toFixed(1)}` : "";
+  return `queue: ${place} | ${elapsed.toFixed(1)}${eta}s`;
+}
+
+function drawQueue(s) {
+  const q = s.queue;
+  if (s !== session || s.closed || !q || root.dataset.state !== "queued") return;
+  const text = queueText(q);
+  ui.status.textContent = text;
+  ui.placeholder.textContent = text;
+  ui.bar.hidden = q.etaAt === null;
+  if (q.etaAt !== null) {
+    const waited = (performance.now() - q.joinedAt) / 1000;
+    ui.fill.style.width = `${Math.min(100, (100 * waited) / Math.max(q.etaAt, 0.1)).toFixed(1)}%`;
+  }
+}
+
+// An error that ends the wait: the server said no (reason), or the ticket is no more
+function queueEnded(message) {
+  const err = new Error(message);
+  err.queueEnded = true;
+  return err;
+}
+
+// Follow the queue until this page's turn: true (admitted: post the offer again), null
+// (stopped meanwhile); throws when the place is gone or the updates cannot be followed.
+async function waitTurn(s) {
+  for (let lost = 0; ; lost++) {
+    let outcome = null;
+    try {
+      outcome = await readQueue(s);
+    } catch (err) {
+      if (s.closed) return null;
+      if (err.queueEnded) throw err;
+      // a network error or a silent stream: follow it again with the same ticket below
+    }
+    if (s.closed) return null;
+    if (outcome === "admitted") return true;
+    if (lost >= QUEUE_RECONNECTS) throw queueEnded("lost the queue's updates");
+    await new Promise((r) => setTimeout(r, QUEUE_RECONNECT_MS));
+    if (s.closed) return null;
+  }
+}
+
+// One updates stream: "admitted", or undefined when it ended without a verdict
+async function readQueue(s) {
+  const q = s.queue;
+  const abort = (q.abort = new AbortController()); // teardown aborts it
+  let heardAt = performance.now();
+  const watchdog = setInterval(() => {
+    if (performance.now() - heardAt > QUEUE_SILENCE_MS) abort.abort();
+  }, SILENCE_CHECK_MS);
+  try {
+    const resp = await fetch(`${routeUrl("queue")}?webrtc_id=${encodeURIComponent(s.id)}`, {
+      headers: { "X-Queue-Ticket": q.ticket, Accept: "text/event-stream" },
+      cache: "no-store",
+      signal: abort.signal,
+    });
+    if (!resp.ok) {
+      let meta = {};
+      try {
+        meta = (await resp.json()).meta || {};
+      } catch (_) {
+        // not JSON: reported by status
+      }
+      q.ticket = null; // the server does not know it (any more)
+      throw queueEnded(meta.message || `the queue refused the updates (HTTP ${resp.status})`);
+    }
+    const reader = resp.body.getReader();
+    const decoder = new TextDecoder();
+    const parse = sseParser();
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return undefined;
+      heardAt = performance.now();
+      for (const ev of parse(decoder.decode(value, { stream: true }))) {
+        if (ev.event !== "queue") continue;
+        let data;
+        try {
+          data = JSON.parse(ev.data);
+        } catch (_) {
+          continue; // not ours
+        }
+        if (onQueueEvent(s, data) === "admitted") {
+          // the server ends the stream itself once it has said so: read it out in the
+          // background rather than cancel it (a dropped updates stream gives the place up)
+          drain(reader);
+          return "admitted";
+        }
+      }
+    }
+  } finally {
+    clearInterval(watchdog);
+  }
+}
+
+function drain(reader) {
+  reader.read().then(({ done }) => (done ? undefined : drain(reader)), () => {});
+}
+
+function onQueueEvent(s, data) {
+  const q = s.queue;
+  if (!data || typeof data !== "object" || s.closed) return undefined;
+  if (data.state === "waiting") {
+    queueUpdate(q, data);
+    drawQueue(s);
+  } else if (data.state === "admitted") {
+    return "admitted";
+  } else if (data.state === "gone") {
+    q.ticket = null; // dropped: there is nothing to leave
+    throw queueEnded(data.message || QUEUE_GONE_TEXT[data.reason] || `dropped from the queue (${data.reason})`);
+  }
+  return undefined;
+}
+
+// Server-sent events from text chunks: a function of the next chunk that returns the events it
+// completes, each {event, data}. Comment lines (keep-alives) are skipped; lines may end in
+// \n, \r\n or \r, split anywhere across chunks.
+function sseParser() {
+  let buffer = "";
+  let event = "";
+  let data = [];
+  return (chunk) => {
+    buffer += chunk;
+    const out = [];
+    const eol = /\r\n|\r|\n/g;
+    let start = 0;
+    let m;
+    while ((m = eol.exec(buffer)) !== null) {
+      if (m[0] === "\r" && m.index === buffer.length - 1) break; // maybe half of a "\r\n"
+      const line = buffer.slice(start, m.index);
+      start = eol.lastIndex;
+      if (line === "") {
+        if (data.length) out.push({ event: event || "message", data: data.join("\n") });
+        event = "";
+        data = [];
+      } else if (line[0] !== ":") {
+        const colon = line.indexOf(":");
+        const field = colon < 0 ? line : line.slice(0, colon);
+        let val = colon < 0 ? "" : line.slice(colon + 1);
+        if (val[0] === " ") val = val.slice(1);
+        if (field === "event") event = val;
+        else if (field === "data") data.push(val);
+      }
+    }
+    buffer = buffer.slice(start);
+    return out;
+  };
+}
+
+// Give the place up, so the next in line moves up now. On pagehide a beacon carries it (a
+// fetch may not outlive the page); the server also drops a ticket whose updates stream ends.
+function leaveQueue(s) {
+  const q = s.queue;
+  if (!q || !q.ticket) return;
+  const body = JSON.stringify({ webrtc_id: s.id, ticket: q.ticket });
+  q.ticket = null;
+  const url = routeUrl("queue/leave");
+  if (pageHiding && navigator.sendBeacon) {
+    try {
+      if (navigator.sendBeacon(url, new Blob([body], { type: "application/json" }))) return;
+    } catch (_) {
+      // a browser that refuses a JSON beacon: the keepalive fetch below
+    }
+  }
+  fetch(url, { method: "POST", headers: { "Content-Type": "application/json" }, body, keepalive: true }).catch(() => {});
 }
 
 // --- the session -------------------------------------------------------------------------------
@@ -554,6 +797,7 @@ async function start() {
     timeUp: false, // the server ended it at its time limit
     lostTimer: null, // while "disconnected": see DISCONNECTED_GRACE_MS
     outputs: { wanted: 0, waiting: 0, timer: 0 }, // fetches of outputs: see fetchOutput()
+    queue: null, // a place in the stream's queue: see joinQueue()
   };
   session = s;
   root.dataset.webrtcId = s.id;
@@ -590,7 +834,15 @@ async function start() {
     await pc.setLocalDescription(await pc.createOffer());
     await iceGathered(pc);
     if (s.closed) return;
-    const answer = await postOffer(s);
+    let answer = await postOffer(s);
+    // a full stream: wait in line (the camera preview stays on; nothing is sent until the
+    // answer), then the same offer again, with the ticket; queued again means wait on
+    while (answer === QUEUED) {
+      if (!(await waitTurn(s))) return; // stopped while waiting: stop() gave the place up
+      setState("connecting", "your turn — connecting…");
+      ui.bar.hidden = true;
+      answer = await postOffer(s);
+    }
     // stopped while it was answered: postOffer has told the server, which ends the session
     if (!answer || s.closed) return;
     s.answered = true;
@@ -793,6 +1045,7 @@ function stop(s, state, why, local = false) {
   if (s.closed) return;
   // with the offer still on its way, the answer hangs up (it brings the key: postOffer)
   if (local && s.offered) hangUp(s);
+  if (local) leaveQueue(s); // waiting, or admitted and not answered yet: the next in line moves up
   teardown(s);
   if (s === session) {
     session = null;
@@ -806,6 +1059,7 @@ function teardown(s) {
   // not posted yet (gathering) is aborted before it goes out (start() checks s.closed)
   for (const t of s.timers) clearInterval(t);
   s.timers = [];
+  if (s.queue && s.queue.abort) s.queue.abort.abort(); // its updates stream
   if (s.lostTimer !== null) clearTimeout(s.lostTimer);
   s.lostTimer = null;
   if (s.dc) {
@@ -854,13 +1108,19 @@ const api = {
   start: () => {
     if (!session) start();
   },
-  stop: () => {
-    if (session) stop(session, "stopped", undefined, true);
-  },
+  stop: () => userStop(),
   session: () => session,
 };
 registry.mounted.push(api);
 if (cfg.stream_id) registry.streams[cfg.stream_id] = api; // the newest rendering of the stream
+
+// The user's Stop. While waiting in line it gives the place up and the component is idle again,
+// as if Start had not been pressed: there was no stream to stop
+function userStop() {
+  if (!session) return;
+  if (root.dataset.state === "queued") stop(session, "idle", "left the queue", true);
+  else stop(session, "stopped", undefined, true);
+}
 
 function dispose() {
   if (disposed) return;
@@ -898,7 +1158,7 @@ requestAnimationFrame(() => {
   if (!disposed && labelIcon === null) dressBlock();
 });
 ui.button.addEventListener("click", () => {
-  if (session) stop(session, "stopped", undefined, true);
+  if (session) userStop();
   else start();
 });
 ui.snapshot.addEventListener("click", saveSnapshot);
@@ -908,6 +1168,11 @@ if (pickers.length && navigator.mediaDevices) {
   refreshDevices();
 }
 listen(window, "pagehide", () => {
-  if (session) stop(session, "stopped", undefined, true);
+  pageHiding = true;
+  try {
+    if (session) stop(session, "stopped", undefined, true);
+  } finally {
+    pageHiding = false; // a page kept in the back-forward cache may be shown again
+  }
 });
 setState("idle");

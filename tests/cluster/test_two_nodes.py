@@ -199,8 +199,8 @@ async def test_two_gateways_share_one_concurrency_limit(
     await assert_inverted(first)
     await assert_inverted(second)
     for gateway in (a, b):  # full, whichever gateway the third offer reaches
-        with pytest.raises(ServerFull) as full:
-            await Client(gateway.url, stream_id="shared").connect()
+        with pytest.raises(ServerFull) as full:  # (a client that takes no place in line)
+            await Client(gateway.url, stream_id="shared", queue=False).connect()
         assert full.value.retry_after is not None and int(full.value.retry_after) > 0
         assert full.value.body["status"] == "failed"
         assert full.value.body["meta"]["error"] == "concurrency_limit_reached"
@@ -209,10 +209,24 @@ async def test_two_gateways_share_one_concurrency_limit(
     assert event(view, "shared")["leases"] == 2
     assert len(view["gateways"]) == 2, "both gateways hold leases of the one scheduler"
 
-    await first.close()
-    await wait_view(probe, lambda v: event(v, "shared")["leases"] == 1, RELEASE_S, "a's slot back")
-    third = await sessions.open(b.url, "shared")  # the slot a gave back, taken through b
+    # one line for both gateways: the first to queue (through b) goes first, then the one
+    # that queued through a, each when a slot frees, whichever gateway held it
+    third, fourth = Client(b.url, stream_id="shared"), Client(a.url, stream_id="shared")
+    sessions.opened += [third, fourth]
+    third_in = asyncio.create_task(third.connect())
+    await wait_view(probe, lambda v: event(v, "shared").get("queue") == 1, RELEASE_S, "the third in line")
+    fourth_in = asyncio.create_task(fourth.connect())
+    await wait_view(probe, lambda v: event(v, "shared").get("queue") == 2, RELEASE_S, "the fourth in line")
+    await first.close()  # a's session ends: the slot goes to the head of the line, through b
+    await asyncio.wait_for(third_in, RELEASE_S + FIRST_FRAME_S)
+    await asyncio.wait_for(third.first_frame.wait(), FIRST_FRAME_S)
     await assert_inverted(third)
+    assert await async_wait_until(lambda: fourth.queue_views[-1].get("position") == 1, RELEASE_S), fourth.queue_views
+    assert not fourth_in.done()
+    await second.close()  # b's session ends: the fourth, through a
+    await asyncio.wait_for(fourth_in, RELEASE_S + FIRST_FRAME_S)
+    await asyncio.wait_for(fourth.first_frame.wait(), FIRST_FRAME_S)
+    await assert_inverted(fourth)
     await sessions.close_all()
     await wait_view(probe, lambda v: event(v, "shared")["leases"] == 0, RELEASE_S, "slots back")
 

@@ -2,8 +2,9 @@
 gateway, Ray worker and detector, with the fake camera filming a real face.
 
 One app process serves the module, with two deployment overrides (rtcpool's config, set
-through the environment): one session at a time, so the "server full" path can be seen,
-and a time limit short enough to wait out.
+through the environment): one session at a time with the queue off, so the "server full"
+path can be seen (the queue has its own tests: test_queue_browser.py), and a time limit
+short enough to wait out.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ def face_app(artifacts: Path, app_ray: str) -> Iterator[App]:
     env = {
         f"RTCPOOL_STREAMS__{STREAM_ID}__CONCURRENCY_LIMIT": "1",
         f"RTCPOOL_STREAMS__{STREAM_ID}__TIME_LIMIT": str(TIME_LIMIT_S),
+        f"RTCPOOL_STREAMS__{STREAM_ID}__QUEUE": "false",
     }
     with run_app(FACE_APP, artifacts / "browser-face-demo.log", env, ray_address=app_ray) as app:
         yield app

@@ -55,9 +55,11 @@ def test_public_api_is_all():
     assert sorted(gradio_ext.__all__) == [
         "AdditionalOutputs",
         "AlgoOptions",
+        "AsyncAudioVideoStreamHandler",
         "AsyncStreamHandler",
         "AudioVideoStreamHandler",
         "CloseStream",
+        "Context",
         "PauseDetectionModel",
         "ReplyOnPause",
         "ReplyOnStopWords",
@@ -65,6 +67,7 @@ def test_public_api_is_all():
         "SileroVadOptions",
         "StopWordOptions",
         "StreamHandler",
+        "VideoStreamHandler",
         "WebRTC",
         "aggregate_bytes_to_16bit",
         "async_aggregate_bytes_to_16bit",
@@ -72,12 +75,19 @@ def test_public_api_is_all():
         "audio_to_file",
         "audio_to_float32",
         "audio_to_int16",
+        "get_current_context",
         "get_hf_turn_credentials",
         "get_turn_credentials",
         "get_twilio_turn_credentials",
     ]
     for name in gradio_ext.__all__:
         assert getattr(gradio_ext, name) is not None
+    # an app without Gradio imports the same handler API from runtime.stream
+    import runtime.stream
+
+    assert set(runtime.stream.__all__) == set(gradio_ext.__all__) - {"WebRTC"} | {"Stream", "bind_lifespan"}
+    for name in runtime.stream.__all__:
+        assert getattr(runtime.stream, name) is getattr(gradio_ext, name, getattr(runtime.stream, name))
 
 
 def test_stream_registers_event_with_modes_limits_and_initial_args():

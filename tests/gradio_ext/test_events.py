@@ -213,11 +213,25 @@ def test_gradio_event_keywords_are_accepted():
         "key": "k",
         "validator": None,
     }
-    assert set(options) == STREAM_EVENT_KEYWORDS
+    assert set(options) - {"queue"} == STREAM_EVENT_KEYWORDS  # queue has an effect: the waiting room
     with gr.Blocks():
         w = WebRTC()
         event = w.stream(identity, inputs=[w], outputs=[w], **options)
     assert event.event_id == "stream-0"
+    assert event.queue is False
+
+
+def test_queue_and_max_queue_reach_the_stream_event():
+    with gr.Blocks():
+        a, b = WebRTC(), WebRTC()
+        default = a.stream(identity, inputs=[a], outputs=[a])
+        bounded = b.stream(identity, inputs=[b], outputs=[b], max_queue=3)
+    assert (default.queue, default.max_queue) == (True, None), "queued by default, as in Gradio"
+    assert (bounded.queue, bounded.max_queue) == (True, 3)
+    with gr.Blocks():
+        c = WebRTC()
+        with pytest.raises(ValueError, match="max_queue"):
+            c.stream(identity, inputs=[c], outputs=[c], max_queue=-1)
 
 
 def test_api_name_or_concurrency_id_names_the_stream():

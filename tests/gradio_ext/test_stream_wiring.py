@@ -9,10 +9,10 @@ import gradio as gr
 import numpy as np
 import pytest
 
-from gradio_ext import WebRTC, serving
+from gradio_ext import VideoStreamHandler, WebRTC, serving
 from gradio_ext.webrtc import ARGS_EVENT, OUTPUTS_EVENT, _stream_outputs_fetcher
 from runtime.wire import OUTPUTS_STREAM
-from workers.loader import StreamOutputs, make_spec
+from workers.loader import StreamOutputs, app_file_of, load, make_spec
 
 
 def detection(image: np.ndarray, conf: float = 0.3) -> np.ndarray:
@@ -98,6 +98,27 @@ def test_the_event_options_reach_the_workers_spec():
     )
     assert spec.stream_every == 0.25
     assert spec.outputs == StreamOutputs(count=2, media=0, feedback={1: 0})
+
+
+def test_a_video_stream_handler_registers_as_its_function_would():
+    """fastrtc's VideoStreamHandler(fn, fps=...) where a frame function goes: its inputs and
+    outputs are the function's, and the worker gets the wrapper (it applies the fps)."""
+    handler = VideoStreamHandler(detection, fps=5)
+    with gr.Blocks() as demo:
+        image = WebRTC()
+        conf = gr.Slider(value=0.3)
+        label = gr.Textbox()
+        event = image.stream(handler, [image, conf], [image, label])
+    assert event.handler is handler
+    assert event.initial_args == [0.3]
+    assert event.outputs == StreamOutputs(count=2, media=0, feedback={})
+    assert (conf._id, "change") in listeners(demo)
+    spec = make_spec(event.handler, event.index, stream_every=event.stream_every, outputs=event.outputs)
+    assert spec.blob is not None, "it travels by value, as detection alone would"
+    assert spec.app_path == app_file_of(detection)
+    loaded = load(spec)
+    assert isinstance(loaded, VideoStreamHandler) and loaded.fps == 5.0
+    assert loaded.callable(np.zeros((2, 2, 3), np.uint8)).shape == (2, 2, 3)
 
 
 @pytest.mark.parametrize("bad", [0, -1, float("nan"), "0.5"])

@@ -211,6 +211,8 @@ def sdp_cases(sdp: str) -> list[Case]:
 # --- JSON bodies ------------------------------------------------------------------------
 
 POST_ROUTES = ("/webrtc/offer", "/webrtc/input", "/webrtc/close", "/webrtc/outputs")
+# routes about a place in a stream's line: a ticket, not a session key
+QUEUE_POST_ROUTES = ("/webrtc/queue/leave",)
 
 
 def _post(name: str, route: str, body: Body, status: int, error: str | None, **kw: Any) -> Case:
@@ -224,12 +226,14 @@ def _valid_body(route: str, sdp: str, webrtc_id: str = "nobody") -> dict[str, An
         return {"type": "offer", "sdp": sdp, "webrtc_id": webrtc_id}
     if route == "/webrtc/input":
         return {"webrtc_id": webrtc_id, "args": [1]}
+    if route == "/webrtc/queue/leave":
+        return {"webrtc_id": webrtc_id, "ticket": "t" * 32}
     return {"webrtc_id": webrtc_id}
 
 
 def json_cases(sdp: str) -> list[Case]:
     cases: list[Case] = []
-    for route in POST_ROUTES:
+    for route in POST_ROUTES + QUEUE_POST_ROUTES:
         # nesting, as the whole body and inside a field
         limit = MAX_OFFER_BYTES if route == "/webrtc/offer" else MAX_INPUT_BYTES
         for depth in (MAX_JSON_DEPTH + 1, 100, 1000, 5000, 50_000):
@@ -436,7 +440,7 @@ def _audio_only(sdp: str) -> str:
 
 # --- headers ----------------------------------------------------------------------------------
 
-GET_ROUTES = ("/webrtc/streams", "/webrtc/sessions", "/webrtc/outputs")
+GET_ROUTES = ("/webrtc/streams", "/webrtc/sessions", "/webrtc/outputs", "/webrtc/queue")
 
 
 def header_cases() -> list[Case]:
@@ -454,6 +458,8 @@ def header_cases() -> list[Case]:
             ))  # fmt: skip
         for route in GET_ROUTES:
             cases.append(Case(f"GET {route} Origin {label}", "GET", route, None, 403, "origin_not_allowed", headers={"origin": origin}, params=lambda ctx: {"webrtc_id": ctx.victim}))
+        for route in QUEUE_POST_ROUTES:
+            cases.append(_post(f"Origin {label}", route, dumps(_valid_body(route, "", "fz-origin")), 403, "origin_not_allowed", headers={**JSON_CT, "origin": origin}))
     # the origin is checked before anything in the body: a foreign page learns nothing
     cases.append(_post("Origin foreign, body nested 5000 deep", "/webrtc/offer", nested_list(5000).encode(), 403, "origin_not_allowed", headers={**JSON_CT, "origin": FOREIGN_ORIGIN}))
     cases.append(_post("Origin foreign, oversized body", "/webrtc/input", b" " * (MAX_INPUT_BYTES + 1), 403, "origin_not_allowed", headers={**JSON_CT, "origin": FOREIGN_ORIGIN}))
@@ -635,8 +641,28 @@ def accepted_offer_cases() -> list[Case]:
     return cases
 
 
+# --- the Twilio webhook ------------------------------------------------------------------------
+
+FORM_CT = {"content-type": "application/x-www-form-urlencoded"}
+MAX_WEBHOOK_BYTES = 64 * 1024  # runtime/websocket_routes.py MAX_MESSAGE_BYTES
+
+
+def telephone_cases() -> list[Case]:
+    """POST /telephone/incoming: a form from Twilio; its failures are JSON like the others'
+    (its successes are TwiML, checked in tests/runtime/test_telephone.py)."""
+    route = "/telephone/incoming"
+    cases = [
+        Case("telephone: body over 64 KB", "POST", route, b"a=" + b"x" * MAX_WEBHOOK_BYTES, 413, "body_too_large", headers=dict(FORM_CT)),
+        Case("telephone: unknown stream_id", "POST", route, b"CallSid=CA1", 404, "unknown_stream", headers=dict(FORM_CT), params={"stream_id": "no-such-stream"}),
+        Case("telephone: stream_id garbage", "POST", route, b"CallSid=CA1", 404, "unknown_stream", headers=dict(FORM_CT), params={"stream_id": GARBAGE}),
+    ]  # fmt: skip
+    for label, host in [("a quote", 'h"x'), ("markup", "<a>"), ("a space", "a b"), ("a path", "a/b"), ("empty", "")]:
+        cases.append(Case(f"telephone: Host {label}", "POST", route, b"CallSid=CA1", 400, "bad_host", headers={**FORM_CT, "host": host}))
+    return cases
+
+
 def http_cases(sdp: str) -> list[Case]:
-    return sdp_cases(sdp) + json_cases(sdp) + field_cases() + header_cases() + candidate_cases() + input_cases() + accepted_offer_cases()
+    return sdp_cases(sdp) + json_cases(sdp) + field_cases() + header_cases() + candidate_cases() + input_cases() + accepted_offer_cases() + telephone_cases()
 
 
 # --- the data channel -------------------------------------------------------------------------

@@ -719,6 +719,54 @@ def test_messages_before_the_close_are_still_delivered(link):
     assert link.gw.closed == ["finished"]
 
 
+def test_a_peer_that_closed_with_our_messages_unread_is_still_heard_out():
+    """Linux reports a Unix-socket peer that closed while messages of ours sat unread in its
+    queue as a reset, once, ahead of what it sent before closing: its last words and its
+    Close are read all the same (test-found: a worker's CloseStream, during live input,
+    reached the gateway as "link error: Connection reset by peer")."""
+    lk = make_link()
+    try:
+        for i in range(5):  # the worker stopped reading: these stay in its queue
+            lk.gw.ch.send_control(Args([i]))
+        assert lk.wk.ch.send_audio(np.ones((1, AUDIO_N), dtype=np.int16), 48_000)
+        lk.wk.ch.send_control(Message("end_stream", "done"))
+        lk.wk.ch.close("finished")
+        assert pump_until(lambda: lk.gw.closed, lk.gw.ch)
+        assert lk.gw.closed == ["finished"]
+        assert isinstance(lk.gw.ch.peer_close, Close)
+        assert len(lk.gw.audio) == 1 and lk.gw.controls == [Message("end_stream", "done")]
+    finally:
+        lk.close()
+
+
+def test_a_send_to_a_peer_that_closed_does_not_hide_its_close():
+    """A message that arrives after the peer closed makes this side answer (an audio slot's
+    release): that send fails, and the peer's Close, still queued, is read all the same."""
+    lk = make_link()
+    try:
+        for _ in range(3):
+            assert lk.wk.ch.send_audio(np.ones((1, AUDIO_N), dtype=np.int16), 48_000)
+        lk.wk.ch.close("finished")
+        assert pump_until(lambda: lk.gw.closed, lk.gw.ch)
+        assert lk.gw.closed == ["finished"] and isinstance(lk.gw.ch.peer_close, Close)
+        assert len(lk.gw.audio) == 3
+        lk.gw.ch.send_control(Args([1]))  # nothing raises, nothing goes out
+        assert not lk.gw.ch.has_backlog
+    finally:
+        lk.close()
+
+
+def test_a_peer_that_died_with_our_messages_unread_ends_the_link():
+    lk = make_link()
+    try:
+        lk.gw.ch.send_control(Args([1]))
+        lk.wk.ch.sock.close()  # a worker process that died: no Close
+        assert pump_until(lambda: lk.gw.closed, lk.gw.ch)
+        assert lk.gw.closed == ["peer closed the link"] and lk.gw.ch.peer_close is None
+    finally:
+        lk.close()
+
+
 def test_close_answers_a_peers_close(link):
     link.gw.ch.send_control(Close("please stop"))
     link.wk.ch.pump()

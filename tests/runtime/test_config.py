@@ -16,10 +16,11 @@ import ray
 import yaml
 
 from runtime.cli import main
-from runtime.config import CONFIG_DIR, DEFAULT_CONFIG, ConfigError, load_config
+from runtime.config import DEFAULT_CONFIG, ConfigError, load_config
 from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
+CONFIG_DIR = REPO / "configs"  # the checkout's deployment configs (local.yaml links to the packaged default)
 SERVE_TIMEOUT_S = 60.0  # `rtcpool serve` of an app that prints its config and exits
 KUBERAY_MANIFEST = CONFIG_DIR / "kuberay" / "raycluster-gpu.yaml"
 STATUS_DOWN_S = (
@@ -135,6 +136,18 @@ BAD_CONFIGS = [
     ("gateway:\n  processes: many\n", "gateway.processes", "must be 'auto' or a whole number"),
     ("gateway:\n  processes: [2]\n", "gateway.processes", "got [2]"),
     ("gateway:\n  processes: true\n", "gateway.processes", "got True"),
+    ("queue:\n  max_size: -1\n", "queue.max_size", "greater than or equal to 0"),
+    ("queue:\n  timeout_s: 0\n", "queue.timeout_s", "greater than 0"),
+    ("queue:\n  admit_hold_s: -2\n", "queue.admit_hold_s", "greater than 0"),
+    ("queue:\n  size: 3\n", "queue.size", "unknown key"),
+    ("streams:\n  s:\n    max_queue: -1\n", "streams.s.max_queue", "greater than or equal to 0"),
+    ("streams:\n  s:\n    queue: maybe\n", "streams.s.queue", "valid boolean"),
+    ("streams:\n  s:\n    queue_timeout_s: 0\n", "streams.s.queue_timeout_s", "greater than 0"),
+    ("telephone:\n  public_url: ftp://x\n", "telephone.public_url", "should match pattern"),
+    ("telephone:\n  public_url: https://a b\n", "telephone.public_url", "should match pattern"),
+    ("telephone:\n  twilio_auth_token_env: lower-case\n", "telephone.twilio_auth_token_env", "should match pattern"),
+    ("telephone:\n  greeting: " + "x" * 501 + "\n", "telephone.greeting", "at most 500 characters"),
+    ("telephone:\n  token: abc\n", "telephone.token", "unknown key"),
 ]
 
 
@@ -352,6 +365,7 @@ def _effective(result: subprocess.CompletedProcess[str]) -> dict:
     return json.loads(line.removeprefix("EFFECTIVE "))
 
 
+@pytest.mark.slow  # over 2 s: out of the quick subset
 def test_serve_flags_beat_env_which_beats_the_file(tmp_path: Path):
     f = tmp_path / "c.yaml"
     f.write_text(
@@ -388,6 +402,7 @@ def test_serve_flags_beat_env_which_beats_the_file(tmp_path: Path):
     }
 
 
+@pytest.mark.slow  # over 2 s: out of the quick subset
 def test_serve_refuses_a_bad_flag_before_importing_the_app(tmp_path: Path):
     result = _serve(tmp_path, ["--port", "70000"], {})
     assert result.returncode == 2
@@ -406,7 +421,21 @@ def test_config_check_accepts_every_config_file(path: Path, capsys, monkeypatch)
         monkeypatch.delenv(key)
     assert main(["config", "check", str(path)]) == 0
     effective = json.loads(capsys.readouterr().out)
-    assert set(effective) == {"ray", "gateway", "pool", "streams"}
+    assert set(effective) == {"ray", "gateway", "pool", "queue", "telephone", "streams"}
+
+
+def test_config_check_without_a_file_takes_the_environment_then_the_embedded_default(
+    tmp_path: Path, capsys, monkeypatch
+):
+    for key in [k for k in os.environ if k.startswith("RTCPOOL_")]:
+        monkeypatch.delenv(key)
+    assert main(["config", "check"]) == 0
+    assert json.loads(capsys.readouterr().out) == load_config(DEFAULT_CONFIG, environ={}).model_dump()
+    named = tmp_path / "named.yaml"
+    named.write_text("pool:\n  max_workers: 3\n")
+    monkeypatch.setenv("RTCPOOL_CONFIG", str(named))
+    assert main(["config", "check"]) == 0
+    assert json.loads(capsys.readouterr().out)["pool"]["max_workers"] == 3
 
 
 def test_config_check_of_a_bad_file_exits_2_naming_the_key(tmp_path: Path, capsys):
@@ -492,3 +521,10 @@ def test_auto_media_processes_follow_the_cores(cores: int, count: int):
 def test_media_processes_from_env_and_set(tmp_path: Path):
     assert load_config(environ={"RTCPOOL_GATEWAY__PROCESSES": "2"}).gateway.processes == 2
     assert load_config(environ={"RTCPOOL_GATEWAY__PROCESSES": "auto"}).gateway.processes == "auto"
+
+
+def test_the_checkout_config_folder_links_the_packaged_default():
+    """configs/local.yaml is what the docs name; the file itself lives in the package so a
+    wheel has it. A copy instead of the link would drift."""
+    assert (CONFIG_DIR / "local.yaml").resolve() == DEFAULT_CONFIG
+    assert DEFAULT_CONFIG.parent.parent == REPO / "runtime"

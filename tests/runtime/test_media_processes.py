@@ -17,6 +17,7 @@ import pytest
 
 from gradio_ext import AdditionalOutputs
 from runtime.client import Client
+from runtime.session import OUTPUTS_QUEUE_MAX
 from tests.conftest import async_wait_until, serve_gateway
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -126,8 +127,15 @@ async def _forwarded_routes_work(a, b) -> None:
                             break
             assert got[-1] == [200], f"outputs via B's SSE: {got}"
             # the component's fetch (its server function) through B: the page's own queue
-            fetched = [b.run(b.gateway.anext_output(client.webrtc_id, client.session_key)) for _ in range(64)]
-            assert [200] in fetched, f"outputs fetched via B: {fetched[-5:]}"
+            # (oldest first: every frame since the session began, up to OUTPUTS_QUEUE_MAX, is
+            # queued before the first 200, so read until it or an empty queue)
+            fetched: list = []
+            while len(fetched) <= 2 * OUTPUTS_QUEUE_MAX and [200] not in fetched[-1:]:
+                got = b.run(b.gateway.anext_output(client.webrtc_id, client.session_key))
+                if got is None:
+                    break
+                fetched.append(got)
+            assert fetched[-1:] == [[200]], f"outputs fetched via B: {fetched[-5:]}"
             bad = await http.post(f"{b.url}/webrtc/input", json={"webrtc_id": "no-such-session", "args": []})
             assert bad.status_code == 404 and bad.json()["meta"]["error"] == "unknown_webrtc_id"
             r = await http.post(f"{b.url}/webrtc/close", json={**client.ids(), "session_key": "x" * 32})
@@ -184,13 +192,22 @@ async def test_killed_media_process_ends_only_its_sessions(make_gateway):
             assert time.monotonic() - killed_at < MEDIA_DEATH_RELEASE_S
             # the other session streams on through the kill and the replacements' start-up
             # (a media process and a worker start on these 2 cores meanwhile)
-            received, t0 = b.report.received, time.monotonic()
-            await asyncio.sleep(3.0)
-            fps = (b.report.received - received) / (time.monotonic() - t0)
-            assert fps > 0.5 * fps_before, f"the other media process's session slowed from {fps_before:.1f} to {fps:.1f} fps"
+            # (a media process and a worker start on these 2 cores meanwhile, so the rate
+            # may dip: what must hold is that it never stops, second by second)
+            per_second = []
+            for _ in range(3):
+                received = b.report.received
+                await asyncio.sleep(1.0)
+                per_second.append(b.report.received - received)
+            assert min(per_second) > 0, f"the other media process's session stalled: {per_second} frames a second"
             assert inverted(b)
             assert await async_wait_until(lambda: len(media_pids(served)) == 2 and victim_pid not in media_pids(served), 30, 0.5), "the media process was not replaced"
             assert victim_pid not in {s.load.pid for s in served.gateway.media}
+            # once the replacement is up, the survivor is back to its rate
+            received, t0 = b.report.received, time.monotonic()
+            await asyncio.sleep(2.0)
+            fps = (b.report.received - received) / (time.monotonic() - t0)
+            assert fps > 0.5 * fps_before, f"the other media process's session slowed from {fps_before:.1f} to {fps:.1f} fps"
             # the replacement takes sessions
             c = await _connected(served.url)
             assert await async_wait_until(lambda: inverted(c), 15)

@@ -72,7 +72,7 @@ def val(samples: dict, name: str, **labels: str) -> float:
 
 STATUS = {
     "events": {
-        "video": {"limit": 2, "active": 1, "leases": 2, "idle": 1, "starting": 1, "started_total": 5, "replaced_total": 2, "workers": []},
+        "video": {"limit": 2, "active": 1, "leases": 2, "idle": 1, "starting": 1, "started_total": 5, "replaced_total": 2, "workers": [], "queue": 3, "admitted": 1},
         "audio": {"limit": None, "active": 0, "leases": 0, "idle": 2, "starting": 0, "started_total": 2, "replaced_total": 0, "workers": []},
     },
     "leases": 2,
@@ -177,6 +177,10 @@ def test_counters_to_a_scrape_exact_values():
     assert val(s, "rtcpool_slots_used", stream="video") == 2
     assert val(s, "rtcpool_slots_limit", stream="video") == 2
     assert ("rtcpool_slots_limit", (("stream", "audio"),)) not in s  # no concurrency_limit: no limit series
+    # the waiting room
+    assert val(s, "rtcpool_queue_waiting", stream="video") == 3
+    assert val(s, "rtcpool_queue_admitted", stream="video") == 1
+    assert val(s, "rtcpool_queue_waiting", stream="audio") == 0
 
 
 def test_types_of_the_families():
@@ -197,6 +201,8 @@ def test_types_of_the_families():
         "rtcpool_pool_workers": "gauge",
         "rtcpool_slots_used": "gauge",
         "rtcpool_slots_limit": "gauge",
+        "rtcpool_queue_waiting": "gauge",
+        "rtcpool_queue_admitted": "gauge",
     }
 
 

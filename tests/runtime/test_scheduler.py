@@ -439,7 +439,10 @@ def test_shutdown_kills_every_worker(make_sched):
     pids = sched.pids(s.event_id)
     assert lease.pid in pids and len(pids) == 2
     sched.call("shutdown")
-    assert sched.call("status") == {"events": {}, "leases": 0, "sessions": [], "gateways": [sched.gateway], "media": []}
+    assert sched.call("status") == {
+        "events": {}, "leases": 0, "tickets": 0, "autoscale_request": [], "autoscale_calls": 0,
+        "sessions": [], "gateways": [sched.gateway], "media": [],
+    }  # fmt: skip
     for pid in pids:
         assert wait_until(lambda pid=pid: not alive(pid), GONE_S)
 

@@ -354,6 +354,7 @@ def _outcome(sdp: str) -> str:
 
 
 @pytest.mark.parametrize("name", ["aiortc-av", "chromium"])
+@pytest.mark.slow
 async def test_every_line_mutated_is_accepted_or_a_400(offers, name):
     base = _lines(offers[name])
     outcomes: dict[str, int] = {}
@@ -374,6 +375,7 @@ async def test_every_line_mutated_is_accepted_or_a_400(offers, name):
 
 
 @pytest.mark.parametrize("name", ["aiortc-av", "chromium"])
+@pytest.mark.slow
 async def test_accepted_mutations_are_answered_by_aiortc(offers, name):
     """Every accepted mutation through a real setRemoteDescription and createAnswer: what
     the check lets through, the session can answer (~800 offers for Chromium's, ~10 s)."""

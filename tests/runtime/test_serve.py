@@ -181,6 +181,7 @@ def test_serve_starts_the_gateway_of_an_app_that_does_not_serve_itself(tmp_path,
         assert served.stop() == 0, tail(served.log)
 
 
+@pytest.mark.slow
 async def test_serve_runs_a_stream_object_end_to_end_on_a_ray_of_its_own(tmp_path):
     # RAY_ADDRESS names nothing: the embedded default must start a Ray of its own, not join it
     with serving(tmp_path, STREAM_APP, RAY_ADDRESS=f"127.0.0.1:{free_port()}") as served:
@@ -214,6 +215,7 @@ def test_an_app_that_serves_itself_is_served_once(tmp_path, app_ray):
     assert served.log.read_text(errors="replace").count("SERVING MYSELF") == 1
 
 
+@pytest.mark.slow  # over 2 s: out of the quick subset
 def test_an_app_with_nothing_to_serve_is_an_error(tmp_path):
     app = tmp_path / "nothing.py"
     app.write_text(NOTHING_APP)

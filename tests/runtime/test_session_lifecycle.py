@@ -59,8 +59,8 @@ def tint_app(make_gateway):
 async def test_concurrency_limit_answers_429(tint_app):
     a = await _connected(tint_app.url)
     b = await _connected(tint_app.url)
-    with pytest.raises(ServerFull) as full:
-        await Client(tint_app.url).connect()
+    with pytest.raises(ServerFull) as full:  # a client that takes no place in the stream's line
+        await Client(tint_app.url, queue=False).connect()
     assert full.value.retry_after is not None and int(full.value.retry_after) > 0
     assert full.value.body["status"] == "failed"
     assert full.value.body["meta"]["error"] == "concurrency_limit_reached"

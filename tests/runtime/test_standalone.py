@@ -104,6 +104,7 @@ def test_unknown_stream_is_a_404_with_a_json_reason(client: TestClient, stream: 
     }
 
 
+@pytest.mark.slow  # over 2 s: out of the quick subset
 def test_serving_the_page_does_not_import_gradio() -> None:
     # a FastAPI-only app gets the page without Gradio: a fresh interpreter serves it and
     # has not imported gradio (nor gradio_ext, which imports it)

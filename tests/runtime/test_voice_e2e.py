@@ -24,7 +24,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 FIRST = "hello there, how are you"
 SECOND = "what time is it"
 COMMAND = "computer, what time is it"
-LEAD_S = 0.5  # s of noise floor before the first word
+LEAD_S = 1.5  # s of noise floor before the first word (the outputs reader subscribes meanwhile)
 GAP_S = 1.5  # s of silence between two utterances
 TAIL_S = 2.5  # s of silence after the last word: room for the pause and the reply
 SILENT_SESSION_S = 5.0  # s of noise floor only
@@ -41,6 +41,7 @@ LOUD_RMS = 1500.0  # int16 RMS of a 20 ms frame that counts as reply audio (tone
 BURST_GAP_FRAMES = 5  # quiet frames (100 ms) inside one burst are bridged (Opus start-up, packet loss)
 BURST_MIN_FRAMES = 5  # a burst shorter than 100 ms is a click, not a reply
 SETTLE_S = 1.5  # s after the input ends for the last reply to arrive
+OUTPUTS_WAIT_S = 10.0  # then, for the outputs route to have delivered what the reply fn returned
 CONNECT_TIMEOUT_S = 30.0
 UTTERANCE_EARLY_S = 0.15  # the utterance may miss at most this much of the voice's start ...
 UTTERANCE_LATE_S = 2.4  # ... and run at most this much past its end (speech pad + pause chunks)
@@ -148,10 +149,15 @@ async def test_reply_on_pause_replies_once_per_utterance_with_the_whole_utteranc
     setup = lambda gw: gw.add_stream(ReplyOnPause(reply_with_duration), event_id=eid, modality="audio", concurrency_limit=2)  # noqa: E731
     with make_gateway(setup) as served:
         talker = await talk(served.url, speaking)
-        quiet = await talk(served.url, silent)
-        durations: list[float] = []  # read the way an app without Gradio would: the SSE route
+        # read the way an app without Gradio would: the SSE route, subscribed before the
+        # second session connects (CI-found: a reader that subscribed after a reply missed it)
+        durations: list[float] = []
         reader = asyncio.create_task(read_outputs(served.url, talker, durations))
+        quiet = await talk(served.url, silent)
         await listen_to_the_end([talker, quiet], max(speaking.duration, silent.duration))
+        # the SSE reader may be a moment behind the data channel on a loaded box (CI-found:
+        # both fetch_output messages had come, the second output not yet through SSE)
+        await async_wait_until(lambda: len(durations) >= 2 or reader.done(), OUTPUTS_WAIT_S)
         if reader.done():
             reader.result()  # the route failed: say why
         reader.cancel()

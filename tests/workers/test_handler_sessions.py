@@ -384,6 +384,7 @@ def test_an_interruption_ends_the_paced_reply_at_once_and_the_next_one_plays(mak
 # --- server-generated video ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_server_video_keeps_its_frame_rate_whatever_each_frame_costs(make_worker):
     """Frames are scheduled on a clock of DEFAULT_OUTPUT_FPS, not slept for a period after
     each: a generator taking 20 ms per frame still gives 30 fps (it gave 1/(33+20 ms))."""
@@ -446,6 +447,7 @@ HANDLERS = {"echo": EchoHandler(), "asks": AsksForever()}
 """)
 
 
+@pytest.mark.slow
 def test_the_seeds_echo_handler_leaves_its_worker_serving(worker_process):
     """The guide's EchoHandler blocks in queue.get() once the audio stops, forever: its
     thread is left parked (no CPU) and the worker serves the next user instead of exiting

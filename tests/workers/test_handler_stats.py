@@ -149,6 +149,7 @@ def test_a_frame_functions_calls_reach_the_gateway_while_the_session_runs(make_w
 
 
 @LINKS
+@pytest.mark.slow
 def test_the_last_calls_arrive_with_the_close_before_any_period_passed(make_worker, monkeypatch, tcp):
     # no periodic report at all during this session: only the one sent ahead of the Close
     monkeypatch.setattr(worker_module, "HANDLER_STATS_PERIOD_S", 3600.0)
@@ -168,6 +169,7 @@ def test_a_stream_handlers_receive_calls_are_timed(make_worker):
     close_and_read_to_the_end(ch)
 
 
+@pytest.mark.slow
 def test_an_idle_session_sends_no_reports(make_worker):
     # a report only when there were calls since the last: an idle session sends none, not
     # even the last one (any report, zeros too, would replace the empty value)

@@ -258,6 +258,7 @@ def test_waits_for_args_when_none_were_set(two_utterances) -> None:
     assert [args for _, args in fn.calls] == [("late",), ("late",)]
 
 
+@pytest.mark.slow  # over 2 s: out of the quick subset
 def test_emit_on_its_own_thread_like_the_worker(two_utterances) -> None:
     c, mono = two_utterances
     fn = Recorder(n_frames=5)
@@ -377,6 +378,7 @@ def test_reply_errors_propagate_and_the_next_turn_still_works(two_utterances) ->
     assert errors == ["model failed"] and len(items) == 1 and len(calls) == 2
 
 
+@pytest.mark.slow
 def test_a_client_that_never_sends_inputs_gets_the_initial_values(two_utterances) -> None:
     _, mono = two_utterances
     fn = Recorder()
@@ -388,6 +390,7 @@ def test_a_client_that_never_sends_inputs_gets_the_initial_values(two_utterances
     assert [args for _, args in fn.calls] == [("initial",), ("initial",)]
 
 
+@pytest.mark.slow
 def test_pause_latency_is_one_window_wherever_the_speech_ends() -> None:
     """End of speech → pause decision within audio_chunk_duration + VAD_HOP_S (+ the VAD's
     lag), for utterances ending at every phase relative to the stream start: the window
@@ -439,6 +442,7 @@ def test_a_long_utterance_with_short_breaths_is_one_turn(lead: float) -> None:
     _assert_covers(c.samples, fn.calls[0][0], (spans[0][0], spans[-1][1]))
 
 
+@pytest.mark.slow
 def test_buffers_stay_bounded_while_nobody_speaks() -> None:
     from workers.reply_on_pause import HISTORY_S
 
@@ -568,3 +572,41 @@ def test_a_model_of_ones_own_drives_the_turns() -> None:
     for (sr, audio), _ in fn.calls:
         assert sr == rate and 0.9 <= audio.shape[1] / rate <= 1.0 + 0.6 + 0.2
     assert h.copy().model is model
+
+
+# --- phone_mode --------------------------------------------------------------------------------------
+
+
+def test_on_a_phone_fn_never_waits_and_a_replys_outputs_are_the_next_turns_inputs(two_utterances) -> None:
+    """A phone sends no inputs: fn gets the initial ones without asking, and what a reply
+    yields as AdditionalOutputs (a chatbot's history) is what the next turn gets."""
+    _, mono = two_utterances
+    calls: list[list[Any]] = []
+
+    def chat(audio: tuple[int, np.ndarray], history: list[Any]):
+        calls.append(list(history))
+        yield (OUT_RATE, OUT_FRAME)
+        yield AdditionalOutputs([*history, f"turn {len(calls)}"])
+
+    h = ReplyOnPause(chat)
+    hooks = RecordingHooks(initial_args=[["hello"]])
+    h._hooks = hooks
+    h.phone_mode = True  # the worker sets it from the session's hello; args_set stays clear
+    drive(h, mono, RATE, emits_per_frame=10)
+    assert hooks.arg_requests == 0, "nobody to ask on a phone"
+    assert calls == [["hello"], ["hello", "turn 1"]]
+    assert h.args_set.is_set()
+
+
+def test_off_the_phone_a_replys_outputs_do_not_become_inputs(two_utterances) -> None:
+    _, mono = two_utterances
+    calls: list[list[Any]] = []
+
+    def chat(audio: tuple[int, np.ndarray], history: list[Any]):
+        calls.append(list(history))
+        yield AdditionalOutputs([*history, "reply"])
+
+    h, _ = _handler(chat)
+    h.set_args([["hello"]])
+    drive(h, mono, RATE, emits_per_frame=10)
+    assert calls == [["hello"], ["hello"]], "the page sends the outputs back as inputs, if it does"

@@ -116,7 +116,7 @@ def test_detector_survives_digital_silence_before_the_stop_word() -> None:
     assert [w for w, _ in _hits(c.samples)] == ["computer"]
 
 
-@pytest.mark.parametrize("lead_s", [KWS_SEARCH_WINDOW_S - 0.4, KWS_SEARCH_WINDOW_S - 0.1, 30.0])
+@pytest.mark.parametrize("lead_s", [KWS_SEARCH_WINDOW_S - 0.4, KWS_SEARCH_WINDOW_S - 0.1, pytest.param(30.0, marks=pytest.mark.slow)])  # 30 s: over 2 s
 def test_detector_hears_the_stop_word_after_long_silence(lead_s: float) -> None:
     # test-found: the running cepstral mean settled on the noise floor after ~30 s, and
     # a phrase spanning the periodic restart of the search must not be lost either

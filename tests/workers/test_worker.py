@@ -562,6 +562,7 @@ HANDLERS = {"stuck": stuck, "endless": endless}
 """)
 
 
+@pytest.mark.slow  # over 2 s: out of the quick subset
 def test_a_handler_that_never_returns_makes_the_worker_exit(worker_process):
     wp = worker_process("stuck")
     gw = Gateway(wp)

@@ -152,6 +152,7 @@ def test_silent_peers_connected_first_do_not_hold_up_a_session(worker, silent, t
     wait_idle(worker, 2)
 
 
+@pytest.mark.slow
 def test_a_silent_peer_is_hung_up_on_after_the_hello_timeout(worker, silent):
     sock = silent(worker.tcp_endpoint)
     started = time.monotonic()
