@@ -48,6 +48,7 @@ from workers.handlers import (
 )
 from workers.reply_on_pause import ReplyOnPause
 from workers.reply_on_stopwords import ReplyOnStopWords
+from workers.speech_models import EspeakTTSOptions, get_stt_model, get_tts_model, stt_for_chunks
 from workers.stopwords import StopWordOptions
 from workers.utils import (
     aggregate_bytes_to_16bit,
@@ -191,9 +192,12 @@ __all__ = [
     "audio_to_float32",
     "audio_to_int16",
     "get_current_context",
+    "get_stt_model",
+    "get_tts_model",
     "get_hf_turn_credentials",
     "get_turn_credentials",
     "get_twilio_turn_credentials",
+    "stt_for_chunks",
     "AdditionalOutputs",
     "AlgoOptions",
     "AsyncAudioVideoStreamHandler",
@@ -201,6 +205,7 @@ __all__ = [
     "AudioVideoStreamHandler",
     "CloseStream",
     "Context",
+    "EspeakTTSOptions",
     "PauseDetectionModel",
     "ReplyOnPause",
     "ReplyOnStopWords",

@@ -246,6 +246,64 @@ def words(text: str) -> set[str]:
     return set(re.findall(r"[a-z']+", text.lower()))
 
 
+# --- 2b. the voice agent on the built-in speech models ---------------------------------------------
+
+AGENT_UTTERANCE = "i would like a cup of coffee"  # PocketSphinx hears espeak-ng say it word for word
+AGENT_WORDS = {"like", "cup", "coffee"}
+
+
+@pytest.fixture(scope="module")
+def agent_speech() -> Path:
+    return composed_wav([LEAD_IN_S, AGENT_UTTERANCE, PAUSE_S])
+
+
+def test_talk_back_agent_answers_the_browser_and_a_websocket_with_what_it_heard(
+    playwright_driver: Any, agent_speech: Path, artifacts: Path, app_of: Callable[[str], Any]
+) -> None:
+    with (
+        app_of("talk_back") as app,
+        chromium_page(playwright_driver, microphone=agent_speech) as page,
+    ):
+        start_stream(page, app.url)
+        # the microphone loops the file and may start mid-utterance: wait for a whole one
+        answered = lambda: [m for m in page.evaluate(BOT_MESSAGES_JS) if m.startswith("I heard") and len(words(m) & AGENT_WORDS) >= 2]  # noqa: E731
+        said = wait_for(answered, REPLY_TIMEOUT_S + 2 * wav_seconds(agent_speech))
+        page.screenshot(path=str(artifacts / "example-talk_back.png"))
+        assert said, f"no answer with the words of {AGENT_UTTERANCE!r}: {page.evaluate(BOT_MESSAGES_JS)}\n{app.log_tail()}"
+        heard = wait_audible(page, app)  # and the answer was spoken
+        assert heard["samples"] >= MIN_REPLY_SAMPLES, heard
+        stop_stream(page)
+        # the same agent over /websocket/offer: its spoken answer (espeak-ng, then mu-law at
+        # 24 kHz) says the words back, as the recogniser hears it at the client
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:  # Playwright's loop runs in this thread
+            rate, reply = pool.submit(lambda: asyncio.run(websocket_turn(app.url, AGENT_UTTERANCE))).result()
+        from workers.speech_models import get_stt_model
+
+        text = get_stt_model().stt((rate, reply))
+        assert len(words(text) & AGENT_WORDS) >= 2, (text, app.log_tail())
+
+
+async def websocket_turn(url: str, utterance: str) -> tuple[int, np.ndarray]:
+    """One turn over /websocket/offer: the utterance as mu-law, then silence until the reply
+    has come and stopped; (the reply's rate, its audio)."""
+    from runtime.ws_client import WebSocketClient
+    from tests.speech import speech
+
+    async with WebSocketClient(url, rate=WS_IN_RATE) as client:
+        await client.play_silence(LEAD_IN_S)
+        await client.play(speech(utterance, WS_IN_RATE))
+        await client.play_silence(PAUSE_S)
+        deadline = time.monotonic() + REPLY_TIMEOUT_S
+        got = 0
+        while time.monotonic() < deadline:
+            await client.play_silence(1.0)
+            now = len(client.received_audio())
+            if got and now == got:  # a second with nothing more: the answer is over
+                break
+            got = now
+        return WS_OUT_RATE, client.received_audio()
+
+
 # --- 3. the other examples ------------------------------------------------------------------------
 
 AUDIBLE_JS_TIMEOUT_S = 40.0
@@ -557,6 +615,7 @@ EXPECTED_STREAMS = {
     "unified_image": ("send-receive", "video", "transform_cv2"),
     "async_stream_handler": ("send-receive", "audio", "ParrotHandler"),
     "state_transcription": ("send", "audio", "transcribe_handler"),
+    "talk_back": ("send-receive", "audio", "ReplyOnPause"),
 }
 
 

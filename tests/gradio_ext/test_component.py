@@ -60,6 +60,7 @@ def test_public_api_is_all():
         "AudioVideoStreamHandler",
         "CloseStream",
         "Context",
+        "EspeakTTSOptions",
         "PauseDetectionModel",
         "ReplyOnPause",
         "ReplyOnStopWords",
@@ -77,8 +78,11 @@ def test_public_api_is_all():
         "audio_to_int16",
         "get_current_context",
         "get_hf_turn_credentials",
+        "get_stt_model",
+        "get_tts_model",
         "get_turn_credentials",
         "get_twilio_turn_credentials",
+        "stt_for_chunks",
     ]
     for name in gradio_ext.__all__:
         assert getattr(gradio_ext, name) is not None
