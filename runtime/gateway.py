@@ -59,7 +59,7 @@ from runtime.scheduler import EventSpec, PoolSpec, get_scheduler
 from runtime.session import Session
 from runtime.shm_check import require_shm
 from runtime.wire import OUTPUTS_ADDITIONAL
-from workers.handlers import StreamHandlerBase
+from workers.handlers import StreamHandlerBase, VideoStreamHandler
 from workers.loader import StreamOutputs, app_file_of, make_spec
 
 log = logging.getLogger("rtcpool.gateway")
@@ -236,6 +236,8 @@ class Gateway:
         if queue_timeout_s is not None and not queue_timeout_s > 0:
             raise ValueError("queue_timeout_s must be None or > 0 seconds")
         check_stream_options(handler, stream_every, outputs)
+        if isinstance(handler, VideoStreamHandler) and modality != "video":
+            raise ValueError(f"a VideoStreamHandler handles video: the stream's modality must be 'video', got {modality!r}")
         event_id = event_id or f"stream-{len(self.events)}"
         # a worker that recovers the handler by re-importing its file counts that file's
         # registrations only (workers/loader.py)

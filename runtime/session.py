@@ -425,6 +425,9 @@ class Session:
             if msg.type == "end_stream":
                 self.handler_ended = True
                 self._spawn(self._end_after_playout(msg.data))
+            elif msg.type == "warning":
+                # the client's shape of a warning is {"type": "warning", "message": str}
+                self.send_client_warning(str(msg.data))
             else:
                 self.send_client(msg.type, msg.data)
 

@@ -29,7 +29,7 @@ import numpy as np
 from runtime import constants as C
 from runtime import mulaw
 from runtime.session import Session
-from runtime.wire import CLIENT_TELEPHONE, WEBSOCKET_SEND, Control, Message
+from runtime.wire import CLIENT_TELEPHONE, WEBSOCKET_SEND, ClearAudio, Control, Message
 
 if TYPE_CHECKING:
     from runtime.engine import StreamEvent
@@ -194,8 +194,6 @@ class WebSocketSession(Session):
                 self._queue(msg.data)
             return
         super()._on_control(msg)
-        from runtime.wire import ClearAudio
-
         if isinstance(msg, ClearAudio):
             # the client drops what it has buffered too (Twilio's "clear")
             clear: dict[str, Any] = {"event": "clear"}

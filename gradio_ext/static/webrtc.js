@@ -901,7 +901,7 @@ function onConnectionState(s) {
   } else if (state === "failed") {
     fail(s, new Error("the connection to the server failed"));
   } else if (state === "closed") {
-    stop(s, "stopped", "the server closed the connection");
+    stop(s, "stopped", "the server closed the connection", true);
   }
 }
 
@@ -962,6 +962,10 @@ function onServerMessage(s, raw) {
     case "end_stream":
       s.timeUp = Boolean(msg.data && msg.data.reason === "time_limit_reached");
       stop(s, "stopped", endReason(msg.data));
+      break;
+    case "update_connection":
+      // fastrtc's handler asking the component to show its connection as closed
+      if (msg.data === "closed" || (msg.data && msg.data.status === "closed")) stop(s, "stopped", "the server closed the connection", true);
       break;
     default:
       break; // log, stopword, ...: not shown by this component

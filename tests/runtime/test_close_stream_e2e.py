@@ -88,3 +88,56 @@ async def test_close_stream_during_live_input_ends_the_stream_cleanly(make_gatew
     assert ends == [{"reason": "closed_by_handler", "message": "heard enough"}], client.messages
     assert not [m for m in client.messages if m.get("type") == "error"], client.messages
     assert totals is None or totals.worker_deaths == 0, "a clean end counted as a worker death"
+
+
+class Chatty(StreamHandler):
+    """Says fastrtc's message forms once, after its first audio frame."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.said = False
+
+    def copy(self) -> Chatty:
+        return Chatty()
+
+    def receive(self, frame) -> None:
+        if not self.said:
+            self.said = True
+            import json
+
+            self.send_message_sync(json.dumps({"type": "warning", "message": "careful"}))  # fastrtc's ready message
+            self.send_message_sync("pause_detected")  # a plain str: a "log"
+            self.send_message_sync({"n": 1}, "custom")
+            self.send_message_sync("closed", "update_connection")
+
+    def emit(self):
+        return None
+
+
+async def test_handler_messages_reach_the_client_in_fastrtcs_shapes(make_gateway):
+    eid = "chatty-messages"
+    with make_gateway(lambda gw: gw.add_stream(Chatty(), event_id=eid, modality="audio")) as served:
+        client = Client(served.url, modality="audio", audio=np.tile(chirp(), 4), audio_loop=True)
+        await client.connect()
+        await client.wait_message("update_connection", END_TIMEOUT_S)
+        await client.close()
+    said = [m for m in client.messages if m.get("type") in ("warning", "log", "custom", "update_connection")]
+    assert said == [
+        {"type": "warning", "message": "careful"},  # the component shows a warning's "message"
+        {"type": "log", "data": "pause_detected"},
+        {"type": "custom", "data": {"n": 1}},
+        {"type": "update_connection", "data": "closed"},
+    ], client.messages
+
+
+async def test_a_video_stream_handler_on_an_audio_stream_is_refused_at_registration():
+    from runtime.config import Config
+    from runtime.gateway import Gateway
+    from workers.handlers import VideoStreamHandler
+
+    gw = Gateway(Config())
+    with pytest.raises(ValueError, match="modality must be 'video'"):
+        gw.add_stream(VideoStreamHandler(lambda f: f), modality="audio")
+    assert not gw.events
+    gw.add_stream(VideoStreamHandler(lambda f: f), modality="video")  # the right one is fine
+    assert len(gw.events) == 1

@@ -16,6 +16,7 @@ from runtime import mulaw
 from runtime.websocket_routes import CALL_TOKEN_PARAM, signature_matches, twilio_signature
 from runtime.ws_client import WebSocketClient
 from tests.conftest import _loopback_config, async_wait_until, serve_gateway
+from tests.context_reporter import PHONE_HZ, ContextReporter
 from tests.echo import find_echo
 from tests.speech import compose, speech
 from workers.reply_on_pause import ReplyOnPause
@@ -75,6 +76,7 @@ def served(ray_session):
     gw = Gateway(_loopback_config())
     gw.add_stream(ReplyOnPause(echo), modality="audio", event_id="phone-echo", concurrency_limit=2)
     gw.add_stream(ReplyOnPause(LongThenShort()), modality="audio", event_id="phone-long", concurrency_limit=1)
+    gw.add_stream(ContextReporter(), modality="audio", event_id="phone-context")
     with serve_gateway(gw) as s:
         yield s
 
@@ -159,6 +161,24 @@ async def test_a_whole_call_echoes_the_caller(served):
     assert not found.problems(), found
     assert client.messages == [], "nothing but media goes to Twilio"
     assert client.close_code == 1000
+    assert await async_wait_until(lambda: _released(served), RELEASE_S, 0.2)
+
+
+async def test_the_handler_knows_it_is_on_a_phone(served):
+    """phone_mode is True (the 440 Hz tone comes back), the handler hears the call at its own
+    input rate (the worker resampled the 8 kHz), and its context's webrtc_id is the
+    streamSid; its own messages to the socket (get_current_context().websocket) reach the
+    Twilio side as it wrote them, while rtcpool's data-channel messages do not."""
+    client = WebSocketClient(served.url, rate=PHONE_RATE, telephone=True, call_token=await _call_token(served, "phone-context"), websocket_id="MZ" + "2" * 32)
+    await client.connect()
+    try:
+        await client.play_silence(1.0)
+        assert await async_wait_until(lambda: len(client.received_audio()) >= PHONE_RATE // 2, REPLY_WAIT_S), "no reply audio"
+        heard = client.received_audio()
+    finally:
+        await client.stop()
+    assert client.messages == [{"type": "context", "webrtc_id": client.websocket_id, "phone_mode": True, "in_rate": 48_000}]
+    assert abs(dominant_hz(heard[-PHONE_RATE // 4 :]) - PHONE_HZ) < 20
     assert await async_wait_until(lambda: _released(served), RELEASE_S, 0.2)
 
 

@@ -16,6 +16,7 @@ import pytest
 from runtime import mulaw
 from runtime.ws_client import WebSocketClient
 from tests.conftest import async_wait_until, shm_segments
+from tests.context_reporter import OTHER_HZ, ContextReporter, dominant_hz
 from tests.echo import find_echo
 from tests.speech import speech
 from workers.audio import resample
@@ -47,6 +48,7 @@ def served(make_gateway):
         gw.add_stream(ReplyOnPause(echo), modality="audio", event_id="ws-full", concurrency_limit=1, queue=False)
         gw.add_stream(ReplyOnPause(echo), modality="audio", event_id="ws-limited", concurrency_limit=2, time_limit=2.0)
         gw.add_stream(lambda frame: frame, modality="video", event_id="ws-video")
+        gw.add_stream(ContextReporter(), modality="audio", event_id="ws-context")
 
     with make_gateway(setup) as s:
         yield s
@@ -75,6 +77,22 @@ async def test_speech_echoes_back_through_mu_law(served):
     # paced to real time: the reply is as long as it sounds, not burst in one go
     arrivals = [r.at for r in client.media]
     assert arrivals[-1] - arrivals[0] > 0.7 * len(expected) / OUT_RATE
+    assert await async_wait_until(lambda: _released(served), RELEASE_S, 0.2)
+
+
+async def test_the_handler_knows_its_socket_and_is_not_on_a_phone(served):
+    """get_current_context() in a worker: the session's webrtc_id and a sender to this very
+    socket; phone_mode is False, so the reply is the 880 Hz tone."""
+    async with WebSocketClient(served.url, rate=IN_RATE, stream_id="ws-context") as client:
+        await client.play_silence(1.0)
+        assert await async_wait_until(lambda: client.events("context"), REPLY_WAIT_S), client.messages
+        assert await async_wait_until(lambda: len(client.received_audio()) >= OUT_RATE // 2, REPLY_WAIT_S)
+        (ctx,) = client.events("context")
+        session = client.events("session")[0]["data"]
+        heard = client.received_audio()
+    assert ctx == {"type": "context", "webrtc_id": client.websocket_id, "phone_mode": False, "in_rate": IN_RATE}
+    assert session["webrtc_id"] == client.websocket_id
+    assert abs(dominant_hz(heard[-OUT_RATE // 4 :], OUT_RATE) - OTHER_HZ) < 20
     assert await async_wait_until(lambda: _released(served), RELEASE_S, 0.2)
 
 
