@@ -38,6 +38,8 @@ from tests.e2e.conftest import (
     App,
     chromium,
     face_picture,
+    live_sessions,
+    released,
     run_app,
     stop_and_check_released,
 )
@@ -143,14 +145,36 @@ import uvicorn
 from fastapi import FastAPI
 
 from runtime.gateway import Gateway
+from workers.handlers import StreamHandler
 
 
 def invert(frame):
     return 255 - frame
 
 
+class HangUp(StreamHandler):
+    """fastrtc's update_connection: after a second of the microphone, ask the page to close."""
+
+    def __init__(self):
+        super().__init__()
+        self.heard = 0
+
+    def copy(self):
+        return HangUp()
+
+    def receive(self, frame):
+        self.heard += frame[1].shape[-1]
+        if self.heard >= self.input_sample_rate and not getattr(self, "said", False):
+            self.said = True
+            self.send_message_sync("closed", "update_connection")
+
+    def emit(self):
+        return None
+
+
 gateway = Gateway()
 gateway.add_stream(invert, mode="send-receive", modality="video", time_limit=120)
+gateway.add_stream(HangUp(), mode="send-receive", modality="audio", time_limit=120)
 
 
 @contextlib.asynccontextmanager
@@ -539,3 +563,17 @@ def test_standalone_page_streams_without_gradio(
         assert page.evaluate("() => typeof window.gradio_config") == "undefined"
         page.screenshot(path=str(artifacts / "ui-standalone.png"))
         stop(page, "body")
+
+
+def test_update_connection_closed_from_the_handler_hangs_the_page_up(playwright_driver: Any, fastapi_app: App) -> None:
+    with chromium(playwright_driver) as (_, ctx):
+        page = ctx.new_page()
+        page.goto(f"{fastapi_app.url}/webrtc/ui?stream=stream-1")
+        page.wait_for_selector(".rtc-root[data-modality]", timeout=PAGE_LOAD_TIMEOUT_S * 1000)
+        start(page, "body")
+        closed = wait_for(lambda: page.evaluate(STATE_JS, "body") == "stopped", VIDEO_TIMEOUT_S)
+        status = page.evaluate(STATUS_JS, "body")
+        assert closed and "the server closed the connection" in status, status
+        pcs = page.evaluate("(window.__rtcPeerConnections || []).map(pc => pc.connectionState)")
+        assert pcs == [] or "closed" in pcs, pcs
+        assert released(fastapi_app.url, "stream-1"), live_sessions(fastapi_app.url, "stream-1")
