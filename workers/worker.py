@@ -1133,10 +1133,13 @@ class Session:
                 if out is None:
                     await asyncio.sleep(EMIT_IDLE_S)
                     continue
-                if self._emit(out, None, _made_under(gen)):
+                made = _made_under(gen)
+                if self._emit(out, None, made):
                     return
                 delay = self._pace_delay(out)
-                if delay > 0:
+                # a clear_audio() since the call began has dropped what this wait would pace;
+                # one after this check sets pace_cut on the loop, after the clear() below
+                if delay > 0 and self.clear_gen == made:
                     pace_cut.clear()
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(pace_cut.wait(), delay)
@@ -1175,28 +1178,34 @@ class Session:
     def _emit_all(self, out: Any, header: SlotHeader | None, gen: int | None = None) -> bool:
         """Send a result, or every item of a generator result, paced. True: end the stream.
         ``gen``: the clear_gen the result was made under (None: no reply to interrupt)."""
+        # the clear_gen each pacing wait is cut by: the one the audio was made under, taken
+        # before it was made (CI-found: taken after sending, a clear_audio() in between was
+        # missed and the wait ran its whole 11 s)
+        mark = self.clear_gen if gen is None else gen
         if inspect.isgenerator(out):
             try:
                 for item in out:
                     if self.stopping or self._emit(item, header, gen):
                         return True
                     delay = self._pace_delay(item)
-                    if delay > 0 and self._pace_wait(delay):
+                    if delay > 0 and self._pace_wait(delay, mark):
                         return True
+                    if gen is None:
+                        mark = self.clear_gen  # before the next item is made
             finally:
                 out.close()
             return False
         if self._emit(out, header, gen):
             return True
         delay = self._pace_delay(out)
-        return delay > 0 and self._pace_wait(delay)
+        return delay > 0 and self._pace_wait(delay, mark)
 
-    def _pace_wait(self, delay: float) -> bool:
-        """Wait ``delay`` s before producing more; clear_audio() cuts it short (the audio it
-        paced was dropped, so the next reply may start at once). True: the session stops."""
+    def _pace_wait(self, delay: float, gen: int) -> bool:
+        """Wait ``delay`` s before producing more; a clear_audio() since ``gen`` cuts it short
+        (the audio it paced was dropped, so the next reply may start at once). True: the
+        session stops."""
         deadline = time.monotonic() + delay
         with self.cond:
-            gen = self.clear_gen
             while not self.stopping and self.clear_gen == gen:
                 left = deadline - time.monotonic()
                 if left <= 0:
