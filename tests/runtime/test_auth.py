@@ -473,6 +473,7 @@ def test_cli_token_mints_a_verifiable_token():
     assert out.stdout.count("\n") == 1 and secret not in out.stdout + out.stderr
 
 
+@pytest.mark.slow  # over 2 s: out of the quick subset
 def test_cli_token_without_secret():
     from runtime.cli import EXIT_NO_SECRET
 

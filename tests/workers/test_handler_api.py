@@ -554,6 +554,7 @@ def assert_inverted(out: np.ndarray, step: int = 8) -> None:
 # --- AsyncAudioVideoStreamHandler ----------------------------------------------------------------
 
 
+@pytest.mark.slow  # over 2 s: out of the quick subset
 def test_an_async_audio_video_handler_echoes_audio_and_shows_its_video_at_its_fps(make_worker):
     worker = make_worker(EchoInvert())
     s = link(worker, modality="audio-video")
@@ -610,6 +611,7 @@ def test_video_stream_handler_is_fastrtcs_wrapper():
     assert app_file_of(h) == app_file_of(stamp_invert) == str(Path(__file__).resolve())
 
 
+@pytest.mark.slow  # over 2 s: out of the quick subset
 def test_video_stream_handler_calls_its_function_at_most_fps_times_a_second(make_worker):
     worker = make_worker(VideoStreamHandler(stamp_invert, fps=LIMITED_FPS))
     s = link(worker, modality="video")

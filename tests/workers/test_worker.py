@@ -577,6 +577,7 @@ def test_a_handler_that_never_returns_makes_the_worker_exit(worker_process):
         Gateway(wp)
 
 
+@pytest.mark.slow  # over 2 s: out of the quick subset
 def test_an_endless_generator_stops_with_its_session(worker_process):
     wp = worker_process("endless")
     gw = Gateway(wp)
