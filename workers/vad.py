@@ -182,6 +182,24 @@ class SileroVADModel:
             probs[i] = out[0, 0]
         return probs
 
+    def stream_probabilities(self, context: np.ndarray, audio: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Speech probability of each whole 16 kHz model window of ``audio``, carrying the
+        recurrent ``state`` on from the windows before (``context``: the previous window's
+        last samples, zeros at the start). Each window is run once however many checks it
+        falls in: ReplyOnPause's sliding windows read these instead of re-running the model."""
+        sess = self._sess()
+        window = SILERO_WINDOW_SAMPLES[VAD_SAMPLE_RATE]
+        ctx = SILERO_CONTEXT_SAMPLES[VAD_SAMPLE_RATE]
+        n_windows = audio.size // window
+        joined = np.concatenate((context[-ctx:], audio[: n_windows * window])).astype(np.float32, copy=False)
+        sr = np.array(VAD_SAMPLE_RATE, dtype=np.int64)
+        probs = np.empty(n_windows, dtype=np.float32)
+        for i in range(n_windows):
+            x = joined[i * window : (i + 1) * window + ctx][None, :]
+            out, state = sess.run(None, {"input": x, "state": state, "sr": sr})
+            probs[i] = out[0, 0]
+        return probs, state
+
     def speech_timestamps(
         self, audio: np.ndarray, sample_rate: int, options: SileroVadOptions | None = None
     ) -> list[dict[str, int]]:
