@@ -14,9 +14,10 @@ fall in the stream. The utterance -- every frame from its start through the end 
 pausing window, at the rate and layout the frames came in -- goes to
 ``fn(audio, *latest_args[1:])``. A pause is therefore seen at most
 ``audio_chunk_duration + VAD_HOP_S`` (plus the VAD's own lag, a few tens of ms) after the
-speech ends. Each check runs the VAD over one window from a fresh state, as fastrtc does
-per chunk: ~1.5 ms for 0.6 s on one core, ~20 ms of CPU per second of audio with the
-resampling (the whole-chunk grid took ~8).
+speech ends. While someone talks, each check runs the VAD over its window from a fresh
+state, as fastrtc does per chunk (~4.7 ms for 0.6 s on one core here); while listening for
+speech to start, the windows read one streamed pass of the model instead (``_window_vad``),
+which roughly halves a session's CPU over a conversation.
 
 Threads. The worker calls ``receive`` for each frame and ``emit`` in a loop of its own,
 possibly on another thread. ``receive`` only runs the VAD (a few ms per check); the user's
