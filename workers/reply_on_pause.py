@@ -396,12 +396,13 @@ class ReplyOnPause(StreamHandler):
         with its state carried on (Silero's streaming use), instead of a fresh pass over
         every 0.6 s window every 0.1 s: 6x fewer model runs while listening (measured over
         turns of speech and silence: 64 -> ~29 ms of CPU per second of audio per session). The window is the model windows that
-        lie inside [a, b) (up to 32 ms shorter at each end). Other models, or a Silero whose
-        options are not Silero's, are called on the window itself, as fastrtc does. Streamed
+        lie inside [a, b) (up to 32 ms shorter at each end). Other models, a Silero subclass
+        with a ``vad()`` of its own, or a Silero whose options are not Silero's, are called on
+        the window itself, as fastrtc does. Streamed
         is for listening for speech to start; while an utterance goes on each window is
         judged afresh, so pauses are found exactly when fastrtc's chunks would find them."""
         model, opts = self.model, self.model_options
-        if not (type(model) is SileroVADModel and isinstance(opts, SileroVadOptions)):
+        if not (isinstance(model, SileroVADModel) and type(model).vad is SileroVADModel.vad and isinstance(opts, SileroVadOptions)):
             return model.vad((VAD_SAMPLE_RATE, st.audio16.view(a, b)), opts)
         if st.talking:
             # the pause is decided as fastrtc decides it, on the window from a fresh state:

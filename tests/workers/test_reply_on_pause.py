@@ -610,3 +610,54 @@ def test_off_the_phone_a_replys_outputs_do_not_become_inputs(two_utterances) -> 
     h.set_args([["hello"]])
     drive(h, mono, RATE, emits_per_frame=10)
     assert calls == [["hello"], ["hello"]], "the page sends the outputs back as inputs, if it does"
+
+
+class _FreshSilero(SileroVADModel):
+    """Silero judged afresh on every window, as fastrtc does: a ``vad()`` of its own opts
+    out of the streamed pass."""
+
+    runs = 0
+
+    def vad(self, audio: tuple[int, np.ndarray], options: Any = None) -> tuple[float, list[dict]]:
+        return super().vad(audio, options)
+
+    def speech_probabilities(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
+        probs = super().speech_probabilities(audio, sample_rate)
+        _FreshSilero.runs += probs.size
+        return probs
+
+
+class _CountingSilero(SileroVADModel):
+    runs = 0
+
+    def speech_probabilities(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
+        probs = super().speech_probabilities(audio, sample_rate)
+        _CountingSilero.runs += probs.size
+        return probs
+
+    def stream_probabilities(self, context: np.ndarray, audio: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        probs, state = super().stream_probabilities(context, audio, state)
+        _CountingSilero.runs += probs.size
+        return probs, state
+
+
+@pytest.mark.parametrize("lead_s", LEAD_OFFSETS_S[::4])
+def test_the_streamed_listening_finds_the_same_turns_as_fastrtcs_fresh_windows(lead_s: float) -> None:
+    """While nobody talks the windows read one streamed pass of the model (each 32 ms model
+    window run once): the same utterances come out at the same frames as when every window
+    is judged afresh, for far fewer model runs."""
+    c = compose([lead_s, FIRST, GAP_S, SECOND, TAIL_S], sample_rate=RATE)
+    results = {}
+    for model in (_FreshSilero(), _CountingSilero()):
+        type(model).runs = 0
+        fn = Recorder()
+        h, _ = _handler(fn, model=model)
+        out = drive(h, c.samples, RATE)
+        results[type(model).__name__] = ([u[1].shape[1] for u, _ in fn.calls], [i for i, _ in out], type(model).runs)
+    (f_lens, f_at, f_runs), (s_lens, s_at, s_runs) = results["_FreshSilero"], results["_CountingSilero"]
+    assert len(f_lens) == 2 and s_at == f_at, results
+    for f, s in zip(f_lens, s_lens, strict=True):
+        # where an utterance starts is found by the onset look-back either way; it may move by
+        # the model window the stream's grid puts at the window's edge
+        assert abs(f - s) <= 0.1 * RATE
+    assert s_runs < 0.75 * f_runs, (s_runs, f_runs)  # mostly speech here: ~0.57 measured
