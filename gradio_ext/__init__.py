@@ -4,7 +4,11 @@ The names and meaning are gradio_webrtc's; each stream's handler runs in a worke
 Importing this package hooks Gradio's app creation and launch (see gradio_ext/serving.py).
 """
 
-from runtime.turn import get_hf_turn_credentials, get_turn_credentials, get_twilio_turn_credentials
+from runtime.guard.turn import (
+    get_hf_turn_credentials,
+    get_turn_credentials,
+    get_twilio_turn_credentials,
+)
 from workers.context import Context, get_current_context
 from workers.handlers import (
     AdditionalOutputs,
@@ -15,10 +19,6 @@ from workers.handlers import (
     StreamHandler,
     VideoStreamHandler,
 )
-from workers.reply_on_pause import ReplyOnPause
-from workers.reply_on_stopwords import ReplyOnStopWords
-from workers.speech_models import EspeakTTSOptions, get_stt_model, get_tts_model, stt_for_chunks
-from workers.stopwords import StopWordOptions
 from workers.utils import (
     aggregate_bytes_to_16bit,
     async_aggregate_bytes_to_16bit,
@@ -27,7 +27,16 @@ from workers.utils import (
     audio_to_float32,
     audio_to_int16,
 )
-from workers.vad import AlgoOptions, PauseDetectionModel, SileroVADModel, SileroVadOptions
+from workers.voice.reply_on_pause import ReplyOnPause
+from workers.voice.reply_on_stopwords import ReplyOnStopWords
+from workers.voice.speech_models import (
+    EspeakTTSOptions,
+    get_stt_model,
+    get_tts_model,
+    stt_for_chunks,
+)
+from workers.voice.stopwords import StopWordOptions
+from workers.voice.vad import AlgoOptions, PauseDetectionModel, SileroVADModel, SileroVadOptions
 
 from . import serving
 from .webrtc import WebRTC

@@ -41,9 +41,9 @@ from typing import Any
 from gradio import component_meta
 
 from runtime.config import load_config
-from runtime.gateway import Gateway
+from runtime.front.gateway import Gateway
 from runtime.stream import close_with_app
-from workers.loader import in_worker_import
+from workers.process.loader import in_worker_import
 
 log = logging.getLogger("rtcpool.gradio")
 
@@ -77,7 +77,7 @@ def _mount(app: Any, gateway: Gateway) -> None:
 class NoStubComponentMeta(component_meta.ComponentMeta):
     """Gradio's component metaclass, minus the .pyi it writes beside the class's source
     (``component_meta.create_or_modify_pyi``, checked against gradio 6.31.0;
-    tests/runtime/test_patched_internals.py)."""
+    tests/test_patched_internals.py)."""
 
     def __new__(mcs, name: str, bases: tuple[type, ...], attrs: dict[str, Any]) -> Any:
         original = component_meta.create_or_modify_pyi
@@ -92,7 +92,7 @@ def install() -> None:
     """Patch Gradio's app creation and launch. Idempotent.
 
     Wraps ``App.create_app``, ``Blocks.launch`` and ``gradio.blocks.postprocess_update_dict``
-    (checked against gradio 6.31.0; tests/runtime/test_patched_internals.py)."""
+    (checked against gradio 6.31.0; tests/test_patched_internals.py)."""
     global _installed
     if _installed:
         return

@@ -4,7 +4,7 @@ The browser side is ``static/``: ``webrtc.html`` (the markup, gr.HTML's template
 ``webrtc.css`` and ``webrtc.js`` (run as the component's ``js_on_load``), which opens the peer
 connection and posts the offer to the gateway's ``/webrtc/offer`` route. All three are static
 and every per-component option reaches the page in the ``rtc`` prop, so the gateway's own
-page (runtime/standalone.py, for apps without Gradio) serves the very same client. Handlers
+page (runtime/front/standalone.py, for apps without Gradio) serves the very same client. Handlers
 never run in this process; ``.stream()`` registers them with the process's gateway
 (gradio_ext/serving.py), which runs each session in a worker.
 
@@ -47,11 +47,11 @@ import anyio.to_thread
 import gradio as gr
 from gradio.components.base import server
 
-from runtime.engine import split_handle
-from runtime.gateway import MODALITIES, MODES, HTTPError, check_stream_options
-from runtime.wire import OUTPUTS_STREAM
-from workers import loader
-from workers.loader import StreamOutputs
+from runtime.front.gateway import MODALITIES, MODES, HTTPError, check_stream_options
+from runtime.media.engine import split_handle
+from workers.link.wire import OUTPUTS_STREAM
+from workers.process import loader
+from workers.process.loader import StreamOutputs
 
 from .serving import NoStubComponentMeta, get_gateway
 

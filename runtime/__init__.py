@@ -1,5 +1,9 @@
-"""The gateway process: signalling, aiortc media, the frame channel, the scheduler, config, CLI.
+"""rtcpool's server side, by plane: ``front`` (HTTP routes, signalling, placement), ``media``
+(aiortc peer connections and codecs), ``control`` (the scheduler over Ray), ``guard`` (input
+checks and credentials), ``ops`` (metrics, logs, drain), ``clients`` (Python WebRTC and
+WebSocket clients); beside them ``stream``, ``config``, ``cli``, ``errors`` and ``constants``.
 
-Importing this package imports nothing heavy; each module loads what it needs, so a worker
-process can import ``runtime.channel`` without aiortc or Gradio.
+Imports point one way: front -> media -> control, guards import none of the planes, and
+nothing here is imported by ``workers/`` (tests/test_import_rules.py). Importing this package
+imports nothing heavy; each module loads what it needs.
 """

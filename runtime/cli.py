@@ -32,13 +32,6 @@ from typing import Any, cast
 import yaml
 
 from runtime import constants as C
-from runtime.auth import (
-    JOIN_SECRET_ENV,
-    JOIN_TOKEN_TTL_S,
-    AuthConfigError,
-    mint_join_token,
-    read_secret,
-)
 from runtime.config import (
     CLI_OVERRIDES_ENV,
     CONFIG_ENV,
@@ -47,6 +40,13 @@ from runtime.config import (
     Origins,
     load_config,
     set_key_path,
+)
+from runtime.guard.auth import (
+    JOIN_SECRET_ENV,
+    JOIN_TOKEN_TTL_S,
+    AuthConfigError,
+    mint_join_token,
+    read_secret,
 )
 
 EXIT_OK = 0
@@ -58,10 +58,9 @@ EXIT_NO_SECRET = 5  # `token`: the secret's environment variable is unset or too
 EXIT_DRAIN_TIMEOUT = 6  # `drain`: a gateway process was still running when the wait ended
 DRAIN_WAIT_S = C.DRAIN_TIMEOUT_S + 30.0  # `drain`: the default drain, plus its sessions' closes
 ASGI_APP_NAME = "app"  # of several ASGI apps in a file, `serve` serves this one (uvicorn's habit)
-HEAD_NODE_RESOURCE = "node:__internal_head__"  # the marker resource Ray gives its head node
 SHORT_ID_CHARS = 12  # node ids are 56 hex characters; this many tell them apart in a listing
 # `status`: a cluster address that takes no TCP connection within this is down
-CONNECT_TIMEOUT_S = 5.0
+STATUS_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_STATUS_ADDRESS = "auto"  # `status` without an address: the cluster of this host
 
 
@@ -174,7 +173,7 @@ def serve_globals(app_path: str, app_globals: dict[str, Any], cfg: Any, served_i
     * else a Stream or Gateway: as for an app, on a FastAPI app of its own;
     * else nothing to serve: say so, exit EXIT_NOTHING_TO_SERVE.
     """
-    from runtime.gateway import Gateway
+    from runtime.front.gateway import Gateway
     from runtime.stream import Stream
 
     blocks = _gradio_blocks(app_globals)
@@ -343,7 +342,7 @@ def collect_status(
                 "host": n.get("NodeManagerHostname", ""),
                 "ip": n.get("NodeManagerAddress", ""),
                 "alive": bool(n.get("Alive")),
-                "head": HEAD_NODE_RESOURCE in resources,
+                "head": C.HEAD_NODE_RESOURCE in resources,
                 "resources": {k: v for k, v in resources.items() if not k.startswith("node:")},
                 "workers": by_node.pop(n["NodeID"], []),
                 "media": media_by_node.pop(n["NodeID"], []),
@@ -439,7 +438,7 @@ def _reachable(address: str) -> str:
     if not sep or not port.isdigit():
         return ""
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+        socket.create_connection((host.strip("[]"), int(port)), timeout=STATUS_CONNECT_TIMEOUT_S).close()
     except OSError as exc:
         return str(exc) or type(exc).__name__
     return ""
@@ -522,7 +521,7 @@ def _token(args: argparse.Namespace) -> int:
 
 def _drain(args: argparse.Namespace) -> int:
     """SIGTERM to this host's gateway processes (or those named), then wait for them."""
-    from runtime import drain
+    from runtime.ops import drain
 
     found = drain.gateway_processes()
     pids = args.pid or [int(p["pid"]) for p in found]
@@ -548,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = ap.add_subparsers(dest="cmd", required=True)
     serve = sub.add_parser(
-        "serve", help="run an app (a Gradio Blocks script or a FastAPI app using runtime.gateway)"
+        "serve", help="run an app (a Gradio Blocks script or a FastAPI app using runtime.front.gateway)"
     )
     serve.add_argument("app")
     serve.add_argument(

@@ -41,9 +41,9 @@ from pydantic import (
 )
 
 from runtime import constants as C
-from runtime.auth import BEARER_TOKENS_ENV, JOIN_SECRET_ENV, AuthConfig, SignallingAuth
-from runtime.limits import LimitsConfig
-from workers.loader import WORKER_IMPORT_ENV
+from runtime.guard.auth import BEARER_TOKENS_ENV, JOIN_SECRET_ENV, AuthConfig, SignallingAuth
+from runtime.guard.limits import LimitsConfig
+from workers.process.loader import WORKER_IMPORT_ENV
 
 # The embedded default ships inside the package, so that an installed wheel (which has no
 # checkout's configs/ folder) finds it; configs/local.yaml in a checkout is a link to it.
@@ -62,7 +62,6 @@ _RESERVED_KEY = {"CPU": "num_cpus", "GPU": "num_gpus", "object_store_memory": "m
 RAY_ADDRESS_RE = re.compile(
     r"^(auto|local|(ray://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>\d{1,5}))$"
 )
-MAX_PORT = 65535
 SHOWN_INPUT_CHARS = 60  # a bad value is quoted in the error up to this length
 
 
@@ -149,8 +148,8 @@ class RayConfig(_Strict):
                 f"{value!r} is not a Ray address: use 'auto', 'host:port' or 'ray://host:port'"
             )
         port = match.group("port") if match else None
-        if port is not None and not 1 <= int(port) <= MAX_PORT:
-            raise ValueError(f"{value!r}: port {int(port)} is not between 1 and {MAX_PORT}")
+        if port is not None and not 1 <= int(port) <= C.MAX_PORT:
+            raise ValueError(f"{value!r}: port {int(port)} is not between 1 and {C.MAX_PORT}")
         return value
 
     @field_validator("num_cpus")
@@ -259,7 +258,7 @@ class GatewayConfig(_Strict):
         C.VP8_SPEED,
         ge=0,
         le=16,
-        description="libvpx speed of the gateway's VP8 encoder (runtime/encoder.py): 6 is aiortc's; higher is faster and worse",
+        description="libvpx speed of the gateway's VP8 encoder (runtime/media/encoder.py): 6 is aiortc's; higher is faster and worse",
     )
     @field_validator("allowed_origins")
     @classmethod
@@ -327,7 +326,7 @@ class PoolConfig(_Strict):
 
 
 class QueueConfig(_Strict):
-    """A full stream's waiting room (runtime/waiting_room.py), for every stream that queues
+    """A full stream's waiting room (runtime/control/waiting_room.py), for every stream that queues
     (``.stream(queue=True)``, the default, as in Gradio)."""
 
     max_size: int | None = Field(
@@ -340,7 +339,7 @@ class QueueConfig(_Strict):
 
 
 class TelephoneConfig(_Strict):
-    """Phone calls through Twilio Media Streams (runtime/websocket_routes.py)."""
+    """Phone calls through Twilio Media Streams (runtime/front/websocket_routes.py)."""
 
     public_url: str | None = Field(
         None,

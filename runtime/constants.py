@@ -6,20 +6,34 @@ the rest are protocol facts. Environment variables `RTCPOOL_*` override the conf
 
 from __future__ import annotations
 
+from workers.link.constants import (  # noqa: F401  (shared with the worker side, defined there once)
+    ARGS_WAIT_TIMEOUT_S,
+    AUDIO_DEFAULT_RATE,
+    AUDIO_FRAME_S,
+    AUDIO_LEAD_S,
+    AUDIO_MAX_CHANNELS,
+    AUDIO_RING_S,
+    AUDIO_SLOT_SAMPLES,
+    AUDIO_SLOTS,
+    CLOSE_ACK_TIMEOUT_S,
+    DEFAULT_OUTPUT_FPS,
+    MAX_FRAME_PIXELS,
+    SEGMENT_MODE,
+    SOCKET_DIR_MODE,
+    TOKEN_BYTES,
+    VIDEO_CLOCK_RATE,
+    VIDEO_SLOTS,
+    WORKER_CONNECT_TIMEOUT_S,
+)
+
 # --- media geometry -------------------------------------------------------------------
-MAX_FRAME_PIXELS = 1920 * 1080  # largest video frame a slot holds, in pixels (RGB24)
-VIDEO_SLOTS = 4  # video slots per direction: one being processed, one latest, two in flight
-AUDIO_SLOT_SAMPLES = 48_000 // 10  # samples per channel one audio slot holds (100 ms at 48 kHz)
-AUDIO_MAX_CHANNELS = 2
-AUDIO_SLOTS = 64  # audio slots per direction; the consumer copies audio out at once
-AUDIO_RING_S = 10.0  # seconds of audio a worker buffers before it drops the oldest
-AUDIO_FRAME_S = 0.020  # outgoing audio is re-framed to 20 ms, as WebRTC expects
-AUDIO_DEFAULT_RATE = 48_000  # Hz: what a plain audio function gets, and the rate of WebRTC audio
-VIDEO_CLOCK_RATE = 90_000  # RTP clock rate for video pts, in Hz
 AUDIO_JITTER_PREFETCH = 4  # packets aiortc's audio jitter buffer waits for (its own default)
-DEFAULT_OUTPUT_FPS = 30.0  # pace of server-generated video when a generator gives no pts
 VP8_SPEED = 6  # libvpx cpu-used of the gateway's VP8 encoder (aiortc's value); 0-16, higher is faster
 VP8_DENOISE = False  # libvpx's temporal denoiser on the gateway's encoder (aiortc turns it on)
+
+AUDIO_OUT_MAX_S = 60.0  # audio buffered for a client at most (WebRTC or WebSocket); the oldest goes first
+VP8_MIME = "video/vp8"
+MAX_PORT = 65535  # the largest TCP/UDP port number
 
 # --- media processes ------------------------------------------------------------------
 MAX_MEDIA_PROCESSES = 64  # gateway.processes at most, per host
@@ -38,7 +52,6 @@ MAX_DATA_CHANNEL_MESSAGE_BYTES = 64 * 1024  # larger client messages are refused
 CONNECT_TIMEOUT_S = 15.0  # answer sent -> ICE connected, else the session is ended
 MEDIA_INACTIVITY_TIMEOUT_S = 10.0  # no media from a sending client for this long ends the session
 END_STREAM_GRACE_S = 0.5  # time between telling the client the stream ends and closing it
-ARGS_WAIT_TIMEOUT_S = 2.0  # wait_for_args(): a client that never answers gets the initial values
 RETRY_AFTER_S = 5  # Retry-After header on HTTP 429, in seconds
 DRAIN_TIMEOUT_S = 30.0  # SIGTERM: live sessions may run this long before they are ended
 DRAIN_RETRY_AFTER_S = 10  # Retry-After on the 503 a draining gateway answers offers with, in seconds
@@ -48,6 +61,7 @@ DRAIN_POLL_S = 0.2  # how often a drain looks whether its sessions have ended
 # --- control plane (Ray) ----------------------------------------------------------------
 SCHEDULER_NAME = "rtcpool-scheduler"
 RAY_NAMESPACE = "rtcpool"
+HEAD_NODE_RESOURCE = "node:__internal_head__"  # the marker resource Ray gives its head node
 LEASE_TIMEOUT_S = 60.0  # acquire(): how long an offer may wait for a worker to start
 WORKER_START_TIMEOUT_S = 120.0  # a worker that is not ready by then is killed and replaced
 RAY_CALL_TIMEOUT_S = 10.0  # any other control-plane call from the gateway
@@ -65,7 +79,3 @@ QUEUE_MAX_PER_ADDRESS = 4  # tickets one client address may hold per stream even
 QUEUE_POLL_S = 5.0  # a front's long poll of the scheduler returns after this with fresh ETAs
 
 # --- data plane -------------------------------------------------------------------------
-WORKER_CONNECT_TIMEOUT_S = 5.0  # gateway -> worker socket connect + hello
-CLOSE_ACK_TIMEOUT_S = 2.0  # a worker that does not end its session by then is replaced
-SOCKET_DIR_MODE = 0o700
-SEGMENT_MODE = 0o600

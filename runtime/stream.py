@@ -10,7 +10,7 @@
     stream.mount(my_fastapi_app)  # the routes on an app of your own
 
 An audio stream also answers WebSocket clients (``/websocket/offer``, fastrtc's messages;
-runtime/ws_client.py is a client) and phone calls (point a Twilio number's voice webhook
+runtime/clients/websocket.py is a client) and phone calls (point a Twilio number's voice webhook
 at ``https://<host>/telephone/incoming``; docs/deployment.md, "Phone calls").
 
 Serve it with ``rtcpool serve app.py`` (the config's host and port) or ``uvicorn app:app``.
@@ -34,8 +34,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from runtime.config import Config
-from runtime.gateway import Gateway, StreamEvent
-from runtime.turn import get_hf_turn_credentials, get_turn_credentials, get_twilio_turn_credentials
+from runtime.front.gateway import Gateway, StreamEvent
+from runtime.guard.turn import (
+    get_hf_turn_credentials,
+    get_turn_credentials,
+    get_twilio_turn_credentials,
+)
 from workers.context import Context, get_current_context
 from workers.handlers import (
     AdditionalOutputs,
@@ -46,10 +50,6 @@ from workers.handlers import (
     StreamHandler,
     VideoStreamHandler,
 )
-from workers.reply_on_pause import ReplyOnPause
-from workers.reply_on_stopwords import ReplyOnStopWords
-from workers.speech_models import EspeakTTSOptions, get_stt_model, get_tts_model, stt_for_chunks
-from workers.stopwords import StopWordOptions
 from workers.utils import (
     aggregate_bytes_to_16bit,
     async_aggregate_bytes_to_16bit,
@@ -58,7 +58,16 @@ from workers.utils import (
     audio_to_float32,
     audio_to_int16,
 )
-from workers.vad import AlgoOptions, PauseDetectionModel, SileroVADModel, SileroVadOptions
+from workers.voice.reply_on_pause import ReplyOnPause
+from workers.voice.reply_on_stopwords import ReplyOnStopWords
+from workers.voice.speech_models import (
+    EspeakTTSOptions,
+    get_stt_model,
+    get_tts_model,
+    stt_for_chunks,
+)
+from workers.voice.stopwords import StopWordOptions
+from workers.voice.vad import AlgoOptions, PauseDetectionModel, SileroVADModel, SileroVadOptions
 
 # app -> the gateway whose routes and lifespan it carries (one per app: two would answer the
 # same /webrtc/* routes)

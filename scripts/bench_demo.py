@@ -3,7 +3,7 @@
 The app is started as a user starts it (``python app.py``, headless, on 127.0.0.1 and a free
 port; it starts a local Ray of its own), then measured twice, one user at a time:
 
-* **python client**: runtime/client.py's replaying client sends 640x480 VP8 at 30 fps of
+* **python client**: runtime/clients/webrtc.py's replaying client sends 640x480 VP8 at 30 fps of
   the astronaut photograph (a real face) with its frame counter painted into the pixels.
   Delivered fps, latency p50/p95 from the counter (frame made -> processed frame decoded,
   both at the client), and how many returned frames carry the demo's green box on the face
@@ -51,7 +51,7 @@ sys.path.insert(0, str(SCRIPTS))
 
 import bench_common as bc  # noqa: E402
 
-from runtime.client import MARK_BLOCKS, paint_counter  # noqa: E402
+from runtime.clients.webrtc import MARK_BLOCKS, paint_counter  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
 APP = bc.ROOT / "examples" / "face_detection" / "app.py"
@@ -234,7 +234,7 @@ class BoxTally(list):  # type: ignore[type-arg]
 
 
 async def run_python_client(app: DemoApp, run_s: float, warmup_s: float) -> dict[str, Any]:
-    from runtime.client import Client
+    from runtime.clients.webrtc import Client
 
     client = Client(app.url, image=face_picture(), fps=FPS, size=FRAME_SIZE, replay=REPLAY_FRAMES)
     tally = BoxTally()
@@ -277,7 +277,7 @@ async def run_python_client(app: DemoApp, run_s: float, warmup_s: float) -> dict
 
 
 def write_counter_y4m(path: Path, rgb: np.ndarray, frames: int, fps: int) -> None:
-    """A YUV4MPEG2 (4:2:0) loop of ``rgb`` with frame n carrying runtime.client's counter n."""
+    """A YUV4MPEG2 (4:2:0) loop of ``rgb`` with frame n carrying runtime.clients.webrtc's counter n."""
     import cv2
 
     height, width = rgb.shape[:2]
@@ -292,7 +292,7 @@ def write_counter_y4m(path: Path, rgb: np.ndarray, frames: int, fps: int) -> Non
 
 
 # In the page: per shown frame of the camera preview (.rtc-local) and of the processed
-# video (.rtc-remote), read runtime.client's counter (read_counter(), ported) from a canvas;
+# video (.rtc-remote), read runtime.clients.webrtc's counter (read_counter(), ported) from a canvas;
 # the preview notes when each counter showed, the processed video measures against that and
 # checks the box in FACE_REGION (scaled to the frame it got). ``reset()`` starts a window.
 MEASURE_JS = """([markBlocks, face, minBox, maxLatencyMs]) => {

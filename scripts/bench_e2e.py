@@ -1,7 +1,7 @@
 """End-to-end benchmark through WebRTC: rtcpool's gateway + worker pool against fastrtc.
 
 N client streams (640x480, 30 fps, VP8, a frame counter painted into the pixels, see
-runtime/client.py) go to
+runtime/clients/webrtc.py) go to
 
 * **rtcpool**: a gateway served by uvicorn+uvloop in its own process (it starts a local Ray;
   the handler runs in pooled worker processes), and
@@ -14,7 +14,7 @@ counter comes back; and, at N=1, a no-op frame function.
 
 Each client stream runs in a process of its own (N independent browsers; no client GIL is
 shared between streams), and replays a cycle of VP8 frames encoded once at its start
-(runtime.client.ReplayVideoTrack) rather than encoding each frame: on a 2-core machine
+(runtime.clients.webrtc.ReplayVideoTrack) rather than encoding each frame: on a 2-core machine
 four live encoders would take the cores from the servers being measured (--live-source
 encodes live). A configuration connects, waits for the first processed frame,
 warms up, then measures for a fixed window: delivered fps per stream and in total, latency
@@ -53,7 +53,7 @@ sys.path.insert(0, str(SCRIPTS))
 
 import bench_common as bc  # noqa: E402
 
-from runtime.client import REPLAY_CYCLE_FRAMES  # noqa: E402
+from runtime.clients.webrtc import REPLAY_CYCLE_FRAMES  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
 STREAM_COUNTS = (1, 2, 4)  # concurrent streams with the busy handler (full run)
@@ -147,7 +147,7 @@ def serve_rtcpool(port: int, busy_iters: int) -> None:
     from fastapi import FastAPI
 
     from runtime.config import load_config
-    from runtime.gateway import Gateway
+    from runtime.front.gateway import Gateway
 
     config = load_config(overrides={
         "gateway": {"ice_host_addresses": [LOOPBACK], "ice_servers": []},
@@ -289,7 +289,7 @@ async def _client_loop(conn: Any) -> None:
 
 
 async def _connect(url: str, stream_id: str | None, fps: float, replay: int) -> Any:
-    from runtime.client import Client, OfferRejected, ServerFull
+    from runtime.clients.webrtc import Client, OfferRejected, ServerFull
 
     deadline = time.monotonic() + OFFER_RETRY_S
     while True:
@@ -325,7 +325,7 @@ async def _one_session(conn: Any, inbox: asyncio.Queue[Any], url: str, stream_id
 
 async def _one_window(client: Any, inbox: asyncio.Queue[Any]) -> dict[str, Any]:
     # Reset in place: the client's receive task holds this Report object (replacing it, as
-    # runtime.client.run() does, loses every later count).
+    # runtime.clients.webrtc.run() does, loses every later count).
     rep = client.report
     rep.received = rep.marked = 0
     rep.latencies_ms.clear()

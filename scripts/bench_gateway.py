@@ -11,7 +11,7 @@ first on PYTHONPATH) and each K in ``--processes``, one server is started as
 (``rtcpool serve``, from that root; ``gateway.processes`` is passed only when K != 1, so K=1
 runs on code that does not know the key). The app is one stream, ``noop``, whose handler
 returns the frame. Then for each N in ``--counts``, N sessions come up one after another
-(each from a client process of its own replaying pre-encoded VP8, runtime.client's
+(each from a client process of its own replaying pre-encoded VP8, runtime.clients.webrtc's
 ``Client(replay=...)``, driven as scripts/bench_e2e.py drives its clients), warm up, and
 are measured over WINDOWS windows; the windows with the least CPU used by processes
 outside the benchmark are pooled (bench_common.quiet_windows). Columns:
@@ -105,7 +105,7 @@ sys.path.insert(0, str(SCRIPTS))
 import bench_common as bc  # noqa: E402
 import bench_e2e as e2e  # noqa: E402  (its client process and per-window protocol)
 
-from runtime.client import REPLAY_CYCLE_FRAMES  # noqa: E402
+from runtime.clients.webrtc import REPLAY_CYCLE_FRAMES  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
 STREAM_ID = "noop"
@@ -154,7 +154,7 @@ import os
 import sys
 
 import runtime
-from runtime.gateway import Gateway
+from runtime.front.gateway import Gateway
 
 print("{RUNTIME_MARK}" + os.path.dirname(os.path.abspath(runtime.__file__)), file=sys.stderr, flush=True)
 

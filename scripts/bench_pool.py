@@ -1,7 +1,7 @@
 """Benchmark the worker pool without codecs: FrameChannel hops and GIL-bound throughput.
 
 N sessions (1, 2, 4) each push 640x480x3 uint8 RGB frames through a FrameChannel to a real
-``workers.worker.Worker`` Ray actor (one worker per session), which runs the handler on the
+``workers.process.worker.Worker`` Ray actor (one worker per session), which runs the handler on the
 newest frame and sends the result back. Two measurements per N:
 
 * **hop latency** (no-op handler, returns its frame): ping-pong. Each session sends one
@@ -87,8 +87,8 @@ class PoolDriver:
     def __init__(self, endpoints: list[tuple[str, Any]], args: list[Any]) -> None:
         import ray
 
-        from runtime.channel import connect_worker
-        from runtime.wire import Hello
+        from workers.link.channel import connect_worker
+        from workers.link.wire import Hello
 
         self.channels = []
         for ep, actor in endpoints:
@@ -360,11 +360,11 @@ def rate_summary(rec: dict[str, Any], seconds: float) -> dict[str, Any]:
 def start_workers(count: int) -> tuple[list[Any], list[dict[str, Any]]]:
     import ray
 
-    from workers.loader import make_spec
-    from workers.worker import Worker
+    from workers.process.loader import make_spec
+    from workers.process.worker import Worker
 
     spec = make_spec(bc.spin_frame, 0)
-    # the scheduler's options for its pool workers (runtime/scheduler.py)
+    # the scheduler's options for its pool workers (runtime/control/scheduler.py)
     actor_cls = ray.remote(Worker).options(max_restarts=0, max_concurrency=4)
     actors = [actor_cls.remote(spec, "bench-pool") for _ in range(count)]
     infos = ray.get([a.ready.remote() for a in actors], timeout=WORKER_START_TIMEOUT_S)

@@ -17,7 +17,7 @@ the start of Session.aclose) and when its lease went back to the scheduler (the 
 call in MediaEngine.session_ended), and serves them on GET /bench/ends; GET /bench/status
 gives the scheduler's view of both lines and the front's followed tickets.
 
-**Run A, handover.** 20 clients (runtime/client.py, 320x240 at 15 fps, replaying a
+**Run A, handover.** 20 clients (runtime/clients/webrtc.py, 320x240 at 15 fps, replaying a
 pre-encoded cycle) join ``line`` one after another, each once its offer is answered (with
 a session or a place); each stays until the server ends its session at the time limit and
 then closes its peer connection, as the browser component does on ``end_stream``. The
@@ -155,7 +155,7 @@ def serve(port: int, max_queue: int) -> None:
     from fastapi import FastAPI
 
     from runtime.config import load_config
-    from runtime.gateway import Gateway
+    from runtime.front.gateway import Gateway
 
     ends: dict[str, dict[str, Any]] = {}
     rtc_log = logging.getLogger("rtcpool")
@@ -322,7 +322,7 @@ async def wait_for(pred: Any, timeout: float) -> bool:
 
 
 async def one_user(url: str, i: int, placed: asyncio.Event) -> dict[str, Any]:
-    from runtime.client import Client
+    from runtime.clients.webrtc import Client
 
     client = Client(url, stream_id=LINE, fps=FPS, size=FRAME_SIZE, replay=REPLAY_FRAMES)
     views = TimedViews()
@@ -362,7 +362,7 @@ async def one_user(url: str, i: int, placed: asyncio.Event) -> dict[str, Any]:
 
 
 async def run_a(url: str, users: int) -> list[dict[str, Any]]:
-    from runtime.client import ReplayVideoTrack
+    from runtime.clients.webrtc import ReplayVideoTrack
 
     ReplayVideoTrack(FPS, FRAME_SIZE, cycle=REPLAY_FRAMES).stop()  # encode the cycle before anyone joins
     tasks = []
@@ -497,7 +497,7 @@ def window(server: Server, seconds: float) -> dict[str, float]:
 async def run_b(server: Server, waiters: int, window_s: float, profile: bool) -> dict[str, Any]:
     import httpx
 
-    from runtime.client import Client
+    from runtime.clients.webrtc import Client
 
     url = server.url
     loop = asyncio.get_running_loop()

@@ -29,7 +29,7 @@ Prints a Markdown table, writes bench-results/bench_voice.json and bench_voice.p
 Everything stays on 127.0.0.1 (loopback ICE candidates only, no STUN).
 
 **WebSocket** (``--transport websocket``): the same turns and speech through
-runtime.ws_client.WebSocketClient on rtcpool's ``/websocket/offer`` (fastrtc's messages):
+runtime.clients.websocket.WebSocketClient on rtcpool's ``/websocket/offer`` (fastrtc's messages):
 mu-law at the handler's input_sample_rate (48 kHz) in 20 ms messages paced to real time,
 replies as mu-law at its output_sample_rate (24 kHz). End of speech is computed the same
 way, from the wall time the first media message was sent + the sample offset (the client
@@ -146,11 +146,11 @@ def serve(port: int, sessions: int, prefetch: int | None) -> None:
     import uvicorn
     from fastapi import FastAPI
 
-    from runtime import session as session_mod
-    from runtime import ws_session as ws_mod
     from runtime.config import load_config
-    from runtime.gateway import Gateway
-    from workers.reply_on_pause import ReplyOnPause
+    from runtime.front.gateway import Gateway
+    from runtime.media import session as session_mod
+    from runtime.media import ws_session as ws_mod
+    from workers.voice.reply_on_pause import ReplyOnPause
 
     stamps: dict[str, list[tuple[str, float]]] = {}  # webrtc_id (a socket's websocket_id) -> [(event, monotonic)]
 
@@ -374,7 +374,7 @@ def offline_reply_samples(c: Any, samples: np.ndarray | None = None) -> list[int
     """Stream positions (samples) at which the handler, fed frame by frame with no
     transport at all, emits the first item of each reply (``samples``: instead of c's)."""
     from tests.speech import RecordingHooks, drive
-    from workers.reply_on_pause import ReplyOnPause
+    from workers.voice.reply_on_pause import ReplyOnPause
 
     h = ReplyOnPause(tone_reply)
     h._hooks = RecordingHooks()
@@ -391,7 +391,7 @@ def offline_reply_samples(c: Any, samples: np.ndarray | None = None) -> list[int
 
 def mulaw_roundtrip(samples: np.ndarray) -> np.ndarray:
     """``samples`` as a WebSocket client sends them and the server decodes them."""
-    from runtime import mulaw
+    from runtime.media import mulaw
 
     return mulaw.decode(mulaw.encode(samples))
 
@@ -438,7 +438,7 @@ def references(inputs: list[Any], codecs: list[str], fastrtc_python: Path | None
 
 
 async def run_clients(url: str, inputs: list[Any]) -> list[dict[str, Any]]:
-    from runtime.client import Client
+    from runtime.clients.webrtc import Client
 
     clients = [Client(url, modality="audio", audio=c.samples, audio_jitter_prefetch=CLIENT_AUDIO_PREFETCH) for c in inputs]
     log_times: list[list[tuple[str, float]]] = [[] for _ in clients]
@@ -478,7 +478,7 @@ class _Stamped(list):  # type: ignore[type-arg]
 
 
 def _timed_ws_client(url: str, stream_id: str | None) -> Any:
-    from runtime.ws_client import WebSocketClient
+    from runtime.clients.websocket import WebSocketClient
 
     class TimedWebSocketClient(WebSocketClient):
         """Notes the wall time each media message leaves (``sent_at``) and each other
@@ -677,7 +677,7 @@ def ms(v: float | None) -> str:
 
 def main_single(args: argparse.Namespace) -> None:
     """One transport, one session count: per-turn table and where the time goes."""
-    from workers.vad import AlgoOptions
+    from workers.voice.vad import AlgoOptions
 
     algo = AlgoOptions()
     threshold_s = algo.audio_chunk_duration
@@ -739,7 +739,7 @@ def main_single(args: argparse.Namespace) -> None:
 
 def main_compare(args: argparse.Namespace) -> None:
     """rtcpool WebRTC, rtcpool WebSocket and fastrtc WebSocket, per session count, one table."""
-    from workers.vad import AlgoOptions
+    from workers.voice.vad import AlgoOptions
 
     algo = AlgoOptions()
     threshold_s = algo.audio_chunk_duration

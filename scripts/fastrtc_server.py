@@ -9,10 +9,10 @@ each doing what the rtcpool side does:
 * ``/noop/webrtc/offer``: the same with no work.
 
 fastrtc's offer body is ``{sdp, type: "offer", webrtc_id}`` (``fastrtc.stream.Body``), the
-same one rtcpool answers, so runtime.client talks to both.
+same one rtcpool answers, so runtime.clients.webrtc talks to both.
 
 Loopback only: aioice's host-address lookup is replaced so ICE offers 127.0.0.1 (what
-runtime/ice.py does in rtcpool), and the server's RTCPeerConnections get an empty ICE
+runtime/media/ice.py does in rtcpool), and the server's RTCPeerConnections get an empty ICE
 server list (``server_rtc_configuration``), so no STUN request leaves the machine.
 
 fastrtc calls a frame function only once the stream's inputs are set: a Gradio page does

@@ -175,7 +175,7 @@ def make_gateway(ray_session: Any) -> Callable[..., Any]:
 
     @contextlib.contextmanager
     def factory(setup: Callable[[Any], None], warm: bool = True, **gateway_cfg: Any) -> Iterator[Served]:
-        from runtime.gateway import Gateway
+        from runtime.front.gateway import Gateway
 
         gw = Gateway(_loopback_config(**gateway_cfg))
         setup(gw)

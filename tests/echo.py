@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.client import AUDIO_RATE
+from runtime.clients.webrtc import AUDIO_RATE
 
 CHIRP_S = 1.5
 CHIRP_PIECES = 6  # 0.25 s each: long enough to find alone, short enough that one stall spoils one

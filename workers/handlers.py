@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from runtime.constants import DEFAULT_OUTPUT_FPS
+from workers.link.constants import DEFAULT_OUTPUT_FPS
 
 WEBRTC_VALUE = "__webrtc_value__"  # latest_args[0]: the WebRTC component's placeholder value
 DEFAULT_INPUT_SAMPLE_RATE = 48_000  # Hz
@@ -154,7 +154,7 @@ class StreamHandlerBase(ABC):
 
     def wait_for_args_sync(self, timeout: float | None = None) -> None:
         """Ask the client for the inputs' current values and wait for them."""
-        from runtime.constants import ARGS_WAIT_TIMEOUT_S
+        from workers.link.constants import ARGS_WAIT_TIMEOUT_S
 
         if self.phone_mode:
             # nobody to ask: the inputs the session has are all there will be

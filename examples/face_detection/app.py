@@ -7,7 +7,7 @@ bundled cascades, hence the ``<5`` pin). It searches a 256 px wide gray copy of 
 about 20 ms a 640x480 frame on one core of the 2-core machine this was measured on (12 ms
 with OpenCV's two threads), against ~100 ms for the scikit-image LBP cascade it replaced.
 Like the seed's net, the detector is loaded at module level and does not pickle: each
-worker process recovers ``detection`` by re-importing this file (workers/loader.py).
+worker process recovers ``detection`` by re-importing this file (workers/process/loader.py).
 
 Run:  python examples/face_detection/app.py   (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT)
 """

@@ -3,7 +3,7 @@
 Exactly the seed's ``EchoHandler``, including its blocking ``emit`` (``queue.get()``): the
 worker runs ``receive`` and ``emit`` on threads of their own, so a blocking emit only waits
 for the next frame. The handler holds a ``queue.Queue``, which does not pickle, so each
-worker recovers it by re-importing this file (workers/loader.py).
+worker recovers it by re-importing this file (workers/process/loader.py).
 
 Run:  python examples/stream_handler_echo/app.py   (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT)
 """

@@ -3,7 +3,7 @@
 // * Gradio: gradio_ext/webrtc.py passes this file as gr.HTML's js_on_load; `element` holds
 //   static/webrtc.html, `props.rtc` is the component's _client_config(), `server` has the
 //   component's server function webrtc_configuration().
-// * Without Gradio: runtime/standalone.py inlines it in the page it serves at /webrtc/ui,
+// * Without Gradio: runtime/front/standalone.py inlines it in the page it serves at /webrtc/ui,
 //   with the same markup, `props.rtc` built from the stream event, a `trigger` that does
 //   nothing (there are no other components to read inputs from) and no server functions.
 //

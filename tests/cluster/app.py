@@ -18,7 +18,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from runtime.config import load_config
-from runtime.gateway import Gateway
+from runtime.front.gateway import Gateway
 
 
 def invert(frame: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from runtime.cli import SHORT_ID_CHARS, format_status
-from runtime.client import Client, OfferRejected, ServerFull
+from runtime.clients.webrtc import Client, OfferRejected, ServerFull
 from tests.cluster.cluster import REPO, GatewayProcess, LocalCluster, Probe, subprocess_env
 from tests.cluster.conftest import DOOMED_RESOURCE, FAR_RESOURCE, NODE_CPUS
 from tests.conftest import async_wait_until

@@ -144,7 +144,7 @@ import os
 import uvicorn
 from fastapi import FastAPI
 
-from runtime.gateway import Gateway
+from runtime.front.gateway import Gateway
 from workers.handlers import StreamHandler
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.client import Client
+from runtime.clients.webrtc import Client
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -188,8 +188,8 @@ WS_IN_RATE, WS_OUT_RATE = 48_000, 24_000  # ReplyOnPause's default input and out
 async def websocket_echo(url: str) -> tuple[np.ndarray, np.ndarray]:
     """The utterance through /websocket/offer as mu-law; (what was said as the reply should
     carry it: 24 kHz through mu-law, what came back)."""
-    from runtime import mulaw
-    from runtime.ws_client import WebSocketClient
+    from runtime.clients.websocket import WebSocketClient
+    from runtime.media import mulaw
     from tests.speech import speech
     from workers.audio import resample
 
@@ -277,7 +277,7 @@ def test_talk_back_agent_answers_the_browser_and_a_websocket_with_what_it_heard(
         # 24 kHz) says the words back, as the recogniser hears it at the client
         with concurrent.futures.ThreadPoolExecutor(1) as pool:  # Playwright's loop runs in this thread
             rate, reply = pool.submit(lambda: asyncio.run(websocket_turn(app.url, AGENT_UTTERANCE))).result()
-        from workers.speech_models import get_stt_model
+        from workers.voice.speech_models import get_stt_model
 
         text = get_stt_model().stt((rate, reply))
         assert len(words(text) & AGENT_WORDS) >= 2, (text, app.log_tail())
@@ -286,7 +286,7 @@ def test_talk_back_agent_answers_the_browser_and_a_websocket_with_what_it_heard(
 async def websocket_turn(url: str, utterance: str) -> tuple[int, np.ndarray]:
     """One turn over /websocket/offer: the utterance as mu-law, then silence until the reply
     has come and stopped; (the reply's rate, its audio)."""
-    from runtime.ws_client import WebSocketClient
+    from runtime.clients.websocket import WebSocketClient
     from tests.speech import speech
 
     async with WebSocketClient(url, rate=WS_IN_RATE) as client:
@@ -571,12 +571,12 @@ def test_state_transcription_fills_the_textbox(
 # Runs each example as ``__main__`` (as ``python app.py`` does) with a fresh gateway that
 # is never started (no Ray) and launch() turned off, records its streams, then hands every
 # handler to one fresh interpreter the way the gateway hands it to a worker
-# (workers.loader: by value, else by re-importing the app file) and reports what it got.
+# (workers.process.loader: by value, else by re-importing the app file) and reports what it got.
 INSPECT_APPS = r"""
 import json, pickle, runpy, subprocess, sys
 import gradio as gr
 from gradio_ext import serving  # hooks launch() to start the gateway: replace the hook
-from workers import loader
+from workers.process import loader
 gr.Blocks.launch = lambda self, *a, **k: None
 found, specs = {}, []
 for path in sys.argv[1:]:
@@ -594,7 +594,7 @@ print("EVENTS=" + json.dumps(found))
 """
 LOAD_SPECS = r"""
 import pickle, sys
-from workers import loader
+from workers.process import loader
 for path, spec in pickle.loads(sys.stdin.buffer.read()):
     try:
         h = loader.load(spec)

@@ -99,7 +99,7 @@ import os
 import uvicorn
 from fastapi import FastAPI
 
-from runtime.gateway import Gateway
+from runtime.front.gateway import Gateway
 
 
 def invert(frame):

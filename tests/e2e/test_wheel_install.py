@@ -26,7 +26,7 @@ import numpy as np
 import psutil
 import pytest
 
-from runtime.client import Client
+from runtime.clients.webrtc import Client
 from tests.conftest import free_port
 from tests.e2e.conftest import APP_START_TIMEOUT_S, POLL_INTERVAL_S, face_picture, stop_process_tree
 

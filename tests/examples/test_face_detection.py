@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from runtime.client import synthetic_image
+from runtime.clients.webrtc import synthetic_image
 from tests.e2e.conftest import CAMERA_SIZE, face_picture
-from workers import loader
+from workers.process import loader
 
 APP = Path(__file__).resolve().parents[2] / "examples" / "face_detection" / "app.py"
 # Hand-measured in face_picture() (640x480): the tip of the astronaut's nose, and a region

@@ -26,8 +26,8 @@ from gradio_ext.webrtc import (
     MAX_ICON_BYTES,
     _args_pusher,
 )
-from runtime.gateway import HTTPError
-from workers import loader
+from runtime.front.gateway import HTTPError
+from workers.process import loader
 
 
 def detection(image: np.ndarray, conf_threshold: float = 0.3) -> np.ndarray:
@@ -375,7 +375,7 @@ def clean_registry():
 
 
 def test_worker_import_registers_handlers_and_launches_nothing(tmp_path, clean_registry):
-    """The real recovery path: workers.loader re-runs the app file as a worker would."""
+    """The real recovery path: workers.process.loader re-runs the app file as a worker would."""
     app = tmp_path / "seed_app.py"
     app.write_text(textwrap.dedent(APP))
     handler = loader.load(loader.HandlerSpec(app_path=str(app), event_index=1, name="second"))

@@ -23,7 +23,7 @@ from gradio_ext.webrtc import (
     _additional_outputs_fetcher,
 )
 from runtime.config import load_config
-from runtime.gateway import Gateway
+from runtime.front.gateway import Gateway
 
 
 def identity(frame: np.ndarray) -> np.ndarray:

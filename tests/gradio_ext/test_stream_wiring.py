@@ -11,8 +11,8 @@ import pytest
 
 from gradio_ext import VideoStreamHandler, WebRTC, serving
 from gradio_ext.webrtc import ARGS_EVENT, OUTPUTS_EVENT, _stream_outputs_fetcher
-from runtime.wire import OUTPUTS_STREAM
-from workers.loader import StreamOutputs, app_file_of, load, make_spec
+from workers.link.wire import OUTPUTS_STREAM
+from workers.process.loader import StreamOutputs, app_file_of, load, make_spec
 
 
 def detection(image: np.ndarray, conf: float = 0.3) -> np.ndarray:

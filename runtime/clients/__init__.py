@@ -1,0 +1,1 @@
+"""Python clients of an rtcpool app: WebRTC (aiortc) and WebSocket (fastrtc's messages)."""

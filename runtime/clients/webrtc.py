@@ -1,0 +1,574 @@
+"""A Python WebRTC client for any rtcpool (or fastrtc) server, for tests and benchmarks.
+
+It sends a synthetic video track at a set rate, with a frame counter painted into the
+pixels, receives the processed track, reads the counter back out of each received frame,
+and reports delivered fps and send -> receive latency. The counter survives VP8: each bit
+is a block of solid black or white, and the next 16 blocks repeat it inverted as a check.
+
+    python -m runtime.clients.webrtc http://127.0.0.1:7860 --seconds 10 --fps 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import statistics
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, cast
+from urllib.parse import urlparse
+
+import av
+import httpx
+import numpy as np
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from runtime import constants as C
+from runtime.media.frames import newest_frame
+from runtime.media.ice import pin_host_addresses
+from runtime.media.jitter import release_video_on_marker, set_audio_prefetch
+
+COUNTER_BITS = 16
+MARK_BLOCKS = COUNTER_BITS * 2  # the counter, then its complement as a check
+OFFER_TIMEOUT_S = 90.0  # a cold pool may need to start a worker before it answers
+QUEUE_FOLLOW_ATTEMPTS = 5  # updates streams opened for one wait in line, at most
+QUEUE_FOLLOW_RETRY_S = 0.5  # between two of them (less than the ticket's follow grace)
+DEFAULT_FPS = 30.0
+DEFAULT_SIZE = (640, 480)
+AUDIO_RATE = 48_000  # Hz, what WebRTC's Opus carries
+
+
+def mark_block(width: int) -> int:
+    return max(4, width // (MARK_BLOCKS + 8))
+
+
+def paint_counter(frame: np.ndarray, counter: int) -> None:
+    """Write ``counter`` (16 bits) and its complement as blocks along the top-left edge."""
+    block = mark_block(frame.shape[1])
+    value = counter & 0xFFFF
+    bits = [(value >> i) & 1 for i in range(COUNTER_BITS)]
+    bits += [1 - b for b in bits]
+    for i, bit in enumerate(bits):
+        frame[0:block, i * block : (i + 1) * block] = 255 if bit else 0
+
+
+def read_counter(frame: np.ndarray) -> int | None:
+    """The counter painted by :func:`paint_counter`, or None if the mark is not intact."""
+    block = mark_block(frame.shape[1])
+    if frame.shape[0] < block or frame.shape[1] < block * MARK_BLOCKS:
+        return None
+    q = block // 4
+    bits = []
+    for i in range(MARK_BLOCKS):
+        cell = frame[q : block - q, i * block + q : (i + 1) * block - q]
+        level = float(cell.mean())
+        if 70 < level < 185:
+            return None  # neither black nor white: not our mark
+        bits.append(1 if level >= 128 else 0)
+    value, check = bits[:COUNTER_BITS], bits[COUNTER_BITS:]
+    if any(a == b for a, b in zip(value, check, strict=False)):
+        return None
+    return sum(b << i for i, b in enumerate(value))
+
+
+def synthetic_image(width: int, height: int) -> np.ndarray:
+    """A colourful, structured test picture (gradients and bars), RGB."""
+    y, x = np.mgrid[0:height, 0:width]
+    img = np.empty((height, width, 3), np.uint8)
+    img[..., 0] = (x * 255 // max(width - 1, 1)).astype(np.uint8)
+    img[..., 1] = (y * 255 // max(height - 1, 1)).astype(np.uint8)
+    img[..., 2] = 128
+    img[height // 2 :, (x[0] // 40) % 2 == 0] = (240, 200, 40)
+    return img
+
+
+class CounterVideoTrack(MediaStreamTrack):
+    """Video at ``fps``: ``image`` (or a synthetic picture) with the frame counter painted in."""
+
+    kind = "video"
+
+    def __init__(self, fps: float = DEFAULT_FPS, size: tuple[int, int] = DEFAULT_SIZE, image: np.ndarray | None = None) -> None:
+        super().__init__()
+        self.fps = fps
+        width, height = size
+        if image is not None:
+            import cv2
+
+            image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+        self.base: np.ndarray = image if image is not None else synthetic_image(width, height)
+        self.frame: np.ndarray = self.base.copy()
+        self.sent_at: dict[int, float] = {}
+        self.count = 0
+        self._start: float | None = None
+
+    async def _next_frame_number(self) -> int:
+        """Wait until the next frame is due (``fps`` from the first), and number it."""
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+        due = self._start + self.count / self.fps
+        if due > now:
+            await asyncio.sleep(due - now)
+        n = self.count
+        self.count += 1
+        return n
+
+    async def recv(self) -> av.VideoFrame:
+        n = await self._next_frame_number()
+        np.copyto(self.frame, self.base)
+        paint_counter(self.frame, n)
+        vf = av.VideoFrame.from_ndarray(self.frame, format="rgb24")
+        vf.pts = int(n * C.VIDEO_CLOCK_RATE / self.fps)
+        vf.time_base = Fraction(1, C.VIDEO_CLOCK_RATE)
+        self.sent_at[n & 0xFFFF] = time.monotonic()
+        return vf
+
+
+REPLAY_CYCLE_FRAMES = 900  # a replayed source repeats after this many frames (30 s at 30 fps)
+REPLAY_BITRATE = 500_000  # bits/s of the pre-encoded VP8, aiortc's default target
+REPLAY_GOP_FRAMES = REPLAY_CYCLE_FRAMES  # one keyframe per cycle, at its start
+_replay_cache: dict[tuple[Any, ...], list[bytes]] = {}
+
+
+def encode_cycle(base: np.ndarray, frames: int, bitrate: int = REPLAY_BITRATE) -> list[bytes]:
+    """``frames`` VP8 frames of ``base`` with the counter 0, 1, ... painted in: the first a
+    keyframe, the others each predicted from the one before, so playing them in order from
+    the first, over and over, is a valid stream."""
+    import cv2
+
+    height, width = base.shape[:2]
+    codec = av.CodecContext.create("libvpx", "w")
+    codec.width, codec.height, codec.pix_fmt = width, height, "yuv420p"
+    codec.bit_rate = bitrate
+    codec.gop_size = max(frames, 1)
+    codec.options = {"deadline": "realtime", "cpu-used": "-6", "lag-in-frames": "0", "minrate": str(bitrate), "maxrate": str(bitrate), "bufsize": str(bitrate)}
+    codec.thread_count = 1
+    picture = base.copy()
+    out: list[bytes] = []
+    for n in range(frames):
+        np.copyto(picture, base)
+        paint_counter(picture, n)
+        i420: np.ndarray = cv2.cvtColor(picture, cv2.COLOR_RGB2YUV_I420)
+        frame = av.VideoFrame.from_ndarray(i420, format="yuv420p")
+        frame.pts, frame.time_base = n, Fraction(1, 30)
+        out.append(b"".join(bytes(p) for p in codec.encode(frame)))
+    tail = b"".join(bytes(p) for p in codec.encode(None))
+    if tail:
+        out[-1] += tail
+    return out
+
+
+class ReplayVideoTrack(CounterVideoTrack):
+    """CounterVideoTrack that sends a cycle of frames encoded once, ahead of time, instead
+    of encoding every frame as it goes: a load generator running many streams on the
+    machine it measures should not spend its cores on VP8 (one 640x480 encode costs as much
+    as a server's). The server sees the same kind of stream; counters repeat every
+    REPLAY_CYCLE_FRAMES frames, so latencies up to that long are read unambiguously."""
+
+    def __init__(self, fps: float = DEFAULT_FPS, size: tuple[int, int] = DEFAULT_SIZE, image: np.ndarray | None = None, cycle: int = REPLAY_CYCLE_FRAMES) -> None:
+        super().__init__(fps, size, image)
+        key = (size, cycle, hash(self.base.tobytes()))
+        if key not in _replay_cache:
+            _replay_cache[key] = encode_cycle(self.base, cycle)
+        self.encoded = _replay_cache[key]
+
+    async def recv(self) -> av.Packet:  # type: ignore[override]
+        n = await self._next_frame_number()
+        k = n % len(self.encoded)
+        packet = av.Packet(self.encoded[k])
+        packet.pts = int(n * C.VIDEO_CLOCK_RATE / self.fps)
+        packet.time_base = Fraction(1, C.VIDEO_CLOCK_RATE)
+        self.sent_at[k] = time.monotonic()
+        return packet
+
+
+class ArrayAudioTrack(MediaStreamTrack):
+    """Mono int16 samples sent as 20 ms frames in real time; silence after the end (or loop)."""
+
+    kind = "audio"
+
+    def __init__(self, samples: np.ndarray, rate: int = AUDIO_RATE, loop: bool = False) -> None:
+        super().__init__()
+        self.samples = np.asarray(samples, dtype=np.int16).reshape(-1)
+        self.rate = rate
+        self.loop = loop
+        self.frame_samples = int(rate * C.AUDIO_FRAME_S)
+        self.pos = 0
+        self.started_at: float | None = None  # wall time (monotonic) of the first sample
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = time.monotonic()
+        if self.started_at is None:
+            self.started_at = now
+        due = self.started_at + self.pos / self.rate
+        if due > now:
+            await asyncio.sleep(due - now)
+        n = self.frame_samples
+        chunk = self.samples[self.pos : self.pos + n] if not self.loop else np.take(self.samples, range(self.pos, self.pos + n), mode="wrap")
+        if len(chunk) < n:
+            chunk = np.concatenate([chunk, np.zeros(n - len(chunk), np.int16)])
+        frame = av.AudioFrame.from_ndarray(chunk[None, :], format="s16", layout="mono")
+        frame.sample_rate = self.rate
+        frame.pts = self.pos
+        frame.time_base = Fraction(1, self.rate)
+        self.pos += n
+        return frame
+
+
+def _json_of(resp: httpx.Response) -> Any:
+    try:
+        return resp.json()
+    except ValueError:
+        return {"raw": resp.text}
+
+
+class ServerFull(Exception):
+    def __init__(self, body: dict[str, Any], retry_after: str | None) -> None:
+        super().__init__(f"server full: {body}")
+        self.body = body
+        self.retry_after = retry_after
+
+
+class QueueDropped(Exception):
+    """The stream's line let this client go (it waited too long, its slot's hold lapsed, the
+    stream went away): ``view`` is the server's last word (state "gone", reason, message)."""
+
+    def __init__(self, view: dict[str, Any]) -> None:
+        super().__init__(f"dropped from the queue: {view.get('reason')}: {view.get('message')}")
+        self.view = view
+
+
+class OfferRejected(Exception):
+    def __init__(self, status: int, body: Any) -> None:
+        super().__init__(f"offer rejected with HTTP {status}: {body}")
+        self.status = status
+        self.body = body
+
+
+@dataclass
+class Report:
+    sent: int = 0
+    received: int = 0
+    marked: int = 0
+    seconds: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+
+    @property
+    def fps(self) -> float:
+        return self.received / self.seconds if self.seconds else 0.0
+
+    def percentile(self, q: float) -> float | None:
+        if not self.latencies_ms:
+            return None
+        data = sorted(self.latencies_ms)
+        return data[min(len(data) - 1, int(round(q / 100 * (len(data) - 1))))]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "sent": self.sent,
+            "received": self.received,
+            "marked": self.marked,
+            "seconds": round(self.seconds, 3),
+            "fps": round(self.fps, 2),
+            "latency_p50_ms": self.percentile(50),
+            "latency_p95_ms": self.percentile(95),
+            "latency_mean_ms": statistics.fmean(self.latencies_ms) if self.latencies_ms else None,
+        }
+
+
+class Client:
+    """One WebRTC session against ``url``: ``await connect()``, watch, ``await close()``."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        mode: str = "send-receive",
+        modality: str = "video",
+        stream_id: str | None = None,
+        webrtc_id: str | None = None,
+        fps: float = DEFAULT_FPS,
+        size: tuple[int, int] = DEFAULT_SIZE,
+        image: np.ndarray | None = None,
+        ice_host_addresses: list[str] | None = None,
+        keep_frames: int = 1,
+        audio: np.ndarray | None = None,
+        audio_loop: bool = False,
+        audio_jitter_prefetch: int | None = None,
+        video_release_on_marker: bool = True,
+        replay: int = 0,
+        token: str | None = None,
+        queue: bool = True,
+    ) -> None:
+        """``replay``: send a cycle of this many pre-encoded frames (:class:`ReplayVideoTrack`,
+        for load tests; REPLAY_CYCLE_FRAMES is a good length) instead of encoding live.
+        ``token``: sent as ``Authorization: Bearer`` (gateway.auth: a bearer or join token).
+        ``queue``: on a full stream that queues, wait in its line (``connect()`` returns once
+        admitted and answered; ``queue_views`` has what the line said on the way); False:
+        the server's 429 (:class:`ServerFull`) at once."""
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.queue = queue
+        self.queue_views: list[dict[str, Any]] = []  # the 202's place, then every update
+        self.ticket: str | None = None  # the line's ticket while this client waits in it
+        self.url = url.rstrip("/")
+        self.mode = mode
+        self.modality = modality
+        self.stream_id = stream_id
+        self.webrtc_id = webrtc_id or uuid.uuid4().hex[:16]
+        self.session_key: str | None = None  # from the answer
+        sends = mode in ("send-receive", "send")
+        self.source: CounterVideoTrack | None = None
+        if sends and modality in ("video", "audio-video"):
+            self.source = ReplayVideoTrack(fps, size, image, replay) if replay else CounterVideoTrack(fps, size, image)
+        self.audio_source = ArrayAudioTrack(audio if audio is not None else np.zeros(0, np.int16), loop=audio_loop) if sends and modality in ("audio", "audio-video") else None
+        self.audio_received: list[np.ndarray] = []  # mono int16 at 48 kHz, one array per 20 ms frame
+        self.audio_times: list[float] = []  # arrival time (monotonic) of each received audio frame
+        host = urlparse(self.url).hostname or ""
+        if ice_host_addresses is None and (host.startswith("127.") or host == "localhost"):
+            ice_host_addresses = ["127.0.0.1"]
+        if ice_host_addresses:
+            pin_host_addresses(ice_host_addresses)
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.channel = self.pc.createDataChannel("text")
+        self.messages: list[dict[str, Any]] = []
+        self.on_message: list[Callable[[dict[str, Any]], None]] = []
+        self.report = Report()
+        self.frames: list[np.ndarray] = []
+        self.keep_frames = keep_frames
+        self.first_frame = asyncio.Event()
+        self.ended = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._started: float | None = None
+        self.audio_jitter_prefetch = audio_jitter_prefetch
+        # decode each received frame on its last packet, as browsers do, not a frame later
+        # as aiortc does (runtime/media/jitter.py): latency measured here is then the server's
+        self.video_release_on_marker = video_release_on_marker
+        self.channel.on("message", self._on_message)
+        self.pc.on("track", self._on_track)
+        self.pc.on("connectionstatechange", self._on_state)
+
+    def _on_message(self, text: Any) -> None:
+        try:
+            msg = json.loads(text)
+        except ValueError:
+            msg = {"type": "raw", "data": text}
+        self.messages.append(msg)
+        for fn in self.on_message:
+            fn(msg)
+        if msg.get("type") == "end_stream":
+            self.ended.set()
+
+    def _on_state(self) -> None:
+        if self.pc.connectionState in ("failed", "closed"):
+            self.ended.set()
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        receive = self._receive if track.kind == "video" else self._receive_audio
+        task = asyncio.get_running_loop().create_task(receive(track))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _receive_audio(self, track: MediaStreamTrack) -> None:
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=AUDIO_RATE)
+        try:
+            while True:
+                frame = cast(av.AudioFrame, await track.recv())  # an audio track's frames
+                now = time.monotonic()
+                for out in resampler.resample(frame):
+                    self.audio_received.append(out.to_ndarray().reshape(-1))
+                    self.audio_times.append(now)
+        except MediaStreamError:
+            return
+
+    def received_audio(self) -> np.ndarray:
+        """Everything heard so far, mono int16 at 48 kHz."""
+        return np.concatenate(self.audio_received) if self.audio_received else np.zeros(0, np.int16)
+
+    async def _receive(self, track: MediaStreamTrack) -> None:
+        report = self.report
+        sent_at = self.source.sent_at if self.source is not None else {}
+        try:
+            while True:
+                frame = await track.recv()
+                # count every frame that arrived, measure the newest: a client loop that
+                # falls behind must not add its own queue to the server's latency
+                frame, skipped, _ = newest_frame(track, frame)
+                report.received += skipped
+                now = time.monotonic()
+                arr = frame.to_ndarray(format="rgb24")
+                report.received += 1
+                counter = read_counter(arr)
+                if counter is not None and counter in sent_at:
+                    report.marked += 1
+                    report.latencies_ms.append((now - sent_at[counter]) * 1000.0)
+                self.frames.append(arr)
+                if len(self.frames) > self.keep_frames:
+                    self.frames.pop(0)
+                self.first_frame.set()
+        except MediaStreamError:
+            self.ended.set()
+
+    async def connect(self) -> None:
+        for kind, source in (("video", self.source), ("audio", self.audio_source)):
+            if source is not None:
+                self.pc.addTrack(source)
+            elif self.mode == "receive" and (kind in self.modality):
+                self.pc.addTransceiver(kind, direction="recvonly")
+        offer = await self.pc.createOffer()
+        await self.pc.setLocalDescription(offer)  # gathers every candidate: no trickle needed
+        body: dict[str, Any] = {"sdp": self.pc.localDescription.sdp, "type": "offer", "webrtc_id": self.webrtc_id, "queue": self.queue}
+        if self.stream_id is not None:
+            body["stream_id"] = self.stream_id
+        async with httpx.AsyncClient(timeout=OFFER_TIMEOUT_S) as http:
+            resp = await http.post(f"{self.url}/webrtc/offer", json=body, headers=self.headers)
+            answer = _json_of(resp)
+            while resp.status_code == 202:
+                # in the stream's line: follow it, and post the same offer again when admitted
+                self.ticket = answer["queue"]["ticket"]
+                self.queue_views.append({"state": "waiting", **{k: v for k, v in answer["queue"].items() if k != "ticket"}})
+                try:
+                    await self._wait_turn(http)
+                except BaseException:
+                    await self.pc.close()
+                    raise
+                resp = await http.post(f"{self.url}/webrtc/offer", json={**body, "queue_ticket": self.ticket}, headers=self.headers)
+                answer = _json_of(resp)
+            self.ticket = None
+        if resp.status_code == 429:
+            await self.pc.close()
+            raise ServerFull(answer, resp.headers.get("retry-after"))
+        if resp.status_code != 200 or "sdp" not in answer:
+            await self.pc.close()
+            raise OfferRejected(resp.status_code, answer)
+        # the server's secret for this session: every later request about it carries it
+        self.session_key = answer.get("session_key")
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
+        set_audio_prefetch(self.pc, self.audio_jitter_prefetch)
+        if self.video_release_on_marker:
+            release_video_on_marker(self.pc)
+        self._started = time.monotonic()
+
+    async def _wait_turn(self, http: httpx.AsyncClient) -> None:
+        """Follow this client's place in line (GET /webrtc/queue, server-sent events) until
+        it is admitted; QueueDropped if the line lets it go. Cancelling this (or the task
+        that connects) closes the stream, which takes the client out of the line."""
+        assert self.ticket is not None
+        headers = {**self.headers, "X-Queue-Ticket": self.ticket}
+        params = {"webrtc_id": self.webrtc_id}
+        for _ in range(QUEUE_FOLLOW_ATTEMPTS):
+            # a stream that ends with no last word (its gateway drained or restarted) is
+            # followed again: the place is the scheduler's, not the gateway's
+            with contextlib.suppress(httpx.TransportError):
+                async with http.stream("GET", f"{self.url}/webrtc/queue", params=params, headers=headers, timeout=httpx.Timeout(OFFER_TIMEOUT_S, read=None)) as resp:
+                    if resp.status_code != 200:
+                        await resp.aread()
+                        raise OfferRejected(resp.status_code, _json_of(resp))
+                    async for line in resp.aiter_lines():
+                        if not line.startswith("data: "):
+                            continue
+                        view = json.loads(line[len("data: ") :])
+                        self.queue_views.append(view)
+                        if view["state"] == "admitted":
+                            return
+                        if view["state"] == "gone":
+                            raise QueueDropped(view)
+            await asyncio.sleep(QUEUE_FOLLOW_RETRY_S)
+        raise QueueDropped({"state": "gone", "reason": "stream_closed", "message": "the updates stream kept ending"})
+
+    async def leave_queue(self) -> bool:
+        """Leave the line now (POST /webrtc/queue/leave); False if not in one."""
+        if self.ticket is None:
+            return False
+        async with httpx.AsyncClient(timeout=OFFER_TIMEOUT_S) as http:
+            resp = await http.post(f"{self.url}/webrtc/queue/leave", json={"webrtc_id": self.webrtc_id, "ticket": self.ticket}, headers=self.headers)
+        return resp.status_code == 200
+
+    def ids(self, **body: Any) -> dict[str, Any]:
+        """A request body about this session: its webrtc_id and key, and ``body``."""
+        return {"webrtc_id": self.webrtc_id, "session_key": self.session_key, **body}
+
+    async def post(self, route: str, **body: Any) -> httpx.Response:
+        """POST /webrtc/<route> about this session (input, close), with its key."""
+        async with httpx.AsyncClient(timeout=OFFER_TIMEOUT_S) as http:
+            return await http.post(f"{self.url}/webrtc/{route}", json=self.ids(**body), headers=self.headers)
+
+    async def hang_up(self) -> None:
+        """Tell the server this client ended the session (POST /webrtc/close), then close."""
+        with contextlib.suppress(httpx.HTTPError):
+            await self.post("close")
+        await self.close()
+
+    def send(self, type_: str, data: Any = None) -> None:
+        self.channel.send(json.dumps({"type": type_, "data": data}))
+
+    async def wait_message(self, type_: str, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for m in self.messages:
+                if m.get("type") == type_:
+                    return m
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"no {type_!r} message within {timeout} s; got {self.messages}")
+
+    async def close(self) -> Report:
+        if self._started is not None:
+            self.report.seconds = time.monotonic() - self._started
+        if self.source is not None:
+            self.report.sent = self.source.count
+            self.source.stop()
+        if self.audio_source is not None:
+            self.audio_source.stop()
+        for task in list(self._tasks):
+            task.cancel()
+        await self.pc.close()
+        return self.report
+
+
+async def run(url: str, seconds: float, streams: int = 1, **kw: Any) -> list[Report]:
+    """Open ``streams`` sessions, stream for ``seconds``, close, return their reports."""
+    clients = [Client(url, **kw) for _ in range(streams)]
+    await asyncio.gather(*(c.connect() for c in clients))
+    await asyncio.wait_for(asyncio.gather(*(c.first_frame.wait() for c in clients)), OFFER_TIMEOUT_S)
+    for c in clients:  # measure the steady state, not the start-up
+        # reset in place: the receiving task holds this object
+        vars(c.report).update(vars(Report()))
+        c._started = time.monotonic()
+        if c.source is not None:
+            c.source.sent_at.clear()
+    start_counts = [c.source.count if c.source else 0 for c in clients]
+    await asyncio.sleep(seconds)
+    reports = []
+    for c, n0 in zip(clients, start_counts, strict=False):
+        r = await c.close()
+        r.sent -= n0
+        reports.append(r)
+    return reports
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("url")
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--streams", type=int, default=1)
+    ap.add_argument("--fps", type=float, default=DEFAULT_FPS)
+    ap.add_argument("--size", default="640x480")
+    ap.add_argument("--stream-id", default=None)
+    args = ap.parse_args(argv)
+    w, h = (int(v) for v in args.size.split("x"))
+    reports = asyncio.run(run(args.url, args.seconds, args.streams, fps=args.fps, size=(w, h), stream_id=args.stream_id))
+    for i, r in enumerate(reports):
+        print(json.dumps({"stream": i, **r.as_dict()}))
+
+
+if __name__ == "__main__":
+    main()

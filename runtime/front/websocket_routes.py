@@ -1,0 +1,565 @@
+"""Audio clients beyond WebRTC: fastrtc's WebSocket endpoint and Twilio phone calls.
+
+  WS   /websocket/offer     fastrtc's messages: {"event": "start", "websocket_id"},
+                            {"event": "media", "media": {"payload": base64 mu-law}},
+                            {"event": "stop"}, {"event": "ping"} -> {"event": "pong"}
+  POST /telephone/incoming  Twilio's voice webhook: TwiML that connects the call to
+  WS   /telephone/handler   Twilio Media Streams: connected, start (streamSid), media,
+                            mark, dtmf, stop; we send media, mark and clear
+
+Each socket becomes a runtime.media.ws_session.WebSocketSession in the front's engine, with the
+stream's lease, concurrency_limit, time_limit and waiting room. A refusal is a JSON message
+in the REST routes' shape (``{"status": "failed", "meta": {"error", ...}}``) and then a
+close with code 4000 + the HTTP status the offer route would have answered (4429: full,
+4403: refused, 4400: bad request): a client reads both from the close frame.
+
+Who may connect: ``/websocket/offer`` is a signalling route like ``/webrtc/offer``
+(gateway.auth, the Origin allow-list). Twilio cannot send our credentials, so a call is
+admitted by a single-use call token that ``/telephone/incoming`` puts in the TwiML's stream
+parameters, and ``/telephone/incoming`` itself, with ``telephone.twilio_auth_token`` set,
+takes only requests that carry Twilio's signature (X-Twilio-Signature).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+import secrets
+import time
+import urllib.parse
+from typing import TYPE_CHECKING, Any
+from xml.etree import ElementTree
+
+# module level: FastAPI reads the routes' annotations from this module's globals
+from fastapi import Request, WebSocket
+
+from runtime.errors import HTTPError
+from runtime.guard import safejson
+from runtime.guard.limits import TokenBucket
+from runtime.media.engine import check_id
+from workers.link.wire import CLIENT_TELEPHONE, CLIENT_WEBSOCKET
+
+if TYPE_CHECKING:
+    from runtime.front.gateway import Gateway
+    from runtime.media.ws_session import WebSocketSession
+
+log = logging.getLogger("rtcpool.websocket")
+
+WEBSOCKET_ROUTE = "/websocket/offer"
+TELEPHONE_INCOMING_ROUTE = "/telephone/incoming"
+TELEPHONE_HANDLER_ROUTE = "/telephone/handler"
+
+MAX_MESSAGE_BYTES = (
+    64 * 1024
+)  # a 20 ms mu-law frame is ~0.2-1.3 kB of base64; far larger is refused
+MAX_PAYLOAD_BYTES = 16 * 1024  # decoded audio bytes of one media message (2 s at 8 kHz)
+START_TIMEOUT_S = 10.0  # a socket that has not said "start" by then is closed
+MAX_BAD_MESSAGES = 20  # a client this wrong is closed rather than answered again and again
+MESSAGES_PER_S = 200.0  # 20 ms frames are 50 a second; this leaves room for marks and pings
+MESSAGE_BURST = 400
+CLOSE_FLUSH_S = 1.0  # time for the last messages (end_stream, an error) before the close
+CALL_TOKEN_TTL_S = 60.0  # between Twilio fetching the TwiML and opening the media stream
+CALL_TOKEN_BYTES = 24
+MAX_CALL_TOKENS = (
+    10_000  # outstanding call tokens kept at most (a webhook flood forgets the oldest)
+)
+CALL_TOKEN_PARAM = "rtcpool_call"
+STREAM_PARAM = "stream_id"  # /telephone/incoming?stream_id=...: the stream a number's calls reach
+
+CLOSE_NORMAL = 1000
+CLOSE_UNSUPPORTED = 1003  # a binary message: this protocol is JSON text
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_REFUSED_BASE = 4000  # + the HTTP status the offer route would answer (4429, 4403, ...)
+MAX_CLOSE_REASON_BYTES = 120  # a close frame's reason is at most 123 bytes
+
+HOST_RE = re.compile(r"[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?")
+
+
+class Refused(Exception):
+    def __init__(
+        self, code: int, error: str, message: str, meta: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code, self.error, self.message, self.meta = code, error, message, meta or {}
+
+    @classmethod
+    def of(cls, err: HTTPError) -> Refused:
+        return cls(CLOSE_REFUSED_BASE + err.status, err.error, err.message, err.meta)
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "status": "failed",
+            "meta": {"error": self.error, "message": self.message, **self.meta},
+        }
+
+
+class CallTokens:
+    """Single-use tokens that tie a Twilio media stream to the webhook that announced it,
+    and to the stream event that webhook named (None: the app's only one)."""
+
+    def __init__(self) -> None:
+        self._tokens: dict[str, tuple[float, str | None]] = {}  # token -> (expiry, stream id)
+
+    def mint(self, stream_id: str | None) -> str:
+        now = time.monotonic()
+        for token in [t for t, (exp, _) in self._tokens.items() if exp < now]:
+            del self._tokens[token]
+        while len(self._tokens) >= MAX_CALL_TOKENS:
+            del self._tokens[next(iter(self._tokens))]
+        token = secrets.token_urlsafe(CALL_TOKEN_BYTES)
+        self._tokens[token] = (now + CALL_TOKEN_TTL_S, stream_id)
+        return token
+
+    def spend(self, token: Any) -> tuple[bool, str | None]:
+        """(whether it was a live token, the stream it was minted for)"""
+        if not isinstance(token, str):
+            return False, None
+        expiry, stream_id = self._tokens.pop(token, (0.0, None))
+        return expiry >= time.monotonic(), stream_id
+
+
+def twilio_signature(auth_token: str, url: str, params: dict[str, str]) -> str:
+    """Twilio's request signature: HMAC-SHA1 over the URL and the sorted form fields."""
+    data = url + "".join(k + params[k] for k in sorted(params))
+    return base64.b64encode(
+        hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()
+    ).decode()
+
+
+def signature_matches(auth_token: str, given: str, url: str, params: dict[str, str]) -> bool:
+    """Whether ``given`` is Twilio's signature of the request, for the URL as it came or
+    with its default port added or dropped (a proxy on the way may do either)."""
+    parts = urllib.parse.urlsplit(url)
+    default = {"https": 443, "http": 80}.get(parts.scheme)
+    variants = [url]
+    if default is not None and parts.hostname:
+        host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+        bare = parts._replace(netloc=host).geturl()
+        with_port = parts._replace(netloc=f"{host}:{default}").geturl()
+        variants += [bare] if parts.port == default else [with_port] if parts.port is None else []
+    return any(hmac.compare_digest(given.encode(), twilio_signature(auth_token, v, params).encode()) for v in variants)
+
+
+def twiml(stream_url: str, token: str, greeting: str) -> str:
+    """<Response><Say/><Connect><Stream url><Parameter/></Stream></Connect></Response>"""
+    response = ElementTree.Element("Response")
+    if greeting:
+        ElementTree.SubElement(response, "Say").text = greeting
+    connect = ElementTree.SubElement(response, "Connect")
+    stream = ElementTree.SubElement(connect, "Stream", url=stream_url)
+    ElementTree.SubElement(stream, "Parameter", name=CALL_TOKEN_PARAM, value=token)
+    return '<?xml version="1.0" encoding="UTF-8"?>' + ElementTree.tostring(
+        response, encoding="unicode"
+    )
+
+
+class SocketClient:
+    """One WebSocket client from accept to close: its messages, its session, its ending."""
+
+    def __init__(self, gw: Gateway, ws: Any, kind: str) -> None:
+        self.gw = gw
+        self.ws = ws
+        self.kind = kind
+        self.phone = kind == CLIENT_TELEPHONE
+        self.session: WebSocketSession | None = None
+        self.webrtc_id = ""
+        self.bad = 0
+        self.rate = TokenBucket(MESSAGES_PER_S, MESSAGE_BURST)
+        self.client = ws.client.host if ws.client else None
+        self._send_lock = asyncio.Lock()
+
+    async def send_text(self, text: str) -> None:
+        async with self._send_lock:  # the session's outbox and this route both write
+            await self.ws.send_text(text)
+
+    async def send_json(self, obj: dict[str, Any]) -> None:
+        await self.send_text(json.dumps(obj))
+
+    async def warn(self, message: str) -> None:
+        """A message that is ignored: said once per message, closed after too many."""
+        self.bad += 1
+        if self.bad > MAX_BAD_MESSAGES:
+            raise Refused(
+                CLOSE_POLICY, "too_many_bad_messages", f"more than {MAX_BAD_MESSAGES} bad messages"
+            )
+        if not self.phone:  # Twilio has nowhere to show it
+            await self.send_json({"event": "error", "type": "warning", "message": message})
+        else:
+            log.warning("telephone %s: %s", self.webrtc_id or "(not started)", message)
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    async def next_message(self, timeout: float | None) -> dict[str, Any] | None:
+        """The next message as a JSON object; None: the client went away. Malformed ones
+        are answered (warn) and skipped; a binary or oversized one closes the socket."""
+        from starlette.websockets import WebSocketDisconnect
+
+        while True:
+            try:
+                raw = await asyncio.wait_for(self.ws.receive(), timeout)
+            except TimeoutError:
+                raise Refused(
+                    CLOSE_POLICY,
+                    "start_timeout",
+                    f"no 'start' message within {START_TIMEOUT_S:.0f} s",
+                ) from None
+            except WebSocketDisconnect:
+                return None
+            if raw.get("type") == "websocket.disconnect":
+                return None
+            if not self.rate.take():
+                await self.warn("too many messages: some are dropped")
+                continue
+            if raw.get("bytes") is not None:
+                raise Refused(
+                    CLOSE_UNSUPPORTED, "binary_message", "messages are JSON text, not binary"
+                )
+            text = raw.get("text") or ""
+            if len(text) > MAX_MESSAGE_BYTES:
+                raise Refused(
+                    CLOSE_TOO_BIG,
+                    "message_too_large",
+                    f"messages are at most {MAX_MESSAGE_BYTES} bytes",
+                )
+            try:
+                msg = safejson.loads(text)
+            except safejson.JSONRejected as exc:
+                await self.warn(f"message refused: {exc.message}")
+                continue
+            if not isinstance(msg, dict) or not isinstance(msg.get("event"), str):
+                await self.warn("a message is a JSON object with an 'event'")
+                continue
+            return msg
+
+    # --- the whole life of a socket ----------------------------------------------------------------
+
+    async def serve(self) -> None:
+        await self.ws.accept()
+        code, reason = CLOSE_NORMAL, "stream ended"
+        try:
+            if not self.phone:
+                try:
+                    await self.gw.check_access(self.ws)
+                except HTTPError as err:
+                    raise Refused.of(err) from err
+            start = await self._wait_start()
+            if start is None:
+                return
+            await self._open(start)
+            if self.session is not None:
+                await self._stream()
+                reason = self.session.end_reason or reason
+        except Refused as ref:
+            code, reason = ref.code, ref.error
+            with contextlib.suppress(Exception):
+                if not self.phone:
+                    await self.send_json(ref.body())
+                else:
+                    log.warning(
+                        "telephone %s refused: %s (%s)",
+                        self.webrtc_id or "(not started)",
+                        ref.error,
+                        ref.message,
+                    )
+        finally:
+            await self._end(code, reason)
+
+    async def _wait_start(self) -> dict[str, Any] | None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            msg = await self.next_message(max(0.01, deadline - time.monotonic()))
+            if msg is None:
+                return None
+            event = msg["event"]
+            if event == "start":
+                return msg
+            if event == "ping":
+                await self.send_json({"event": "pong"})
+            elif event == "connected" and self.phone:
+                continue  # Twilio's hello
+            elif event == "stop":
+                return None
+            else:
+                await self.warn(f"'{event[:40]}' before 'start'")
+
+    async def _open(self, start: dict[str, Any]) -> None:
+        gw = self.gw
+        if self.phone:
+            got = start.get("start")
+            info: dict[str, Any] = got if isinstance(got, dict) else {}
+            got = info.get("customParameters")
+            params: dict[str, Any] = got if isinstance(got, dict) else {}
+            live, stream_id = gw.call_tokens.spend(params.get(CALL_TOKEN_PARAM))
+            if not live:
+                raise Refused(
+                    CLOSE_REFUSED_BASE + 403,
+                    "bad_call_token",
+                    f"this media stream was not announced by {TELEPHONE_INCOMING_ROUTE}",
+                )
+            raw_id = start.get("streamSid") or info.get("streamSid")
+        else:
+            raw_id, stream_id = start.get("websocket_id"), start.get("stream_id")
+        try:
+            self.webrtc_id = check_id(raw_id)
+            event = gw._pick_event(stream_id)
+            if not event.has_audio or event.has_video:
+                raise HTTPError(
+                    400,
+                    "not_an_audio_stream",
+                    f"stream {event.event_id!r} is {event.modality}: WebSocket clients carry audio only",
+                )
+            ticket: str | None = None
+            while True:
+                answer = await gw.open_websocket(
+                    event,
+                    self.webrtc_id,
+                    self.client,
+                    self.kind,
+                    self.send_text,
+                    event.queue,
+                    ticket,
+                )
+                if answer.get("status") != "queued":
+                    break
+                ticket = await self._wait_in_line(answer)
+                if ticket is None:
+                    return
+        except HTTPError as err:
+            raise Refused.of(err) from err
+        self.session = answer["session"]
+        if not self.phone:
+            # the key for the REST routes (/webrtc/input, /webrtc/outputs), as the offer's answer has it
+            await self.send_json(
+                {
+                    "type": "session",
+                    "data": {
+                        "webrtc_id": self.webrtc_id,
+                        "session_key": answer["session_key"],
+                        "stream_id": event.event_id,
+                    },
+                }
+            )
+
+    async def _wait_in_line(self, answer: dict[str, Any]) -> str | None:
+        """A full stream with a line: follow our place (sent to a WebSocket client as
+        ``{"type": "queue", "data": view}``; a caller hears silence) until admitted. The
+        client's messages meanwhile: stop or hanging up leaves the line; media is ignored.
+        The ticket to open with, or None: the client left."""
+        place = answer["queue"]
+        ticket = place["ticket"]
+        first = {
+            "state": "waiting",
+            "position": place["position"],
+            "size": place["size"],
+            "eta_s": place["eta_s"],
+        }
+        if not self.phone:
+            await self.send_json({"type": "queue", "data": first})
+        updates = await self.gw.queue_stream(ticket, self.webrtc_id)
+        follow = asyncio.ensure_future(self._follow(updates, first))
+        try:
+            while not follow.done():
+                reader = asyncio.ensure_future(self.next_message(None))
+                done, _ = await asyncio.wait({follow, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if reader not in done:
+                    reader.cancel()
+                    with contextlib.suppress(BaseException):
+                        await reader
+                    break
+                msg = reader.result()
+                if msg is None or msg["event"] == "stop":
+                    return None  # closing the updates stream below leaves the line
+                if msg["event"] == "ping":
+                    await self.send_json({"event": "pong"})
+                elif msg["event"] not in ("media", "mark", "dtmf", "connected"):
+                    await self.warn(f"'{msg['event'][:40]}' while waiting in line")
+            view = follow.result()
+        finally:
+            if not follow.done():
+                follow.cancel()
+            with contextlib.suppress(BaseException):
+                await follow
+            with contextlib.suppress(Exception):
+                await updates.aclose()
+        if view.get("state") != "admitted":
+            raise Refused(
+                CLOSE_REFUSED_BASE + 410,
+                view.get("reason") or "queue_left",
+                view.get("message") or "the place in line is gone",
+            )
+        return str(ticket)
+
+    async def _follow(self, updates: Any, first: dict[str, Any]) -> dict[str, Any]:
+        last: dict[str, Any] = dict(first)
+        async for view in updates:
+            if view is None:
+                continue
+            if view == last:
+                continue  # the first view again (the follower starts from it)
+            last = view
+            if view.get("state") != "waiting":
+                return view
+            if not self.phone:
+                await self.send_json({"type": "queue", "data": view})
+        return last
+
+    async def _stream(self) -> None:
+        session = self.session
+        assert session is not None
+        ended = asyncio.ensure_future(session.ended.wait())
+        try:
+            while not session.closed:
+                reader = asyncio.ensure_future(self.next_message(None))
+                done, _ = await asyncio.wait({reader, ended}, return_when=asyncio.FIRST_COMPLETED)
+                if reader not in done:
+                    reader.cancel()
+                    with contextlib.suppress(BaseException):
+                        await reader
+                    return
+                msg = reader.result()
+                if msg is None:
+                    await session.aclose("websocket closed by the client")
+                    return
+                await self._on_message(session, msg)
+        finally:
+            ended.cancel()
+
+    async def _on_message(self, session: WebSocketSession, msg: dict[str, Any]) -> None:
+        event = msg["event"]
+        if event == "media":
+            media = msg.get("media")
+            payload = media.get("payload") if isinstance(media, dict) else None
+            if (
+                self.phone
+                and isinstance(media, dict)
+                and media.get("track") not in (None, "inbound")
+            ):
+                return  # a two-track stream's outbound half is our own audio
+            if not isinstance(payload, str):
+                await self.warn("'media' wants media.payload: base64 mu-law audio")
+                return
+            try:
+                audio = base64.b64decode(payload, validate=True)
+            except (binascii.Error, ValueError):
+                await self.warn("media.payload is not base64")
+                return
+            if len(audio) > MAX_PAYLOAD_BYTES:
+                await self.warn(
+                    f"media.payload is over {MAX_PAYLOAD_BYTES} bytes of audio: dropped"
+                )
+                return
+            session.receive_media(audio)
+        elif event == "stop":
+            await session.aclose("the client stopped the stream")
+        elif event == "ping":
+            await self.send_json({"event": "pong"})
+        elif event in ("mark", "dtmf", "connected") and self.phone:
+            pass  # Twilio's: a played mark, a key press; nothing here waits for them
+        elif event == "start":
+            await self.warn("the stream has started already")
+        else:
+            await self.warn(f"unknown event {event[:40]!r}")
+
+    async def _end(self, code: int, reason: str) -> None:
+        session = self.session
+        if session is not None:
+            if not session.closed:
+                await session.aclose("websocket route ended")
+            await session.flush(CLOSE_FLUSH_S)
+        with contextlib.suppress(Exception):
+            await self.ws.close(
+                code=code, reason=reason.encode()[:MAX_CLOSE_REASON_BYTES].decode(errors="ignore")
+            )
+
+
+def stream_url(request: Any, public_url: str | None) -> str:
+    """Where Twilio opens the media stream: ``telephone.public_url`` (behind a proxy that
+    rewrites Host), else this request's Host, which is checked to be a plain host name."""
+    if public_url:
+        base = public_url.rstrip("/")
+        if base.startswith("https://"):
+            base = "wss://" + base[len("https://") :]
+        elif base.startswith("http://"):
+            base = "ws://" + base[len("http://") :]
+        return base + TELEPHONE_HANDLER_ROUTE
+    host = request.headers.get("host", "")
+    if not HOST_RE.fullmatch(host):
+        raise HTTPError(400, "bad_host", "the request's Host header is not a host name")
+    prefix = request.url.path.removesuffix(TELEPHONE_INCOMING_ROUTE)
+    return f"wss://{host}{prefix}{TELEPHONE_HANDLER_ROUTE}"
+
+
+def mount_websocket_routes(app: Any, gw: Gateway) -> None:
+    """Add /websocket/offer, /telephone/incoming and /telephone/handler to a FastAPI app."""
+    from fastapi.responses import JSONResponse, Response
+
+    warned_unsigned: list[bool] = []  # said once per app, at the first unsigned webhook
+
+    async def websocket_offer(websocket: WebSocket) -> None:
+        gw.loop = asyncio.get_running_loop()
+        await SocketClient(gw, websocket, CLIENT_WEBSOCKET).serve()
+
+    async def telephone_handler(websocket: WebSocket) -> None:
+        gw.loop = asyncio.get_running_loop()
+        await SocketClient(gw, websocket, CLIENT_TELEPHONE).serve()
+
+    async def telephone_incoming(request: Request) -> Response:
+        tc = gw.config.telephone
+        try:
+            body = await request.body()
+            if len(body) > MAX_MESSAGE_BYTES:
+                raise HTTPError(
+                    413, "body_too_large", f"the webhook body is over {MAX_MESSAGE_BYTES} bytes"
+                )
+            form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
+            token = os.environ.get(tc.twilio_auth_token_env, "") if tc.twilio_auth_token_env else ""
+            if not token and not warned_unsigned:
+                warned_unsigned.append(True)
+                log.warning(
+                    "%s takes unsigned requests: anyone who finds it can place calls to this app's handlers "
+                    "(set %s to the Twilio auth token to check Twilio's signatures)",
+                    TELEPHONE_INCOMING_ROUTE, tc.twilio_auth_token_env or "telephone.twilio_auth_token_env",
+                )  # fmt: skip
+            if token:
+                # Twilio signs the URL it was configured with: the public one behind a proxy
+                url = (
+                    (tc.public_url.rstrip("/") + TELEPHONE_INCOMING_ROUTE)
+                    if tc.public_url
+                    else str(request.url)
+                )
+                if not signature_matches(token, request.headers.get("x-twilio-signature", ""), url, form):
+                    raise HTTPError(
+                        403,
+                        "bad_twilio_signature",
+                        "the request is not signed by Twilio for this URL",
+                    )
+            stream_id = request.query_params.get(STREAM_PARAM)
+            if stream_id is not None:
+                gw._pick_event(stream_id)  # 404 now rather than when the call connects
+            xml = twiml(stream_url(request, tc.public_url), gw.call_tokens.mint(stream_id), tc.greeting)
+            return Response(xml, media_type="application/xml")
+        except HTTPError as err:
+            return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+    app.add_api_websocket_route(WEBSOCKET_ROUTE, websocket_offer)
+    app.add_api_websocket_route(TELEPHONE_HANDLER_ROUTE, telephone_handler)
+    app.add_api_route(TELEPHONE_INCOMING_ROUTE, telephone_incoming, methods=["POST"])
+
+
+__all__ = [
+    "mount_websocket_routes",
+    "twiml",
+    "twilio_signature",
+    "WEBSOCKET_ROUTE",
+    "TELEPHONE_HANDLER_ROUTE",
+    "TELEPHONE_INCOMING_ROUTE",
+]

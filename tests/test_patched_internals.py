@@ -1,0 +1,128 @@
+"""Every private attribute of aiortc, Gradio and uvicorn that rtcpool reads, replaces or
+subclasses, checked against the installed versions.
+
+pyproject.toml bounds these libraries (aiortc <1.17, av <19, gradio <7) and constraints.txt
+pins the versions CI ran (scripts/lock.sh); the patch sites name the versions they were
+checked against. When a release moves one of these names, this file fails first, with the
+name, instead of a session that silently keeps aiortc's encoder or a Gradio app that never
+mounts its routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+
+import aiortc
+import av
+import gradio
+import numpy as np
+import pytest
+import uvicorn
+from aiortc import RTCPeerConnection, RTCRtpSender
+from aiortc.codecs.vpx import Vp8Encoder
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+from aiortc.rtcrtpreceiver import RemoteStreamTrack
+from aiortc.rtp import RtpPacket
+from packaging.version import Version
+
+from runtime.media.encoder import SENDER_ENCODER_ATTR, GatewayVp8Encoder
+from runtime.media.jitter import RECEIVER_BUFFER_ATTR, MarkerJitterBuffer
+
+# the ranges pyproject.toml admits; a wider install means the bounds were lifted without a
+# run of this file
+BOUNDS = {
+    "aiortc": (aiortc.__version__, "1.16", "1.17"),
+    "av": (av.__version__, "14", "19"),
+    "gradio": (gradio.__version__, "6.0", "7"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BOUNDS))
+def test_installed_version_is_inside_the_checked_bounds(name: str):
+    installed, low, high = BOUNDS[name]
+    assert Version(low) <= Version(installed) < Version(high), f"{name} {installed} outside [{low}, {high})"
+
+
+async def test_aiortc_keeps_the_private_fields_the_gateway_replaces():
+    pc = RTCPeerConnection()
+    try:
+        video = pc.addTransceiver("video")
+        audio = pc.addTransceiver("audio")
+        # runtime/media/encoder.py swaps the sender's encoder; runtime/media/jitter.py the receivers' buffers
+        assert hasattr(video.sender, SENDER_ENCODER_ATTR)
+        assert isinstance(getattr(video.receiver, RECEIVER_BUFFER_ATTR), JitterBuffer)
+        assert isinstance(getattr(audio.receiver, RECEIVER_BUFFER_ATTR), JitterBuffer)
+        # use_gateway_encoder reads the negotiated codecs from here
+        assert isinstance(video._codecs, list)
+        assert isinstance(RTCRtpSender, type)
+    finally:
+        await pc.close()
+
+
+def test_aiortc_remote_track_keeps_its_frame_queue():
+    # runtime/media/frames.py newest_frame() drains it for latest-frame-wins
+    track = RemoteStreamTrack(kind="video")
+    assert isinstance(track._queue, asyncio.Queue)
+
+
+def test_aiortc_jitter_buffer_keeps_what_marker_release_reads():
+    # MarkerJitterBuffer overrides _remove_frame and reads the ring directly
+    assert "capacity" in inspect.signature(JitterBuffer.__init__).parameters
+    assert "is_video" in inspect.signature(JitterBuffer.__init__).parameters
+    assert "prefetch" in inspect.signature(JitterBuffer.__init__).parameters
+    assert callable(JitterBuffer._remove_frame)
+    assert callable(JitterBuffer.remove)
+    buffer = MarkerJitterBuffer()
+    assert isinstance(buffer._packets, list) and isinstance(buffer._origin, int | type(None))
+    assert list(inspect.signature(JitterFrame).parameters)[:2] == ["data", "timestamp"]
+    packet = RtpPacket(payload_type=96, marker=1, sequence_number=1, timestamp=90, payload=b"\x10x")
+    packet._data = packet.payload  # what aiortc's receiver sets after depacketizing
+    assert packet._data == b"\x10x"
+    pli, frame = buffer.add(packet)
+    assert frame is not None and frame.data == b"\x10x" and frame.timestamp == 90
+
+
+def test_aiortc_vp8_encoder_keeps_the_codec_the_gateway_builds():
+    # GatewayVp8Encoder builds self.codec its own way; aiortc's encode() must then keep it
+    assert {"codec", "target_bitrate"} <= set(dir(Vp8Encoder())) | set(vars(Vp8Encoder()))
+    encoder = GatewayVp8Encoder(speed=8, denoise=False)
+    frame = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")
+    payloads, _ = encoder.encode(frame)
+    built = encoder.codec
+    assert payloads and built is not None and encoder.codec_options["noise-sensitivity"] == "0"
+    encoder.encode(frame)
+    assert encoder.codec is built
+
+
+def test_gradio_keeps_what_gradio_ext_patches():
+    import gradio.blocks
+    from gradio import component_meta
+    from gradio.components.base import server
+    from gradio.route_utils import API_PREFIX
+    from gradio.routes import App
+
+    # gradio_ext/serving.py wraps these three and the stub writer of the component metaclass
+    assert isinstance(inspect.getattr_static(App, "create_app"), staticmethod)
+    assert callable(gradio.Blocks.launch) and callable(gradio.Blocks.block_thread)
+    assert list(inspect.signature(gradio.blocks.postprocess_update_dict).parameters)[:3] == [
+        "block",
+        "update_dict",
+        "postprocess",
+    ]
+    assert callable(component_meta.create_or_modify_pyi)
+    assert isinstance(component_meta.ComponentMeta, type)
+    # runtime/guard/auth.py looks up Gradio's own login endpoint under the API prefix
+    assert isinstance(API_PREFIX, str) and callable(server)
+
+
+def test_uvicorn_keeps_what_drain_and_serve_wrap():
+    from runtime.ops import drain
+
+    # runtime/ops/drain.py wraps handle_exit(sig, frame) (maybe already, by a gateway of this test
+    # process: then its saved original is uvicorn's); runtime/cli.py counts startup()s
+    handle_exit = drain._original_handle_exit or uvicorn.Server.handle_exit
+    assert list(inspect.signature(handle_exit).parameters) == ["self", "sig", "frame"]
+    assert inspect.iscoroutinefunction(uvicorn.Server.startup)
+    config = uvicorn.Config(app=lambda scope, receive, send: None)
+    assert uvicorn.Server(config).should_exit is False
