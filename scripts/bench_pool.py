@@ -395,7 +395,7 @@ def measure(mode: str, kind: str, n: int, image: np.ndarray, iters: int, endpoin
     result = summary(rec, seconds)
     cpu = rec.get("cpu", {})
     if kind == "busy" and mode == "pool" and result["processed_fps"]:
-        # the work one frame really cost in a worker (this VM's speed wanders; see README)
+        # the work one frame really cost in a worker (this VM's speed wanders; see docs/benchmarks.md)
         result["worker_cpu_ms_per_frame"] = round(10.0 * cpu.get("workers", 0.0) / result["processed_fps"], 2)
     result.update(
         mode=mode,
