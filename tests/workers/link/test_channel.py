@@ -22,21 +22,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.workers.link.blocking import connect_worker, socket_pair
 from workers.link import channel as channel_mod
-from workers.link.channel import (
-    CONTROL_FRAGMENT_BYTES,
-    MAX_BACKLOG_MESSAGES,
-    MAX_CONTROL_BYTES,
-    MSG_PART,
-    SEGMENT_PREFIX,
-    FrameChannel,
-    Geometry,
-    LocalSegment,
-    Segment,
-    connect_worker,
-    offer_link,
-    socket_pair,
-)
+from workers.link import framing as framing_mod
+from workers.link.channel import MAX_BACKLOG_MESSAGES, FrameChannel
+from workers.link.connect import offer_link
+from workers.link.framing import CONTROL_FRAGMENT_BYTES, MAX_CONTROL_BYTES, MSG_PART
+from workers.link.shm import SEGMENT_PREFIX, Geometry, LocalSegment, Segment
 from workers.link.wire import (
     DTYPE_CODES,
     KIND_AUDIO,
@@ -641,7 +633,7 @@ def test_control_over_the_limit_is_refused_before_sending(link):
 
 
 def test_control_limit_boundary(link, monkeypatch):
-    monkeypatch.setattr(channel_mod, "MAX_CONTROL_BYTES", 200_000)
+    monkeypatch.setattr(framing_mod, "MAX_CONTROL_BYTES", 200_000)
     gw, wk = link.gw.ch, link.wk.ch
     fits = _error_of_encoded_size(200_000)
     with pytest.raises(WireError):
@@ -652,7 +644,7 @@ def test_control_limit_boundary(link, monkeypatch):
 
 
 def test_receiver_refuses_fragments_beyond_the_limit(raw, monkeypatch):
-    monkeypatch.setattr(channel_mod, "MAX_CONTROL_BYTES", 100_000)
+    monkeypatch.setattr(framing_mod, "MAX_CONTROL_BYTES", 100_000)
     part = bytes((MSG_PART,)) + b"\0" * (CONTROL_FRAGMENT_BYTES - 1)
     for _ in range(3):
         raw.send(part)

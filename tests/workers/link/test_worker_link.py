@@ -21,13 +21,10 @@ import pytest
 
 from runtime import constants as C
 from tests.conftest import wait_until
-from workers.link.channel import (
-    SEGMENT_PREFIX,
-    FrameChannel,
-    Geometry,
-    connect_worker,
-    worker_socket,
-)
+from tests.workers.link.blocking import connect_worker
+from workers.link.channel import FrameChannel
+from workers.link.connect import worker_socket
+from workers.link.shm import SEGMENT_PREFIX, Geometry
 from workers.link.wire import PIXFMT_I420, SLOT_HEADER_BYTES, STREAM_LENGTH, Close, Control, Hello
 from workers.process.loader import make_spec
 from workers.process.worker import HELLO_TIMEOUT_S, PixelConverter, Worker

@@ -17,8 +17,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.workers.link.blocking import connect_worker
 from workers.handlers import StreamHandler
-from workers.link.channel import FrameChannel, Geometry, connect_worker
+from workers.link.channel import FrameChannel
+from workers.link.shm import Geometry
 from workers.link.wire import (
     EMPTY_HANDLER_HIST,
     HANDLER_BUCKETS_S,
