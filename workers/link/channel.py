@@ -6,8 +6,11 @@ socket is the doorbell and carries the slot hand-offs and the msgpack control me
 Worker on another host: the same messages go over TCP, each behind its length, and a frame
 message carries its slot's bytes; each side keeps a private copy of both segments
 (:class:`~workers.link.shm.LocalSegment`), so the slot protocol, the ownership checks and
-everything above them are one code path for both forms; only the framing differs
-(``workers/link/framing.py``). Starting a session is ``workers/link/connect.py``. Ownership of a slot moves with messages:
+everything above them are one code path for both forms: only the framing differs
+(``workers/link/framing.py``). What goes out waits its turn in ``workers/link/outbox.py``;
+starting a session is ``workers/link/connect.py``.
+
+Ownership of a slot moves with messages:
 the producer writes a free slot and sends ``F``; the consumer sends ``R`` when it is done.
 No shared counters, so no atomics are needed: the kernel's message order is the barrier.
 
@@ -27,15 +30,14 @@ the gateway's side keeps the last report in ``handler_hist`` for a metrics scrap
 
 The same class serves both sides. The gateway calls :meth:`pump` from its event loop's
 reader callback; the worker calls it from a reader thread. A lock makes the few shared
-fields safe between that thread and the handler thread; uncontended it costs ~50 ns.
+fields safe between that thread and the handler thread (the outbox has its own for the
+backlog; no path holds both); uncontended it costs ~50 ns.
 """
 
 from __future__ import annotations
 
-import select
 import socket
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,6 +52,7 @@ from workers.link.framing import (
     control_fragments,
     framing_for,
 )
+from workers.link.outbox import Outbox
 from workers.link.shm import Segment
 from workers.link.wire import (
     DTYPE_CODES,
@@ -75,7 +78,6 @@ from workers.link.wire import (
 )
 
 CLOSE_FLUSH_TIMEOUT_S = 2.0  # close(notify=True) waits this long for the peer to take the backlog
-MAX_BACKLOG_MESSAGES = 4096  # messages queued for a peer that stopped reading; past it the channel closes
 
 
 @dataclass
@@ -122,6 +124,7 @@ class FrameChannel:
             SLOT_MESSAGE.size + max(rx.geometry.video_slot_bytes, rx.geometry.audio_slot_bytes),
         )
         self.framing = framing_for(sock)(sock, max_message)
+        self.outbox = Outbox(sock, self.framing)
         self.tx = tx
         self.rx = rx
         self.on_video = on_video
@@ -149,7 +152,6 @@ class FrameChannel:
         self._seq = 0
         self._pending_video: int | None = None  # newest received video slot, not yet taken
         self._held_video: int | None = None  # slot taken by the consumer, not yet released
-        self._backlog: deque[bytes | memoryview] = deque()
         self._parts = ControlParts("control message")
 
     # --- producing -----------------------------------------------------------------------
@@ -334,70 +336,22 @@ class FrameChannel:
         return self._send_raw(SLOT_MESSAGE.pack(mtype, kind, slot), must=True)
 
     def _send_raw(self, data: bytes | memoryview, must: bool) -> bool:
-        """Send one datagram. A message that must arrive (every one sent today: frame,
-        release, control) waits in the backlog behind earlier ones when the socket is full;
-        one that need not is dropped (False). False too once the link is closed."""
-        if self.closed or self.framing.hung_up:
+        """Send one message through the outbox. Every one sent today (frame, release, control)
+        must arrive: it waits behind earlier ones when the socket is full. False once the link
+        is closed or failed."""
+        if self.closed:
             return False
-        error: Exception | None = None
-        with self._lock:
-            if self._backlog:
-                if not must:
-                    return False
-                self._backlog.append(data)
-                try:
-                    self._flush_locked()
-                except ConnectionError as exc:
-                    error = exc
-            else:
-                try:
-                    sent = self.sock.send(data)
-                    if sent < len(data):  # TCP takes part of a message: the rest goes first later
-                        self._backlog.append(memoryview(data)[sent:])
-                except BlockingIOError:
-                    if not must:
-                        return False
-                    self._backlog.append(data)
-                except OSError as exc:
-                    error = exc
-        if error is not None:
-            if not self._peer_hung_up(error):
+        try:
+            return self.outbox.send(data, must)
+        except OSError as error:
+            if not self.outbox.peer_left(error):
                 self._closed(f"link error: {error}")
             return False
-        return True
 
     @property
     def hung_up(self) -> bool:
         """Datagram form: the peer has closed its end; what it sent before is still read."""
         return self.framing.hung_up
-
-    def _peer_hung_up(self, error: BaseException) -> bool:
-        """True (and nothing more goes out) when a send failed because the peer closed its
-        end of a datagram link: see ``Framing.hung_up``. Any other failure ends the link."""
-        if not self.framing.peer_left(error):
-            return False
-        with self._lock:
-            self.framing.hung_up = True
-            self._backlog.clear()  # nothing will ever take it
-        return True
-
-    def _flush_locked(self) -> None:
-        while self._backlog:
-            head = self._backlog[0]
-            try:
-                sent = self.sock.send(head)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                raise ConnectionError(str(exc)) from exc
-            if sent < len(head):
-                self._backlog[0] = memoryview(head)[sent:]
-                break
-            self._backlog.popleft()
-        if len(self._backlog) > MAX_BACKLOG_MESSAGES:
-            # the peer has stopped reading: treat it as gone rather than buffer without bound
-            self._backlog.clear()
-            raise ConnectionError("peer stopped reading")
 
     # --- consuming -------------------------------------------------------------------------
 
@@ -458,7 +412,7 @@ class FrameChannel:
         reason = self.framing.receive(self._dispatch, self._is_closed)
         if reason is not None:
             self._closed(reason)
-        if self._backlog and not self.closed:
+        if self.outbox.waiting and not self.closed:
             self.flush()
 
     def _is_closed(self) -> bool:
@@ -505,33 +459,16 @@ class FrameChannel:
     def has_backlog(self) -> bool:
         """Messages wait for the link to become writable: the owner should call :meth:`flush`
         when it is (the gateway with ``loop.add_writer``, the worker from its poll loop)."""
-        return bool(self._backlog)
+        return self.outbox.waiting
 
     def flush(self) -> None:
         if self.closed:
             return
         try:
-            with self._lock:
-                self._flush_locked()
+            self.outbox.flush()
         except ConnectionError as exc:
-            if not self._peer_hung_up(exc):
+            if not self.outbox.peer_left(exc):
                 self._closed(str(exc))
-
-    def _drain(self, timeout: float) -> bool:
-        """Blocking: flush the backlog, waiting for the link to be writable. True when empty."""
-        deadline = time.monotonic() + timeout
-        while True:
-            with self._lock:
-                try:
-                    self._flush_locked()
-                except ConnectionError:
-                    return False
-                if not self._backlog:
-                    return True
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            select.select([], [self.sock], [], left)
 
     def _on_frame(self, kind: int, slot: int, payload: memoryview | None = None) -> None:
         if kind not in (KIND_VIDEO, KIND_AUDIO):
@@ -611,7 +548,7 @@ class FrameChannel:
                 # and the peer saw a crash. What was queued goes first, for a bounded time
                 # (only blocking callers notify: the worker's serve thread, tools); a Close
                 # after part of a fragmented message would corrupt it, so then none is sent.
-                if self._drain(CLOSE_FLUSH_TIMEOUT_S):
+                if self.outbox.drain(CLOSE_FLUSH_TIMEOUT_S):
                     messages = [Close(reason, retire).encode()]
                     if last is not None:
                         data = last.encode()

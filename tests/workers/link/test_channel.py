@@ -26,7 +26,7 @@ from tests.workers.link.pair import (
     pump_until,
 )
 from workers.link import channel as channel_mod
-from workers.link.channel import MAX_BACKLOG_MESSAGES
+from workers.link.outbox import MAX_BACKLOG_MESSAGES
 from workers.link.shm import SEGMENT_PREFIX
 from workers.link.wire import (
     DTYPE_CODES,

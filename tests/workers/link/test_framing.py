@@ -1,5 +1,6 @@
-"""workers/link/framing.py through two FrameChannels: control fragments on the wire and their
-limits, and the TCP form (a byte stream, messages behind their length, frames carrying their slot).
+"""workers/link/framing.py: through two FrameChannels, control fragments on the wire and their
+limits and the TCP form (a byte stream, messages behind their length, frames carrying their
+slot); then each framing alone on a bare socket pair, which must read and fail alike.
 """
 
 from __future__ import annotations
@@ -26,7 +27,17 @@ from tests.workers.link.pair import (
 )
 from workers.link import framing as framing_mod
 from workers.link.channel import FrameChannel
-from workers.link.framing import CONTROL_FRAGMENT_BYTES, MAX_CONTROL_BYTES, MSG_PART
+from workers.link.framing import (
+    CONTROL_FRAGMENT_BYTES,
+    MAX_CONTROL_BYTES,
+    MSG_PART,
+    ControlParts,
+    DatagramFraming,
+    Framing,
+    StreamFraming,
+    control_fragments,
+    framing_for,
+)
 from workers.link.shm import Geometry, Segment
 from workers.link.wire import (
     KIND_VIDEO,
@@ -263,14 +274,14 @@ def test_tcp_messages_split_at_every_byte_are_reassembled(tcp_link):
     raw_a, raw_b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     # capture what gw sends by swapping its socket for one whose far end we read
     real = gw.ch.sock
-    gw.ch.sock = raw_a
+    gw.ch.outbox.sock = raw_a
     frame = np.arange(H * W * 3, dtype=np.uint8).reshape(H, W, 3)
     assert gw.ch.send_video(frame, pts=5)
     assert gw.ch.send_audio(np.full((1, AUDIO_N), 7, dtype=np.int16), 48_000, pts=9)
     gw.ch.send_control(Message("hi", [1, 2]))
     raw_b.setblocking(False)
     data = raw_b.recv(1 << 20)
-    gw.ch.sock = real
+    gw.ch.outbox.sock = real
     raw_a.close()
     raw_b.close()
     for i in range(len(data)):
@@ -315,3 +326,121 @@ def test_tcp_close_is_framed_and_answered(tcp_link):
     assert pump_until(lambda: wk.ch.closed, wk.ch)
     assert wk.controls == [Outputs(1, [b"o" * (3 * CONTROL_FRAGMENT_BYTES)])]
     assert isinstance(wk.ch.peer_close, Close) and wk.closed == ["bye"]
+
+
+# --- the framings alone: one receive loop, the same reasons on both ------------------------------
+
+
+def _framing_pair(kind: str) -> tuple[Framing, socket.socket]:
+    """A framing on one end of a socket pair of its kind, and the bare other end."""
+    sock_type = socket.SOCK_STREAM if kind == "stream" else socket.SOCK_SEQPACKET
+    a, b = socket.socketpair(socket.AF_UNIX, sock_type)
+    a.setblocking(False)
+    return framing_for(a)(a, CONTROL_FRAGMENT_BYTES + 1), b
+
+
+@pytest.mark.parametrize("kind", ["datagram", "stream"])
+def test_framing_for_picks_by_socket_type(kind):
+    framing, peer = _framing_pair(kind)
+    with framing.sock, peer:
+        assert type(framing) is (StreamFraming if kind == "stream" else DatagramFraming)
+        assert framing.carries_slots is (kind == "stream")
+
+
+@pytest.mark.parametrize("kind", ["datagram", "stream"])
+def test_receive_delivers_whole_messages_then_reports_the_peer_leaving(kind):
+    framing, peer = _framing_pair(kind)
+    with framing.sock, peer:
+        for body in (b"C1", b"C22", b"C333"):
+            peer.sendall(framing.message(body))
+        got: list[bytes] = []
+        assert framing.receive(lambda view, n: got.append(bytes(view[:n])), lambda: False) is None
+        assert got == [b"C1", b"C22", b"C333"]
+        peer.close()
+        assert framing.receive(lambda view, n: got.append(b"late"), lambda: False) == "peer closed the link"
+        assert got == [b"C1", b"C22", b"C333"]
+
+
+@pytest.mark.parametrize("kind", ["datagram", "stream"])
+def test_receive_turns_a_wire_error_into_a_protocol_error_on_either_framing(kind):
+    framing, peer = _framing_pair(kind)
+    with framing.sock, peer:
+        peer.sendall(framing.message(b"Zbad"))
+
+        def refuse(view: memoryview, n: int) -> None:
+            raise WireError("unknown link message type 90")
+
+        assert framing.receive(refuse, lambda: False) == "protocol error: unknown link message type 90"
+
+
+@pytest.mark.parametrize("kind", ["datagram", "stream"])
+def test_receive_stops_as_soon_as_told(kind):
+    framing, peer = _framing_pair(kind)
+    with framing.sock, peer:
+        peer.sendall(framing.message(b"C1"))
+        peer.sendall(framing.message(b"C2"))
+        got: list[bytes] = []
+        assert framing.receive(lambda view, n: got.append(bytes(view[:n])), lambda: bool(got)) is None
+        assert got == [b"C1"]
+
+
+@pytest.mark.parametrize("kind", ["datagram", "stream"])
+def test_read_message_reads_exactly_one_message_and_times_out(kind):
+    framing, peer = _framing_pair(kind)
+    conn = framing.sock
+    conn.setblocking(True)
+    with conn, peer:
+        peer.sendall(framing.message(b"C" + b"x" * 100))
+        peer.sendall(framing.message(b"Cnext"))
+        assert type(framing).read_message(conn, time.monotonic() + WAIT_S) == b"C" + b"x" * 100
+        assert type(framing).read_message(conn, time.monotonic() + WAIT_S) == b"Cnext"
+        with pytest.raises(TimeoutError):  # the socket's own timeout, or the deadline passed before a read
+            type(framing).read_message(conn, time.monotonic() + 0.05)
+        peer.close()
+        assert type(framing).read_message(conn, time.monotonic() + WAIT_S) == b""
+
+
+def test_stream_read_message_refuses_a_length_no_control_has_and_a_cut_message():
+    framing, peer = _framing_pair("stream")
+    conn = framing.sock
+    conn.setblocking(True)
+    with conn, peer:
+        peer.sendall(STREAM_LENGTH.pack(CONTROL_FRAGMENT_BYTES + 2))
+        with pytest.raises(WireError, match="is not a control message"):
+            StreamFraming.read_message(conn, time.monotonic() + WAIT_S)
+    framing, peer = _framing_pair("stream")
+    conn = framing.sock
+    conn.setblocking(True)
+    with conn:
+        peer.sendall(STREAM_LENGTH.pack(10) + b"C12")
+        peer.close()
+        with pytest.raises(WireError, match="in the middle of a message"):
+            StreamFraming.read_message(conn, time.monotonic() + WAIT_S)
+
+
+@pytest.mark.parametrize("size", [1, CONTROL_FRAGMENT_BYTES, CONTROL_FRAGMENT_BYTES + 1, 5 * CONTROL_FRAGMENT_BYTES])
+def test_control_fragments_join_back_to_the_message(size):
+    data = b"C" + bytes(range(256)) * (size // 256) + b"z" * (size % 256 - 1 if size % 256 else 0)
+    data = data[:size] if len(data) >= size else data + b"y" * (size - len(data))
+    messages = control_fragments(data)
+    assert all(sum(len(p) for p in parts) <= CONTROL_FRAGMENT_BYTES for parts in messages)
+    if len(messages) == 1:
+        assert messages == [(data,)]
+        return
+    parts = ControlParts("control message")
+    for head, body in messages[:-1]:
+        assert head == bytes((MSG_PART,))
+        parts.add(body)
+    assert messages[-1][0] == bytes((MSG_CONTROL,))
+    assert parts.join(b"".join(messages[-1])) == data
+    assert not parts  # ready for the next message
+
+
+def test_control_parts_refuse_more_than_the_limit(monkeypatch):
+    monkeypatch.setattr(framing_mod, "MAX_CONTROL_BYTES", 10)
+    parts = ControlParts("hello")
+    parts.add(b"12345")
+    with pytest.raises(WireError, match="fragmented hello exceeds the limit"):
+        parts.add(b"123456")
+    with pytest.raises(WireError, match="exceeds 10"):
+        control_fragments(b"C" + b"x" * 10)
