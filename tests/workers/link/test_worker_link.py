@@ -1,6 +1,6 @@
 """How a worker takes a session: a token per lease, and hellos read off the accept loop.
 
-A real Worker in this process (no Ray), a real link from workers.link.channel.connect_worker. The
+A real Worker in this process (no Ray), a real link from tests/workers/link/blocking.py's connect_worker. The
 scheduler's side (minting a token per lease, arming the worker over Ray) is proven in
 tests/control/test_scheduler.py.
 """

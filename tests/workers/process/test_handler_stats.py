@@ -1,6 +1,6 @@
 """Handler call durations: measured in the worker, carried back on the channel (HandlerStats).
 
-A real Worker in this process (no Ray) and a real link (workers.link.channel.connect_worker, both
+A real Worker in this process (no Ray) and a real link (tests/workers/link/blocking.py's connect_worker, both
 forms), with handlers that sleep a known time per call; the gateway's side of the channel
 must then show those calls in the bucket of that duration, periodically while the session
 runs and in full once it has ended.

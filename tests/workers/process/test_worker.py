@@ -1,6 +1,6 @@
 """workers/process/worker.py without Ray: a real Worker in this process, driven over a real link.
 
-The test plays the gateway with workers.link.channel.connect_worker. Handlers that must not
+The test plays the gateway with tests/workers/link/blocking.py's connect_worker. Handlers that must not
 return (a stuck handler makes the worker call os._exit) run in a worker subprocess instead.
 """
 
