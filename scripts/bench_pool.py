@@ -87,7 +87,7 @@ class PoolDriver:
     def __init__(self, endpoints: list[tuple[str, Any]], args: list[Any]) -> None:
         import ray
 
-        from workers.link.channel import connect_worker
+        from tests.workers.link.blocking import connect_worker
         from workers.link.wire import Hello
 
         self.channels = []

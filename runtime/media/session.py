@@ -48,7 +48,8 @@ from runtime.media.frames import (
 from runtime.media.jitter import guard_video, set_audio_prefetch
 from runtime.media.vp8_guard import answer_vp8_only
 from runtime.ops.metrics import EngineCounters, LiveSessionStats
-from workers.link.channel import FrameChannel, offer_link, worker_socket
+from workers.link.channel import FrameChannel
+from workers.link.connect import offer_link, worker_socket
 from workers.link.wire import (
     CLIENT_WEBRTC,
     OUTPUTS_STREAM,
@@ -68,7 +69,7 @@ if TYPE_CHECKING:
     from runtime.config import Config
     from runtime.control.leases import LeaseGrant
     from runtime.media.engine import StreamEvent
-    from workers.link.channel import Geometry
+    from workers.link.shm import Geometry
 
 log = logging.getLogger("rtcpool.session")
 

@@ -1,7 +1,7 @@
 """Whether /dev/shm can hold the frame slots the gateway is configured for.
 
 Each session on this node has two shared-memory segments (gateway -> worker and back,
-``workers/link/channel.py``'s ``offer_link``), each sized by :class:`~workers.link.channel.Geometry`.
+``workers/link/connect.py``'s ``offer_link``), each sized by :class:`~workers.link.shm.Geometry`.
 /dev/shm is a tmpfs: a segment is created at full size but takes pages only when they are
 written, so a /dev/shm too small for the configured slots does not fail at start-up or at
 an offer. It fails later, in the middle of a frame, with SIGBUS in whichever process
@@ -20,14 +20,14 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from workers.link.channel import Geometry
+from workers.link.shm import Geometry
 from workers.link.wire import SLOT_HEADER_BYTES
 
 if TYPE_CHECKING:
     from runtime.config import Config
 
 SHM_PATH = "/dev/shm"  # where Python's SharedMemory (POSIX shm_open) puts segments on Linux
-SEGMENTS_PER_SESSION = 2  # one segment per direction (channel.offer_link)
+SEGMENTS_PER_SESSION = 2  # one segment per direction (connect.offer_link)
 VIDEO_BYTES_PER_PIXEL = 3  # a video slot holds a largest frame as RGB24 (channel.Geometry)
 MIB = 1024 * 1024  # bytes, for messages
 

@@ -34,7 +34,8 @@ from runtime.control.scheduler import (
     get_scheduler,
 )
 from tests.conftest import wait_until
-from workers.link.channel import Geometry, connect_worker
+from tests.workers.link.blocking import connect_worker
+from workers.link.shm import Geometry
 from workers.link.wire import SLOT_HEADER_BYTES, Hello
 from workers.process.loader import HandlerSpec, make_spec, source_hash
 

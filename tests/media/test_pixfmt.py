@@ -15,7 +15,9 @@ from aiortc.codecs.vpx import vp8_depayload
 
 from runtime.media.encoder import GatewayVp8Encoder
 from runtime.media.frames import EncoderFrame, plane_views
-from workers.link.channel import FrameChannel, Geometry, LocalSegment, Segment, socket_pair
+from tests.workers.link.blocking import socket_pair
+from workers.link.channel import FrameChannel
+from workers.link.shm import Geometry, LocalSegment, Segment
 from workers.link.wire import (
     DTYPE_CODES,
     KIND_VIDEO,

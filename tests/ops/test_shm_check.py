@@ -19,7 +19,7 @@ from runtime.ops.shm_check import (
     require_shm,
     segment_bytes,
 )
-from workers.link.channel import Geometry, Segment
+from workers.link.shm import Geometry, Segment
 
 MIB = 1024 * 1024
 DOCKER_DEFAULT_SHM = 64 * MIB  # what `docker run` gives a container without --shm-size

@@ -1,11 +1,16 @@
 """FrameChannel: a session's data plane between the gateway and its worker.
 
-Same host: every direction has one shared-memory segment of fixed-size slots (layout in
-``workers/link/wire.py``); a connected Unix SOCK_SEQPACKET socket is the doorbell and carries the
-slot hand-offs and the msgpack control messages. Worker on another host: the same messages
-go over TCP, each behind its length, and a frame message carries its slot's bytes; each side
-keeps a private copy of both segments (:class:`LocalSegment`), so the slot protocol, the
-ownership checks and everything above them are one code path for both forms. Ownership of a slot moves with messages:
+Same host: every direction has one shared-memory segment of fixed-size slots
+(``workers/link/shm.py``, layout in ``workers/link/wire.py``); a connected Unix SOCK_SEQPACKET
+socket is the doorbell and carries the slot hand-offs and the msgpack control messages.
+Worker on another host: the same messages go over TCP, each behind its length, and a frame
+message carries its slot's bytes; each side keeps a private copy of both segments
+(:class:`~workers.link.shm.LocalSegment`), so the slot protocol, the ownership checks and
+everything above them are one code path for both forms: only the framing differs
+(``workers/link/framing.py``). What goes out waits its turn in ``workers/link/outbox.py``;
+starting a session is ``workers/link/connect.py``.
+
+Ownership of a slot moves with messages:
 the producer writes a free slot and sends ``F``; the consumer sends ``R`` when it is done.
 No shared counters, so no atomics are needed: the kernel's message order is the barrier.
 
@@ -25,27 +30,30 @@ the gateway's side keeps the last report in ``handler_hist`` for a metrics scrap
 
 The same class serves both sides. The gateway calls :meth:`pump` from its event loop's
 reader callback; the worker calls it from a reader thread. A lock makes the few shared
-fields safe between that thread and the handler thread; uncontended it costs ~50 ns.
+fields safe between that thread and the handler thread (the outbox has its own for the
+backlog; no path holds both); uncontended it costs ~50 ns.
 """
 
 from __future__ import annotations
 
-import mmap
-import os
 import socket
-import struct
 import threading
-import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing import resource_tracker
-from multiprocessing.shared_memory import SharedMemory
-from typing import Any
 
 import numpy as np
 
 from workers.link import constants as C
+from workers.link.framing import (
+    CONTROL_FRAGMENT_BYTES,
+    MSG_PART,
+    ControlParts,
+    control_fragments,
+    framing_for,
+)
+from workers.link.outbox import Outbox
+from workers.link.shm import Segment
 from workers.link.wire import (
     DTYPE_CODES,
     DTYPES,
@@ -58,227 +66,18 @@ from workers.link.wire import (
     MSG_RELEASE,
     PIXFMT_I420,
     PIXFMT_RGB24,
-    SEGMENT_HEADER,
-    SEGMENT_HEADER_BYTES,
-    SEGMENT_MAGIC,
-    SEGMENT_VERSION,
     SLOT_HEADER_BYTES,
     SLOT_MESSAGE,
-    STREAM_LENGTH,
     Close,
     Control,
     HandlerHist,
     HandlerStats,
-    Hello,
-    Ready,
     SlotHeader,
     WireError,
-    i420_views,
     video_nbytes,
 )
 
-SEGMENT_PREFIX = "rtcpool-"  # every segment's name starts so; leak tests count them in /dev/shm
-CONTROL_FRAGMENT_BYTES = 48 * 1024  # a control message is cut in datagrams this large
-MSG_PART = ord("P")  # a non-final fragment of a control message; the final one is "C"
-MAX_CONTROL_BYTES = 16 * 1024 * 1024  # a control message larger than this is refused
 CLOSE_FLUSH_TIMEOUT_S = 2.0  # close(notify=True) waits this long for the peer to take the backlog
-MAX_BACKLOG_MESSAGES = 4096  # messages queued for a peer that stopped reading; past it the channel closes
-STREAM_READ_BYTES = 256 * 1024  # TCP form: first size of the receive buffer (it grows to one frame)
-MAX_STREAM_GEOMETRY_BYTES = 512 * 1024 * 1024  # TCP form: a Hello asking for larger segments is refused
-TCP_SCHEME = "tcp://"  # a worker endpoint "tcp://host:port" is reached over TCP, any other is a Unix socket
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """Slot counts and sizes of one segment.
-
-    A video slot holds a largest frame as RGB24 (3 bytes a pixel), the fallback form, so
-    any frame the pixel limit lets through fits in either form; an I420 frame (1.5 bytes a
-    pixel) fills half of it. Untouched pages of a segment take no memory, so the
-    RGB24-sized slot costs only address space while frames go as I420."""
-
-    video_slots: int = C.VIDEO_SLOTS
-    video_slot_bytes: int = SLOT_HEADER_BYTES + C.MAX_FRAME_PIXELS * 3
-    audio_slots: int = C.AUDIO_SLOTS
-    audio_slot_bytes: int = SLOT_HEADER_BYTES + C.AUDIO_SLOT_SAMPLES * C.AUDIO_MAX_CHANNELS * 2
-
-    @property
-    def size(self) -> int:
-        return (
-            SEGMENT_HEADER_BYTES
-            + self.video_slots * self.video_slot_bytes
-            + self.audio_slots * self.audio_slot_bytes
-        )
-
-    def offset(self, kind: int, index: int) -> int:
-        if kind == KIND_VIDEO:
-            return SEGMENT_HEADER_BYTES + index * self.video_slot_bytes
-        return (
-            SEGMENT_HEADER_BYTES
-            + self.video_slots * self.video_slot_bytes
-            + index * self.audio_slot_bytes
-        )
-
-    def capacity(self, kind: int) -> int:
-        slot = self.video_slot_bytes if kind == KIND_VIDEO else self.audio_slot_bytes
-        return slot - SLOT_HEADER_BYTES
-
-    def count(self, kind: int) -> int:
-        return self.video_slots if kind == KIND_VIDEO else self.audio_slots
-
-
-class Segment:
-    """One shared-memory segment. The creator owns it and unlinks it on close."""
-
-    def __init__(self, shm: SharedMemory, geometry: Geometry, owner: bool) -> None:
-        self.shm = shm
-        self.name = shm.name
-        self.geometry = geometry
-        self.owner = owner
-        self.buf: memoryview | None = shm.buf
-        # per-slot cached ndarray view, keyed by (shape, dtype): the per-frame path makes none
-        self._views: dict[tuple[int, int], tuple[tuple[int, ...], np.dtype, np.ndarray]] = {}
-        self._i420: dict[int, tuple[int, int, tuple[np.ndarray, ...]]] = {}  # video slot -> (H, W, views)
-
-    @classmethod
-    def create(cls, geometry: Geometry | None = None) -> Segment:
-        geometry = geometry or Geometry()
-        name = f"{SEGMENT_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        # SharedMemory creates the segment with mode 0600: private to this user.
-        shm = SharedMemory(name=name, create=True, size=geometry.size)
-        assert shm.buf is not None  # None only after close()
-        SEGMENT_HEADER.pack_into(
-            shm.buf,
-            0,
-            SEGMENT_MAGIC,
-            SEGMENT_VERSION,
-            geometry.video_slots,
-            geometry.video_slot_bytes,
-            geometry.audio_slots,
-            geometry.audio_slot_bytes,
-        )
-        return cls(shm, geometry, owner=True)
-
-    @classmethod
-    def attach(cls, name: str) -> Segment:
-        if not name.startswith(SEGMENT_PREFIX):
-            raise WireError(f"not an rtcpool segment: {name!r}")
-        shm = SharedMemory(name=name)
-        # Python < 3.13 registers attached segments with this process's resource tracker,
-        # which would unlink the creator's segment when this process exits. Only the
-        # creator (the gateway) owns it. In the creator's own process (tests) the two
-        # registrations are one, so leave it.
-        if not name.startswith(f"{SEGMENT_PREFIX}{os.getpid()}-"):
-            try:
-                resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
-            except Exception:
-                pass
-        try:
-            assert shm.buf is not None  # None only after close()
-            magic, version, vs, vb, as_, ab = SEGMENT_HEADER.unpack_from(shm.buf, 0)
-            if magic != SEGMENT_MAGIC or version != SEGMENT_VERSION:
-                raise WireError(f"segment {name} has magic {magic!r} version {version}")
-            geometry = Geometry(vs, vb, as_, ab)
-            if geometry.size > shm.size:
-                raise WireError(f"segment {name} is smaller than its header says")
-        except struct.error as exc:  # smaller than a header: not ours either
-            shm.close()
-            raise WireError(f"segment {name} is too small for a header") from exc
-        except Exception:
-            shm.close()
-            raise
-        return cls(shm, geometry, owner=False)
-
-    def view(self, kind: int, index: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        key = (kind, index)
-        cached = self._views.get(key)
-        if cached is not None and cached[0] == shape and cached[1] == dtype:
-            return cached[2]
-        assert self.buf is not None
-        # Test-found (segfault): np.ndarray(buffer=memoryview) keeps only the mmap as its base
-        # and holds no buffer export, so close() unmapped under a view still in use.
-        # np.frombuffer holds an export: close() then leaves the mapping to the last view.
-        arr = np.frombuffer(
-            self.buf,
-            dtype=dtype,
-            count=int(np.prod(shape)),
-            offset=self.geometry.offset(kind, index) + SLOT_HEADER_BYTES,
-        ).reshape(shape)
-        self._views[key] = (shape, dtype, arr)
-        return arr
-
-    def i420(self, index: int, height: int, width: int) -> tuple[np.ndarray, ...]:
-        """``(packed, y, u, v)`` views of video slot ``index`` for an I420 frame of this size
-        (see ``wire.i420_views``), cached per slot like :meth:`view`."""
-        cached = self._i420.get(index)
-        if cached is not None and cached[0] == height and cached[1] == width:
-            return cached[2]
-        nbytes = video_nbytes(PIXFMT_I420, height, width)
-        views = i420_views(self.view(KIND_VIDEO, index, (nbytes,), np.dtype(np.uint8)), height, width)
-        self._i420[index] = (height, width, views)
-        return views
-
-    def close(self) -> None:
-        if self.buf is None:
-            return
-        self._views.clear()
-        self._i420.clear()
-        self.buf = None
-        try:
-            self.shm.close()
-        except BufferError:
-            # a caller still holds a view; the mapping goes when it does, the name goes now.
-            # The views' buffer export keeps the mmap object alive: let go of it and of the fd
-            # here, or SharedMemory.__del__ retries the close later and raises (ignored) then.
-            self.shm._mmap = None  # type: ignore[attr-defined]
-            if self.shm._fd >= 0:  # type: ignore[attr-defined]
-                os.close(self.shm._fd)  # type: ignore[attr-defined]
-                self.shm._fd = -1  # type: ignore[attr-defined]
-        if self.owner:
-            try:
-                self.shm.unlink()
-            except FileNotFoundError:
-                pass
-
-
-class LocalSegment(Segment):
-    """A segment private to this process, for the TCP form: the sender's slots, or the
-    receiver's copy of them. Anonymous memory: pages are only touched when a slot is used."""
-
-    def __init__(self, geometry: Geometry) -> None:  # no super().__init__: that one maps an shm
-        self.shm = None  # type: ignore[assignment]
-        self.name = ""
-        self.geometry = geometry
-        self.owner = True
-        self._map: mmap.mmap | None = mmap.mmap(-1, geometry.size)
-        self.buf = memoryview(self._map)
-        self._views = {}
-        self._i420 = {}
-
-    def close(self) -> None:
-        if self.buf is None:
-            return
-        self._views.clear()
-        self._i420.clear()
-        self.buf.release()
-        self.buf = None
-        try:
-            self._map.close()  # type: ignore[union-attr]
-        except BufferError:
-            pass  # a caller still holds a view: the mapping goes with it
-        self._map = None
-
-
-def geometry_from_hello(values: list[int]) -> Geometry:
-    """The slot layout a TCP Hello asks for, checked: the peer chooses it, this side allocates it."""
-    if len(values) != 4 or not all(isinstance(v, int) and v > 0 for v in values):
-        raise WireError(f"hello geometry must be four positive integers, got {values!r}")
-    geometry = Geometry(*values)
-    if min(geometry.video_slot_bytes, geometry.audio_slot_bytes) <= SLOT_HEADER_BYTES:
-        raise WireError("hello geometry has slots smaller than their header")
-    if geometry.size > MAX_STREAM_GEOMETRY_BYTES:
-        raise WireError(f"hello geometry of {geometry.size} bytes exceeds {MAX_STREAM_GEOMETRY_BYTES}")
-    return geometry
 
 
 @dataclass
@@ -319,6 +118,13 @@ class FrameChannel:
         self.sock = sock
         # the TCP form: messages carry their length, frames their slot bytes
         self.stream = sock.type == socket.SOCK_STREAM
+        # the largest message the peer may send: a frame message with a whole slot on TCP
+        max_message = max(
+            CONTROL_FRAGMENT_BYTES + 1,
+            SLOT_MESSAGE.size + max(rx.geometry.video_slot_bytes, rx.geometry.audio_slot_bytes),
+        )
+        self.framing = framing_for(sock)(sock, max_message)
+        self.outbox = Outbox(sock, self.framing)
         self.tx = tx
         self.rx = rx
         self.on_video = on_video
@@ -333,14 +139,6 @@ class FrameChannel:
         self.closed = False
         self.close_reason = ""
         self.peer_close: Close | None = None  # the peer's Close, when it ended the link cleanly
-        # Datagram form: the peer has closed its end (a send failed), or Linux reported that
-        # it closed with messages of ours unread. What it sent before closing -- its Close
-        # among them -- still waits to be read: the reader ends the channel when it gets
-        # there, not the failed send (test-found: a worker's CloseStream reached the gateway
-        # as "link error: Connection reset by peer", the Close behind it unread, and the
-        # session counted as a worker death).
-        self._hung_up = False
-        self._reset_read = False
         self._lock = threading.Lock()
         # Test-found: one control's fragments must go out back to back. Two threads sending
         # controls (the worker's handler loops, its reader's warnings) interleaved them, and a
@@ -354,17 +152,7 @@ class FrameChannel:
         self._seq = 0
         self._pending_video: int | None = None  # newest received video slot, not yet taken
         self._held_video: int | None = None  # slot taken by the consumer, not yet released
-        self._backlog: deque[bytes | memoryview] = deque()
-        self._parts: list[bytes] = []
-        self._parts_bytes = 0
-        self._recv_buf = bytearray(STREAM_READ_BYTES if self.stream else CONTROL_FRAGMENT_BYTES + 64)
-        self._recv_view = memoryview(self._recv_buf)
-        self._recv_len = 0  # TCP form: bytes in _recv_buf not yet dispatched
-        # TCP form: the largest message the peer may send, a frame message with a whole slot
-        self._max_message = max(
-            CONTROL_FRAGMENT_BYTES + 1,
-            SLOT_MESSAGE.size + max(rx.geometry.video_slot_bytes, rx.geometry.audio_slot_bytes),
-        )
+        self._parts = ControlParts("control message")
 
     # --- producing -----------------------------------------------------------------------
 
@@ -531,25 +319,10 @@ class FrameChannel:
 
     def send_control(self, msg: Control) -> None:
         """Send a control message; a large one goes in fragments. Never blocks."""
-        data = msg.encode()
-        if len(data) > MAX_CONTROL_BYTES:
-            raise WireError(f"control message of {len(data)} bytes exceeds {MAX_CONTROL_BYTES}")
+        fragments = control_fragments(msg.encode())
         with self._control_lock:
-            if len(data) <= CONTROL_FRAGMENT_BYTES:
-                self._send_raw(self._wire(data), must=True)
-                return
-            body = memoryview(data)[1:]
-            step = CONTROL_FRAGMENT_BYTES - 1
-            chunks = [body[i : i + step] for i in range(0, len(body), step)]
-            for chunk in chunks[:-1]:
-                self._send_raw(self._wire(bytes((MSG_PART,)), chunk), must=True)
-            self._send_raw(self._wire(bytes((MSG_CONTROL,)), chunks[-1]), must=True)
-
-    def _wire(self, *parts: bytes | memoryview) -> bytes | memoryview:
-        """One message as it goes on the socket: as is on SEQPACKET, behind its length on TCP."""
-        if not self.stream:
-            return parts[0] if len(parts) == 1 else b"".join(parts)
-        return b"".join((STREAM_LENGTH.pack(sum(len(p) for p in parts)), *parts))
+            for parts in fragments:
+                self._send_raw(self.framing.message(*parts), must=True)
 
     def _send_slot_message(self, mtype: int, kind: int, slot: int, payload: memoryview | None = None) -> bool:
         # pack() rather than a shared buffer: the reader and handler threads both send.
@@ -559,75 +332,26 @@ class FrameChannel:
         # lost every frame. The backlog stays bounded: each waiting "F" holds a slot.
         if self.stream:
             head = SLOT_MESSAGE.pack(mtype, kind, slot)
-            return self._send_raw(self._wire(head) if payload is None else self._wire(head, payload), must=True)
+            return self._send_raw(self.framing.message(head) if payload is None else self.framing.message(head, payload), must=True)
         return self._send_raw(SLOT_MESSAGE.pack(mtype, kind, slot), must=True)
 
     def _send_raw(self, data: bytes | memoryview, must: bool) -> bool:
-        """Send one datagram. A message that must arrive (every one sent today: frame,
-        release, control) waits in the backlog behind earlier ones when the socket is full;
-        one that need not is dropped (False). False too once the link is closed."""
-        if self.closed or self._hung_up:
+        """Send one message through the outbox. Every one sent today (frame, release, control)
+        must arrive: it waits behind earlier ones when the socket is full. False once the link
+        is closed or failed."""
+        if self.closed:
             return False
-        error: Exception | None = None
-        with self._lock:
-            if self._backlog:
-                if not must:
-                    return False
-                self._backlog.append(data)
-                try:
-                    self._flush_locked()
-                except ConnectionError as exc:
-                    error = exc
-            else:
-                try:
-                    sent = self.sock.send(data)
-                    if sent < len(data):  # TCP takes part of a message: the rest goes first later
-                        self._backlog.append(memoryview(data)[sent:])
-                except BlockingIOError:
-                    if not must:
-                        return False
-                    self._backlog.append(data)
-                except OSError as exc:
-                    error = exc
-        if error is not None:
-            if not self._peer_hung_up(error):
+        try:
+            return self.outbox.send(data, must)
+        except OSError as error:
+            if not self.outbox.peer_left(error):
                 self._closed(f"link error: {error}")
             return False
-        return True
 
     @property
     def hung_up(self) -> bool:
         """Datagram form: the peer has closed its end; what it sent before is still read."""
-        return self._hung_up
-
-    def _peer_hung_up(self, error: BaseException) -> bool:
-        """True (and nothing more goes out) when a send failed because the peer closed its
-        end of a datagram link: see ``_hung_up``. Any other failure ends the link."""
-        cause = error.__cause__ if error.__cause__ is not None else error
-        if self.stream or not isinstance(cause, (BrokenPipeError, ConnectionResetError)):
-            return False
-        with self._lock:
-            self._hung_up = True
-            self._backlog.clear()  # nothing will ever take it
-        return True
-
-    def _flush_locked(self) -> None:
-        while self._backlog:
-            head = self._backlog[0]
-            try:
-                sent = self.sock.send(head)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                raise ConnectionError(str(exc)) from exc
-            if sent < len(head):
-                self._backlog[0] = memoryview(head)[sent:]
-                break
-            self._backlog.popleft()
-        if len(self._backlog) > MAX_BACKLOG_MESSAGES:
-            # the peer has stopped reading: treat it as gone rather than buffer without bound
-            self._backlog.clear()
-            raise ConnectionError("peer stopped reading")
+        return self.framing.hung_up
 
     # --- consuming -------------------------------------------------------------------------
 
@@ -685,88 +409,14 @@ class FrameChannel:
 
     def pump(self) -> None:
         """Read every message waiting on the link and act on it. Never blocks."""
-        if self.stream:
-            self._pump_stream()
-        else:
-            self._pump_datagrams()
-        if self._backlog and not self.closed:
+        reason = self.framing.receive(self._dispatch, self._is_closed)
+        if reason is not None:
+            self._closed(reason)
+        if self.outbox.waiting and not self.closed:
             self.flush()
 
-    def _pump_datagrams(self) -> None:
-        sock = self.sock
-        buf = self._recv_buf
-        view = self._recv_view
-        while not self.closed:
-            try:
-                n = sock.recv_into(buf)
-            except (BlockingIOError, InterruptedError):
-                return
-            except ConnectionResetError as exc:
-                # Linux reports a peer that closed with messages of ours unread once, on this
-                # read, ahead of what the peer sent before closing: read those, then the end
-                if self._reset_read:
-                    self._closed(f"link error: {exc}")
-                    return
-                self._reset_read = self._hung_up = True
-                continue
-            except OSError as exc:
-                self._closed(f"link error: {exc}")
-                return
-            if n == 0:
-                self._closed("peer closed the link")
-                return
-            try:
-                self._dispatch(view, n)
-            except WireError as exc:
-                # a peer that breaks the format is not trusted with the session any longer
-                self._closed(f"protocol error: {exc}")
-                return
-
-    def _pump_stream(self) -> None:
-        """TCP form: read what the socket has, dispatch every complete message, keep the rest."""
-        size_bytes = STREAM_LENGTH.size
-        while not self.closed:
-            try:
-                n = self.sock.recv_into(self._recv_view[self._recv_len :])
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                self._closed(f"link error: {exc}")
-                return
-            if n == 0:
-                self._closed("peer closed the link")
-                return
-            self._recv_len += n
-            buf, pos, end = self._recv_buf, 0, self._recv_len
-            try:
-                while end - pos >= size_bytes:
-                    (size,) = STREAM_LENGTH.unpack_from(buf, pos)
-                    if size == 0 or size > self._max_message:
-                        raise WireError(f"message of {size} bytes (at most {self._max_message})")
-                    stop = pos + size_bytes + size
-                    if stop > end:
-                        if size_bytes + size > len(buf):
-                            self._grow_recv(pos, size_bytes + size)
-                            buf, end, pos = self._recv_buf, self._recv_len, 0
-                        break
-                    self._dispatch(self._recv_view[pos + size_bytes : stop], size)
-                    pos = stop
-                    if self.closed:
-                        return
-            except WireError as exc:
-                self._closed(f"protocol error: {exc}")
-                return
-            if pos:
-                rest = end - pos
-                buf[:rest] = buf[pos:end]  # same length: the buffer is never resized under a view
-                self._recv_len = rest
-
-    def _grow_recv(self, start: int, need: int) -> None:
-        """Make room for one message of ``need`` bytes; what is buffered from ``start`` moves along."""
-        rest = self._recv_len - start
-        grown = bytearray(need)
-        grown[:rest] = self._recv_buf[start : self._recv_len]
-        self._recv_buf, self._recv_view, self._recv_len = grown, memoryview(grown), rest
+    def _is_closed(self) -> bool:
+        return self.closed
 
     def _dispatch(self, view: memoryview, n: int) -> None:
         """Act on one message of ``n`` bytes at the start of ``view``."""
@@ -785,13 +435,10 @@ class FrameChannel:
             else:
                 self._on_release(kind, slot)
         elif mtype == MSG_PART:
-            self._add_part(view[1:n])
+            self._parts.add(view[1:n])
         elif mtype == MSG_CONTROL:
             if self._parts:
-                self._add_part(view[1:n])
-                data = bytes((MSG_CONTROL,)) + b"".join(self._parts)
-                self._parts.clear()
-                self._parts_bytes = 0
+                data = self._parts.join(view[:n])
             else:
                 data = bytes(view[:n])
             msg = Control.decode(data)
@@ -812,42 +459,16 @@ class FrameChannel:
     def has_backlog(self) -> bool:
         """Messages wait for the link to become writable: the owner should call :meth:`flush`
         when it is (the gateway with ``loop.add_writer``, the worker from its poll loop)."""
-        return bool(self._backlog)
+        return self.outbox.waiting
 
     def flush(self) -> None:
         if self.closed:
             return
         try:
-            with self._lock:
-                self._flush_locked()
+            self.outbox.flush()
         except ConnectionError as exc:
-            if not self._peer_hung_up(exc):
+            if not self.outbox.peer_left(exc):
                 self._closed(str(exc))
-
-    def _drain(self, timeout: float) -> bool:
-        """Blocking: flush the backlog, waiting for the link to be writable. True when empty."""
-        import select
-        import time
-
-        deadline = time.monotonic() + timeout
-        while True:
-            with self._lock:
-                try:
-                    self._flush_locked()
-                except ConnectionError:
-                    return False
-                if not self._backlog:
-                    return True
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            select.select([], [self.sock], [], left)
-
-    def _add_part(self, part: memoryview) -> None:
-        self._parts_bytes += len(part)
-        if self._parts_bytes > MAX_CONTROL_BYTES:
-            raise WireError("fragmented control message exceeds the limit")
-        self._parts.append(bytes(part))
 
     def _on_frame(self, kind: int, slot: int, payload: memoryview | None = None) -> None:
         if kind not in (KIND_VIDEO, KIND_AUDIO):
@@ -927,18 +548,15 @@ class FrameChannel:
                 # and the peer saw a crash. What was queued goes first, for a bounded time
                 # (only blocking callers notify: the worker's serve thread, tools); a Close
                 # after part of a fragmented message would corrupt it, so then none is sent.
-                if self._drain(CLOSE_FLUSH_TIMEOUT_S):
+                if self.outbox.drain(CLOSE_FLUSH_TIMEOUT_S):
                     messages = [Close(reason, retire).encode()]
                     if last is not None:
                         data = last.encode()
                         if len(data) <= CONTROL_FRAGMENT_BYTES:
                             messages.insert(0, data)
                     try:
-                        if self.stream:  # one send: a part of a message must not precede the Close
-                            self.sock.send(b"".join(self._wire(m) for m in messages))
-                        else:
-                            for m in messages:
-                                self.sock.send(m)
+                        for out in self.framing.back_to_back(messages):
+                            self.sock.send(out)
                     except OSError:
                         pass
         self.closed = True
@@ -950,158 +568,3 @@ class FrameChannel:
             pass
         self.tx.close()
         self.rx.close()
-
-
-def offer_link(sock: socket.socket, hello: Hello, geometry: Geometry | None = None, **callbacks: Any) -> FrameChannel:
-    """Gateway side of a new session on a connected socket: create both segments (this side
-    owns them), send the worker its Hello naming them, and return the channel. The worker's
-    Ready arrives as the channel's first control message. On a TCP socket the segments are
-    private (:class:`LocalSegment`) and the Hello gives their geometry instead of names."""
-    geometry = geometry or Geometry()
-    make = LocalSegment if sock.type == socket.SOCK_STREAM else Segment.create
-    up = make(geometry)
-    try:
-        down = make(geometry)
-    except Exception:
-        up.close()
-        raise
-    hello.up_segment, hello.down_segment = up.name, down.name
-    if sock.type == socket.SOCK_STREAM:
-        hello.geometry = [geometry.video_slots, geometry.video_slot_bytes, geometry.audio_slots, geometry.audio_slot_bytes]
-    # Test-found: the Hello went out as one datagram, so initial args over the worker's 64 KiB
-    # read were cut (session refused) and over the socket buffer (~208 KiB) failed with
-    # EMSGSIZE. Through the channel it is fragmented like any control; what the socket cannot
-    # take yet waits in the backlog (the owner flushes on writable, as for any control).
-    channel = FrameChannel(sock, tx=up, rx=down, **callbacks)
-    on_closed, channel.on_closed = channel.on_closed, None  # a failure here raises instead
-    try:
-        channel.send_control(hello)
-        if channel.closed or channel.hung_up:
-            raise ConnectionError(f"could not send hello: {channel.close_reason or 'the peer closed'}")
-    except Exception:
-        up.close()
-        down.close()
-        raise
-    channel.on_closed = on_closed
-    return channel
-
-
-def worker_socket(endpoint: str) -> tuple[socket.socket, Any]:
-    """A socket for a worker endpoint and the address to connect it to: ``tcp://host:port``
-    (another node) or a Unix SEQPACKET address (this node)."""
-    if endpoint.startswith(TCP_SCHEME):
-        host, _, port = endpoint[len(TCP_SCHEME) :].rpartition(":")
-        host = host.strip("[]")
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        # frame hand-offs and releases are small messages: Nagle would hold them for an ACK
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock, (host, int(port))
-    return socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET), endpoint
-
-
-def read_first_control(conn: socket.socket, timeout: float) -> Control:
-    """Blocking: a session's first control message (the Hello), fragments reassembled, on
-    either form of the link. Reads exactly that message: the channel takes over after it.
-    Test-found: it was read as one datagram of at most 64 KiB, so a Hello with large initial
-    args was cut and the session refused."""
-    deadline = _deadline(timeout)
-    parts: list[bytes] = []
-    size = 0
-    while True:
-        data = _read_message(conn, deadline)
-        if not data:
-            raise WireError("the link closed before hello")
-        if data[0] != MSG_PART:
-            break
-        size += len(data) - 1
-        if size > MAX_CONTROL_BYTES:
-            raise WireError("fragmented hello exceeds the limit")
-        parts.append(data[1:])
-    if parts:
-        data = data[:1] + b"".join(parts) + data[1:]
-    return Control.decode(data)
-
-
-def _deadline(timeout: float) -> float:
-    import time
-
-    return time.monotonic() + timeout
-
-
-def _read_message(conn: socket.socket, deadline: float) -> bytes:
-    if conn.type != socket.SOCK_STREAM:
-        _set_timeout(conn, deadline)
-        return conn.recv(CONTROL_FRAGMENT_BYTES + 64)
-    head = _read_exact(conn, STREAM_LENGTH.size, deadline)
-    if not head:
-        return b""
-    (size,) = STREAM_LENGTH.unpack(head)
-    if size == 0 or size > CONTROL_FRAGMENT_BYTES + 1:
-        raise WireError(f"first message of {size} bytes is not a control message")
-    return _read_exact(conn, size, deadline)
-
-
-def _read_exact(conn: socket.socket, n: int, deadline: float) -> bytes:
-    out = bytearray()
-    while len(out) < n:
-        _set_timeout(conn, deadline)
-        chunk = conn.recv(n - len(out))
-        if not chunk:
-            if out:
-                raise WireError("the link closed in the middle of a message")
-            return b""
-        out += chunk
-    return bytes(out)
-
-
-def _set_timeout(conn: socket.socket, deadline: float) -> None:
-    import time
-
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise TimeoutError("no hello in time")
-    conn.settimeout(left)
-
-
-def connect_worker(endpoint: str, hello: Hello, timeout: float, geometry: Geometry | None = None, **callbacks: Any) -> tuple[FrameChannel, Ready]:
-    """Blocking: connect to a worker's endpoint and start a session (benchmarks, tools)."""
-    import select
-    import time
-
-    sock, address = worker_socket(endpoint)
-    sock.settimeout(timeout)
-    try:
-        sock.connect(address)
-    except OSError:
-        sock.close()
-        raise
-    ready: list[Ready] = []
-    user_control = callbacks.pop("on_control", None)
-
-    def first(msg: Control) -> None:
-        if isinstance(msg, Ready) and not ready:
-            ready.append(msg)
-        elif user_control is not None:
-            user_control(msg)
-
-    channel = offer_link(sock, hello, geometry, on_control=first, **callbacks)
-    deadline = time.monotonic() + timeout
-    while not ready and not channel.closed:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            channel.close("worker did not answer")
-            raise TimeoutError(f"worker at {endpoint!r} sent no ready within {timeout} s")
-        select.select([sock], [sock] if channel.has_backlog else [], [], left)
-        channel.pump()  # flushes the backlog (a large Hello's fragments) too
-    if not ready:
-        reason = channel.close_reason
-        channel.close(reason)
-        raise ConnectionError(f"worker closed the session: {reason}")
-    channel.on_control = user_control
-    return channel, ready[0]
-
-
-def socket_pair() -> tuple[socket.socket, socket.socket]:
-    """A connected SEQPACKET pair, for tests and same-process use."""
-    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)

@@ -60,14 +60,9 @@ from workers.handlers import (
     _SessionHooks,
 )
 from workers.link import constants as C
-from workers.link.channel import (
-    TCP_SCHEME,
-    FrameChannel,
-    LocalSegment,
-    Segment,
-    geometry_from_hello,
-    read_first_control,
-)
+from workers.link.channel import FrameChannel
+from workers.link.connect import TCP_SCHEME, geometry_from_hello, read_first_control
+from workers.link.shm import LocalSegment, Segment
 from workers.link.wire import (
     CLIENT_TELEPHONE,
     CLIENT_WEBSOCKET,

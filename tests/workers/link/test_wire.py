@@ -165,7 +165,7 @@ def test_slot_message_layout():
 
 
 def test_message_type_bytes_are_distinct_ascii():
-    from workers.link.channel import MSG_PART
+    from workers.link.framing import MSG_PART
 
     types = [MSG_FRAME, MSG_RELEASE, MSG_CONTROL, MSG_PART]
     assert [chr(t) for t in types] == ["F", "R", "C", "P"]

@@ -1,6 +1,6 @@
 """How a worker takes a session: a token per lease, and hellos read off the accept loop.
 
-A real Worker in this process (no Ray), a real link from workers.link.channel.connect_worker. The
+A real Worker in this process (no Ray), a real link from tests/workers/link/blocking.py's connect_worker. The
 scheduler's side (minting a token per lease, arming the worker over Ray) is proven in
 tests/control/test_scheduler.py.
 """
@@ -21,13 +21,10 @@ import pytest
 
 from runtime import constants as C
 from tests.conftest import wait_until
-from workers.link.channel import (
-    SEGMENT_PREFIX,
-    FrameChannel,
-    Geometry,
-    connect_worker,
-    worker_socket,
-)
+from tests.workers.link.blocking import connect_worker
+from workers.link.channel import FrameChannel
+from workers.link.connect import worker_socket
+from workers.link.shm import SEGMENT_PREFIX, Geometry
 from workers.link.wire import PIXFMT_I420, SLOT_HEADER_BYTES, STREAM_LENGTH, Close, Control, Hello
 from workers.process.loader import make_spec
 from workers.process.worker import HELLO_TIMEOUT_S, PixelConverter, Worker

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import wait_until
+from tests.workers.link.blocking import connect_worker
 from tests.workers.process.worker_process import worker_process_fixture
 from workers.context import Context, WebSocketSender, get_current_context
 from workers.handlers import (
@@ -34,7 +35,8 @@ from workers.handlers import (
     VideoStreamHandler,
     _as_message,
 )
-from workers.link.channel import SEGMENT_PREFIX, FrameChannel, Geometry, connect_worker
+from workers.link.channel import FrameChannel
+from workers.link.shm import SEGMENT_PREFIX, Geometry
 from workers.link.wire import (
     CLIENT_TELEPHONE,
     CLIENT_WEBRTC,

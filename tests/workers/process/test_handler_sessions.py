@@ -22,9 +22,11 @@ import numpy as np
 import pytest
 
 from tests.conftest import wait_until
+from tests.workers.link.blocking import connect_worker
 from tests.workers.process.worker_process import worker_process_fixture
 from workers.handlers import AdditionalOutputs, AsyncStreamHandler, StreamHandler
-from workers.link.channel import SEGMENT_PREFIX, FrameChannel, Geometry, connect_worker
+from workers.link.channel import FrameChannel
+from workers.link.shm import SEGMENT_PREFIX, Geometry
 from workers.link.wire import (
     SLOT_HEADER_BYTES,
     Args,

@@ -1,6 +1,6 @@
 """Handler call durations: measured in the worker, carried back on the channel (HandlerStats).
 
-A real Worker in this process (no Ray) and a real link (workers.link.channel.connect_worker, both
+A real Worker in this process (no Ray) and a real link (tests/workers/link/blocking.py's connect_worker, both
 forms), with handlers that sleep a known time per call; the gateway's side of the channel
 must then show those calls in the bucket of that duration, periodically while the session
 runs and in full once it has ended.
@@ -17,8 +17,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.workers.link.blocking import connect_worker
 from workers.handlers import StreamHandler
-from workers.link.channel import FrameChannel, Geometry, connect_worker
+from workers.link.channel import FrameChannel
+from workers.link.shm import Geometry
 from workers.link.wire import (
     EMPTY_HANDLER_HIST,
     HANDLER_BUCKETS_S,

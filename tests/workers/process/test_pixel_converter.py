@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import wait_until
-from workers.link.channel import Geometry, connect_worker
+from tests.workers.link.blocking import connect_worker
+from workers.link.shm import Geometry
 from workers.link.wire import (
     PIXFMT_I420,
     SLOT_HEADER_BYTES,

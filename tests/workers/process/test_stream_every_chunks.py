@@ -13,8 +13,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.workers.link.blocking import connect_worker
 from workers.handlers import AdditionalOutputs
-from workers.link.channel import FrameChannel, Geometry, connect_worker
+from workers.link.channel import FrameChannel
+from workers.link.shm import Geometry
 from workers.link.wire import SLOT_HEADER_BYTES, Control, Hello, Outputs
 from workers.process.loader import make_spec
 from workers.process.worker import Worker

@@ -1,6 +1,6 @@
 """workers/process/worker.py without Ray: a real Worker in this process, driven over a real link.
 
-The test plays the gateway with workers.link.channel.connect_worker. Handlers that must not
+The test plays the gateway with tests/workers/link/blocking.py's connect_worker. Handlers that must not
 return (a stuck handler makes the worker call os._exit) run in a worker subprocess instead.
 """
 
@@ -21,16 +21,12 @@ import numpy as np
 import pytest
 
 from tests.conftest import shm_segments, wait_until
+from tests.workers.link.blocking import connect_worker
 from tests.workers.process.worker_process import worker_process_fixture
 from workers.handlers import AdditionalOutputs, CloseStream
-from workers.link.channel import (
-    SEGMENT_PREFIX,
-    FrameChannel,
-    Geometry,
-    Segment,
-    connect_worker,
-    worker_socket,
-)
+from workers.link.channel import FrameChannel
+from workers.link.connect import worker_socket
+from workers.link.shm import SEGMENT_PREFIX, Geometry, Segment
 from workers.link.wire import (
     PIXFMT_I420,
     SLOT_HEADER_BYTES,
