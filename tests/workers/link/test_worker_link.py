@@ -29,8 +29,9 @@ from workers.link.channel import (
     worker_socket,
 )
 from workers.link.wire import PIXFMT_I420, SLOT_HEADER_BYTES, STREAM_LENGTH, Close, Control, Hello
+from workers.process.actor import HELLO_TIMEOUT_S, Worker
+from workers.process.convert import PixelConverter
 from workers.process.loader import make_spec
-from workers.process.worker import HELLO_TIMEOUT_S, PixelConverter, Worker
 
 H, W = 16, 16
 GEOMETRY = Geometry(

@@ -50,8 +50,10 @@ from workers.link.wire import (
     Message,
     Outputs,
 )
+from workers.process.actor import Worker
+from workers.process.convert import PixelConverter
+from workers.process.drivers import STALE_VIDEO_S
 from workers.process.loader import app_file_of, make_spec
-from workers.process.worker import STALE_VIDEO_S, PixelConverter, Worker
 
 RATE = 48_000
 FRAME = 960  # 20 ms at 48 kHz

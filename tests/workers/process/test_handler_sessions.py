@@ -36,8 +36,9 @@ from workers.link.wire import (
     Message,
     Outputs,
 )
+from workers.process.actor import Worker
 from workers.process.loader import make_spec
-from workers.process.worker import MAX_PARKED_THREADS, Worker
+from workers.process.session import MAX_PARKED_THREADS
 
 REPO = Path(__file__).resolve().parents[3]
 RATE = 48_000

@@ -27,9 +27,10 @@ from workers.link.wire import (
     Close,
     Hello,
 )
-from workers.process import worker as worker_module
+from workers.process import session as session_module
+from workers.process.actor import Worker
+from workers.process.call_times import CallTimes
 from workers.process.loader import make_spec
-from workers.process.worker import CallTimes, Worker
 
 H, W = 16, 16
 GEOMETRY = Geometry(
@@ -152,7 +153,7 @@ def test_a_frame_functions_calls_reach_the_gateway_while_the_session_runs(make_w
 @pytest.mark.slow
 def test_the_last_calls_arrive_with_the_close_before_any_period_passed(make_worker, monkeypatch, tcp):
     # no periodic report at all during this session: only the one sent ahead of the Close
-    monkeypatch.setattr(worker_module, "HANDLER_STATS_PERIOD_S", 3600.0)
+    monkeypatch.setattr(session_module, "HANDLER_STATS_PERIOD_S", 3600.0)
     ch = open_link(make_worker(slow_invert), "video", tcp)
     video_calls(ch, CALLS)
     assert not pump_until(ch, lambda: ch.handler_hist.count > 0, timeout=2 * HANDLER_STATS_PERIOD_S)

@@ -1,4 +1,4 @@
-"""workers/process/worker.py's colour conversions: I420 from the gateway to the handler's RGB and the
+"""workers/process/convert.py's colour conversions: I420 from the gateway to the handler's RGB and the
 handler's output back to I420, at even and odd sizes, against a reference BT.601
 conversion written out here; then a real Worker session sending I420 both ways."""
 
@@ -22,8 +22,9 @@ from workers.link.wire import (
     i420_views,
     video_nbytes,
 )
+from workers.process.actor import Worker
+from workers.process.convert import PixelConverter, as_rgb24
 from workers.process.loader import make_spec
-from workers.process.worker import PixelConverter, Worker, as_rgb24
 
 SIZES = [(48, 64), (47, 63), (1, 1), (3, 2), (2, 5), (241, 321)]  # (H, W)
 SIZE_IDS = [f"{w}x{h}" for h, w in SIZES]

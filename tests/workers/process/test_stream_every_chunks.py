@@ -16,8 +16,8 @@ import pytest
 from workers.handlers import AdditionalOutputs
 from workers.link.channel import FrameChannel, Geometry, connect_worker
 from workers.link.wire import SLOT_HEADER_BYTES, Control, Hello, Outputs
+from workers.process.actor import Worker
 from workers.process.loader import make_spec
-from workers.process.worker import Worker
 
 RATE = 48_000
 EVERY_S = 0.25

@@ -1,4 +1,4 @@
-"""workers/process/worker.py without Ray: a real Worker in this process, driven over a real link.
+"""workers/process/actor.py without Ray: a real Worker in this process, driven over a real link.
 
 The test plays the gateway with workers.link.channel.connect_worker. Handlers that must not
 return (a stuck handler makes the worker call os._exit) run in a worker subprocess instead.
@@ -44,8 +44,9 @@ from workers.link.wire import (
     Outputs,
     Ready,
 )
+from workers.process.actor import Worker
+from workers.process.convert import PixelConverter, as_rgb24
 from workers.process.loader import make_spec
-from workers.process.worker import PixelConverter, Worker, as_rgb24
 
 REPO = Path(__file__).resolve().parents[3]
 H, W = 48, 64
