@@ -11,12 +11,13 @@ from __future__ import annotations
 import select
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
 
+from tests.workers.harness import WAIT_S
 from workers.handlers import StreamHandler
 from workers.link.channel import FrameChannel, Geometry, connect_worker
 from workers.link.wire import (
@@ -30,7 +31,6 @@ from workers.link.wire import (
 from workers.process import session as session_module
 from workers.process.actor import Worker
 from workers.process.call_times import CallTimes
-from workers.process.loader import make_spec
 
 H, W = 16, 16
 GEOMETRY = Geometry(
@@ -39,7 +39,6 @@ GEOMETRY = Geometry(
     audio_slots=16,
     audio_slot_bytes=SLOT_HEADER_BYTES + 960 * 2 * 2,
 )
-WAIT_S = 20.0  # generous: every wait ends as soon as its condition holds
 SLEEP_S = 0.025  # each handler call; mid-bucket (20, 33] ms, so a loaded box's oversleep still fits
 BUCKET = HANDLER_BUCKETS_S.index(0.033)  # the bucket a SLEEP_S call lands in
 CALLS = 6
@@ -61,20 +60,6 @@ class SlowReceiver(StreamHandler):
 
     def copy(self) -> SlowReceiver:
         return SlowReceiver()
-
-
-@pytest.fixture
-def make_worker() -> Iterator[Callable[[Any], Worker]]:
-    made: list[Worker] = []
-
-    def factory(handler: Any) -> Worker:
-        w = Worker(make_spec(handler, 0), event_id="t-handler-stats")
-        made.append(w)
-        return w
-
-    yield factory
-    for w in made:
-        w.shutdown()
 
 
 def open_link(worker: Worker, modality: str, tcp: bool) -> FrameChannel:
