@@ -49,6 +49,7 @@ from workers.link.wire import (
 )
 from workers.process.call_times import CallTimes
 from workers.process.convert import PixelConverter
+from workers.process.handler_threads import join_handler_threads
 from workers.process.loader import HandlerSpec
 from workers.process.node import node_id
 from workers.process.output import Output
@@ -59,7 +60,6 @@ POLL_INTERVAL_S = 0.1  # the link reader wakes this often to notice shutdown and
 HANDLER_STOP_TIMEOUT_S = 1.0  # handler threads get this long to return once a session ends
 ERROR_REPEAT_S = 1.0  # the same handler error is sent to the client at most this often
 ARGS_HOLD_MAX_S = 2.0  # inputs pushed before a handler's first emit() returns are held at most this long
-PARKED_THREAD_CPU_S = 0.05  # a handler thread using less CPU than this while joined is parked, not busy
 MAX_PARKED_THREADS = 8  # parked handler threads a worker leaves behind before it retires
 WEBSOCKET_CLIENTS = (CLIENT_WEBSOCKET, CLIENT_TELEPHONE)  # clients a handler can send text to
 
@@ -223,7 +223,7 @@ class Session:
             # only a StreamHandler's threads may be left parked: each session has its own
             # copy, whereas a plain function blocked mid-call is shared with the next session
             can_park = isinstance(self.handler, StreamHandlerBase)
-            self.parked, self.stuck = _join_handler_threads(threads, HANDLER_STOP_TIMEOUT_S, can_park)
+            self.parked, self.stuck = join_handler_threads(threads, HANDLER_STOP_TIMEOUT_S, can_park)
             parked_threads[:] = [t for t in parked_threads if t.is_alive()] + self.parked
             if self.parked:
                 log.warning(
@@ -446,32 +446,6 @@ class Session:
             self.channel.send_control(Error(message))
         except Exception:
             pass
-
-
-def _thread_cpu_s(thread: threading.Thread) -> float:
-    """CPU seconds a live thread has used (0 once it has ended)."""
-    try:
-        return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))  # type: ignore[arg-type]
-    except (OSError, TypeError, ValueError):
-        return 0.0
-
-
-def _join_handler_threads(
-    threads: list[threading.Thread], timeout: float, can_park: bool
-) -> tuple[list[threading.Thread], bool]:
-    """Join a session's handler threads for up to ``timeout`` s. Returns the ones still
-    blocked inside the handler and using no CPU (parked: the seeds' EchoHandler waits in
-    ``queue.get()`` forever once the audio stops), and whether any other is still alive
-    (stuck). With ``can_park`` False every thread still alive is stuck."""
-    cpu0 = {t: _thread_cpu_s(t) for t in threads}
-    deadline = time.monotonic() + timeout
-    for t in threads:
-        t.join(max(0.0, deadline - time.monotonic()))
-    alive = [t for t in threads if t.is_alive()]
-    if not can_park:
-        return [], bool(alive)
-    parked = [t for t in alive if _thread_cpu_s(t) - cpu0[t] < PARKED_THREAD_CPU_S]
-    return parked, len(parked) < len(alive)
 
 
 class _Hooks(_SessionHooks):
