@@ -1,7 +1,7 @@
 """Benchmark the worker pool without codecs: FrameChannel hops and GIL-bound throughput.
 
 N sessions (1, 2, 4) each push 640x480x3 uint8 RGB frames through a FrameChannel to a real
-``workers.process.worker.Worker`` Ray actor (one worker per session), which runs the handler on the
+``workers.process.actor.Worker`` Ray actor (one worker per session), which runs the handler on the
 newest frame and sends the result back. Two measurements per N:
 
 * **hop latency** (no-op handler, returns its frame): ping-pong. Each session sends one
@@ -360,8 +360,8 @@ def rate_summary(rec: dict[str, Any], seconds: float) -> dict[str, Any]:
 def start_workers(count: int) -> tuple[list[Any], list[dict[str, Any]]]:
     import ray
 
+    from workers.process.actor import Worker
     from workers.process.loader import make_spec
-    from workers.process.worker import Worker
 
     spec = make_spec(bc.spin_frame, 0)
     # the scheduler's options for its pool workers (runtime/control/scheduler.py)

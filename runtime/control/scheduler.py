@@ -767,7 +767,7 @@ class Scheduler:
         task.add_done_callback(self._tasks.discard)
 
     async def _run_start(self, pool: Pool) -> None:
-        from workers.process.worker import Worker
+        from workers.process.actor import Worker
 
         spec = pool.spec.pool
         options: dict[str, Any] = {"max_restarts": 0, "max_concurrency": 4}

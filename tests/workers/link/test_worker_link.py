@@ -7,7 +7,6 @@ tests/control/test_scheduler.py.
 
 from __future__ import annotations
 
-import os
 import secrets
 import socket
 import threading
@@ -21,13 +20,15 @@ import pytest
 
 from runtime import constants as C
 from tests.conftest import wait_until
+from tests.workers.harness import WAIT_S, wait_idle
 from tests.workers.link.blocking import connect_worker
 from workers.link.channel import FrameChannel
 from workers.link.connect import worker_socket
-from workers.link.shm import SEGMENT_PREFIX, Geometry
+from workers.link.shm import Geometry
 from workers.link.wire import PIXFMT_I420, SLOT_HEADER_BYTES, STREAM_LENGTH, Close, Control, Hello
+from workers.process.actor import HELLO_TIMEOUT_S, Worker
+from workers.process.convert import PixelConverter
 from workers.process.loader import make_spec
-from workers.process.worker import HELLO_TIMEOUT_S, PixelConverter, Worker
 
 H, W = 16, 16
 GEOMETRY = Geometry(
@@ -37,7 +38,6 @@ GEOMETRY = Geometry(
     audio_slot_bytes=SLOT_HEADER_BYTES + 960 * 2 * 2,
 )
 TCP_GEOMETRY = [GEOMETRY.video_slots, GEOMETRY.video_slot_bytes, GEOMETRY.audio_slots, GEOMETRY.audio_slot_bytes]
-WAIT_S = 20.0  # generous: every wait ends as soon as its condition holds
 SILENT_PEERS = 3  # read inline, these would hold a session start for 3 x the hello timeout
 
 
@@ -45,23 +45,12 @@ def invert(frame: np.ndarray) -> np.ndarray:
     return 255 - frame
 
 
-def own_segments() -> set[str]:
-    prefix = f"{SEGMENT_PREFIX}{os.getpid()}-"
-    return {n for n in os.listdir("/dev/shm") if n.startswith(prefix)}
-
-
-@pytest.fixture(autouse=True)
-def no_leaked_segments() -> Iterator[None]:
-    before = own_segments()
-    yield
-    assert wait_until(lambda: own_segments() == before, WAIT_S), "a session left shared memory behind"
+pytestmark = pytest.mark.usefixtures("no_leaked_segments")
 
 
 @pytest.fixture
-def worker() -> Iterator[Worker]:
-    w = Worker(make_spec(invert, 0), event_id="t-link")
-    yield w
-    w.shutdown()
+def worker(make_worker: Callable[..., Worker]) -> Worker:
+    return make_worker(invert)
 
 
 @pytest.fixture
@@ -125,10 +114,6 @@ def first_reply(endpoint: str, token: str) -> Control | None:
         return None
     finally:
         sock.close()
-
-
-def wait_idle(worker: Worker, served: int) -> None:
-    assert wait_until(lambda: worker.session is None and worker.sessions_served == served, WAIT_S)
 
 
 # --- hellos are read off the accept loop -----------------------------------------------------------

@@ -12,10 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import select
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import wait_until
-from tests.workers.link.blocking import connect_worker
+from tests.workers.harness import FRAME, RATE, WAIT_S, H, Link, W, link, wait_idle
 from tests.workers.process.worker_process import worker_process_fixture
 from workers.context import Context, WebSocketSender, get_current_context
 from workers.handlers import (
@@ -35,36 +33,20 @@ from workers.handlers import (
     VideoStreamHandler,
     _as_message,
 )
-from workers.link.channel import FrameChannel
-from workers.link.shm import SEGMENT_PREFIX, Geometry
 from workers.link.wire import (
     CLIENT_TELEPHONE,
-    CLIENT_WEBRTC,
     CLIENT_WEBSOCKET,
-    PIXFMT_I420,
-    SLOT_HEADER_BYTES,
     WEBSOCKET_SEND,
     Args,
     Close,
-    Control,
     Error,
-    Hello,
     Message,
-    Outputs,
 )
-from workers.process.loader import app_file_of, make_spec
-from workers.process.worker import STALE_VIDEO_S, PixelConverter, Worker
+from workers.process.drivers import STALE_VIDEO_S
+from workers.process.loader import app_file_of
 
-RATE = 48_000
-FRAME = 960  # 20 ms at 48 kHz
-H, W = 48, 64
-GEOMETRY = Geometry(
-    video_slots=4,
-    video_slot_bytes=SLOT_HEADER_BYTES + H * W * 3,
-    audio_slots=64,
-    audio_slot_bytes=SLOT_HEADER_BYTES + 4800 * 2 * 2,
-)
-WAIT_S = 20.0  # generous: every wait ends as soon as its condition holds
+pytestmark = pytest.mark.usefixtures("no_leaked_segments")
+
 # frames come back through I420: a picture constant over each 2x2 block returns within the
 # rounding of limited-range YUV (2 at most, measured in tests/workers/process/test_worker.py)
 I420_TOLERANCE = 3
@@ -75,20 +57,6 @@ RATE_WINDOW_S = 3.0  # calls are counted over this long
 # a loaded 2-core machine may lose a call or two a second, and a period's jitter adds one;
 # "every input frame" would be INPUT_FPS, a stall 0
 MIN_RATE_OF_FPS, MAX_RATE_OF_FPS = 0.5, 1.4
-
-
-def own_segments() -> set[str]:
-    prefix = f"{SEGMENT_PREFIX}{os.getpid()}-"
-    return {n for n in os.listdir("/dev/shm") if n.startswith(prefix)}
-
-
-@pytest.fixture(autouse=True)
-def no_leaked_segments() -> Iterator[None]:
-    before = own_segments()
-    yield
-    assert wait_until(lambda: own_segments() == before, WAIT_S), (
-        "a session left shared memory behind"
-    )
 
 
 def frame_of(value: int) -> np.ndarray:
@@ -397,139 +365,7 @@ def last_frame_and_close(frame: np.ndarray) -> Any:
     return 255 - frame
 
 
-# --- the gateway's side of a session ---------------------------------------------------------------
-
-
-class Link:
-    """One session with a worker, driven synchronously: collects controls, audio and video."""
-
-    def __init__(
-        self,
-        endpoint: str,
-        token: str,
-        args: list[Any] | None = None,
-        *,
-        modality: str = "audio",
-        mode: str = "send-receive",
-        client_kind: str = CLIENT_WEBRTC,
-    ) -> None:
-        self.controls: list[Control] = []
-        self.audio: list[np.ndarray] = []
-        self.frames: list[tuple[Any, np.ndarray]] = []  # (header, RGB) of the worker's video
-        self.closed: list[str] = []
-        self.session_id = uuid.uuid4().hex
-        hello = Hello(
-            self.session_id,
-            "",
-            "",
-            mode,
-            modality,
-            list(args or []),
-            False,
-            token=token,
-            client_kind=client_kind,
-        )
-        self.ch: FrameChannel
-        self.ch, self.ready = connect_worker(
-            endpoint,
-            hello,
-            WAIT_S,
-            GEOMETRY,
-            on_control=self.controls.append,
-            on_audio=lambda header, samples: self.audio.append(samples),
-            on_closed=self.closed.append,
-        )
-        self._pixels = PixelConverter()
-
-    def pump(self) -> None:
-        if self.ch.closed:
-            return
-        self.ch.pump()
-        got = self.ch.take_video()
-        if got is not None:
-            header, view = got
-            rgb = (
-                self._pixels.to_rgb(*self.ch.i420_planes(header))
-                if header.layout == PIXFMT_I420
-                else view.copy()
-            )
-            self.frames.append((header, rgb))
-            self.ch.release_video()
-        if self.ch.has_backlog:
-            self.ch.flush()
-
-    def pump_until(self, pred: Callable[[], Any], timeout: float = WAIT_S) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            self.pump()
-            value = pred()
-            if value or time.monotonic() > deadline:
-                return value
-            if not self.ch.closed:
-                select.select([self.ch.sock], [], [], 0.01)
-            else:
-                time.sleep(0.01)
-
-    def pump_for(self, seconds: float) -> None:
-        self.pump_until(lambda: False, seconds)
-
-    def send_tone(self, value: int, frames: int = 1) -> None:
-        for _ in range(frames):
-            assert self.ch.send_audio(np.full((1, FRAME), value, np.int16), RATE)
-
-    def samples_of(self, value: int) -> int:
-        return sum(int((a == value).sum()) for a in self.audio)
-
-    def of_type(self, cls: type) -> list[Any]:
-        return [m for m in self.controls if isinstance(m, cls)]
-
-    def messages(self, type_: str | None = None) -> list[Any]:
-        return [
-            m.data if type_ else (m.type, m.data)
-            for m in self.of_type(Message)
-            if type_ is None or m.type == type_
-        ]
-
-    def outputs(self) -> list[list[Any]]:
-        return [m.values for m in self.of_type(Outputs)]
-
-    def end(self) -> Close | None:
-        """Close as the gateway does and wait for the worker's answer."""
-        self.ch.send_control(Close("test done"))
-        self.pump_until(lambda: self.closed)
-        peer = self.ch.peer_close
-        self.ch.close(notify=False)
-        return peer
-
-    def wait_closed_by_worker(self) -> Close | None:
-        assert self.pump_until(lambda: self.closed), "the worker did not end the session"
-        peer = self.ch.peer_close
-        self.ch.close(notify=False)
-        return peer
-
-
-@pytest.fixture
-def make_worker() -> Iterator[Callable[[Any], Worker]]:
-    made: list[Worker] = []
-
-    def factory(handler: Any) -> Worker:
-        w = Worker(make_spec(handler, 0), event_id="t-handler-api")
-        made.append(w)
-        return w
-
-    yield factory
-    for w in made:
-        w.shutdown()
-
-
-def link(worker: Worker, args: list[Any] | None = None, **kw: Any) -> Link:
-    return Link(worker.endpoint, worker.token, args, **kw)
-
-
-def wait_idle(worker: Worker, served: int) -> None:
-    assert wait_until(
-        lambda: worker.session is None and worker.sessions_served == served, WAIT_S
-    ), f"worker did not finish session #{served}"
+# --- helpers ---------------------------------------------------------------------------------------
 
 
 def send_camera(

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import select
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,50 +20,20 @@ import numpy as np
 import pytest
 
 from tests.conftest import wait_until
-from tests.workers.link.blocking import connect_worker
+from tests.workers.harness import FRAME, RATE, WAIT_S, Link, link
 from tests.workers.process.worker_process import worker_process_fixture
 from workers.handlers import AdditionalOutputs, AsyncStreamHandler, StreamHandler
-from workers.link.channel import FrameChannel
-from workers.link.shm import SEGMENT_PREFIX, Geometry
 from workers.link.wire import (
-    SLOT_HEADER_BYTES,
     Args,
     ClearAudio,
-    Close,
-    Control,
     Error,
-    Hello,
     Message,
     Outputs,
 )
-from workers.process.loader import make_spec
-from workers.process.worker import MAX_PARKED_THREADS, Worker
+from workers.process.session import MAX_PARKED_THREADS
 
 REPO = Path(__file__).resolve().parents[3]
-RATE = 48_000
-FRAME = 960  # 20 ms at 48 kHz
-GEOMETRY = Geometry(
-    video_slots=4,
-    video_slot_bytes=SLOT_HEADER_BYTES + 48 * 64 * 3,
-    audio_slots=64,
-    audio_slot_bytes=SLOT_HEADER_BYTES + 4800 * 2 * 2,
-)
-WAIT_S = 20.0  # generous: every wait ends as soon as its condition holds
-
-
-def own_segments() -> set[str]:
-    prefix = f"{SEGMENT_PREFIX}{os.getpid()}-"
-    return {n for n in os.listdir("/dev/shm") if n.startswith(prefix)}
-
-
-@pytest.fixture(autouse=True)
-def no_leaked_segments() -> Iterator[None]:
-    before = own_segments()
-    yield
-    assert wait_until(lambda: own_segments() == before, WAIT_S), "a session left shared memory behind"
-
-
-# --- handlers (module level: they travel to the worker as an app's would) -------------------------
+pytestmark = pytest.mark.usefixtures("no_leaked_segments")
 
 
 class WaitsInStartUp(StreamHandler):
@@ -216,91 +184,6 @@ def slow_video_generator():
         yield frame
 
 
-# --- the gateway's side of a session ---------------------------------------------------------------
-
-
-class Link:
-    """One session with a worker, driven synchronously: collects controls and audio."""
-
-    def __init__(self, endpoint: str, token: str, args: list[Any], modality: str = "audio", mode: str = "send-receive") -> None:
-        self.controls: list[Control] = []
-        self.audio: list[np.ndarray] = []
-        self.audio_at: list[float] = []
-        self.closed: list[str] = []
-        hello = Hello(uuid.uuid4().hex, "", "", mode, modality, list(args), False, token=token)
-        self.ch: FrameChannel
-        self.ch, self.ready = connect_worker(
-            endpoint,
-            hello,
-            WAIT_S,
-            GEOMETRY,
-            on_control=self.controls.append,
-            on_audio=self._on_audio,
-            on_closed=self.closed.append,
-        )
-        self.answer: Callable[[], list[Any]] | None = None  # answers send_input with these args
-        self._answered = 0
-
-    def _on_audio(self, header: Any, samples: np.ndarray) -> None:
-        self.audio.append(samples)
-        self.audio_at.append(time.monotonic())
-
-    def pump_until(self, pred: Callable[[], Any], timeout: float = WAIT_S) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            if not self.ch.closed:
-                self.ch.pump()
-                requests = [m for m in self.controls if isinstance(m, Message) and m.type == "send_input"]
-                if self.answer is not None and len(requests) > self._answered:
-                    self._answered = len(requests)
-                    self.ch.send_control(Args(self.answer()))
-                if self.ch.has_backlog:
-                    self.ch.flush()
-            value = pred()
-            if value or time.monotonic() > deadline:
-                return value
-            if not self.ch.closed:
-                select.select([self.ch.sock], [], [], 0.02)
-            else:
-                time.sleep(0.02)
-
-    def send_tone(self, value: int, frames: int = 1) -> None:
-        for _ in range(frames):
-            assert self.ch.send_audio(np.full((1, FRAME), value, np.int16), RATE)
-
-    def of_type(self, cls: type) -> list[Any]:
-        return [m for m in self.controls if isinstance(m, cls)]
-
-    def samples_of(self, value: int) -> int:
-        return sum(int((a == value).sum()) for a in self.audio)
-
-    def end(self) -> Close | None:
-        """Close as the gateway does and wait for the worker's answer."""
-        self.ch.send_control(Close("test done"))
-        self.pump_until(lambda: self.closed)
-        peer = self.ch.peer_close
-        self.ch.close(notify=False)
-        return peer
-
-
-@pytest.fixture
-def make_worker() -> Iterator[Callable[[Any], Worker]]:
-    made: list[Worker] = []
-
-    def factory(handler: Any) -> Worker:
-        w = Worker(make_spec(handler, 0), event_id="t-handlers")
-        made.append(w)
-        return w
-
-    yield factory
-    for w in made:
-        w.shutdown()
-
-
-def link(worker: Worker, args: list[Any] | None = None, **kw: Any) -> Link:
-    return Link(worker.endpoint, worker.token, list(args or []), **kw)
-
-
 # --- inputs ------------------------------------------------------------------------------------------
 
 
@@ -393,7 +276,7 @@ def test_server_video_keeps_its_frame_rate_whatever_each_frame_costs(make_worker
     from runtime import constants as C
 
     worker = make_worker(slow_video_generator)
-    s = link(worker, modality="video", mode="receive")
+    s = link(worker, modality="video", mode="receive", video=False)  # the test takes the frames
     stamps: list[int] = []
 
     def frames() -> int:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import select
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
 
+from tests.workers.harness import WAIT_S
 from tests.workers.link.blocking import connect_worker
 from workers.handlers import StreamHandler
 from workers.link.channel import FrameChannel
@@ -29,9 +30,9 @@ from workers.link.wire import (
     Close,
     Hello,
 )
-from workers.process import worker as worker_module
-from workers.process.loader import make_spec
-from workers.process.worker import CallTimes, Worker
+from workers.process import session as session_module
+from workers.process.actor import Worker
+from workers.process.call_times import CallTimes
 
 H, W = 16, 16
 GEOMETRY = Geometry(
@@ -40,7 +41,6 @@ GEOMETRY = Geometry(
     audio_slots=16,
     audio_slot_bytes=SLOT_HEADER_BYTES + 960 * 2 * 2,
 )
-WAIT_S = 20.0  # generous: every wait ends as soon as its condition holds
 SLEEP_S = 0.025  # each handler call; mid-bucket (20, 33] ms, so a loaded box's oversleep still fits
 BUCKET = HANDLER_BUCKETS_S.index(0.033)  # the bucket a SLEEP_S call lands in
 CALLS = 6
@@ -62,20 +62,6 @@ class SlowReceiver(StreamHandler):
 
     def copy(self) -> SlowReceiver:
         return SlowReceiver()
-
-
-@pytest.fixture
-def make_worker() -> Iterator[Callable[[Any], Worker]]:
-    made: list[Worker] = []
-
-    def factory(handler: Any) -> Worker:
-        w = Worker(make_spec(handler, 0), event_id="t-handler-stats")
-        made.append(w)
-        return w
-
-    yield factory
-    for w in made:
-        w.shutdown()
 
 
 def open_link(worker: Worker, modality: str, tcp: bool) -> FrameChannel:
@@ -154,7 +140,7 @@ def test_a_frame_functions_calls_reach_the_gateway_while_the_session_runs(make_w
 @pytest.mark.slow
 def test_the_last_calls_arrive_with_the_close_before_any_period_passed(make_worker, monkeypatch, tcp):
     # no periodic report at all during this session: only the one sent ahead of the Close
-    monkeypatch.setattr(worker_module, "HANDLER_STATS_PERIOD_S", 3600.0)
+    monkeypatch.setattr(session_module, "HANDLER_STATS_PERIOD_S", 3600.0)
     ch = open_link(make_worker(slow_invert), "video", tcp)
     video_calls(ch, CALLS)
     assert not pump_until(ch, lambda: ch.handler_hist.count > 0, timeout=2 * HANDLER_STATS_PERIOD_S)

@@ -1,17 +1,18 @@
-"""workers/process/worker.py's colour conversions: I420 from the gateway to the handler's RGB and the
+"""workers/process/convert.py's colour conversions: I420 from the gateway to the handler's RGB and the
 handler's output back to I420, at even and odd sizes, against a reference BT.601
 conversion written out here; then a real Worker session sending I420 both ways."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
 
 from tests.conftest import wait_until
+from tests.workers.harness import WAIT_S
 from tests.workers.link.blocking import connect_worker
 from workers.link.shm import Geometry
 from workers.link.wire import (
@@ -23,15 +24,14 @@ from workers.link.wire import (
     i420_views,
     video_nbytes,
 )
-from workers.process.loader import make_spec
-from workers.process.worker import PixelConverter, Worker, as_rgb24
+from workers.process.actor import Worker
+from workers.process.convert import PixelConverter, as_rgb24
 
 SIZES = [(48, 64), (47, 63), (1, 1), (3, 2), (2, 5), (241, 321)]  # (H, W)
 SIZE_IDS = [f"{w}x{h}" for h, w in SIZES]
 # rounding of the limited-range steps and of OpenCV's fixed-point coefficients
 CONVERSION_TOLERANCE = 2
 ROUND_TRIP_TOLERANCE = 3  # RGB -> I420 -> RGB of a picture constant over 2x2 blocks
-WAIT_S = 20.0
 
 
 def reference_rgb(y: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -152,10 +152,8 @@ def crop_swap_float(frame: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture
-def worker() -> Iterator[Worker]:
-    w = Worker(make_spec(crop_swap_float, 0), event_id="t-pixels")
-    yield w
-    w.shutdown()
+def worker(make_worker: Callable[..., Worker]) -> Worker:
+    return make_worker(crop_swap_float)
 
 
 @pytest.mark.parametrize("tcp", [False, True], ids=["shm", "tcp"])

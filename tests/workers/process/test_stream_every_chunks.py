@@ -7,24 +7,23 @@ from __future__ import annotations
 import select
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
 
+from tests.workers.harness import WAIT_S
 from tests.workers.link.blocking import connect_worker
 from workers.handlers import AdditionalOutputs
 from workers.link.channel import FrameChannel
 from workers.link.shm import Geometry
 from workers.link.wire import SLOT_HEADER_BYTES, Control, Hello, Outputs
-from workers.process.loader import make_spec
-from workers.process.worker import Worker
+from workers.process.actor import Worker
 
 RATE = 48_000
 EVERY_S = 0.25
 CHUNK = int(RATE * EVERY_S)
-WAIT_S = 20.0
 GEOMETRY = Geometry(
     video_slots=2,
     video_slot_bytes=SLOT_HEADER_BYTES + 16 * 16 * 3,
@@ -39,10 +38,8 @@ def give_back(audio: tuple[int, np.ndarray]) -> AdditionalOutputs:
 
 
 @pytest.fixture
-def worker() -> Iterator[Worker]:
-    w = Worker(make_spec(give_back, 0, stream_every=EVERY_S), event_id="t-every")
-    yield w
-    w.shutdown()
+def worker(make_worker: Callable[..., Worker]) -> Worker:
+    return make_worker(give_back, stream_every=EVERY_S)
 
 
 def open_session(worker: Worker, controls: list[Control]) -> FrameChannel:

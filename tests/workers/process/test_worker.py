@@ -1,4 +1,4 @@
-"""workers/process/worker.py without Ray: a real Worker in this process, driven over a real link.
+"""workers/process/actor.py without Ray: a real Worker in this process, driven over a real link.
 
 The test plays the gateway with tests/workers/link/blocking.py's connect_worker. Handlers that must not
 return (a stuck handler makes the worker call os._exit) run in a worker subprocess instead.
@@ -13,7 +13,7 @@ import subprocess
 import textwrap
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import shm_segments, wait_until
+from tests.workers.harness import WAIT_S, wait_idle
 from tests.workers.link.blocking import connect_worker
 from tests.workers.process.worker_process import worker_process_fixture
 from workers.handlers import AdditionalOutputs, CloseStream
@@ -40,8 +41,7 @@ from workers.link.wire import (
     Outputs,
     Ready,
 )
-from workers.process.loader import make_spec
-from workers.process.worker import PixelConverter, Worker, as_rgb24
+from workers.process.convert import PixelConverter, as_rgb24
 
 REPO = Path(__file__).resolve().parents[3]
 H, W = 48, 64
@@ -51,22 +51,12 @@ GEOMETRY = Geometry(
     audio_slots=8,
     audio_slot_bytes=SLOT_HEADER_BYTES + 960 * 2 * 2,
 )
-WAIT_S = 20.0  # generous: every wait ends as soon as its condition holds
 # the worker's frames come back as I420: a picture constant over each 2x2 block (frame_of)
 # returns within rounding of the limited-range YUV steps (2 at most, measured)
 I420_ROUND_TRIP_TOLERANCE = 3
 
 
-def own_segments() -> set[str]:
-    prefix = f"{SEGMENT_PREFIX}{os.getpid()}-"
-    return {n for n in os.listdir("/dev/shm") if n.startswith(prefix)}
-
-
-@pytest.fixture(autouse=True)
-def no_leaked_segments() -> Iterator[None]:
-    before = own_segments()
-    yield
-    assert wait_until(lambda: own_segments() == before, WAIT_S), "a session left shared memory behind"
+pytestmark = pytest.mark.usefixtures("no_leaked_segments")
 
 
 # --- handlers (module level: they travel to the worker by value, as an app's would) ----------
@@ -122,20 +112,6 @@ def unsendable_output(frame: np.ndarray) -> Any:
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def make_worker() -> Iterator[Callable[[Any], Worker]]:
-    made: list[Worker] = []
-
-    def factory(handler: Any) -> Worker:
-        w = Worker(make_spec(handler, 0), event_id="t-worker")
-        made.append(w)
-        return w
-
-    yield factory
-    for w in made:
-        w.shutdown()
 
 
 class Gateway:
@@ -201,12 +177,6 @@ def frame_of(value: int) -> np.ndarray:
 def assert_pixels_near(out: np.ndarray, expected: np.ndarray) -> None:
     assert out.shape == expected.shape and out.dtype == np.uint8
     np.testing.assert_allclose(out.astype(int), expected.astype(int), atol=I420_ROUND_TRIP_TOLERANCE, rtol=0)
-
-
-def wait_idle(worker: Worker, served: int) -> None:
-    assert wait_until(lambda: worker.session is None and worker.sessions_served == served, WAIT_S), (
-        f"worker did not finish session #{served}"
-    )
 
 
 # --- sessions ----------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ HEADER = """
 import sys, threading, time
 sys.path.insert(0, {repo!r})
 from workers.process.loader import in_worker_import, make_spec, register
-from workers.process.worker import Worker
+from workers.process.actor import Worker
 """
 
 # the worker recovers a handler that does not pickle by importing the script again
