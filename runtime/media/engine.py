@@ -33,11 +33,12 @@ from runtime.control.leases import LeaseGrant, LeaseQueued
 from runtime.errors import HTTPError
 from runtime.guard.limits import AddressLimits, Admission, check_candidate_address, client_key
 from runtime.media.heartbeat import Heartbeat
-from runtime.media.load import LOAD_SAMPLE_S, EngineLoad
+from runtime.media.load import EngineLoad, sample_load
 from runtime.media.offers import (
     check_id,
     check_key,
     check_sdp,
+    denied_error,
     draining_error,
     queued_answer,
     split_handle,
@@ -95,7 +96,7 @@ class MediaEngine:
         self.keys: dict[str, str] = {}
         # unfetched outputs of ended sessions, by (webrtc_id, kind), with the session's key
         self._ended_outputs: dict[tuple[str, str], tuple[str, asyncio.Queue[list[Any]]]] = {}
-        self._load = EngineLoad(self.gateway_id, os.getpid(), "", 0, 0.0, 0.0)
+        self.last_load = EngineLoad(self.gateway_id, os.getpid(), "", 0, 0.0, 0.0)
         self._sampler: asyncio.Task[None] | None = None
         self.counters = EngineCounters(process=self.gateway_id)  # /metrics
         self.draining = False  # no new offers: see adrain()
@@ -326,22 +327,7 @@ class MediaEngine:
                 raise HTTPError(503, "scheduler_unavailable", f"the scheduler did not answer: {exc}") from exc
         if isinstance(lease, (LeaseGrant, LeaseQueued)):
             return lease
-        if lease.error in ("concurrency_limit_reached", "queue_full", "too_many_queued"):
-            retry = str(lease.retry_after or C.RETRY_AFTER_S)
-            meta = {"limit": lease.limit, "retry_after": int(retry)}
-            if lease.queue_size is not None:
-                meta["queue_size"] = lease.queue_size
-            first = (
-                f"this stream serves at most {lease.limit} session(s) at once"
-                if lease.error == "concurrency_limit_reached"
-                else lease.message
-            )
-            raise HTTPError(429, lease.error, f"{first}; retry in {retry} s", headers={"Retry-After": retry}, meta=meta)
-        if lease.error == "queue_ticket_gone":
-            raise HTTPError(410, "queue_ticket_gone", lease.message)
-        if lease.error == "duplicate_webrtc_id":
-            raise HTTPError(409, "duplicate_webrtc_id", lease.message)
-        raise HTTPError(503, lease.error, lease.message or "no worker available")
+        raise denied_error(lease)
 
     def scheduler_died(self, dead: Any) -> None:
         """Blocking: the scheduler actor died; whoever owns registrations replaces it."""
@@ -504,7 +490,7 @@ class MediaEngine:
 
     def metrics(self) -> EngineMetrics:
         """This engine's counters and its live sessions' counts, for /metrics."""
-        return snapshot(self.counters, [s.stats() for s in self.live_sessions()], self._load.loop_lag_ms)
+        return snapshot(self.counters, [s.stats() for s in self.live_sessions()], self.last_load.loop_lag_ms)
 
     def live_sessions(self) -> list[Session]:
         return [s for s in self.sessions.values() if s is not None and not s.closed]
@@ -515,29 +501,13 @@ class MediaEngine:
         """Measure this process's CPU and event-loop lag every LOAD_SAMPLE_S (on the loop:
         a late timer is the lag)."""
         if self._sampler is None:
-            self._sampler = asyncio.get_running_loop().create_task(self._sample_load())
-
-    async def _sample_load(self) -> None:
-        cpu0, t0 = time.process_time(), time.monotonic()
-        while True:
-            await asyncio.sleep(LOAD_SAMPLE_S)
-            cpu1, t1 = time.process_time(), time.monotonic()
-            lag = max(0.0, t1 - t0 - LOAD_SAMPLE_S)
-            self._load = EngineLoad(
-                self.gateway_id,
-                os.getpid(),
-                self.node_id,
-                len(self.live_sessions()),
-                round(100.0 * (cpu1 - cpu0) / max(t1 - t0, 1e-6), 1),
-                round(1000.0 * lag, 1),
-            )
-            cpu0, t0 = cpu1, t1
+            self._sampler = asyncio.get_running_loop().create_task(sample_load(self))
 
     def load(self) -> EngineLoad:
         sessions = len(self.live_sessions())
-        if sessions != self._load.sessions:
-            self._load = EngineLoad(**{**vars(self._load), "sessions": sessions})
-        return self._load
+        if sessions != self.last_load.sessions:
+            self.last_load = EngineLoad(**{**vars(self.last_load), "sessions": sessions})
+        return self.last_load
 
     # --- lifecycle -------------------------------------------------------------------------------
 

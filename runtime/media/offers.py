@@ -1,4 +1,5 @@
-"""An offer's checks before any lease is taken, and the answers that are not a session.
+"""An offer's checks before any lease is taken, and the answers that are not a session
+(queued, refused, draining).
 
 The request's values as the routes pass them on (a webrtc_id, a session key, an SDP offer,
 the Gradio component's handle) are checked here, so a bad one costs no lease, no worker and
@@ -13,7 +14,7 @@ from typing import Any
 
 from runtime import constants as C
 from runtime.config import Config
-from runtime.control.leases import LeaseQueued
+from runtime.control.leases import LeaseDenied, LeaseQueued
 from runtime.errors import HTTPError
 from runtime.guard.limits import check_candidate_address
 from runtime.guard.sdp_check import check_offer_sdp
@@ -70,6 +71,26 @@ def queued_answer(webrtc_id: str, place: LeaseQueued) -> dict[str, Any]:
 
 
 QUEUE_UPDATES_ROUTE = "/webrtc/queue"  # where a queued client follows its place (server-sent events)
+
+
+def denied_error(lease: LeaseDenied) -> HTTPError:
+    """What the client is told of a lease the scheduler refused."""
+    if lease.error in ("concurrency_limit_reached", "queue_full", "too_many_queued"):
+        retry = str(lease.retry_after or C.RETRY_AFTER_S)
+        meta = {"limit": lease.limit, "retry_after": int(retry)}
+        if lease.queue_size is not None:
+            meta["queue_size"] = lease.queue_size
+        first = (
+            f"this stream serves at most {lease.limit} session(s) at once"
+            if lease.error == "concurrency_limit_reached"
+            else lease.message
+        )
+        return HTTPError(429, lease.error, f"{first}; retry in {retry} s", headers={"Retry-After": retry}, meta=meta)
+    if lease.error == "queue_ticket_gone":
+        return HTTPError(410, "queue_ticket_gone", lease.message)
+    if lease.error == "duplicate_webrtc_id":
+        return HTTPError(409, "duplicate_webrtc_id", lease.message)
+    return HTTPError(503, lease.error, lease.message or "no worker available")
 
 
 def draining_error() -> HTTPError:
