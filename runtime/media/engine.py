@@ -22,7 +22,6 @@ import logging
 import math
 import os
 import secrets
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -32,6 +31,7 @@ from runtime.config import Config
 from runtime.control.leases import LeaseGrant, LeaseQueued
 from runtime.errors import HTTPError
 from runtime.guard.limits import AddressLimits, Admission, check_candidate_address, client_key
+from runtime.media.half_open import HalfOpen
 from runtime.media.heartbeat import Heartbeat
 from runtime.media.load import EngineLoad, sample_load
 from runtime.media.offers import (
@@ -66,7 +66,6 @@ __all__ = [
 log = logging.getLogger("rtcpool.engine")
 
 OUTPUTS_GRACE_S = 30.0  # a session's unfetched AdditionalOutputs are kept this long after it ends
-HALF_OPEN_GRACE_S = 5.0  # an answered offer that has not connected by then may give its slot to a newcomer
 UNLIMITED_OFFERS_PER_MIN = 10**9  # an engine does not rate-limit: its front does, seeing every offer
 SESSION_KEY_BYTES = 24  # random bytes of a session key (192 bits; base64url: 32 characters)
 
@@ -107,10 +106,7 @@ class MediaEngine:
             exempt_loopback=lc.exempt_loopback, max_tracked=lc.max_tracked_addresses,
         )  # fmt: skip
         self._drain_now: asyncio.Event | None = None
-        # streams with a timer that displaces a half-open session for the line (see
-        # _displace_when_stale), and those timers
-        self._displacing: set[str] = set()
-        self._timers: set[asyncio.Task[None]] = set()
+        self.half_open = HalfOpen(self.live_sessions)
 
     # --- signalling ----------------------------------------------------------------------------
 
@@ -235,14 +231,14 @@ class MediaEngine:
             try:
                 lease = await self._acquire(event, webrtc_id, queue, ticket, line_client)
             except HTTPError as err:
-                if err.error != "concurrency_limit_reached" or not await self._displace_half_open(event, client):
+                if err.error != "concurrency_limit_reached" or not await self.half_open.displace(event.event_id, client):
                     raise
                 lease = await self._acquire(event, webrtc_id, queue, ticket, line_client)
             if isinstance(lease, LeaseQueued):
                 # a half-open session of another client holds a slot the line needs: its
                 # end admits the head of the line (maybe this one)
-                if not await self._displace_half_open(event, client):
-                    self._displace_when_stale(event, client)
+                if not await self.half_open.displace(event.event_id, client):
+                    self.half_open.displace_when_stale(event.event_id, client)
                 return queued_answer(webrtc_id, lease)
             ticket = None  # a retry (the worker died) is a new offer: the held slot was taken
             session = make(event, lease)
@@ -261,48 +257,6 @@ class MediaEngine:
             session.log_start()
             return answer
         raise AssertionError("unreachable")
-
-    async def _displace_half_open(self, event: StreamEvent, client: str) -> bool:
-        """A full stream, and a newcomer: end the oldest session of another client address
-        that was answered HALF_OPEN_GRACE_S ago or more and never connected (a half-open
-        offer: its client never completed ICE). A client that posts offers and never
-        connects would otherwise hold a concurrency_limit=1 stream shut until each offer's
-        connect timeout, again and again. True if one was ended (its slot is back)."""
-        now = time.monotonic()
-        stale = [
-            s for s in self.live_sessions()
-            if s.event.event_id == event.event_id and s.connected_at is None and s.client != client
-            and now - s.created_at >= HALF_OPEN_GRACE_S
-        ]  # fmt: skip
-        if not stale:
-            return False
-        victim = min(stale, key=lambda s: s.created_at)
-        log.warning("session %s: ended half-open (no ICE after %.1f s) for a newcomer to the full stream %s", victim.webrtc_id, now - victim.created_at, event.event_id)
-        await victim.aclose("half-open: displaced by a newcomer to the full stream")
-        return True
-
-    def _displace_when_stale(self, event: StreamEvent, client: str) -> None:
-        """Someone waits in line: the youngest half-open session of another address that is
-        not stale yet is displaced once it is (one timer per engine and stream at a time)."""
-        young = [
-            s.created_at for s in self.live_sessions()
-            if s.event.event_id == event.event_id and s.connected_at is None and s.client != client
-        ]  # fmt: skip
-        if not young or event.event_id in self._displacing:
-            return
-        delay = max(0.0, min(young) + HALF_OPEN_GRACE_S - time.monotonic())
-
-        async def later() -> None:
-            try:
-                await asyncio.sleep(delay)
-                await self._displace_half_open(event, client)
-            finally:
-                self._displacing.discard(event.event_id)
-
-        self._displacing.add(event.event_id)
-        task = asyncio.get_running_loop().create_task(later())
-        self._timers.add(task)
-        task.add_done_callback(self._timers.discard)
 
     async def _acquire(
         self, event: StreamEvent, webrtc_id: str, queue: bool = False, ticket: str | None = None, client: str = ""
@@ -551,10 +505,10 @@ class MediaEngine:
 
     async def aclose(self) -> None:
         """End every session, give back every lease, stop beating. Safe to call twice."""
-        for task in (self._sampler, *self._timers):
-            if task is not None:
-                task.cancel()
+        if self._sampler is not None:
+            self._sampler.cancel()
         self._sampler = None
+        self.half_open.cancel()
         sessions = [s for s in self.sessions.values() if s is not None]
         await asyncio.gather(*(s.aclose("gateway shutting down") for s in sessions), return_exceptions=True)
         await self._heartbeat.aclose()  # before forget_gateway: see Heartbeat.aclose
