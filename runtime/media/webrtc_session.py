@@ -189,6 +189,7 @@ class WorkerAudioTrack(MediaStreamTrack):
         self._frames += 1
         return frame
 
+
 class WebRTCSession(Session):
     """A Session whose client is a WebRTC peer: its offer answered, its tracks pumped to the
     worker, the worker's frames and audio sent back on tracks of ours, messages both ways on
