@@ -149,6 +149,7 @@ def serve(port: int, sessions: int, prefetch: int | None) -> None:
     from runtime.config import load_config
     from runtime.front.gateway import Gateway
     from runtime.media import session as session_mod
+    from runtime.media import webrtc_session as webrtc_mod
     from runtime.media import ws_session as ws_mod
     from workers.voice.reply_on_pause import ReplyOnPause
 
@@ -157,7 +158,7 @@ def serve(port: int, sessions: int, prefetch: int | None) -> None:
     # instrument this process only: messages from the worker, and reply audio reaching the FIFO
     # (the WebRTC track's, or the WebSocket sender's)
     orig_send_client = session_mod.Session.send_client
-    orig_push = session_mod.WorkerAudioTrack.push
+    orig_push = webrtc_mod.WorkerAudioTrack.push
     orig_ws_push = ws_mod.WebSocketAudioOut.push
 
     def send_client(self: Any, type_: str, data: Any) -> None:
@@ -176,7 +177,7 @@ def serve(port: int, sessions: int, prefetch: int | None) -> None:
         orig_ws_push(self, header, samples)
 
     session_mod.Session.send_client = send_client  # type: ignore[method-assign]
-    session_mod.WorkerAudioTrack.push = push  # type: ignore[method-assign]
+    webrtc_mod.WorkerAudioTrack.push = push  # type: ignore[method-assign]
     ws_mod.WebSocketAudioOut.push = ws_push  # type: ignore[method-assign]
 
     gateway_cfg: dict[str, Any] = {"ice_host_addresses": [LOOPBACK], "ice_servers": []}

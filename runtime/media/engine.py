@@ -1,7 +1,10 @@
 """The media engine: one process's sessions, their leases, and its heartbeat.
 
-A media engine answers offers, holds the peer connections (runtime/media/session.py), leases
-workers from the scheduler and gives them back. It runs either inside the app's own process
+A media engine answers offers, holds the sessions (runtime/media/webrtc_session.py and
+runtime/media/ws_session.py, siblings over runtime/media/session.py), leases workers from the
+scheduler and gives them back; an offer is checked before any lease is taken
+(runtime/media/offers.py) and the scheduler hears from the engine through one heartbeat
+(runtime/media/heartbeat.py). It runs either inside the app's own process
 (``gateway.processes: 1``, the front and the engine share one event loop) or in a media
 process beside it (runtime/media/media_process.py, a Ray actor per engine). The routes and the
 stream registrations are the front's (runtime/front/gateway.py); an engine only needs to know each
@@ -15,17 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import math
 import os
-import re
 import secrets
-import threading
-import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from runtime import constants as C
@@ -33,186 +31,51 @@ from runtime.config import Config
 from runtime.control.leases import LeaseGrant, LeaseQueued
 from runtime.errors import HTTPError
 from runtime.guard.limits import AddressLimits, Admission, check_candidate_address, client_key
-from runtime.guard.sdp_check import check_offer_sdp
+from runtime.media.half_open import HalfOpen
+from runtime.media.heartbeat import Heartbeat
+from runtime.media.load import EngineLoad, sample_load
+from runtime.media.offers import (
+    check_id,
+    check_key,
+    check_sdp,
+    denied_error,
+    draining_error,
+    queued_answer,
+    split_handle,
+    strip_forbidden_candidates,
+)
 from runtime.media.session import OUTPUTS_QUEUE_MAX, Session, WorkerGone
+from runtime.media.stream_event import StreamEvent
+from runtime.media.webrtc_session import WebRTCSession
+from runtime.media.ws_session import WebSocketSession
 from runtime.ops.metrics import EngineCounters, EngineMetrics, snapshot
 from runtime.ops.shm_check import geometry_for
 from workers.link.wire import OUTPUTS_ADDITIONAL, OUTPUTS_STREAM, Args, WireError
-from workers.process.loader import StreamOutputs
+
+# moved out of this module; still importable from here for the front and gradio_ext
+__all__ = [
+    "EngineLoad",
+    "MediaEngine",
+    "StreamEvent",
+    "check_id",
+    "check_sdp",
+    "draining_error",
+    "split_handle",
+]
 
 log = logging.getLogger("rtcpool.engine")
 
-WEBRTC_ID_RE = re.compile(rf"[A-Za-z0-9_.:-]{{1,{C.MAX_WEBRTC_ID_CHARS}}}")  # fullmatch: "$" takes a final newline
 OUTPUTS_GRACE_S = 30.0  # a session's unfetched AdditionalOutputs are kept this long after it ends
-LOAD_SAMPLE_S = 1.0  # how often an engine measures its own CPU and event-loop lag
-HALF_OPEN_GRACE_S = 5.0  # an answered offer that has not connected by then may give its slot to a newcomer
 UNLIMITED_OFFERS_PER_MIN = 10**9  # an engine does not rate-limit: its front does, seeing every offer
 SESSION_KEY_BYTES = 24  # random bytes of a session key (192 bits; base64url: 32 characters)
-
-
-@dataclass
-class StreamEvent:
-    """A stream event: its media shape and limits, and (in the front) its handler."""
-
-    event_id: str
-    handler: Any = None
-    mode: str = "send-receive"
-    modality: str = "video"
-    concurrency_limit: int | None = 1
-    time_limit: float | None = None
-    initial_args: list[Any] = field(default_factory=list)
-    index: int = 0
-    stream_every: float | None = None
-    outputs: StreamOutputs = field(default_factory=StreamOutputs)
-    # a full stream's waiting room: None = the config's queue section
-    queue: bool = True
-    max_queue: int | None = None
-    queue_timeout_s: float | None = None
-
-    @property
-    def has_video(self) -> bool:
-        return self.modality in ("video", "audio-video")
-
-    @property
-    def has_audio(self) -> bool:
-        return self.modality in ("audio", "audio-video")
-
-    def media_only(self) -> StreamEvent:
-        """This event without its handler: what a media process is sent (by Ray, so no
-        user object travels; the workers load the handler themselves)."""
-        return StreamEvent(
-            self.event_id,
-            None,
-            self.mode,
-            self.modality,
-            self.concurrency_limit,
-            self.time_limit,
-            list(self.initial_args),
-            self.index,
-            self.stream_every,
-            StreamOutputs(),
-            self.queue,
-            self.max_queue,
-            self.queue_timeout_s,
-        )
-
 
 SessionMaker = Callable[[StreamEvent, LeaseGrant], Session]  # a session for a lease, not started
 SessionStarter = Callable[[Session], Awaitable[dict[str, Any]]]  # starts it: the client's answer
 
 
-@dataclass(frozen=True)
-class EngineLoad:
-    """What an engine reports for placement and `rtcpool status`."""
-
-    engine_id: str
-    pid: int
-    node_id: str
-    sessions: int
-    cpu_percent: float  # of one core, over the last LOAD_SAMPLE_S
-    loop_lag_ms: float  # how late a LOAD_SAMPLE_S timer fired, last sample
-
-    def score(self) -> float:
-        """Lower is less loaded: sessions, plus CPU in units of what one session costs.
-        A 640x480@30 video session costs a media process ~20-30% of a core (issue 10's
-        measurement), so CPU_PER_SESSION_PERCENT converts CPU to sessions; a lagging loop
-        counts as loaded whatever its session count."""
-        return self.sessions + self.cpu_percent / CPU_PER_SESSION_PERCENT + self.loop_lag_ms / LAG_PER_SESSION_MS
-
-
-CPU_PER_SESSION_PERCENT = 25.0  # CPU% of one core a video session costs a media process, for placement
-LAG_PER_SESSION_MS = 20.0  # event-loop lag counted as one more session, for placement
-
-
-def check_id(webrtc_id: Any) -> str:
-    if not isinstance(webrtc_id, str) or not WEBRTC_ID_RE.fullmatch(webrtc_id):
-        raise HTTPError(400, "bad_webrtc_id", f"'webrtc_id' must be 1-{C.MAX_WEBRTC_ID_CHARS} characters of [A-Za-z0-9_.:-]")
-    return webrtc_id
-
-
-def _check_key(config: Config, expected: str, key: Any) -> None:
-    if not config.gateway.require_session_key:
-        return
-    if not isinstance(key, str) or not key:
-        raise HTTPError(403, "session_key_required", "send the session's key (the answer's 'session_key') with every request about it")
-    # constant time: a key compared byte by byte would leak its prefix to a patient prober
-    if not hmac.compare_digest(expected.encode(), key.encode("utf-8", "replace")):
-        raise HTTPError(403, "bad_session_key", "the session key does not match the session")
-
-
-def strip_forbidden_candidates(sdp: str, allow_loopback: bool) -> str:
-    """The offer without its ICE candidates to addresses the gateway must not probe (see
-    check_candidate_address): candidates in the SDP are trickled ones by another name."""
-    if "a=candidate:" not in sdp:
-        return sdp
-    kept = []
-    for line in sdp.splitlines(keepends=True):
-        if line.startswith("a=candidate:"):
-            try:
-                check_candidate_address(line[2:].strip(), allow_loopback=allow_loopback)
-            except HTTPError:
-                continue
-        kept.append(line)
-    return "".join(kept)
-
-
-def queued_answer(webrtc_id: str, place: LeaseQueued) -> dict[str, Any]:
-    """The 202 body of an offer that waits in its stream's line (runtime/control/waiting_room.py)."""
-    return {
-        "status": "queued",
-        "webrtc_id": webrtc_id,
-        "queue": {
-            "ticket": place.ticket,
-            "position": place.position,
-            "size": place.size,
-            "eta_s": place.eta_s,
-            "updates": QUEUE_UPDATES_ROUTE,
-        },
-    }
-
-
-QUEUE_UPDATES_ROUTE = "/webrtc/queue"  # where a queued client follows its place (server-sent events)
-
-
-def draining_error() -> HTTPError:
-    # 503 + Retry-After: a load balancer (or the page's retry) sends the user elsewhere
-    return HTTPError(
-        503,
-        "draining",
-        "this server is restarting and takes no new streams; try again",
-        headers={"Retry-After": str(C.DRAIN_RETRY_AFTER_S)},
-        meta={"retry_after": C.DRAIN_RETRY_AFTER_S},
-    )
-
-
-HANDLE_SEP = "/"  # in neither a webrtc_id ([A-Za-z0-9_.:-]) nor a key (base64url)
-
-
-def split_handle(value: Any) -> tuple[str, str | None]:
-    """A session's handle, as the Gradio component's value carries it: ``webrtc_id/key``
-    (a bare id, from a client that has no key, gives key None)."""
-    if not isinstance(value, str):
-        return "", None
-    webrtc_id, sep, key = value.partition(HANDLE_SEP)
-    return webrtc_id, (key if sep else None)
-
-
-def check_sdp(sdp: Any, event: StreamEvent, max_bytes: int) -> str:
-    """The offer parsed and checked (runtime/guard/sdp_check.py) before any lease or worker is
-    taken, and with a section for each kind of media the stream carries."""
-    summary = check_offer_sdp(sdp, max_bytes=max_bytes)
-    wanted = {"video"} if event.has_video else set()
-    wanted |= {"audio"} if event.has_audio else set()
-    missing = sorted(wanted - set(summary.kinds))
-    if missing:
-        raise HTTPError(400, "offer_lacks_media", f"stream {event.event_id!r} carries {event.modality}: the offer has no {' or '.join(missing)} section")
-    assert isinstance(sdp, str)
-    return sdp
-
-
 class MediaEngine:
     """The sessions of one process. ``scheduler`` is the deployment's scheduler handle;
-    ``on_unknown_event`` is called (from the heartbeat thread) for an event the scheduler
+    ``on_unknown_event`` is called (from the heartbeat, blocking) for an event the scheduler
     forgot, by whoever can register it again (the front: it has the handlers);
     ``on_scheduler_died`` likewise replaces a dead scheduler."""
 
@@ -226,16 +89,14 @@ class MediaEngine:
         self.node_id = ""  # this process's Ray node, once started: workers elsewhere get TCP
         self.on_unknown_event: Callable[[str], None] | None = None
         self.on_scheduler_died: Callable[[Any], None] | None = None
-        self._heartbeat: threading.Thread | None = None
-        self._heartbeat_stop = threading.Event()
+        self._heartbeat = Heartbeat(self)
         # each session's key (pending offers too): the server's secret its client proves
         # every later request with; the client's webrtc_id is only a name
         self.keys: dict[str, str] = {}
         # unfetched outputs of ended sessions, by (webrtc_id, kind), with the session's key
         self._ended_outputs: dict[tuple[str, str], tuple[str, asyncio.Queue[list[Any]]]] = {}
-        self._load = EngineLoad(self.gateway_id, os.getpid(), "", 0, 0.0, 0.0)
+        self.last_load = EngineLoad(self.gateway_id, os.getpid(), "", 0, 0.0, 0.0)
         self._sampler: asyncio.Task[None] | None = None
-        self._beat_task: asyncio.Task[None] | None = None
         self.counters = EngineCounters(process=self.gateway_id)  # /metrics
         self.draining = False  # no new offers: see adrain()
         # pending offers and live sessions per client address; the front limits the rate
@@ -245,10 +106,7 @@ class MediaEngine:
             exempt_loopback=lc.exempt_loopback, max_tracked=lc.max_tracked_addresses,
         )  # fmt: skip
         self._drain_now: asyncio.Event | None = None
-        # streams with a timer that displaces a half-open session for the line (see
-        # _displace_when_stale), and those timers
-        self._displacing: set[str] = set()
-        self._timers: set[asyncio.Task[None]] = set()
+        self.half_open = HalfOpen(self.live_sessions)
 
     # --- signalling ----------------------------------------------------------------------------
 
@@ -273,6 +131,7 @@ class MediaEngine:
         sdp = strip_forbidden_candidates(sdp, self.config.gateway.limits.allow_loopback_candidates)
 
         async def begin(session: Session) -> dict[str, Any]:
+            assert isinstance(session, WebRTCSession)
             try:
                 answer = await session.start(sdp, "offer")
             except WorkerGone:
@@ -283,7 +142,7 @@ class MediaEngine:
             return {"sdp": answer.sdp, "type": answer.type}
 
         def make(event: StreamEvent, lease: LeaseGrant) -> Session:
-            return Session(self, event, webrtc_id, lease)
+            return WebRTCSession(self, event, webrtc_id, lease)
 
         return await self._open(event_id, webrtc_id, client, queue, ticket, make, begin)
 
@@ -300,7 +159,6 @@ class MediaEngine:
         """A session for a WebSocket audio client (runtime/media/ws_session.py), with the same
         lease, limits and line as an offer: the answer has ``session`` (the live
         WebSocketSession) and ``session_key``, or is a queued answer."""
-        from runtime.media.ws_session import WebSocketSession
 
         async def begin(session: Session) -> dict[str, Any]:
             assert isinstance(session, WebSocketSession)
@@ -352,7 +210,7 @@ class MediaEngine:
         expected = self.keys.get(webrtc_id)
         if expected is None:
             raise HTTPError(404, "unknown_webrtc_id", f"no session {webrtc_id!r}")
-        _check_key(self.config, expected, key)
+        check_key(self.config, expected, key)
 
     async def _open_session(
         self,
@@ -373,14 +231,14 @@ class MediaEngine:
             try:
                 lease = await self._acquire(event, webrtc_id, queue, ticket, line_client)
             except HTTPError as err:
-                if err.error != "concurrency_limit_reached" or not await self._displace_half_open(event, client):
+                if err.error != "concurrency_limit_reached" or not await self.half_open.displace(event.event_id, client):
                     raise
                 lease = await self._acquire(event, webrtc_id, queue, ticket, line_client)
             if isinstance(lease, LeaseQueued):
                 # a half-open session of another client holds a slot the line needs: its
                 # end admits the head of the line (maybe this one)
-                if not await self._displace_half_open(event, client):
-                    self._displace_when_stale(event, client)
+                if not await self.half_open.displace(event.event_id, client):
+                    self.half_open.displace_when_stale(event.event_id, client)
                 return queued_answer(webrtc_id, lease)
             ticket = None  # a retry (the worker died) is a new offer: the held slot was taken
             session = make(event, lease)
@@ -399,48 +257,6 @@ class MediaEngine:
             session.log_start()
             return answer
         raise AssertionError("unreachable")
-
-    async def _displace_half_open(self, event: StreamEvent, client: str) -> bool:
-        """A full stream, and a newcomer: end the oldest session of another client address
-        that was answered HALF_OPEN_GRACE_S ago or more and never connected (a half-open
-        offer: its client never completed ICE). A client that posts offers and never
-        connects would otherwise hold a concurrency_limit=1 stream shut until each offer's
-        connect timeout, again and again. True if one was ended (its slot is back)."""
-        now = time.monotonic()
-        stale = [
-            s for s in self.live_sessions()
-            if s.event.event_id == event.event_id and s.connected_at is None and s.client != client
-            and now - s.created_at >= HALF_OPEN_GRACE_S
-        ]  # fmt: skip
-        if not stale:
-            return False
-        victim = min(stale, key=lambda s: s.created_at)
-        log.warning("session %s: ended half-open (no ICE after %.1f s) for a newcomer to the full stream %s", victim.webrtc_id, now - victim.created_at, event.event_id)
-        await victim.aclose("half-open: displaced by a newcomer to the full stream")
-        return True
-
-    def _displace_when_stale(self, event: StreamEvent, client: str) -> None:
-        """Someone waits in line: the youngest half-open session of another address that is
-        not stale yet is displaced once it is (one timer per engine and stream at a time)."""
-        young = [
-            s.created_at for s in self.live_sessions()
-            if s.event.event_id == event.event_id and s.connected_at is None and s.client != client
-        ]  # fmt: skip
-        if not young or event.event_id in self._displacing:
-            return
-        delay = max(0.0, min(young) + HALF_OPEN_GRACE_S - time.monotonic())
-
-        async def later() -> None:
-            try:
-                await asyncio.sleep(delay)
-                await self._displace_half_open(event, client)
-            finally:
-                self._displacing.discard(event.event_id)
-
-        self._displacing.add(event.event_id)
-        task = asyncio.get_running_loop().create_task(later())
-        self._timers.add(task)
-        task.add_done_callback(self._timers.discard)
 
     async def _acquire(
         self, event: StreamEvent, webrtc_id: str, queue: bool = False, ticket: str | None = None, client: str = ""
@@ -465,22 +281,7 @@ class MediaEngine:
                 raise HTTPError(503, "scheduler_unavailable", f"the scheduler did not answer: {exc}") from exc
         if isinstance(lease, (LeaseGrant, LeaseQueued)):
             return lease
-        if lease.error in ("concurrency_limit_reached", "queue_full", "too_many_queued"):
-            retry = str(lease.retry_after or C.RETRY_AFTER_S)
-            meta = {"limit": lease.limit, "retry_after": int(retry)}
-            if lease.queue_size is not None:
-                meta["queue_size"] = lease.queue_size
-            first = (
-                f"this stream serves at most {lease.limit} session(s) at once"
-                if lease.error == "concurrency_limit_reached"
-                else lease.message
-            )
-            raise HTTPError(429, lease.error, f"{first}; retry in {retry} s", headers={"Retry-After": retry}, meta=meta)
-        if lease.error == "queue_ticket_gone":
-            raise HTTPError(410, "queue_ticket_gone", lease.message)
-        if lease.error == "duplicate_webrtc_id":
-            raise HTTPError(409, "duplicate_webrtc_id", lease.message)
-        raise HTTPError(503, lease.error, lease.message or "no worker available")
+        raise denied_error(lease)
 
     def scheduler_died(self, dead: Any) -> None:
         """Blocking: the scheduler actor died; whoever owns registrations replaces it."""
@@ -498,7 +299,7 @@ class MediaEngine:
 
         self.authorize(webrtc_id, key)
         session = self.sessions.get(webrtc_id)
-        if session is None or session.pc is None:
+        if not isinstance(session, WebRTCSession) or session.pc is None:
             raise HTTPError(404, "unknown_webrtc_id", f"no session {webrtc_id!r}")
         if cand is None:
             return  # end of candidates
@@ -516,7 +317,7 @@ class MediaEngine:
             if isinstance(cand, dict):
                 ice.sdpMid = cand.get("sdpMid")
                 ice.sdpMLineIndex = cand.get("sdpMLineIndex")
-            await session.pc.addIceCandidate(ice)
+            await session.add_ice_candidate(ice)
         except Exception as exc:
             raise HTTPError(400, "bad_candidate", f"cannot parse ICE candidate: {exc}") from exc
 
@@ -537,7 +338,7 @@ class MediaEngine:
                     self.authorize(webrtc_id, key)
                     return None
                 raise HTTPError(404, "unknown_webrtc_id", f"no session {webrtc_id!r}")
-            _check_key(self.config, ended[0], key)
+            check_key(self.config, ended[0], key)
             queue = ended[1]
         if queue.empty():
             return None
@@ -643,7 +444,7 @@ class MediaEngine:
 
     def metrics(self) -> EngineMetrics:
         """This engine's counters and its live sessions' counts, for /metrics."""
-        return snapshot(self.counters, [s.stats() for s in self.live_sessions()], self._load.loop_lag_ms)
+        return snapshot(self.counters, [s.stats() for s in self.live_sessions()], self.last_load.loop_lag_ms)
 
     def live_sessions(self) -> list[Session]:
         return [s for s in self.sessions.values() if s is not None and not s.closed]
@@ -654,119 +455,32 @@ class MediaEngine:
         """Measure this process's CPU and event-loop lag every LOAD_SAMPLE_S (on the loop:
         a late timer is the lag)."""
         if self._sampler is None:
-            self._sampler = asyncio.get_running_loop().create_task(self._sample_load())
-
-    async def _sample_load(self) -> None:
-        cpu0, t0 = time.process_time(), time.monotonic()
-        while True:
-            await asyncio.sleep(LOAD_SAMPLE_S)
-            cpu1, t1 = time.process_time(), time.monotonic()
-            lag = max(0.0, t1 - t0 - LOAD_SAMPLE_S)
-            self._load = EngineLoad(
-                self.gateway_id,
-                os.getpid(),
-                self.node_id,
-                len(self.live_sessions()),
-                round(100.0 * (cpu1 - cpu0) / max(t1 - t0, 1e-6), 1),
-                round(1000.0 * lag, 1),
-            )
-            cpu0, t0 = cpu1, t1
+            self._sampler = asyncio.get_running_loop().create_task(sample_load(self))
 
     def load(self) -> EngineLoad:
         sessions = len(self.live_sessions())
-        if sessions != self._load.sessions:
-            self._load = EngineLoad(**{**vars(self._load), "sessions": sessions})
-        return self._load
+        if sessions != self.last_load.sessions:
+            self.last_load = EngineLoad(**{**vars(self.last_load), "sessions": sessions})
+        return self.last_load
 
     # --- lifecycle -------------------------------------------------------------------------------
 
     def start_heartbeat(self) -> None:
-        """Beat from start-up, not from the first offer: the scheduler keeps a gateway's pools
-        while it beats (a detached scheduler drops pools whose gateways are all gone). A
-        thread, not a task: start() runs before any event loop of the app exists (the CLI,
-        Gradio's launch()), and a beat is one small Ray call every HEARTBEAT_S."""
-        if self._heartbeat is None or not self._heartbeat.is_alive():
-            self._heartbeat_stop.clear()
-            self._heartbeat = threading.Thread(target=self._heartbeat_run, name="rtcpool-heartbeat", daemon=True)
-            self._heartbeat.start()
-
-    def _heartbeat_run(self) -> None:
-        import ray
-        from ray.exceptions import ActorDiedError
-
-        while not self._heartbeat_stop.wait(C.HEARTBEAT_S):
-            live, scheduler = self._live_leases(), self.scheduler
-            try:
-                answer = ray.get(self._beat(scheduler, live), timeout=C.RAY_CALL_TIMEOUT_S)
-            except ActorDiedError:
-                if not self._heartbeat_stop.is_set():
-                    with contextlib.suppress(Exception):  # tried again at the next beat
-                        self.scheduler_died(scheduler)
-                continue
-            except Exception as exc:
-                log.warning("scheduler heartbeat failed: %s", exc)
-                continue
-            self._take_answer(answer, live)
+        """Beat from start-up on a thread of its own (the front: see runtime/media/heartbeat.py)."""
+        self._heartbeat.start_thread()
 
     def start_heartbeat_task(self) -> None:
-        """The heartbeat as a task on this loop, for an engine inside an async Ray actor
-        (a media process): there a blocking ray.get, even on a thread, is flagged by Ray."""
-        if self._beat_task is None:
-            self._beat_task = asyncio.get_running_loop().create_task(self._heartbeat_loop())
+        """Beat as a task on this loop (a media process, an async Ray actor)."""
+        self._heartbeat.start_task()
 
-    async def _heartbeat_loop(self) -> None:
-        from ray.exceptions import ActorDiedError
-
-        while True:
-            await asyncio.sleep(C.HEARTBEAT_S)
-            live, scheduler = self._live_leases(), self.scheduler
-            try:
-                answer = await asyncio.wait_for(self._beat(scheduler, live), C.RAY_CALL_TIMEOUT_S)
-            except ActorDiedError:
-                with contextlib.suppress(Exception):
-                    await asyncio.to_thread(self.scheduler_died, scheduler)
-                continue
-            except Exception as exc:
-                log.warning("scheduler heartbeat failed: %s", exc)
-                continue
-            self._take_answer(answer, live)
-
-    def _live_leases(self) -> dict[str, Session]:
-        # a copy made in one C call: the loop thread adds and removes sessions meanwhile
+    def leased_sessions(self) -> dict[str, Session]:
+        """Its sessions by lease id, for the heartbeat: a copy made in one C call, since the
+        loop's thread adds and removes sessions meanwhile."""
         return {s.lease_id: s for s in list(self.sessions.values()) if s is not None}
-
-    def _beat(self, scheduler: Any, live: dict[str, Session]) -> Any:
-        return scheduler.heartbeat.remote(
-            self.gateway_id,
-            list(live),
-            list(self.events),
-            {lid: s.transport for lid, s in live.items()},
-            vars(self.load()),
-        )
-
-    def _take_answer(self, answer: dict[str, list[str]], live: dict[str, Session]) -> None:
-        for lease_id in answer["gone"]:
-            session = live.get(lease_id)
-            if session is not None:
-                with contextlib.suppress(RuntimeError):  # its loop has closed: nothing to end
-                    session.loop.call_soon_threadsafe(self._end_reclaimed, session)
-        for event_id in answer["unknown_events"]:
-            # dropped while this gateway was taken for gone (silent past the TTL)
-            if self.on_unknown_event is not None and not self._heartbeat_stop.is_set():
-                self.on_unknown_event(event_id)
-
-    def _end_reclaimed(self, session: Session) -> None:
-        session.send_client("end_stream", {"reason": "lease_reclaimed"})
-        session.close_soon("the scheduler reclaimed the lease", delay=C.END_STREAM_GRACE_S)
-
-    def stop_heartbeat(self) -> threading.Thread | None:
-        thread, self._heartbeat = self._heartbeat, None
-        self._heartbeat_stop.set()
-        return thread
 
     async def session_ended(self, session: Session) -> None:
         key = self.keys.get(session.webrtc_id, "")
-        if session.pc is not None and session.lease_id:
+        if session.has_peer and session.lease_id:
             self.counters.session_ended(session.stats(), session.end_reason)
         if session.admission is not None:
             session.admission.ended()
@@ -791,16 +505,13 @@ class MediaEngine:
 
     async def aclose(self) -> None:
         """End every session, give back every lease, stop beating. Safe to call twice."""
-        for task in (self._sampler, self._beat_task, *self._timers):
-            if task is not None:
-                task.cancel()
-        self._sampler = self._beat_task = None
+        if self._sampler is not None:
+            self._sampler.cancel()
+        self._sampler = None
+        self.half_open.cancel()
         sessions = [s for s in self.sessions.values() if s is not None]
         await asyncio.gather(*(s.aclose("gateway shutting down") for s in sessions), return_exceptions=True)
-        beating = self.stop_heartbeat()
-        if beating is not None:
-            # a beat after forget_gateway would make this gateway known again
-            await asyncio.to_thread(beating.join, C.RAY_CALL_TIMEOUT_S)
+        await self._heartbeat.aclose()  # before forget_gateway: see Heartbeat.aclose
         if self.scheduler is not None:
             try:
                 await asyncio.wait_for(self.scheduler.forget_gateway.remote(self.gateway_id), C.RAY_CALL_TIMEOUT_S)

@@ -1,7 +1,8 @@
 """A session whose client speaks audio over a WebSocket instead of WebRTC: fastrtc's
 ``/websocket/offer`` messages, or a Twilio phone call's media stream (runtime/front/websocket_routes.py
-parses both). The worker, the lease, the limits and every way of ending are a
-:class:`runtime.media.session.Session`'s; only the client side differs:
+parses both). The worker, the lease, the limits and every way of ending are the
+transport-neutral :class:`runtime.media.session.Session`'s; only the client side differs
+from its sibling, the WebRTC session (runtime/media/webrtc_session.py):
 
   client "media" (base64 mu-law) --decode--> audio slots --> worker (resampled there)
   worker audio --resample to the wire rate--> FIFO --20 ms mu-law messages, paced--> client
@@ -28,13 +29,13 @@ import numpy as np
 
 from runtime import constants as C
 from runtime.media import mulaw
-from runtime.media.session import Session
+from runtime.media.session import Session, client_json
 from workers.link.wire import CLIENT_TELEPHONE, WEBSOCKET_SEND, ClearAudio, Control, Message
 
 if TYPE_CHECKING:
     from runtime.control.leases import LeaseGrant
-    from runtime.media.engine import StreamEvent
     from runtime.media.session import SessionHost
+    from runtime.media.stream_event import StreamEvent
 
 log = logging.getLogger("rtcpool.websocket")
 
@@ -47,8 +48,8 @@ OUTBOX_MAX = (
 
 
 class WebSocketAudioOut:
-    """The worker's audio for a WebSocket client, in the shape Session expects of its audio
-    track (push, clear, drained, stop): resampled to the wire rate, encoded as mu-law and
+    """The worker's audio for a WebSocket client, a session's AudioOut (push, clear,
+    drained, stop): resampled to the wire rate, encoded as mu-law and
     sent in 20 ms messages a little ahead of real time, so clear() stops a reply at once."""
 
     def __init__(self, session: WebSocketSession, rate: int) -> None:
@@ -154,8 +155,8 @@ class WebSocketSession(Session):
         self.wire_in_rate = TELEPHONE_RATE if self.phone else (self.audio_in_rate or TELEPHONE_RATE)
         if self.event.mode in ("send-receive", "receive"):
             rate = TELEPHONE_RATE if self.phone else (self.audio_out_rate or C.AUDIO_DEFAULT_RATE)
-            self.audio_out = WebSocketAudioOut(self, rate)  # type: ignore[assignment]  # the track's shape
-            self._spawn(self.audio_out.run())  # type: ignore[union-attr]
+            audio_out = self.audio_out = WebSocketAudioOut(self, rate)
+            self._spawn(audio_out.run())
         self._spawn(self._write_outbox())
         self._spawn(self._watchdog())
         if self.event.mode == "receive":
@@ -206,19 +207,12 @@ class WebSocketSession(Session):
         if self.phone:
             log.debug("session %s: %s (not sent to the phone)", self.webrtc_id, obj.get("type"))
             return
-        try:
-            text = json.dumps(obj, default=str)
-        except (TypeError, ValueError):
-            text = json.dumps({"type": obj.get("type"), "data": str(obj.get("data"))})
-        self._queue(text)
+        self._queue(client_json(obj))
 
     def _queue(self, text: str) -> None:
         if self._outbox.qsize() >= OUTBOX_MAX:
             return  # a client that reads nothing: its socket's own limits end it
         self._outbox.put_nowait(text)
-
-    def _flush_messages(self) -> None:
-        pass  # no data channel: messages go through the outbox
 
     async def _write_outbox(self) -> None:
         try:

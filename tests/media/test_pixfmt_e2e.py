@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-import runtime.media.session as session_module
+import runtime.media.webrtc_session as session_module
 from runtime.clients.webrtc import Client
 from tests.conftest import async_wait_until
 

@@ -1,0 +1,130 @@
+"""An offer's checks before any lease is taken, and the answers that are not a session
+(queued, refused, draining).
+
+The request's values as the routes pass them on (a webrtc_id, a session key, an SDP offer,
+the Gradio component's handle) are checked here, so a bad one costs no lease, no worker and
+no peer connection; the refusals are HTTPErrors the front turns into its responses.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from typing import Any
+
+from runtime import constants as C
+from runtime.config import Config
+from runtime.control.leases import LeaseDenied, LeaseQueued
+from runtime.errors import HTTPError
+from runtime.guard.limits import check_candidate_address
+from runtime.guard.sdp_check import check_offer_sdp
+from runtime.media.stream_event import StreamEvent
+
+WEBRTC_ID_RE = re.compile(rf"[A-Za-z0-9_.:-]{{1,{C.MAX_WEBRTC_ID_CHARS}}}")  # fullmatch: "$" takes a final newline
+
+
+def check_id(webrtc_id: Any) -> str:
+    if not isinstance(webrtc_id, str) or not WEBRTC_ID_RE.fullmatch(webrtc_id):
+        raise HTTPError(400, "bad_webrtc_id", f"'webrtc_id' must be 1-{C.MAX_WEBRTC_ID_CHARS} characters of [A-Za-z0-9_.:-]")
+    return webrtc_id
+
+
+def check_key(config: Config, expected: str, key: Any) -> None:
+    if not config.gateway.require_session_key:
+        return
+    if not isinstance(key, str) or not key:
+        raise HTTPError(403, "session_key_required", "send the session's key (the answer's 'session_key') with every request about it")
+    # constant time: a key compared byte by byte would leak its prefix to a patient prober
+    if not hmac.compare_digest(expected.encode(), key.encode("utf-8", "replace")):
+        raise HTTPError(403, "bad_session_key", "the session key does not match the session")
+
+
+def strip_forbidden_candidates(sdp: str, allow_loopback: bool) -> str:
+    """The offer without its ICE candidates to addresses the gateway must not probe (see
+    check_candidate_address): candidates in the SDP are trickled ones by another name."""
+    if "a=candidate:" not in sdp:
+        return sdp
+    kept = []
+    for line in sdp.splitlines(keepends=True):
+        if line.startswith("a=candidate:"):
+            try:
+                check_candidate_address(line[2:].strip(), allow_loopback=allow_loopback)
+            except HTTPError:
+                continue
+        kept.append(line)
+    return "".join(kept)
+
+
+def queued_answer(webrtc_id: str, place: LeaseQueued) -> dict[str, Any]:
+    """The 202 body of an offer that waits in its stream's line (runtime/control/waiting_room.py)."""
+    return {
+        "status": "queued",
+        "webrtc_id": webrtc_id,
+        "queue": {
+            "ticket": place.ticket,
+            "position": place.position,
+            "size": place.size,
+            "eta_s": place.eta_s,
+            "updates": QUEUE_UPDATES_ROUTE,
+        },
+    }
+
+
+QUEUE_UPDATES_ROUTE = "/webrtc/queue"  # where a queued client follows its place (server-sent events)
+
+
+def denied_error(lease: LeaseDenied) -> HTTPError:
+    """What the client is told of a lease the scheduler refused."""
+    if lease.error in ("concurrency_limit_reached", "queue_full", "too_many_queued"):
+        retry = str(lease.retry_after or C.RETRY_AFTER_S)
+        meta = {"limit": lease.limit, "retry_after": int(retry)}
+        if lease.queue_size is not None:
+            meta["queue_size"] = lease.queue_size
+        first = (
+            f"this stream serves at most {lease.limit} session(s) at once"
+            if lease.error == "concurrency_limit_reached"
+            else lease.message
+        )
+        return HTTPError(429, lease.error, f"{first}; retry in {retry} s", headers={"Retry-After": retry}, meta=meta)
+    if lease.error == "queue_ticket_gone":
+        return HTTPError(410, "queue_ticket_gone", lease.message)
+    if lease.error == "duplicate_webrtc_id":
+        return HTTPError(409, "duplicate_webrtc_id", lease.message)
+    return HTTPError(503, lease.error, lease.message or "no worker available")
+
+
+def draining_error() -> HTTPError:
+    # 503 + Retry-After: a load balancer (or the page's retry) sends the user elsewhere
+    return HTTPError(
+        503,
+        "draining",
+        "this server is restarting and takes no new streams; try again",
+        headers={"Retry-After": str(C.DRAIN_RETRY_AFTER_S)},
+        meta={"retry_after": C.DRAIN_RETRY_AFTER_S},
+    )
+
+
+HANDLE_SEP = "/"  # in neither a webrtc_id ([A-Za-z0-9_.:-]) nor a key (base64url)
+
+
+def split_handle(value: Any) -> tuple[str, str | None]:
+    """A session's handle, as the Gradio component's value carries it: ``webrtc_id/key``
+    (a bare id, from a client that has no key, gives key None)."""
+    if not isinstance(value, str):
+        return "", None
+    webrtc_id, sep, key = value.partition(HANDLE_SEP)
+    return webrtc_id, (key if sep else None)
+
+
+def check_sdp(sdp: Any, event: StreamEvent, max_bytes: int) -> str:
+    """The offer parsed and checked (runtime/guard/sdp_check.py) before any lease or worker is
+    taken, and with a section for each kind of media the stream carries."""
+    summary = check_offer_sdp(sdp, max_bytes=max_bytes)
+    wanted = {"video"} if event.has_video else set()
+    wanted |= {"audio"} if event.has_audio else set()
+    missing = sorted(wanted - set(summary.kinds))
+    if missing:
+        raise HTTPError(400, "offer_lacks_media", f"stream {event.event_id!r} carries {event.modality}: the offer has no {' or '.join(missing)} section")
+    assert isinstance(sdp, str)
+    return sdp
+
