@@ -47,7 +47,8 @@ import anyio.to_thread
 import gradio as gr
 from gradio.components.base import server
 
-from runtime.front.gateway import MODALITIES, MODES, HTTPError, check_stream_options
+from runtime.errors import HTTPError
+from runtime.front.streams import MODALITIES, MODES, check_stream_options
 from runtime.media.engine import split_handle
 from workers.link.wire import OUTPUTS_STREAM
 from workers.process import loader

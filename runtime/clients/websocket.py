@@ -23,11 +23,8 @@ from typing import Any
 import numpy as np
 
 from runtime import constants as C
-from runtime.front.websocket_routes import (
-    CALL_TOKEN_PARAM,
-    TELEPHONE_HANDLER_ROUTE,
-    WEBSOCKET_ROUTE,
-)
+from runtime.front.twilio import CALL_TOKEN_PARAM, TELEPHONE_HANDLER_ROUTE
+from runtime.front.websocket_routes import WEBSOCKET_ROUTE
 from runtime.media import mulaw
 
 FRAME_S = C.AUDIO_FRAME_S  # one media message per 20 ms, as Twilio sends them

@@ -1,6 +1,6 @@
 """The gateway's own page: try a stream in the browser without Gradio.
 
-:func:`mount_standalone` adds two pages to an app (``Gateway.mount`` calls it, so every
+:func:`mount_standalone` adds two pages to an app (``Gateway.mount`` adds it, so every
 rtcpool app has them, Gradio or not):
 
 * ``GET /webrtc/ui`` -- an index of the app's stream events, each a link to its page;
@@ -24,9 +24,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse
 
-from runtime.front.gateway import Gateway, HTTPError, StreamEvent
+from runtime.errors import HTTPError
+from runtime.front.api import GatewayAPI
+from runtime.front.http_util import error_response
+from runtime.media.engine import StreamEvent
 
 CLIENT_DIR = Path(__file__).resolve().parents[2] / "gradio_ext" / "static"
 UI_PATH = "/webrtc/ui"
@@ -54,7 +57,7 @@ def client_files() -> tuple[str, str, str]:
     )
 
 
-def page_config(event: StreamEvent, gateway: Gateway) -> dict[str, Any]:
+def page_config(event: StreamEvent, gateway: GatewayAPI) -> dict[str, Any]:
     """``props.rtc`` for a stream's page: what a WebRTC component with default options would
     get, plus where the offer goes."""
     return {
@@ -98,7 +101,7 @@ def _document(title: str, body: str, head: str = "") -> str:
     )
 
 
-def stream_page(event: StreamEvent, gateway: Gateway) -> str:
+def stream_page(event: StreamEvent, gateway: GatewayAPI) -> str:
     markup, css, script = client_files()
     props = {"rtc": page_config(event, gateway), "value": None}
     body = (
@@ -117,7 +120,7 @@ def stream_page(event: StreamEvent, gateway: Gateway) -> str:
     return _document(f"rtcpool · {event.event_id}", body, head=f"<style>{css}</style>")
 
 
-def index_page(gateway: Gateway) -> str:
+def index_page(gateway: GatewayAPI) -> str:
     rows = "".join(
         f'<tr><td><a href="ui?stream={quote(e.event_id, safe="")}">{html.escape(e.event_id)}</a></td>'
         f"<td>{html.escape(_limits(e))}</td></tr>"
@@ -131,7 +134,7 @@ def index_page(gateway: Gateway) -> str:
     return _document("rtcpool streams", f"<h1>Streams</h1>{table}")
 
 
-def mount_standalone(app: Any, gateway: Gateway) -> None:
+def mount_standalone(app: Any, gateway: GatewayAPI) -> None:
     """Add ``GET /webrtc/ui`` (index, or one stream's page with ``?stream=``) to ``app``."""
 
     async def ui(stream: str | None = None) -> Any:
@@ -139,8 +142,7 @@ def mount_standalone(app: Any, gateway: Gateway) -> None:
             return HTMLResponse(index_page(gateway))
         event = gateway.events.get(stream)
         if event is None:
-            err = HTTPError(404, "unknown_stream", f"no stream {stream!r} (GET /webrtc/streams)")
-            return JSONResponse(err.body(), status_code=err.status)
+            return error_response(HTTPError(404, "unknown_stream", f"no stream {stream!r} (GET /webrtc/streams)"))
         return HTMLResponse(stream_page(event, gateway))
 
     app.add_api_route(UI_PATH, ui, methods=["GET"], include_in_schema=False)

@@ -1,11 +1,11 @@
-"""Audio clients beyond WebRTC: fastrtc's WebSocket endpoint and Twilio phone calls.
+"""Audio clients beyond WebRTC: fastrtc's WebSocket endpoint and Twilio's media streams.
 
   WS   /websocket/offer     fastrtc's messages: {"event": "start", "websocket_id"},
                             {"event": "media", "media": {"payload": base64 mu-law}},
                             {"event": "stop"}, {"event": "ping"} -> {"event": "pong"}
-  POST /telephone/incoming  Twilio's voice webhook: TwiML that connects the call to
   WS   /telephone/handler   Twilio Media Streams: connected, start (streamSid), media,
-                            mark, dtmf, stop; we send media, mark and clear
+                            mark, dtmf, stop; we send media, mark and clear (the call's
+                            webhook, POST /telephone/incoming, is runtime/front/twilio.py)
 
 Each socket becomes a runtime.media.ws_session.WebSocketSession in the front's engine, with the
 stream's lease, concurrency_limit, time_limit and waiting room. A refusal is a JSON message
@@ -14,10 +14,8 @@ close with code 4000 + the HTTP status the offer route would have answered (4429
 4403: refused, 4400: bad request): a client reads both from the close frame.
 
 Who may connect: ``/websocket/offer`` is a signalling route like ``/webrtc/offer``
-(gateway.auth, the Origin allow-list). Twilio cannot send our credentials, so a call is
-admitted by a single-use call token that ``/telephone/incoming`` puts in the TwiML's stream
-parameters, and ``/telephone/incoming`` itself, with ``telephone.twilio_auth_token`` set,
-takes only requests that carry Twilio's signature (X-Twilio-Signature).
+(gateway.auth, the Origin allow-list); a phone call's media stream must bring the single-use
+call token its webhook minted.
 """
 
 from __future__ import annotations
@@ -26,36 +24,28 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import hashlib
-import hmac
 import json
 import logging
-import os
-import re
-import secrets
 import time
-import urllib.parse
 from typing import TYPE_CHECKING, Any
-from xml.etree import ElementTree
 
 # module level: FastAPI reads the routes' annotations from this module's globals
-from fastapi import Request, WebSocket
+from fastapi import WebSocket
 
 from runtime.errors import HTTPError
+from runtime.front.api import GatewayAPI
+from runtime.front.twilio import CALL_TOKEN_PARAM, TELEPHONE_HANDLER_ROUTE, TELEPHONE_INCOMING_ROUTE
 from runtime.guard import safejson
 from runtime.guard.limits import TokenBucket
 from runtime.media.engine import check_id
 from workers.link.wire import CLIENT_TELEPHONE, CLIENT_WEBSOCKET
 
 if TYPE_CHECKING:
-    from runtime.front.gateway import Gateway
     from runtime.media.ws_session import WebSocketSession
 
 log = logging.getLogger("rtcpool.websocket")
 
 WEBSOCKET_ROUTE = "/websocket/offer"
-TELEPHONE_INCOMING_ROUTE = "/telephone/incoming"
-TELEPHONE_HANDLER_ROUTE = "/telephone/handler"
 
 MAX_MESSAGE_BYTES = (
     64 * 1024
@@ -66,13 +56,6 @@ MAX_BAD_MESSAGES = 20  # a client this wrong is closed rather than answered agai
 MESSAGES_PER_S = 200.0  # 20 ms frames are 50 a second; this leaves room for marks and pings
 MESSAGE_BURST = 400
 CLOSE_FLUSH_S = 1.0  # time for the last messages (end_stream, an error) before the close
-CALL_TOKEN_TTL_S = 60.0  # between Twilio fetching the TwiML and opening the media stream
-CALL_TOKEN_BYTES = 24
-MAX_CALL_TOKENS = (
-    10_000  # outstanding call tokens kept at most (a webhook flood forgets the oldest)
-)
-CALL_TOKEN_PARAM = "rtcpool_call"
-STREAM_PARAM = "stream_id"  # /telephone/incoming?stream_id=...: the stream a number's calls reach
 
 CLOSE_NORMAL = 1000
 CLOSE_UNSUPPORTED = 1003  # a binary message: this protocol is JSON text
@@ -80,8 +63,6 @@ CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_REFUSED_BASE = 4000  # + the HTTP status the offer route would answer (4429, 4403, ...)
 MAX_CLOSE_REASON_BYTES = 120  # a close frame's reason is at most 123 bytes
-
-HOST_RE = re.compile(r"[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?")
 
 
 class Refused(Exception):
@@ -102,70 +83,10 @@ class Refused(Exception):
         }
 
 
-class CallTokens:
-    """Single-use tokens that tie a Twilio media stream to the webhook that announced it,
-    and to the stream event that webhook named (None: the app's only one)."""
-
-    def __init__(self) -> None:
-        self._tokens: dict[str, tuple[float, str | None]] = {}  # token -> (expiry, stream id)
-
-    def mint(self, stream_id: str | None) -> str:
-        now = time.monotonic()
-        for token in [t for t, (exp, _) in self._tokens.items() if exp < now]:
-            del self._tokens[token]
-        while len(self._tokens) >= MAX_CALL_TOKENS:
-            del self._tokens[next(iter(self._tokens))]
-        token = secrets.token_urlsafe(CALL_TOKEN_BYTES)
-        self._tokens[token] = (now + CALL_TOKEN_TTL_S, stream_id)
-        return token
-
-    def spend(self, token: Any) -> tuple[bool, str | None]:
-        """(whether it was a live token, the stream it was minted for)"""
-        if not isinstance(token, str):
-            return False, None
-        expiry, stream_id = self._tokens.pop(token, (0.0, None))
-        return expiry >= time.monotonic(), stream_id
-
-
-def twilio_signature(auth_token: str, url: str, params: dict[str, str]) -> str:
-    """Twilio's request signature: HMAC-SHA1 over the URL and the sorted form fields."""
-    data = url + "".join(k + params[k] for k in sorted(params))
-    return base64.b64encode(
-        hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()
-    ).decode()
-
-
-def signature_matches(auth_token: str, given: str, url: str, params: dict[str, str]) -> bool:
-    """Whether ``given`` is Twilio's signature of the request, for the URL as it came or
-    with its default port added or dropped (a proxy on the way may do either)."""
-    parts = urllib.parse.urlsplit(url)
-    default = {"https": 443, "http": 80}.get(parts.scheme)
-    variants = [url]
-    if default is not None and parts.hostname:
-        host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
-        bare = parts._replace(netloc=host).geturl()
-        with_port = parts._replace(netloc=f"{host}:{default}").geturl()
-        variants += [bare] if parts.port == default else [with_port] if parts.port is None else []
-    return any(hmac.compare_digest(given.encode(), twilio_signature(auth_token, v, params).encode()) for v in variants)
-
-
-def twiml(stream_url: str, token: str, greeting: str) -> str:
-    """<Response><Say/><Connect><Stream url><Parameter/></Stream></Connect></Response>"""
-    response = ElementTree.Element("Response")
-    if greeting:
-        ElementTree.SubElement(response, "Say").text = greeting
-    connect = ElementTree.SubElement(response, "Connect")
-    stream = ElementTree.SubElement(connect, "Stream", url=stream_url)
-    ElementTree.SubElement(stream, "Parameter", name=CALL_TOKEN_PARAM, value=token)
-    return '<?xml version="1.0" encoding="UTF-8"?>' + ElementTree.tostring(
-        response, encoding="unicode"
-    )
-
-
 class SocketClient:
     """One WebSocket client from accept to close: its messages, its session, its ending."""
 
-    def __init__(self, gw: Gateway, ws: Any, kind: str) -> None:
+    def __init__(self, gw: GatewayAPI, ws: Any, kind: str) -> None:
         self.gw = gw
         self.ws = ws
         self.kind = kind
@@ -310,7 +231,7 @@ class SocketClient:
             raw_id, stream_id = start.get("websocket_id"), start.get("stream_id")
         try:
             self.webrtc_id = check_id(raw_id)
-            event = gw._pick_event(stream_id)
+            event = gw.pick_event(stream_id)
             if not event.has_audio or event.has_video:
                 raise HTTPError(
                     400,
@@ -481,28 +402,8 @@ class SocketClient:
             )
 
 
-def stream_url(request: Any, public_url: str | None) -> str:
-    """Where Twilio opens the media stream: ``telephone.public_url`` (behind a proxy that
-    rewrites Host), else this request's Host, which is checked to be a plain host name."""
-    if public_url:
-        base = public_url.rstrip("/")
-        if base.startswith("https://"):
-            base = "wss://" + base[len("https://") :]
-        elif base.startswith("http://"):
-            base = "ws://" + base[len("http://") :]
-        return base + TELEPHONE_HANDLER_ROUTE
-    host = request.headers.get("host", "")
-    if not HOST_RE.fullmatch(host):
-        raise HTTPError(400, "bad_host", "the request's Host header is not a host name")
-    prefix = request.url.path.removesuffix(TELEPHONE_INCOMING_ROUTE)
-    return f"wss://{host}{prefix}{TELEPHONE_HANDLER_ROUTE}"
-
-
-def mount_websocket_routes(app: Any, gw: Gateway) -> None:
-    """Add /websocket/offer, /telephone/incoming and /telephone/handler to a FastAPI app."""
-    from fastapi.responses import JSONResponse, Response
-
-    warned_unsigned: list[bool] = []  # said once per app, at the first unsigned webhook
+def mount_websocket_routes(app: Any, gw: GatewayAPI) -> None:
+    """Add /websocket/offer and /telephone/handler to a FastAPI app."""
 
     async def websocket_offer(websocket: WebSocket) -> None:
         gw.loop = asyncio.get_running_loop()
@@ -512,54 +413,8 @@ def mount_websocket_routes(app: Any, gw: Gateway) -> None:
         gw.loop = asyncio.get_running_loop()
         await SocketClient(gw, websocket, CLIENT_TELEPHONE).serve()
 
-    async def telephone_incoming(request: Request) -> Response:
-        tc = gw.config.telephone
-        try:
-            body = await request.body()
-            if len(body) > MAX_MESSAGE_BYTES:
-                raise HTTPError(
-                    413, "body_too_large", f"the webhook body is over {MAX_MESSAGE_BYTES} bytes"
-                )
-            form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
-            token = os.environ.get(tc.twilio_auth_token_env, "") if tc.twilio_auth_token_env else ""
-            if not token and not warned_unsigned:
-                warned_unsigned.append(True)
-                log.warning(
-                    "%s takes unsigned requests: anyone who finds it can place calls to this app's handlers "
-                    "(set %s to the Twilio auth token to check Twilio's signatures)",
-                    TELEPHONE_INCOMING_ROUTE, tc.twilio_auth_token_env or "telephone.twilio_auth_token_env",
-                )  # fmt: skip
-            if token:
-                # Twilio signs the URL it was configured with: the public one behind a proxy
-                url = (
-                    (tc.public_url.rstrip("/") + TELEPHONE_INCOMING_ROUTE)
-                    if tc.public_url
-                    else str(request.url)
-                )
-                if not signature_matches(token, request.headers.get("x-twilio-signature", ""), url, form):
-                    raise HTTPError(
-                        403,
-                        "bad_twilio_signature",
-                        "the request is not signed by Twilio for this URL",
-                    )
-            stream_id = request.query_params.get(STREAM_PARAM)
-            if stream_id is not None:
-                gw._pick_event(stream_id)  # 404 now rather than when the call connects
-            xml = twiml(stream_url(request, tc.public_url), gw.call_tokens.mint(stream_id), tc.greeting)
-            return Response(xml, media_type="application/xml")
-        except HTTPError as err:
-            return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
-
     app.add_api_websocket_route(WEBSOCKET_ROUTE, websocket_offer)
     app.add_api_websocket_route(TELEPHONE_HANDLER_ROUTE, telephone_handler)
-    app.add_api_route(TELEPHONE_INCOMING_ROUTE, telephone_incoming, methods=["POST"])
 
 
-__all__ = [
-    "mount_websocket_routes",
-    "twiml",
-    "twilio_signature",
-    "WEBSOCKET_ROUTE",
-    "TELEPHONE_HANDLER_ROUTE",
-    "TELEPHONE_INCOMING_ROUTE",
-]
+__all__ = ["mount_websocket_routes", "SocketClient", "Refused", "WEBSOCKET_ROUTE"]

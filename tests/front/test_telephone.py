@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from runtime.clients.websocket import WebSocketClient
-from runtime.front.websocket_routes import CALL_TOKEN_PARAM, signature_matches, twilio_signature
+from runtime.front.twilio import CALL_TOKEN_PARAM, signature_matches, twilio_signature
 from runtime.media import mulaw
 from tests.conftest import _loopback_config, async_wait_until, serve_gateway
 from tests.context_reporter import PHONE_HZ, ContextReporter

@@ -181,7 +181,7 @@ async def test_killed_media_process_ends_only_its_sessions(make_gateway):
         try:
             sessions = await _sessions(served.url)
             assert len({s["media_pid"] for s in sessions}) == 2
-            victim_pid = served.gateway._placed[a.webrtc_id].load.pid
+            victim_pid = served.gateway.supervisor.placed[a.webrtc_id].load.pid
             await asyncio.sleep(0.5)
             received, t0 = b.report.received, time.monotonic()
             await asyncio.sleep(2.0)
@@ -239,7 +239,7 @@ async def test_fifty_cycles_over_two_media_processes_leak_nothing(make_gateway):
         seen: set[int] = set()
         for _ in range(50):
             client = await _connected(served.url, fps=15, size=(320, 240))
-            seen.add(served.gateway._placed[client.webrtc_id].load.pid)
+            seen.add(served.gateway.supervisor.placed[client.webrtc_id].load.pid)
             await client.close()
             assert await async_wait_until(lambda: served.leases() == 0, RELEASE_TIMEOUT_S, 0.1), "slot not released after a cycle"
         assert seen == set(pids), "cycles did not spread over both media processes"

@@ -1,0 +1,90 @@
+"""HTTP for the front's routes: one error mapping, one JSON body reader, one way to bind a
+route function to its gateway.
+
+A route is a module-level ``async def route(gw, request) -> Response``; :func:`endpoint`
+makes it the ``(request) -> Response`` FastAPI calls, answering any HTTPError it raises as
+``{"status": "failed", "meta": {"error", "message", ...}}`` with the error's status and
+headers (:func:`error_response`) -- the one place a refusal becomes a response.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+# module level: FastAPI reads the endpoint's annotations from this module's globals
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+
+from runtime.errors import HTTPError
+from runtime.guard import safejson
+
+G = TypeVar("G")
+Route = Callable[[G, Request], Awaitable[Response]]
+
+SESSION_KEY_HEADER = "x-session-key"  # where a GET (the outputs stream) carries the session key
+JSON_CONTENT_TYPE = "application/json"
+
+
+def error_response(err: HTTPError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+def endpoint(gw: G, route: Route[G]) -> Callable[[Request], Awaitable[Response]]:
+    """``route`` bound to ``gw``, its HTTPErrors answered by :func:`error_response`."""
+
+    async def call(request: Request) -> Response:
+        try:
+            return await route(gw, request)
+        except HTTPError as err:
+            return error_response(err)
+
+    # FastAPI names the route (and its OpenAPI operation) after the function; not
+    # functools.wraps: FastAPI would follow __wrapped__ and read ``gw`` as a parameter
+    call.__name__ = call.__qualname__ = getattr(route, "__name__", "route")
+    call.__doc__ = route.__doc__
+    return call
+
+
+async def read_json(request: Any, limit: int) -> dict[str, Any]:
+    """A request's JSON object body: application/json, at most ``limit`` bytes, through
+    the one JSON gate (runtime/guard/safejson.py)."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != JSON_CONTENT_TYPE:
+        raise HTTPError(415, "unsupported_media_type", "send the body as application/json")
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > limit):
+        raise HTTPError(413, "body_too_large", f"the body may be at most {limit} bytes")
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limit:
+            raise HTTPError(413, "body_too_large", f"the body may be at most {limit} bytes")
+    try:
+        body = safejson.loads(raw)
+    except safejson.JSONRejected as exc:
+        raise HTTPError(400, exc.reason, exc.message) from None
+    if not isinstance(body, dict):
+        raise HTTPError(400, "bad_json", "the body must be a JSON object")
+    return body
+
+
+def session_key(request: Any, body: dict[str, Any] | None) -> Any:
+    """A request's session key: the body's ``session_key``, else the X-Session-Key header."""
+    if body is not None and "session_key" in body:
+        return body["session_key"]
+    return request.headers.get(SESSION_KEY_HEADER)
+
+
+def jsonable(obj: Any) -> Any:
+    """json.dumps(default=...) for outputs: numpy arrays and scalars as lists and numbers."""
+    try:
+        import numpy as np
+
+        if isinstance(obj, np.ndarray):
+            return obj.tolist()
+        if isinstance(obj, np.generic):
+            return obj.item()
+    except ImportError:
+        pass
+    return str(obj)
