@@ -48,8 +48,9 @@ import gradio as gr
 from gradio.components.base import server
 
 from runtime.errors import HTTPError
-from runtime.front.streams import MODALITIES, MODES, check_stream_options
+from runtime.front.streams import check_stream_options
 from runtime.media.engine import split_handle
+from workers.link.shape import StreamShape
 from workers.link.wire import OUTPUTS_STREAM
 from workers.process import loader
 from workers.process.loader import StreamOutputs
@@ -207,10 +208,7 @@ class WebRTC(gr.HTML, metaclass=NoStubComponentMeta):
         button_labels: dict[str, str] | None = None,
         _stream: dict[str, Any] | None = None,
     ) -> None:
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if modality not in MODALITIES:
-            raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+        StreamShape.parse(mode, modality)  # a ValueError naming the accepted values
         if rtc_configuration is not None and not (
             isinstance(rtc_configuration, dict) or callable(rtc_configuration)
         ):

@@ -33,6 +33,7 @@ from runtime import constants as C
 from runtime.media.frames import newest_frame
 from runtime.media.ice import pin_host_addresses
 from runtime.media.jitter import release_video_on_marker, set_audio_prefetch
+from workers.link.shape import StreamShape
 
 COUNTER_BITS = 16
 MARK_BLOCKS = COUNTER_BITS * 2  # the counter, then its complement as a check
@@ -326,11 +327,11 @@ class Client:
         self.stream_id = stream_id
         self.webrtc_id = webrtc_id or uuid.uuid4().hex[:16]
         self.session_key: str | None = None  # from the answer
-        sends = mode in ("send-receive", "send")
+        self.shape = StreamShape.parse(mode, modality)
         self.source: CounterVideoTrack | None = None
-        if sends and modality in ("video", "audio-video"):
+        if self.shape.takes_video:
             self.source = ReplayVideoTrack(fps, size, image, replay) if replay else CounterVideoTrack(fps, size, image)
-        self.audio_source = ArrayAudioTrack(audio if audio is not None else np.zeros(0, np.int16), loop=audio_loop) if sends and modality in ("audio", "audio-video") else None
+        self.audio_source = ArrayAudioTrack(audio if audio is not None else np.zeros(0, np.int16), loop=audio_loop) if self.shape.takes_audio else None
         self.audio_received: list[np.ndarray] = []  # mono int16 at 48 kHz, one array per 20 ms frame
         self.audio_times: list[float] = []  # arrival time (monotonic) of each received audio frame
         host = urlparse(self.url).hostname or ""
@@ -422,7 +423,7 @@ class Client:
         for kind, source in (("video", self.source), ("audio", self.audio_source)):
             if source is not None:
                 self.pc.addTrack(source)
-            elif self.mode == "receive" and (kind in self.modality):
+            elif self.shape.sends_video if kind == "video" else self.shape.sends_audio:
                 self.pc.addTransceiver(kind, direction="recvonly")
         offer = await self.pc.createOffer()
         await self.pc.setLocalDescription(offer)  # gathers every candidate: no trickle needed

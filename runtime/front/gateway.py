@@ -38,7 +38,7 @@ from runtime.front.engines import SSE_KEEPALIVE_S, EngineHandle, LocalEngine, Re
 from runtime.front.queue_follower import QueueFollower
 from runtime.front.ray_start import connect_ray
 from runtime.front.routes import check_ticket, mount_routes
-from runtime.front.streams import MODALITIES, MODES, check_stream_options
+from runtime.front.streams import check_stream_options
 from runtime.front.supervisor import MediaSlot, MediaSupervisor
 from runtime.front.twilio import CallTokens
 from runtime.guard.auth import AuthGrant, gradio_app_of, gradio_auth_enabled, gradio_user
@@ -58,7 +58,7 @@ UNBOUNDED_HOLDS = 10**9  # the front's offer-rate limiter holds nothing: the eng
 READY_TIMEOUT_S = 2.0  # /webrtc/ready: the scheduler answers by then, or the gateway is not ready
 DRAIN_MARGIN_S = C.END_STREAM_GRACE_S + C.CLOSE_ACK_TIMEOUT_S + 2 * C.RAY_CALL_TIMEOUT_S  # after a drain's deadline, its sessions' closes
 
-__all__ = ["Gateway", "HTTPError", "MediaSlot", "StreamEvent", "MODES", "MODALITIES", "check_stream_options"]
+__all__ = ["Gateway", "HTTPError", "MediaSlot", "StreamEvent", "check_stream_options"]
 
 
 class Gateway:

@@ -83,7 +83,7 @@ def _script_json(value: Any) -> str:
 
 
 def _limits(event: StreamEvent) -> str:
-    parts = [event.mode, event.modality]
+    parts: list[str] = [event.mode, event.modality]
     if event.concurrency_limit is not None:
         parts.append(f"{event.concurrency_limit} session(s) at once")
     if event.time_limit is not None:

@@ -11,10 +11,9 @@ from runtime.control.scheduler import EventSpec, PoolSpec
 from runtime.errors import HTTPError
 from runtime.media.engine import StreamEvent
 from workers.handlers import StreamHandlerBase, VideoStreamHandler
+from workers.link.shape import Modality, StreamShape
 from workers.process.loader import StreamOutputs, app_file_of, make_spec
 
-MODES = ("send-receive", "send", "receive")
-MODALITIES = ("video", "audio", "audio-video")
 WORKER_TCP_HOST_EMBEDDED = "127.0.0.1"  # under the embedded local Ray no other host reaches a worker
 
 
@@ -57,10 +56,7 @@ def make_event(
     queue_timeout_s: float | None,
 ) -> StreamEvent:
     """A new stream event beside ``events`` (see Gateway.add_stream), or ValueError."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if modality not in MODALITIES:
-        raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+    shape = StreamShape.parse(mode, modality)
     if concurrency_limit is not None and concurrency_limit < 1:
         raise ValueError("concurrency_limit must be None or at least 1")
     if max_queue is not None and (isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 0):
@@ -68,7 +64,7 @@ def make_event(
     if queue_timeout_s is not None and not queue_timeout_s > 0:
         raise ValueError("queue_timeout_s must be None or > 0 seconds")
     check_stream_options(handler, stream_every, outputs)
-    if isinstance(handler, VideoStreamHandler) and modality != "video":
+    if isinstance(handler, VideoStreamHandler) and shape.modality != Modality.VIDEO:
         raise ValueError(f"a VideoStreamHandler handles video: the stream's modality must be 'video', got {modality!r}")
     event_id = event_id or f"stream-{len(events)}"
     # a worker that recovers the handler by re-importing its file counts that file's
@@ -87,8 +83,8 @@ def make_event(
     return StreamEvent(
         event_id,
         handler,
-        mode,
-        modality,
+        shape.mode,
+        shape.modality,
         concurrency_limit,
         time_limit,
         list(initial_args or []),

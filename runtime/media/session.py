@@ -354,7 +354,7 @@ class Session:
             if self.connected_at is None and now - self.created_at > cfg.connect_timeout_s:
                 self.close_soon("connect timeout")
                 return
-            if self.event.mode != "receive" and self.connected_at is not None and now - self.last_media > cfg.media_inactivity_timeout_s:
+            if self.event.shape.client_sends and self.connected_at is not None and now - self.last_media > cfg.media_inactivity_timeout_s:
                 self.close_soon("no media from the client")
                 return
             if time_limit is not None and self.media_since is not None and now - self.media_since >= time_limit:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from workers.link.shape import Modality, Mode, StreamShape
 from workers.process.loader import StreamOutputs
 
 
@@ -16,8 +17,8 @@ class StreamEvent:
 
     event_id: str
     handler: Any = None
-    mode: str = "send-receive"
-    modality: str = "video"
+    mode: Mode = Mode.SEND_RECEIVE
+    modality: Modality = Modality.VIDEO
     concurrency_limit: int | None = 1
     time_limit: float | None = None
     initial_args: list[Any] = field(default_factory=list)
@@ -28,14 +29,20 @@ class StreamEvent:
     queue: bool = True
     max_queue: int | None = None
     queue_timeout_s: float | None = None
+    shape: StreamShape = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # the front registers what the app passed (strings); the planes ask the shape
+        self.shape = StreamShape.parse(self.mode, self.modality)
+        self.mode, self.modality = self.shape.mode, self.shape.modality
 
     @property
     def has_video(self) -> bool:
-        return self.modality in ("video", "audio-video")
+        return self.shape.has_video
 
     @property
     def has_audio(self) -> bool:
-        return self.modality in ("audio", "audio-video")
+        return self.shape.has_audio
 
     def media_only(self) -> StreamEvent:
         """This event without its handler: what a media process is sent (by Ray, so no

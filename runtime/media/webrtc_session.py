@@ -233,17 +233,17 @@ class WebRTCSession(Session):
         # and no key frame over max_frame_pixels reaches the decoder
         answer_vp8_only(pc)
         guard_video(pc, cfg.max_frame_pixels, self._on_oversize_keyframe, release_on_marker=cfg.video_release_on_marker)
-        if self.event.mode in ("send-receive", "receive") and self.event.has_video:
+        if self.event.shape.sends_video:
             self.video_out = WorkerVideoTrack(self)
             pc.addTrack(self.video_out)
-        if self.event.mode in ("send-receive", "receive") and self.event.has_audio:
+        if self.event.shape.sends_audio:
             self.audio_out = WorkerAudioTrack(self)
             pc.addTrack(self.audio_out)
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)  # aiortc gathers all candidates here (no trickle)
         use_gateway_encoder(pc, cfg.vp8_speed, cfg.vp8_denoise)  # before the first frame is sent
         self._spawn(self._watchdog())
-        if self.event.mode == "receive":
+        if not self.event.shape.client_sends:
             self.media_since = time.monotonic()
         return pc.localDescription
 
@@ -312,9 +312,9 @@ class WebRTCSession(Session):
             self.send_client_warning(f"unknown message type {kind[:40]!r}")
 
     def _on_track(self, track: MediaStreamTrack) -> None:
-        if track.kind == "video" and self.event.has_video and self.event.mode in ("send-receive", "send"):
+        if track.kind == "video" and self.event.shape.takes_video:
             self._spawn(self._pump_video_in(track))
-        elif track.kind == "audio" and self.event.has_audio and self.audio_in_rate and self.event.mode in ("send-receive", "send"):
+        elif track.kind == "audio" and self.event.shape.takes_audio and self.audio_in_rate:
             self._spawn(self._pump_audio_in(track))
         else:
             # media this stream does not take: consume it so the receiver does not stall

@@ -153,13 +153,13 @@ class WebSocketSession(Session):
         # fastrtc's rates: a phone is 8 kHz; a WebSocket client sends at the handler's
         # input_sample_rate and hears its output_sample_rate
         self.wire_in_rate = TELEPHONE_RATE if self.phone else (self.audio_in_rate or TELEPHONE_RATE)
-        if self.event.mode in ("send-receive", "receive"):
+        if self.event.shape.server_sends:
             rate = TELEPHONE_RATE if self.phone else (self.audio_out_rate or C.AUDIO_DEFAULT_RATE)
             audio_out = self.audio_out = WebSocketAudioOut(self, rate)
             self._spawn(audio_out.run())
         self._spawn(self._write_outbox())
         self._spawn(self._watchdog())
-        if self.event.mode == "receive":
+        if not self.event.shape.client_sends:
             self.media_since = now
 
     # --- client -> worker -------------------------------------------------------------------------

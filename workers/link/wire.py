@@ -33,6 +33,8 @@ from typing import Any, ClassVar
 import msgpack
 import numpy as np
 
+from workers.link.shape import StreamShape
+
 # --- segment layout -----------------------------------------------------------------------
 SEGMENT_MAGIC = b"RTCP"
 SEGMENT_VERSION = 2  # 2: video slots may hold I420 (a version-1 peer read every frame as RGB24)
@@ -290,6 +292,11 @@ class Hello(Control):
     # how the client reached the gateway: the handler sees it (``phone_mode``, and
     # ``get_current_context().websocket`` for the two WebSocket kinds)
     client_kind: str = "webrtc"  # CLIENT_WEBRTC | CLIENT_WEBSOCKET | CLIENT_TELEPHONE
+
+    @property
+    def shape(self) -> StreamShape:
+        """What flows which way (a ValueError for a mode or modality rtcpool does not know)."""
+        return StreamShape.parse(self.mode, self.modality)
 
 
 @dataclass

@@ -28,6 +28,7 @@ import numpy as np
 
 from workers.handlers import AsyncStreamHandler, StreamHandlerBase
 from workers.link import constants as C
+from workers.link.shape import Modality
 from workers.link.wire import Message
 from workers.process.output import made_under
 from workers.process.session import POLL_INTERVAL_S, Session
@@ -99,9 +100,9 @@ def driver_for(session: Session) -> Driver:
         return AsyncStreamHandlerDriver(session)
     if isinstance(h, StreamHandlerBase):
         return StreamHandlerDriver(session)
-    if session.hello.mode == "receive":
+    if not session.shape.client_sends:
         return GeneratorDriver(session)
-    if session.hello.modality == "audio":
+    if session.shape.modality == Modality.AUDIO:
         return AudioFunctionDriver(session)
     return VideoFunctionDriver(session)
 
@@ -248,7 +249,7 @@ class StreamHandlerDriver(Driver):
     def _receive_loop(self) -> None:
         """A StreamHandler's audio, oldest first, into receive()."""
         hello = self.session.hello
-        if hello.modality in ("audio", "audio-video") and hello.mode != "receive":
+        if hello.shape.takes_audio:
             self._input_loop(self.handler.receive, audio=True)
 
     def _video_receive_loop(self) -> None:

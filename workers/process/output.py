@@ -20,6 +20,7 @@ import numpy as np
 from workers.handlers import AdditionalOutputs, CloseStream
 from workers.link import constants as C
 from workers.link.channel import FrameChannel
+from workers.link.shape import StreamShape
 from workers.link.wire import (
     OUTPUTS_ADDITIONAL,
     OUTPUTS_STREAM,
@@ -60,6 +61,8 @@ class SessionView(Protocol):
     def cond(self) -> threading.Condition: ...
     @property
     def hello(self) -> Hello: ...
+    @property
+    def shape(self) -> StreamShape: ...
     @property
     def stopping(self) -> bool: ...
     @property
@@ -211,7 +214,7 @@ class Output:
         (DEFAULT_OUTPUT_FPS unless the handler says)."""
         if is_audio(out) or (isinstance(out, tuple) and out and is_audio(out[0])):
             return self.audio_out_until - time.monotonic() - C.AUDIO_LEAD_S
-        if self.session.hello.mode == "receive" and isinstance(out, np.ndarray):
+        if not self.session.shape.client_sends and isinstance(out, np.ndarray):
             # a schedule of frame times, so the generator's own time per frame does not slow
             # the video down; a generator that falls behind goes on at once, without a burst
             now = time.monotonic()

@@ -96,8 +96,9 @@ class Session:
         self.stuck = False  # a handler thread still runs (uses CPU) after the session ended
         self.parked: list[threading.Thread] = []  # handler threads blocked in the handler at the end
         self.retire = False  # the worker exits after this session (see run())
-        self.sends_video = hello.mode in ("send-receive", "receive") and hello.modality in ("video", "audio-video")
-        self.sends_audio = hello.mode in ("send-receive", "receive") and hello.modality in ("audio", "audio-video")
+        self.shape = hello.shape
+        self.sends_video = self.shape.sends_video
+        self.sends_audio = self.shape.sends_audio
         self.audio_in: deque[tuple[int, np.ndarray]] = deque()
         self.audio_in_samples = 0
         self.audio_in_dropped = 0
@@ -116,7 +117,7 @@ class Session:
         # positions in ``args`` of inputs that are also outputs and that the handler has
         # returned a value for: from then on the worker's value is the input (_on_control)
         self.fed_back: set[int] = set()
-        self.takes_video = hello.mode != "receive" and hello.modality in ("video", "audio-video")
+        self.takes_video = self.shape.takes_video
         self.started_up = threading.Event()  # a StreamHandler's start_up() has returned
         self.output = Output(self, spec.outputs)
         # the app's own object (a function, a generator function or a StreamHandler): typed as
@@ -171,7 +172,7 @@ class Session:
                 up.close()
                 raise
         session = cls(handler, spec, conn, hello, up, down)
-        takes_audio = hello.modality in ("audio", "audio-video") and hello.mode != "receive"
+        takes_audio = session.shape.takes_audio
         session.channel.send_control(
             Ready(
                 pid=os.getpid(),
