@@ -31,6 +31,7 @@ from typing import Any
 from runtime import constants as C
 from runtime.config import Config
 from runtime.control.leases import LeaseGrant, LeaseQueued
+from runtime.control.messages import HeartbeatAnswer
 from runtime.errors import HTTPError
 from runtime.guard.limits import AddressLimits, Admission, check_candidate_address, client_key
 from runtime.guard.sdp_check import check_offer_sdp
@@ -744,13 +745,13 @@ class MediaEngine:
             vars(self.load()),
         )
 
-    def _take_answer(self, answer: dict[str, list[str]], live: dict[str, Session]) -> None:
-        for lease_id in answer["gone"]:
+    def _take_answer(self, answer: HeartbeatAnswer, live: dict[str, Session]) -> None:
+        for lease_id in answer.gone:
             session = live.get(lease_id)
             if session is not None:
                 with contextlib.suppress(RuntimeError):  # its loop has closed: nothing to end
                     session.loop.call_soon_threadsafe(self._end_reclaimed, session)
-        for event_id in answer["unknown_events"]:
+        for event_id in answer.unknown_events:
             # dropped while this gateway was taken for gone (silent past the TTL)
             if self.on_unknown_event is not None and not self._heartbeat_stop.is_set():
                 self.on_unknown_event(event_id)
