@@ -26,7 +26,7 @@ import os
 import runpy
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, cast
 
 import yaml
@@ -41,6 +41,7 @@ from runtime.config import (
     load_config,
     set_key_path,
 )
+from runtime.control.messages import SchedulerStatus, status_json
 from runtime.guard.auth import (
     JOIN_SECRET_ENV,
     JOIN_TOKEN_TTL_S,
@@ -319,10 +320,12 @@ def _config_check(args: argparse.Namespace) -> int:
 
 
 def collect_status(
-    scheduler_status: dict[str, Any] | None, nodes: list[dict[str, Any]]
+    status: SchedulerStatus | Mapping[str, Any] | None, nodes: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """One view of a deployment: every Ray node with the rtcpool workers on it (busy ones
-    carry a session), and each stream's slots. ``nodes`` is ``ray.nodes()``."""
+    carry a session), and each stream's slots. ``nodes`` is ``ray.nodes()``; ``status``
+    the scheduler's (or its JSON form), None when there is no scheduler."""
+    scheduler_status = status_json(status)
     events = (scheduler_status or {}).get("events", {})
     media_by_node: dict[str, list[dict[str, Any]]] = {}
     for m in (scheduler_status or {}).get("media", []):
@@ -483,7 +486,7 @@ def _status(args: argparse.Namespace) -> int:
         try:
             scheduler = ray.get_actor(C.SCHEDULER_NAME, namespace=namespace)
             # (ray.get's stubs read an actor call's untyped ref as a list of refs)
-            status = cast("dict[str, Any] | None", ray.get(scheduler.status.remote(), timeout=C.RAY_CALL_TIMEOUT_S))
+            status = cast("SchedulerStatus | None", ray.get(scheduler.status.remote(), timeout=C.RAY_CALL_TIMEOUT_S))
         except ValueError:  # no such named actor: Ray is up, no gateway has started
             status = None
         view = collect_status(status, ray.nodes())

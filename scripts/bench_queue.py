@@ -208,7 +208,7 @@ def serve(port: int, max_queue: int) -> None:
 
     @app.get("/bench/status")
     async def bench_status() -> dict[str, Any]:
-        status = await asyncio.wait_for(gw.scheduler.status.remote(), HTTP_TIMEOUT_S)
+        status = (await asyncio.wait_for(gw.scheduler.status.remote(), HTTP_TIMEOUT_S)).to_json()
         keys = ("limit", "leases", "queue", "admitted", "idle", "expected_session_s")
         return {
             "pid": os.getpid(),

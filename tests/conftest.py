@@ -119,7 +119,7 @@ class Served:
     def status(self) -> dict[str, Any]:
         import ray
 
-        return ray.get(self.gateway.scheduler.status.remote(), timeout=10)
+        return ray.get(self.gateway.scheduler.status.remote(), timeout=10).to_json()
 
     def leases(self) -> int:
         return sum(e["leases"] for eid, e in self.status()["events"].items() if eid in self.gateway.events)

@@ -238,8 +238,8 @@ class Gateway:
 
         spec = streams.event_spec(self.config, event)
         answer = ray.get(self.scheduler.register.remote(spec, self.gateway_id), timeout=C.RAY_CALL_TIMEOUT_S)
-        if answer.get("warning"):
-            log.warning("%s", answer["warning"])
+        if answer.warning:
+            log.warning("%s", answer.warning)
 
     def wait_warm(self, timeout: float = C.WORKER_START_TIMEOUT_S) -> None:
         """Block until every event's pre-warmed workers are ready (tests, benchmarks, CLI)."""
@@ -357,16 +357,16 @@ class Gateway:
             found = await asyncio.wait_for(self.scheduler.locate.remote(webrtc_id), C.RAY_CALL_TIMEOUT_S)
         except Exception as exc:
             raise HTTPError(503, "scheduler_unavailable", f"the session directory did not answer: {exc}") from exc
-        if found is None or found["gateway_id"] == self.gateway_id:
+        if found is None or found.gateway_id == self.gateway_id:
             raise HTTPError(404, "unknown_webrtc_id", f"no session {webrtc_id!r}")
-        if found["media"] is None:
+        if found.media is None:
             # an app process under its own embedded Ray has no inbox; kept for safety
             raise HTTPError(
                 421,
                 "session_elsewhere",
                 f"session {webrtc_id!r} is held inside another gateway's process, which this one cannot reach",
             )
-        return RemoteEngine(found["media"])
+        return RemoteEngine(found.media)
 
     # Every per-session call takes the session's ``key`` (the answer's session_key) and is
     # checked by the engine that holds the session, wherever the request came in.
@@ -470,11 +470,11 @@ class Gateway:
             return [f"scheduler unreachable: {type(exc).__name__}"]
         problems = []
         for eid in self.events:
-            pool = status["events"].get(eid)
+            pool = status.events.get(eid)
             if pool is None:
                 problems.append(f"stream {eid!r} is not registered with the scheduler")
-            elif pool.get("unplaceable"):
-                problems.append(f"stream {eid!r}: {pool['unplaceable']}")
+            elif pool.unplaceable:
+                problems.append(f"stream {eid!r}: {pool.unplaceable}")
         if not self.in_app and not self.media:
             problems.append("no media process is running")
         return problems

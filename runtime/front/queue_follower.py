@@ -46,7 +46,7 @@ class QueueFollower:
         _, views = await asyncio.wait_for(
             self._scheduler().queue_wait.remote([[secret, webrtc_id]], -1, 0.0), C.RAY_CALL_TIMEOUT_S
         )
-        view: dict[str, Any] = views[secret]
+        view: dict[str, Any] = views[secret].to_json()
         return view
 
     async def updates(
@@ -102,7 +102,8 @@ class QueueFollower:
                 continue
             self._version = version
             for key in keys:
-                view = views.get(key[0])
+                typed = views.get(key[0])
+                view = None if typed is None else typed.to_json()
                 if view is None or self._last.get(key) == view:
                     continue
                 self._last[key] = view

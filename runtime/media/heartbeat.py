@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from runtime import constants as C
+from runtime.control.messages import HeartbeatAnswer
 
 if TYPE_CHECKING:
     from runtime.media.load import EngineLoad
@@ -119,14 +120,14 @@ class Heartbeat:
             vars(self._host.load()),
         )
 
-    def _take_answer(self, answer: dict[str, list[str]], live: dict[str, Session]) -> None:
-        for lease_id in answer["gone"]:
+    def _take_answer(self, answer: HeartbeatAnswer, live: dict[str, Session]) -> None:
+        for lease_id in answer.gone:
             session = live.get(lease_id)
             if session is not None:
                 with contextlib.suppress(RuntimeError):  # its loop has closed: nothing to end
                     session.loop.call_soon_threadsafe(end_reclaimed, session)
         on_unknown = self._host.on_unknown_event
-        for event_id in answer["unknown_events"]:
+        for event_id in answer.unknown_events:
             # dropped while this gateway was taken for gone (silent past the TTL)
             if on_unknown is not None and not self.stopped:
                 on_unknown(event_id)

@@ -41,6 +41,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from runtime.control.messages import SchedulerStatus, status_json
 from workers.link.wire import HANDLER_BUCKETS_S, HandlerHist
 
 PREFIX = "rtcpool_"
@@ -370,9 +371,9 @@ def _cap_outcomes(offers: dict[str, int]) -> dict[str, int]:
 class _Collector(Collector):
     """One scrape's families, from values gathered before the scrape (collect() only formats)."""
 
-    def __init__(self, engines: EngineMetrics, scheduler_status: Mapping[str, Any] | None) -> None:
+    def __init__(self, engines: EngineMetrics, scheduler_status: SchedulerStatus | Mapping[str, Any] | None) -> None:
         self.m = engines
-        self.events: Mapping[str, Any] = (scheduler_status or {}).get("events") or {}
+        self.events: Mapping[str, Any] = (status_json(scheduler_status) or {}).get("events") or {}
 
     def collect(self) -> Iterator[Metric]:
         yield from self._engine_families()
@@ -452,7 +453,7 @@ class _Collector(Collector):
         yield from (starts, replaced, workers, used, limit, waiting, admitted)
 
 
-def render(engines: Iterable[EngineMetrics], scheduler_status: Mapping[str, Any] | None) -> tuple[bytes, str]:
+def render(engines: Iterable[EngineMetrics], scheduler_status: SchedulerStatus | Mapping[str, Any] | None) -> tuple[bytes, str]:
     """The body and content type of a ``/metrics`` answer: the engines' metrics (merged) and
     the scheduler's pools (``Scheduler.status()``; None when it did not answer)."""
     registry = CollectorRegistry(auto_describe=False)

@@ -81,10 +81,10 @@ class Line(Sched):
     def views(self, tickets: dict[str, str]) -> dict[str, dict[str, Any]]:
         """Each ticket's view now, by session id (tickets: session id -> secret)."""
         _, views = self.call("queue_wait", [[t, sid] for sid, t in tickets.items()], -1, 0.0)
-        return {sid: views[t] for sid, t in tickets.items()}
+        return {sid: views[t].to_json() for sid, t in tickets.items()}  # as the updates route sends them
 
     def queue_len(self, s: EventSpec) -> int:
-        return self.event(s.event_id)["queue"]
+        return self.event(s.event_id).queue
 
 
 @pytest.fixture
@@ -103,7 +103,7 @@ def make_line(ray_session: Any) -> Iterator[Callable[..., Line]]:
         s.stop_following()
         status = s.call("status")
         _close(s)
-        assert status["leases"] == 0 and status["tickets"] == 0, f"a test left leases or tickets: {status['leases']}, {status['tickets']}"
+        assert status.leases == 0 and status.tickets == 0, f"a test left leases or tickets: {status.leases}, {status.tickets}"
 
 
 def test_one_fifo_across_two_gateways_and_nobody_jumps_it(make_line):
@@ -347,14 +347,14 @@ def test_queue_wait_returns_on_a_change_and_otherwise_after_its_timeout(make_lin
     version, _ = q.call("queue_wait", [[b.ticket, "b"]], -1, 0.0)
     t0 = time.monotonic()
     same, views = q.call("queue_wait", [[b.ticket, "b"]], version, 1.0)
-    assert same == version and views[b.ticket]["state"] == "waiting"
+    assert same == version and views[b.ticket].state == "waiting"
     assert time.monotonic() - t0 >= 0.9, "nothing changed: the poll waited its timeout"
     pending = q.actor.queue_wait.remote([[b.ticket, "b"]], version, 30.0)
     time.sleep(0.5)
     q.call("release", first.lease_id)  # a change: the poll returns at once
     t0 = time.monotonic()
     newer, views = q.ray.get(pending, timeout=CALL_S)
-    assert newer > version and views[b.ticket]["state"] == "admitted"
+    assert newer > version and views[b.ticket].state == "admitted"
     assert time.monotonic() - t0 < 10.0
     lease = q.offer(s, "gw-a", "b", ticket=b.ticket)
     q.call("release", lease.lease_id)
@@ -371,7 +371,7 @@ def test_a_turn_passes_over_a_ticket_nobody_follows(make_line):
     time.sleep(wr.FOLLOW_GRACE_S + 1.0)
     q.call("release", first.lease_id)
     assert wait_until(lambda: q.views({"alive": alive.ticket})["alive"]["state"] == "admitted", EXPIRY_S)
-    assert q.event(s.event_id)["queue"] == 1, "the ghost keeps its place until its TTL"
+    assert q.event(s.event_id).queue == 1, "the ghost keeps its place until its TTL"
     lease = q.offer(s, "gw-a", "alive", ticket=alive.ticket)
     assert isinstance(lease, LeaseGrant)
     assert q.call("leave", ghost.ticket, "ghost") is True
@@ -396,21 +396,21 @@ def test_a_non_empty_line_asks_the_autoscaler_for_its_workers_and_an_empty_one_w
     q.register_line(s)
     leases = [q.offer(s, "gw-a", f"u{i}") for i in range(2)]
     assert all(isinstance(lease, LeaseGrant) for lease in leases), leases
-    assert q.call("status")["autoscale_request"] == [], "nobody waits: nothing is asked for"
+    assert q.call("status").autoscale_request == (), "nobody waits: nothing is asked for"
     waiting = q.offer(s, "gw-a", "w")
     assert isinstance(waiting, LeaseQueued)
     bundle = {"CPU": 0.25}  # what one worker of this pool holds (a zero resource is no demand)
-    assert wait_until(lambda: q.call("status")["autoscale_request"] == [bundle, bundle], EXPIRY_S)
+    assert wait_until(lambda: q.call("status").autoscale_request == (bundle, bundle), EXPIRY_S)
     assert autoscaler_request(ray_session) == [bundle, bundle], "Ray's GCS holds the request"
     assert q.call("leave", waiting.ticket, "w") is True
-    assert wait_until(lambda: q.call("status")["autoscale_request"] == [], EXPIRY_S)
+    assert wait_until(lambda: q.call("status").autoscale_request == (), EXPIRY_S)
     assert autoscaler_request(ray_session) == [], "the request is withdrawn once the line is empty"
     for lease in leases:
         q.call("release", lease.lease_id)
 
 
 def test_worker_bundles_carry_the_pools_resources():
-    from runtime.control.scheduler import worker_bundle
+    from runtime.control.autoscale import worker_bundle
 
     assert worker_bundle(PoolSpec()) == {"CPU": 1.0}
     assert worker_bundle(PoolSpec(num_cpus=2, num_gpus=0.5, memory=2**30, resources={"far_node": 1})) == {

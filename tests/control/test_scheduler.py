@@ -26,6 +26,7 @@ import pytest
 
 from runtime import constants as C
 from runtime.cli import collect_status, format_status
+from runtime.control.messages import EventStatus, HeartbeatAnswer, RegisterAnswer
 from runtime.control.scheduler import (
     SHORT_LEASE_ID,
     EventSpec,
@@ -90,15 +91,9 @@ class Sched:
     def call(self, method: str, *args: Any, timeout: float = CALL_S, **kw: Any) -> Any:
         return self.ray.get(getattr(self.actor, method).remote(*args, **kw), timeout=timeout)
 
-    def register(self, s: EventSpec, warm: bool = True, gateway: str | None = None) -> dict[str, Any]:
+    def register(self, s: EventSpec, warm: bool = True, gateway: str | None = None) -> RegisterAnswer:
         answer = self.call("register", s, gateway)
-        assert answer == {
-            "event_id": s.event_id,
-            "limit": s.concurrency_limit,
-            "time_limit": s.time_limit,
-            "pending": False,
-            "warning": "",
-        }
+        assert answer == RegisterAnswer(s.event_id, s.concurrency_limit, s.time_limit, pending=False, warning="")
         if warm:
             want = min(s.pool.prewarm, s.concurrency_limit or s.pool.max_workers)
             assert self.call("wait_warm", s.event_id, WARM_S, timeout=WARM_S + 10) == want
@@ -107,16 +102,16 @@ class Sched:
     def beat(self, gateway: str, lease_ids: list[str], events: list[str] | None = None) -> list[str]:
         """A heartbeat; the leases the scheduler no longer knows."""
         answer = self.call("heartbeat", gateway, lease_ids, events)
-        return answer["gone"]
+        return list(answer.gone)
 
     def acquire(self, event_id: str, gateway: str | None = None, session: str | None = None) -> Any:  # LeaseGrant | LeaseDenied
         return self.call("acquire", event_id, gateway or self.gateway, session or uuid.uuid4().hex)
 
-    def event(self, event_id: str) -> dict[str, Any]:
-        return self.call("status")["events"][event_id]
+    def event(self, event_id: str) -> EventStatus:
+        return self.call("status").events[event_id]
 
     def pids(self, event_id: str) -> set[int]:
-        return {w["pid"] for w in self.event(event_id)["workers"]}
+        return {w.pid for w in self.event(event_id).workers}
 
 
 def _close(s: Sched) -> None:
@@ -153,9 +148,9 @@ def sched(shared: Sched) -> Iterator[Sched]:
     yield shared
     # whatever a test left leased is its bug, not the next test's: report it, then clear it
     status = shared.call("status")
-    for gateway in status["gateways"]:
+    for gateway in status.gateways:
         shared.call("forget_gateway", gateway)
-    assert status["leases"] == 0, "a test left a lease behind"
+    assert status.leases == 0, "a test left a lease behind"
 
 
 # --- limits and leases ------------------------------------------------------------------------
@@ -187,11 +182,11 @@ def test_concurrency_limit_enforced_and_release_frees_the_slot(sched):
     assert again.ok is True
     assert again.pid in {first.pid, second.pid}, "a healthy worker is reused"
     ev = sched.event(s.event_id)
-    assert (ev["leases"], ev["active"], ev["started_total"], ev["replaced_total"]) == (2, 2, 2, 0)
+    assert (ev.leases, ev.active, ev.started_total, ev.replaced_total) == (2, 2, 2, 0)
     for lease in (second, again):
         assert sched.call("release", lease.lease_id) is True
     ev = sched.event(s.event_id)
-    assert (ev["leases"], ev["active"], ev["idle"]) == (0, 0, 2)
+    assert (ev.leases, ev.active, ev.idle) == (0, 0, 2)
 
 
 def test_release_of_a_bad_worker_kills_it_and_the_pool_refills(sched):
@@ -199,17 +194,17 @@ def test_release_of_a_bad_worker_kills_it_and_the_pool_refills(sched):
     sched.register(s)
     lease = sched.acquire(s.event_id)
     assert lease.ok
-    assert sched.event(s.event_id)["idle"] == 0
+    assert sched.event(s.event_id).idle == 0
     assert sched.call("release", lease.lease_id, worker_ok=False) is True
     with pytest.raises(sched.ray.exceptions.RayActorError):
         sched.ray.get(lease.worker.ready.remote(), timeout=CALL_S)
     assert wait_until(lambda: not alive(lease.pid), GONE_S)
     assert sched.call("wait_warm", s.event_id, WARM_S, timeout=WARM_S + 10) == 1
     ev = sched.event(s.event_id)
-    assert ev["replaced_total"] == 1
-    assert ev["started_total"] == 2
-    assert (ev["idle"], ev["active"], ev["leases"]) == (1, 0, 0)
-    assert lease.pid not in {w["pid"] for w in ev["workers"]}
+    assert ev.replaced_total == 1
+    assert ev.started_total == 2
+    assert (ev.idle, ev.active, ev.leases) == (1, 0, 0)
+    assert lease.pid not in {w.pid for w in ev.workers}
 
 
 async def test_concurrent_acquires_never_exceed_the_limit(sched):
@@ -224,13 +219,13 @@ async def test_concurrent_acquires_never_exceed_the_limit(sched):
         assert all(r.error == "concurrency_limit_reached" and r.limit == 2 for r in refused)
         assert len({r.pid for r in granted}) == 2, "no worker is handed out twice"
         ev = await sched.actor.status.remote()
-        ev = ev["events"][s.event_id]
-        assert ev["leases"] == ev["active"] == 2
-        assert len(ev["workers"]) <= 2
+        ev = ev.events[s.event_id]
+        assert ev.leases == ev.active == 2
+        assert len(ev.workers) <= 2
         await asyncio.gather(*(sched.actor.release.remote(r.lease_id) for r in granted))
     ev = sched.event(s.event_id)
-    assert ev["started_total"] == 2, "never more workers than the limit"
-    assert ev["leases"] == 0
+    assert ev.started_total == 2, "never more workers than the limit"
+    assert ev.leases == 0
 
 
 def test_no_limit_uses_the_pool_maximum(sched):
@@ -240,8 +235,8 @@ def test_no_limit_uses_the_pool_maximum(sched):
     a = sched.acquire(s.event_id)
     assert a.ok
     ev = sched.event(s.event_id)
-    assert ev["limit"] is None and ev["leases"] == 1
-    assert ev["started_total"] == 1, "the pool maximum, not the (absent) limit, bounds the pool"
+    assert ev.limit is None and ev.leases == 1
+    assert ev.started_total == 1, "the pool maximum, not the (absent) limit, bounds the pool"
     sched.call("release", a.lease_id)
 
 
@@ -267,13 +262,13 @@ def test_a_silent_gateway_loses_its_leases_after_the_ttl(make_sched):
     def silent_lease_gone() -> bool:
         # the live gateway keeps beating while we wait; it must never lose its own lease
         assert sched.beat("gw-live", [live.lease_id]) == []
-        return sched.event(s.event_id)["leases"] == 1
+        return sched.event(s.event_id).leases == 1
 
     assert wait_until(silent_lease_gone, ttl * 10, interval=0.2)
     status = sched.call("status")
-    assert "gw-silent" not in status["gateways"] and "gw-live" in status["gateways"]
+    assert "gw-silent" not in status.gateways and "gw-live" in status.gateways
     # the worker of a vanished gateway is in an unknown state: replaced, not reused
-    assert status["events"][s.event_id]["replaced_total"] == 1
+    assert status.events[s.event_id].replaced_total == 1
     assert wait_until(lambda: not alive(silent.pid), GONE_S)
     # when the silent gateway comes back, it learns which of its leases are gone
     assert sched.beat("gw-silent", [silent.lease_id]) == [silent.lease_id]
@@ -291,7 +286,7 @@ def test_forget_gateway_returns_only_that_gateways_leases(sched):
     assert sched.beat("gw-x", [x.lease_id, "never-granted"]) == [x.lease_id, "never-granted"]
     assert sched.beat("gw-y", [y.lease_id]) == []
     ev = sched.event(s.event_id)
-    assert (ev["leases"], ev["replaced_total"]) == (1, 1)
+    assert (ev.leases, ev.replaced_total) == (1, 1)
     assert sched.call("forget_gateway", "gw-x") == 0
     assert sched.call("release", y.lease_id) is True
 
@@ -311,7 +306,7 @@ def test_lease_outliving_its_time_limit_is_reclaimed(make_sched):
     assert wait_until(reclaimed, 30, interval=0.2)
     # the clock starts when media flows: a lease never marked streaming stays
     assert sched.beat(sched.gateway, [idle.lease_id]) == []
-    assert sched.event(s.event_id)["replaced_total"] == 1
+    assert sched.event(s.event_id).replaced_total == 1
     assert sched.call("release", idle.lease_id) is True
 
 
@@ -328,7 +323,7 @@ def test_unregister_kills_idle_workers_but_not_while_leased(sched):
     assert sched.pids(s.event_id) == pids
     sched.call("release", lease.lease_id)
     assert sched.call("unregister", s.event_id) is True
-    assert s.event_id not in sched.call("status")["events"]
+    assert s.event_id not in sched.call("status").events
     for pid in pids:
         assert wait_until(lambda pid=pid: not alive(pid), GONE_S), f"worker {pid} still runs"
     assert sched.acquire(s.event_id).error == "unknown_stream"
@@ -351,9 +346,9 @@ def test_a_handler_that_fails_to_load_answers_no_worker(sched):
         assert result.error == "no_worker"
         assert app in result.message and "not on this host" in result.message, result.message
     ev = sched.event(s.event_id)
-    assert ev["leases"] == 0, "a refused offer holds no slot"
-    assert app in ev["last_error"]
-    assert ev["workers"] == [] and ev["idle"] == 0
+    assert ev.leases == 0, "a refused offer holds no slot"
+    assert app in ev.last_error
+    assert ev.workers == () and ev.idle == 0
     assert sched.call("wait_warm", s.event_id, 1.0) == 0, "wait_warm gives up at its timeout"
 
 
@@ -377,12 +372,12 @@ def test_reregistering_an_event(sched):
     # the same spec again (a second gateway): the pool is shared, nothing restarts
     sched.register(a)
     ev = sched.event(a.event_id)
-    assert ev["started_total"] == 1 and sched.pids(a.event_id) == {pid_a}
+    assert ev.started_total == 1 and sched.pids(a.event_id) == {pid_a}
     # another spec under the same id, no sessions: the pool starts afresh
     b = EventSpec(a.event_id, make_spec(invert, 0), concurrency_limit=1, time_limit=30.0, pool=PoolSpec(prewarm=1))
     sched.register(b)
     ev = sched.event(a.event_id)
-    assert ev["started_total"] == 1 and ev["idle"] == 1, "a new pool, counting from zero"
+    assert ev.started_total == 1 and ev.idle == 1, "a new pool, counting from zero"
     assert pid_a not in sched.pids(a.event_id)
     assert wait_until(lambda: not alive(pid_a), GONE_S)
     # while a session holds a slot, a changed spec does not pull the pool away: the answer
@@ -392,16 +387,16 @@ def test_reregistering_an_event(sched):
     (pid_b,) = sched.pids(a.event_id)
     c = EventSpec(a.event_id, make_spec(passthrough, 0), concurrency_limit=5, pool=PoolSpec(prewarm=1))
     answer = sched.call("register", c)
-    assert (answer["limit"], answer["time_limit"], answer["pending"]) == (1, 30.0, True)
-    assert "concurrency_limit 1 -> 5" in answer["warning"] and "1 session(s)" in answer["warning"]
+    assert (answer.limit, answer.time_limit, answer.pending) == (1, 30.0, True)
+    assert "concurrency_limit 1 -> 5" in answer.warning and "1 session(s)" in answer.warning
     ev = sched.event(a.event_id)
-    assert ev["limit"] == 1 and ev["leases"] == 1
+    assert ev.limit == 1 and ev.leases == 1
     # ... and takes effect when that session ends: a new pool, with the new limit
     sched.call("release", lease.lease_id)
-    assert wait_until(lambda: sched.event(a.event_id)["limit"] == 5, CALL_S)
+    assert wait_until(lambda: sched.event(a.event_id).limit == 5, CALL_S)
     assert sched.call("wait_warm", a.event_id, WARM_S, timeout=WARM_S + 10) == 1
     assert pid_b not in sched.pids(a.event_id), "no worker of the old spec is reused"
-    assert sched.call("register", c)["pending"] is False
+    assert sched.call("register", c).pending is False
 
 
 def test_status_numbers(make_sched):
@@ -409,9 +404,9 @@ def test_status_numbers(make_sched):
     s = spec("status", limit=2, prewarm=1)
     sched.register(s)
     status = sched.call("status")
-    assert status["leases"] == 0 and status["gateways"] == []
-    ev = status["events"][s.event_id]
-    assert {k: ev[k] for k in ("limit", "active", "leases", "idle", "starting", "started_total", "replaced_total", "last_error")} == {
+    assert status.leases == 0 and status.gateways == ()
+    ev = status.events[s.event_id]
+    assert {k: getattr(ev, k) for k in ("limit", "active", "leases", "idle", "starting", "started_total", "replaced_total", "last_error")} == {
         "limit": 2,
         "active": 0,
         "leases": 0,
@@ -421,20 +416,20 @@ def test_status_numbers(make_sched):
         "replaced_total": 0,
         "last_error": "",
     }
-    assert len(ev["workers"]) == 1
-    for w in ev["workers"]:
-        assert set(w) >= {"endpoint", "pid", "node_id", "host"}
-        assert alive(w["pid"])
+    assert len(ev.workers) == 1
+    for w in ev.workers:
+        assert w.endpoint and w.node_id and w.host and not w.busy
+        assert alive(w.pid)
     lease = sched.acquire(s.event_id, gateway="gw-status")
     # taking one idle worker tops the pool back up to its pre-warm count
     assert sched.call("wait_warm", s.event_id, WARM_S, timeout=WARM_S + 10) == 1
     status = sched.call("status")
-    ev = status["events"][s.event_id]
-    assert (ev["active"], ev["leases"], ev["idle"], ev["started_total"], len(ev["workers"])) == (1, 1, 1, 2, 2)
-    assert status["leases"] == 1 and status["gateways"] == ["gw-status"]
+    ev = status.events[s.event_id]
+    assert (ev.active, ev.leases, ev.idle, ev.started_total, len(ev.workers)) == (1, 1, 1, 2, 2)
+    assert status.leases == 1 and status.gateways == ("gw-status",)
     sched.call("release", lease.lease_id)
     ev = sched.event(s.event_id)
-    assert (ev["active"], ev["leases"], ev["idle"]) == (0, 0, 2)
+    assert (ev.active, ev.leases, ev.idle) == (0, 0, 2)
 
 
 def test_shutdown_kills_every_worker(make_sched):
@@ -446,7 +441,7 @@ def test_shutdown_kills_every_worker(make_sched):
     pids = sched.pids(s.event_id)
     assert lease.pid in pids and len(pids) == 2
     sched.call("shutdown")
-    assert sched.call("status") == {
+    assert sched.call("status").to_json() == {
         "events": {}, "leases": 0, "tickets": 0, "autoscale_request": [], "autoscale_calls": 0,
         "sessions": [], "gateways": [sched.gateway], "media": [],
     }  # fmt: skip
@@ -459,7 +454,7 @@ def test_wait_warm_is_bounded_by_the_limit(sched):
     sched.register(s)  # waits for min(prewarm, limit) == 1
     time.sleep(0.5)
     ev = sched.event(s.event_id)
-    assert ev["started_total"] == 1 and ev["idle"] == 1
+    assert ev.started_total == 1 and ev.idle == 1
 
 
 # --- one identity per handler, whoever pickled it ----------------------------------------------
@@ -513,7 +508,7 @@ def test_one_class_handler_pickled_by_two_gateways_is_one_pool(sched, tmp_path):
     # the second gateway's registration shares the pool: nothing torn down, nothing started
     sched.register(b, gateway="gw-class-2")
     ev = sched.event(event_id)
-    assert (ev["started_total"], ev["replaced_total"]) == (1, 0)
+    assert (ev.started_total, ev.replaced_total) == (1, 0)
     assert sched.pids(event_id) == pids
     lease = sched.acquire(event_id, gateway="gw-class-2")
     assert lease.ok and lease.pid in pids, "the pool's worker loaded the class handler"
@@ -581,14 +576,14 @@ def test_a_pool_whose_gateways_are_gone_is_dropped_after_the_grace(make_sched):
         time.sleep(0.2)
 
     # gw-b goes silent: it expires, and the pool outlives it by the grace, then goes
-    assert wait_until(lambda: "gw-b" not in sched.call("status")["gateways"], ttl * 10, interval=0.2)
-    assert s.event_id in sched.call("status")["events"], "dropped before its grace period"
-    assert wait_until(lambda: s.event_id not in sched.call("status")["events"], grace * 10, interval=0.2)
+    assert wait_until(lambda: "gw-b" not in sched.call("status").gateways, ttl * 10, interval=0.2)
+    assert s.event_id in sched.call("status").events, "dropped before its grace period"
+    assert wait_until(lambda: s.event_id not in sched.call("status").events, grace * 10, interval=0.2)
     assert wait_until(lambda: not alive(pid), GONE_S), "the orphaned pool's worker still runs"
-    assert kept.event_id in sched.call("status")["events"]
+    assert kept.event_id in sched.call("status").events
     # a gateway that comes back learns its event is gone (and registers it again)
     answer = sched.call("heartbeat", "gw-b", [], [s.event_id])
-    assert answer == {"gone": [], "unknown_events": [s.event_id]}
+    assert answer == HeartbeatAnswer(gone=(), unknown_events=(s.event_id,))
 
 
 # --- scale from zero ------------------------------------------------------------------------------
@@ -612,7 +607,7 @@ def test_an_unplaceable_pool_keeps_one_worker_requested_and_answers_at_once(make
     s.pool.resources = {"rtcpool_test_absent_node": 1}
     before = pending_workers(ray_session)
     sched.register(s, warm=False)
-    assert sched.event(s.event_id)["started_total"] == 0
+    assert sched.event(s.event_id).started_total == 0
 
     for _ in range(2):
         started = time.monotonic()
@@ -622,13 +617,13 @@ def test_an_unplaceable_pool_keeps_one_worker_requested_and_answers_at_once(make
         assert "rtcpool_test_absent_node" in refused.message
     # one worker is requested, not one per offer, and Ray holds it as pending demand
     ev = sched.event(s.event_id)
-    assert (ev["starting"], ev["started_total"], ev["leases"]) == (1, 1, 0)
+    assert (ev.starting, ev.started_total, ev.leases) == (1, 1, 0)
     assert wait_until(lambda: len(pending_workers(ray_session) - before) == 1, CALL_S)
     # the start timeout does not end a request no node can take yet
     time.sleep(start_timeout * 4)
     ev = sched.event(s.event_id)
-    assert (ev["starting"], ev["started_total"]) == (1, 1)
-    assert "failed to start" not in ev["last_error"] and ev["unplaceable"]
+    assert (ev.starting, ev.started_total) == (1, 1)
+    assert "failed to start" not in ev.last_error and ev.unplaceable
     assert len(pending_workers(ray_session) - before) == 1
     # the pool going away takes its pending request along
     assert sched.call("unregister", s.event_id) is True
@@ -649,7 +644,7 @@ def test_a_lease_token_opens_exactly_one_session(sched):
     sched.register(s)
     first = sched.acquire(s.event_id)
     assert len(first.token) == 32
-    assert all("token" not in w for w in sched.event(s.event_id)["workers"]), "status shows no token"
+    assert all("token" not in w.to_json() for w in sched.event(s.event_id).workers), "status shows no token"
     ch = open_link(first)
     ch.close("done")
     # the same token again, on the same lease: refused, though the worker is idle again
@@ -690,15 +685,15 @@ def test_status_lists_every_session(make_sched, ray_session):
     sched.call("heartbeat", "gw-list", [lease.lease_id], [s.event_id], {lease.lease_id: "tcp"})
     sched.call("mark_streaming", lease.lease_id)
     status = sched.call("status")
-    [row] = status["sessions"]
-    assert row["lease"] == lease.lease_id[:SHORT_LEASE_ID]
-    assert (row["event_id"], row["gateway_id"], row["pid"], row["node_id"], row["transport"]) == (
+    [row] = status.sessions
+    assert row.lease == lease.lease_id[:SHORT_LEASE_ID]
+    assert (row.event_id, row.gateway_id, row.pid, row.node_id, row.transport) == (
         s.event_id, "gw-list", lease.pid, lease.node_id, "tcp",
     )  # fmt: skip
-    assert row["age_s"] >= 0 and row["streaming_s"] is not None
+    assert row.age_s >= 0 and row.streaming_s is not None
     view = collect_status(status, ray_session.nodes())
-    assert view["sessions"] == status["sessions"]
+    assert view["sessions"] == status.to_json()["sessions"]
     text = format_status(view)
-    assert f"{row['lease']} {s.event_id} via gw-list: pid {lease.pid} on node {lease.node_id[:12]}, tcp" in text
+    assert f"{row.lease} {s.event_id} via gw-list: pid {lease.pid} on node {lease.node_id[:12]}, tcp" in text
     sched.call("release", lease.lease_id)
-    assert sched.call("status")["sessions"] == []
+    assert sched.call("status").sessions == ()

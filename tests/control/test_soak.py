@@ -51,7 +51,7 @@ stream = Stream(invert, stream_id="soak", concurrency_limit=8)
 
 def _leases(namespace: str) -> tuple[int, int]:
     scheduler = ray.get_actor(C.SCHEDULER_NAME, namespace=namespace)
-    events = ray.get(scheduler.status.remote(), timeout=10)["events"]
+    events = ray.get(scheduler.status.remote(), timeout=10).to_json()["events"]
     pool = events["soak"]
     return pool["leases"], pool["idle"] + len([w for w in pool["workers"] if w["busy"]])
 

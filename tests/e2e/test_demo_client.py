@@ -89,7 +89,7 @@ async def test_demo_draws_the_box_on_the_face_and_follows_the_threshold(demo_url
     stray = [int(green(f).sum() - green(f)[FACE].sum()) for f in at_default]
     assert max(stray) < MAX_STRAY_PIXELS, f"green away from the face: {stray}"
     assert green(strict).sum() < MAX_STRAY_PIXELS, "the threshold did not reach the worker: boxes are still drawn"
-    status = __import__("ray").get(gateway.scheduler.status.remote(), timeout=10)
+    status = __import__("ray").get(gateway.scheduler.status.remote(), timeout=10).to_json()
     workers = {w["pid"] for e in status["events"].values() for w in e["workers"]}
     assert pid in workers and pid != os.getpid()
 

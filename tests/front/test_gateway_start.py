@@ -32,7 +32,7 @@ def invert(frame: np.ndarray) -> np.ndarray:
 
 
 def scheduler_status(ray: Any, gw: Gateway) -> dict[str, Any]:
-    return ray.get(gw.scheduler.status.remote(), timeout=CALL_S)
+    return ray.get(gw.scheduler.status.remote(), timeout=CALL_S).to_json()
 
 
 def test_a_started_gateway_beats_registers_as_itself_and_warns_of_unknown_stream_ids(ray_session, caplog):

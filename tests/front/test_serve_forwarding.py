@@ -115,7 +115,7 @@ def scheduler_status(namespace: str) -> dict[str, Any]:
     import ray
 
     scheduler = ray.get_actor(C.SCHEDULER_NAME, namespace=namespace)
-    return ray.get(scheduler.status.remote(), timeout=10)
+    return ray.get(scheduler.status.remote(), timeout=10).to_json()
 
 
 def leases(namespace: str) -> int:

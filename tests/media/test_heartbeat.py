@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from runtime import constants as C
+from runtime.control.messages import HeartbeatAnswer
 from runtime.media.heartbeat import Heartbeat
 from runtime.media.load import EngineLoad
 
@@ -50,10 +51,10 @@ class FakeScheduler:
         if self.closed:
             self.after_close += 1
 
-        async def answer() -> dict[str, list[str]]:
+        async def answer() -> HeartbeatAnswer:
             if len(self.beats) <= self.fail_first:
                 raise RuntimeError("a failed beat")
-            return {"gone": list(self.gone), "unknown_events": list(self.unknown)}
+            return HeartbeatAnswer(tuple(self.gone), tuple(self.unknown))
 
         return answer()
 
