@@ -10,7 +10,7 @@ never run in this process; ``.stream()`` registers them with the process's gatew
 
 How the stream's other inputs reach the worker: once connected, the page sets this
 component's value to its ``webrtc_id`` and fires :data:`ARGS_EVENT`; that event (and the
-``change`` of every other input) runs :func:`_args_pusher` with the id and the inputs'
+``change`` of every other input) runs :func:`args_pusher` with the id and the inputs'
 current values, and the gateway forwards them to the session's worker. The page fires the
 event again whenever the handler asks for its inputs (``send_input`` on the data channel).
 
@@ -47,14 +47,18 @@ import anyio.to_thread
 import gradio as gr
 from gradio.components.base import server
 
-from runtime.errors import HTTPError
 from runtime.front.streams import check_stream_options
-from runtime.media.engine import split_handle
 from workers.link.shape import StreamShape
-from workers.link.wire import OUTPUTS_STREAM
 from workers.process import loader
 from workers.process.loader import StreamOutputs
 
+from .events import (
+    additional_outputs_fetcher,
+    args_pusher,
+    initial_value,
+    stream_id_of,
+    stream_outputs_fetcher,
+)
 from .serving import NoStubComponentMeta, get_gateway
 
 log = logging.getLogger("rtcpool.gradio")
@@ -409,7 +413,7 @@ class WebRTC(gr.HTML, metaclass=NoStubComponentMeta):
         unknown = sorted(set(event_options) - STREAM_EVENT_KEYWORDS)
         if unknown:
             raise TypeError(f"WebRTC.stream() got unexpected keyword argument(s): {', '.join(unknown)}")
-        event_id = _stream_id(api_name, concurrency_id)
+        event_id = stream_id_of(api_name, concurrency_id)
         if loader.in_worker_import():
             # the app file is being re-imported in a worker to recover this handler
             loader.register(fn)
@@ -430,7 +434,7 @@ class WebRTC(gr.HTML, metaclass=NoStubComponentMeta):
                 "each stream needs its own name"
             )
         # Gradio events first: if they cannot be wired (no Blocks context), nothing is registered
-        push = _args_pusher(gateway)
+        push = args_pusher(gateway)
         wiring = {
             "outputs": None,
             "queue": False,
@@ -450,7 +454,7 @@ class WebRTC(gr.HTML, metaclass=NoStubComponentMeta):
                 change(push, inputs=[self, *extra], **wiring)
         if others:
             self._listen_for_outputs(
-                _stream_outputs_fetcher(gateway, len(others)),
+                stream_outputs_fetcher(gateway, len(others)),
                 inputs=[self],
                 outputs=others,
                 queue=False,  # a quick UI update, like the seeds' on_additional_outputs
@@ -463,7 +467,7 @@ class WebRTC(gr.HTML, metaclass=NoStubComponentMeta):
             modality=self.modality,
             concurrency_limit=concurrency_limit,
             time_limit=time_limit if time_limit is not None else self.time_limit,
-            initial_args=[_initial_value(c) for c in extra],
+            initial_args=[initial_value(c) for c in extra],
             stream_every=stream_every,
             outputs=layout,
             queue=queue,
@@ -543,7 +547,7 @@ class WebRTC(gr.HTML, metaclass=NoStubComponentMeta):
             return None
         extra = list(inputs) if isinstance(inputs, (list, tuple, set)) else ([inputs] if inputs is not None else [])
         return self._listen_for_outputs(
-            _additional_outputs_fetcher(get_gateway(), fn),
+            additional_outputs_fetcher(get_gateway(), fn),
             inputs=[self, *extra],
             outputs=outputs,
             js=js,
@@ -620,90 +624,6 @@ class WebRTC(gr.HTML, metaclass=NoStubComponentMeta):
 
     def api_info(self) -> dict[str, Any]:
         return {"type": "string", "description": "the session's webrtc_id"}
-
-
-def _initial_value(component: Any) -> Any:
-    """A component's value as its page sends it before anyone touches it: what the worker
-    starts with until the page's inputs arrive (and all a client that never sends them gets).
-    Test-found: an empty Textbox's value is None on the server but "" in the page, so the
-    guide's ``transcript + next_text`` raised on a first call that came before the page's
-    inputs did."""
-    value = component.value
-    if value is None and isinstance(component, gr.Textbox):
-        return ""
-    return value
-
-
-def _stream_outputs_fetcher(gateway: Any, count: int) -> Callable[..., Any]:
-    # async, so it runs on the server's event loop, where the gateway's sessions live (or
-    # the forwarding to the media process that holds the session, a Ray call, is awaited)
-    async def fetch_stream_outputs(handle: Any) -> Any:
-        webrtc_id, key = split_handle(handle)
-        if not webrtc_id:
-            return gr.skip()  # not streaming (yet)
-        try:
-            got = await gateway.anext_output(webrtc_id, key, OUTPUTS_STREAM)
-        except HTTPError as err:
-            _refused(webrtc_id, err)
-            return gr.skip()
-        if got is None:
-            return gr.skip()  # this fetch_output was for an AdditionalOutputs
-        return got[0] if count == 1 else tuple(got)
-
-    return fetch_stream_outputs
-
-
-def _additional_outputs_fetcher(gateway: Any, fn: Callable[..., Any]) -> Callable[..., Any]:
-    # async, so the queue is read on the server's event loop, where the gateway's sessions
-    # live; the user's sync fn then runs on a thread, never blocking that loop
-    async def fetch_additional_outputs(handle: Any, *values: Any) -> Any:
-        webrtc_id, key = split_handle(handle)
-        try:
-            got = await gateway.anext_output(webrtc_id, key) if webrtc_id else None
-        except HTTPError as err:
-            _refused(webrtc_id, err)
-            return gr.skip()
-        if got is None:
-            return gr.skip()  # this fetch_output was for the stream's own outputs
-        if inspect.iscoroutinefunction(fn):
-            return await fn(*values, *got)
-        result = await anyio.to_thread.run_sync(lambda: fn(*values, *got))
-        return await result if inspect.isawaitable(result) else result
-
-    return fetch_additional_outputs
-
-
-def _stream_id(api_name: Any, concurrency_id: Any) -> str | None:
-    """The stream event's id from Gradio's naming keywords (None: the gateway numbers it)."""
-    for keyword, value in (("api_name", api_name), ("concurrency_id", concurrency_id)):
-        if value is None or value is False:  # Gradio's api_name=False: no endpoint name
-            continue
-        if not isinstance(value, str) or not value.strip():
-            raise TypeError(f"{keyword} must be a non-empty string, got {value!r}")
-        return value
-    return None
-
-
-def _args_pusher(gateway: Any) -> Callable[..., Any]:
-    # async, so it runs on the server's event loop, where the gateway's sessions live (or
-    # the forwarding to the media process that holds the session, a Ray call, is awaited)
-    async def push_webrtc_args(handle: Any, *values: Any) -> None:
-        webrtc_id, key = split_handle(handle)
-        if not webrtc_id:
-            return  # not streaming (yet): the worker starts with the inputs' initial values
-        try:
-            await gateway.aset_args(webrtc_id, key, list(values))
-        except HTTPError as err:
-            _refused(webrtc_id, err)
-
-    return push_webrtc_args
-
-
-def _refused(webrtc_id: str, err: HTTPError) -> None:
-    # 404: the session ended (or never started) while the event was on its way; 403: a
-    # value that is not this session's handle (a forged request), worth a line
-    if err.status == 403:
-        log.warning("component event for session %r refused: %s", webrtc_id[:40], err.error)
 
 
 __all__ = ["WebRTC", "ARGS_EVENT", "OUTPUTS_EVENT", "OUTPUTS_DONE_JS"]

@@ -18,13 +18,13 @@ from fastapi.testclient import TestClient
 
 import gradio_ext
 from gradio_ext import WebRTC, serving
+from gradio_ext.events import args_pusher
 from gradio_ext.webrtc import (
     ARGS_EVENT,
     CSS_PATH,
     HTML_PATH,
     JS_PATH,
     MAX_ICON_BYTES,
-    _args_pusher,
 )
 from runtime.front.gateway import HTTPError
 from workers.process import loader
@@ -328,7 +328,7 @@ class RecordingGateway:
 
 async def test_args_reach_the_gateway_and_unknown_ids_are_ignored():
     gw = RecordingGateway({"abc"})
-    push = _args_pusher(gw)
+    push = args_pusher(gw)
     # the component's value is the session's handle: "webrtc_id/key"
     await push("abc/k3y", 0.5, "x")
     await push("gone/k3y", 0.5, "x")  # a session that ended: swallowed

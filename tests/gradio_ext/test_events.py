@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 
 from gradio_ext import WebRTC, serving
+from gradio_ext.events import additional_outputs_fetcher
 from gradio_ext.webrtc import (
     ARGS_EVENT,
     OUTPUTS_DONE_JS,
     OUTPUTS_EVENT,
     STREAM_EVENT_KEYWORDS,
-    _additional_outputs_fetcher,
 )
 from runtime.config import load_config
 from runtime.front.gateway import Gateway
@@ -139,7 +139,7 @@ def test_additional_outputs_fn_gets_the_inputs_first_then_the_outputs_on_a_threa
         threads.append(threading.get_ident())
         return [*history, message]
 
-    fetch = _additional_outputs_fetcher(OutputsGateway([["hello", 1]]), fn)
+    fetch = additional_outputs_fetcher(OutputsGateway([["hello", 1]]), fn)
 
     async def run():
         return await fetch("id", ["earlier"], "box"), threading.get_ident()
@@ -155,7 +155,7 @@ def test_additional_outputs_async_fn_and_nothing_queued():
     async def fn(history, message):
         return [*history, message]
 
-    fetch = _additional_outputs_fetcher(OutputsGateway([["m"]]), fn)
+    fetch = additional_outputs_fetcher(OutputsGateway([["m"]]), fn)
     assert asyncio.run(fetch("id", [])) == ["m"]
     assert isinstance(asyncio.run(fetch("id", [])), type(gr.skip())), "nothing queued: no update"
     assert isinstance(asyncio.run(fetch("", [])), type(gr.skip())), "not streaming: no update"

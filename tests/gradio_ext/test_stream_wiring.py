@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from gradio_ext import VideoStreamHandler, WebRTC, serving
-from gradio_ext.webrtc import ARGS_EVENT, OUTPUTS_EVENT, _stream_outputs_fetcher
+from gradio_ext.events import stream_outputs_fetcher
+from gradio_ext.webrtc import ARGS_EVENT, OUTPUTS_EVENT
 from workers.link.wire import OUTPUTS_STREAM
 from workers.process.loader import StreamOutputs, app_file_of, load, make_spec
 
@@ -153,11 +154,11 @@ class FakeGateway:
 
 def test_the_fetcher_takes_one_stream_output_per_fetch_and_skips_when_none():
     gw = FakeGateway([[["s"], "text"], [["t"], "more"]])
-    fetch = _stream_outputs_fetcher(gw, 2)
+    fetch = stream_outputs_fetcher(gw, 2)
     assert asyncio.run(fetch("id")) == (["s"], "text")
     assert asyncio.run(fetch("id")) == (["t"], "more")
     assert isinstance(asyncio.run(fetch("id")), type(gr.skip()))
     assert gw.kinds == [OUTPUTS_STREAM] * 3
-    one = _stream_outputs_fetcher(FakeGateway([["only"]]), 1)
+    one = stream_outputs_fetcher(FakeGateway([["only"]]), 1)
     assert asyncio.run(one("id")) == "only"
     assert isinstance(asyncio.run(one("")), type(gr.skip())), "no session id: nothing to fetch"
