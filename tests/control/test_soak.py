@@ -1,8 +1,11 @@
-"""Soak: 200 connect/close cycles (after 100 of warm-up) against an app in a process of its own, a quarter of each
-kind: a clean hang-up, two ways of vanishing (the peer connection closed without a word,
+"""Soak: connect/close cycles against an app in a process of its own (100 of warm-up, then
+RTCPOOL_SOAK_S seconds of them, at least MIN_MEASURED_CYCLES), a quarter of each kind: a clean hang-up, two ways of vanishing (the peer connection closed without a word,
 or the client gone mid-offer: it never completes ICE), and a session that streams for a
 moment first. Afterwards nothing is held: no session, no lease, no extra worker, no
 /dev/shm segment, no extra fd, and the app process's RSS grew less than 5% after warm-up.
+
+CI runs a short soak (SOAK_CI_S); the long one is opt-in, e.g. ``RTCPOOL_SOAK_S=600``
+(the suite used to run 200 measured cycles: ~60 s of them on this 2-core machine, of ~90 s).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import time
 import uuid
 
 import httpx
@@ -27,7 +31,9 @@ from tests.conftest import async_wait_until, shm_segments
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(900)]
 
 WARM_UP = 100  # cycles before the RSS and fd baselines: allocator arenas, codec and ICE caches fill
-CYCLES = WARM_UP + int(os.environ.get("SOAK_CYCLES", "200"))  # 200 measured after the warm-up
+SOAK_CI_S = 20.0  # measured cycles after the warm-up, by default (~65 cycles here)
+SOAK_S = float(os.environ.get("RTCPOOL_SOAK_S", SOAK_CI_S))  # longer: an opt-in benchmark
+MIN_MEASURED_CYCLES = 40  # however slow the box: each kind of cycle 10 times after the warm-up
 BATCH = 4  # cycles at once
 MAX_RSS_GROWTH = 0.05
 FD_SLACK = 8  # fds the process may hold open beyond its warmed-up count (Ray's own sockets come and go)
@@ -78,7 +84,7 @@ async def _cycle(url: str, kind: int) -> None:
         await client.close()
 
 
-async def test_two_hundred_cycles_leave_nothing_behind(tmp_path, app_ray):
+async def test_connect_close_cycles_leave_nothing_behind(tmp_path, app_ray):
     namespace = f"soak-{uuid.uuid4().hex[:8]}"
     segments = shm_segments()
     process, url, log = start_app(
@@ -87,14 +93,19 @@ async def test_two_hundred_cycles_leave_nothing_behind(tmp_path, app_ray):
     proc = psutil.Process(process.pid)
     try:
         baseline_rss = baseline_fds = baseline_workers = 0
-        for start in range(0, CYCLES, BATCH):
+        measured_since = 0.0  # monotonic time the warm-up ended
+        start = 0
+        while start < WARM_UP or start - WARM_UP < MIN_MEASURED_CYCLES or time.monotonic() - measured_since < SOAK_S:
             await asyncio.gather(*(_cycle(url, (start + i) % 4) for i in range(BATCH)))
-            if (start + BATCH) % 40 == 0 and os.environ.get("SOAK_TRACE"):
-                print("cycles", start + BATCH, "rss MiB", proc.memory_info().rss >> 20, "fds", proc.num_fds(), flush=True)
-            if start + BATCH == WARM_UP:
+            start += BATCH
+            if start % 40 == 0 and os.environ.get("SOAK_TRACE"):
+                print("cycles", start, "rss MiB", proc.memory_info().rss >> 20, "fds", proc.num_fds(), flush=True)
+            if start == WARM_UP:
                 assert await async_wait_until(lambda: _leases(namespace)[0] == 0, SETTLE_S, 0.5), _leases(namespace)
                 baseline_rss, baseline_fds = proc.memory_info().rss, proc.num_fds()
                 baseline_workers = _leases(namespace)[1]
+                measured_since = time.monotonic()
+        print(f"soak: {start - WARM_UP} cycles in {time.monotonic() - measured_since:.1f} s after {WARM_UP} of warm-up")
         assert await async_wait_until(lambda: _leases(namespace)[0] == 0, SETTLE_S, 0.5), f"leases held after the soak: {_leases(namespace)}"
         async with httpx.AsyncClient(timeout=10) as http:
             assert (await http.get(f"{url}/webrtc/sessions")).json() == []

@@ -6,13 +6,14 @@ Chromium is never downloaded: the tests use Debian's /usr/bin/chromium (scripts/
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,8 @@ import numpy as np
 import psutil
 import pytest
 
-from runtime.constants import MEDIA_INACTIVITY_TIMEOUT_S
 from tests.conftest import free_port, joining_ray
+from tests.e2e.page import RECORD_PEER_CONNECTIONS_JS
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -188,73 +189,57 @@ def run_app(
         stop_process_tree(process)
 
 
-# --- helpers for tests/e2e/test_examples.py: one Chromium per fake-device set-up ----------
 
-# Records every RTCPeerConnection the page makes, and the configuration it was made with,
-# so a test can read pc.getStats() without touching the component's JavaScript.
-RECORD_PEER_CONNECTIONS_JS = """(() => {
-  const Native = window.RTCPeerConnection;
-  window.__rtcPeerConnections = [];
-  window.__rtcPeerConnectionConfigs = [];
-  window.RTCPeerConnection = function (...args) {
-    const pc = new Native(...args);
-    window.__rtcPeerConnections.push(pc);
-    window.__rtcPeerConnectionConfigs.push(args[0] === undefined ? null : JSON.parse(JSON.stringify(args[0])));
-    return pc;
-  };
-  window.RTCPeerConnection.prototype = Native.prototype;
-})();"""
+class AppPrefetcher:
+    """Serves a module's apps one test at a time, starting the next test's app while a
+    test uses the current one. An example app takes 15-40 s to start on 2 cores (Gradio
+    imported, Ray joined, its scheduler's and inbox's Ray workers started), a sequence of
+    mostly single-threaded waits; the test before it mostly waits on real-time audio and
+    video. Every test still gets a fresh app of its own, stopped after it.
 
-# A page's Stop posts /webrtc/close: the server must list no session of the stream by then,
-# well inside the media-inactivity timeout that would otherwise end it (this is what proves
-# the hang-up did it), on a busy 2-core box.
-STOP_RELEASE_S = 6.0
-assert STOP_RELEASE_S < MEDIA_INACTIVITY_TIMEOUT_S
+    ``order``: the names in the order the selected tests ask for them; ``start(name)``:
+    a context manager that runs the app (``run_app``). RTCPOOL_E2E_PREFETCH=0 starts each
+    app only when its test asks (one process at a time, as before)."""
 
+    def __init__(self, order: Sequence[str], start: Callable[[str], contextlib.AbstractContextManager[App]]) -> None:
+        self.order = list(order)
+        self._start = start
+        self._ahead = os.environ.get("RTCPOOL_E2E_PREFETCH", "1") != "0"
+        # one starter thread: the next app starts once the current one serves
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="app-prefetch")
+        self._pending: dict[str, concurrent.futures.Future[tuple[contextlib.ExitStack, App]]] = {}
 
-def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = POLL_INTERVAL_S / 2) -> Any:
-    """Poll ``predicate`` until it is truthy or ``timeout`` passes; its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
+    def _started(self, name: str) -> tuple[contextlib.ExitStack, App]:
+        stack = contextlib.ExitStack()
+        try:
+            return stack, stack.enter_context(self._start(name))
+        except BaseException:
+            stack.close()
+            raise
 
+    def _launch(self, name: str) -> None:
+        if name not in self._pending:
+            self._pending[name] = self._pool.submit(self._started, name)
 
-def live_sessions(url: str, event_id: str | None = None) -> list[dict[str, Any]]:
-    """The app's live sessions (GET /webrtc/sessions), of one stream event if given."""
-    listed = httpx.get(f"{url}/webrtc/sessions", timeout=10).json()
-    return [s for s in listed if event_id is None or s["event_id"] == event_id]
+    @contextlib.contextmanager
+    def app(self, name: str) -> Iterator[App]:
+        """``name``'s app, serving, for the ``with`` block; then stopped."""
+        self._launch(name)
+        if self._ahead and name in self.order:
+            following = self.order[self.order.index(name) + 1 :]
+            if following:
+                self._launch(following[0])
+        stack, app = self._pending.pop(name).result(APP_START_TIMEOUT_S * 2)
+        with stack:
+            yield app
 
-
-def released(
-    url: str, event_id: str | None = None, left: int = 0, timeout: float = STOP_RELEASE_S
-) -> bool:
-    """Within ``timeout``, the server lists at most ``left`` live sessions (of ``event_id``)."""
-    deadline = time.monotonic() + timeout
-    while len(live_sessions(url, event_id)) > left:
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(POLL_INTERVAL_S / 5)
-    return True
-
-
-def stop_and_check_released(page: Any, root_selector: str = ".rtc-root") -> None:
-    """Click the component's Stop: the page says "stopped", its peer connection is closed,
-    and the server ends that session at once (one live session fewer of its stream)."""
-    root = page.locator(root_selector).first
-    stream_id = root.get_attribute("data-stream-id")
-    origin = page.evaluate("() => window.location.origin")
-    before = len(live_sessions(origin, stream_id))
-    assert before >= 1, f"no live session of {stream_id} before Stop"
-    root.locator(".rtc-button").click()
-    assert root.get_attribute("data-state") == "stopped", root.locator(".rtc-status").text_content()
-    pcs = page.evaluate("(window.__rtcPeerConnections || []).map(pc => pc.connectionState)")
-    assert "closed" in pcs, pcs
-    assert released(origin, stream_id, left=before - 1), (
-        f"{stream_id}: the server still lists {live_sessions(origin, stream_id)} {STOP_RELEASE_S} s after Stop"
-    )
+    def close(self) -> None:
+        """Stop the apps started for tests that did not run (a test failed before asking)."""
+        for future in self._pending.values():
+            with contextlib.suppress(Exception):
+                future.result(APP_START_TIMEOUT_S * 2)[0].close()
+        self._pending.clear()
+        self._pool.shutdown(wait=True)
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,7 @@ short enough to wait out.
 
 from __future__ import annotations
 
-import base64
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,15 +18,8 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.e2e.conftest import (
-    REPO,
-    App,
-    face_picture,
-    live_sessions,
-    released,
-    run_app,
-    stop_and_check_released,
-)
+from tests.e2e import page as ui
+from tests.e2e.conftest import REPO, App, face_picture, run_app
 
 pytestmark = pytest.mark.browser
 
@@ -40,27 +31,9 @@ FRAMES_WINDOW_S = 20.0
 MIN_FRAMES = 20  # processed frames the page must show within FRAMES_WINDOW_S
 SLIDER_TIMEOUT_S = 20.0  # a slider move reaches the worker and shows in the video by then
 RELEASE_TIMEOUT_S = 30.0  # a stopped session's slot is free again by then
-POLL_S = 0.25
 MIN_BOX_PIXELS = 400  # box-coloured pixels around the face: the 4 px box is ~1800 before VP8
 MAX_STRAY_PIXELS = 60  # box-coloured pixels that VP8 may invent where no box is drawn
 FACE_MARGIN = 0.35  # the region searched for the box: the face grown by this much per side
-
-STATE_JS = "() => document.querySelector('.rtc-root').dataset.state"
-STATUS_JS = "() => document.querySelector('.rtc-status').textContent"
-COUNT_FRAMES_JS = """() => {
-  const video = document.querySelector('.rtc-remote');
-  window.rtcFrames = 0;
-  const tick = () => { window.rtcFrames += 1; video.requestVideoFrameCallback(tick); };
-  video.requestVideoFrameCallback(tick);
-}"""
-GRAB_JS = """(selector) => {
-  const video = document.querySelector(selector);
-  const canvas = document.createElement('canvas');
-  canvas.width = video.videoWidth;
-  canvas.height = video.videoHeight;
-  canvas.getContext('2d').drawImage(video, 0, 0);
-  return canvas.toDataURL('image/png');
-}"""
 
 
 @pytest.fixture(scope="module")
@@ -102,29 +75,10 @@ def box_pixels(rgb: np.ndarray) -> np.ndarray:
     return (g >= 150) & (r <= 110) & (b <= 110)
 
 
-def grab(page: Any, selector: str) -> np.ndarray:
-    url = page.evaluate(GRAB_JS, selector)
-    png = np.frombuffer(base64.b64decode(url.split(",", 1)[1]), np.uint8)
-    return cv2.cvtColor(cv2.imdecode(png, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-
-
 def start_stream(page: Any, url: str) -> None:
     page.goto(url)
     page.click(".rtc-button")
-    page.wait_for_function(
-        "() => ['streaming', 'error', 'full'].includes(document.querySelector('.rtc-root').dataset.state)",
-        timeout=STREAM_START_TIMEOUT_S * 1000,
-    )
-    assert page.evaluate(STATE_JS) == "streaming", page.evaluate(STATUS_JS)
-
-
-def wait_for(predicate: Any, timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(POLL_S)
+    ui.wait_streaming(page, timeout=STREAM_START_TIMEOUT_S)
 
 
 def test_face_demo_boxes_the_face_and_follows_the_slider(
@@ -137,16 +91,16 @@ def test_face_demo_boxes_the_face_and_follows_the_slider(
         "() => getComputedStyle(document.querySelector('.rtc-root').closest('.block')).borderTopWidth"
     )
     assert border in ("0px", "1px"), border
-    page.evaluate(COUNT_FRAMES_JS)
-    frames = wait_for(lambda: page.evaluate("window.rtcFrames") > MIN_FRAMES, FRAMES_WINDOW_S)
+    ui.count_frames(page, name="rtcFrames")
+    frames = ui.wait_for(lambda: page.evaluate("window.rtcFrames") > MIN_FRAMES, FRAMES_WINDOW_S)
     assert frames, (
         f"only {page.evaluate('window.rtcFrames')} processed frames in {FRAMES_WINDOW_S} s"
     )
-    assert "s left" in page.evaluate(STATUS_JS), "the time limit countdown is not shown"
+    assert "s left" in ui.status(page), "the time limit countdown is not shown"
 
     rows, cols = face_region()
-    remote = grab(page, ".rtc-remote")
-    camera = grab(page, ".rtc-local")
+    remote = ui.grab(page)
+    camera = ui.grab(page, ".rtc-local")
     assert remote.shape == camera.shape == (480, 640, 3)
     boxed = int(box_pixels(remote)[rows, cols].sum())
     assert boxed >= MIN_BOX_PIXELS, (
@@ -159,19 +113,19 @@ def test_face_demo_boxes_the_face_and_follows_the_slider(
 
     # the threshold slider reaches the worker while it streams: at 1.0 no face qualifies
     page.locator("input[type=range]").fill("1")
-    gone = wait_for(
-        lambda: box_pixels(grab(page, ".rtc-remote"))[rows, cols].sum() <= MAX_STRAY_PIXELS,
+    gone = ui.wait_for(
+        lambda: box_pixels(ui.grab(page))[rows, cols].sum() <= MAX_STRAY_PIXELS,
         SLIDER_TIMEOUT_S,
     )
     assert gone, "boxes are still drawn after the confidence threshold went to 1.0"
     page.locator("input[type=range]").fill("0.3")
-    back = wait_for(
-        lambda: box_pixels(grab(page, ".rtc-remote"))[rows, cols].sum() >= MIN_BOX_PIXELS,
+    back = ui.wait_for(
+        lambda: box_pixels(ui.grab(page))[rows, cols].sum() >= MIN_BOX_PIXELS,
         SLIDER_TIMEOUT_S,
     )
     assert back, "boxes did not come back at threshold 0.3"
 
-    stop_and_check_released(page)
+    ui.stop_and_check_released(page)
 
 
 def test_full_server_says_retry_then_admits_after_stop(face_app: App, new_page: Any) -> None:
@@ -182,17 +136,17 @@ def test_full_server_says_retry_then_admits_after_stop(face_app: App, new_page: 
     second.wait_for_function(
         "() => document.querySelector('.rtc-root').dataset.state === 'full'", timeout=30_000
     )
-    assert re.fullmatch(r"server full — retry in \d+ s", second.evaluate(STATUS_JS))
+    assert re.fullmatch(r"server full — retry in \d+ s", ui.status(second))
 
-    stop_and_check_released(first)  # frees the only slot
+    ui.stop_and_check_released(first)  # frees the only slot
 
     def admitted() -> bool:
-        if second.evaluate(STATE_JS) in ("idle", "stopped", "error"):
+        if ui.state(second) in ("idle", "stopped", "error"):
             second.click(".rtc-button")
-        return second.evaluate(STATE_JS) == "streaming"
+        return ui.state(second) == "streaming"
 
-    assert wait_for(admitted, RELEASE_TIMEOUT_S), second.evaluate(STATUS_JS)
-    stop_and_check_released(second)
+    assert ui.wait_for(admitted, RELEASE_TIMEOUT_S), ui.status(second)
+    ui.stop_and_check_released(second)
 
 
 # The time bar's width (percent of the time limit left), sampled ten times a second while
@@ -219,8 +173,8 @@ def test_time_limit_bar_runs_down_to_zero_then_the_stream_closes(face_app: App, 
         "() => document.querySelector('.rtc-root').dataset.state !== 'streaming'",
         timeout=(TIME_LIMIT_S + 30) * 1000,
     )
-    assert page.evaluate(STATE_JS) == "stopped"
-    assert f"time limit of {TIME_LIMIT_S} s reached" in page.evaluate(STATUS_JS)
+    assert ui.state(page) == "stopped"
+    assert f"time limit of {TIME_LIMIT_S} s reached" in ui.status(page)
     page.wait_for_function("() => window.rtcBar.length && window.rtcBar[window.rtcBar.length - 1] === 0")
     widths = page.evaluate("() => window.rtcBar")
     assert widths[0] >= BAR_FULL_PCT, widths[:5]
@@ -230,4 +184,4 @@ def test_time_limit_bar_runs_down_to_zero_then_the_stream_closes(face_app: App, 
     # it reached zero, and stays there, shown, once the server has ended the stream
     assert widths[-1] == 0.0
     assert page.is_visible(".rtc-timebar")
-    assert released(face_app.url, STREAM_ID), live_sessions(face_app.url, STREAM_ID)
+    assert ui.released(face_app.url, STREAM_ID), ui.live_sessions(face_app.url, STREAM_ID)

@@ -29,16 +29,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import (
-    STOP_RELEASE_S,
-    App,
-    chromium,
-    live_sessions,
-    released,
-    run_app,
-    stop_and_check_released,
-    wait_for,
-)
+from tests.e2e import page as ui
+from tests.e2e.conftest import App, chromium, run_app
 
 pytestmark = pytest.mark.browser
 
@@ -130,8 +122,7 @@ if __name__ == "__main__":
     )
 '''
 
-STATE_JS = "(sel) => document.querySelector(sel + ' .rtc-root').dataset.state"
-STATUS_JS = "(sel) => document.querySelector(sel + ' .rtc-status').textContent"
+
 LAST_CONFIG_JS = """() => {
   const pcs = window.__rtcPeerConnections, configs = window.__rtcPeerConnectionConfigs;
   const pc = pcs[pcs.length - 1];
@@ -164,18 +155,11 @@ def app_page(pw: Any, app: App) -> Iterator[Any]:
 
 
 def start(page: Any, sel: str) -> None:
-    page.click(f"{sel} .rtc-button")
-    page.wait_for_function(
-        "(sel) => ['streaming', 'error', 'full'].includes("
-        "document.querySelector(sel + ' .rtc-root').dataset.state)",
-        arg=sel,
-        timeout=STREAM_START_TIMEOUT_S * 1000,
-    )
-    assert page.evaluate(STATE_JS, sel) == "streaming", page.evaluate(STATUS_JS, sel)
+    ui.start(page, sel, STREAM_START_TIMEOUT_S)
 
 
 def stop(page: Any, sel: str) -> None:
-    stop_and_check_released(page, f"{sel} .rtc-root")
+    ui.stop_and_check_released(page, f"{sel} .rtc-root")
 
 
 # --- rtc_configuration ---------------------------------------------------------------------------
@@ -211,7 +195,7 @@ def test_tick_fires_while_streaming_and_stops_after_stop(
         count = lambda: float(page.locator("#ticks input").input_value())  # noqa: E731
         assert count() == 0
         start(page, "#sync")
-        assert wait_for(lambda: count() >= MIN_TICKS, TICKS_TIMEOUT_S), (
+        assert ui.wait_for(lambda: count() >= MIN_TICKS, TICKS_TIMEOUT_S), (
             f"only {count()} ticks while streaming\n{events_app.log_tail()}"
         )
         page.screenshot(path=str(artifacts / "events-ticks.png"))
@@ -231,7 +215,7 @@ def test_a_burst_of_additional_outputs_shows_complete_and_in_order(
     expected = [f"message {i}" for i in range(BURST)]
     with app_page(playwright_driver, events_app) as page:
         start(page, "#burst")
-        shown = wait_for(
+        shown = ui.wait_for(
             lambda: (m := page.evaluate(BOT_MESSAGES_JS)) and len(m) >= BURST and m, OUTPUTS_TIMEOUT_S
         )
         assert shown, f"the Chatbot shows {page.evaluate(BOT_MESSAGES_JS)}\n{events_app.log_tail()}"
@@ -252,10 +236,10 @@ def test_a_handler_exception_is_shown_on_the_page(
     errors_js = "() => Array.from(document.querySelectorAll('#fails .rtc-messages .error')).map(e => e.textContent)"
     with app_page(playwright_driver, events_app) as page:
         start(page, "#fails")
-        shown = wait_for(lambda: page.evaluate(errors_js), ERROR_TIMEOUT_S)
+        shown = ui.wait_for(lambda: page.evaluate(errors_js), ERROR_TIMEOUT_S)
         assert shown and "the handler failed on purpose" in shown[0], shown
         page.screenshot(path=str(artifacts / "events-handler-error.png"))
-        assert page.evaluate(STATE_JS, "#fails") == "streaming", "one failing call ended the stream"
+        assert ui.state(page, "#fails") == "streaming", "one failing call ended the stream"
         stop(page, "#fails")
 
 
@@ -273,15 +257,15 @@ def test_stop_while_the_answer_is_on_its_way_ends_the_session(
 
         page.route("**/webrtc/offer", hold_answer)
         page.click("#async .rtc-button")
-        assert wait_for(lambda: page.evaluate(STATE_JS, "#async") == "connecting" and held, STREAM_START_TIMEOUT_S)
+        assert ui.wait_for(lambda: ui.state(page, "#async") == "connecting" and held, STREAM_START_TIMEOUT_S)
         assert held[0][1].status == 200, held[0][1].text()
-        assert len(live_sessions(events_app.url, "async")) == 1, "the server made no session"
+        assert len(ui.live_sessions(events_app.url, "async")) == 1, "the server made no session"
         page.click("#async .rtc-button")  # Stop, still connecting
-        assert page.evaluate(STATE_JS, "#async") == "stopped", page.evaluate(STATUS_JS, "#async")
+        assert ui.state(page, "#async") == "stopped", ui.status(page, "#async")
         route, answer = held[0]
         with contextlib.suppress(Exception):  # the page aborted the request: too late for it
             route.fulfill(response=answer)
-        assert released(events_app.url, "async"), live_sessions(events_app.url, "async")
+        assert ui.released(events_app.url, "async"), ui.live_sessions(events_app.url, "async")
 
 
 def test_stop_while_the_offer_is_answered_ends_the_session_once_it_exists(
@@ -297,10 +281,10 @@ def test_stop_while_the_offer_is_answered_ends_the_session_once_it_exists(
             timeout=WORKER_START_TIMEOUT_S * 1000,
         ):
             page.click("#slow .rtc-button")
-            assert page.evaluate(STATE_JS, "#slow") == "stopped"
-        assert released(events_app.url, "slow"), live_sessions(events_app.url, "slow")
-        page.wait_for_timeout(STOP_RELEASE_S * 1000)  # and no session turns up later
-        assert live_sessions(events_app.url, "slow") == []
+            assert ui.state(page, "#slow") == "stopped"
+        assert ui.released(events_app.url, "slow"), ui.live_sessions(events_app.url, "slow")
+        page.wait_for_timeout(ui.STOP_RELEASE_S * 1000)  # and no session turns up later
+        assert ui.live_sessions(events_app.url, "slow") == []
 
 
 # --- re-rendering -------------------------------------------------------------------------------
@@ -322,12 +306,12 @@ def test_a_re_rendered_component_ends_its_session_and_starts_afresh(
             timeout=PAGE_LOAD_TIMEOUT_S * 1000,
         )
         # the removed one ended everything it started: its session, its camera
-        assert released(events_app.url, "async"), live_sessions(events_app.url, "async")
+        assert ui.released(events_app.url, "async"), ui.live_sessions(events_app.url, "async")
         assert page.evaluate("() => window.__rtcPeerConnections[0].connectionState") == "closed"
         # one registration per rendered component, the stream's entry is the new one
         assert page.evaluate("() => window.__rtcpool.mounted.length") == mounted
         assert page.evaluate("() => window.__rtcpool.streams['async'].session()") is None
-        assert page.evaluate(STATE_JS, "#async") == "idle"
+        assert ui.state(page, "#async") == "idle"
         start(page, "#async")
         page.screenshot(path=str(artifacts / "events-rerendered.png"))
         stop(page, "#async")
@@ -360,10 +344,10 @@ def test_a_refusal_arriving_after_stop_leaves_the_newer_session_alone(
         page.click("#sync .rtc-button")
         page.wait_for_function("() => typeof window.__releaseRefusal === 'function'")
         page.click("#sync .rtc-button")  # Stop, the refusal still on its way
-        assert page.evaluate(STATE_JS, "#sync") == "stopped"
+        assert ui.state(page, "#sync") == "stopped"
         start(page, "#sync")  # a newer session
         page.evaluate("() => window.__releaseRefusal()")
         page.wait_for_timeout(1000)  # the refusal's handlers have run
-        assert page.evaluate(STATE_JS, "#sync") == "streaming", page.evaluate(STATUS_JS, "#sync")
-        assert "server full" not in page.evaluate(STATUS_JS, "#sync")
+        assert ui.state(page, "#sync") == "streaming", ui.status(page, "#sync")
+        assert "server full" not in ui.status(page, "#sync")
         stop(page, "#sync")

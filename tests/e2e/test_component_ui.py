@@ -22,10 +22,8 @@ Screenshots go to artifacts/ui-*.png.
 
 from __future__ import annotations
 
-import base64
 import textwrap
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +32,8 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.e2e.conftest import (
-    App,
-    chromium,
-    face_picture,
-    live_sessions,
-    released,
-    run_app,
-    stop_and_check_released,
-)
+from tests.e2e import page as ui
+from tests.e2e.conftest import App, chromium, face_picture, run_app
 from tests.speech import composed_wav
 
 pytestmark = pytest.mark.browser
@@ -53,7 +44,6 @@ PREVIEW_BORDER_PX = 4  # the preview's 2 px frame, and a pixel of antialiasing, 
 MIRROR_RATIO = 0.7  # a preview is mirrored when it is this much closer to the mirror image
 VIDEO_TIMEOUT_S = 30.0  # processed video shows the handler's effect by then
 METER_TIMEOUT_S = 30.0  # the meter reacts to speech or incoming audio by then
-POLL_S = 0.25
 CHANNEL_SATURATED = 230  # a channel the tint handler set to 255, after VP8
 MIN_SATURATED_SHARE = 0.9  # share of pixels with the tinted channel saturated
 MAX_OTHER_SATURATED_SHARE = 0.5  # the camera picture saturates other channels far less
@@ -191,17 +181,7 @@ if __name__ == "__main__":
     uvicorn.run(app, host=os.environ["GRADIO_SERVER_NAME"], port=int(os.environ["GRADIO_SERVER_PORT"]))
 '''
 
-STATE_JS = "(sel) => document.querySelector(sel + ' .rtc-root').dataset.state"
-STATUS_JS = "(sel) => document.querySelector(sel + ' .rtc-status').textContent"
-HAS_VIDEO_JS = "(sel) => document.querySelector(sel + ' .rtc-remote').videoWidth > 0"
-GRAB_JS = """(selector) => {
-  const video = document.querySelector(selector);
-  const canvas = document.createElement('canvas');
-  canvas.width = video.videoWidth;
-  canvas.height = video.videoHeight;
-  canvas.getContext('2d').drawImage(video, 0, 0);
-  return canvas.toDataURL('image/png');
-}"""
+
 # the meter bar's painted scale, once per animation frame, for `frames` frames
 METER_JS = """async ([sel, frames]) => {
   const fill = document.querySelector(sel + ' .rtc-meter-fill');
@@ -225,25 +205,6 @@ DEVICES_JS = """async (kind) => (await navigator.mediaDevices.enumerateDevices()
   .filter((d) => d.kind === kind).map((d) => [d.deviceId, d.label])"""
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(POLL_S)
-
-
-def grab(page: Any, selector: str) -> np.ndarray:
-    url = page.evaluate(GRAB_JS, selector)
-    return decode_png(base64.b64decode(url.split(",", 1)[1]))
-
-
-def decode_png(data: bytes) -> np.ndarray:
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
 def open_app(page: Any, url: str, components: int = 4) -> None:
     """Go to ``url`` and wait until every component's client has run (it marks its root)."""
     page.goto(url)
@@ -256,26 +217,19 @@ def open_app(page: Any, url: str, components: int = 4) -> None:
 
 def start(page: Any, sel: str) -> None:
     """Click the component's Start and wait until it streams."""
-    page.click(f"{sel} .rtc-button")
-    page.wait_for_function(
-        "(sel) => ['streaming', 'error', 'full'].includes("
-        "document.querySelector(sel + ' .rtc-root').dataset.state)",
-        arg=sel,
-        timeout=STREAM_START_TIMEOUT_S * 1000,
-    )
-    assert page.evaluate(STATE_JS, sel) == "streaming", page.evaluate(STATUS_JS, sel)
+    ui.start(page, sel, STREAM_START_TIMEOUT_S)
 
 
 def stop(page: Any, sel: str) -> None:
     """Click the component's Stop; the server ends that session at once."""
-    stop_and_check_released(page, f"{sel} .rtc-root")
+    ui.stop_and_check_released(page, f"{sel} .rtc-root")
 
 
 def shows(page: Any, sel: str, expected: np.ndarray, other: np.ndarray) -> bool:
     """The component's processed video is ``expected`` (closer to it than to ``other``)."""
-    if not page.evaluate(HAS_VIDEO_JS, sel):
+    if not ui.has_video(page, sel):
         return False
-    frame = grab(page, f"{sel} .rtc-remote").astype(int)
+    frame = ui.grab(page, f"{sel} .rtc-remote").astype(int)
     if frame.shape != expected.shape:
         return False
     return bool(np.abs(frame - expected).mean() < 0.5 * np.abs(frame - other).mean())
@@ -284,7 +238,7 @@ def shows(page: Any, sel: str, expected: np.ndarray, other: np.ndarray) -> bool:
 def preview_flip(page: Any, sel: str) -> tuple[float, float]:
     """How far the camera preview, as painted on screen, is from the camera picture and
     from its mirror image (mean absolute difference per channel)."""
-    shot = decode_png(page.locator(f"{sel} .rtc-local").screenshot()).astype(int)
+    shot = ui.decode_png(page.locator(f"{sel} .rtc-local").screenshot()).astype(int)
     inner = shot[PREVIEW_BORDER_PX:-PREVIEW_BORDER_PX, PREVIEW_BORDER_PX:-PREVIEW_BORDER_PX]
     size = (inner.shape[1], inner.shape[0])
     camera = cv2.resize(face_picture(), size, interpolation=cv2.INTER_AREA).astype(int)
@@ -293,9 +247,9 @@ def preview_flip(page: Any, sel: str) -> tuple[float, float]:
 
 def tinted_by(page: Any, sel: str, channel: int) -> bool:
     """The processed video has ``channel`` saturated almost everywhere, the others not."""
-    if not page.evaluate(HAS_VIDEO_JS, sel):
+    if not ui.has_video(page, sel):
         return False
-    frame = grab(page, f"{sel} .rtc-remote")
+    frame = ui.grab(page, f"{sel} .rtc-remote")
     saturated = (frame >= CHANNEL_SATURATED).mean(axis=(0, 1))
     others = [saturated[c] for c in range(3) if c != channel]
     return bool(
@@ -305,9 +259,9 @@ def tinted_by(page: Any, sel: str, channel: int) -> bool:
 
 def clock_std(page: Any, sel: str) -> float | None:
     """Spread of the green channel where fake_device_0 draws its clock (None: no video)."""
-    if not page.evaluate(HAS_VIDEO_JS, sel):
+    if not ui.has_video(page, sel):
         return None
-    frame = grab(page, f"{sel} .rtc-remote")
+    frame = ui.grab(page, f"{sel} .rtc-remote")
     return float(frame[CLOCK_ROWS, CLOCK_COLS, 1].std())
 
 
@@ -341,11 +295,11 @@ def test_two_components_on_one_page_stream_independently(
         start(page, "#invert")
         start(page, "#tint")
         # each shows its own handler's output, at the same time
-        assert wait_for(lambda: shows(page, "#invert", 255 - camera, camera), VIDEO_TIMEOUT_S), (
+        assert ui.wait_for(lambda: shows(page, "#invert", 255 - camera, camera), VIDEO_TIMEOUT_S), (
             "the first component does not show inverted video"
         )
         assert not page.is_visible("#invert .rtc-placeholder"), "the prompt covers the video"
-        assert wait_for(lambda: tinted_by(page, "#tint", 0), VIDEO_TIMEOUT_S), (
+        assert ui.wait_for(lambda: tinted_by(page, "#tint", 0), VIDEO_TIMEOUT_S), (
             "the second component does not show its red-tinted video"
         )
         assert shows(page, "#invert", 255 - camera, camera), "the first stream stopped"
@@ -365,15 +319,15 @@ def test_two_components_on_one_page_stream_independently(
             page.click("#invert .rtc-snapshot")
         saved = artifacts / "ui-snapshot.png"
         download.value.save_as(saved)
-        frame = decode_png(saved.read_bytes()).astype(int)
+        frame = ui.decode_png(saved.read_bytes()).astype(int)
         assert frame.shape == camera.shape
         assert np.abs(frame - (255 - camera)).mean() < 0.5 * np.abs(frame - camera).mean()
         # the tinted component did not ask for one
         assert not page.is_visible("#tint .rtc-snapshot")
 
         stop(page, "#invert")
-        assert page.evaluate(STATE_JS, "#tint") == "streaming", "stopping one stopped the other"
-        assert wait_for(lambda: tinted_by(page, "#tint", 0), VIDEO_TIMEOUT_S)
+        assert ui.state(page, "#tint") == "streaming", "stopping one stopped the other"
+        assert ui.wait_for(lambda: tinted_by(page, "#tint", 0), VIDEO_TIMEOUT_S)
         stop(page, "#tint")
 
 
@@ -387,12 +341,12 @@ def test_two_tabs_each_get_their_own_stream_and_inputs(
         second.get_by_label("Channel").fill("2")  # blue, in the second tab only
         start(first, "#tint")
         start(second, "#tint")
-        assert wait_for(lambda: tinted_by(first, "#tint", 0), VIDEO_TIMEOUT_S), "first tab"
-        assert wait_for(lambda: tinted_by(second, "#tint", 2), VIDEO_TIMEOUT_S), "second tab"
+        assert ui.wait_for(lambda: tinted_by(first, "#tint", 0), VIDEO_TIMEOUT_S), "first tab"
+        assert ui.wait_for(lambda: tinted_by(second, "#tint", 2), VIDEO_TIMEOUT_S), "second tab"
         assert tinted_by(first, "#tint", 0), "the first tab took the second tab's input"
         # the input reaches only its own tab's session, live
         first.get_by_label("Channel").fill("1")
-        assert wait_for(lambda: tinted_by(first, "#tint", 1), VIDEO_TIMEOUT_S)
+        assert ui.wait_for(lambda: tinted_by(first, "#tint", 1), VIDEO_TIMEOUT_S)
         assert tinted_by(second, "#tint", 2)
         second.screenshot(path=str(artifacts / "ui-second-tab.png"))
         stop(first, "#tint")
@@ -423,7 +377,7 @@ def test_level_meter_follows_speech_from_the_microphone(
             rise = next((i for i, v in enumerate(levels) if v >= SPEECH_MIN_LEVEL), None)
             return rise is not None and min(levels[rise:]) <= SILENCE_MAX_LEVEL
 
-        assert wait_for(rose_then_fell, METER_TIMEOUT_S), (
+        assert ui.wait_for(rose_then_fell, METER_TIMEOUT_S), (
             f"the meter did not follow the speech: {[round(v, 2) for v in levels[::10]]}"
         )
         colour = page.evaluate(
@@ -431,7 +385,7 @@ def test_level_meter_follows_speech_from_the_microphone(
         )
         assert colour == "rgb(35, 157, 225)", "pulse_color does not colour the meter"
         # a picture with the bar up (a few frames' reading, then the screenshot at once)
-        wait_for(lambda: meter_levels(page, "#mic", 3)[-1] >= SPEECH_MIN_LEVEL, METER_TIMEOUT_S)
+        ui.wait_for(lambda: meter_levels(page, "#mic", 3)[-1] >= SPEECH_MIN_LEVEL, METER_TIMEOUT_S)
         page.screenshot(path=str(artifacts / "ui-audio-meter.png"))
         stop(page, "#mic")
         assert max(meter_levels(page, "#mic", 2)) == 0, "the meter did not reset on stop"
@@ -456,7 +410,7 @@ def test_level_meter_stays_low_on_silence_and_follows_incoming_audio(
             page.evaluate("() => document.querySelector('#tone .rtc-meter-label').textContent")
             == "incoming audio"
         )
-        heard = wait_for(
+        heard = ui.wait_for(
             lambda: max(meter_levels(page, "#tone")) >= SPEECH_MIN_LEVEL, METER_TIMEOUT_S
         )
         assert heard, f"the meter does not follow the incoming tone: {meter_levels(page, '#tone')}"
@@ -506,7 +460,7 @@ def test_device_lists_are_the_browsers_and_switching_camera_keeps_the_session(
         clock, plain = cameras[0][0], cameras[2][0]
         page.select_option("#invert .rtc-camera", clock)  # picked before Start: used at Start
         start(page, "#invert")
-        shown = wait_for(
+        shown = ui.wait_for(
             lambda: (std := clock_std(page, "#invert")) is not None and std >= CLOCK_MIN_STD,
             VIDEO_TIMEOUT_S,
         )
@@ -516,14 +470,14 @@ def test_device_lists_are_the_browsers_and_switching_camera_keeps_the_session(
         session_id = page.evaluate(f"() => window.__rtcpool.streams['{INVERT}'].session().id")
 
         page.select_option("#invert .rtc-camera", plain)  # while streaming
-        switched = wait_for(
+        switched = ui.wait_for(
             lambda: (std := clock_std(page, "#invert")) is not None and std <= PLAIN_MAX_STD,
             VIDEO_TIMEOUT_S,
         )
         assert switched, f"the processed video did not switch cameras: {clock_std(page, '#invert')}"
         page.screenshot(path=str(artifacts / "ui-device-switch.png"))
         # the same session, peer connection and worker: the track was replaced in place
-        assert page.evaluate(STATE_JS, "#invert") == "streaming"
+        assert ui.state(page, "#invert") == "streaming"
         assert page.evaluate(f"() => window.__rtcpool.streams['{INVERT}'].session().id") == session_id
         assert len(offers) == 1, f"switching cameras renegotiated: {offers}"
         assert page.evaluate("() => window.__rtcPeerConnections.length") == 1
@@ -556,7 +510,7 @@ def test_standalone_page_streams_without_gradio(
         page.wait_for_selector(".rtc-root[data-modality]", timeout=PAGE_LOAD_TIMEOUT_S * 1000)
         assert "/webrtc/ui?stream=stream-0" in page.url
         start(page, "body")
-        assert wait_for(lambda: shows(page, "body", 255 - camera, camera), VIDEO_TIMEOUT_S), (
+        assert ui.wait_for(lambda: shows(page, "body", 255 - camera, camera), VIDEO_TIMEOUT_S), (
             "the standalone page does not show the processed (inverted) video"
         )
         assert page.is_visible(".rtc-timebar"), "the time limit is not shown"
@@ -571,9 +525,9 @@ def test_update_connection_closed_from_the_handler_hangs_the_page_up(playwright_
         page.goto(f"{fastapi_app.url}/webrtc/ui?stream=stream-1")
         page.wait_for_selector(".rtc-root[data-modality]", timeout=PAGE_LOAD_TIMEOUT_S * 1000)
         start(page, "body")
-        closed = wait_for(lambda: page.evaluate(STATE_JS, "body") == "stopped", VIDEO_TIMEOUT_S)
-        status = page.evaluate(STATUS_JS, "body")
+        closed = ui.wait_for(lambda: ui.state(page, "body") == "stopped", VIDEO_TIMEOUT_S)
+        status = ui.status(page, "body")
         assert closed and "the server closed the connection" in status, status
         pcs = page.evaluate("(window.__rtcPeerConnections || []).map(pc => pc.connectionState)")
         assert pcs == [] or "closed" in pcs, pcs
-        assert released(fastapi_app.url, "stream-1"), live_sessions(fastapi_app.url, "stream-1")
+        assert ui.released(fastapi_app.url, "stream-1"), ui.live_sessions(fastapi_app.url, "stream-1")

@@ -1,9 +1,10 @@
 """Every example under examples/ in headless Chromium, one app subprocess each.
 
-Each test starts ``python examples/<name>/app.py`` with its own local Ray (conftest's
-``run_app``), opens it in a Chromium of its own whose fake camera/microphone play what the
-example needs, and checks what a person would: reply audio arrives and is not silence, the
-transcript fills with words that were said, processed video is the filter's (flip, edges,
+Each test gets ``python examples/<name>/app.py`` of its own, joined to the session's Ray
+(conftest's ``run_app``; the next test's app starts while a test runs: ``AppPrefetcher``),
+opens it in a Chromium of its own whose fake camera/microphone play what the example needs,
+and checks what a person would: reply audio arrives and is not silence, the transcript
+fills with words that were said, processed video is the filter's (flip, edges,
 cartoon: compared in pixels with the example's own function), a server-side clip plays and
 ends with its file, a second tab is told the server is full, and Stop stops (the server
 lists the session no more, well before its own timeouts). Each writes a screenshot to
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import base64
 import concurrent.futures
 import json
 import os
@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 import wave
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +31,8 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.e2e.conftest import (
-    REPO,
-    App,
-    chromium_page,
-    face_picture,
-    live_sessions,
-    released,
-    run_app,
-    stop_and_check_released,
-)
+from tests.e2e import page as ui
+from tests.e2e.conftest import REPO, App, AppPrefetcher, chromium_page, face_picture, run_app
 from tests.echo import find_echo
 from tests.speech import composed_wav
 
@@ -49,46 +41,12 @@ pytestmark = pytest.mark.browser
 EXAMPLES = REPO / "examples"
 STREAM_START_TIMEOUT_S = 120.0  # a cold pool may start a worker (which imports Gradio) first
 REPLY_TIMEOUT_S = 40.0  # utterance + pause detection + reply playing, on a slow box
-POLL_S = 0.25
 UTTERANCE = "hello, this is a test of the echo"
 UTTERANCE_WORDS = {"hello", "this", "test", "echo"}  # the utterance's words PocketSphinx may hear
 PAUSE_S = 3.0  # silence after the utterance: ReplyOnPause needs a pause to reply
 LEAD_IN_S = 0.5  # silence before the utterance
 MIN_REPLY_ENERGY = 1e-3  # inbound totalAudioEnergy of an audible reply (a -60 dBFS floor: ~1e-6/s)
 MIN_REPLY_SAMPLES = 48_000  # one second of received audio at 48 kHz
-
-STATE_JS = "() => document.querySelector('.rtc-root').dataset.state"
-STATUS_JS = "() => document.querySelector('.rtc-status').textContent"
-INBOUND_AUDIO_JS = """async () => {
-  const pcs = window.__rtcPeerConnections || [];
-  const pc = pcs[pcs.length - 1];
-  if (!pc || pc.connectionState === 'closed') return null;
-  const stats = await pc.getStats();
-  for (const s of stats.values()) {
-    if (s.type === 'inbound-rtp' && s.kind === 'audio') {
-      return {samples: s.totalSamplesReceived || 0, energy: s.totalAudioEnergy || 0,
-              level: s.audioLevel || 0};
-    }
-  }
-  return {samples: 0, energy: 0, level: 0};
-}"""
-GRAB_JS = """(selector) => {
-  const video = document.querySelector(selector);
-  const canvas = document.createElement('canvas');
-  canvas.width = video.videoWidth;
-  canvas.height = video.videoHeight;
-  canvas.getContext('2d').drawImage(video, 0, 0);
-  return canvas.toDataURL('image/png');
-}"""
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(POLL_S)
 
 
 def start_stream(page: Any, url: str | None, button: str | None = None) -> None:
@@ -100,32 +58,39 @@ def start_stream(page: Any, url: str | None, button: str | None = None) -> None:
         page.click(".rtc-button")
     else:
         page.get_by_role("button", name=button, exact=True).click()
-    page.wait_for_function(
-        "() => ['streaming', 'error', 'full'].includes(document.querySelector('.rtc-root').dataset.state)",
-        timeout=STREAM_START_TIMEOUT_S * 1000,
-    )
-    assert page.evaluate(STATE_JS) == "streaming", page.evaluate(STATUS_JS)
+    ui.wait_streaming(page, timeout=STREAM_START_TIMEOUT_S)
 
 
 def stop_stream(page: Any) -> None:
     """The Stop button stops: the page says so, and the server ends the session at once."""
-    stop_and_check_released(page)
+    ui.stop_and_check_released(page)
 
 
-def grab(page: Any, selector: str) -> np.ndarray:
-    url = page.evaluate(GRAB_JS, selector)
-    png = np.frombuffer(base64.b64decode(url.split(",", 1)[1]), np.uint8)
-    return cv2.cvtColor(cv2.imdecode(png, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+@pytest.fixture(scope="module")
+def examples(request: pytest.FixtureRequest, artifacts: Path, app_ray: str) -> Iterator[AppPrefetcher]:
+    """examples/<name>/app.py served, joined to the session's Ray, one fresh app per test,
+    the next selected test's app starting while a test runs (AppPrefetcher)."""
+    order = [
+        marker.args[0]
+        for item in request.session.items
+        if getattr(item, "module", None) is request.module and (marker := item.get_closest_marker("example"))
+    ]
+    prefetcher = AppPrefetcher(
+        order, lambda name: run_app(EXAMPLES / name / "app.py", artifacts / f"example-{name}.log", ray_address=app_ray)
+    )
+    try:
+        yield prefetcher
+    finally:
+        prefetcher.close()
 
 
 @pytest.fixture
-def app_of(artifacts: Path, app_ray: str) -> Callable[[str], Any]:
-    """``with app_of(name) as app:`` -- examples/<name>/app.py served, joined to the session's Ray."""
-
-    def run(name: str) -> Any:
-        return run_app(EXAMPLES / name / "app.py", artifacts / f"example-{name}.log", ray_address=app_ray)
-
-    return run
+def app(request: pytest.FixtureRequest, examples: AppPrefetcher) -> Iterator[App]:
+    """The app of the test's ``@pytest.mark.example(name)``, serving; stopped after the test."""
+    marker = request.node.get_closest_marker("example")
+    assert marker is not None, "a test of an example app names it: @pytest.mark.example(name)"
+    with examples.app(marker.args[0]) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
@@ -155,18 +120,16 @@ def chunkable_words() -> Path:
 # --- 1. ReplyOnPause echo ---------------------------------------------------------------------
 
 
+@pytest.mark.example("reply_on_pause_echo")
 def test_reply_on_pause_echo_plays_the_utterance_back(
-    playwright_driver: Any, speech_then_pause: Path, artifacts: Path, app_of: Callable[[str], Any]
+    playwright_driver: Any, speech_then_pause: Path, artifacts: Path, app: App
 ) -> None:
-    with (
-        app_of("reply_on_pause_echo") as app,
-        chromium_page(playwright_driver, microphone=speech_then_pause) as page,
-    ):
+    with chromium_page(playwright_driver, microphone=speech_then_pause) as page:
         start_stream(page, app.url)
-        audio = lambda: page.evaluate(INBOUND_AUDIO_JS)  # noqa: E731
+        audio = lambda: ui.inbound_audio(page)  # noqa: E731
         # audible, and a whole second of it: the counters are read while the reply plays, so
         # the first audible reading may come a fraction of a second into it (CI-found)
-        heard = wait_for(
+        heard = ui.wait_for(
             lambda: (a := audio()) and a["energy"] >= MIN_REPLY_ENERGY and a["samples"] >= MIN_REPLY_SAMPLES and a,
             REPLY_TIMEOUT_S,
         )
@@ -214,22 +177,20 @@ BOT_MESSAGES_JS = """() => Array.from(document.querySelectorAll('[data-testid="b
   .map(e => e.textContent.trim()).filter(t => t)"""
 
 
+@pytest.mark.example("transcript_outputs")
 def test_transcript_outputs_fill_the_chatbot(
-    playwright_driver: Any, speech_then_pause: Path, artifacts: Path, app_of: Callable[[str], Any]
+    playwright_driver: Any, speech_then_pause: Path, artifacts: Path, app: App
 ) -> None:
-    with (
-        app_of("transcript_outputs") as app,
-        chromium_page(playwright_driver, microphone=speech_then_pause) as page,
-    ):
+    with chromium_page(playwright_driver, microphone=speech_then_pause) as page:
         start_stream(page, app.url)
-        said = wait_for(lambda: page.evaluate(BOT_MESSAGES_JS), REPLY_TIMEOUT_S)
+        said = ui.wait_for(lambda: page.evaluate(BOT_MESSAGES_JS), REPLY_TIMEOUT_S)
         assert said, f"the transcript stayed empty for {REPLY_TIMEOUT_S} s\n{app.log_tail()}"
         # recognised words of the utterance, not the example's "(no words recognised ...)".
         # The fake microphone plays from getUserMedia on, before the stream is up, so the
         # first utterance the handler hears may be its tail (CI: "and so little"); the file
         # loops, and a whole one follows within a loop.
         heard = lambda: [m for m in page.evaluate(BOT_MESSAGES_JS) if words(m) & UTTERANCE_WORDS]  # noqa: E731
-        recognised = wait_for(heard, 2 * wav_seconds(speech_then_pause))
+        recognised = ui.wait_for(heard, 2 * wav_seconds(speech_then_pause))
         said = page.evaluate(BOT_MESSAGES_JS)
         page.screenshot(path=str(artifacts / "example-transcript_outputs.png"))
         print("transcript:", said)
@@ -257,17 +218,15 @@ def agent_speech() -> Path:
     return composed_wav([LEAD_IN_S, AGENT_UTTERANCE, PAUSE_S])
 
 
+@pytest.mark.example("talk_back")
 def test_talk_back_agent_answers_the_browser_and_a_websocket_with_what_it_heard(
-    playwright_driver: Any, agent_speech: Path, artifacts: Path, app_of: Callable[[str], Any]
+    playwright_driver: Any, agent_speech: Path, artifacts: Path, app: App
 ) -> None:
-    with (
-        app_of("talk_back") as app,
-        chromium_page(playwright_driver, microphone=agent_speech) as page,
-    ):
+    with chromium_page(playwright_driver, microphone=agent_speech) as page:
         start_stream(page, app.url)
         # the microphone loops the file and may start mid-utterance: wait for a whole one
         answered = lambda: [m for m in page.evaluate(BOT_MESSAGES_JS) if m.startswith("I heard") and len(words(m) & AGENT_WORDS) >= 2]  # noqa: E731
-        said = wait_for(answered, REPLY_TIMEOUT_S + 2 * wav_seconds(agent_speech))
+        said = ui.wait_for(answered, REPLY_TIMEOUT_S + 2 * wav_seconds(agent_speech))
         page.screenshot(path=str(artifacts / "example-talk_back.png"))
         assert said, f"no answer with the words of {AGENT_UTTERANCE!r}: {page.evaluate(BOT_MESSAGES_JS)}\n{app.log_tail()}"
         heard = wait_audible(page, app)  # and the answer was spoken
@@ -311,8 +270,8 @@ AUDIBLE_JS_TIMEOUT_S = 40.0
 
 def wait_audible(page: Any, app: App, timeout: float = AUDIBLE_JS_TIMEOUT_S) -> dict[str, float]:
     """Wait until the page has received audible audio; return its inbound-rtp counters."""
-    audio = lambda: page.evaluate(INBOUND_AUDIO_JS)  # noqa: E731
-    heard = wait_for(lambda: (a := audio()) and a["energy"] >= MIN_REPLY_ENERGY and a, timeout)
+    audio = lambda: ui.inbound_audio(page)  # noqa: E731
+    heard = ui.wait_for(lambda: (a := audio()) and a["energy"] >= MIN_REPLY_ENERGY and a, timeout)
     assert heard, f"no audible audio within {timeout} s: {audio()}\n{app.log_tail()}"
     return heard
 
@@ -321,14 +280,12 @@ QUEUED_TIMEOUT_S = 30.0  # the second tab's offer is answered with its place in 
 ADMIT_TIMEOUT_S = 30.0  # the freed slot takes the second tab by then
 
 
+@pytest.mark.example("stream_handler_echo")
 def test_stream_handler_echo_echoes_and_a_second_tab_waits_in_line_then_streams(
-    playwright_driver: Any, speech_then_pause: Path, artifacts: Path, app_of: Callable[[str], Any]
+    playwright_driver: Any, speech_then_pause: Path, artifacts: Path, app: App
 ) -> None:
     # the example's stream has Gradio's default concurrency_limit: one session at a time
-    with (
-        app_of("stream_handler_echo") as app,
-        chromium_page(playwright_driver, microphone=speech_then_pause) as page,
-    ):
+    with chromium_page(playwright_driver, microphone=speech_then_pause) as page:
         start_stream(page, app.url)
         wait_audible(page, app)
         page.screenshot(path=str(artifacts / "example-stream_handler_echo.png"))
@@ -341,37 +298,36 @@ def test_stream_handler_echo_echoes_and_a_second_tab_waits_in_line_then_streams(
             "() => document.querySelector('.rtc-root').dataset.state === 'queued'",
             timeout=QUEUED_TIMEOUT_S * 1000,
         )
-        status = second.evaluate(STATUS_JS)
+        status = ui.status(second)
         # Gradio's words: place/length, then seconds waited and (once a session length is
         # known: no time limit here) the ETA
         assert re.fullmatch(r"queue: 1/1 \| \d+\.\d(/\d+\.\d)?s", status), status
         second.screenshot(path=str(artifacts / "example-stream_handler_echo-queued.png"))
-        assert page.evaluate(STATE_JS) == "streaming", "the waiting tab stopped the first one"
+        assert ui.state(page) == "streaming", "the waiting tab stopped the first one"
 
         # Stop frees the only slot: the second tab streams by itself, no click (so the
         # stream keeps one live session: the second tab's; its start is the release)
         page.locator(".rtc-button").click()
-        assert page.evaluate(STATE_JS) == "stopped"
-        assert wait_for(lambda: second.evaluate(STATE_JS) == "streaming", ADMIT_TIMEOUT_S), second.evaluate(STATUS_JS)
+        assert ui.state(page) == "stopped"
+        assert ui.wait_for(lambda: ui.state(second) == "streaming", ADMIT_TIMEOUT_S), ui.status(second)
         stop_stream(second)
 
 
-def test_reply_on_stopwords_replies_after_computer(playwright_driver: Any, artifacts: Path, app_of: Callable[[str], Any]) -> None:
+@pytest.mark.example("reply_on_stopwords")
+def test_reply_on_stopwords_replies_after_computer(playwright_driver: Any, artifacts: Path, app: App) -> None:
     wav = composed_wav([0.5, "computer, what is the weather like today", PAUSE_S])
-    with (
-        app_of("reply_on_stopwords") as app,
-        chromium_page(playwright_driver, microphone=wav) as page,
-    ):
+    with chromium_page(playwright_driver, microphone=wav) as page:
         start_stream(page, app.url)
-        turns = wait_for(lambda: page.evaluate(BOT_MESSAGES_JS), REPLY_TIMEOUT_S)
+        turns = ui.wait_for(lambda: page.evaluate(BOT_MESSAGES_JS), REPLY_TIMEOUT_S)
         assert turns and "after 'computer'" in turns[0], f"{turns}\n{app.log_tail()}"
         wait_audible(page, app)
         page.screenshot(path=str(artifacts / "example-reply_on_stopwords.png"))
         stop_stream(page)
 
 
-def test_server_audio_plays_the_file_then_ends(playwright_driver: Any, artifacts: Path, app_of: Callable[[str], Any]) -> None:
-    with app_of("server_audio") as app, chromium_page(playwright_driver) as page:
+@pytest.mark.example("server_audio")
+def test_server_audio_plays_the_file_then_ends(playwright_driver: Any, artifacts: Path, app: App) -> None:
+    with chromium_page(playwright_driver) as page:
         start_stream(page, app.url, button="Generate")  # the seed's trigger=button.click
         heard = wait_audible(page, app)
         page.screenshot(path=str(artifacts / "example-server_audio.png"))
@@ -380,7 +336,7 @@ def test_server_audio_plays_the_file_then_ends(playwright_driver: Any, artifacts
             "() => document.querySelector('.rtc-root').dataset.state !== 'streaming'",
             timeout=40_000,
         )
-        assert page.evaluate(STATE_JS) == "stopped", page.evaluate(STATUS_JS)
+        assert ui.state(page) == "stopped", ui.status(page)
         assert heard["samples"] > 0
 
 
@@ -389,15 +345,16 @@ CLIP_S = 8.0  # examples/server_video writes an 8 s clip
 CLIP_END_TIMEOUT_S = CLIP_S + 40.0  # playing it through, on a slow box
 
 
+@pytest.mark.example("server_video")
 def test_server_video_plays_the_clip_in_true_colour_and_ends_with_the_file(
-    playwright_driver: Any, artifacts: Path, app_of: Callable[[str], Any]
+    playwright_driver: Any, artifacts: Path, app: App
 ) -> None:
-    with app_of("server_video") as app, chromium_page(playwright_driver) as page:
+    with chromium_page(playwright_driver) as page:
         start_stream(page, app.url)
         page.wait_for_function(
             "() => document.querySelector('.rtc-remote').videoWidth > 0", timeout=30_000
         )
-        frame = grab(page, ".rtc-remote")
+        frame = ui.grab(page)
         r, g, b = (frame[..., i].astype(int) for i in range(3))
         red = int(((r > 180) & (g < 90) & (b < 90)).sum())
         blue = int(((b > 180) & (g < 90) & (r < 90)).sum())
@@ -410,16 +367,16 @@ def test_server_video_plays_the_clip_in_true_colour_and_ends_with_the_file(
             "() => document.querySelector('.rtc-root').dataset.state !== 'streaming'",
             timeout=CLIP_END_TIMEOUT_S * 1000,
         )
-        assert page.evaluate(STATE_JS) == "stopped", page.evaluate(STATUS_JS)
-        assert not page.evaluate(PAGE_ERRORS_JS), page.evaluate(PAGE_ERRORS_JS)
-        assert released(app.url), live_sessions(app.url)
+        assert ui.state(page) == "stopped", ui.status(page)
+        assert not ui.errors(page), ui.errors(page)
+        assert ui.released(app.url), ui.live_sessions(app.url)
 
 
 def shows_flipped(page: Any, camera: np.ndarray) -> bool:
     """The processed video is the camera picture upside down (closer to it than to the raw)."""
     if not page.evaluate("() => document.querySelector('.rtc-remote').videoWidth > 0"):
         return False
-    shown = grab(page, ".rtc-remote").astype(int)
+    shown = ui.grab(page).astype(int)
     if shown.shape != camera.shape:
         return False
     return bool(np.abs(shown - camera[::-1]).mean() < 0.5 * np.abs(shown - camera).mean())
@@ -447,31 +404,29 @@ def closest(shown: np.ndarray, candidates: dict[str, np.ndarray]) -> tuple[str, 
 CARTOON_MARGIN = 0.7  # the cartoon shown is this much nearer its expected picture than any other
 
 
+@pytest.mark.example("webcam_filters")
 def test_webcam_filters_flip_then_edges_then_cartoon_live(
-    playwright_driver: Any, face_y4m: Path, artifacts: Path, app_of: Callable[[str], Any]
+    playwright_driver: Any, face_y4m: Path, artifacts: Path, app: App
 ) -> None:
     camera = face_picture().astype(int)
-    with (
-        app_of("webcam_filters") as app,
-        chromium_page(playwright_driver, camera=face_y4m) as page,
-    ):
+    with chromium_page(playwright_driver, camera=face_y4m) as page:
         start_stream(page, app.url)
         page.wait_for_function(
             "() => document.querySelector('.rtc-remote').videoWidth > 0", timeout=30_000
         )
 
-        assert wait_for(lambda: shows_flipped(page, camera), 20.0), (
+        assert ui.wait_for(lambda: shows_flipped(page, camera), 20.0), (
             "the processed video is not the camera upside down"
         )
         page.get_by_label("edges").check()
 
         def edges() -> bool:
-            shown = grab(page, ".rtc-remote")
+            shown = ui.grab(page)
             gray = shown.mean(axis=2)
             # Canny: black almost everywhere, a few percent of white edge pixels
             return gray.mean() < 40 and 0.005 < (gray > 128).mean() < 0.3
 
-        assert wait_for(edges, 20.0), "switching the Radio to 'edges' did not change the stream"
+        assert ui.wait_for(edges, 20.0), "switching the Radio to 'edges' did not change the stream"
         page.screenshot(path=str(artifacts / "example-webcam_filters.png"))
 
         # cartoon: the example's own filter run here on the camera picture is what shows,
@@ -487,35 +442,31 @@ def test_webcam_filters_flip_then_edges_then_cartoon_live(
         seen: list[tuple[str, float]] = []
 
         def cartoon() -> bool:
-            seen.append(closest(grab(page, ".rtc-remote"), candidates))
+            seen.append(closest(ui.grab(page), candidates))
             return seen[-1][0] == "cartoon" and seen[-1][1] < CARTOON_MARGIN
 
-        assert wait_for(cartoon, 20.0), f"the stream does not show the cartoon filter: {seen[-3:]}"
+        assert ui.wait_for(cartoon, 20.0), f"the stream does not show the cartoon filter: {seen[-3:]}"
         page.screenshot(path=str(artifacts / "example-webcam_filters-cartoon.png"))
         stop_stream(page)
 
 
+@pytest.mark.example("unified_image")
 def test_unified_image_shows_the_filtered_webcam_in_place(
-    playwright_driver: Any, face_y4m: Path, artifacts: Path, app_of: Callable[[str], Any]
+    playwright_driver: Any, face_y4m: Path, artifacts: Path, app: App
 ) -> None:
     camera = face_picture().astype(int)
-    with (
-        app_of("unified_image") as app,
-        chromium_page(playwright_driver, camera=face_y4m) as page,
-    ):
+    with chromium_page(playwright_driver, camera=face_y4m) as page:
         start_stream(page, app.url)
-        assert wait_for(lambda: shows_flipped(page, camera), 30.0), app.log_tail()
+        assert ui.wait_for(lambda: shows_flipped(page, camera), 30.0), app.log_tail()
         page.screenshot(path=str(artifacts / "example-unified_image.png"))
         stop_stream(page)
 
 
+@pytest.mark.example("async_stream_handler")
 def test_async_stream_handler_parrots_after_the_key_is_entered(
-    playwright_driver: Any, speech_then_pause: Path, artifacts: Path, app_of: Callable[[str], Any]
+    playwright_driver: Any, speech_then_pause: Path, artifacts: Path, app: App
 ) -> None:
-    with (
-        app_of("async_stream_handler") as app,
-        chromium_page(playwright_driver, microphone=speech_then_pause) as page,
-    ):
+    with chromium_page(playwright_driver, microphone=speech_then_pause) as page:
         page.goto(app.url)
         assert not page.is_visible(".rtc-button"), "the stream shows before a key is entered"
         page.get_by_label("API Key").fill("any-key")
@@ -527,20 +478,15 @@ def test_async_stream_handler_parrots_after_the_key_is_entered(
         stop_stream(page)
 
 
-PAGE_ERRORS_JS = (
-    "() => Array.from(document.querySelectorAll('.rtc-messages .error')).map(e => e.textContent)"
-)
 STATE_STREAM_S = 10.0  # the example's time_limit
 TRANSCRIPT_SETTLE_S = 3.0  # after the stream ends, for the last outputs to reach the page
 
 
+@pytest.mark.example("state_transcription")
 def test_state_transcription_fills_the_textbox(
-    playwright_driver: Any, chunkable_words: Path, artifacts: Path, app_of: Callable[[str], Any]
+    playwright_driver: Any, chunkable_words: Path, artifacts: Path, app: App
 ) -> None:
-    with (
-        app_of("state_transcription") as app,
-        chromium_page(playwright_driver, microphone=chunkable_words) as page,
-    ):
+    with chromium_page(playwright_driver, microphone=chunkable_words) as page:
         start_stream(page, app.url)
         box = page.get_by_label("Transcript")
         seen: list[str] = []  # every value the Textbox showed, in order
@@ -549,14 +495,14 @@ def test_state_transcription_fills_the_textbox(
             text = box.input_value()
             if not seen or text != seen[-1]:
                 seen.append(text)
-            return page.evaluate(STATE_JS) != "streaming"
+            return ui.state(page) != "streaming"
 
-        wait_for(watch, STATE_STREAM_S + REPLY_TIMEOUT_S)  # the time limit ends the stream
+        ui.wait_for(watch, STATE_STREAM_S + REPLY_TIMEOUT_S)  # the time limit ends the stream
         time.sleep(TRANSCRIPT_SETTLE_S)
         watch()
         page.screenshot(path=str(artifacts / "example-state_transcription.png"))
         print("transcripts:", seen)
-        errors = page.evaluate(PAGE_ERRORS_JS)
+        errors = ui.errors(page)
         assert not errors, f"the handler raised: {errors}\n{app.log_tail()}"
         assert words(seen[-1]) & set(CHUNKED_WORDS), f"no word of {CHUNKED_WORDS} in {seen}\n{app.log_tail()}"
         # the function returns transcript + next_text and the worker feeds it back: the text

@@ -17,7 +17,6 @@ Screenshots go to artifacts/mp-*.png.
 
 from __future__ import annotations
 
-import base64
 import os
 import signal
 import textwrap
@@ -27,20 +26,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pytest
 
 from runtime import constants as C
-from tests.e2e.conftest import (
-    App,
-    chromium,
-    face_picture,
-    live_sessions,
-    run_app,
-    stop_and_check_released,
-    wait_for,
-)
+from tests.e2e import page as ui
+from tests.e2e.conftest import App, chromium, face_picture, run_app
 
 pytestmark = pytest.mark.browser
 
@@ -80,25 +71,10 @@ if __name__ == "__main__":
 '''
 
 SEL = "#invert"
-STATE_JS = "() => document.querySelector('#invert .rtc-root').dataset.state"
-STATUS_JS = "() => document.querySelector('#invert .rtc-status').textContent"
-MESSAGES_JS = "() => Array.from(document.querySelectorAll('#invert .rtc-messages li')).map((li) => li.textContent)"
-HAS_VIDEO_JS = "() => document.querySelector('#invert .rtc-remote').videoWidth > 0"
-GRAB_JS = """() => {
-  const video = document.querySelector('#invert .rtc-remote');
-  const canvas = document.createElement('canvas');
-  canvas.width = video.videoWidth;
-  canvas.height = video.videoHeight;
-  canvas.getContext('2d').drawImage(video, 0, 0);
-  return canvas.toDataURL('image/png');
-}"""
+
+
 # frames the processed video paints, counted by the browser itself
-COUNT_FRAMES_JS = """() => {
-  const video = document.querySelector('#invert .rtc-remote');
-  window.mpFrames = 0;
-  const tick = () => { window.mpFrames += 1; video.requestVideoFrameCallback(tick); };
-  video.requestVideoFrameCallback(tick);
-}"""
+
 # the states the newest peer connection goes through, with the time (s) since this ran
 WATCH_PC_JS = """() => {
   const pc = window.__rtcPeerConnections[window.__rtcPeerConnections.length - 1];
@@ -145,19 +121,13 @@ def media_pids(namespace: str) -> set[int]:
     return {m["pid"] for m in scheduler_status(namespace)["media"] if not m["in_app"]}
 
 
-def grab(page: Any) -> np.ndarray:
-    url = page.evaluate(GRAB_JS)
-    png = np.frombuffer(base64.b64decode(url.split(",", 1)[1]), np.uint8)
-    return cv2.cvtColor(cv2.imdecode(png, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-
-
 def inverted(page: Any) -> bool:
     """The processed video is the camera's picture inverted (closer to it than to the
     picture itself, by far)."""
-    if not page.evaluate(HAS_VIDEO_JS):
+    if not ui.has_video(page, SEL):
         return False
     camera = face_picture().astype(int)
-    frame = grab(page).astype(int)
+    frame = ui.grab(page, f"{SEL} .rtc-remote").astype(int)
     if frame.shape != camera.shape:
         return False
     return bool(np.abs(frame - (255 - camera)).mean() < 0.5 * np.abs(frame - camera).mean())
@@ -172,18 +142,13 @@ def open_app(page: Any, url: str) -> None:
 
 
 def start(page: Any) -> None:
-    page.click(f"{SEL} .rtc-button")
-    page.wait_for_function(
-        "() => ['streaming', 'error', 'full'].includes(document.querySelector('#invert .rtc-root').dataset.state)",
-        timeout=STREAM_START_TIMEOUT_S * 1000,
-    )
-    assert page.evaluate(STATE_JS) == "streaming", page.evaluate(STATUS_JS)
+    ui.start(page, SEL, STREAM_START_TIMEOUT_S)
 
 
 def test_two_tabs_on_two_media_processes_and_a_killed_one_ends_only_its_tab(
     playwright_driver: Any, mp_app: App, face_y4m: Path, artifacts: Path, namespace: str
 ) -> None:
-    pids = wait_for(lambda: len(media_pids(namespace)) == 2 and media_pids(namespace), 30)
+    pids = ui.wait_for(lambda: len(media_pids(namespace)) == 2 and media_pids(namespace), 30)
     assert pids, (
         f"the app did not start two media processes: {scheduler_status(namespace)['media']}"
     )
@@ -196,16 +161,16 @@ def test_two_tabs_on_two_media_processes_and_a_killed_one_ends_only_its_tab(
 
         # tab 1, then tab 2: each session is placed on the least-loaded media process
         start(first)
-        assert wait_for(lambda: inverted(first), VIDEO_TIMEOUT_S), (
+        assert ui.wait_for(lambda: inverted(first), VIDEO_TIMEOUT_S), (
             "tab 1 does not show inverted video"
         )
-        [row] = live_sessions(mp_app.url, STREAM_ID)
+        [row] = ui.live_sessions(mp_app.url, STREAM_ID)
         victim = row["media_pid"]
         start(second)
-        assert wait_for(lambda: inverted(second), VIDEO_TIMEOUT_S), (
+        assert ui.wait_for(lambda: inverted(second), VIDEO_TIMEOUT_S), (
             "tab 2 does not show inverted video"
         )
-        on = sorted(s["media_pid"] for s in live_sessions(mp_app.url, STREAM_ID))
+        on = sorted(s["media_pid"] for s in ui.live_sessions(mp_app.url, STREAM_ID))
         assert on == sorted(pids), (
             f"the two sessions are not on the two media processes: {on}, {pids}"
         )
@@ -213,32 +178,32 @@ def test_two_tabs_on_two_media_processes_and_a_killed_one_ends_only_its_tab(
         first.screenshot(path=str(artifacts / "mp-tab1-streaming.png"))
         second.screenshot(path=str(artifacts / "mp-tab2-streaming.png"))
 
-        second.evaluate(COUNT_FRAMES_JS)
+        ui.count_frames(second, SEL, "mpFrames")
         first.evaluate(WATCH_PC_JS)
         os.kill(victim, signal.SIGKILL)
         killed_at = time.monotonic()
 
         # tab 1's page says its session ended, by itself: the dead process tells it nothing
-        ended = wait_for(lambda: first.evaluate(STATE_JS) != "streaming", PAGE_ENDS_S)
+        ended = ui.wait_for(lambda: ui.state(first, SEL) != "streaming", PAGE_ENDS_S)
         ended_after = time.monotonic() - killed_at
         assert ended and ended_after < PAGE_ENDS_S, (
-            f"tab 1 still says {first.evaluate(STATUS_JS)!r} {ended_after:.1f} s after the kill; "
+            f"tab 1 still says {ui.status(first, SEL)!r} {ended_after:.1f} s after the kill; "
             f"its peer connection went through {first.evaluate('window.mpStates')}"
         )
-        assert first.evaluate(STATE_JS) == "error", first.evaluate(STATUS_JS)
-        status = first.evaluate(STATUS_JS)
+        assert ui.state(first, SEL) == "error", ui.status(first, SEL)
+        status = ui.status(first, SEL)
         assert status == "error — lost the connection to the server", status
-        assert "error: lost the connection to the server" in first.evaluate(MESSAGES_JS)
+        assert "error: lost the connection to the server" in ui.messages(first, SEL)
         pcs = first.evaluate("(window.__rtcPeerConnections || []).map(pc => pc.connectionState)")
         assert pcs[-1] == "closed", pcs
-        assert not first.evaluate(HAS_VIDEO_JS), "the ended session's video is still shown"
+        assert not ui.has_video(first, SEL), "the ended session's video is still shown"
         first.screenshot(path=str(artifacts / "mp-tab1-ended.png"))
 
         # the slot of the dead process's session is back (the scheduler's doing)
-        assert wait_for(lambda: leases(namespace) == 1, SLOT_BACK_S), (
+        assert ui.wait_for(lambda: leases(namespace) == 1, SLOT_BACK_S), (
             f"{leases(namespace)} leases {SLOT_BACK_S} s after the kill"
         )
-        assert [s["media_pid"] for s in live_sessions(mp_app.url, STREAM_ID)] == [
+        assert [s["media_pid"] for s in ui.live_sessions(mp_app.url, STREAM_ID)] == [
             p for p in pids if p != victim
         ]
 
@@ -249,18 +214,18 @@ def test_two_tabs_on_two_media_processes_and_a_killed_one_ends_only_its_tab(
         assert painted >= MIN_FRAMES_ON, (
             f"tab 2 painted {painted} frames in {STREAMING_ON_S} s after the kill"
         )
-        assert second.evaluate(STATE_JS) == "streaming", second.evaluate(STATUS_JS)
+        assert ui.state(second, SEL) == "streaming", ui.status(second, SEL)
         assert inverted(second), "tab 2 no longer shows inverted video"
         second.screenshot(path=str(artifacts / "mp-tab2-after-kill.png"))
 
         # the dead process is replaced, and tab 1 streams again on a fresh Start
-        replaced = wait_for(
+        replaced = ui.wait_for(
             lambda: len(now := media_pids(namespace)) == 2 and victim not in now and now, REPLACED_S
         )
         assert replaced, f"the media process was not replaced: {media_pids(namespace)}"
         start(first)
-        assert wait_for(lambda: inverted(first), VIDEO_TIMEOUT_S), "tab 1 does not stream again"
-        assert sorted(s["media_pid"] for s in live_sessions(mp_app.url, STREAM_ID)) == sorted(
+        assert ui.wait_for(lambda: inverted(first), VIDEO_TIMEOUT_S), "tab 1 does not stream again"
+        assert sorted(s["media_pid"] for s in ui.live_sessions(mp_app.url, STREAM_ID)) == sorted(
             replaced
         )
         first.screenshot(path=str(artifacts / "mp-tab1-again.png"))
@@ -268,6 +233,6 @@ def test_two_tabs_on_two_media_processes_and_a_killed_one_ends_only_its_tab(
             f"tab 1 showed the end {ended_after:.1f} s after the kill; media {pids} -> {replaced}"
         )
 
-        stop_and_check_released(first, f"{SEL} .rtc-root")
-        stop_and_check_released(second, f"{SEL} .rtc-root")
-    assert wait_for(lambda: leases(namespace) == 0, SLOT_BACK_S)
+        ui.stop_and_check_released(first, f"{SEL} .rtc-root")
+        ui.stop_and_check_released(second, f"{SEL} .rtc-root")
+    assert ui.wait_for(lambda: leases(namespace) == 0, SLOT_BACK_S)

@@ -22,7 +22,6 @@ Screenshots go to artifacts/queue-*.png.
 
 from __future__ import annotations
 
-import base64
 import re
 import textwrap
 import time
@@ -30,20 +29,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pytest
 
-from tests.e2e.conftest import (
-    App,
-    chromium,
-    face_picture,
-    live_sessions,
-    released,
-    run_app,
-    stop_and_check_released,
-    wait_for,
-)
+from tests.e2e import page as ui
+from tests.e2e.conftest import App, chromium, face_picture, run_app
 
 pytestmark = pytest.mark.browser
 
@@ -124,20 +114,11 @@ if __name__ == "__main__":
     uvicorn.run(app, host=os.environ["GRADIO_SERVER_NAME"], port=int(os.environ["GRADIO_SERVER_PORT"]))
 '''
 
-STATE_JS = "() => document.querySelector('.rtc-root').dataset.state"
-STATUS_JS = "() => document.querySelector('.rtc-status').textContent"
+
 BUTTON_JS = "() => document.querySelector('.rtc-button-label').textContent"
 PREVIEW_LIVE_JS = "() => document.querySelector('.rtc-local').classList.contains('live')"
-HAS_VIDEO_JS = "() => document.querySelector('.rtc-remote').videoWidth > 0"
-PC_STATES_JS = "() => (window.__rtcPeerConnections || []).map((pc) => [pc.signalingState, pc.connectionState])"
-GRAB_JS = """() => {
-  const video = document.querySelector('.rtc-remote');
-  const canvas = document.createElement('canvas');
-  canvas.width = video.videoWidth;
-  canvas.height = video.videoHeight;
-  canvas.getContext('2d').drawImage(video, 0, 0);
-  return canvas.toDataURL('image/png');
-}"""
+
+
 # The page's own clock (Date.now(): one system clock for every tab) at each state change of
 # the component, and when the processed video first has a picture to paint
 WATCH_JS = """() => {
@@ -198,17 +179,12 @@ def open_tab(ctx: Any, url: str) -> Any:
 
 
 def start_streaming(page: Any) -> None:
-    page.click(".rtc-button")
-    page.wait_for_function(
-        "() => ['streaming', 'error', 'full'].includes(document.querySelector('.rtc-root').dataset.state)",
-        timeout=STREAM_START_TIMEOUT_S * 1000,
-    )
-    assert page.evaluate(STATE_JS) == "streaming", page.evaluate(STATUS_JS)
+    ui.start(page, timeout=STREAM_START_TIMEOUT_S)
 
 
 def queue_line(page: Any) -> tuple[int, int, float, float | None] | None:
     """(position, size, seconds waited, wait expected from joining or None) from the status."""
-    m = QUEUE_LINE.fullmatch(page.evaluate(STATUS_JS))
+    m = QUEUE_LINE.fullmatch(ui.status(page))
     if m is None:
         return None
     eta = float(m[4]) if m[4] is not None else None
@@ -222,9 +198,9 @@ def join_queue(page: Any) -> tuple[int, int, float, float | None]:
         "() => ['queued', 'streaming', 'error', 'full'].includes(document.querySelector('.rtc-root').dataset.state)",
         timeout=QUEUED_TIMEOUT_S * 1000,
     )
-    assert page.evaluate(STATE_JS) == "queued", page.evaluate(STATUS_JS)
+    assert ui.state(page) == "queued", ui.status(page)
     line = queue_line(page)
-    assert line is not None, page.evaluate(STATUS_JS)
+    assert line is not None, ui.status(page)
     assert page.evaluate(BUTTON_JS) == "Stop"
     assert page.evaluate(PREVIEW_LIVE_JS), "the camera preview is off while waiting"
     return line
@@ -237,17 +213,15 @@ def in_line(page: Any, position: int, size: int, timeout: float) -> bool:
         line = queue_line(page)
         return line is not None and line[:2] == (position, size)
 
-    return bool(wait_for(shows, timeout, interval=0.05))
+    return bool(ui.wait_for(shows, timeout, interval=0.05))
 
 
 def inverted(page: Any, camera: np.ndarray) -> bool:
     """The processed video shows the handler's effect: closer to the inverted camera
     picture than to the picture itself."""
-    if not page.evaluate(HAS_VIDEO_JS):
+    if not ui.has_video(page):
         return False
-    url = page.evaluate(GRAB_JS)
-    png = np.frombuffer(base64.b64decode(url.split(",", 1)[1]), np.uint8)
-    frame = cv2.cvtColor(cv2.imdecode(png, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB).astype(int)
+    frame = ui.grab(page).astype(int)
     if frame.shape != camera.shape:
         return False
     return bool(np.abs(frame - (255 - camera)).mean() < 0.5 * np.abs(frame - camera).mean())
@@ -256,8 +230,8 @@ def inverted(page: Any, camera: np.ndarray) -> bool:
 def not_on_server(page: Any, url: str) -> None:
     """A waiting tab has sent nothing to the server: no session of its id, no answer."""
     webrtc_id = page.evaluate("() => document.querySelector('.rtc-root').dataset.webrtcId")
-    assert webrtc_id not in {s.get("webrtc_id") for s in live_sessions(url, STREAM_ID)}
-    assert page.evaluate(PC_STATES_JS) == [["have-local-offer", "new"]], page.evaluate(PC_STATES_JS)
+    assert webrtc_id not in {s.get("webrtc_id") for s in ui.live_sessions(url, STREAM_ID)}
+    assert ui.pc_states(page) == [["have-local-offer", "new"]], ui.pc_states(page)
 
 
 def record(artifacts: Path, line: str) -> None:
@@ -273,34 +247,34 @@ def test_queue_shows_place_and_eta_and_admits_by_itself_after_stop(
     camera = face_picture().astype(int)
     first = open_tab(tabs, queue_app.url)
     start_streaming(first)
-    assert wait_for(lambda: inverted(first, camera), VIDEO_TIMEOUT_S), "tab 1 shows no inverted video"
+    assert ui.wait_for(lambda: inverted(first, camera), VIDEO_TIMEOUT_S), "tab 1 shows no inverted video"
 
     # tab 2: the stream is full, it waits in line, first of one, with an ETA from the start
     second = open_tab(tabs, queue_app.url)
     position, size, waited, eta = join_queue(second)
-    assert (position, size) == (1, 1), second.evaluate(STATUS_JS)
-    assert eta is not None, f"no ETA although the stream has a time limit: {second.evaluate(STATUS_JS)}"
-    assert waited < eta <= waited + TIME_LIMIT_S + ETA_SLACK_S, second.evaluate(STATUS_JS)
+    assert (position, size) == (1, 1), ui.status(second)
+    assert eta is not None, f"no ETA although the stream has a time limit: {ui.status(second)}"
+    assert waited < eta <= waited + TIME_LIMIT_S + ETA_SLACK_S, ui.status(second)
     second.wait_for_timeout(CLOCK_RUNS_S * 1000)
     later = queue_line(second)
     assert later is not None and later[2] >= waited + CLOCK_MIN_ADVANCE_S, (waited, later)
     not_on_server(second, queue_app.url)
-    assert len(live_sessions(queue_app.url, STREAM_ID)) == 1
+    assert len(ui.live_sessions(queue_app.url, STREAM_ID)) == 1
     second.screenshot(path=str(artifacts / "queue-second-waiting.png"))
 
     # tab 3 joins behind it; tab 2 sees the line grow
     third = open_tab(tabs, queue_app.url)
     position, size, _, eta3 = join_queue(third)
-    assert (position, size) == (2, 2), third.evaluate(STATUS_JS)
-    assert eta3 is not None, third.evaluate(STATUS_JS)
-    assert in_line(second, 1, 2, CLOSED_TAB_GONE_S), second.evaluate(STATUS_JS)
+    assert (position, size) == (2, 2), ui.status(third)
+    assert eta3 is not None, ui.status(third)
+    assert in_line(second, 1, 2, CLOSED_TAB_GONE_S), ui.status(second)
     third.screenshot(path=str(artifacts / "queue-third-waiting.png"))
 
     # tab 3 is closed while it waits: its place is given up, tab 2's line shrinks
     third.close()
     closed_at = time.monotonic()
     assert in_line(second, 1, 1, CLOSED_TAB_GONE_S), (
-        f"tab 2 still reads {second.evaluate(STATUS_JS)!r} {CLOSED_TAB_GONE_S} s after tab 3 closed"
+        f"tab 2 still reads {ui.status(second)!r} {CLOSED_TAB_GONE_S} s after tab 3 closed"
     )
     record(artifacts, f"closed tab -> tab 2 reads 1/1: {time.monotonic() - closed_at:.2f} s (test-side)")
 
@@ -310,11 +284,11 @@ def test_queue_shows_place_and_eta_and_admits_by_itself_after_stop(
     stopped_at = first.evaluate("() => Date.now()")
     stopped_mono = time.monotonic()
     first.click(".rtc-button")
-    assert first.evaluate(STATE_JS) == "stopped", first.evaluate(STATUS_JS)
-    picture = wait_for(lambda: second.evaluate("() => window.__firstPicture"), ADMIT_WAIT_S, interval=0.02)
+    assert ui.state(first) == "stopped", ui.status(first)
+    picture = ui.wait_for(lambda: second.evaluate("() => window.__firstPicture"), ADMIT_WAIT_S, interval=0.02)
     seen_mono = time.monotonic()
     states = second.evaluate("() => window.__states")
-    assert picture, f"tab 2 never showed video after tab 1's Stop: {states}, {second.evaluate(STATUS_JS)!r}"
+    assert picture, f"tab 2 never showed video after tab 1's Stop: {states}, {ui.status(second)!r}"
     # the Stop is the click reaching tab 1 (before it, Playwright's own checks: see MARK_CLICK_JS)
     clicked = first.evaluate("() => window.__clickedAt")
     marks = ", ".join(f"{state} +{(at - clicked) / 1000:.2f} s" for state, at in states[1:])
@@ -325,13 +299,13 @@ def test_queue_shows_place_and_eta_and_admits_by_itself_after_stop(
         f"{(picture - stopped_at) / 1000:.2f} s (from before the test's click), "
         f"{seen_mono - stopped_mono:.2f} s (test-side); tab 2's states: {marks}",
     )
-    assert second.evaluate(STATE_JS) == "streaming", second.evaluate(STATUS_JS)
-    assert wait_for(lambda: inverted(second, camera), VIDEO_TIMEOUT_S), "tab 2 shows no inverted video"
+    assert ui.state(second) == "streaming", ui.status(second)
+    assert ui.wait_for(lambda: inverted(second, camera), VIDEO_TIMEOUT_S), "tab 2 shows no inverted video"
     assert took <= ADMIT_AFTER_STOP_S, f"tab 2 streamed {took:.2f} s after tab 1's Stop ({marks})"
-    assert released(queue_app.url, STREAM_ID, left=1), live_sessions(queue_app.url, STREAM_ID)
-    assert "s left" in second.evaluate(STATUS_JS), second.evaluate(STATUS_JS)
+    assert ui.released(queue_app.url, STREAM_ID, left=1), ui.live_sessions(queue_app.url, STREAM_ID)
+    assert "s left" in ui.status(second), ui.status(second)
     second.screenshot(path=str(artifacts / "queue-second-streaming.png"))
-    stop_and_check_released(second)
+    ui.stop_and_check_released(second)
 
 
 def test_stop_while_queued_gives_the_place_up_at_once(tabs: Any, queue_app: App, artifacts: Path) -> None:
@@ -339,8 +313,8 @@ def test_stop_while_queued_gives_the_place_up_at_once(tabs: Any, queue_app: App,
     first = open_tab(tabs, queue_app.url)
     start_streaming(first)
     second, third = open_tab(tabs, queue_app.url), open_tab(tabs, queue_app.url)
-    assert join_queue(second)[:2] == (1, 1), second.evaluate(STATUS_JS)
-    assert join_queue(third)[:2] == (2, 2), third.evaluate(STATUS_JS)
+    assert join_queue(second)[:2] == (1, 1), ui.status(second)
+    assert join_queue(third)[:2] == (2, 2), ui.status(third)
 
     # tab 2 presses Stop while waiting: idle again, and tab 3 moves up at once
     third.evaluate(WATCH_LINE_JS, "queue: 1/1 ")
@@ -348,11 +322,11 @@ def test_stop_while_queued_gives_the_place_up_at_once(tabs: Any, queue_app: App,
     left_at = time.monotonic()
     clicked_at = second.evaluate("() => Date.now()")
     second.click(".rtc-button")
-    assert second.evaluate(STATE_JS) == "idle", second.evaluate(STATUS_JS)
+    assert ui.state(second) == "idle", ui.status(second)
     assert second.evaluate(BUTTON_JS) == "Start"
     assert not second.evaluate(PREVIEW_LIVE_JS), "the camera is still on after leaving the queue"
     assert in_line(third, 1, 1, MOVE_UP_S), (
-        f"tab 3 still reads {third.evaluate(STATUS_JS)!r} {MOVE_UP_S} s after tab 2 left the queue"
+        f"tab 3 still reads {ui.status(third)!r} {MOVE_UP_S} s after tab 2 left the queue"
     )
     moved_at = third.evaluate("() => window.__lineAt")
     record(
@@ -365,11 +339,11 @@ def test_stop_while_queued_gives_the_place_up_at_once(tabs: Any, queue_app: App,
 
     # the slot goes to tab 3, never to the tab that left
     first.click(".rtc-button")
-    assert wait_for(lambda: third.evaluate(STATE_JS) == "streaming", ADMIT_WAIT_S), third.evaluate(STATUS_JS)
-    assert wait_for(lambda: inverted(third, camera), VIDEO_TIMEOUT_S), "tab 3 shows no inverted video"
-    assert second.evaluate(STATE_JS) == "idle", second.evaluate(STATUS_JS)
-    assert second.evaluate(PC_STATES_JS) == [["closed", "closed"]], second.evaluate(PC_STATES_JS)
-    stop_and_check_released(third)
+    assert ui.wait_for(lambda: ui.state(third) == "streaming", ADMIT_WAIT_S), ui.status(third)
+    assert ui.wait_for(lambda: inverted(third, camera), VIDEO_TIMEOUT_S), "tab 3 shows no inverted video"
+    assert ui.state(second) == "idle", ui.status(second)
+    assert ui.pc_states(second) == [["closed", "closed"]], ui.pc_states(second)
+    ui.stop_and_check_released(third)
 
 
 @pytest.fixture(scope="module")
@@ -387,10 +361,10 @@ def test_standalone_page_queues_and_admits_by_itself(tabs: Any, standalone_app: 
     start_streaming(first)
     second = open_tab(tabs, page_url)
     position, size, _, eta = join_queue(second)
-    assert (position, size) == (1, 1) and eta is not None, second.evaluate(STATUS_JS)
+    assert (position, size) == (1, 1) and eta is not None, ui.status(second)
     not_on_server(second, standalone_app.url)
     second.screenshot(path=str(artifacts / "queue-standalone-waiting.png"))
     first.click(".rtc-button")
-    assert wait_for(lambda: second.evaluate(STATE_JS) == "streaming", ADMIT_WAIT_S), second.evaluate(STATUS_JS)
-    assert wait_for(lambda: inverted(second, camera), VIDEO_TIMEOUT_S), "tab 2 shows no inverted video"
-    stop_and_check_released(second)
+    assert ui.wait_for(lambda: ui.state(second) == "streaming", ADMIT_WAIT_S), ui.status(second)
+    assert ui.wait_for(lambda: inverted(second, camera), VIDEO_TIMEOUT_S), "tab 2 shows no inverted video"
+    ui.stop_and_check_released(second)
