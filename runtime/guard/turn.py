@@ -105,3 +105,5 @@ __all__ = [
     "get_turn_credentials",
     "get_twilio_turn_credentials",
 ]
+
+TURN_API = ["get_hf_turn_credentials", "get_turn_credentials", "get_twilio_turn_credentials"]  # exported with the handler API
