@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 # module level: FastAPI reads the routes' annotations from this module's globals
 from fastapi import WebSocket
 
-from runtime.errors import ErrorCode, Refused
+from runtime.errors import EndReason, ErrorCode, Refused
 from runtime.front.api import GatewayAPI
 from runtime.front.statuses import CLOSE_NORMAL, LineLeft, close_code
 from runtime.front.twilio import CALL_TOKEN_PARAM, TELEPHONE_HANDLER_ROUTE, TELEPHONE_INCOMING_ROUTE
@@ -141,7 +141,7 @@ class SocketClient:
             await self._open(start)
             if self.session is not None:
                 await self._stream()
-                reason = self.session.end_reason or reason
+                reason = self.session.end_detail or reason
         except Refused as ref:
             code, reason = close_code(ref), ref.error
             with contextlib.suppress(Exception):
@@ -302,7 +302,7 @@ class SocketClient:
                     return
                 msg = reader.result()
                 if msg is None:
-                    await session.aclose("websocket closed by the client")
+                    await session.aclose(EndReason.OTHER, "websocket closed by the client")
                     return
                 await self._on_message(session, msg)
         finally:
@@ -334,7 +334,7 @@ class SocketClient:
                 return
             session.receive_media(audio)
         elif event == "stop":
-            await session.aclose("the client stopped the stream")
+            await session.aclose(EndReason.OTHER, "the client stopped the stream")
         elif event == "ping":
             await self.send_json({"event": "pong"})
         elif event in ("mark", "dtmf", "connected") and self.phone:
@@ -348,7 +348,7 @@ class SocketClient:
         session = self.session
         if session is not None:
             if not session.closed:
-                await session.aclose("websocket route ended")
+                await session.aclose(EndReason.OTHER, "websocket route ended")
             await session.flush(CLOSE_FLUSH_S)
         with contextlib.suppress(Exception):
             await self.ws.close(

@@ -29,7 +29,7 @@ from typing import Any
 from runtime import constants as C
 from runtime.config import Config
 from runtime.control.leases import LeaseGrant, LeaseQueued
-from runtime.errors import ErrorCode, Refused
+from runtime.errors import EndReason, ErrorCode, Refused
 from runtime.guard.limits import AddressLimits, Admission, check_candidate_address, client_key
 from runtime.media.half_open import HalfOpen
 from runtime.media.heartbeat import Heartbeat
@@ -137,7 +137,7 @@ class MediaEngine:
             except WorkerGone:
                 raise
             except Exception as exc:
-                await session.aclose(f"offer failed: {exc}")
+                await session.aclose(EndReason.OFFER_FAILED, f"offer failed: {exc}")
                 raise Refused(ErrorCode.BAD_SDP, f"the offer could not be answered: {exc}") from exc
             return {"sdp": answer.sdp, "type": answer.type}
 
@@ -248,7 +248,7 @@ class MediaEngine:
                 answer = await begin(session)
             except WorkerGone as exc:
                 log.warning("session %s: %s", webrtc_id, exc)
-                await session.aclose("worker unavailable")
+                await session.aclose(EndReason.WORKER_UNAVAILABLE, "worker unavailable")
                 if attempt == 0:
                     continue
                 raise Refused(ErrorCode.WORKER_UNAVAILABLE, str(exc)) from exc
@@ -392,7 +392,7 @@ class MediaEngine:
         while webrtc_id in self.sessions:
             session = self.sessions[webrtc_id]
             if session is not None:
-                session.close_soon("the client hung up")
+                session.close_soon(EndReason.CLIENT_CLOSED, "the client hung up")
                 return
             if loop.time() > deadline:
                 # left to the session's connect timeout
@@ -433,7 +433,7 @@ class MediaEngine:
     async def _end_drained(session: Session) -> None:
         session.send_client("end_stream", {"reason": "server_draining"})
         await asyncio.sleep(C.END_STREAM_GRACE_S)  # the message goes out before the close
-        await session.aclose("the server is draining")
+        await session.aclose(EndReason.DRAINING, "the server is draining")
 
     def drain_now(self) -> None:
         """End a drain's wait at once (a second SIGTERM, or SIGINT)."""
@@ -481,7 +481,7 @@ class MediaEngine:
     async def session_ended(self, session: Session) -> None:
         key = self.keys.get(session.webrtc_id, "")
         if session.has_peer and session.lease_id:
-            self.counters.session_ended(session.stats(), session.end_reason)
+            self.counters.session_ended(session.stats(), session.end_reason or EndReason.OTHER)
         if session.admission is not None:
             session.admission.ended()
         if self.sessions.get(session.webrtc_id) is session:
@@ -510,7 +510,7 @@ class MediaEngine:
         self._sampler = None
         self.half_open.cancel()
         sessions = [s for s in self.sessions.values() if s is not None]
-        await asyncio.gather(*(s.aclose("gateway shutting down") for s in sessions), return_exceptions=True)
+        await asyncio.gather(*(s.aclose(EndReason.SHUTDOWN, "gateway shutting down") for s in sessions), return_exceptions=True)
         await self._heartbeat.aclose()  # before forget_gateway: see Heartbeat.aclose
         if self.scheduler is not None:
             try:
