@@ -10,8 +10,6 @@ included) closes with 4410 (:class:`LineLeft`).
 
 from __future__ import annotations
 
-from typing import Any
-
 from runtime.errors import ErrorCode as E
 from runtime.errors import Refused
 
@@ -108,11 +106,6 @@ def close_code(err: Refused) -> int:
     if isinstance(err, LineLeft):
         return CLOSE_REFUSED_BASE + GONE
     return CLOSE_CODE.get(err.code) or CLOSE_REFUSED_BASE + http_status(err)
-
-
-def ws_body(err: Refused) -> dict[str, Any]:
-    """What a WebSocket client is told before the close."""
-    return err.body()
 
 
 __all__ = ["HTTP_STATUS", "CLOSE_CODE", "LineLeft", "http_status", "http_headers", "close_code"]
