@@ -13,7 +13,8 @@ from typing import Any
 import anyio.to_thread
 import gradio as gr
 
-from runtime.errors import HTTPError
+from runtime.errors import Refused
+from runtime.front.statuses import http_status
 from runtime.media.engine import split_handle
 from workers.link.wire import OUTPUTS_STREAM
 
@@ -41,7 +42,7 @@ def stream_outputs_fetcher(gateway: Any, count: int) -> Callable[..., Any]:
             return gr.skip()  # not streaming (yet)
         try:
             got = await gateway.anext_output(webrtc_id, key, OUTPUTS_STREAM)
-        except HTTPError as err:
+        except Refused as err:
             refused(webrtc_id, err)
             return gr.skip()
         if got is None:
@@ -58,7 +59,7 @@ def additional_outputs_fetcher(gateway: Any, fn: Callable[..., Any]) -> Callable
         webrtc_id, key = split_handle(handle)
         try:
             got = await gateway.anext_output(webrtc_id, key) if webrtc_id else None
-        except HTTPError as err:
+        except Refused as err:
             refused(webrtc_id, err)
             return gr.skip()
         if got is None:
@@ -91,14 +92,14 @@ def args_pusher(gateway: Any) -> Callable[..., Any]:
             return  # not streaming (yet): the worker starts with the inputs' initial values
         try:
             await gateway.aset_args(webrtc_id, key, list(values))
-        except HTTPError as err:
+        except Refused as err:
             refused(webrtc_id, err)
 
     return push_webrtc_args
 
 
-def refused(webrtc_id: str, err: HTTPError) -> None:
+def refused(webrtc_id: str, err: Refused) -> None:
     # 404: the session ended (or never started) while the event was on its way; 403: a
     # value that is not this session's handle (a forged request), worth a line
-    if err.status == 403:
+    if http_status(err) == 403:
         log.warning("component event for session %r refused: %s", webrtc_id[:40], err.error)

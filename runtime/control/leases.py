@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from runtime.errors import ErrorCode
+
 
 @dataclass(frozen=True)
 class LeaseGrant:
@@ -31,7 +33,7 @@ class LeaseDenied:
     duplicate_webrtc_id, no_node_fits, no_worker, expired)."""
 
     ok: ClassVar[bool] = False
-    error: str
+    error: ErrorCode
     message: str = ""
     limit: int | None = None
     retry_after: int | None = None

@@ -21,6 +21,7 @@ from runtime.control import waiting_room as wr
 from runtime.control.leases import LeaseDenied, LeaseQueued
 from runtime.control.pools import Leases, Pool, Pools, PoolSpec
 from runtime.control.waiting_room import QueueRefused, QueueView, Ticket, TicketState
+from runtime.errors import ErrorCode
 
 log = logging.getLogger("rtcpool.scheduler")
 
@@ -43,7 +44,7 @@ class Lines:
             t.session_id == session_id and t.event_id == pool.spec.event_id for t in self.tickets.values()
         ):
             # one directory for the deployment: a webrtc_id names one session everywhere
-            return LeaseDenied("duplicate_webrtc_id", f"a session {session_id!r} is already active")
+            return LeaseDenied(ErrorCode.DUPLICATE_WEBRTC_ID, f"a session {session_id!r} is already active")
         room = pool.room
         full = self.taken(pool) >= pool.capacity
         if not full and not room.waiting:
@@ -53,7 +54,7 @@ class Lines:
             if limit is None and not room.waiting:
                 return None  # unlimited, no line: the offer waits for a worker, as before queues
             why = f"at most {pool.capacity} session(s) at once" + (f", {len(room)} waiting" if room.waiting else "")
-            return LeaseDenied("concurrency_limit_reached", why, pool.capacity, C.RETRY_AFTER_S, len(room))
+            return LeaseDenied(ErrorCode.CONCURRENCY_LIMIT_REACHED, why, pool.capacity, C.RETRY_AFTER_S, len(room))
         try:
             ticket = room.join(pool.spec.event_id, session_id, client, now)
         except QueueRefused as exc:
@@ -70,8 +71,8 @@ class Lines:
         if ticket is None or ticket.event_id != pool.spec.event_id or ticket.session_id != session_id:
             left = self.tombstones.get(secret)
             if left is not None and left[0].event_id == pool.spec.event_id and left[0].session_id == session_id:
-                return LeaseDenied("queue_ticket_gone", left[0].message or f"the ticket left the queue ({left[0].reason})")
-            return LeaseDenied("queue_ticket_gone", "no such queue ticket for this session")
+                return LeaseDenied(ErrorCode.QUEUE_TICKET_GONE, left[0].message or f"the ticket left the queue ({left[0].reason})")
+            return LeaseDenied(ErrorCode.QUEUE_TICKET_GONE, "no such queue ticket for this session")
         ticket.seen_at = now
         if ticket.state == TicketState.WAITING:
             view = self._views(pool)[secret]

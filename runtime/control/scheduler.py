@@ -92,6 +92,7 @@ from runtime.control.pools import (
     reason,
 )
 from runtime.control.waiting_room import QueueView, Ticket
+from runtime.errors import ErrorCode
 
 __all__ = ["EventSpec", "PoolSpec", "Scheduler", "SchedulerActor", "get_scheduler"]
 
@@ -219,7 +220,7 @@ class Scheduler:
         client's address key, for the per-address bound on tickets ("" exempt)."""
         pool = self.pools.get(event_id)
         if pool is None:
-            return LeaseDenied("unknown_stream", f"no stream event {event_id!r}")
+            return LeaseDenied(ErrorCode.UNKNOWN_STREAM, f"no stream event {event_id!r}")
         now = time.monotonic()
         self.gateways[gateway_id] = now
         pool.attach(gateway_id)
@@ -246,10 +247,10 @@ class Scheduler:
                 worker = await self.pools.take_worker(pool, node_id)
             except Unplaceable as exc:
                 self._unlease(pool, lease)
-                return LeaseDenied("no_node_fits", str(exc))
+                return LeaseDenied(ErrorCode.NO_NODE_FITS, str(exc))
             except Exception as exc:
                 self._unlease(pool, lease)
-                return LeaseDenied("no_worker", str(exc))
+                return LeaseDenied(ErrorCode.NO_WORKER, str(exc))
             # the worker learns the lease's token over Ray before anyone else does; it takes
             # exactly one session with it. Busy meanwhile: a worker counted nowhere would let
             # a concurrent offer start one too many.
@@ -264,11 +265,11 @@ class Scheduler:
                 self.pools.return_worker(pool, worker, healthy=False)
                 if attempt == ARM_ATTEMPTS - 1:
                     self._unlease(pool, lease)
-                    return LeaseDenied("no_worker", f"no worker took a session token: {reason(exc)}")
+                    return LeaseDenied(ErrorCode.NO_WORKER, f"no worker took a session token: {reason(exc)}")
         if lease.lease_id not in self.leases:  # reclaimed while waiting (gateway expired)
             if pool.busy.pop(lease.lease_id, None) is not None:  # not already given back
                 self.pools.return_worker(pool, worker, healthy=True)
-            return LeaseDenied("expired", "lease expired while waiting")
+            return LeaseDenied(ErrorCode.EXPIRED, "lease expired while waiting")
         lease.worker = worker
         self.pools.top_up(pool)
         return LeaseGrant(

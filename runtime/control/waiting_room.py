@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime import constants as C
+from runtime.errors import ErrorCode
 
 SESSION_SAMPLES = 20  # ended sessions' lengths the ETA averages
 TICKET_BYTES = 24  # a ticket's secret: 192 random bits (base64url: 32 characters)
@@ -99,7 +100,7 @@ class QueueView:
 class QueueRefused(Exception):
     """The line does not take this client: ``reason`` is queue_full or too_many_queued."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: ErrorCode, message: str) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
@@ -126,9 +127,9 @@ class WaitingRoom:
     def join(self, event_id: str, session_id: str, client: str, now: float) -> Ticket:
         """A new ticket at the end of the line, or QueueRefused."""
         if self.max_size is not None and len(self.waiting) >= self.max_size:
-            raise QueueRefused("queue_full", f"the queue is full ({len(self.waiting)} waiting, at most {self.max_size})")
+            raise QueueRefused(ErrorCode.QUEUE_FULL, f"the queue is full ({len(self.waiting)} waiting, at most {self.max_size})")
         if client and sum(1 for t in self.waiting.values() if t.client == client) >= self.max_per_client:
-            raise QueueRefused("too_many_queued", f"this address already waits {self.max_per_client} time(s) for this stream")
+            raise QueueRefused(ErrorCode.TOO_MANY_QUEUED, f"this address already waits {self.max_per_client} time(s) for this stream")
         ticket = Ticket(secrets.token_urlsafe(TICKET_BYTES), event_id, session_id, client, now, now)
         self.waiting[ticket.secret] = ticket
         return ticket

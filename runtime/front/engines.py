@@ -9,8 +9,8 @@ that engine as the front sees it:
   gateways of a cluster reach its sessions (runtime/media/inbox.py);
 * :class:`RemoteEngine` -- a Ray actor answering :class:`runtime.media.media_process.EngineCalls`:
   one of this front's media processes, or a media process (or inbox) of another gateway.
-  Its answers come back as plain values (a :class:`Refusal` for an HTTPError), and a dead
-  or silent actor becomes the HTTPError the routes answer with.
+  Its answers come back as plain values (a :class:`runtime.errors.Refused` among them), and
+  a dead or silent actor becomes the Refused the routes answer with.
 
 The front finds the handle (:meth:`runtime.front.gateway.Gateway.engine_for`) and makes one
 call on it; nothing else asks which kind it has.
@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from runtime import constants as C
-from runtime.errors import HTTPError, Refusal
+from runtime.errors import ErrorCode, Refused
 from runtime.media.engine import MediaEngine
 from workers.link.wire import OUTPUTS_ADDITIONAL
 
@@ -39,7 +39,7 @@ Outputs = AsyncIterator[list[Any] | None]
 
 class EngineHandle(Protocol):
     """The per-session calls of the engine that holds a session. Each takes the session's
-    ``key`` (the answer's session_key), checked by that engine; each raises HTTPError as
+    ``key`` (the answer's session_key), checked by that engine; each raises Refused as
     the routes answer it (404 unknown, 403 wrong key, ...)."""
 
     async def offer(
@@ -150,20 +150,20 @@ class LocalEngine:
 
 
 async def forward(ref: Any, timeout: float = FORWARD_TIMEOUT_S) -> Any:
-    """A forwarded call's answer; a dead or silent actor as the HTTPError the route answers."""
+    """A forwarded call's answer; a dead or silent actor as the Refused the route answers."""
     from ray.exceptions import ActorDiedError
 
     try:
         return await asyncio.wait_for(ref, timeout)
     except ActorDiedError as exc:
-        raise HTTPError(404, "unknown_webrtc_id", "the session's media process has ended") from exc
+        raise Refused(ErrorCode.UNKNOWN_WEBRTC_ID, "the session's media process has ended") from exc
     except TimeoutError as exc:
-        raise HTTPError(504, "media_timeout", f"the session's media process did not answer within {timeout:.0f} s") from exc
+        raise Refused(ErrorCode.MEDIA_TIMEOUT, f"the session's media process did not answer within {timeout:.0f} s") from exc
 
 
 def raise_refusal(result: Any) -> None:
-    if isinstance(result, Refusal):
-        raise result.error_()
+    if isinstance(result, Refused):
+        raise result
 
 
 class RemoteEngine:
@@ -209,7 +209,7 @@ class RemoteEngine:
                         return
                     if not got:
                         yield None
-            except HTTPError:
+            except Refused:
                 return  # its media process ended: so did the session
             finally:
                 with contextlib.suppress(Exception):

@@ -32,7 +32,7 @@ from typing import Any
 from runtime import constants as C
 from runtime.config import Config, load_config
 from runtime.control.scheduler import get_scheduler
-from runtime.errors import HTTPError
+from runtime.errors import ErrorCode, Refused
 from runtime.front import streams
 from runtime.front.engines import SSE_KEEPALIVE_S, EngineHandle, LocalEngine, RemoteEngine, forward
 from runtime.front.queue_follower import QueueFollower
@@ -58,7 +58,7 @@ UNBOUNDED_HOLDS = 10**9  # the front's offer-rate limiter holds nothing: the eng
 READY_TIMEOUT_S = 2.0  # /webrtc/ready: the scheduler answers by then, or the gateway is not ready
 DRAIN_MARGIN_S = C.END_STREAM_GRACE_S + C.CLOSE_ACK_TIMEOUT_S + 2 * C.RAY_CALL_TIMEOUT_S  # after a drain's deadline, its sessions' closes
 
-__all__ = ["Gateway", "HTTPError", "MediaSlot", "StreamEvent", "check_stream_options"]
+__all__ = ["Gateway", "Refused", "MediaSlot", "StreamEvent", "check_stream_options"]
 
 
 class Gateway:
@@ -267,7 +267,7 @@ class Gateway:
         if self.auth.mode == "none":
             app = gradio_app_of(request)
             if app is not None and gradio_auth_enabled(app) and await gradio_user(request, app) is None:
-                raise HTTPError(401, "auth_required", "log in to the app first (its Gradio login)")
+                raise Refused(ErrorCode.AUTH_REQUIRED, "log in to the app first (its Gradio login)")
         return grant
 
     def count_offer(self, outcome: str, status: int | None = None) -> None:
@@ -285,7 +285,7 @@ class Gateway:
             await (await self.engine_for(webrtc_id)).candidate(webrtc_id, key, body.get("candidate"))
             return {"status": "success"}
         if kind != "offer":
-            raise HTTPError(400, "bad_request", "'type' must be 'offer' or 'ice-candidate'")
+            raise Refused(ErrorCode.BAD_REQUEST, "'type' must be 'offer' or 'ice-candidate'")
         if self.draining:
             raise draining_error()
         self.offer_rate.admit_offer(client).ended()  # counts against its rate, holds nothing
@@ -293,20 +293,20 @@ class Gateway:
         event = self.pick_event(body.get("stream_id"))
         queue = body.get("queue", True)
         if not isinstance(queue, bool):
-            raise HTTPError(400, "bad_request", "'queue' must be true or false")
+            raise Refused(ErrorCode.BAD_REQUEST, "'queue' must be true or false")
         ticket = body.get("queue_ticket")
         if ticket is not None:
             ticket = check_ticket(ticket)
         claims = grant.claims if grant is not None else None
         if claims is not None and claims.stream_id is not None and claims.stream_id != event.event_id:
-            raise HTTPError(403, "token_wrong_stream", "this join token is for another stream")
+            raise Refused(ErrorCode.TOKEN_WRONG_STREAM, "this join token is for another stream")
         sdp = check_sdp(body.get("sdp"), event, self.config.gateway.max_offer_bytes)
         if not self._started:
             if self.in_app:
                 # reserve the id before Ray's start-up: a second offer with it meanwhile is
                 # a duplicate, and a close for it finds it pending rather than unknown
                 if webrtc_id in self.engine.sessions:
-                    raise HTTPError(409, "duplicate_webrtc_id", f"a session {webrtc_id!r} is already active")
+                    raise Refused(ErrorCode.DUPLICATE_WEBRTC_ID, f"a session {webrtc_id!r} is already active")
                 self.engine.sessions[webrtc_id] = None  # type: ignore[assignment]
                 try:
                     await asyncio.get_running_loop().run_in_executor(None, self.start)
@@ -352,18 +352,17 @@ class Gateway:
         if slot is not None:
             return slot.engine
         if self.scheduler is None:
-            raise HTTPError(404, "unknown_webrtc_id", f"no session {webrtc_id!r}")
+            raise Refused(ErrorCode.UNKNOWN_WEBRTC_ID, f"no session {webrtc_id!r}")
         try:
             found = await asyncio.wait_for(self.scheduler.locate.remote(webrtc_id), C.RAY_CALL_TIMEOUT_S)
         except Exception as exc:
-            raise HTTPError(503, "scheduler_unavailable", f"the session directory did not answer: {exc}") from exc
+            raise Refused(ErrorCode.SCHEDULER_UNAVAILABLE, f"the session directory did not answer: {exc}") from exc
         if found is None or found.gateway_id == self.gateway_id:
-            raise HTTPError(404, "unknown_webrtc_id", f"no session {webrtc_id!r}")
+            raise Refused(ErrorCode.UNKNOWN_WEBRTC_ID, f"no session {webrtc_id!r}")
         if found.media is None:
             # an app process under its own embedded Ray has no inbox; kept for safety
-            raise HTTPError(
-                421,
-                "session_elsewhere",
+            raise Refused(
+                ErrorCode.SESSION_ELSEWHERE,
                 f"session {webrtc_id!r} is held inside another gateway's process, which this one cannot reach",
             )
         return RemoteEngine(found.media)
@@ -376,10 +375,10 @@ class Gateway:
 
     async def anext_output(self, webrtc_id: str, key: Any, kind: str = OUTPUTS_ADDITIONAL) -> list[Any] | None:
         """The oldest outputs of a session not yet fetched (None: none waiting), wherever
-        the session is (see MediaEngine.next_output). HTTPError 404/403 as the routes."""
+        the session is (see MediaEngine.next_output). Refused 404/403 as the routes."""
         try:
             owner = await self.engine_for(webrtc_id)
-        except HTTPError:
+        except Refused:
             return self.engine.next_output(webrtc_id, key, kind)  # an ended session's, kept a while here
         return await owner.next_output(webrtc_id, key, kind)
 
@@ -407,13 +406,13 @@ class Gateway:
         change, None as keep-alive, ending once it is admitted or gone. A stream that closes
         while the client still waits (a closed tab) takes it out of the line."""
         if self.scheduler is None:  # not started: no line has anyone in it
-            raise HTTPError(404, "unknown_queue_ticket", "no such queue ticket")
+            raise Refused(ErrorCode.UNKNOWN_QUEUE_TICKET, "no such queue ticket")
         try:
             first = await self.queue.first_view(secret, webrtc_id)
         except Exception as exc:
-            raise HTTPError(503, "scheduler_unavailable", f"the scheduler did not answer: {exc}") from exc
+            raise Refused(ErrorCode.SCHEDULER_UNAVAILABLE, f"the scheduler did not answer: {exc}") from exc
         if first.get("reason") == "unknown_ticket":
-            raise HTTPError(404, "unknown_queue_ticket", "no such queue ticket for this session")
+            raise Refused(ErrorCode.UNKNOWN_QUEUE_TICKET, "no such queue ticket for this session")
 
         async def stream() -> AsyncGenerator[dict[str, Any] | None, None]:
             last = first
@@ -438,13 +437,13 @@ class Gateway:
 
     async def leave_queue(self, secret: str, webrtc_id: str) -> None:
         if self.scheduler is None:
-            raise HTTPError(404, "unknown_queue_ticket", "no such queue ticket")
+            raise Refused(ErrorCode.UNKNOWN_QUEUE_TICKET, "no such queue ticket")
         try:
             left = await asyncio.wait_for(self.scheduler.leave.remote(secret, webrtc_id), C.RAY_CALL_TIMEOUT_S)
         except Exception as exc:
-            raise HTTPError(503, "scheduler_unavailable", f"the scheduler did not answer: {exc}") from exc
+            raise Refused(ErrorCode.SCHEDULER_UNAVAILABLE, f"the scheduler did not answer: {exc}") from exc
         if not left:
-            raise HTTPError(404, "unknown_queue_ticket", "no such queue ticket for this session (or it already left)")
+            raise Refused(ErrorCode.UNKNOWN_QUEUE_TICKET, "no such queue ticket for this session (or it already left)")
 
     # --- views over every engine ---------------------------------------------------------------
 

@@ -2,9 +2,9 @@
 route function to its gateway.
 
 A route is a module-level ``async def route(gw, request) -> Response``; :func:`endpoint`
-makes it the ``(request) -> Response`` FastAPI calls, answering any HTTPError it raises as
-``{"status": "failed", "meta": {"error", "message", ...}}`` with the error's status and
-headers (:func:`error_response`) -- the one place a refusal becomes a response.
+makes it the ``(request) -> Response`` FastAPI calls, answering any Refused it raises as
+``{"status": "failed", "meta": {"error", "message", ...}}`` with the status and
+headers runtime/front/statuses.py gives its code (:func:`error_response`) -- the one place a refusal becomes a response.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from typing import Any, TypeVar
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from runtime.errors import HTTPError
+from runtime.errors import ErrorCode, Refused
+from runtime.front.statuses import http_headers, http_status
 from runtime.guard import safejson
 
 G = TypeVar("G")
@@ -26,17 +27,17 @@ SESSION_KEY_HEADER = "x-session-key"  # where a GET (the outputs stream) carries
 JSON_CONTENT_TYPE = "application/json"
 
 
-def error_response(err: HTTPError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+def error_response(err: Refused) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=http_status(err), headers=http_headers(err))
 
 
 def endpoint(gw: G, route: Route[G]) -> Callable[[Request], Awaitable[Response]]:
-    """``route`` bound to ``gw``, its HTTPErrors answered by :func:`error_response`."""
+    """``route`` bound to ``gw``, its refusals answered by :func:`error_response`."""
 
     async def call(request: Request) -> Response:
         try:
             return await route(gw, request)
-        except HTTPError as err:
+        except Refused as err:
             return error_response(err)
 
     # FastAPI names the route (and its OpenAPI operation) after the function; not
@@ -51,21 +52,21 @@ async def read_json(request: Any, limit: int) -> dict[str, Any]:
     the one JSON gate (runtime/guard/safejson.py)."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != JSON_CONTENT_TYPE:
-        raise HTTPError(415, "unsupported_media_type", "send the body as application/json")
+        raise Refused(ErrorCode.UNSUPPORTED_MEDIA_TYPE, "send the body as application/json")
     length = request.headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > limit):
-        raise HTTPError(413, "body_too_large", f"the body may be at most {limit} bytes")
+        raise Refused(ErrorCode.BODY_TOO_LARGE, f"the body may be at most {limit} bytes")
     raw = b""
     async for chunk in request.stream():
         raw += chunk
         if len(raw) > limit:
-            raise HTTPError(413, "body_too_large", f"the body may be at most {limit} bytes")
+            raise Refused(ErrorCode.BODY_TOO_LARGE, f"the body may be at most {limit} bytes")
     try:
         body = safejson.loads(raw)
     except safejson.JSONRejected as exc:
-        raise HTTPError(400, exc.reason, exc.message) from None
+        raise Refused(ErrorCode(exc.reason), exc.message) from None
     if not isinstance(body, dict):
-        raise HTTPError(400, "bad_json", "the body must be a JSON object")
+        raise Refused(ErrorCode.BAD_JSON, "the body must be a JSON object")
     return body
 
 

@@ -11,7 +11,7 @@
 * ``GET  /webrtc/health``, ``GET /webrtc/ready``, ``GET /metrics`` -- probes and Prometheus.
 
 :func:`mount_routes` adds them, the standalone page and the WebSocket and phone routes.
-Every refusal is an HTTPError, answered in one place (runtime/front/http_util.py).
+Every refusal is a Refused, answered in one place (runtime/front/http_util.py).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict
 
 from runtime import constants as C
-from runtime.errors import HTTPError
+from runtime.errors import ErrorCode, Refused
 from runtime.front import twilio, websocket_routes
 from runtime.front.api import GatewayAPI
 from runtime.front.http_util import (
@@ -37,6 +37,7 @@ from runtime.front.http_util import (
     session_key,
 )
 from runtime.front.standalone import mount_standalone
+from runtime.front.statuses import http_status
 from runtime.media.engine import check_id
 
 QUEUE_TICKET_HEADER = "x-queue-ticket"  # where the updates stream's GET carries the queue ticket
@@ -76,9 +77,9 @@ class LeaveBody(BaseModel):
 
 def check_ticket(value: Any) -> str:
     if not isinstance(value, str) or not value:
-        raise HTTPError(400, "queue_ticket_required", "send the queue ticket (the 202's queue.ticket)")
+        raise Refused(ErrorCode.QUEUE_TICKET_REQUIRED, "send the queue ticket (the 202's queue.ticket)")
     if len(value) > MAX_TICKET_CHARS or not value.isascii():
-        raise HTTPError(400, "bad_queue_ticket", "that is not a queue ticket")
+        raise Refused(ErrorCode.BAD_QUEUE_TICKET, "that is not a queue ticket")
     return value
 
 
@@ -94,9 +95,9 @@ async def offer(gw: GatewayAPI, request: Request) -> Response:
         candidate = body.get("type") == "ice-candidate"
         client = request.client.host if request.client else None
         result = await gw.handle_offer(body, session_key(request, body), client, grant)
-    except HTTPError as err:
+    except Refused as err:
         if not candidate:
-            gw.count_offer(err.error, err.status)
+            gw.count_offer(err.code, http_status(err))
         raise
     queued = result.get("status") == "queued"
     if not candidate:
@@ -137,7 +138,7 @@ async def set_input(gw: GatewayAPI, request: Request) -> Response:
     await gw.check_access(request)
     body = InputBody.model_validate(await read_json(request, C.MAX_INPUT_BYTES))
     if not isinstance(body.args, list):
-        raise HTTPError(400, "bad_request", "'args' must be a list of the stream's input values")
+        raise Refused(ErrorCode.BAD_REQUEST, "'args' must be a list of the stream's input values")
     await gw.aset_args(check_id(body.webrtc_id), body.key(request), body.args)
     return JSONResponse({"status": "success"})
 
@@ -155,7 +156,7 @@ async def outputs(gw: GatewayAPI, request: Request) -> Response:
     # and access logs keep
     await gw.check_access(request)
     if "session_key" in request.query_params:
-        raise HTTPError(400, "session_key_in_url", "send the session key in the X-Session-Key header or a POST body, not the URL")
+        raise Refused(ErrorCode.SESSION_KEY_IN_URL, "send the session key in the X-Session-Key header or a POST body, not the URL")
     if request.method == "POST":
         body = SessionBody.model_validate(await read_json(request, C.MAX_INPUT_BYTES))
         webrtc_id, key = body.webrtc_id, body.key(request)
@@ -177,7 +178,7 @@ async def queue_updates(gw: GatewayAPI, request: Request) -> Response:
     # the ticket comes in a header, never in the URL (proxies and access logs keep URLs)
     await gw.check_access(request)
     if "ticket" in request.query_params:
-        raise HTTPError(400, "ticket_in_url", "send the queue ticket in the X-Queue-Ticket header, not the URL")
+        raise Refused(ErrorCode.TICKET_IN_URL, "send the queue ticket in the X-Queue-Ticket header, not the URL")
     webrtc_id = check_id(request.query_params.get("webrtc_id"))
     stream = await gw.queue_stream(check_ticket(request.headers.get(QUEUE_TICKET_HEADER)), webrtc_id)
 

@@ -26,7 +26,7 @@ from urllib.parse import quote
 
 from fastapi.responses import HTMLResponse
 
-from runtime.errors import HTTPError
+from runtime.errors import ErrorCode, Refused
 from runtime.front.api import GatewayAPI
 from runtime.front.http_util import error_response
 from runtime.media.engine import StreamEvent
@@ -142,7 +142,7 @@ def mount_standalone(app: Any, gateway: GatewayAPI) -> None:
             return HTMLResponse(index_page(gateway))
         event = gateway.events.get(stream)
         if event is None:
-            return error_response(HTTPError(404, "unknown_stream", f"no stream {stream!r} (GET /webrtc/streams)"))
+            return error_response(Refused(ErrorCode.UNKNOWN_STREAM, f"no stream {stream!r} (GET /webrtc/streams)"))
         return HTMLResponse(stream_page(event, gateway))
 
     app.add_api_route(UI_PATH, ui, methods=["GET"], include_in_schema=False)

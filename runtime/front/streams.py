@@ -8,7 +8,7 @@ from typing import Any
 
 from runtime.config import Config
 from runtime.control.scheduler import EventSpec, PoolSpec
-from runtime.errors import HTTPError
+from runtime.errors import ErrorCode, Refused
 from runtime.media.engine import StreamEvent
 from workers.handlers import StreamHandlerBase, VideoStreamHandler
 from workers.link.shape import Modality, StreamShape
@@ -121,15 +121,15 @@ def event_spec(config: Config, event: StreamEvent) -> EventSpec:
 
 
 def pick_event(events: dict[str, StreamEvent], stream_id: Any) -> StreamEvent:
-    """The stream an offer names (None: the app's only one), or the HTTPError to answer."""
+    """The stream an offer names (None: the app's only one), or the Refused to answer."""
     if stream_id is None:
         if len(events) == 1:
             return next(iter(events.values()))
         if not events:
-            raise HTTPError(404, "no_streams", "this app has no stream events")
-        raise HTTPError(400, "stream_id_required", f"this app has {len(events)} streams: pass 'stream_id' (GET /webrtc/streams)")
+            raise Refused(ErrorCode.NO_STREAMS, "this app has no stream events")
+        raise Refused(ErrorCode.STREAM_ID_REQUIRED, f"this app has {len(events)} streams: pass 'stream_id' (GET /webrtc/streams)")
     if not isinstance(stream_id, str) or stream_id not in events:
-        raise HTTPError(404, "unknown_stream", f"no stream {stream_id!r} (GET /webrtc/streams)")
+        raise Refused(ErrorCode.UNKNOWN_STREAM, f"no stream {stream_id!r} (GET /webrtc/streams)")
     return events[stream_id]
 
 

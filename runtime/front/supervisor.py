@@ -21,7 +21,7 @@ from typing import Any
 
 from runtime import constants as C
 from runtime.config import Config
-from runtime.errors import HTTPError
+from runtime.errors import ErrorCode, Refused
 from runtime.front.engines import RemoteEngine
 from runtime.media.engine import EngineLoad, StreamEvent
 
@@ -175,7 +175,7 @@ class MediaSupervisor:
 
     def least_loaded(self, webrtc_id: str) -> MediaSlot:
         if not self.slots:
-            raise HTTPError(503, "no_media_process", "no media process is running")
+            raise Refused(ErrorCode.NO_MEDIA_PROCESS, "no media process is running")
         slot = min(self.slots, key=MediaSlot.score)
         slot.place(webrtc_id)
         return slot
@@ -191,7 +191,7 @@ class MediaSupervisor:
     ) -> dict[str, Any]:
         """An offer, on the least loaded media process."""
         if webrtc_id in self.placed:
-            raise HTTPError(409, "duplicate_webrtc_id", f"a session {webrtc_id!r} is already active")
+            raise Refused(ErrorCode.DUPLICATE_WEBRTC_ID, f"a session {webrtc_id!r} is already active")
         slot = self.least_loaded(webrtc_id)
         # remembered before the call: a hang-up or a candidate for this offer meanwhile
         # goes to the process answering it

@@ -26,7 +26,7 @@ from xml.etree import ElementTree
 from fastapi import Request
 from fastapi.responses import Response
 
-from runtime.errors import HTTPError
+from runtime.errors import ErrorCode, Refused
 from runtime.front.api import GatewayAPI
 from runtime.front.http_util import endpoint
 
@@ -119,7 +119,7 @@ def stream_url(request: Any, public_url: str | None) -> str:
         return base + TELEPHONE_HANDLER_ROUTE
     host = request.headers.get("host", "")
     if not HOST_RE.fullmatch(host):
-        raise HTTPError(400, "bad_host", "the request's Host header is not a host name")
+        raise Refused(ErrorCode.BAD_HOST, "the request's Host header is not a host name")
     prefix = request.url.path.removesuffix(TELEPHONE_INCOMING_ROUTE)
     return f"wss://{host}{prefix}{TELEPHONE_HANDLER_ROUTE}"
 
@@ -135,8 +135,8 @@ class TelephoneWebhook:
         tc = gw.config.telephone
         body = await request.body()
         if len(body) > MAX_WEBHOOK_BYTES:
-            raise HTTPError(
-                413, "body_too_large", f"the webhook body is over {MAX_WEBHOOK_BYTES} bytes"
+            raise Refused(
+                ErrorCode.BODY_TOO_LARGE, f"the webhook body is over {MAX_WEBHOOK_BYTES} bytes"
             )
         form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
         token = os.environ.get(tc.twilio_auth_token_env, "") if tc.twilio_auth_token_env else ""
@@ -155,9 +155,8 @@ class TelephoneWebhook:
                 else str(request.url)
             )
             if not signature_matches(token, request.headers.get("x-twilio-signature", ""), url, form):
-                raise HTTPError(
-                    403,
-                    "bad_twilio_signature",
+                raise Refused(
+                    ErrorCode.BAD_TWILIO_SIGNATURE,
                     "the request is not signed by Twilio for this URL",
                 )
         stream_id = request.query_params.get(STREAM_PARAM)

@@ -32,8 +32,9 @@ from typing import TYPE_CHECKING, Any
 # module level: FastAPI reads the routes' annotations from this module's globals
 from fastapi import WebSocket
 
-from runtime.errors import HTTPError
+from runtime.errors import EndReason, ErrorCode, Refused
 from runtime.front.api import GatewayAPI
+from runtime.front.statuses import CLOSE_NORMAL, LineLeft, close_code
 from runtime.front.twilio import CALL_TOKEN_PARAM, TELEPHONE_HANDLER_ROUTE, TELEPHONE_INCOMING_ROUTE
 from runtime.guard import safejson
 from runtime.guard.limits import TokenBucket
@@ -57,30 +58,7 @@ MESSAGES_PER_S = 200.0  # 20 ms frames are 50 a second; this leaves room for mar
 MESSAGE_BURST = 400
 CLOSE_FLUSH_S = 1.0  # time for the last messages (end_stream, an error) before the close
 
-CLOSE_NORMAL = 1000
-CLOSE_UNSUPPORTED = 1003  # a binary message: this protocol is JSON text
-CLOSE_POLICY = 1008
-CLOSE_TOO_BIG = 1009
-CLOSE_REFUSED_BASE = 4000  # + the HTTP status the offer route would answer (4429, 4403, ...)
 MAX_CLOSE_REASON_BYTES = 120  # a close frame's reason is at most 123 bytes
-
-
-class Refused(Exception):
-    def __init__(
-        self, code: int, error: str, message: str, meta: dict[str, Any] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.code, self.error, self.message, self.meta = code, error, message, meta or {}
-
-    @classmethod
-    def of(cls, err: HTTPError) -> Refused:
-        return cls(CLOSE_REFUSED_BASE + err.status, err.error, err.message, err.meta)
-
-    def body(self) -> dict[str, Any]:
-        return {
-            "status": "failed",
-            "meta": {"error": self.error, "message": self.message, **self.meta},
-        }
 
 
 class SocketClient:
@@ -109,9 +87,7 @@ class SocketClient:
         """A message that is ignored: said once per message, closed after too many."""
         self.bad += 1
         if self.bad > MAX_BAD_MESSAGES:
-            raise Refused(
-                CLOSE_POLICY, "too_many_bad_messages", f"more than {MAX_BAD_MESSAGES} bad messages"
-            )
+            raise Refused(ErrorCode.TOO_MANY_BAD_MESSAGES, f"more than {MAX_BAD_MESSAGES} bad messages")
         if not self.phone:  # Twilio has nowhere to show it
             await self.send_json({"event": "error", "type": "warning", "message": message})
         else:
@@ -128,11 +104,7 @@ class SocketClient:
             try:
                 raw = await asyncio.wait_for(self.ws.receive(), timeout)
             except TimeoutError:
-                raise Refused(
-                    CLOSE_POLICY,
-                    "start_timeout",
-                    f"no 'start' message within {START_TIMEOUT_S:.0f} s",
-                ) from None
+                raise Refused(ErrorCode.START_TIMEOUT, f"no 'start' message within {START_TIMEOUT_S:.0f} s") from None
             except WebSocketDisconnect:
                 return None
             if raw.get("type") == "websocket.disconnect":
@@ -141,16 +113,10 @@ class SocketClient:
                 await self.warn("too many messages: some are dropped")
                 continue
             if raw.get("bytes") is not None:
-                raise Refused(
-                    CLOSE_UNSUPPORTED, "binary_message", "messages are JSON text, not binary"
-                )
+                raise Refused(ErrorCode.BINARY_MESSAGE, "messages are JSON text, not binary")
             text = raw.get("text") or ""
             if len(text) > MAX_MESSAGE_BYTES:
-                raise Refused(
-                    CLOSE_TOO_BIG,
-                    "message_too_large",
-                    f"messages are at most {MAX_MESSAGE_BYTES} bytes",
-                )
+                raise Refused(ErrorCode.MESSAGE_TOO_LARGE, f"messages are at most {MAX_MESSAGE_BYTES} bytes")
             try:
                 msg = safejson.loads(text)
             except safejson.JSONRejected as exc:
@@ -168,19 +134,16 @@ class SocketClient:
         code, reason = CLOSE_NORMAL, "stream ended"
         try:
             if not self.phone:
-                try:
-                    await self.gw.check_access(self.ws)
-                except HTTPError as err:
-                    raise Refused.of(err) from err
+                await self.gw.check_access(self.ws)
             start = await self._wait_start()
             if start is None:
                 return
             await self._open(start)
             if self.session is not None:
                 await self._stream()
-                reason = self.session.end_reason or reason
+                reason = self.session.end_detail or reason
         except Refused as ref:
-            code, reason = ref.code, ref.error
+            code, reason = close_code(ref), ref.error
             with contextlib.suppress(Exception):
                 if not self.phone:
                     await self.send_json(ref.body())
@@ -221,41 +184,33 @@ class SocketClient:
             params: dict[str, Any] = got if isinstance(got, dict) else {}
             live, stream_id = gw.call_tokens.spend(params.get(CALL_TOKEN_PARAM))
             if not live:
-                raise Refused(
-                    CLOSE_REFUSED_BASE + 403,
-                    "bad_call_token",
-                    f"this media stream was not announced by {TELEPHONE_INCOMING_ROUTE}",
-                )
+                raise Refused(ErrorCode.BAD_CALL_TOKEN, f"this media stream was not announced by {TELEPHONE_INCOMING_ROUTE}")
             raw_id = start.get("streamSid") or info.get("streamSid")
         else:
             raw_id, stream_id = start.get("websocket_id"), start.get("stream_id")
-        try:
-            self.webrtc_id = check_id(raw_id)
-            event = gw.pick_event(stream_id)
-            if not event.has_audio or event.has_video:
-                raise HTTPError(
-                    400,
-                    "not_an_audio_stream",
-                    f"stream {event.event_id!r} is {event.modality}: WebSocket clients carry audio only",
-                )
-            ticket: str | None = None
-            while True:
-                answer = await gw.open_websocket(
-                    event,
-                    self.webrtc_id,
-                    self.client,
-                    self.kind,
-                    self.send_text,
-                    event.queue,
-                    ticket,
-                )
-                if answer.get("status") != "queued":
-                    break
-                ticket = await self._wait_in_line(answer)
-                if ticket is None:
-                    return
-        except HTTPError as err:
-            raise Refused.of(err) from err
+        self.webrtc_id = check_id(raw_id)
+        event = gw.pick_event(stream_id)
+        if not event.has_audio or event.has_video:
+            raise Refused(
+                ErrorCode.NOT_AN_AUDIO_STREAM,
+                f"stream {event.event_id!r} is {event.modality}: WebSocket clients carry audio only",
+            )
+        ticket: str | None = None
+        while True:
+            answer = await gw.open_websocket(
+                event,
+                self.webrtc_id,
+                self.client,
+                self.kind,
+                self.send_text,
+                event.queue,
+                ticket,
+            )
+            if answer.get("status") != "queued":
+                break
+            ticket = await self._wait_in_line(answer)
+            if ticket is None:
+                return
         self.session = answer["session"]
         if not self.phone:
             # the key for the REST routes (/webrtc/input, /webrtc/outputs), as the offer's answer has it
@@ -312,9 +267,8 @@ class SocketClient:
             with contextlib.suppress(Exception):
                 await updates.aclose()
         if view.get("state") != "admitted":
-            raise Refused(
-                CLOSE_REFUSED_BASE + 410,
-                view.get("reason") or "queue_left",
+            raise LineLeft(
+                ErrorCode(view.get("reason") or ErrorCode.QUEUE_LEFT),
                 view.get("message") or "the place in line is gone",
             )
         return str(ticket)
@@ -348,7 +302,7 @@ class SocketClient:
                     return
                 msg = reader.result()
                 if msg is None:
-                    await session.aclose("websocket closed by the client")
+                    await session.aclose(EndReason.OTHER, "websocket closed by the client")
                     return
                 await self._on_message(session, msg)
         finally:
@@ -380,7 +334,7 @@ class SocketClient:
                 return
             session.receive_media(audio)
         elif event == "stop":
-            await session.aclose("the client stopped the stream")
+            await session.aclose(EndReason.OTHER, "the client stopped the stream")
         elif event == "ping":
             await self.send_json({"event": "pong"})
         elif event in ("mark", "dtmf", "connected") and self.phone:
@@ -394,7 +348,7 @@ class SocketClient:
         session = self.session
         if session is not None:
             if not session.closed:
-                await session.aclose("websocket route ended")
+                await session.aclose(EndReason.OTHER, "websocket route ended")
             await session.flush(CLOSE_FLUSH_S)
         with contextlib.suppress(Exception):
             await self.ws.close(
@@ -417,4 +371,4 @@ def mount_websocket_routes(app: Any, gw: GatewayAPI) -> None:
     app.add_api_websocket_route(TELEPHONE_HANDLER_ROUTE, telephone_handler)
 
 
-__all__ = ["mount_websocket_routes", "SocketClient", "Refused", "WEBSOCKET_ROUTE"]
+__all__ = ["mount_websocket_routes", "SocketClient", "WEBSOCKET_ROUTE"]

@@ -11,7 +11,7 @@
   ``auth_dependency=``): the routes are protected as Gradio protects its own.
 
 Secrets live in the environment, never in the config file. A refusal is a
-:class:`runtime.errors.HTTPError`: 401 ``auth_required``/``bad_token``/``token_expired``,
+:class:`runtime.errors.Refused`: 401 ``auth_required``/``bad_token``/``token_expired``,
 403 ``token_wrong_stream``/``origin_not_allowed``.
 
 Join token: ``<payload>.<signature>``, both base64url without padding; the payload is
@@ -41,7 +41,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from runtime.errors import HTTPError
+from runtime.errors import ErrorCode, Refused
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -74,6 +74,9 @@ ANY_ORIGIN = "*"  # in allowed_origins: every origin (a public embed; auth still
 NULL_ORIGIN = "null"  # what a sandboxed iframe or a file:// page sends; allowed only if listed
 SHOWN_ORIGIN_CHARS = 100  # a refused origin is quoted in the reason up to this length
 AUTH_REALM = "rtcpool"
+# WWW-Authenticate of a 401 (RFC 6750): no credentials, and credentials refused
+BEARER_CHALLENGE = f'Bearer realm="{AUTH_REALM}"'
+INVALID_TOKEN_CHALLENGE = f'Bearer realm="{AUTH_REALM}", error="invalid_token"'
 
 # --- Gradio -----------------------------------------------------------------------------
 # Checked against gradio 6.31.0 (gradio/routes.py, App.create_app): the route GET
@@ -223,9 +226,11 @@ def mint_join_token(
     return token
 
 
-def _invalid(error: str, message: str, status: int = 401) -> HTTPError:
-    headers = {"WWW-Authenticate": f'Bearer realm="{AUTH_REALM}", error="invalid_token"'} if status == 401 else {}
-    return HTTPError(status, error, message, headers=headers)
+def _invalid(code: ErrorCode, message: str) -> Refused:
+    """A credential refused: with the RFC 6750 challenge, but for a token of another stream
+    (a 403: a challenge would invite the client to try the same token again)."""
+    challenge = None if code == ErrorCode.TOKEN_WRONG_STREAM else INVALID_TOKEN_CHALLENGE
+    return Refused(code, message, challenge=challenge)
 
 
 def _no_constants(text: str) -> Any:
@@ -238,19 +243,19 @@ def _claims(raw: bytes) -> JoinClaims:
     try:
         data = json.loads(raw.decode("utf-8"), parse_constant=_no_constants)
     except (UnicodeDecodeError, ValueError, RecursionError):
-        raise _invalid("bad_token", "the token's payload is not JSON") from None
+        raise _invalid(ErrorCode.BAD_TOKEN, "the token's payload is not JSON") from None
     if not isinstance(data, dict) or not set(data) <= JOIN_TOKEN_CLAIMS:
-        raise _invalid("bad_token", "the token's payload is not a join token")
+        raise _invalid(ErrorCode.BAD_TOKEN, "the token's payload is not a join token")
     exp, nonce, stream, subject = data.get("exp"), data.get("n"), data.get("st"), data.get("sub")
     if data.get("v") != JOIN_TOKEN_VERSION or isinstance(data.get("v"), bool):
-        raise _invalid("bad_token", f"the token is not a version {JOIN_TOKEN_VERSION} join token")
+        raise _invalid(ErrorCode.BAD_TOKEN, f"the token is not a version {JOIN_TOKEN_VERSION} join token")
     if isinstance(exp, bool) or not isinstance(exp, (int, float)) or not math.isfinite(exp):
-        raise _invalid("bad_token", "the token has no expiry")
+        raise _invalid(ErrorCode.BAD_TOKEN, "the token has no expiry")
     for value in (nonce, stream, subject):
         if value is not None and (not isinstance(value, str) or len(value) > MAX_CLAIM_CHARS):
-            raise _invalid("bad_token", "the token's claims are not short strings")
+            raise _invalid(ErrorCode.BAD_TOKEN, "the token's claims are not short strings")
     if not isinstance(nonce, str):
-        raise _invalid("bad_token", "the token has no nonce")
+        raise _invalid(ErrorCode.BAD_TOKEN, "the token has no nonce")
     return JoinClaims(float(exp), stream, subject, nonce)
 
 
@@ -258,30 +263,30 @@ def verify_join_token(
     secret: bytes, token: str, *, stream_id: str | None = None, now: float | None = None
 ) -> JoinClaims:
     """The claims of ``token`` if it is signed with ``secret``, unexpired at ``now`` (unix
-    time) and, when both name a stream, for ``stream_id``; else HTTPError 401 ``bad_token``
+    time) and, when both name a stream, for ``stream_id``; else Refused 401 ``bad_token``
     or ``token_expired``, or 403 ``token_wrong_stream``. A route that knows no stream
     (``stream_id=None``) accepts a token for any stream."""
     _check_secret(secret)
     if not isinstance(token, str) or not token:
-        raise _invalid("bad_token", "no token")
+        raise _invalid(ErrorCode.BAD_TOKEN, "no token")
     if len(token) > MAX_TOKEN_CHARS:
-        raise _invalid("bad_token", f"a token has at most {MAX_TOKEN_CHARS} characters")
+        raise _invalid(ErrorCode.BAD_TOKEN, f"a token has at most {MAX_TOKEN_CHARS} characters")
     payload_b64, sep, signature = token.partition(".")
     if not sep or not B64URL_RE.match(payload_b64) or not B64URL_RE.match(signature):
-        raise _invalid("bad_token", "a join token is two base64url parts joined by '.'")
+        raise _invalid(ErrorCode.BAD_TOKEN, "a join token is two base64url parts joined by '.'")
     # the signature first: nothing of an unsigned payload is parsed
     if not hmac.compare_digest(_sign(bytes(secret), payload_b64).encode("ascii"), signature.encode("ascii")):
-        raise _invalid("bad_token", "the token's signature does not match")
+        raise _invalid(ErrorCode.BAD_TOKEN, "the token's signature does not match")
     try:
         raw = base64.urlsafe_b64decode(payload_b64 + "=" * (-len(payload_b64) % 4))
     except (binascii.Error, ValueError):
-        raise _invalid("bad_token", "the token's payload is not base64url") from None
+        raise _invalid(ErrorCode.BAD_TOKEN, "the token's payload is not base64url") from None
     claims = _claims(raw)
     now = time.time() if now is None else now
     if now >= claims.expires_at:
-        raise _invalid("token_expired", "the token has expired")
+        raise _invalid(ErrorCode.TOKEN_EXPIRED, "the token has expired")
     if stream_id is not None and claims.stream_id is not None and claims.stream_id != stream_id:
-        raise _invalid("token_wrong_stream", "the token is for another stream", status=403)
+        raise _invalid(ErrorCode.TOKEN_WRONG_STREAM, "the token is for another stream")
     return claims
 
 
@@ -444,15 +449,15 @@ class SignallingAuth:
         raise self._foreign(origin)
 
     @staticmethod
-    def _foreign(origin: str) -> HTTPError:
+    def _foreign(origin: str) -> Refused:
         shown = origin[:SHOWN_ORIGIN_CHARS]
-        return HTTPError(403, "origin_not_allowed", f"pages of origin {shown!r} may not use this server (gateway.auth.allowed_origins)")
+        return Refused(ErrorCode.ORIGIN_NOT_ALLOWED, f"pages of origin {shown!r} may not use this server (gateway.auth.allowed_origins)")
 
     # --- credentials ------------------------------------------------------------------
 
     def check(self, request_headers: Mapping[str, str], *, host: str | None, stream_id: str | None) -> AuthGrant:
         """Origin and credentials from the request's headers (``host``: its Host header).
-        Raises HTTPError 401/403; mode ``gradio`` needs the request: :meth:`check_request`."""
+        Raises Refused (401/403); mode ``gradio`` needs the request: :meth:`check_request`."""
         self.check_origin(_header(request_headers, "origin"), host=host)
         if self.mode == "none":
             return AuthGrant("none")
@@ -460,20 +465,19 @@ class SignallingAuth:
             raise TypeError("gateway.auth.mode 'gradio' needs the request: call check_request()")
         token = bearer_token(request_headers)
         if not token:
-            raise HTTPError(
-                401,
-                "auth_required",
+            raise Refused(
+                ErrorCode.AUTH_REQUIRED,
                 "this server needs 'Authorization: Bearer <token>'",
-                headers={"WWW-Authenticate": f'Bearer realm="{AUTH_REALM}"'},
+                challenge=BEARER_CHALLENGE,
             )
         if len(token) > MAX_TOKEN_CHARS:
-            raise _invalid("bad_token", f"a token has at most {MAX_TOKEN_CHARS} characters")
+            raise _invalid(ErrorCode.BAD_TOKEN, f"a token has at most {MAX_TOKEN_CHARS} characters")
         if self.mode == "bearer":
             digest = _token_digest(token)
             # every configured token is compared: the time taken does not say which matched
             matched = [hmac.compare_digest(digest, known) for known in self._bearer]
             if not any(matched):
-                raise _invalid("bad_token", "the bearer token is not one this server knows")
+                raise _invalid(ErrorCode.BAD_TOKEN, "the bearer token is not one this server knows")
             return AuthGrant("bearer")
         assert self._secret is not None
         claims = verify_join_token(self._secret, token, stream_id=stream_id)
@@ -490,12 +494,12 @@ class SignallingAuth:
         app = gradio_app if gradio_app is not None else gradio_app_of(request)
         if app is None:
             # a config error, not the client's: said plainly rather than letting everyone in
-            raise HTTPError(500, "auth_misconfigured", "gateway.auth.mode is 'gradio' but these routes are not on a Gradio app")
+            raise Refused(ErrorCode.AUTH_MISCONFIGURED, "gateway.auth.mode is 'gradio' but these routes are not on a Gradio app")
         if not gradio_auth_enabled(app):
             return AuthGrant("gradio")
         user = await gradio_user(request, app)
         if user is None:
-            raise HTTPError(401, "auth_required", "log in to the app first (its Gradio login)")
+            raise Refused(ErrorCode.AUTH_REQUIRED, "log in to the app first (its Gradio login)")
         return AuthGrant("gradio", subject=user)
 
     def mint_join_token(self, *, stream_id: str | None = None, ttl_s: float = JOIN_TOKEN_TTL_S, subject: str | None = None) -> str:

@@ -11,7 +11,7 @@
   checks at link-local (the cloud metadata service lives at 169.254.169.254), unspecified,
   multicast or reserved addresses, nor at loopback outside the local config.
 
-Every refusal is a :class:`runtime.errors.HTTPError` with a JSON reason. Limits are per
+Every refusal is a :class:`runtime.errors.Refused` with its code. Limits are per
 front process: several gateways behind one load balancer each count their own clients.
 """
 
@@ -31,7 +31,7 @@ from aioice import Candidate
 from pydantic import BaseModel, ConfigDict, Field
 
 from runtime import constants as C
-from runtime.errors import HTTPError
+from runtime.errors import ErrorCode, Refused
 
 # --- per client address -----------------------------------------------------------------
 MAX_PENDING_OFFERS_PER_ADDRESS = 4  # offers posted and not yet connected or ended
@@ -336,7 +336,7 @@ class AddressLimits:
         )
 
     def admit_offer(self, address: str | None) -> Admission:
-        """Admit an offer from ``address`` or raise HTTPError 429 (too_many_pending_offers,
+        """Admit an offer from ``address`` or raise Refused (429: too_many_pending_offers,
         too_many_sessions, offer_rate_limited) with a Retry-After header."""
         ck = client_key(address)
         if ck.loopback and self.exempt_loopback:
@@ -346,14 +346,14 @@ class AddressLimits:
         entry = self._entries.get(ck.key)
         if entry is not None:
             if entry.pending >= self.max_pending:
-                raise _too_many("too_many_pending_offers", f"at most {self.max_pending} offers may wait to connect per client address", self.max_pending, PENDING_RETRY_AFTER_S)
+                raise _too_many(ErrorCode.TOO_MANY_PENDING_OFFERS, f"at most {self.max_pending} offers may wait to connect per client address", self.max_pending, PENDING_RETRY_AFTER_S)
             if entry.pending + entry.live >= self.max_sessions:
-                raise _too_many("too_many_sessions", f"at most {self.max_sessions} sessions per client address", self.max_sessions, SESSIONS_RETRY_AFTER_S)
+                raise _too_many(ErrorCode.TOO_MANY_SESSIONS, f"at most {self.max_sessions} sessions per client address", self.max_sessions, SESSIONS_RETRY_AFTER_S)
             # the rate is charged only for offers admitted: a refused one costs the server
             # nothing, and charging it would keep a retrying client refused for longer
             if not entry.bucket.take(1, now):
                 wait = entry.bucket.retry_after(1, now)
-                raise _too_many("offer_rate_limited", f"at most {self.offers_per_min} offers per minute per client address", self.offers_per_min, max(1, math.ceil(wait)))
+                raise _too_many(ErrorCode.OFFER_RATE_LIMITED, f"at most {self.offers_per_min} offers per minute per client address", self.offers_per_min, max(1, math.ceil(wait)))
             self._idle.pop(ck.key, None)
         else:
             entry = _Entry(TokenBucket(self.offers_per_min / SECONDS_PER_MIN, self.offers_per_min, clock=self._clock, now=now))
@@ -412,8 +412,8 @@ class AddressLimits:
             del self._entries[key]
 
 
-def _too_many(reason: str, message: str, limit: int, retry_after_s: int) -> HTTPError:
-    return HTTPError(429, reason, message, headers={"Retry-After": str(retry_after_s)}, meta={"limit": limit})
+def _too_many(code: ErrorCode, message: str, limit: int, retry_after_s: int) -> Refused:
+    return Refused(code, message, retry_after_s=retry_after_s, meta={"limit": limit})
 
 
 # --- per session ------------------------------------------------------------------------
@@ -421,17 +421,16 @@ def _too_many(reason: str, message: str, limit: int, retry_after_s: int) -> HTTP
 
 class PerSessionCount:
     """A count with a ceiling, owned by one session: :meth:`take` one or raise the
-    configured HTTPError, :meth:`release` one (never below zero). Candidates are only
+    configured Refused, :meth:`release` one (never below zero). Candidates are only
     taken; readers are taken for as long as they read (:meth:`hold`)."""
 
-    __slots__ = ("limit", "reason", "status", "what", "retry_after_s", "_count")
+    __slots__ = ("limit", "code", "what", "retry_after_s", "_count")
 
-    def __init__(self, limit: int, *, reason: str, status: int, what: str, retry_after_s: int | None = None) -> None:
+    def __init__(self, limit: int, *, code: ErrorCode, what: str, retry_after_s: int | None = None) -> None:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, not {limit}")
         self.limit = limit
-        self.reason = reason
-        self.status = status
+        self.code = code
         self.what = what
         self.retry_after_s = retry_after_s
         self._count = 0
@@ -439,11 +438,11 @@ class PerSessionCount:
     @classmethod
     def candidates(cls, limit: int = MAX_CANDIDATES_PER_SESSION) -> PerSessionCount:
         # 400, not 429: waiting does not help, a session's candidates never come back
-        return cls(limit, reason="too_many_candidates", status=400, what="ICE candidates")
+        return cls(limit, code=ErrorCode.TOO_MANY_CANDIDATES, what="ICE candidates")
 
     @classmethod
     def readers(cls, limit: int = MAX_SSE_READERS_PER_SESSION) -> PerSessionCount:
-        return cls(limit, reason="too_many_readers", status=429, what="output readers", retry_after_s=READERS_RETRY_AFTER_S)
+        return cls(limit, code=ErrorCode.TOO_MANY_READERS, what="output readers", retry_after_s=READERS_RETRY_AFTER_S)
 
     @property
     def count(self) -> int:
@@ -451,8 +450,7 @@ class PerSessionCount:
 
     def take(self) -> None:
         if self._count >= self.limit:
-            headers = {} if self.retry_after_s is None else {"Retry-After": str(self.retry_after_s)}
-            raise HTTPError(self.status, self.reason, f"at most {self.limit} {self.what} per session", headers=headers, meta={"limit": self.limit})
+            raise Refused(self.code, f"at most {self.limit} {self.what} per session", retry_after_s=self.retry_after_s, meta={"limit": self.limit})
         self._count += 1
 
     def release(self) -> None:
@@ -470,14 +468,13 @@ class PerSessionCount:
 # --- ICE candidates ---------------------------------------------------------------------
 
 
-def _bad_candidate(message: str) -> HTTPError:
-    return HTTPError(400, "bad_candidate", message)
+def _bad_candidate(message: str) -> Refused:
+    return Refused(ErrorCode.BAD_CANDIDATE, message)
 
 
-def _forbidden(address: str, kind: str, why: str = "the server does not send there") -> HTTPError:
-    return HTTPError(
-        400,
-        "forbidden_candidate_address",
+def _forbidden(address: str, kind: str, why: str = "the server does not send there") -> Refused:
+    return Refused(
+        ErrorCode.FORBIDDEN_CANDIDATE_ADDRESS,
         f"ICE candidate address {address} ({kind}): {why}",
         meta={"address_kind": kind},
     )
@@ -535,7 +532,7 @@ def address_kind(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, *, allow_loo
 
 def check_candidate_address(candidate: str, *, allow_loopback: bool) -> None:
     """Refuse an ICE candidate (the SDP ``candidate:...`` attribute, with or without its
-    prefix) whose connection address the gateway should not send to: HTTPError 400
+    prefix) whose connection address the gateway should not send to: Refused (400)
     ``forbidden_candidate_address`` (meta ``address_kind``), or ``bad_candidate`` when it
     does not parse. mDNS ``.local`` names are accepted (browsers hide host addresses behind
     them, and aioice resolves them on the LAN only); other names are refused, as their DNS

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from runtime.errors import ErrorCode
+
 MAX_JSON_DEPTH = 32  # nesting of arrays/objects a client may send; real messages use 3-4
 MAX_NUMBER_CHARS = 64  # digits of one JSON number; a float64 needs at most 24
 MAX_JSON_NODES = 200_000  # values in one document (a 1 MiB body of [0,0,...] has ~500 k)
@@ -22,7 +24,7 @@ MAX_JSON_NODES = 200_000  # values in one document (a 1 MiB body of [0,0,...] ha
 class JSONRejected(ValueError):
     """A client's JSON that is refused: ``reason`` is the machine-readable kind."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: ErrorCode, message: str) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
@@ -30,21 +32,21 @@ class JSONRejected(ValueError):
 
 def _parse_int(text: str) -> int:
     if len(text) > MAX_NUMBER_CHARS:
-        raise JSONRejected("bad_json_number", f"a JSON number may have at most {MAX_NUMBER_CHARS} digits")
+        raise JSONRejected(ErrorCode.BAD_JSON_NUMBER, f"a JSON number may have at most {MAX_NUMBER_CHARS} digits")
     return int(text)
 
 
 def _parse_float(text: str) -> float:
     if len(text) > MAX_NUMBER_CHARS:
-        raise JSONRejected("bad_json_number", f"a JSON number may have at most {MAX_NUMBER_CHARS} digits")
+        raise JSONRejected(ErrorCode.BAD_JSON_NUMBER, f"a JSON number may have at most {MAX_NUMBER_CHARS} digits")
     value = float(text)
     if value in (float("inf"), float("-inf")):
-        raise JSONRejected("bad_json_number", f"the JSON number {text[:20]} is out of range")
+        raise JSONRejected(ErrorCode.BAD_JSON_NUMBER, f"the JSON number {text[:20]} is out of range")
     return value
 
 
 def _parse_constant(text: str) -> Any:
-    raise JSONRejected("bad_json_number", f"{text} is not JSON")
+    raise JSONRejected(ErrorCode.BAD_JSON_NUMBER, f"{text} is not JSON")
 
 
 _DECODER = json.JSONDecoder(parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant)
@@ -56,7 +58,7 @@ def loads(raw: bytes | str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
         try:
             text = bytes(raw).decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise JSONRejected("bad_utf8", f"the body is not UTF-8 (byte {exc.start})") from None
+            raise JSONRejected(ErrorCode.BAD_UTF8, f"the body is not UTF-8 (byte {exc.start})") from None
     else:
         text = raw
     try:
@@ -64,9 +66,9 @@ def loads(raw: bytes | str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
     except JSONRejected:
         raise
     except RecursionError:
-        raise JSONRejected("json_too_deep", f"JSON may be nested at most {max_depth} deep") from None
+        raise JSONRejected(ErrorCode.JSON_TOO_DEEP, f"JSON may be nested at most {max_depth} deep") from None
     except (ValueError, TypeError) as exc:
-        raise JSONRejected("bad_json", f"not JSON: {exc}") from None
+        raise JSONRejected(ErrorCode.BAD_JSON, f"not JSON: {exc}") from None
     _check_shape(value, max_depth)
     return value
 
@@ -79,12 +81,12 @@ def _check_shape(value: Any, max_depth: int) -> None:
         item, depth = stack.pop()
         nodes += 1
         if nodes > MAX_JSON_NODES:
-            raise JSONRejected("json_too_large", f"JSON may hold at most {MAX_JSON_NODES} values")
+            raise JSONRejected(ErrorCode.JSON_TOO_LARGE, f"JSON may hold at most {MAX_JSON_NODES} values")
         if isinstance(item, str):
             _check_text(item)
         elif isinstance(item, (list, dict)):
             if depth >= max_depth:
-                raise JSONRejected("json_too_deep", f"JSON may be nested at most {max_depth} deep")
+                raise JSONRejected(ErrorCode.JSON_TOO_DEEP, f"JSON may be nested at most {max_depth} deep")
             if isinstance(item, dict):
                 for key, child in item.items():
                     _check_text(key)
@@ -98,4 +100,4 @@ def _check_text(text: str) -> None:
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:
-            raise JSONRejected("bad_utf8", "a JSON string holds a lone surrogate (\\ud800-\\udfff)") from None
+            raise JSONRejected(ErrorCode.BAD_UTF8, "a JSON string holds a lone surrogate (\\ud800-\\udfff)") from None

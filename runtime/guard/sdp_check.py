@@ -1,7 +1,7 @@
 """An SDP offer checked before the gateway spends anything on it.
 
 A lease, a worker and an aiortc peer connection are taken only for an offer that passes
-:func:`check_offer_sdp`; anything else is an :class:`~runtime.errors.HTTPError` 400 with a
+:func:`check_offer_sdp`; anything else is an :class:`~runtime.errors.Refused` (400) with a
 reason the client can act on (``bad_sdp``, ``too_many_media_sections``, ``too_many_tracks``,
 ``unsupported_media``, ``unsupported_protocol``, ``unsupported_codec``, ``rtcp_mux_required``,
 ``bad_ice_credentials``, ``bad_fingerprint``, ``bad_dtls_setup``, ``too_many_ssrcs``,
@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from runtime import constants as C
-from runtime.errors import HTTPError
+from runtime.errors import ErrorCode, Refused
 
 MAX_MEDIA_SECTIONS = 8  # m-sections an offer may carry (audio + video + data is 3)
 MAX_TRACKS = 4  # distinct media tracks (a=msid / a=ssrc msid) an offer may send
@@ -115,7 +115,7 @@ def check_offer_sdp(
     max_media_sections: int = MAX_MEDIA_SECTIONS,
     max_tracks: int = MAX_TRACKS,
 ) -> OfferSummary:
-    """Parse and check an SDP offer; raise ``HTTPError(400, reason, message)`` if the gateway
+    """Parse and check an SDP offer; raise ``Refused(code, message)`` if the gateway
     cannot or will not answer it, before any lease or worker is taken."""
     lines = _split_lines(sdp, max_bytes)
     session, sections = _group(lines, max_media_sections)
@@ -125,7 +125,7 @@ def check_offer_sdp(
     _check_bundle(session, parsed)
     tracks = sum(section.tracks for section in parsed)
     if tracks > max_tracks:
-        _refuse("too_many_tracks", f"the offer announces {tracks} media tracks; at most {max_tracks} are served")
+        _refuse(ErrorCode.TOO_MANY_TRACKS, f"the offer announces {tracks} media tracks; at most {max_tracks} are served")
     summary = tuple(
         MediaSection(p.kind, p.port, p.protocol, p.direction or "sendrecv", p.mid, p.tracks) for p in parsed
     )
@@ -135,8 +135,8 @@ def check_offer_sdp(
 # --- lines ----------------------------------------------------------------------------------
 
 
-def _refuse(reason: str, message: str) -> None:
-    raise HTTPError(400, reason, message)
+def _refuse(code: ErrorCode, message: str) -> None:
+    raise Refused(code, message)
 
 
 def _echo(text: str) -> str:
@@ -146,34 +146,34 @@ def _echo(text: str) -> str:
 
 def _split_lines(sdp: object, max_bytes: int) -> list[str]:
     if not isinstance(sdp, str):
-        _refuse("bad_sdp", "'sdp' must be a string holding an SDP offer")
+        _refuse(ErrorCode.BAD_SDP, "'sdp' must be a string holding an SDP offer")
     assert isinstance(sdp, str)
     # a str is at least one UTF-8 byte a character: a long one is refused before encoding it
     if len(sdp) > max_bytes:
-        _refuse("sdp_too_large", f"the SDP is over {max_bytes} bytes")
+        _refuse(ErrorCode.SDP_TOO_LARGE, f"the SDP is over {max_bytes} bytes")
     try:
         size = len(sdp.encode("utf-8"))
     except UnicodeEncodeError:  # a lone surrogate, which JSON's \ud800 can carry
-        _refuse("bad_sdp", "the SDP is not valid UTF-8 text")
+        _refuse(ErrorCode.BAD_SDP, "the SDP is not valid UTF-8 text")
     if size > max_bytes:
-        _refuse("sdp_too_large", f"the SDP is {size} bytes; at most {max_bytes} are accepted")
+        _refuse(ErrorCode.SDP_TOO_LARGE, f"the SDP is {size} bytes; at most {max_bytes} are accepted")
     bad = _FORBIDDEN_CHARS.search(sdp) or _STRAY_CR.search(sdp)
     if bad is not None:
-        _refuse("bad_sdp", f"the SDP holds control character U+{ord(bad.group()):04X} at offset {bad.start()}")
+        _refuse(ErrorCode.BAD_SDP, f"the SDP holds control character U+{ord(bad.group()):04X} at offset {bad.start()}")
     lines = sdp.split("\n")
     while lines and lines[-1] in ("", "\r"):  # the terminator of the last line
         lines.pop()
     if not lines or lines[0].rstrip("\r") != "v=0":
-        _refuse("bad_sdp", "an SDP offer starts with the line 'v=0'")
+        _refuse(ErrorCode.BAD_SDP, "an SDP offer starts with the line 'v=0'")
     out = []
     for number, raw in enumerate(lines, 1):
         line = raw[:-1] if raw.endswith("\r") else raw
         if len(line) > MAX_SDP_LINE_CHARS:
-            _refuse("sdp_line_too_long", f"SDP line {number} is over {MAX_SDP_LINE_CHARS} characters")
+            _refuse(ErrorCode.SDP_LINE_TOO_LONG, f"SDP line {number} is over {MAX_SDP_LINE_CHARS} characters")
         if len(line) < 2 or line[1] != "=" or line[0] not in SDP_LINE_TYPES:
-            _refuse("bad_sdp", f"SDP line {number} is not '<type>=<value>': {_echo(line)}")
+            _refuse(ErrorCode.BAD_SDP, f"SDP line {number} is not '<type>=<value>': {_echo(line)}")
         if line[0] == "v" and number != 1:
-            _refuse("bad_sdp", f"SDP line {number}: 'v=' may only be the first line")
+            _refuse(ErrorCode.BAD_SDP, f"SDP line {number}: 'v=' may only be the first line")
         out.append(line)
     return out
 
@@ -181,9 +181,9 @@ def _split_lines(sdp: object, max_bytes: int) -> list[str]:
 def _group(lines: list[str], max_media_sections: int) -> tuple[list[str], list[list[str]]]:
     count = sum(1 for line in lines if line.startswith("m="))
     if count == 0:
-        _refuse("bad_sdp", "the offer has no media sections (m= lines)")
+        _refuse(ErrorCode.BAD_SDP, "the offer has no media sections (m= lines)")
     if count > max_media_sections:
-        _refuse("too_many_media_sections", f"the offer has {count} media sections; at most {max_media_sections} are accepted")
+        _refuse(ErrorCode.TOO_MANY_MEDIA_SECTIONS, f"the offer has {count} media sections; at most {max_media_sections} are accepted")
     session: list[str] = []
     sections: list[list[str]] = []
     for line in lines:
@@ -227,33 +227,33 @@ def _need(pattern: re.Pattern[str]) -> Callable[[str | None], None]:
 def _check_fingerprint(value: str | None) -> None:
     match = _FINGERPRINT.fullmatch(value or "")
     if match is None:
-        _refuse("bad_fingerprint", "a=fingerprint must be '<hash> <colon-separated hex>'")
+        _refuse(ErrorCode.BAD_FINGERPRINT, "a=fingerprint must be '<hash> <colon-separated hex>'")
     assert match is not None
     algorithm, digest = match.group(1).lower(), match.group(2)
     expected = FINGERPRINT_BYTES.get(algorithm)
     if expected is None:
-        _refuse("bad_fingerprint", f"a=fingerprint hash {_echo(algorithm)} is not one of {', '.join(FINGERPRINT_BYTES)}")
+        _refuse(ErrorCode.BAD_FINGERPRINT, f"a=fingerprint hash {_echo(algorithm)} is not one of {', '.join(FINGERPRINT_BYTES)}")
     if (len(digest) + 1) // 3 != expected:
-        _refuse("bad_fingerprint", f"a {algorithm} fingerprint has {expected} bytes, not {(len(digest) + 1) // 3}")
+        _refuse(ErrorCode.BAD_FINGERPRINT, f"a {algorithm} fingerprint has {expected} bytes, not {(len(digest) + 1) // 3}")
 
 
 def _check_setup(value: str | None) -> None:
     if value not in DTLS_SETUP_VALUES:
-        _refuse("bad_dtls_setup", f"a=setup must be one of {', '.join(DTLS_SETUP_VALUES)}")
+        _refuse(ErrorCode.BAD_DTLS_SETUP, f"a=setup must be one of {', '.join(DTLS_SETUP_VALUES)}")
 
 
 def _check_ufrag(value: str | None) -> None:
     if value is None or _ICE_UFRAG.fullmatch(value) is None:
-        _refuse("bad_ice_credentials", "a=ice-ufrag must be 4 to 256 characters of A-Z a-z 0-9 + /")
+        _refuse(ErrorCode.BAD_ICE_CREDENTIALS, "a=ice-ufrag must be 4 to 256 characters of A-Z a-z 0-9 + /")
 
 
 def _check_pwd(value: str | None) -> None:
     if value is None or _ICE_PWD.fullmatch(value) is None:
-        _refuse("bad_ice_credentials", "a=ice-pwd must be 22 to 256 characters of A-Z a-z 0-9 + /")
+        _refuse(ErrorCode.BAD_ICE_CREDENTIALS, "a=ice-pwd must be 22 to 256 characters of A-Z a-z 0-9 + /")
 
 
 # attribute -> its check, for attributes aiortc reads at session and at media level; a
-# check raises HTTPError with its own reason, or ValueError for a plain bad_sdp
+# check raises Refused with its own code, or ValueError for a plain bad_sdp
 _COMMON_ATTRIBUTES: dict[str, Callable[[str | None], None]] = {
     "fingerprint": _check_fingerprint,
     "setup": _check_setup,
@@ -269,12 +269,12 @@ def _check_value(checks: dict[str, Callable[[str | None], None]], name: str, val
     try:
         check(value)
     except ValueError:
-        _refuse("bad_sdp", f"{where}: a={name} is malformed")
+        _refuse(ErrorCode.BAD_SDP, f"{where}: a={name} is malformed")
 
 
 def _check_connection(line: str, where: str) -> None:
     if _CONNECTION.fullmatch(line[2:]) is None:
-        _refuse("bad_sdp", f"{where}: c= must be 'IN IP4 <address>' or 'IN IP6 <address>'")
+        _refuse(ErrorCode.BAD_SDP, f"{where}: c= must be 'IN IP4 <address>' or 'IN IP6 <address>'")
 
 
 def _check_session_lines(session: list[str]) -> None:
@@ -321,17 +321,17 @@ _MEDIA_LINE = re.compile(f"m=([a-z]+) ({_NUMBER}) ({_TOKEN})((?: {_TOKEN})+)")
 def _check_section(index: int, block: list[str]) -> _Section:
     match = _MEDIA_LINE.fullmatch(block[0])
     if match is None:
-        _refuse("bad_sdp", f"media section {index + 1}: the m= line must be 'm=<kind> <port> <protocol> <formats>'")
+        _refuse(ErrorCode.BAD_SDP, f"media section {index + 1}: the m= line must be 'm=<kind> <port> <protocol> <formats>'")
     assert match is not None
     kind, port_text, protocol, formats = match.groups()
     if kind not in MEDIA_KINDS:
-        _refuse("unsupported_media", f"media section {index + 1}: kind {_echo(kind)} is not one of {', '.join(MEDIA_KINDS)}")
+        _refuse(ErrorCode.UNSUPPORTED_MEDIA, f"media section {index + 1}: kind {_echo(kind)} is not one of {', '.join(MEDIA_KINDS)}")
     port = int(port_text)
     if port > C.MAX_PORT:
-        _refuse("bad_sdp", f"media section {index + 1}: port {port} is over {C.MAX_PORT}")
+        _refuse(ErrorCode.BAD_SDP, f"media section {index + 1}: port {port} is over {C.MAX_PORT}")
     allowed = SCTP_PROTOCOLS if kind == "application" else RTP_PROTOCOLS
     if protocol not in allowed:
-        _refuse("unsupported_protocol", f"media section {index + 1} ({kind}): protocol {_echo(protocol)} is not one of {', '.join(allowed)}")
+        _refuse(ErrorCode.UNSUPPORTED_PROTOCOL, f"media section {index + 1} ({kind}): protocol {_echo(protocol)} is not one of {', '.join(allowed)}")
     section = _Section(index, kind, port, protocol, formats.split())
     if kind == "application":
         _check_application(section, block[1:])
@@ -348,9 +348,9 @@ def _check_section(index: int, block: list[str]) -> _Section:
 def _check_application(section: _Section, lines: list[str]) -> None:
     if section.protocol == LEGACY_SCTP_PROTOCOL:
         if not section.formats[0].isdigit() or len(section.formats[0]) > MAX_DIGITS or int(section.formats[0]) > C.MAX_PORT:
-            _refuse("bad_sdp", f"{section.where}: DTLS/SCTP takes the SCTP port as its format")
+            _refuse(ErrorCode.BAD_SDP, f"{section.where}: DTLS/SCTP takes the SCTP port as its format")
     elif section.formats != [DATACHANNEL_FORMAT]:
-        _refuse("bad_sdp", f"{section.where}: UDP/DTLS/SCTP takes the format {DATACHANNEL_FORMAT!r}")
+        _refuse(ErrorCode.BAD_SDP, f"{section.where}: UDP/DTLS/SCTP takes the format {DATACHANNEL_FORMAT!r}")
     for line in lines:
         _check_media_line(section, line)
 
@@ -359,10 +359,10 @@ def _check_rtp(section: _Section, lines: list[str]) -> None:
     payload_types: set[int] = set()
     for text in section.formats:
         if not text.isdigit() or len(text) > MAX_DIGITS:
-            _refuse("bad_sdp", f"{section.where}: payload type {_echo(text)} is not a number")
+            _refuse(ErrorCode.BAD_SDP, f"{section.where}: payload type {_echo(text)} is not a number")
         pt = int(text)
         if pt > MAX_PAYLOAD_TYPE or pt in FORBIDDEN_PAYLOAD_TYPES or pt in payload_types:
-            _refuse("bad_sdp", f"{section.where}: payload type {pt} is out of range or repeated")
+            _refuse(ErrorCode.BAD_SDP, f"{section.where}: payload type {pt} is out of range or repeated")
         payload_types.add(pt)
     codecs: dict[int, tuple[str, int]] = {}  # payload type -> (name lower-cased, clock rate)
     fmtp: list[tuple[int, str]] = []
@@ -372,7 +372,7 @@ def _check_rtp(section: _Section, lines: list[str]) -> None:
         elif line.startswith("a=fmtp:"):
             match = _FMTP.fullmatch(line[len("a=fmtp:"):])
             if match is None:
-                _refuse("bad_sdp", f"{section.where}: a=fmtp must be '<payload type> <parameters>'")
+                _refuse(ErrorCode.BAD_SDP, f"{section.where}: a=fmtp must be '<payload type> <parameters>'")
             assert match is not None
             fmtp.append((int(match.group(1)), match.group(2)))
         else:
@@ -380,30 +380,30 @@ def _check_rtp(section: _Section, lines: list[str]) -> None:
     # aiortc reads a=fmtp after every a=rtpmap of the section, and fails on one without its rtpmap
     for pt, parameters in fmtp:
         if pt not in codecs:
-            _refuse("bad_sdp", f"{section.where}: a=fmtp for payload type {pt}, which has no a=rtpmap")
+            _refuse(ErrorCode.BAD_SDP, f"{section.where}: a=fmtp for payload type {pt}, which has no a=rtpmap")
         _check_fmtp_parameters(section, parameters)
     if section.direction is None:
         # RFC 4566 makes sendrecv the default; aiortc fails (in createAnswer) without one
-        _refuse("bad_sdp", f"{section.where}: no direction (a=sendrecv, sendonly, recvonly or inactive)")
+        _refuse(ErrorCode.BAD_SDP, f"{section.where}: no direction (a=sendrecv, sendonly, recvonly or inactive)")
     if not section.rtcp_mux:
-        _refuse("rtcp_mux_required", f"{section.where}: RTP and RTCP must share a port (a=rtcp-mux)")
+        _refuse(ErrorCode.RTCP_MUX_REQUIRED, f"{section.where}: RTP and RTCP must share a port (a=rtcp-mux)")
     # every section, port 0 too: aiortc ignores the port, negotiates and receives anyway
     served = SERVED_CODECS[section.kind]
     if served not in codecs.values():
         name, rate = served
-        _refuse("unsupported_codec", f"{section.where}: the gateway decodes {name}/{rate} and the offer does not list it")
+        _refuse(ErrorCode.UNSUPPORTED_CODEC, f"{section.where}: the gateway decodes {name}/{rate} and the offer does not list it")
 
 
 def _check_rtpmap(section: _Section, value: str, payload_types: set[int], codecs: dict[int, tuple[str, int]]) -> None:
     match = _RTPMAP.fullmatch(value)
     if match is None:
-        _refuse("bad_sdp", f"{section.where}: a=rtpmap must be '<payload type> <name>/<clock rate>[/<channels>]'")
+        _refuse(ErrorCode.BAD_SDP, f"{section.where}: a=rtpmap must be '<payload type> <name>/<clock rate>[/<channels>]'")
     assert match is not None
     pt = int(match.group(1))
     if pt not in payload_types:
-        _refuse("bad_sdp", f"{section.where}: a=rtpmap for payload type {pt}, which the m= line does not list")
+        _refuse(ErrorCode.BAD_SDP, f"{section.where}: a=rtpmap for payload type {pt}, which the m= line does not list")
     if pt in codecs:
-        _refuse("bad_sdp", f"{section.where}: payload type {pt} has two a=rtpmap lines")
+        _refuse(ErrorCode.BAD_SDP, f"{section.where}: payload type {pt} has two a=rtpmap lines")
     codecs[pt] = (match.group(2).lower(), int(match.group(3)))
 
 
@@ -412,7 +412,7 @@ def _check_fmtp_parameters(section: _Section, parameters: str) -> None:
         if "=" in parameter:
             key, value = parameter.split("=", 1)
             if key in FMTP_INT_PARAMETERS and not (value.isascii() and value.isdigit() and len(value) <= MAX_DIGITS):
-                _refuse("bad_sdp", f"{section.where}: a=fmtp parameter {_echo(key)} must be a number")
+                _refuse(ErrorCode.BAD_SDP, f"{section.where}: a=fmtp parameter {_echo(key)} must be a number")
 
 
 def _check_media_line(section: _Section, line: str) -> None:
@@ -442,7 +442,7 @@ def _check_media_line(section: _Section, line: str) -> None:
     elif name == "candidate":
         section.candidates += 1
         if section.candidates > MAX_CANDIDATES_PER_SECTION:
-            _refuse("too_many_candidates", f"{section.where}: over {MAX_CANDIDATES_PER_SECTION} a=candidate lines")
+            _refuse(ErrorCode.TOO_MANY_CANDIDATES, f"{section.where}: over {MAX_CANDIDATES_PER_SECTION} a=candidate lines")
     elif name == "msid":
         _note_track(section, value or "")
     elif name == "ssrc":
@@ -529,7 +529,7 @@ def _note_ssrc(section: _Section, value: str) -> None:
     ssrc_text, description = value.split(" ", 1)  # the form was checked by _check_ssrc
     section.ssrcs.add(int(ssrc_text))
     if len(section.ssrcs) > MAX_SSRCS_PER_SECTION:
-        _refuse("too_many_ssrcs", f"{section.where}: over {MAX_SSRCS_PER_SECTION} SSRCs")
+        _refuse(ErrorCode.TOO_MANY_SSRCS, f"{section.where}: over {MAX_SSRCS_PER_SECTION} SSRCs")
     attribute, _, rest = description.partition(":")
     if attribute == "msid":
         _note_track(section, rest)
@@ -544,13 +544,13 @@ def _check_transport(session: list[str], sections: list[_Section]) -> None:
     names = {_attribute(line)[0] for line in session if line.startswith("a=")}
     for section in sections:
         if not (section.ufrag or "ice-ufrag" in names) or not (section.pwd or "ice-pwd" in names):
-            _refuse("bad_ice_credentials", f"{section.where}: no a=ice-ufrag and a=ice-pwd, in the section or the session")
+            _refuse(ErrorCode.BAD_ICE_CREDENTIALS, f"{section.where}: no a=ice-ufrag and a=ice-pwd, in the section or the session")
         if not (section.fingerprint or "fingerprint" in names):
-            _refuse("bad_fingerprint", f"{section.where}: no a=fingerprint, in the section or the session")
+            _refuse(ErrorCode.BAD_FINGERPRINT, f"{section.where}: no a=fingerprint, in the section or the session")
         # RFC 5763 makes a=setup mandatory in an offer; aiortc fails (AttributeError in
         # setRemoteDescription, after the lease) on a section without one
         if not (section.setup or "setup" in names):
-            _refuse("bad_dtls_setup", f"{section.where}: no a=setup, in the section or the session")
+            _refuse(ErrorCode.BAD_DTLS_SETUP, f"{section.where}: no a=setup, in the section or the session")
 
 
 def _check_bundle(session: list[str], sections: list[_Section]) -> None:
@@ -558,7 +558,7 @@ def _check_bundle(session: list[str], sections: list[_Section]) -> None:
     for section in sections:
         if section.mid is not None:
             if section.mid in mids:
-                _refuse("bad_sdp", f"{section.where}: a=mid {_echo(section.mid)} is used twice")
+                _refuse(ErrorCode.BAD_SDP, f"{section.where}: a=mid {_echo(section.mid)} is used twice")
             mids.add(section.mid)
     for line in (line for line in session if line.startswith("a=")):
         name, value = _attribute(line)
@@ -567,4 +567,4 @@ def _check_bundle(session: list[str], sections: list[_Section]) -> None:
             if words and words[0] == "BUNDLE":
                 unknown = [mid for mid in words[1:] if mid not in mids]
                 if unknown:
-                    _refuse("bad_sdp", f"a=group:BUNDLE names {_echo(unknown[0])}, which no a=mid has")
+                    _refuse(ErrorCode.BAD_SDP, f"a=group:BUNDLE names {_echo(unknown[0])}, which no a=mid has")

@@ -29,7 +29,7 @@ from typing import Any
 from runtime import constants as C
 from runtime.config import Config
 from runtime.control.leases import LeaseGrant, LeaseQueued
-from runtime.errors import HTTPError
+from runtime.errors import EndReason, ErrorCode, Refused
 from runtime.guard.limits import AddressLimits, Admission, check_candidate_address, client_key
 from runtime.media.half_open import HalfOpen
 from runtime.media.heartbeat import Heartbeat
@@ -137,8 +137,8 @@ class MediaEngine:
             except WorkerGone:
                 raise
             except Exception as exc:
-                await session.aclose(f"offer failed: {exc}")
-                raise HTTPError(400, "bad_sdp", f"the offer could not be answered: {exc}") from exc
+                await session.aclose(EndReason.OFFER_FAILED, f"offer failed: {exc}")
+                raise Refused(ErrorCode.BAD_SDP, f"the offer could not be answered: {exc}") from exc
             return {"sdp": answer.sdp, "type": answer.type}
 
         def make(event: StreamEvent, lease: LeaseGrant) -> Session:
@@ -183,11 +183,11 @@ class MediaEngine:
         """An offer or a WebSocket: ``make`` a session for the lease, ``begin`` it (its answer)."""
         event = self.events.get(event_id)
         if event is None:
-            raise HTTPError(404, "unknown_stream", f"no stream {event_id!r} (GET /webrtc/streams)")
+            raise Refused(ErrorCode.UNKNOWN_STREAM, f"no stream {event_id!r} (GET /webrtc/streams)")
         if self.draining:
             raise draining_error()
         if webrtc_id in self.sessions:
-            raise HTTPError(409, "duplicate_webrtc_id", f"a session {webrtc_id!r} is already active")
+            raise Refused(ErrorCode.DUPLICATE_WEBRTC_ID, f"a session {webrtc_id!r} is already active")
         admission = self.address_limits.admit_offer(client)
         self.sessions[webrtc_id] = None  # type: ignore[assignment]
         key = self.keys[webrtc_id] = secrets.token_urlsafe(SESSION_KEY_BYTES)
@@ -209,7 +209,7 @@ class MediaEngine:
         ``gateway.require_session_key: false`` the id alone is enough (fastrtc clients)."""
         expected = self.keys.get(webrtc_id)
         if expected is None:
-            raise HTTPError(404, "unknown_webrtc_id", f"no session {webrtc_id!r}")
+            raise Refused(ErrorCode.UNKNOWN_WEBRTC_ID, f"no session {webrtc_id!r}")
         check_key(self.config, expected, key)
 
     async def _open_session(
@@ -230,8 +230,8 @@ class MediaEngine:
         for attempt in range(2):  # one retry: an idle worker may have died since the lease
             try:
                 lease = await self._acquire(event, webrtc_id, queue, ticket, line_client)
-            except HTTPError as err:
-                if err.error != "concurrency_limit_reached" or not await self.half_open.displace(event.event_id, client):
+            except Refused as err:
+                if err.code != ErrorCode.CONCURRENCY_LIMIT_REACHED or not await self.half_open.displace(event.event_id, client):
                     raise
                 lease = await self._acquire(event, webrtc_id, queue, ticket, line_client)
             if isinstance(lease, LeaseQueued):
@@ -248,10 +248,10 @@ class MediaEngine:
                 answer = await begin(session)
             except WorkerGone as exc:
                 log.warning("session %s: %s", webrtc_id, exc)
-                await session.aclose("worker unavailable")
+                await session.aclose(EndReason.WORKER_UNAVAILABLE, "worker unavailable")
                 if attempt == 0:
                     continue
-                raise HTTPError(503, "worker_unavailable", str(exc)) from exc
+                raise Refused(ErrorCode.WORKER_UNAVAILABLE, str(exc)) from exc
             self.sessions[webrtc_id] = session
             self.counters.session_started(event.event_id)
             session.log_start()
@@ -275,10 +275,10 @@ class MediaEngine:
                 break
             except ActorDiedError as exc:
                 if attempt:
-                    raise HTTPError(503, "scheduler_unavailable", f"the scheduler did not answer: {exc}") from exc
+                    raise Refused(ErrorCode.SCHEDULER_UNAVAILABLE, f"the scheduler did not answer: {exc}") from exc
                 await asyncio.get_running_loop().run_in_executor(None, self.scheduler_died, scheduler)
             except Exception as exc:
-                raise HTTPError(503, "scheduler_unavailable", f"the scheduler did not answer: {exc}") from exc
+                raise Refused(ErrorCode.SCHEDULER_UNAVAILABLE, f"the scheduler did not answer: {exc}") from exc
         if isinstance(lease, (LeaseGrant, LeaseQueued)):
             return lease
         raise denied_error(lease)
@@ -300,14 +300,14 @@ class MediaEngine:
         self.authorize(webrtc_id, key)
         session = self.sessions.get(webrtc_id)
         if not isinstance(session, WebRTCSession) or session.pc is None:
-            raise HTTPError(404, "unknown_webrtc_id", f"no session {webrtc_id!r}")
+            raise Refused(ErrorCode.UNKNOWN_WEBRTC_ID, f"no session {webrtc_id!r}")
         if cand is None:
             return  # end of candidates
         text = cand.get("candidate") if isinstance(cand, dict) else cand
         if not text:
             return
         if not isinstance(text, str):
-            raise HTTPError(400, "bad_candidate", "'candidate' must be an SDP candidate attribute")
+            raise Refused(ErrorCode.BAD_CANDIDATE, "'candidate' must be an SDP candidate attribute")
         session.candidates.take()
         # no candidates to link-local/metadata (169.254.0.0/16), multicast or (outside the
         # local config) loopback addresses: the gateway would send STUN checks there
@@ -319,7 +319,7 @@ class MediaEngine:
                 ice.sdpMLineIndex = cand.get("sdpMLineIndex")
             await session.add_ice_candidate(ice)
         except Exception as exc:
-            raise HTTPError(400, "bad_candidate", f"cannot parse ICE candidate: {exc}") from exc
+            raise Refused(ErrorCode.BAD_CANDIDATE, f"cannot parse ICE candidate: {exc}") from exc
 
     def next_output(self, webrtc_id: str, key: Any, kind: str = OUTPUTS_ADDITIONAL) -> list[Any] | None:
         """The oldest outputs of a session not yet fetched (None: none waiting): its
@@ -337,7 +337,7 @@ class MediaEngine:
                 if webrtc_id in self.keys:  # an offer being answered: no outputs yet
                     self.authorize(webrtc_id, key)
                     return None
-                raise HTTPError(404, "unknown_webrtc_id", f"no session {webrtc_id!r}")
+                raise Refused(ErrorCode.UNKNOWN_WEBRTC_ID, f"no session {webrtc_id!r}")
             check_key(self.config, ended[0], key)
             queue = ended[1]
         if queue.empty():
@@ -348,14 +348,14 @@ class MediaEngine:
         self.authorize(webrtc_id, key)
         session = self.sessions.get(webrtc_id)
         if session is None:
-            raise HTTPError(404, "unknown_webrtc_id", f"no session {webrtc_id!r}")
+            raise Refused(ErrorCode.UNKNOWN_WEBRTC_ID, f"no session {webrtc_id!r}")
         if not session.input_rate.take():
             retry = max(1, math.ceil(session.input_rate.retry_after()))
-            raise HTTPError(429, "input_rate_limited", "too many input posts for this session", headers={"Retry-After": str(retry)})
+            raise Refused(ErrorCode.INPUT_RATE_LIMITED, "too many input posts for this session", retry_after_s=retry)
         try:
             Args(list(args)).encode()  # what the worker is sent: refused here, not after a 200
         except (TypeError, ValueError, OverflowError, WireError) as exc:
-            raise HTTPError(400, "bad_request", f"'args' holds a value the worker cannot receive: {str(exc)[:200]}") from None
+            raise Refused(ErrorCode.BAD_REQUEST, f"'args' holds a value the worker cannot receive: {str(exc)[:200]}") from None
         session.set_args(args)
 
     def subscribe(self, webrtc_id: str, key: Any) -> tuple[Session, asyncio.Queue[list[Any]]]:
@@ -363,7 +363,7 @@ class MediaEngine:
         self.authorize(webrtc_id, key)
         session = self.sessions.get(webrtc_id)
         if session is None:
-            raise HTTPError(404, "unknown_webrtc_id", f"no session {webrtc_id!r}")
+            raise Refused(ErrorCode.UNKNOWN_WEBRTC_ID, f"no session {webrtc_id!r}")
         session.readers.take()
         queue: asyncio.Queue[list[Any]] = asyncio.Queue(OUTPUTS_QUEUE_MAX)
         session.subscribers.append(queue)
@@ -392,7 +392,7 @@ class MediaEngine:
         while webrtc_id in self.sessions:
             session = self.sessions[webrtc_id]
             if session is not None:
-                session.close_soon("the client hung up")
+                session.close_soon(EndReason.CLIENT_CLOSED, "the client hung up")
                 return
             if loop.time() > deadline:
                 # left to the session's connect timeout
@@ -433,7 +433,7 @@ class MediaEngine:
     async def _end_drained(session: Session) -> None:
         session.send_client("end_stream", {"reason": "server_draining"})
         await asyncio.sleep(C.END_STREAM_GRACE_S)  # the message goes out before the close
-        await session.aclose("the server is draining")
+        await session.aclose(EndReason.DRAINING, "the server is draining")
 
     def drain_now(self) -> None:
         """End a drain's wait at once (a second SIGTERM, or SIGINT)."""
@@ -481,7 +481,7 @@ class MediaEngine:
     async def session_ended(self, session: Session) -> None:
         key = self.keys.get(session.webrtc_id, "")
         if session.has_peer and session.lease_id:
-            self.counters.session_ended(session.stats(), session.end_reason)
+            self.counters.session_ended(session.stats(), session.end_reason or EndReason.OTHER)
         if session.admission is not None:
             session.admission.ended()
         if self.sessions.get(session.webrtc_id) is session:
@@ -510,7 +510,7 @@ class MediaEngine:
         self._sampler = None
         self.half_open.cancel()
         sessions = [s for s in self.sessions.values() if s is not None]
-        await asyncio.gather(*(s.aclose("gateway shutting down") for s in sessions), return_exceptions=True)
+        await asyncio.gather(*(s.aclose(EndReason.SHUTDOWN, "gateway shutting down") for s in sessions), return_exceptions=True)
         await self._heartbeat.aclose()  # before forget_gateway: see Heartbeat.aclose
         if self.scheduler is not None:
             try:

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from runtime.errors import EndReason
 from runtime.media.session import Session
 
 log = logging.getLogger("rtcpool.engine")
@@ -44,7 +45,7 @@ class HalfOpen:
             return False
         victim = min(stale, key=lambda s: s.created_at)
         log.warning("session %s: ended half-open (no ICE after %.1f s) for a newcomer to the full stream %s", victim.webrtc_id, now - victim.created_at, event_id)
-        await victim.aclose("half-open: displaced by a newcomer to the full stream")
+        await victim.aclose(EndReason.DISPLACED, "half-open: displaced by a newcomer to the full stream")
         return True
 
     def displace_when_stale(self, event_id: str, client: str) -> None:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from runtime import constants as C
 from runtime.control.messages import HeartbeatAnswer
+from runtime.errors import EndReason
 
 if TYPE_CHECKING:
     from runtime.media.load import EngineLoad
@@ -158,4 +159,4 @@ class Heartbeat:
 def end_reclaimed(session: Session) -> None:
     """The scheduler no longer knows the session's lease: its slot may be someone else's."""
     session.send_client("end_stream", {"reason": "lease_reclaimed"})
-    session.close_soon("the scheduler reclaimed the lease", delay=C.END_STREAM_GRACE_S)
+    session.close_soon(EndReason.LEASE_RECLAIMED, "the scheduler reclaimed the lease", delay=C.END_STREAM_GRACE_S)

@@ -11,8 +11,8 @@ A media process that dies takes only its own sessions: the scheduler, which wait
 :meth:`MediaProcess.run` of every media process, gives their leases back the moment Ray
 reports the actor dead, and the front starts a replacement.
 
-Every method returns a value, never raises an HTTPError: a refusal comes back as a
-:class:`runtime.errors.Refusal` the front turns into its 4xx.
+Every method returns a value, never raises: a refusal comes back as the
+:class:`runtime.errors.Refused` it raised (it pickles by its fields), which the front raises.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 import ray
 
 from runtime.config import Config
-from runtime.errors import HTTPError, Refusal
+from runtime.errors import Refused
 from runtime.media.engine import EngineLoad, MediaEngine, StreamEvent
 from runtime.ops import logs
 from runtime.ops.metrics import EngineMetrics
@@ -49,45 +49,45 @@ class EngineCalls:
 
     async def offer(
         self, event_id: str, webrtc_id: str, sdp: str, client: str | None = None, queue: bool = True, ticket: str | None = None
-    ) -> dict[str, Any] | Refusal:
+    ) -> dict[str, Any] | Refused:
         try:
             return await self.engine.offer(event_id, webrtc_id, sdp, client, queue, ticket)
-        except HTTPError as err:
-            return err.refusal()
+        except Refused as err:
+            return err
 
-    async def candidate(self, webrtc_id: str, key: Any, cand: Any) -> Refusal | None:
+    async def candidate(self, webrtc_id: str, key: Any, cand: Any) -> Refused | None:
         try:
             await self.engine.add_candidate(webrtc_id, key, cand)
             return None
-        except HTTPError as err:
-            return err.refusal()
+        except Refused as err:
+            return err
 
-    async def set_args(self, webrtc_id: str, key: Any, args: list[Any]) -> Refusal | None:
+    async def set_args(self, webrtc_id: str, key: Any, args: list[Any]) -> Refused | None:
         try:
             self.engine.set_args(webrtc_id, key, args)
             return None
-        except HTTPError as err:
-            return err.refusal()
+        except Refused as err:
+            return err
 
-    async def close_session(self, webrtc_id: str, key: Any) -> Refusal | None:
+    async def close_session(self, webrtc_id: str, key: Any) -> Refused | None:
         try:
             await self.engine.close_session(webrtc_id, key)
             return None
-        except HTTPError as err:
-            return err.refusal()
+        except Refused as err:
+            return err
 
-    async def next_output(self, webrtc_id: str, key: Any, kind: str = OUTPUTS_ADDITIONAL) -> list[Any] | Refusal | None:
+    async def next_output(self, webrtc_id: str, key: Any, kind: str = OUTPUTS_ADDITIONAL) -> list[Any] | Refused | None:
         try:
             return self.engine.next_output(webrtc_id, key, kind)
-        except HTTPError as err:
-            return err.refusal()
+        except Refused as err:
+            return err
 
-    async def subscribe(self, webrtc_id: str, key: Any) -> int | Refusal:
+    async def subscribe(self, webrtc_id: str, key: Any) -> int | Refused:
         """An outputs (SSE) reader at another process: a queue here, read by wait_outputs."""
         try:
             session, queue = self.engine.subscribe(webrtc_id, key)
-        except HTTPError as err:
-            return err.refusal()
+        except Refused as err:
+            return err
         sub = next(self._sub_ids)
         self._subs[sub] = (session, queue)
         return sub

@@ -3,7 +3,7 @@
 
 The request's values as the routes pass them on (a webrtc_id, a session key, an SDP offer,
 the Gradio component's handle) are checked here, so a bad one costs no lease, no worker and
-no peer connection; the refusals are HTTPErrors the front turns into its responses.
+no peer connection; the refusals are :class:`runtime.errors.Refused`, which the front turns into its responses.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 from runtime import constants as C
 from runtime.config import Config
 from runtime.control.leases import LeaseDenied, LeaseQueued
-from runtime.errors import HTTPError
+from runtime.errors import ErrorCode, Refused
 from runtime.guard.limits import check_candidate_address
 from runtime.guard.sdp_check import check_offer_sdp
 from runtime.media.stream_event import StreamEvent
@@ -25,7 +25,7 @@ WEBRTC_ID_RE = re.compile(rf"[A-Za-z0-9_.:-]{{1,{C.MAX_WEBRTC_ID_CHARS}}}")  # f
 
 def check_id(webrtc_id: Any) -> str:
     if not isinstance(webrtc_id, str) or not WEBRTC_ID_RE.fullmatch(webrtc_id):
-        raise HTTPError(400, "bad_webrtc_id", f"'webrtc_id' must be 1-{C.MAX_WEBRTC_ID_CHARS} characters of [A-Za-z0-9_.:-]")
+        raise Refused(ErrorCode.BAD_WEBRTC_ID, f"'webrtc_id' must be 1-{C.MAX_WEBRTC_ID_CHARS} characters of [A-Za-z0-9_.:-]")
     return webrtc_id
 
 
@@ -33,10 +33,10 @@ def check_key(config: Config, expected: str, key: Any) -> None:
     if not config.gateway.require_session_key:
         return
     if not isinstance(key, str) or not key:
-        raise HTTPError(403, "session_key_required", "send the session's key (the answer's 'session_key') with every request about it")
+        raise Refused(ErrorCode.SESSION_KEY_REQUIRED, "send the session's key (the answer's 'session_key') with every request about it")
     # constant time: a key compared byte by byte would leak its prefix to a patient prober
     if not hmac.compare_digest(expected.encode(), key.encode("utf-8", "replace")):
-        raise HTTPError(403, "bad_session_key", "the session key does not match the session")
+        raise Refused(ErrorCode.BAD_SESSION_KEY, "the session key does not match the session")
 
 
 def strip_forbidden_candidates(sdp: str, allow_loopback: bool) -> str:
@@ -49,7 +49,7 @@ def strip_forbidden_candidates(sdp: str, allow_loopback: bool) -> str:
         if line.startswith("a=candidate:"):
             try:
                 check_candidate_address(line[2:].strip(), allow_loopback=allow_loopback)
-            except HTTPError:
+            except Refused:
                 continue
         kept.append(line)
     return "".join(kept)
@@ -73,33 +73,32 @@ def queued_answer(webrtc_id: str, place: LeaseQueued) -> dict[str, Any]:
 QUEUE_UPDATES_ROUTE = "/webrtc/queue"  # where a queued client follows its place (server-sent events)
 
 
-def denied_error(lease: LeaseDenied) -> HTTPError:
+def denied_error(lease: LeaseDenied) -> Refused:
     """What the client is told of a lease the scheduler refused."""
-    if lease.error in ("concurrency_limit_reached", "queue_full", "too_many_queued"):
-        retry = str(lease.retry_after or C.RETRY_AFTER_S)
-        meta = {"limit": lease.limit, "retry_after": int(retry)}
+    code = lease.error
+    if code in (ErrorCode.CONCURRENCY_LIMIT_REACHED, ErrorCode.QUEUE_FULL, ErrorCode.TOO_MANY_QUEUED):
+        retry = lease.retry_after or C.RETRY_AFTER_S
+        meta = {"limit": lease.limit, "retry_after": retry}
         if lease.queue_size is not None:
             meta["queue_size"] = lease.queue_size
         first = (
             f"this stream serves at most {lease.limit} session(s) at once"
-            if lease.error == "concurrency_limit_reached"
+            if code == ErrorCode.CONCURRENCY_LIMIT_REACHED
             else lease.message
         )
-        return HTTPError(429, lease.error, f"{first}; retry in {retry} s", headers={"Retry-After": retry}, meta=meta)
-    if lease.error == "queue_ticket_gone":
-        return HTTPError(410, "queue_ticket_gone", lease.message)
-    if lease.error == "duplicate_webrtc_id":
-        return HTTPError(409, "duplicate_webrtc_id", lease.message)
-    return HTTPError(503, lease.error, lease.message or "no worker available")
+        return Refused(code, f"{first}; retry in {retry} s", retry_after_s=retry, meta=meta)
+    if code in (ErrorCode.QUEUE_TICKET_GONE, ErrorCode.DUPLICATE_WEBRTC_ID):
+        return Refused(code, lease.message)
+    # the scheduler could not serve it (unknown_stream, no_node_fits, no_worker, expired)
+    return Refused(code, lease.message or "no worker available", unavailable=True)
 
 
-def draining_error() -> HTTPError:
+def draining_error() -> Refused:
     # 503 + Retry-After: a load balancer (or the page's retry) sends the user elsewhere
-    return HTTPError(
-        503,
-        "draining",
+    return Refused(
+        ErrorCode.DRAINING,
         "this server is restarting and takes no new streams; try again",
-        headers={"Retry-After": str(C.DRAIN_RETRY_AFTER_S)},
+        retry_after_s=C.DRAIN_RETRY_AFTER_S,
         meta={"retry_after": C.DRAIN_RETRY_AFTER_S},
     )
 
@@ -124,7 +123,7 @@ def check_sdp(sdp: Any, event: StreamEvent, max_bytes: int) -> str:
     wanted |= {"audio"} if event.has_audio else set()
     missing = sorted(wanted - set(summary.kinds))
     if missing:
-        raise HTTPError(400, "offer_lacks_media", f"stream {event.event_id!r} carries {event.modality}: the offer has no {' or '.join(missing)} section")
+        raise Refused(ErrorCode.OFFER_LACKS_MEDIA, f"stream {event.event_id!r} carries {event.modality}: the offer has no {' or '.join(missing)} section")
     assert isinstance(sdp, str)
     return sdp
 

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from runtime import constants as C
+from runtime.errors import EndReason
 from runtime.guard.limits import Admission, PerSessionCount, TokenBucket
 from runtime.ops.metrics import EngineCounters, LiveSessionStats
 from workers.link.channel import FrameChannel
@@ -147,7 +148,8 @@ class Session:
         self.admission: Admission | None = None  # its address's hold, given back when it ends
         self.client = ""  # its address as the limits count it (an IPv4 address, an IPv6 /64)
         self.first_output_at: float | None = None  # the first processed frame (or audio) back
-        self.end_reason = ""
+        self.end_reason: EndReason | None = None  # set once it ends (aclose)
+        self.end_detail = ""
         self.readers = PerSessionCount.readers(lc.max_sse_readers_per_session)
         self.input_rate = TokenBucket(lc.max_input_posts_per_s, lc.input_post_burst)
 
@@ -277,7 +279,7 @@ class Session:
                 await asyncio.wait_for(out.drained.wait(), END_DRAIN_MAX_S)
             await asyncio.sleep(PLAYOUT_MARGIN_S)
         self.send_client("end_stream", data)
-        self.close_soon("handler ended the stream", delay=C.END_STREAM_GRACE_S)
+        self.close_soon(EndReason.HANDLER_ENDED, "handler ended the stream", delay=C.END_STREAM_GRACE_S)
 
     def _on_link_closed(self, reason: str) -> None:
         self._link_closed.set()
@@ -295,7 +297,7 @@ class Session:
         self.host.counters.worker_died(self.event.event_id)
         self.send_client_error(f"the worker for this stream stopped ({reason})")
         self.send_client("end_stream", {"reason": "worker_failed"})
-        self.close_soon(f"worker link closed: {reason}", delay=0.05)
+        self.close_soon(EndReason.WORKER_DIED, f"worker link closed: {reason}", delay=0.05)
 
     def _media_arrived(self) -> None:
         now = time.monotonic()
@@ -352,14 +354,14 @@ class Session:
             await asyncio.sleep(delay)
             now = time.monotonic()
             if self.connected_at is None and now - self.created_at > cfg.connect_timeout_s:
-                self.close_soon("connect timeout")
+                self.close_soon(EndReason.CONNECT_TIMEOUT, "connect timeout")
                 return
             if self.event.shape.client_sends and self.connected_at is not None and now - self.last_media > cfg.media_inactivity_timeout_s:
-                self.close_soon("no media from the client")
+                self.close_soon(EndReason.CLIENT_GONE, "no media from the client")
                 return
             if time_limit is not None and self.media_since is not None and now - self.media_since >= time_limit:
                 self.send_client("end_stream", {"reason": "time_limit_reached", "time_limit": time_limit})
-                self.close_soon("time limit reached", delay=C.END_STREAM_GRACE_S)
+                self.close_soon(EndReason.TIME_LIMIT, "time limit reached", delay=C.END_STREAM_GRACE_S)
                 return
 
     # --- ending --------------------------------------------------------------------------------------
@@ -370,14 +372,14 @@ class Session:
         task.add_done_callback(self.tasks.discard)
         return task
 
-    def close_soon(self, reason: str, delay: float = 0.0) -> None:
+    def close_soon(self, reason: EndReason, detail: str, delay: float = 0.0) -> None:
         if self._closing is None and not self.closed:
-            self._closing = self.loop.create_task(self._close_after(reason, delay))
+            self._closing = self.loop.create_task(self._close_after(reason, detail, delay))
 
-    async def _close_after(self, reason: str, delay: float) -> None:
+    async def _close_after(self, reason: EndReason, detail: str, delay: float) -> None:
         if delay:
             await asyncio.sleep(delay)
-        await self.aclose(reason)
+        await self.aclose(reason, detail)
 
     def first_output(self) -> None:
         """The handler's first output reached the gateway: offer -> first processed frame."""
@@ -413,13 +415,15 @@ class Session:
             extra={"rtcpool": {"event": "session_end", "webrtc_id": self.webrtc_id, "stream": self.event.event_id, "duration_s": round(duration, 3), "reason": reason, "frames_in": self.frames_in, "frames_skipped_in": self.frames_skipped_in, "frames_out": self.frames_out, "worker_pid": self.worker_pid}},
         )  # fmt: skip
 
-    async def aclose(self, reason: str = "closed") -> None:
-        """End the session and give everything back. Safe to call twice, from any path."""
+    async def aclose(self, reason: EndReason = EndReason.OTHER, detail: str = "closed") -> None:
+        """End the session and give everything back. Safe to call twice, from any path.
+        ``reason`` is what /metrics counts; ``detail`` what the log, the worker and a
+        WebSocket client's close frame are told."""
         if self.closed:
             return
         self.closed = True
-        self.end_reason = reason
-        self._log_end(reason)
+        self.end_reason, self.end_detail = reason, detail
+        self._log_end(detail)
         current = asyncio.current_task()
         for task in list(self.tasks):
             if task is not current:
@@ -431,7 +435,7 @@ class Session:
                 # ask the worker to end its session and wait for its Close: a worker that
                 # does not answer is replaced rather than handed to the next user
                 try:
-                    ch.send_control(Close(reason))
+                    ch.send_control(Close(detail))
                     await asyncio.wait_for(self._link_closed.wait(), C.CLOSE_ACK_TIMEOUT_S)
                 except (TimeoutError, OSError, WireError):
                     self.worker_ok = False
@@ -443,7 +447,7 @@ class Session:
                     self.loop.remove_writer(ch.sock.fileno())
             except (ValueError, OSError):
                 pass
-            ch.close(reason, notify=False)
+            ch.close(detail, notify=False)
         await self._close_client()
         await self.host.session_ended(self)
 

@@ -29,6 +29,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 
 from runtime import constants as C
+from runtime.errors import EndReason
 from runtime.guard import safejson
 from runtime.guard.limits import PerSessionCount, TokenBucket
 from runtime.media.encoder import use_gateway_encoder
@@ -262,7 +263,7 @@ class WebRTCSession(Session):
             if self.admission is not None:
                 self.admission.connected()  # no longer a pending offer of its address
         elif state in ("failed", "closed"):
-            self.close_soon(f"peer connection {state}")
+            self.close_soon(EndReason.ICE_FAILED if state == "failed" else EndReason.CLIENT_CLOSED, f"peer connection {state}")
 
     def _on_oversize_keyframe(self, width: int, height: int) -> None:
         max_pixels = self.host.config.gateway.max_frame_pixels

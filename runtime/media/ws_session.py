@@ -28,6 +28,7 @@ import av
 import numpy as np
 
 from runtime import constants as C
+from runtime.errors import EndReason
 from runtime.media import mulaw
 from runtime.media.session import Session, client_json
 from workers.link.wire import CLIENT_TELEPHONE, WEBSOCKET_SEND, ClearAudio, Control, Message
@@ -222,7 +223,7 @@ class WebSocketSession(Session):
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the client went away mid-write
-            self.close_soon(f"websocket closed: {type(exc).__name__}")
+            self.close_soon(EndReason.OTHER, f"websocket closed: {type(exc).__name__}")
 
     async def flush(self, timeout: float) -> None:
         """Send what is queued (the last end_stream, a clear) before the socket closes."""
@@ -234,10 +235,10 @@ class WebSocketSession(Session):
                     max(0.01, deadline - time.monotonic()),
                 )
 
-    async def aclose(self, reason: str = "closed") -> None:
+    async def aclose(self, reason: EndReason = EndReason.OTHER, detail: str = "closed") -> None:
         if self.closed:
             return
         try:
-            await super().aclose(reason)
+            await super().aclose(reason, detail)
         finally:
             self.ended.set()

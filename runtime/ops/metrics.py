@@ -42,6 +42,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from runtime.control.messages import SchedulerStatus, status_json
+from runtime.errors import EndReason
 from workers.link.wire import HANDLER_BUCKETS_S, HandlerHist
 
 PREFIX = "rtcpool_"
@@ -81,26 +82,9 @@ REASON_STATUS: Mapping[str, int] = {
 }
 
 # --- sessions ----------------------------------------------------------------------------------
-END_REASON_OTHER = "other"
-# How sessions end, by the reason text the engine and the session close with (a prefix of it:
-# some carry details after a colon). A reason that is already a label counts as itself.
-_END_REASON_PREFIXES: tuple[tuple[str, str], ...] = (
-    ("the client hung up", "client_closed"),
-    ("peer connection closed", "client_closed"),
-    ("peer connection failed", "ice_failed"),
-    ("no media from the client", "client_gone"),
-    ("connect timeout", "connect_timeout"),
-    ("time limit reached", "time_limit"),
-    ("handler ended the stream", "handler_ended"),
-    ("worker link closed", "worker_died"),
-    ("worker unavailable", "worker_unavailable"),
-    ("offer failed", "offer_failed"),
-    ("half-open", "displaced"),
-    ("the scheduler reclaimed the lease", "lease_reclaimed"),
-    ("the server is draining", "draining"),
-    ("gateway shutting down", "shutdown"),
-)
-END_REASONS: tuple[str, ...] = (*dict.fromkeys(label for _, label in _END_REASON_PREFIXES), END_REASON_OTHER)
+END_REASON_OTHER = EndReason.OTHER.value
+# how sessions end: the engine counts the EndReason a session closed with, never its text
+END_REASONS: tuple[str, ...] = tuple(reason.value for reason in EndReason)
 MAX_STREAMS = 256  # stream labels an engine keeps; an app has a handful of stream events
 STREAM_OTHER = "_other"  # the label of streams past MAX_STREAMS (never an event id: ids are identifiers)
 
@@ -255,10 +239,10 @@ class EngineCounters:
         """A session's worker went away without being asked (its link closed under it)."""
         self._stream(stream_id).worker_deaths += 1
 
-    def session_ended(self, final: LiveSessionStats, reason: str) -> str:
-        """A session ended: its last counts move to the totals. ``reason`` is the text the
-        session closed with (or an :data:`END_REASONS` label). Returns the label counted."""
-        label = end_reason_label(reason)
+    def session_ended(self, final: LiveSessionStats, reason: EndReason) -> str:
+        """A session ended: its last counts move to the totals, counted under ``reason``.
+        Returns the label counted."""
+        label = EndReason(reason).value
         self.sessions_ended[label] = self.sessions_ended.get(label, 0) + 1
         self.session_seconds += final.seconds
         t = self._stream(final.stream_id)
@@ -295,16 +279,6 @@ def outcome_label(kind: str, status: int | None = None) -> str:
         return OUTCOME_5XX
     reason = _REASON_CHARS.sub("_", str(kind).lower())[:MAX_REASON_CHARS].strip("_")
     return OUTCOME_4XX_PREFIX + reason if reason and reason != "other" else OUTCOME_4XX_OTHER
-
-
-def end_reason_label(reason: str) -> str:
-    """The ``sessions_ended_total`` label of a session's close reason."""
-    if reason in END_REASONS:
-        return reason
-    for prefix, label in _END_REASON_PREFIXES:
-        if reason.startswith(prefix):
-            return label
-    return END_REASON_OTHER
 
 
 def snapshot(counters: EngineCounters, live: Iterable[LiveSessionStats], loop_lag_ms: float) -> EngineMetrics:
@@ -471,5 +445,4 @@ __all__ = [
     "merge",
     "render",
     "outcome_label",
-    "end_reason_label",
 ]

@@ -1,13 +1,15 @@
 """The engine handles (runtime/front/engines.py) without Ray: a RemoteEngine answers as the
-LocalEngine would -- a refusal from the other process is the same HTTPError, a silent one a 504."""
+LocalEngine would -- a refusal from the other process is the same Refused, a silent one a 504."""
 
 import asyncio
+import pickle
 
 import pytest
 
-from runtime.errors import HTTPError
+from runtime.errors import ErrorCode, Refused
 from runtime.front import engines
 from runtime.front.engines import RemoteEngine
+from runtime.front.statuses import http_status
 
 
 class _Method:
@@ -30,12 +32,13 @@ class _Actor:
 
 
 async def test_a_refusal_from_the_other_process_is_the_same_http_error():
-    refusal = HTTPError(403, "bad_session_key", "wrong key").refusal()
+    # what a media process returns crossed Ray pickled
+    refusal = pickle.loads(pickle.dumps(Refused(ErrorCode.BAD_SESSION_KEY, "wrong key")))
     handle = RemoteEngine(_Actor(set_args=refusal, next_output=refusal))
-    with pytest.raises(HTTPError) as err:
+    with pytest.raises(Refused) as err:
         await handle.set_args("s", "k", [1])
-    assert (err.value.status, err.value.error) == (403, "bad_session_key")
-    with pytest.raises(HTTPError):
+    assert (http_status(err.value), err.value.error) == (403, "bad_session_key")
+    with pytest.raises(Refused):
         await handle.next_output("s", "k")
 
 
@@ -48,6 +51,6 @@ async def test_answers_pass_through():
 
 async def test_a_silent_process_is_a_504():
     handle = RemoteEngine(_Actor(set_args="hang"))
-    with pytest.raises(HTTPError) as err:
+    with pytest.raises(Refused) as err:
         await engines.forward(handle.actor.set_args.remote("s", "k", []), 0.05)
-    assert (err.value.status, err.value.error) == (504, "media_timeout")
+    assert (http_status(err.value), err.value.error) == (504, "media_timeout")

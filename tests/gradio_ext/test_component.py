@@ -26,7 +26,7 @@ from gradio_ext.webrtc import (
     JS_PATH,
     MAX_ICON_BYTES,
 )
-from runtime.front.gateway import HTTPError
+from runtime.errors import ErrorCode, Refused
 from workers.process import loader
 
 
@@ -320,9 +320,9 @@ class RecordingGateway:
 
     async def aset_args(self, webrtc_id: str, key, args: list) -> None:
         if webrtc_id not in self.known:
-            raise HTTPError(404, "unknown_webrtc_id", "no session")
+            raise Refused(ErrorCode.UNKNOWN_WEBRTC_ID, "no session")
         if key != "k3y":
-            raise HTTPError(403, "bad_session_key", "wrong key")
+            raise Refused(ErrorCode.BAD_SESSION_KEY, "wrong key")
         self.calls.append((webrtc_id, args))
 
 

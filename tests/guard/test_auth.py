@@ -17,7 +17,8 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from runtime.errors import HTTPError
+from runtime.errors import Refused
+from runtime.front.statuses import http_headers, http_status
 from runtime.guard import auth as A
 from runtime.guard.auth import (
     AuthConfig,
@@ -36,8 +37,8 @@ NOW = 1_700_000_000.0
 BEARER = "a-bearer-token-of-32-characters!"
 
 
-def refused(fn, *args, **kwargs) -> HTTPError:
-    with pytest.raises(HTTPError) as info:
+def refused(fn, *args, **kwargs) -> Refused:
+    with pytest.raises(Refused) as info:
         fn(*args, **kwargs)
     return info.value
 
@@ -74,8 +75,8 @@ def test_tokens_differ_by_nonce():
 def test_expired():
     token = mint_join_token(SECRET, ttl_s=10, now=NOW)
     err = refused(verify_join_token, SECRET, token, now=NOW + 10)
-    assert (err.status, err.error) == (401, "token_expired")
-    assert "invalid_token" in err.headers["WWW-Authenticate"]
+    assert (http_status(err), err.error) == (401, "token_expired")
+    assert "invalid_token" in http_headers(err)["WWW-Authenticate"]
     # now=None is the wall clock: NOW is in the past, so a token minted then is long expired
     assert refused(verify_join_token, SECRET, mint_join_token(SECRET, ttl_s=1, now=NOW)).error == "token_expired"
     assert verify_join_token(SECRET, mint_join_token(SECRET, ttl_s=1)).subject is None
@@ -84,8 +85,8 @@ def test_expired():
 def test_wrong_stream():
     token = mint_join_token(SECRET, stream_id="cam", now=NOW)
     err = refused(verify_join_token, SECRET, token, stream_id="mic", now=NOW)
-    assert (err.status, err.error) == (403, "token_wrong_stream")
-    assert "WWW-Authenticate" not in err.headers
+    assert (http_status(err), err.error) == (403, "token_wrong_stream")
+    assert "WWW-Authenticate" not in http_headers(err)
     # a route that knows no stream takes it
     assert verify_join_token(SECRET, token, stream_id=None, now=NOW).stream_id == "cam"
 
@@ -105,14 +106,14 @@ def test_wrong_secret_and_tampering():
             continue
         flipped = token[:i] + ("A" if token[i] != "A" else "B") + token[i + 1 :]
         err = refused(verify_join_token, SECRET, flipped, now=NOW)
-        assert (err.status, err.error) == (401, "bad_token")
+        assert (http_status(err), err.error) == (401, "bad_token")
 
 
 def test_every_truncation_is_bad_token():
     token = mint_join_token(SECRET, stream_id="cam", subject="bob", now=NOW)
     for n in range(len(token)):
         err = refused(verify_join_token, SECRET, token[:n], now=NOW)
-        assert (err.status, err.error) == (401, "bad_token")
+        assert (http_status(err), err.error) == (401, "bad_token")
 
 
 MALFORMED = [
@@ -136,7 +137,7 @@ MALFORMED = [
 @pytest.mark.parametrize("token", MALFORMED)
 def test_malformed(token):
     err = refused(verify_join_token, SECRET, token, now=NOW)
-    assert (err.status, err.error) == (401, "bad_token")
+    assert (http_status(err), err.error) == (401, "bad_token")
 
 
 @pytest.mark.parametrize("token", [None, 5, b"abc.def", ["a.b"]])
@@ -176,7 +177,7 @@ def test_signed_but_bad_payload(payload):
     if len(token) > A.MAX_TOKEN_CHARS:
         token = token[: A.MAX_TOKEN_CHARS + 1]
     err = refused(verify_join_token, SECRET, token, now=NOW)
-    assert (err.status, err.error) == (401, "bad_token")
+    assert (http_status(err), err.error) == (401, "bad_token")
 
 
 def test_signed_good_payload_by_hand():
@@ -253,7 +254,7 @@ def test_origin_rule(allowed, origin, host, ok):
         assert a.check(headers, host=host, stream_id=None) == A.AuthGrant("none")
     else:
         err = refused(a.check, headers, host=host, stream_id=None)
-        assert (err.status, err.error) == (403, "origin_not_allowed")
+        assert (http_status(err), err.error) == (403, "origin_not_allowed")
 
 
 @pytest.mark.parametrize("bad", ["https://x.org/", "https://x.org/path", "x.org", "https://", "https://x.org?q", "https://x.org:port"])
@@ -284,11 +285,11 @@ def test_bearer_mode():
     assert a.check({"Authorization": f"Bearer {BEARER}"}, host="h", stream_id=None) == A.AuthGrant("bearer")
     assert a.check({"authorization": "bearer second-token-0123456789"}, host="h", stream_id="s").mode == "bearer"
     missing = refused(a.check, {}, host="h", stream_id=None)
-    assert (missing.status, missing.error) == (401, "auth_required")
-    assert missing.headers["WWW-Authenticate"] == 'Bearer realm="rtcpool"'
+    assert (http_status(missing), missing.error) == (401, "auth_required")
+    assert http_headers(missing)["WWW-Authenticate"] == 'Bearer realm="rtcpool"'
     for header in (f"Bearer {BEARER}x", f"Bearer {BEARER[:-1]}", "Bearer " + "x" * 5000, f"Basic {BEARER}", "Bearer", "", f"Bearer  {BEARER} junk"):
         err = refused(a.check, {"Authorization": header}, host="h", stream_id=None)
-        assert err.status == 401 and err.error in ("bad_token", "auth_required"), header
+        assert http_status(err) == 401 and err.error in ("bad_token", "auth_required"), header
     # the Origin is checked first
     assert refused(a.check, {"Authorization": f"Bearer {BEARER}", "Origin": "https://evil.com"}, host="h", stream_id=None).error == "origin_not_allowed"
 
@@ -347,8 +348,8 @@ def add_probe(app, mode: str = "gradio") -> None:
         user = await gradio_user(request, app)
         try:
             grant = await checker.check_request(request, stream_id=None)
-        except HTTPError as err:
-            return JSONResponse({"user": user, **err.body()}, status_code=err.status)
+        except Refused as err:
+            return JSONResponse({"user": user, **err.body()}, status_code=http_status(err))
         return JSONResponse({"user": user, "subject": grant.subject})
 
     app.add_route("/probe", probe)
@@ -414,8 +415,8 @@ async def test_gradio_mode_off_a_gradio_app_is_a_config_error():
 
         try:
             await checker.check_request(request, stream_id=None)
-        except HTTPError as err:
-            return JSONResponse(err.body(), status_code=err.status)
+        except Refused as err:
+            return JSONResponse(err.body(), status_code=http_status(err))
         return JSONResponse({})
 
     app.add_route("/probe", probe)

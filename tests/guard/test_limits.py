@@ -9,7 +9,8 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from runtime.errors import HTTPError
+from runtime.errors import ErrorCode, Refused
+from runtime.front.statuses import http_headers, http_status
 from runtime.guard import limits as L
 from runtime.guard.limits import (
     AddressLimits,
@@ -33,8 +34,8 @@ class FakeClock:
         self.t += dt
 
 
-def refused(fn, *args, **kwargs) -> HTTPError:
-    with pytest.raises(HTTPError) as info:
+def refused(fn, *args, **kwargs) -> Refused:
+    with pytest.raises(Refused) as info:
         fn(*args, **kwargs)
     return info.value
 
@@ -129,8 +130,8 @@ def test_pending_offers_limit_and_release():
     lim = limits(max_pending=2, max_sessions=10, offers_per_min=100)
     a, b = lim.admit_offer("198.51.100.1"), lim.admit_offer("198.51.100.1")
     err = refused(lim.admit_offer, "198.51.100.1")
-    assert (err.status, err.error) == (429, "too_many_pending_offers")
-    assert err.headers["Retry-After"] == str(L.PENDING_RETRY_AFTER_S)
+    assert (http_status(err), err.error) == (429, "too_many_pending_offers")
+    assert http_headers(err)["Retry-After"] == str(L.PENDING_RETRY_AFTER_S)
     assert err.body()["meta"]["limit"] == 2
     # another address is not affected
     lim.admit_offer("198.51.100.2")
@@ -148,8 +149,8 @@ def test_sessions_limit_counts_pending_and_live():
     held[0].connected()
     held[1].connected()
     err = refused(lim.admit_offer, "203.0.113.9")
-    assert (err.status, err.error) == (429, "too_many_sessions")
-    assert err.headers["Retry-After"] == str(L.SESSIONS_RETRY_AFTER_S)
+    assert (http_status(err), err.error) == (429, "too_many_sessions")
+    assert http_headers(err)["Retry-After"] == str(L.SESSIONS_RETRY_AFTER_S)
     held[0].ended()
     held[3:] = [lim.admit_offer("203.0.113.9")]
     for h in held:
@@ -164,10 +165,10 @@ def test_offer_rate_limited_and_window_expiry():
     for _ in range(30):
         lim.admit_offer("192.0.2.50").ended()
     err = refused(lim.admit_offer, "192.0.2.50")
-    assert (err.status, err.error) == (429, "offer_rate_limited")
-    assert err.headers["Retry-After"] == "2"  # 60 s / 30 offers
+    assert (http_status(err), err.error) == (429, "offer_rate_limited")
+    assert http_headers(err)["Retry-After"] == "2"  # 60 s / 30 offers
     clock.advance(1.9)
-    assert refused(lim.admit_offer, "192.0.2.50").headers["Retry-After"] == "1"
+    assert http_headers(refused(lim.admit_offer, "192.0.2.50"))["Retry-After"] == "1"
     clock.advance(0.1)
     lim.admit_offer("192.0.2.50").ended()
     assert refused(lim.admit_offer, "192.0.2.50").error == "offer_rate_limited"
@@ -347,7 +348,7 @@ def test_candidates_count():
     for _ in range(3):
         c.take()
     err = refused(c.take)
-    assert (err.status, err.error, err.headers) == (400, "too_many_candidates", {})
+    assert (http_status(err), err.error, http_headers(err)) == (400, "too_many_candidates", {})
     assert c.count == 3
     assert PerSessionCount.candidates().limit == L.MAX_CANDIDATES_PER_SESSION
 
@@ -356,8 +357,8 @@ def test_readers_count_and_hold():
     r = PerSessionCount.readers(limit=2)
     with r.hold(), r.hold():
         err = refused(r.take)
-        assert (err.status, err.error) == (429, "too_many_readers")
-        assert err.headers["Retry-After"] == str(L.READERS_RETRY_AFTER_S)
+        assert (http_status(err), err.error) == (429, "too_many_readers")
+        assert http_headers(err)["Retry-After"] == str(L.READERS_RETRY_AFTER_S)
     assert r.count == 0
     with pytest.raises(KeyError), r.hold():  # a reader that fails still gives its place back
         raise KeyError
@@ -366,7 +367,7 @@ def test_readers_count_and_hold():
     assert r.count == 0
     assert PerSessionCount.readers().limit == L.MAX_SSE_READERS_PER_SESSION
     with pytest.raises(ValueError):
-        PerSessionCount(0, reason="x", status=400, what="x")
+        PerSessionCount(0, code=ErrorCode.BAD_REQUEST, what="x")
 
 
 # --- ICE candidates ---------------------------------------------------------------------
@@ -455,7 +456,7 @@ def test_candidate_address_table(candidate, allow_loopback, reason, kind):
         assert check_candidate_address(candidate, allow_loopback=allow_loopback) is None
         return
     err = refused(check_candidate_address, candidate, allow_loopback=allow_loopback)
-    assert (err.status, err.error) == (400, reason)
+    assert (http_status(err), err.error) == (400, reason)
     if kind is not None:
         assert err.body()["meta"]["address_kind"] == kind
 
@@ -482,5 +483,5 @@ def test_candidate_every_truncation_is_a_400():
     for n in range(len(full)):
         try:
             check_candidate_address(full[:n], allow_loopback=False)
-        except HTTPError as err:
-            assert err.status == 400 and err.error in (BAD, FORBIDDEN)
+        except Refused as err:
+            assert http_status(err) == 400 and err.error in (BAD, FORBIDDEN)

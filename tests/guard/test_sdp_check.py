@@ -16,7 +16,8 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
 
 from runtime.constants import MAX_OFFER_BYTES
-from runtime.errors import HTTPError
+from runtime.errors import Refused
+from runtime.front.statuses import http_status
 from runtime.guard import sdp_check
 from runtime.guard.sdp_check import (
     MAX_MEDIA_SECTIONS,
@@ -213,10 +214,10 @@ def check(sdp: object, **limits: int) -> OfferSummary:
     return check_offer_sdp(sdp, max_bytes=limits.pop("max_bytes", MAX_OFFER_BYTES), **limits)
 
 
-def refusal(sdp: object, **limits: int) -> HTTPError:
-    with pytest.raises(HTTPError) as caught:
+def refusal(sdp: object, **limits: int) -> Refused:
+    with pytest.raises(Refused) as caught:
         check(sdp, **limits)
-    assert caught.value.status == 400 and caught.value.message
+    assert http_status(caught.value) == 400 and caught.value.message
     return caught.value
 
 
@@ -345,8 +346,8 @@ def _outcome(sdp: str) -> str:
     """'ok' or the 400's reason; anything else raised fails the test."""
     try:
         check(sdp)
-    except HTTPError as exc:
-        assert exc.status == 400, (exc.status, exc.error)
+    except Refused as exc:
+        assert http_status(exc) == 400, (http_status(exc), exc.error)
         return exc.error
     # accepted: aiortc's parser (run after the lease) must take it too
     aiortc_sdp.SessionDescription.parse(sdp)

@@ -13,6 +13,7 @@ import pytest
 
 from runtime import constants as C
 from runtime.control.messages import HeartbeatAnswer
+from runtime.errors import EndReason
 from runtime.media.heartbeat import Heartbeat
 from runtime.media.load import EngineLoad
 
@@ -25,14 +26,14 @@ class FakeSession:
         self.transport = "shm"
         self.loop = asyncio.get_running_loop()
         self.sent: list[tuple[str, Any]] = []
-        self.closing: list[str] = []
+        self.closing: list[EndReason] = []
         self.threads: set[str] = set()
 
     def send_client(self, type_: str, data: Any) -> None:
         self.threads.add(threading.current_thread().name)
         self.sent.append((type_, data))
 
-    def close_soon(self, reason: str, delay: float = 0.0) -> None:
+    def close_soon(self, reason: EndReason, detail: str, delay: float = 0.0) -> None:
         self.closing.append(reason)
 
 
@@ -111,7 +112,7 @@ async def test_one_loop_two_drivers(driver: str) -> None:
     # the reclaimed session is ended on its own loop's thread, whatever the driver
     assert reclaimed.sent[0] == ("end_stream", {"reason": "lease_reclaimed"})
     assert reclaimed.threads == {threading.current_thread().name}
-    assert reclaimed.closing and not kept.closing and not kept.sent
+    assert set(reclaimed.closing) == {EndReason.LEASE_RECLAIMED} and not kept.closing and not kept.sent
     assert "stream-a" in engine.registered
     thread = beat._thread
     await beat.aclose()

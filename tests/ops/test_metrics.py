@@ -15,6 +15,7 @@ import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
+from runtime.errors import EndReason
 from runtime.ops import metrics as M
 from runtime.ops.metrics import (
     END_REASONS,
@@ -26,7 +27,6 @@ from runtime.ops.metrics import (
     EngineCounters,
     EngineMetrics,
     LiveSessionStats,
-    end_reason_label,
     merge,
     outcome_label,
     render,
@@ -90,7 +90,7 @@ def two_engines() -> tuple[EngineMetrics, EngineMetrics]:
     app.session_started("video")
     app.first_frame(0.3)
     app.first_frame(1.0)  # exactly a bound: counted in it ("le")
-    app.session_ended(LiveSessionStats("video", 100, 90, 3, 1, hist(b0_02=50, b0_033=40), 10.0), "the client hung up")
+    app.session_ended(LiveSessionStats("video", 100, 90, 3, 1, hist(b0_02=50, b0_033=40), 10.0), EndReason.CLIENT_CLOSED)
     live_app = [LiveSessionStats("video", 20, 19, 1, 0, hist(b0_033=19), 2.5)]
 
     media = EngineCounters("media-1")
@@ -101,7 +101,7 @@ def two_engines() -> tuple[EngineMetrics, EngineMetrics]:
     media.session_started("video")
     media.first_frame(40.0)  # past the last bound: +Inf
     media.worker_died("audio")
-    media.session_ended(LiveSessionStats("audio", 500, 480, 0, 2, hist(b0_001=500), 12.0), "worker link closed: peer closed the link")
+    media.session_ended(LiveSessionStats("audio", 500, 480, 0, 2, hist(b0_001=500), 12.0), EndReason.WORKER_DIED)
     live_media = [LiveSessionStats("video", 7, 7, 0, 0, None, 1.5)]
 
     return snapshot(app, live_app, 12.0), snapshot(media, live_media, 250.0)
@@ -220,7 +220,7 @@ def test_a_session_ending_moves_its_counts_without_a_counter_going_back():
     c.session_started("video")
     live = LiveSessionStats("video", 30, 28, 2, 1, hist(b0_005=28), 4.0)
     before = scrape([snapshot(c, [live], 0.0)])
-    c.session_ended(live, "time limit reached")
+    c.session_ended(live, EndReason.TIME_LIMIT)
     after = scrape([snapshot(c, [], 0.0)])
     for name in ("rtcpool_frames_total", "rtcpool_frames_dropped_total", "rtcpool_handler_seconds_bucket", "rtcpool_session_seconds_total"):
         assert {k: v for k, v in after.items() if k[0] == name} == {k: v for k, v in before.items() if k[0] == name}
@@ -304,31 +304,18 @@ def test_stream_labels_are_capped_too():
     assert m.streams[STREAM_OTHER].sessions_live == 3 and m.streams[STREAM_OTHER].frames_in == 3
 
 
-@pytest.mark.parametrize(
-    ("reason", "label"),
-    [
-        ("the client hung up", "client_closed"),
-        ("peer connection closed", "client_closed"),
-        ("peer connection failed", "ice_failed"),
-        ("no media from the client", "client_gone"),
-        ("connect timeout", "connect_timeout"),
-        ("time limit reached", "time_limit"),
-        ("handler ended the stream", "handler_ended"),
-        ("worker link closed: peer closed the link", "worker_died"),
-        ("worker unavailable", "worker_unavailable"),
-        ("offer failed: RuntimeError('x')", "offer_failed"),
-        ("half-open: displaced by a newcomer to the full stream", "displaced"),
-        ("the scheduler reclaimed the lease", "lease_reclaimed"),
-        ("the server is draining", "draining"),
-        ("gateway shutting down", "shutdown"),
-        ("time_limit", "time_limit"),  # a label already
-        ("closed", "other"),
-        ("something new", "other"),
-    ],
-)
-def test_session_end_reasons(reason, label):
-    assert end_reason_label(reason) == label
-    assert label in END_REASONS
+@pytest.mark.parametrize("reason", list(EndReason))
+def test_every_end_reason_is_counted_as_itself(reason):
+    c = EngineCounters()
+    assert c.session_ended(LiveSessionStats("s", 1), reason) == reason.value
+    assert c.sessions_ended == {reason.value: 1}
+    assert reason.value in END_REASONS
+    assert type(next(iter(c.sessions_ended))) is str  # plain labels: they merge across processes
+
+
+def test_end_reasons_are_the_enum_in_order():
+    assert END_REASONS == tuple(r.value for r in EndReason)
+    assert END_REASONS[-1] == "other"
 
 
 def test_first_frame_buckets_are_le():
