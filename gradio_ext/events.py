@@ -14,7 +14,7 @@ import anyio.to_thread
 import gradio as gr
 
 from runtime.errors import HTTPError
-from runtime.media.engine import split_handle
+from runtime.media.offers import split_handle
 from workers.link.wire import OUTPUTS_STREAM
 
 log = logging.getLogger("rtcpool.gradio")

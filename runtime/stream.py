@@ -34,12 +34,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from runtime.config import Config
-from runtime.front.gateway import Gateway, StreamEvent
+from runtime.front.gateway import Gateway
 from runtime.guard.turn import (
     get_hf_turn_credentials,
     get_turn_credentials,
     get_twilio_turn_credentials,
 )
+from runtime.media.stream_event import StreamEvent
 from workers.context import Context, get_current_context
 from workers.handlers import (
     AdditionalOutputs,

@@ -72,6 +72,7 @@ from runtime.control.directory import Directory
 from runtime.control.leases import LeaseDenied, LeaseGrant, LeaseQueued
 from runtime.control.lines import Lines
 from runtime.control.messages import (
+    EngineLoad,
     EventStatus,
     HeartbeatAnswer,
     RegisterAnswer,
@@ -86,14 +87,11 @@ from runtime.control.pools import (
     Leases,
     Pool,
     Pools,
-    PoolSpec,
     Unplaceable,
     off_node,
     reason,
 )
 from runtime.control.waiting_room import QueueView, Ticket
-
-__all__ = ["EventSpec", "PoolSpec", "Scheduler", "SchedulerActor", "get_scheduler"]
 
 log = logging.getLogger("rtcpool.scheduler")
 
@@ -259,7 +257,7 @@ class Scheduler:
                 break
             except Exception as exc:
                 # gone or hung since it went idle: replace it and try another
-                log.warning("worker %s of %s did not take its token: %s", worker.info.get("pid"), event_id, reason(exc))
+                log.warning("worker %s of %s did not take its token: %s", worker.info.pid, event_id, reason(exc))
                 pool.busy.pop(lease.lease_id, None)
                 self.pools.return_worker(pool, worker, healthy=False)
                 if attempt == ARM_ATTEMPTS - 1:
@@ -274,11 +272,11 @@ class Scheduler:
         return LeaseGrant(
             lease.lease_id,
             worker.actor,
-            worker.info["endpoint"],
-            worker.info.get("tcp_endpoint", ""),
+            worker.info.endpoint,
+            worker.info.tcp_endpoint,
             token,
-            worker.info["pid"],
-            worker.info["node_id"],
+            worker.info.pid,
+            worker.info.node_id,
             pool.spec.time_limit,
         )
 
@@ -316,7 +314,7 @@ class Scheduler:
         lease_ids: list[str],
         event_ids: list[str] | None = None,
         transports: dict[str, str] | None = None,
-        load: dict[str, Any] | None = None,
+        load: EngineLoad | None = None,
     ) -> HeartbeatAnswer:
         """Renew a gateway's leases and its hold on its events' pools. Returns ``gone``: the
         leases the scheduler no longer knows (the gateway must end those sessions), and
@@ -482,13 +480,13 @@ class Scheduler:
     @staticmethod
     def _lease_row(lease: Lease) -> SessionRow:
         now = time.monotonic()
-        info = lease.worker.info if lease.worker is not None else {}
+        info = lease.worker.info if lease.worker is not None else None
         return SessionRow(
             lease=lease.lease_id[:SHORT_LEASE_ID],
             event_id=lease.event_id,
             gateway_id=lease.gateway_id,
-            node_id=info.get("node_id", ""),
-            pid=info.get("pid"),
+            node_id=info.node_id if info is not None else "",
+            pid=info.pid if info is not None else None,
             age_s=round(now - lease.granted_at, 1),
             streaming_s=None if lease.streaming_since is None else round(now - lease.streaming_since, 1),
             transport=lease.transport,

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from runtime.config import Config
 from runtime.guard.auth import AuthGrant
-from runtime.media.engine import StreamEvent
+from runtime.media.stream_event import StreamEvent
 
 
 class CallTokenBook(Protocol):

@@ -38,14 +38,15 @@ from runtime.front.engines import SSE_KEEPALIVE_S, EngineHandle, LocalEngine, Re
 from runtime.front.queue_follower import QueueFollower
 from runtime.front.ray_start import connect_ray
 from runtime.front.routes import check_ticket, mount_routes
-from runtime.front.streams import check_stream_options
 from runtime.front.supervisor import MediaSlot, MediaSupervisor
 from runtime.front.twilio import CallTokens
 from runtime.guard.auth import AuthGrant, gradio_app_of, gradio_auth_enabled, gradio_user
 from runtime.guard.limits import AddressLimits
-from runtime.media.engine import MediaEngine, StreamEvent, check_id, check_sdp, draining_error
+from runtime.media.engine import MediaEngine
 from runtime.media.ice import pin_host_addresses
+from runtime.media.offers import check_id, check_sdp, draining_error
 from runtime.media.session import Session
+from runtime.media.stream_event import StreamEvent
 from runtime.ops import drain, logs
 from runtime.ops.metrics import render
 from runtime.ops.shm_check import require_shm
@@ -57,8 +58,6 @@ log = logging.getLogger("rtcpool.gateway")
 UNBOUNDED_HOLDS = 10**9  # the front's offer-rate limiter holds nothing: the engines count holds
 READY_TIMEOUT_S = 2.0  # /webrtc/ready: the scheduler answers by then, or the gateway is not ready
 DRAIN_MARGIN_S = C.END_STREAM_GRACE_S + C.CLOSE_ACK_TIMEOUT_S + 2 * C.RAY_CALL_TIMEOUT_S  # after a drain's deadline, its sessions' closes
-
-__all__ = ["Gateway", "HTTPError", "MediaSlot", "StreamEvent", "check_stream_options"]
 
 
 class Gateway:

@@ -37,7 +37,7 @@ from runtime.front.api import GatewayAPI
 from runtime.front.twilio import CALL_TOKEN_PARAM, TELEPHONE_HANDLER_ROUTE, TELEPHONE_INCOMING_ROUTE
 from runtime.guard import safejson
 from runtime.guard.limits import TokenBucket
-from runtime.media.engine import check_id
+from runtime.media.offers import check_id
 from workers.link.wire import CLIENT_TELEPHONE, CLIENT_WEBSOCKET
 
 if TYPE_CHECKING:

@@ -24,24 +24,23 @@ import os
 import secrets
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from runtime import constants as C
 from runtime.config import Config
 from runtime.control.leases import LeaseGrant, LeaseQueued
+from runtime.control.messages import EngineLoad
 from runtime.errors import HTTPError
 from runtime.guard.limits import AddressLimits, Admission, check_candidate_address, client_key
 from runtime.media.half_open import HalfOpen
 from runtime.media.heartbeat import Heartbeat
-from runtime.media.load import EngineLoad, sample_load
+from runtime.media.load import sample_load
 from runtime.media.offers import (
-    check_id,
     check_key,
-    check_sdp,
     denied_error,
     draining_error,
     queued_answer,
-    split_handle,
     strip_forbidden_candidates,
 )
 from runtime.media.session import OUTPUTS_QUEUE_MAX, Session, WorkerGone
@@ -51,17 +50,6 @@ from runtime.media.ws_session import WebSocketSession
 from runtime.ops.metrics import EngineCounters, EngineMetrics, snapshot
 from runtime.ops.shm_check import geometry_for
 from workers.link.wire import OUTPUTS_ADDITIONAL, OUTPUTS_STREAM, Args, WireError
-
-# moved out of this module; still importable from here for the front and gradio_ext
-__all__ = [
-    "EngineLoad",
-    "MediaEngine",
-    "StreamEvent",
-    "check_id",
-    "check_sdp",
-    "draining_error",
-    "split_handle",
-]
 
 log = logging.getLogger("rtcpool.engine")
 
@@ -460,7 +448,7 @@ class MediaEngine:
     def load(self) -> EngineLoad:
         sessions = len(self.live_sessions())
         if sessions != self.last_load.sessions:
-            self.last_load = EngineLoad(**{**vars(self.last_load), "sessions": sessions})
+            self.last_load = replace(self.last_load, sessions=sessions)
         return self.last_load
 
     # --- lifecycle -------------------------------------------------------------------------------

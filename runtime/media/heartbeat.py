@@ -24,10 +24,9 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from runtime import constants as C
-from runtime.control.messages import HeartbeatAnswer
+from runtime.control.messages import EngineLoad, HeartbeatAnswer
 
 if TYPE_CHECKING:
-    from runtime.media.load import EngineLoad
     from runtime.media.session import Session
 
 log = logging.getLogger("rtcpool.engine")
@@ -117,7 +116,7 @@ class Heartbeat:
             list(live),
             list(self._host.events),
             {lid: s.transport for lid, s in live.items()},
-            vars(self._host.load()),
+            self._host.load(),
         )
 
     def _take_answer(self, answer: HeartbeatAnswer, live: dict[str, Session]) -> None:

@@ -26,8 +26,10 @@ from typing import Any
 import ray
 
 from runtime.config import Config
+from runtime.control.messages import EngineLoad
 from runtime.errors import HTTPError, Refusal
-from runtime.media.engine import EngineLoad, MediaEngine, StreamEvent
+from runtime.media.engine import MediaEngine
+from runtime.media.stream_event import StreamEvent
 from runtime.ops import logs
 from runtime.ops.metrics import EngineMetrics
 from workers.link.wire import OUTPUTS_ADDITIONAL

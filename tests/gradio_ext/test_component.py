@@ -26,7 +26,7 @@ from gradio_ext.webrtc import (
     JS_PATH,
     MAX_ICON_BYTES,
 )
-from runtime.front.gateway import HTTPError
+from runtime.errors import HTTPError
 from workers.process import loader
 
 

@@ -39,10 +39,12 @@ import struct
 import threading
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from workers.link import constants as C
 from workers.link.connect import TCP_SCHEME, read_first_control
+from workers.link.messages import WorkerInfo, WorkerStats
 from workers.link.wire import STREAM_LENGTH, Close, Hello, WireError
 from workers.process.drivers import driver_for
 from workers.process.loader import HandlerSpec, load
@@ -105,26 +107,13 @@ class Worker:
 
     # --- Ray methods (control plane) ---------------------------------------------------------
 
-    def ready(self) -> dict[str, Any]:
-        # "token": the one armed now, for a Worker driven directly (tests, benchmarks); the
-        # scheduler drops it and arms a token of its own for every lease
-        return {
-            "endpoint": self.endpoint,
-            "tcp_endpoint": self.tcp_endpoint,
-            "token": self.token,
-            "pid": os.getpid(),
-            "node_id": node_id(),
-            "host": socket.gethostname(),
-        }
+    def ready(self) -> WorkerInfo:
+        return WorkerInfo(self.endpoint, self.tcp_endpoint, self.token, os.getpid(), node_id(), socket.gethostname())
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> WorkerStats:
         s = self.session
-        return {
-            "pid": os.getpid(),
-            "sessions_served": self.sessions_served,
-            "busy": s is not None,
-            "channel": vars(s.channel.stats).copy() if s is not None else None,
-        }
+        channel = replace(s.channel.stats) if s is not None else None  # a copy: the session goes on counting
+        return WorkerStats(os.getpid(), self.sessions_served, s is not None, channel)
 
     def arm(self, token: str) -> None:
         """The token the next session must present (the scheduler, once per lease, before it
