@@ -50,7 +50,8 @@ from runtime.media.stream_event import StreamEvent
 from runtime.ops import drain, logs
 from runtime.ops.metrics import render
 from runtime.ops.shm_check import require_shm
-from workers.link.wire import OUTPUTS_ADDITIONAL
+from workers.link.shape import Transport
+from workers.link.wire import OutputsKind
 from workers.process.loader import StreamOutputs
 
 log = logging.getLogger("rtcpool.gateway")
@@ -323,7 +324,7 @@ class Gateway:
         event: StreamEvent,
         webrtc_id: str,
         client: str | None,
-        client_kind: str,
+        client_kind: Transport,
         send_text: Callable[[str], Awaitable[None]],
         queue: bool,
         ticket: str | None,
@@ -373,7 +374,7 @@ class Gateway:
     async def aset_args(self, webrtc_id: str, key: Any, args: list[Any]) -> None:
         await (await self.engine_for(webrtc_id)).set_args(webrtc_id, key, args)
 
-    async def anext_output(self, webrtc_id: str, key: Any, kind: str = OUTPUTS_ADDITIONAL) -> list[Any] | None:
+    async def anext_output(self, webrtc_id: str, key: Any, kind: OutputsKind = OutputsKind.ADDITIONAL) -> list[Any] | None:
         """The oldest outputs of a session not yet fetched (None: none waiting), wherever
         the session is (see MediaEngine.next_output). HTTPError 404/403 as the routes."""
         try:
@@ -382,7 +383,7 @@ class Gateway:
             return self.engine.next_output(webrtc_id, key, kind)  # an ended session's, kept a while here
         return await owner.next_output(webrtc_id, key, kind)
 
-    def next_output(self, webrtc_id: str, key: Any, kind: str = OUTPUTS_ADDITIONAL) -> list[Any] | None:
+    def next_output(self, webrtc_id: str, key: Any, kind: OutputsKind = OutputsKind.ADDITIONAL) -> list[Any] | None:
         """This process's sessions only (gateway.processes: 1); see anext_output."""
         return self.engine.next_output(webrtc_id, key, kind)
 

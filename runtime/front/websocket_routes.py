@@ -38,7 +38,7 @@ from runtime.front.twilio import CALL_TOKEN_PARAM, TELEPHONE_HANDLER_ROUTE, TELE
 from runtime.guard import safejson
 from runtime.guard.limits import TokenBucket
 from runtime.media.offers import check_id
-from workers.link.wire import CLIENT_TELEPHONE, CLIENT_WEBSOCKET
+from workers.link.shape import Transport
 
 if TYPE_CHECKING:
     from runtime.media.ws_session import WebSocketSession
@@ -86,11 +86,11 @@ class Refused(Exception):
 class SocketClient:
     """One WebSocket client from accept to close: its messages, its session, its ending."""
 
-    def __init__(self, gw: GatewayAPI, ws: Any, kind: str) -> None:
+    def __init__(self, gw: GatewayAPI, ws: Any, kind: Transport) -> None:
         self.gw = gw
         self.ws = ws
         self.kind = kind
-        self.phone = kind == CLIENT_TELEPHONE
+        self.phone = kind == Transport.TELEPHONE
         self.session: WebSocketSession | None = None
         self.webrtc_id = ""
         self.bad = 0
@@ -407,11 +407,11 @@ def mount_websocket_routes(app: Any, gw: GatewayAPI) -> None:
 
     async def websocket_offer(websocket: WebSocket) -> None:
         gw.loop = asyncio.get_running_loop()
-        await SocketClient(gw, websocket, CLIENT_WEBSOCKET).serve()
+        await SocketClient(gw, websocket, Transport.WEBSOCKET).serve()
 
     async def telephone_handler(websocket: WebSocket) -> None:
         gw.loop = asyncio.get_running_loop()
-        await SocketClient(gw, websocket, CLIENT_TELEPHONE).serve()
+        await SocketClient(gw, websocket, Transport.TELEPHONE).serve()
 
     app.add_api_websocket_route(WEBSOCKET_ROUTE, websocket_offer)
     app.add_api_websocket_route(TELEPHONE_HANDLER_ROUTE, telephone_handler)

@@ -49,7 +49,8 @@ from runtime.media.webrtc_session import WebRTCSession
 from runtime.media.ws_session import WebSocketSession
 from runtime.ops.metrics import EngineCounters, EngineMetrics, snapshot
 from runtime.ops.shm_check import geometry_for
-from workers.link.wire import OUTPUTS_ADDITIONAL, OUTPUTS_STREAM, Args, WireError
+from workers.link.shape import Transport
+from workers.link.wire import Args, OutputsKind, WireError
 
 log = logging.getLogger("rtcpool.engine")
 
@@ -139,7 +140,7 @@ class MediaEngine:
         event_id: str,
         webrtc_id: str,
         client: str | None,
-        client_kind: str,
+        client_kind: Transport,
         send_text: Callable[[str], Awaitable[None]],
         queue: bool = False,
         ticket: str | None = None,
@@ -309,16 +310,16 @@ class MediaEngine:
         except Exception as exc:
             raise HTTPError(400, "bad_candidate", f"cannot parse ICE candidate: {exc}") from exc
 
-    def next_output(self, webrtc_id: str, key: Any, kind: str = OUTPUTS_ADDITIONAL) -> list[Any] | None:
+    def next_output(self, webrtc_id: str, key: Any, kind: OutputsKind = OutputsKind.ADDITIONAL) -> list[Any] | None:
         """The oldest outputs of a session not yet fetched (None: none waiting): its
-        AdditionalOutputs, or with ``kind=OUTPUTS_STREAM`` the values its function returned
+        AdditionalOutputs, or with ``kind=OutputsKind.STREAM`` the values its function returned
         for the stream's other outputs. A session's unfetched outputs outlive it by
         OUTPUTS_GRACE_S. Raises 403 for a wrong key, 404 for no such session."""
         session = self.sessions.get(webrtc_id)
         queue: asyncio.Queue[list[Any]] | None
         if session is not None:
             self.authorize(webrtc_id, key)
-            queue = session.stream_outputs if kind == OUTPUTS_STREAM else session.outputs
+            queue = session.stream_outputs if kind == OutputsKind.STREAM else session.outputs
         else:
             ended = self._ended_outputs.get((webrtc_id, kind))
             if ended is None:
@@ -476,8 +477,8 @@ class MediaEngine:
             self.sessions.pop(session.webrtc_id, None)
             self.keys.pop(session.webrtc_id, None)
         for kind, queue in (
-            (OUTPUTS_ADDITIONAL, session.outputs),
-            (OUTPUTS_STREAM, session.stream_outputs),
+            (OutputsKind.ADDITIONAL, session.outputs),
+            (OutputsKind.STREAM, session.stream_outputs),
         ):
             if not queue.empty():
                 # the page fetches outputs after the fact: keep them a little while

@@ -32,7 +32,7 @@ from runtime.media.engine import MediaEngine
 from runtime.media.stream_event import StreamEvent
 from runtime.ops import logs
 from runtime.ops.metrics import EngineMetrics
-from workers.link.wire import OUTPUTS_ADDITIONAL
+from workers.link.wire import OutputsKind
 
 log = logging.getLogger("rtcpool.media")
 
@@ -78,7 +78,7 @@ class EngineCalls:
         except HTTPError as err:
             return err.refusal()
 
-    async def next_output(self, webrtc_id: str, key: Any, kind: str = OUTPUTS_ADDITIONAL) -> list[Any] | Refusal | None:
+    async def next_output(self, webrtc_id: str, key: Any, kind: OutputsKind = OutputsKind.ADDITIONAL) -> list[Any] | Refusal | None:
         try:
             return self.engine.next_output(webrtc_id, key, kind)
         except HTTPError as err:

@@ -34,10 +34,9 @@ from workers.handlers import (
 from workers.link import constants as C
 from workers.link.channel import FrameChannel
 from workers.link.connect import geometry_from_hello
+from workers.link.shape import Transport
 from workers.link.shm import LocalSegment, Segment
 from workers.link.wire import (
-    CLIENT_TELEPHONE,
-    CLIENT_WEBSOCKET,
     HANDLER_STATS_PERIOD_S,
     PIXFMT_I420,
     WEBSOCKET_SEND,
@@ -63,7 +62,7 @@ HANDLER_STOP_TIMEOUT_S = 1.0  # handler threads get this long to return once a s
 ERROR_REPEAT_S = 1.0  # the same handler error is sent to the client at most this often
 ARGS_HOLD_MAX_S = 2.0  # inputs pushed before a handler's first emit() returns are held at most this long
 MAX_PARKED_THREADS = 8  # parked handler threads a worker leaves behind before it retires
-WEBSOCKET_CLIENTS = (CLIENT_WEBSOCKET, CLIENT_TELEPHONE)  # clients a handler can send text to
+WEBSOCKET_CLIENTS = (Transport.WEBSOCKET, Transport.TELEPHONE)  # clients a handler can send text to
 
 
 class Session:
@@ -130,8 +129,9 @@ class Session:
         self.handler: Any = handler.copy() if isinstance(handler, StreamHandlerBase) else handler
         # a phone sends no inputs (nothing to ask for, nothing to wait for); a WebSocket client
         # or a phone can be sent text from the handler (get_current_context().websocket)
-        self.phone_mode = hello.client_kind == CLIENT_TELEPHONE
-        to_socket = hello.client_kind in WEBSOCKET_CLIENTS
+        transport = hello.transport
+        self.phone_mode = transport == Transport.TELEPHONE
+        to_socket = transport in WEBSOCKET_CLIENTS
         sender = WebSocketSender(self._send_websocket) if to_socket else None
         self.context = Context(webrtc_id=hello.session_id, websocket=sender)
         if self.phone_mode:
