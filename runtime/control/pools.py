@@ -80,7 +80,7 @@ class WorkerRef:
 
 
 @dataclass
-class Lease:
+class LeaseRecord:
     """A slot held for one session (its worker once one is armed for it)."""
 
     lease_id: str
@@ -93,10 +93,10 @@ class Lease:
     transport: str = ""  # "shm" or "tcp", as the gateway's heartbeat reports it
 
 
-class Leases(dict[str, Lease]):
+class Leases(dict[str, LeaseRecord]):
     """The leases in force, by lease id."""
 
-    def of_event(self, event_id: str) -> list[Lease]:
+    def of_event(self, event_id: str) -> list[LeaseRecord]:
         return [lease for lease in self.values() if lease.event_id == event_id]
 
     def of_gateway(self, gateway_id: str) -> list[str]:

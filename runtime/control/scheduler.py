@@ -83,7 +83,7 @@ from runtime.control.messages import (
 )
 from runtime.control.pools import (
     EventSpec,
-    Lease,
+    LeaseRecord,
     Leases,
     Pool,
     Pools,
@@ -232,7 +232,7 @@ class Scheduler:
             if refused is not None:
                 return refused
         # the slot is taken now, before any wait, so concurrent offers cannot overshoot
-        lease = Lease(uuid.uuid4().hex, event_id, gateway_id, session_id, time.monotonic())
+        lease = LeaseRecord(uuid.uuid4().hex, event_id, gateway_id, session_id, time.monotonic())
         self.leases[lease.lease_id] = lease
         if held is not None:
             self.lines.claim(pool, held, now)  # its held slot is the lease now
@@ -280,7 +280,7 @@ class Scheduler:
             pool.spec.time_limit,
         )
 
-    def _unlease(self, pool: Pool, lease: Lease) -> None:
+    def _unlease(self, pool: Pool, lease: LeaseRecord) -> None:
         """A lease that never became a session (no worker): its slot goes to the line."""
         self.leases.pop(lease.lease_id, None)
         self.lines.admit(pool)
@@ -478,7 +478,7 @@ class Scheduler:
         )
 
     @staticmethod
-    def _lease_row(lease: Lease) -> SessionRow:
+    def _lease_row(lease: LeaseRecord) -> SessionRow:
         now = time.monotonic()
         info = lease.worker.info if lease.worker is not None else None
         return SessionRow(

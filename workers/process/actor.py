@@ -49,7 +49,7 @@ from workers.link.wire import STREAM_LENGTH, Close, Hello, WireError
 from workers.process.drivers import driver_for
 from workers.process.loader import HandlerSpec, load
 from workers.process.node import node_id, node_ip, pin_priority
-from workers.process.session import Session
+from workers.process.session import WorkerSession
 
 log = logging.getLogger("rtcpool.worker")
 
@@ -93,7 +93,7 @@ class Worker:
         self.tcp_endpoint = f"{TCP_SCHEME}[{host}]:{port}" if ":" in host else f"{TCP_SCHEME}{host}:{port}"
         self.sessions_served = 0
         self.parked_threads: list[threading.Thread] = []  # left blocked in handlers by past sessions
-        self.session: Session | None = None
+        self.session: WorkerSession | None = None
         self._stop = threading.Event()
         # a connection whose hello was valid, waiting for the serve thread: (socket, hello,
         # monotonic time it was read)
@@ -225,7 +225,7 @@ class Worker:
                 conn.close()
                 continue
             try:
-                session = Session.open(self.handler, self.spec, conn, hello)
+                session = WorkerSession.open(self.handler, self.spec, conn, hello)
             except Exception as exc:
                 log.warning("refused a session: %s", exc)
                 conn.close()

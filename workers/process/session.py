@@ -3,7 +3,7 @@ they come (audio oldest first, video latest-frame-wins, the page's other inputs 
 the session's copy of the handler and its lifecycle, up to the one close that answers the
 gateway.
 
-The link reader runs on the worker's serve thread (:meth:`Session.run`); the handler's code
+The link reader runs on the worker's serve thread (:meth:`WorkerSession.run`); the handler's code
 runs on the threads of its driver (workers/process/drivers.py); what the handler returns goes
 out through the session's :class:`~workers.process.output.Output`.
 """
@@ -65,7 +65,7 @@ MAX_PARKED_THREADS = 8  # parked handler threads a worker leaves behind before i
 WEBSOCKET_CLIENTS = (Transport.WEBSOCKET, Transport.TELEPHONE)  # clients a handler can send text to
 
 
-class Session:
+class WorkerSession:
     """One session in a worker. The link reader runs on the serve thread; the user's code runs
     on handler threads (one for a function or generator; receive + emit for a StreamHandler;
     one asyncio loop for an AsyncStreamHandler).
@@ -158,7 +158,7 @@ class Session:
         )
 
     @classmethod
-    def open(cls, handler: Any, spec: HandlerSpec, conn: socket.socket, hello: Hello) -> Session:
+    def open(cls, handler: Any, spec: HandlerSpec, conn: socket.socket, hello: Hello) -> WorkerSession:
         """A session on ``conn``, whose ``hello`` the worker has read and checked (its token)."""
         if conn.type == socket.SOCK_STREAM:
             geometry = geometry_from_hello(hello.geometry)
@@ -452,7 +452,7 @@ class Session:
 
 
 class _Hooks(_SessionHooks):
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: WorkerSession) -> None:
         self.session = session
 
     def send(self, type_: str, data: Any) -> None:
@@ -473,4 +473,4 @@ class _Hooks(_SessionHooks):
         self.session.output.clear_audio()
 
 
-__all__ = ["MAX_PARKED_THREADS", "POLL_INTERVAL_S", "Session"]
+__all__ = ["MAX_PARKED_THREADS", "POLL_INTERVAL_S", "WorkerSession"]
