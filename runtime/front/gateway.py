@@ -387,10 +387,6 @@ class Gateway:
         """This process's sessions only (gateway.processes: 1); see anext_output."""
         return self.engine.next_output(webrtc_id, key, kind)
 
-    def set_args(self, webrtc_id: str, key: Any, args: list[Any]) -> None:
-        """This process's sessions only (gateway.processes: 1); see aset_args."""
-        self.engine.set_args(webrtc_id, key, args)
-
     async def close_session(self, webrtc_id: str, key: Any) -> None:
         """End a session because its client hung up (see MediaEngine.close_session)."""
         await (await self.engine_for(webrtc_id)).close_session(webrtc_id, key)

@@ -161,10 +161,6 @@ class WorkerAudioTrack(MediaStreamTrack):
         self._fifo.clear()
         self.drained.set()
 
-    @property
-    def buffered_s(self) -> float:
-        return len(self._fifo) / AUDIO_OUT_FRAME_BYTES * C.AUDIO_FRAME_S
-
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
