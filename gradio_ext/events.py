@@ -15,8 +15,8 @@ import gradio as gr
 
 from runtime.errors import Refused
 from runtime.front.statuses import http_status
-from runtime.media.engine import split_handle
-from workers.link.wire import OUTPUTS_STREAM
+from runtime.media.offers import split_handle
+from workers.link.wire import OutputsKind
 
 log = logging.getLogger("rtcpool.gradio")
 
@@ -41,7 +41,7 @@ def stream_outputs_fetcher(gateway: Any, count: int) -> Callable[..., Any]:
         if not webrtc_id:
             return gr.skip()  # not streaming (yet)
         try:
-            got = await gateway.anext_output(webrtc_id, key, OUTPUTS_STREAM)
+            got = await gateway.anext_output(webrtc_id, key, OutputsKind.STREAM)
         except Refused as err:
             refused(webrtc_id, err)
             return gr.skip()

@@ -34,13 +34,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from runtime.config import Config
-from runtime.front.gateway import Gateway, StreamEvent
+from runtime.front.gateway import Gateway
 from runtime.guard.turn import TURN_API
 
 # TURN credentials for rtc_configuration, exported with the handler API (explicit re-exports)
 from runtime.guard.turn import get_hf_turn_credentials as get_hf_turn_credentials
 from runtime.guard.turn import get_turn_credentials as get_turn_credentials
 from runtime.guard.turn import get_twilio_turn_credentials as get_twilio_turn_credentials
+from runtime.media.stream_event import StreamEvent
 from workers.api import *  # noqa: F403  (the handler API, listed once in workers/api.py)
 from workers.api import __all__ as HANDLER_API
 

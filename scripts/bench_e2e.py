@@ -172,7 +172,7 @@ def serve_rtcpool(port: int, busy_iters: int) -> None:
     async def worker_channel(s: Any) -> Any:
         try:
             w = await asyncio.wait_for(s.lease.worker.stats.remote(), WORKER_STATS_TIMEOUT_S)
-            return w.get("channel")
+            return dict(vars(w.channel)) if w.channel is not None else None
         except Exception as exc:  # a benchmark stat, not worth failing the route
             return {"error": repr(exc)}
 

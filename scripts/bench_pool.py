@@ -36,7 +36,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -44,6 +44,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bench_common as bc  # noqa: E402
 import numpy as np  # noqa: E402
+
+if TYPE_CHECKING:
+    from workers.link.messages import WorkerInfo
 
 SESSION_COUNTS = (1, 2, 4)  # concurrent sessions per configuration
 FRAME_SHAPE = (480, 640, 3)  # H, W, C of every frame (RGB24, 921,600 bytes)
@@ -357,7 +360,7 @@ def rate_summary(rec: dict[str, Any], seconds: float) -> dict[str, Any]:
 # --- orchestration ----------------------------------------------------------------------------
 
 
-def start_workers(count: int) -> tuple[list[Any], list[dict[str, Any]]]:
+def start_workers(count: int) -> tuple[list[Any], list[WorkerInfo]]:
     import ray
 
     from workers.process.actor import Worker
@@ -477,8 +480,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     ray.init(namespace=C.RAY_NAMESPACE, include_dashboard=False, log_to_driver=True)
     actors, infos = start_workers(max(SESSION_COUNTS))
-    endpoints = [(i["endpoint"], a) for i, a in zip(infos, actors, strict=True)]
-    worker_pids = [i["pid"] for i in infos]
+    endpoints = [(i.endpoint, a) for i, a in zip(infos, actors, strict=True)]
+    worker_pids = [i.pid for i in infos]
     import psutil
 
     worker_nice = sorted({psutil.Process(p).nice() for p in worker_pids})

@@ -135,7 +135,6 @@ class CounterVideoTrack(MediaStreamTrack):
 
 REPLAY_CYCLE_FRAMES = 900  # a replayed source repeats after this many frames (30 s at 30 fps)
 REPLAY_BITRATE = 500_000  # bits/s of the pre-encoded VP8, aiortc's default target
-REPLAY_GOP_FRAMES = REPLAY_CYCLE_FRAMES  # one keyframe per cycle, at its start
 _replay_cache: dict[tuple[Any, ...], list[bytes]] = {}
 
 

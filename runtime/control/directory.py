@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from runtime.control.messages import MediaRow, SessionLocation
+from runtime.control.messages import EngineLoad, MediaRow, SessionLocation
 from runtime.control.pools import reason
 
 log = logging.getLogger("rtcpool.scheduler")
@@ -46,7 +46,7 @@ class Directory:
         # ``on_gone(gateway_id)``: a media process died; gives back its leases, says how many
         self._on_gone = on_gone
         self.media: dict[str, MediaRecord] = {}  # by gateway id
-        self.loads: dict[str, dict[str, Any]] = {}  # gateway id -> its engine's last EngineLoad
+        self.loads: dict[str, EngineLoad] = {}  # gateway id -> its engine's last load
 
     def add(self, gateway_id: str, actor: Any, front_id: str, node_id: str, pid: int, in_app: bool) -> None:
         record = self.media[gateway_id] = MediaRecord(actor, front_id, node_id, pid, in_app)
@@ -82,17 +82,17 @@ class Directory:
             sessions[lease.gateway_id] = sessions.get(lease.gateway_id, 0) + 1
         rows = []
         for gid in sorted(set(self.media) | set(self.loads)):
-            r, load = self.media.get(gid), self.loads.get(gid, {})
+            r, load = self.media.get(gid), self.loads.get(gid)
             rows.append(
                 MediaRow(
                     gateway_id=gid,
                     front_id=r.front_id if r is not None else "",
-                    node_id=(r.node_id if r is not None else "") or load.get("node_id", ""),
-                    pid=r.pid if r is not None else load.get("pid"),
+                    node_id=(r.node_id if r is not None else "") or (load.node_id if load is not None else ""),
+                    pid=r.pid if r is not None else (load.pid if load is not None else None),
                     in_app=r is None or r.in_app,
                     sessions=sessions.get(gid, 0),
-                    cpu_percent=load.get("cpu_percent"),
-                    loop_lag_ms=load.get("loop_lag_ms"),
+                    cpu_percent=load.cpu_percent if load is not None else None,
+                    loop_lag_ms=load.loop_lag_ms if load is not None else None,
                 )
             )
         return tuple(rows)

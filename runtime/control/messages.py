@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any
 
+from workers.link.messages import WorkerInfo
+
 
 def to_json(value: Any) -> Any:
     """``value`` as JSON-ready builtins: a dataclass as a dict of its fields in order, a
@@ -74,8 +76,8 @@ class WorkerStatus(_Json):
     busy: bool
 
     @classmethod
-    def of(cls, info: Mapping[str, Any], busy: bool) -> WorkerStatus:
-        return cls(info.get("endpoint", ""), info.get("tcp_endpoint", ""), info["pid"], info.get("node_id", ""), info.get("host", ""), busy)
+    def of(cls, info: WorkerInfo, busy: bool) -> WorkerStatus:
+        return cls(info.endpoint, info.tcp_endpoint, info.pid, info.node_id, info.host, busy)
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,30 @@ class MediaRow(_Json):
     sessions: int
     cpu_percent: float | None
     loop_lag_ms: float | None
+
+
+@dataclass(frozen=True)
+class EngineLoad(_Json):
+    """What an engine reports of its load (sampled by runtime/media/load.py): the front
+    places sessions by it, and its heartbeat carries it to the scheduler for `rtcpool status`."""
+
+    engine_id: str
+    pid: int
+    node_id: str
+    sessions: int
+    cpu_percent: float  # of one core, over the engine's last load sample
+    loop_lag_ms: float  # how late the last load sample's timer fired
+
+    def score(self) -> float:
+        """Lower is less loaded: sessions, plus CPU in units of what one session costs.
+        A 640x480@30 video session costs a media process ~20-30% of a core (issue 10's
+        measurement), so CPU_PER_SESSION_PERCENT converts CPU to sessions; a lagging loop
+        counts as loaded whatever its session count."""
+        return self.sessions + self.cpu_percent / CPU_PER_SESSION_PERCENT + self.loop_lag_ms / LAG_PER_SESSION_MS
+
+
+CPU_PER_SESSION_PERCENT = 25.0  # CPU% of one core a video session costs a media process, for placement
+LAG_PER_SESSION_MS = 20.0  # event-loop lag counted as one more session, for placement
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import ray
 
 from runtime import constants as C
 from runtime.control.waiting_room import WaitingRoom
+from workers.link.messages import WorkerInfo
 from workers.process.loader import HandlerSpec
 
 log = logging.getLogger("rtcpool.scheduler")
@@ -75,11 +76,11 @@ class EventSpec:
 @dataclass
 class WorkerRef:
     actor: Any
-    info: dict[str, Any]  # the worker's ready() answer, less its token
+    info: WorkerInfo  # the worker's ready() answer, less its token
 
 
 @dataclass
-class Lease:
+class LeaseRecord:
     """A slot held for one session (its worker once one is armed for it)."""
 
     lease_id: str
@@ -92,10 +93,10 @@ class Lease:
     transport: str = ""  # "shm" or "tcp", as the gateway's heartbeat reports it
 
 
-class Leases(dict[str, Lease]):
+class Leases(dict[str, LeaseRecord]):
     """The leases in force, by lease id."""
 
-    def of_event(self, event_id: str) -> list[Lease]:
+    def of_event(self, event_id: str) -> list[LeaseRecord]:
         return [lease for lease in self.values() if lease.event_id == event_id]
 
     def of_gateway(self, gateway_id: str) -> list[str]:
@@ -269,12 +270,12 @@ class Pools:
         if not self.served(pool):  # dropped while it started
             kill(actor)
             return
-        info.pop("token", None)  # the worker's own; every lease arms a token of its own
         pool.last_error = ""
-        pool.idle.append(WorkerRef(actor, info))
+        # the worker's own token goes: every lease arms a token of its own
+        pool.idle.append(WorkerRef(actor, info.without_token()))
         self.notify(pool)
 
-    async def _wait_ready(self, pool: Pool, actor: Any) -> dict[str, Any]:
+    async def _wait_ready(self, pool: Pool, actor: Any) -> WorkerInfo:
         """The worker's ready() answer. The start timeout counts only while some alive node
         can take the worker: while none can, the request is kept (it is the pending demand
         an autoscaler adds a node for) and the clock starts again when one can."""
@@ -283,7 +284,7 @@ class Pools:
         while True:
             done, _ = await asyncio.wait({ready}, timeout=self.monitor_interval_s)
             if done:
-                info: dict[str, Any] = ready.result()
+                info: WorkerInfo = ready.result()
                 return info
             if not self.served(pool):
                 ready.cancel()
@@ -347,7 +348,7 @@ class Pools:
                     raise RuntimeError(pool.last_error)
             # the newest idle worker (warm caches), on the engine's node where there is one
             for i in range(len(pool.idle) - 1, -1, -1):
-                if pool.idle[i].info.get("node_id") == node_id:
+                if pool.idle[i].info.node_id == node_id:
                     return pool.idle.pop(i)
             return pool.idle.pop()
 
@@ -391,7 +392,7 @@ class Pools:
 
 def off_node(worker: WorkerRef, alive: dict[str, Any]) -> bool:
     """Whether ``worker`` is on a node that is not alive (a worker that did not say: no)."""
-    node = worker.info.get("node_id")
+    node = worker.info.node_id
     return bool(node) and node not in alive
 
 

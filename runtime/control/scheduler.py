@@ -72,6 +72,7 @@ from runtime.control.directory import Directory
 from runtime.control.leases import LeaseDenied, LeaseGrant, LeaseQueued
 from runtime.control.lines import Lines
 from runtime.control.messages import (
+    EngineLoad,
     EventStatus,
     HeartbeatAnswer,
     RegisterAnswer,
@@ -82,19 +83,16 @@ from runtime.control.messages import (
 )
 from runtime.control.pools import (
     EventSpec,
-    Lease,
+    LeaseRecord,
     Leases,
     Pool,
     Pools,
-    PoolSpec,
     Unplaceable,
     off_node,
     reason,
 )
 from runtime.control.waiting_room import QueueView, Ticket
 from runtime.errors import ErrorCode
-
-__all__ = ["EventSpec", "PoolSpec", "Scheduler", "SchedulerActor", "get_scheduler"]
 
 log = logging.getLogger("rtcpool.scheduler")
 
@@ -235,7 +233,7 @@ class Scheduler:
             if refused is not None:
                 return refused
         # the slot is taken now, before any wait, so concurrent offers cannot overshoot
-        lease = Lease(uuid.uuid4().hex, event_id, gateway_id, session_id, time.monotonic())
+        lease = LeaseRecord(uuid.uuid4().hex, event_id, gateway_id, session_id, time.monotonic())
         self.leases[lease.lease_id] = lease
         if held is not None:
             self.lines.claim(pool, held, now)  # its held slot is the lease now
@@ -260,7 +258,7 @@ class Scheduler:
                 break
             except Exception as exc:
                 # gone or hung since it went idle: replace it and try another
-                log.warning("worker %s of %s did not take its token: %s", worker.info.get("pid"), event_id, reason(exc))
+                log.warning("worker %s of %s did not take its token: %s", worker.info.pid, event_id, reason(exc))
                 pool.busy.pop(lease.lease_id, None)
                 self.pools.return_worker(pool, worker, healthy=False)
                 if attempt == ARM_ATTEMPTS - 1:
@@ -275,15 +273,15 @@ class Scheduler:
         return LeaseGrant(
             lease.lease_id,
             worker.actor,
-            worker.info["endpoint"],
-            worker.info.get("tcp_endpoint", ""),
+            worker.info.endpoint,
+            worker.info.tcp_endpoint,
             token,
-            worker.info["pid"],
-            worker.info["node_id"],
+            worker.info.pid,
+            worker.info.node_id,
             pool.spec.time_limit,
         )
 
-    def _unlease(self, pool: Pool, lease: Lease) -> None:
+    def _unlease(self, pool: Pool, lease: LeaseRecord) -> None:
         """A lease that never became a session (no worker): its slot goes to the line."""
         self.leases.pop(lease.lease_id, None)
         self.lines.admit(pool)
@@ -317,7 +315,7 @@ class Scheduler:
         lease_ids: list[str],
         event_ids: list[str] | None = None,
         transports: dict[str, str] | None = None,
-        load: dict[str, Any] | None = None,
+        load: EngineLoad | None = None,
     ) -> HeartbeatAnswer:
         """Renew a gateway's leases and its hold on its events' pools. Returns ``gone``: the
         leases the scheduler no longer knows (the gateway must end those sessions), and
@@ -481,15 +479,15 @@ class Scheduler:
         )
 
     @staticmethod
-    def _lease_row(lease: Lease) -> SessionRow:
+    def _lease_row(lease: LeaseRecord) -> SessionRow:
         now = time.monotonic()
-        info = lease.worker.info if lease.worker is not None else {}
+        info = lease.worker.info if lease.worker is not None else None
         return SessionRow(
             lease=lease.lease_id[:SHORT_LEASE_ID],
             event_id=lease.event_id,
             gateway_id=lease.gateway_id,
-            node_id=info.get("node_id", ""),
-            pid=info.get("pid"),
+            node_id=info.node_id if info is not None else "",
+            pid=info.pid if info is not None else None,
             age_s=round(now - lease.granted_at, 1),
             streaming_s=None if lease.streaming_since is None else round(now - lease.streaming_since, 1),
             transport=lease.transport,

@@ -13,7 +13,8 @@ from typing import Any, Protocol
 
 from runtime.config import Config
 from runtime.guard.auth import AuthGrant
-from runtime.media.engine import StreamEvent
+from runtime.media.stream_event import StreamEvent
+from workers.link.shape import Transport
 
 
 class CallTokenBook(Protocol):
@@ -56,7 +57,7 @@ class GatewayAPI(Protocol):
         event: StreamEvent,
         webrtc_id: str,
         client: str | None,
-        client_kind: str,
+        client_kind: Transport,
         send_text: Callable[[str], Awaitable[None]],
         queue: bool,
         ticket: str | None,

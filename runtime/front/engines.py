@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from runtime import constants as C
 from runtime.errors import ErrorCode, Refused
 from runtime.media.engine import MediaEngine
-from workers.link.wire import OUTPUTS_ADDITIONAL
+from workers.link.wire import OutputsKind
 
 FORWARD_TIMEOUT_S = C.RAY_CALL_TIMEOUT_S  # a forwarded per-session call not answered by then fails
 OFFER_FORWARD_TIMEOUT_S = C.LEASE_TIMEOUT_S + C.RAY_CALL_TIMEOUT_S + C.WORKER_CONNECT_TIMEOUT_S + C.RAY_CALL_TIMEOUT_S
@@ -50,7 +50,7 @@ class EngineHandle(Protocol):
 
     async def set_args(self, webrtc_id: str, key: Any, args: list[Any]) -> None: ...
 
-    async def next_output(self, webrtc_id: str, key: Any, kind: str = OUTPUTS_ADDITIONAL) -> list[Any] | None: ...
+    async def next_output(self, webrtc_id: str, key: Any, kind: OutputsKind = OutputsKind.ADDITIONAL) -> list[Any] | None: ...
 
     async def close_session(self, webrtc_id: str, key: Any) -> None: ...
 
@@ -81,7 +81,7 @@ class LocalEngine:
     async def set_args(self, webrtc_id: str, key: Any, args: list[Any]) -> None:
         self.engine.set_args(webrtc_id, key, args)
 
-    async def next_output(self, webrtc_id: str, key: Any, kind: str = OUTPUTS_ADDITIONAL) -> list[Any] | None:
+    async def next_output(self, webrtc_id: str, key: Any, kind: OutputsKind = OutputsKind.ADDITIONAL) -> list[Any] | None:
         return self.engine.next_output(webrtc_id, key, kind)
 
     async def close_session(self, webrtc_id: str, key: Any) -> None:
@@ -185,7 +185,7 @@ class RemoteEngine:
     async def set_args(self, webrtc_id: str, key: Any, args: list[Any]) -> None:
         raise_refusal(await forward(self.actor.set_args.remote(webrtc_id, key, args)))
 
-    async def next_output(self, webrtc_id: str, key: Any, kind: str = OUTPUTS_ADDITIONAL) -> list[Any] | None:
+    async def next_output(self, webrtc_id: str, key: Any, kind: OutputsKind = OutputsKind.ADDITIONAL) -> list[Any] | None:
         result = await forward(self.actor.next_output.remote(webrtc_id, key, kind))
         raise_refusal(result)
         return result

@@ -38,18 +38,20 @@ from runtime.front.engines import SSE_KEEPALIVE_S, EngineHandle, LocalEngine, Re
 from runtime.front.queue_follower import QueueFollower
 from runtime.front.ray_start import connect_ray
 from runtime.front.routes import check_ticket, mount_routes
-from runtime.front.streams import check_stream_options
 from runtime.front.supervisor import MediaSlot, MediaSupervisor
 from runtime.front.twilio import CallTokens
 from runtime.guard.auth import AuthGrant, gradio_app_of, gradio_auth_enabled, gradio_user
 from runtime.guard.limits import AddressLimits
-from runtime.media.engine import MediaEngine, StreamEvent, check_id, check_sdp, draining_error
+from runtime.media.engine import MediaEngine
 from runtime.media.ice import pin_host_addresses
+from runtime.media.offers import check_id, check_sdp, draining_error
 from runtime.media.session import Session
+from runtime.media.stream_event import StreamEvent
 from runtime.ops import drain, logs
 from runtime.ops.metrics import render
 from runtime.ops.shm_check import require_shm
-from workers.link.wire import OUTPUTS_ADDITIONAL
+from workers.link.shape import Transport
+from workers.link.wire import OutputsKind
 from workers.process.loader import StreamOutputs
 
 log = logging.getLogger("rtcpool.gateway")
@@ -57,8 +59,6 @@ log = logging.getLogger("rtcpool.gateway")
 UNBOUNDED_HOLDS = 10**9  # the front's offer-rate limiter holds nothing: the engines count holds
 READY_TIMEOUT_S = 2.0  # /webrtc/ready: the scheduler answers by then, or the gateway is not ready
 DRAIN_MARGIN_S = C.END_STREAM_GRACE_S + C.CLOSE_ACK_TIMEOUT_S + 2 * C.RAY_CALL_TIMEOUT_S  # after a drain's deadline, its sessions' closes
-
-__all__ = ["Gateway", "Refused", "MediaSlot", "StreamEvent", "check_stream_options"]
 
 
 class Gateway:
@@ -324,7 +324,7 @@ class Gateway:
         event: StreamEvent,
         webrtc_id: str,
         client: str | None,
-        client_kind: str,
+        client_kind: Transport,
         send_text: Callable[[str], Awaitable[None]],
         queue: bool,
         ticket: str | None,
@@ -373,7 +373,7 @@ class Gateway:
     async def aset_args(self, webrtc_id: str, key: Any, args: list[Any]) -> None:
         await (await self.engine_for(webrtc_id)).set_args(webrtc_id, key, args)
 
-    async def anext_output(self, webrtc_id: str, key: Any, kind: str = OUTPUTS_ADDITIONAL) -> list[Any] | None:
+    async def anext_output(self, webrtc_id: str, key: Any, kind: OutputsKind = OutputsKind.ADDITIONAL) -> list[Any] | None:
         """The oldest outputs of a session not yet fetched (None: none waiting), wherever
         the session is (see MediaEngine.next_output). Refused 404/403 as the routes."""
         try:
@@ -382,13 +382,9 @@ class Gateway:
             return self.engine.next_output(webrtc_id, key, kind)  # an ended session's, kept a while here
         return await owner.next_output(webrtc_id, key, kind)
 
-    def next_output(self, webrtc_id: str, key: Any, kind: str = OUTPUTS_ADDITIONAL) -> list[Any] | None:
+    def next_output(self, webrtc_id: str, key: Any, kind: OutputsKind = OutputsKind.ADDITIONAL) -> list[Any] | None:
         """This process's sessions only (gateway.processes: 1); see anext_output."""
         return self.engine.next_output(webrtc_id, key, kind)
-
-    def set_args(self, webrtc_id: str, key: Any, args: list[Any]) -> None:
-        """This process's sessions only (gateway.processes: 1); see aset_args."""
-        self.engine.set_args(webrtc_id, key, args)
 
     async def close_session(self, webrtc_id: str, key: Any) -> None:
         """End a session because its client hung up (see MediaEngine.close_session)."""

@@ -38,7 +38,7 @@ from runtime.front.http_util import (
 )
 from runtime.front.standalone import mount_standalone
 from runtime.front.statuses import http_status
-from runtime.media.engine import check_id
+from runtime.media.offers import check_id
 
 QUEUE_TICKET_HEADER = "x-queue-ticket"  # where the updates stream's GET carries the queue ticket
 MAX_TICKET_CHARS = 64  # a queue ticket is 32 characters; anything longer is not one

@@ -29,7 +29,7 @@ from fastapi.responses import HTMLResponse
 from runtime.errors import ErrorCode, Refused
 from runtime.front.api import GatewayAPI
 from runtime.front.http_util import error_response
-from runtime.media.engine import StreamEvent
+from runtime.media.stream_event import StreamEvent
 
 CLIENT_DIR = Path(__file__).resolve().parents[2] / "gradio_ext" / "static"
 UI_PATH = "/webrtc/ui"

@@ -7,9 +7,9 @@ import math
 from typing import Any
 
 from runtime.config import Config
-from runtime.control.scheduler import EventSpec, PoolSpec
+from runtime.control.pools import EventSpec, PoolSpec
 from runtime.errors import ErrorCode, Refused
-from runtime.media.engine import StreamEvent
+from runtime.media.stream_event import StreamEvent
 from workers.handlers import StreamHandlerBase, VideoStreamHandler
 from workers.link.shape import Modality, StreamShape
 from workers.process.loader import StreamOutputs, app_file_of, make_spec

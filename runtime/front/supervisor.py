@@ -21,9 +21,10 @@ from typing import Any
 
 from runtime import constants as C
 from runtime.config import Config
+from runtime.control.messages import EngineLoad
 from runtime.errors import ErrorCode, Refused
 from runtime.front.engines import RemoteEngine
-from runtime.media.engine import EngineLoad, StreamEvent
+from runtime.media.stream_event import StreamEvent
 
 log = logging.getLogger("rtcpool.gateway")
 

@@ -38,8 +38,8 @@ from runtime.front.statuses import CLOSE_NORMAL, LineLeft, close_code
 from runtime.front.twilio import CALL_TOKEN_PARAM, TELEPHONE_HANDLER_ROUTE, TELEPHONE_INCOMING_ROUTE
 from runtime.guard import safejson
 from runtime.guard.limits import TokenBucket
-from runtime.media.engine import check_id
-from workers.link.wire import CLIENT_TELEPHONE, CLIENT_WEBSOCKET
+from runtime.media.offers import check_id
+from workers.link.shape import Transport
 
 if TYPE_CHECKING:
     from runtime.media.ws_session import WebSocketSession
@@ -64,11 +64,11 @@ MAX_CLOSE_REASON_BYTES = 120  # a close frame's reason is at most 123 bytes
 class SocketClient:
     """One WebSocket client from accept to close: its messages, its session, its ending."""
 
-    def __init__(self, gw: GatewayAPI, ws: Any, kind: str) -> None:
+    def __init__(self, gw: GatewayAPI, ws: Any, kind: Transport) -> None:
         self.gw = gw
         self.ws = ws
         self.kind = kind
-        self.phone = kind == CLIENT_TELEPHONE
+        self.phone = kind == Transport.TELEPHONE
         self.session: WebSocketSession | None = None
         self.webrtc_id = ""
         self.bad = 0
@@ -361,11 +361,11 @@ def mount_websocket_routes(app: Any, gw: GatewayAPI) -> None:
 
     async def websocket_offer(websocket: WebSocket) -> None:
         gw.loop = asyncio.get_running_loop()
-        await SocketClient(gw, websocket, CLIENT_WEBSOCKET).serve()
+        await SocketClient(gw, websocket, Transport.WEBSOCKET).serve()
 
     async def telephone_handler(websocket: WebSocket) -> None:
         gw.loop = asyncio.get_running_loop()
-        await SocketClient(gw, websocket, CLIENT_TELEPHONE).serve()
+        await SocketClient(gw, websocket, Transport.TELEPHONE).serve()
 
     app.add_api_websocket_route(WEBSOCKET_ROUTE, websocket_offer)
     app.add_api_websocket_route(TELEPHONE_HANDLER_ROUTE, telephone_handler)

@@ -24,24 +24,23 @@ import os
 import secrets
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from runtime import constants as C
 from runtime.config import Config
 from runtime.control.leases import LeaseGrant, LeaseQueued
+from runtime.control.messages import EngineLoad
 from runtime.errors import EndReason, ErrorCode, Refused
 from runtime.guard.limits import AddressLimits, Admission, check_candidate_address, client_key
 from runtime.media.half_open import HalfOpen
 from runtime.media.heartbeat import Heartbeat
-from runtime.media.load import EngineLoad, sample_load
+from runtime.media.load import sample_load
 from runtime.media.offers import (
-    check_id,
     check_key,
-    check_sdp,
     denied_error,
     draining_error,
     queued_answer,
-    split_handle,
     strip_forbidden_candidates,
 )
 from runtime.media.session import OUTPUTS_QUEUE_MAX, Session, WorkerGone
@@ -50,18 +49,8 @@ from runtime.media.webrtc_session import WebRTCSession
 from runtime.media.ws_session import WebSocketSession
 from runtime.ops.metrics import EngineCounters, EngineMetrics, snapshot
 from runtime.ops.shm_check import geometry_for
-from workers.link.wire import OUTPUTS_ADDITIONAL, OUTPUTS_STREAM, Args, WireError
-
-# moved out of this module; still importable from here for the front and gradio_ext
-__all__ = [
-    "EngineLoad",
-    "MediaEngine",
-    "StreamEvent",
-    "check_id",
-    "check_sdp",
-    "draining_error",
-    "split_handle",
-]
+from workers.link.shape import Transport
+from workers.link.wire import Args, OutputsKind, WireError
 
 log = logging.getLogger("rtcpool.engine")
 
@@ -151,7 +140,7 @@ class MediaEngine:
         event_id: str,
         webrtc_id: str,
         client: str | None,
-        client_kind: str,
+        client_kind: Transport,
         send_text: Callable[[str], Awaitable[None]],
         queue: bool = False,
         ticket: str | None = None,
@@ -321,16 +310,16 @@ class MediaEngine:
         except Exception as exc:
             raise Refused(ErrorCode.BAD_CANDIDATE, f"cannot parse ICE candidate: {exc}") from exc
 
-    def next_output(self, webrtc_id: str, key: Any, kind: str = OUTPUTS_ADDITIONAL) -> list[Any] | None:
+    def next_output(self, webrtc_id: str, key: Any, kind: OutputsKind = OutputsKind.ADDITIONAL) -> list[Any] | None:
         """The oldest outputs of a session not yet fetched (None: none waiting): its
-        AdditionalOutputs, or with ``kind=OUTPUTS_STREAM`` the values its function returned
+        AdditionalOutputs, or with ``kind=OutputsKind.STREAM`` the values its function returned
         for the stream's other outputs. A session's unfetched outputs outlive it by
         OUTPUTS_GRACE_S. Raises 403 for a wrong key, 404 for no such session."""
         session = self.sessions.get(webrtc_id)
         queue: asyncio.Queue[list[Any]] | None
         if session is not None:
             self.authorize(webrtc_id, key)
-            queue = session.stream_outputs if kind == OUTPUTS_STREAM else session.outputs
+            queue = session.stream_outputs if kind == OutputsKind.STREAM else session.outputs
         else:
             ended = self._ended_outputs.get((webrtc_id, kind))
             if ended is None:
@@ -460,7 +449,7 @@ class MediaEngine:
     def load(self) -> EngineLoad:
         sessions = len(self.live_sessions())
         if sessions != self.last_load.sessions:
-            self.last_load = EngineLoad(**{**vars(self.last_load), "sessions": sessions})
+            self.last_load = replace(self.last_load, sessions=sessions)
         return self.last_load
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -488,8 +477,8 @@ class MediaEngine:
             self.sessions.pop(session.webrtc_id, None)
             self.keys.pop(session.webrtc_id, None)
         for kind, queue in (
-            (OUTPUTS_ADDITIONAL, session.outputs),
-            (OUTPUTS_STREAM, session.stream_outputs),
+            (OutputsKind.ADDITIONAL, session.outputs),
+            (OutputsKind.STREAM, session.stream_outputs),
         ):
             if not queue.empty():
                 # the page fetches outputs after the fact: keep them a little while

@@ -24,11 +24,10 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from runtime import constants as C
-from runtime.control.messages import HeartbeatAnswer
+from runtime.control.messages import EngineLoad, HeartbeatAnswer
 from runtime.errors import EndReason
 
 if TYPE_CHECKING:
-    from runtime.media.load import EngineLoad
     from runtime.media.session import Session
 
 log = logging.getLogger("rtcpool.engine")
@@ -118,7 +117,7 @@ class Heartbeat:
             list(live),
             list(self._host.events),
             {lid: s.transport for lid, s in live.items()},
-            vars(self._host.load()),
+            self._host.load(),
         )
 
     def _take_answer(self, answer: HeartbeatAnswer, live: dict[str, Session]) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 import ray
 
 from runtime import constants as C
-from workers.link.wire import OUTPUTS_ADDITIONAL
+from workers.link.wire import OutputsKind
 
 log = logging.getLogger("rtcpool.inbox")
 
@@ -85,7 +85,7 @@ class Inbox:
 
         return await self._relay("close_session", webrtc_id, key, timeout=MediaEngine.HANGUP_WAIT_S)
 
-    async def next_output(self, webrtc_id: str, key: Any, kind: str = OUTPUTS_ADDITIONAL) -> Any:
+    async def next_output(self, webrtc_id: str, key: Any, kind: OutputsKind = OutputsKind.ADDITIONAL) -> Any:
         return await self._relay("next_output", webrtc_id, key, kind)
 
     async def subscribe(self, webrtc_id: str, key: Any) -> Any:

@@ -26,11 +26,13 @@ from typing import Any
 import ray
 
 from runtime.config import Config
+from runtime.control.messages import EngineLoad
 from runtime.errors import Refused
-from runtime.media.engine import EngineLoad, MediaEngine, StreamEvent
+from runtime.media.engine import MediaEngine
+from runtime.media.stream_event import StreamEvent
 from runtime.ops import logs
 from runtime.ops.metrics import EngineMetrics
-from workers.link.wire import OUTPUTS_ADDITIONAL
+from workers.link.wire import OutputsKind
 
 log = logging.getLogger("rtcpool.media")
 
@@ -76,7 +78,7 @@ class EngineCalls:
         except Refused as err:
             return err
 
-    async def next_output(self, webrtc_id: str, key: Any, kind: str = OUTPUTS_ADDITIONAL) -> list[Any] | Refused | None:
+    async def next_output(self, webrtc_id: str, key: Any, kind: OutputsKind = OutputsKind.ADDITIONAL) -> list[Any] | Refused | None:
         try:
             return self.engine.next_output(webrtc_id, key, kind)
         except Refused as err:

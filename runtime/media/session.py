@@ -30,8 +30,8 @@ from runtime.guard.limits import Admission, PerSessionCount, TokenBucket
 from runtime.ops.metrics import EngineCounters, LiveSessionStats
 from workers.link.channel import FrameChannel
 from workers.link.connect import offer_link, worker_socket
+from workers.link.shape import Transport
 from workers.link.wire import (
-    OUTPUTS_STREAM,
     Args,
     ClearAudio,
     Close,
@@ -40,6 +40,7 @@ from workers.link.wire import (
     Hello,
     Message,
     Outputs,
+    OutputsKind,
     Ready,
     WireError,
 )
@@ -103,7 +104,7 @@ class Session:
     method, :meth:`_send_json`, and the hooks :meth:`_on_worker_video`,
     :meth:`_stop_client_media` and :meth:`_close_client`."""
 
-    client_kind: str
+    client_kind: Transport
 
     def __init__(self, host: SessionHost, event: StreamEvent, webrtc_id: str, lease: LeaseGrant) -> None:
         self.host = host
@@ -243,7 +244,7 @@ class Session:
     def _on_control(self, msg: Control) -> None:
         if isinstance(msg, Outputs):
             values = msg.values
-            if msg.kind == OUTPUTS_STREAM:
+            if msg.kind == OutputsKind.STREAM:
                 queues: tuple[asyncio.Queue[list[Any]], ...] = (self.stream_outputs,)
             else:
                 for fn in self.on_outputs:

@@ -44,7 +44,8 @@ from runtime.media.frames import (
 from runtime.media.jitter import guard_video, set_audio_prefetch
 from runtime.media.session import Session, client_json
 from runtime.media.vp8_guard import answer_vp8_only
-from workers.link.wire import CLIENT_WEBRTC, PIXFMT_I420
+from workers.link.shape import Transport
+from workers.link.wire import PIXFMT_I420
 
 if TYPE_CHECKING:
     from runtime.control.leases import LeaseGrant
@@ -161,10 +162,6 @@ class WorkerAudioTrack(MediaStreamTrack):
         self._fifo.clear()
         self.drained.set()
 
-    @property
-    def buffered_s(self) -> float:
-        return len(self._fifo) / AUDIO_OUT_FRAME_BYTES * C.AUDIO_FRAME_S
-
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
@@ -196,7 +193,7 @@ class WebRTCSession(Session):
     worker, the worker's frames and audio sent back on tracks of ours, messages both ways on
     the "text" data channel."""
 
-    client_kind = CLIENT_WEBRTC  # what the worker tells the handler (wire.Hello.client_kind)
+    client_kind = Transport.WEBRTC  # what the worker tells the handler (wire.Hello.client_kind)
 
     def __init__(self, host: SessionHost, event: StreamEvent, webrtc_id: str, lease: LeaseGrant) -> None:
         super().__init__(host, event, webrtc_id, lease)

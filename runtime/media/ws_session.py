@@ -31,7 +31,8 @@ from runtime import constants as C
 from runtime.errors import EndReason
 from runtime.media import mulaw
 from runtime.media.session import Session, client_json
-from workers.link.wire import CLIENT_TELEPHONE, WEBSOCKET_SEND, ClearAudio, Control, Message
+from workers.link.shape import Transport
+from workers.link.wire import WEBSOCKET_SEND, ClearAudio, Control, Message
 
 if TYPE_CHECKING:
     from runtime.control.leases import LeaseGrant
@@ -102,7 +103,7 @@ class WebSocketAudioOut:
         """Send the FIFO as it fills, 20 ms per message, at most ``lead`` ahead of the clock;
         idle, the clock restarts with the next reply rather than bursting to catch up."""
         session = self._session
-        lead = TELEPHONE_LEAD_S if session.client_kind == CLIENT_TELEPHONE else SEND_LEAD_S
+        lead = TELEPHONE_LEAD_S if session.client_kind == Transport.TELEPHONE else SEND_LEAD_S
         sent_until = 0.0  # wall time up to which the client has been sent audio
         while not self.stopped:
             if not self._fifo:
@@ -133,12 +134,12 @@ class WebSocketSession(Session):
         event: StreamEvent,
         webrtc_id: str,
         lease: LeaseGrant,
-        client_kind: str,
+        client_kind: Transport,
         send_text: Callable[[str], Awaitable[None]],
     ) -> None:
         super().__init__(host, event, webrtc_id, lease)
         self.client_kind = client_kind
-        self.phone = client_kind == CLIENT_TELEPHONE
+        self.phone = client_kind == Transport.TELEPHONE
         self._send_text = send_text
         self._outbox: asyncio.Queue[str] = asyncio.Queue()
         self.wire_in_rate = 0

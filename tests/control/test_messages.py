@@ -2,6 +2,7 @@
 and the metrics were written against, key for key and in order (no Ray)."""
 
 import json
+from dataclasses import replace
 
 from runtime.control.messages import (
     EventStatus,
@@ -13,15 +14,17 @@ from runtime.control.messages import (
     WorkerStatus,
     status_json,
 )
+from workers.link.messages import WorkerInfo
 
 
 def test_status_json_is_the_old_dict_byte_for_byte():
     info = {"endpoint": "\0rtcpool-1", "tcp_endpoint": "10.0.0.2:4000", "pid": 11, "node_id": "n1", "host": "h1"}
+    ready = WorkerInfo(info["endpoint"], info["tcp_endpoint"], "", 11, "n1", "h1")
     status = SchedulerStatus(
         events={
             "e": EventStatus(
                 limit=2, active=1, leases=1, idle=1, starting=0,
-                workers=(WorkerStatus.of(info, False), WorkerStatus.of({**info, "pid": 12}, True)),
+                workers=(WorkerStatus.of(ready, False), WorkerStatus.of(replace(ready, pid=12), True)),
                 started_total=2, replaced_total=0, last_error="", unplaceable="", gateways=("gw",),
                 queue=3, admitted=1, max_queue=100, expected_session_s=None,
             )

@@ -20,7 +20,7 @@ import pytest
 from runtime import constants as C
 from runtime.control import waiting_room as wr
 from runtime.control.leases import LeaseDenied, LeaseGrant, LeaseQueued
-from runtime.control.scheduler import EventSpec, PoolSpec
+from runtime.control.pools import EventSpec, PoolSpec
 from tests.conftest import wait_until
 from tests.control.test_scheduler import CALL_S, WARM_S, Sched, _close
 from workers.process.loader import make_spec

@@ -27,13 +27,8 @@ import pytest
 from runtime import constants as C
 from runtime.cli import collect_status, format_status
 from runtime.control.messages import EventStatus, HeartbeatAnswer, RegisterAnswer
-from runtime.control.scheduler import (
-    SHORT_LEASE_ID,
-    EventSpec,
-    PoolSpec,
-    SchedulerActor,
-    get_scheduler,
-)
+from runtime.control.pools import EventSpec, PoolSpec
+from runtime.control.scheduler import SHORT_LEASE_ID, SchedulerActor, get_scheduler
 from tests.conftest import wait_until
 from tests.workers.link.blocking import connect_worker
 from workers.link.shm import Geometry
@@ -171,7 +166,7 @@ def test_concurrency_limit_enforced_and_release_frees_the_slot(sched):
     assert first.lease_id != second.lease_id
     # the lease names a live worker actor
     info = sched.ray.get(first.worker.ready.remote(), timeout=CALL_S)
-    assert (info["pid"], info["endpoint"]) == (first.pid, first.endpoint)
+    assert (info.pid, info.endpoint) == (first.pid, first.endpoint)
 
     third = sched.acquire(s.event_id)
     assert (third.ok, third.error, third.limit, third.retry_after) == (False, "concurrency_limit_reached", 2, C.RETRY_AFTER_S)

@@ -4,8 +4,8 @@ pure bookkeeping, no Ray. The spread over real processes is test_media_processes
 import time
 
 from runtime.config import load_config
+from runtime.control.messages import EngineLoad
 from runtime.front.supervisor import MediaSlot, MediaSupervisor
-from runtime.media.engine import EngineLoad
 
 
 def _slot(index: int, sessions: int = 0, cpu: float = 0.0, lag: float = 0.0):

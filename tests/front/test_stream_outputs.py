@@ -17,7 +17,7 @@ import pytest
 
 from runtime.clients.webrtc import Client, synthetic_image
 from tests.conftest import async_wait_until
-from workers.link.wire import OUTPUTS_STREAM
+from workers.link.wire import OutputsKind
 from workers.process.loader import StreamOutputs
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -41,7 +41,7 @@ async def read_outputs(served, client: Client, want: int) -> list[list]:
 
     async def take() -> None:
         while True:
-            values = served.gateway.next_output(client.webrtc_id, client.session_key, OUTPUTS_STREAM)
+            values = served.gateway.next_output(client.webrtc_id, client.session_key, OutputsKind.STREAM)
             if values is None:
                 return
             got.append(values)

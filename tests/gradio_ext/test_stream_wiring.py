@@ -12,7 +12,7 @@ import pytest
 from gradio_ext import VideoStreamHandler, WebRTC, serving
 from gradio_ext.events import stream_outputs_fetcher
 from gradio_ext.webrtc import ARGS_EVENT, OUTPUTS_EVENT
-from workers.link.wire import OUTPUTS_STREAM
+from workers.link.wire import OutputsKind
 from workers.process.loader import StreamOutputs, app_file_of, load, make_spec
 
 
@@ -158,7 +158,7 @@ def test_the_fetcher_takes_one_stream_output_per_fetch_and_skips_when_none():
     assert asyncio.run(fetch("id")) == (["s"], "text")
     assert asyncio.run(fetch("id")) == (["t"], "more")
     assert isinstance(asyncio.run(fetch("id")), type(gr.skip()))
-    assert gw.kinds == [OUTPUTS_STREAM] * 3
+    assert gw.kinds == [OutputsKind.STREAM] * 3
     one = stream_outputs_fetcher(FakeGateway([["only"]]), 1)
     assert asyncio.run(one("id")) == "only"
     assert isinstance(asyncio.run(one("")), type(gr.skip())), "no session id: nothing to fetch"

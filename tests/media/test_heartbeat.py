@@ -12,10 +12,9 @@ from typing import Any
 import pytest
 
 from runtime import constants as C
-from runtime.control.messages import HeartbeatAnswer
+from runtime.control.messages import EngineLoad, HeartbeatAnswer
 from runtime.errors import EndReason
 from runtime.media.heartbeat import Heartbeat
-from runtime.media.load import EngineLoad
 
 BEAT_S = 0.02  # the test's HEARTBEAT_S
 
@@ -108,7 +107,7 @@ async def test_one_loop_two_drivers(driver: str) -> None:
             break
     gateway, leases, events, transports, load = scheduler.beats[-1]
     assert (gateway, sorted(leases), events) == ("gw-test", ["lease-gone", "lease-kept"], ["stream-a"])
-    assert transports == {"lease-gone": "shm", "lease-kept": "shm"} and load["sessions"] == 2
+    assert transports == {"lease-gone": "shm", "lease-kept": "shm"} and load.sessions == 2
     # the reclaimed session is ended on its own loop's thread, whatever the driver
     assert reclaimed.sent[0] == ("end_stream", {"reason": "lease_reclaimed"})
     assert reclaimed.threads == {threading.current_thread().name}

@@ -21,9 +21,9 @@ import numpy as np
 from tests.conftest import wait_until
 from tests.workers.link.blocking import connect_worker
 from workers.link.channel import FrameChannel
+from workers.link.shape import Transport
 from workers.link.shm import SEGMENT_PREFIX, Geometry
 from workers.link.wire import (
-    CLIENT_WEBRTC,
     PIXFMT_I420,
     SLOT_HEADER_BYTES,
     Args,
@@ -73,7 +73,7 @@ class Link:
         *,
         modality: str = "audio",
         mode: str = "send-receive",
-        client_kind: str = CLIENT_WEBRTC,
+        client_kind: Transport = Transport.WEBRTC,
         video: bool = True,
     ) -> None:
         self.controls: list[Control] = []

@@ -28,12 +28,13 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass, field, fields, is_dataclass
+from enum import StrEnum
 from typing import Any, ClassVar
 
 import msgpack
 import numpy as np
 
-from workers.link.shape import StreamShape
+from workers.link.shape import StreamShape, Transport
 
 # --- segment layout -----------------------------------------------------------------------
 SEGMENT_MAGIC = b"RTCP"
@@ -264,9 +265,6 @@ class Control:
             raise WireError(f"malformed control message: {exc}") from exc
 
 
-CLIENT_WEBRTC = "webrtc"  # a browser or aiortc peer connection
-CLIENT_WEBSOCKET = "websocket"  # /websocket/offer: fastrtc's WebSocket audio messages
-CLIENT_TELEPHONE = "telephone"  # /telephone/handler: a Twilio Media Streams call (phone_mode)
 WEBSOCKET_SEND = "websocket_send"  # a Message whose data (text) goes to a WebSocket client as it is
 
 
@@ -291,12 +289,20 @@ class Hello(Control):
     geometry: list[int] = field(default_factory=list)
     # how the client reached the gateway: the handler sees it (``phone_mode``, and
     # ``get_current_context().websocket`` for the two WebSocket kinds)
-    client_kind: str = "webrtc"  # CLIENT_WEBRTC | CLIENT_WEBSOCKET | CLIENT_TELEPHONE
+    client_kind: str = Transport.WEBRTC  # a Transport's value
 
     @property
     def shape(self) -> StreamShape:
         """What flows which way (a ValueError for a mode or modality rtcpool does not know)."""
         return StreamShape.parse(self.mode, self.modality)
+
+    @property
+    def transport(self) -> Transport:
+        """How the client reached the gateway (a ValueError for a kind rtcpool does not know)."""
+        try:
+            return Transport(self.client_kind)
+        except ValueError:
+            raise ValueError(f"client_kind must be one of {[x.value for x in Transport]}, not {self.client_kind!r}") from None
 
 
 @dataclass
@@ -319,8 +325,11 @@ class Args(Control):
     args: list[Any]
 
 
-OUTPUTS_ADDITIONAL = "additional"  # an AdditionalOutputs: for on_additional_outputs' components
-OUTPUTS_STREAM = "stream"  # the values a function returned for its stream's other outputs
+class OutputsKind(StrEnum):
+    """Whose values an ``Outputs`` carries (a ``StrEnum``: its value is the string on the wire)."""
+
+    ADDITIONAL = "additional"  # an AdditionalOutputs: for on_additional_outputs' components
+    STREAM = "stream"  # the values a function returned for its stream's other outputs
 
 
 @dataclass
@@ -334,7 +343,7 @@ class Outputs(Control):
     TYPE: ClassVar[str] = "outputs"
     seq: int
     values: list[Any]
-    kind: str = OUTPUTS_ADDITIONAL
+    kind: str = OutputsKind.ADDITIONAL  # an OutputsKind's value
 
 
 @dataclass

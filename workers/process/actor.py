@@ -39,15 +39,17 @@ import struct
 import threading
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from workers.link import constants as C
 from workers.link.connect import TCP_SCHEME, read_first_control
+from workers.link.messages import WorkerInfo, WorkerStats
 from workers.link.wire import STREAM_LENGTH, Close, Hello, WireError
 from workers.process.drivers import driver_for
 from workers.process.loader import HandlerSpec, load
 from workers.process.node import node_id, node_ip, pin_priority
-from workers.process.session import Session
+from workers.process.session import WorkerSession
 
 log = logging.getLogger("rtcpool.worker")
 
@@ -91,7 +93,7 @@ class Worker:
         self.tcp_endpoint = f"{TCP_SCHEME}[{host}]:{port}" if ":" in host else f"{TCP_SCHEME}{host}:{port}"
         self.sessions_served = 0
         self.parked_threads: list[threading.Thread] = []  # left blocked in handlers by past sessions
-        self.session: Session | None = None
+        self.session: WorkerSession | None = None
         self._stop = threading.Event()
         # a connection whose hello was valid, waiting for the serve thread: (socket, hello,
         # monotonic time it was read)
@@ -105,26 +107,13 @@ class Worker:
 
     # --- Ray methods (control plane) ---------------------------------------------------------
 
-    def ready(self) -> dict[str, Any]:
-        # "token": the one armed now, for a Worker driven directly (tests, benchmarks); the
-        # scheduler drops it and arms a token of its own for every lease
-        return {
-            "endpoint": self.endpoint,
-            "tcp_endpoint": self.tcp_endpoint,
-            "token": self.token,
-            "pid": os.getpid(),
-            "node_id": node_id(),
-            "host": socket.gethostname(),
-        }
+    def ready(self) -> WorkerInfo:
+        return WorkerInfo(self.endpoint, self.tcp_endpoint, self.token, os.getpid(), node_id(), socket.gethostname())
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> WorkerStats:
         s = self.session
-        return {
-            "pid": os.getpid(),
-            "sessions_served": self.sessions_served,
-            "busy": s is not None,
-            "channel": vars(s.channel.stats).copy() if s is not None else None,
-        }
+        channel = replace(s.channel.stats) if s is not None else None  # a copy: the session goes on counting
+        return WorkerStats(os.getpid(), self.sessions_served, s is not None, channel)
 
     def arm(self, token: str) -> None:
         """The token the next session must present (the scheduler, once per lease, before it
@@ -236,7 +225,7 @@ class Worker:
                 conn.close()
                 continue
             try:
-                session = Session.open(self.handler, self.spec, conn, hello)
+                session = WorkerSession.open(self.handler, self.spec, conn, hello)
             except Exception as exc:
                 log.warning("refused a session: %s", exc)
                 conn.close()

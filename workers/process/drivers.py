@@ -10,7 +10,7 @@
 
 The sync and async twins share their steps: one timed input call (``_timed``), one emit call
 and what follows it (``_emit_returned``), one schedule for fps-paced output (``Schedule``).
-A driver's loops run on the session's handler threads (Session.run); a loop that raises
+A driver's loops run on the session's handler threads (WorkerSession.run); a loop that raises
 ends the session, reported.
 """
 
@@ -31,7 +31,7 @@ from workers.link import constants as C
 from workers.link.shape import Modality
 from workers.link.wire import Message
 from workers.process.output import made_under
-from workers.process.session import POLL_INTERVAL_S, Session
+from workers.process.session import POLL_INTERVAL_S, WorkerSession
 
 log = logging.getLogger("rtcpool.worker")
 
@@ -64,7 +64,7 @@ class Schedule:
 class Driver:
     """The loops that call one session's handler; ``loops()`` are its threads' bodies."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: WorkerSession) -> None:
         self.session = session
         self.output = session.output
         self.handler: Any = session.handler
@@ -93,7 +93,7 @@ class Driver:
             self.session.release_held_args()
 
 
-def driver_for(session: Session) -> Driver:
+def driver_for(session: WorkerSession) -> Driver:
     """The driver of the session's kind of handler."""
     h = session.handler
     if isinstance(h, AsyncStreamHandler):

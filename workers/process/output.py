@@ -22,13 +22,12 @@ from workers.link import constants as C
 from workers.link.channel import FrameChannel
 from workers.link.shape import StreamShape
 from workers.link.wire import (
-    OUTPUTS_ADDITIONAL,
-    OUTPUTS_STREAM,
     PIXFMT_I420,
     ClearAudio,
     Hello,
     Message,
     Outputs,
+    OutputsKind,
     SlotHeader,
     WireError,
 )
@@ -263,10 +262,10 @@ class Output:
                         s.fed_back.add(arg_pos)
         others = [v for i, v in enumerate(values) if i != layout.media]
         if others:
-            self.send_outputs(others, OUTPUTS_STREAM)
+            self.send_outputs(others, OutputsKind.STREAM)
         return None if layout.media is None else values[layout.media]
 
-    def send_outputs(self, values: list[Any], kind: str = OUTPUTS_ADDITIONAL) -> None:
+    def send_outputs(self, values: list[Any], kind: OutputsKind = OutputsKind.ADDITIONAL) -> None:
         self.outputs_seq += 1
         try:
             self.session.channel.send_control(Outputs(self.outputs_seq, values, kind))

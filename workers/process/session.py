@@ -3,7 +3,7 @@ they come (audio oldest first, video latest-frame-wins, the page's other inputs 
 the session's copy of the handler and its lifecycle, up to the one close that answers the
 gateway.
 
-The link reader runs on the worker's serve thread (:meth:`Session.run`); the handler's code
+The link reader runs on the worker's serve thread (:meth:`WorkerSession.run`); the handler's code
 runs on the threads of its driver (workers/process/drivers.py); what the handler returns goes
 out through the session's :class:`~workers.process.output.Output`.
 """
@@ -34,10 +34,9 @@ from workers.handlers import (
 from workers.link import constants as C
 from workers.link.channel import FrameChannel
 from workers.link.connect import geometry_from_hello
+from workers.link.shape import Transport
 from workers.link.shm import LocalSegment, Segment
 from workers.link.wire import (
-    CLIENT_TELEPHONE,
-    CLIENT_WEBSOCKET,
     HANDLER_STATS_PERIOD_S,
     PIXFMT_I420,
     WEBSOCKET_SEND,
@@ -63,10 +62,10 @@ HANDLER_STOP_TIMEOUT_S = 1.0  # handler threads get this long to return once a s
 ERROR_REPEAT_S = 1.0  # the same handler error is sent to the client at most this often
 ARGS_HOLD_MAX_S = 2.0  # inputs pushed before a handler's first emit() returns are held at most this long
 MAX_PARKED_THREADS = 8  # parked handler threads a worker leaves behind before it retires
-WEBSOCKET_CLIENTS = (CLIENT_WEBSOCKET, CLIENT_TELEPHONE)  # clients a handler can send text to
+WEBSOCKET_CLIENTS = (Transport.WEBSOCKET, Transport.TELEPHONE)  # clients a handler can send text to
 
 
-class Session:
+class WorkerSession:
     """One session in a worker. The link reader runs on the serve thread; the user's code runs
     on handler threads (one for a function or generator; receive + emit for a StreamHandler;
     one asyncio loop for an AsyncStreamHandler).
@@ -130,8 +129,9 @@ class Session:
         self.handler: Any = handler.copy() if isinstance(handler, StreamHandlerBase) else handler
         # a phone sends no inputs (nothing to ask for, nothing to wait for); a WebSocket client
         # or a phone can be sent text from the handler (get_current_context().websocket)
-        self.phone_mode = hello.client_kind == CLIENT_TELEPHONE
-        to_socket = hello.client_kind in WEBSOCKET_CLIENTS
+        transport = hello.transport
+        self.phone_mode = transport == Transport.TELEPHONE
+        to_socket = transport in WEBSOCKET_CLIENTS
         sender = WebSocketSender(self._send_websocket) if to_socket else None
         self.context = Context(webrtc_id=hello.session_id, websocket=sender)
         if self.phone_mode:
@@ -158,7 +158,7 @@ class Session:
         )
 
     @classmethod
-    def open(cls, handler: Any, spec: HandlerSpec, conn: socket.socket, hello: Hello) -> Session:
+    def open(cls, handler: Any, spec: HandlerSpec, conn: socket.socket, hello: Hello) -> WorkerSession:
         """A session on ``conn``, whose ``hello`` the worker has read and checked (its token)."""
         if conn.type == socket.SOCK_STREAM:
             geometry = geometry_from_hello(hello.geometry)
@@ -452,7 +452,7 @@ class Session:
 
 
 class _Hooks(_SessionHooks):
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: WorkerSession) -> None:
         self.session = session
 
     def send(self, type_: str, data: Any) -> None:
@@ -473,4 +473,4 @@ class _Hooks(_SessionHooks):
         self.session.output.clear_audio()
 
 
-__all__ = ["MAX_PARKED_THREADS", "POLL_INTERVAL_S", "Session"]
+__all__ = ["MAX_PARKED_THREADS", "POLL_INTERVAL_S", "WorkerSession"]

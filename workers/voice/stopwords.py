@@ -163,9 +163,6 @@ class StopWordDetector:
         self._decoder.start_utt()
         self._utt_start = self._pos
 
-    def thresholds(self) -> dict[str, float]:
-        return {p: phrase_threshold(p, self.options) for p in self.phrases}
-
     def process(self, audio: np.ndarray, position: int | None = None) -> StopWordHit | None:
         """Feed mono float32 [-1, 1) samples at 16 kHz; returns the first phrase heard, if any.
 

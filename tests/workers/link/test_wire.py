@@ -27,8 +27,6 @@ from workers.link.wire import (
     MSG_CONTROL,
     MSG_FRAME,
     MSG_RELEASE,
-    OUTPUTS_ADDITIONAL,
-    OUTPUTS_STREAM,
     SEGMENT_HEADER,
     SEGMENT_HEADER_BYTES,
     SEGMENT_MAGIC,
@@ -45,6 +43,7 @@ from workers.link.wire import (
     Hello,
     Message,
     Outputs,
+    OutputsKind,
     Ready,
     SlotHeader,
     WireError,
@@ -192,7 +191,7 @@ EXAMPLES: dict[type[Control], list[Control]] = {
     Outputs: [
         Outputs(1, []),
         Outputs(2**40, ["text", {"a": 1}, [1, [2, [3]]]]),
-        Outputs(3, [[1, 2], "transcript"], OUTPUTS_STREAM),
+        Outputs(3, [[1, 2], "transcript"], OutputsKind.STREAM),
     ],
     Message: [Message("log"), Message("end_stream", "bye"), Message("send_input", {"x": 1})],
     Error: [Error(""), Error("ValueError: ünïcödé ✓")],
@@ -269,9 +268,9 @@ def test_garbage_control_raises_wire_error(data):
 def test_outputs_without_kind_from_an_older_peer_are_additional_outputs():
     old = b"C" + msgpack.packb({"t": "outputs", "seq": 7, "values": ["a", 1]})
     back = Control.decode(old)
-    assert back == Outputs(7, ["a", 1]) and back.kind == OUTPUTS_ADDITIONAL
-    assert Outputs(7, ["a", 1]).encode() != Outputs(7, ["a", 1], OUTPUTS_STREAM).encode()
-    assert Control.decode(Outputs(8, ["s"], OUTPUTS_STREAM).encode()).kind == OUTPUTS_STREAM
+    assert back == Outputs(7, ["a", 1]) and back.kind == OutputsKind.ADDITIONAL
+    assert Outputs(7, ["a", 1]).encode() != Outputs(7, ["a", 1], OutputsKind.STREAM).encode()
+    assert Control.decode(Outputs(8, ["s"], OutputsKind.STREAM).encode()).kind == OutputsKind.STREAM
 
 
 def test_random_garbage_never_raises_anything_but_wire_error():

@@ -33,9 +33,8 @@ from workers.handlers import (
     VideoStreamHandler,
     _as_message,
 )
+from workers.link.shape import Transport
 from workers.link.wire import (
-    CLIENT_TELEPHONE,
-    CLIENT_WEBSOCKET,
     WEBSOCKET_SEND,
     Args,
     Close,
@@ -546,7 +545,7 @@ def test_a_generator_sees_the_context(make_worker):
     assert isinstance(peer, Close)
 
 
-@pytest.mark.parametrize("kind", [CLIENT_WEBSOCKET, CLIENT_TELEPHONE])
+@pytest.mark.parametrize("kind", [Transport.WEBSOCKET, Transport.TELEPHONE])
 def test_a_handler_sends_to_its_websocket_client_through_the_context(make_worker, kind):
     worker = make_worker(TalksToItsSocket())
     s = link(worker, client_kind=kind)
@@ -557,7 +556,7 @@ def test_a_handler_sends_to_its_websocket_client_through_the_context(make_worker
     assert json.loads(texts[0]) == {"event": "transcript", "text": "héllo"}
     assert texts[0] == '{"event":"transcript","text":"héllo"}', "Starlette's send_json text"
     assert texts[1:] == ["plain text", "[1,2]"]
-    assert s.outputs() == [[False, kind == CLIENT_TELEPHONE]]  # a sender; phone_mode on a phone
+    assert s.outputs() == [[False, kind == Transport.TELEPHONE]]  # a sender; phone_mode on a phone
     s.end()
 
 
@@ -584,7 +583,7 @@ def test_the_websocket_sender_takes_only_text():
 
 def test_on_a_phone_wait_for_args_returns_at_once_with_the_initial_inputs(make_worker):
     worker = make_worker(WaitsForInputs())
-    s = link(worker, args=["initial", 3], client_kind=CLIENT_TELEPHONE)
+    s = link(worker, args=["initial", 3], client_kind=Transport.TELEPHONE)
     assert s.pump_until(s.outputs)
     ((report,),) = s.outputs()
     phone, args, waited = report
@@ -596,7 +595,7 @@ def test_on_a_phone_wait_for_args_returns_at_once_with_the_initial_inputs(make_w
 
 def test_off_the_phone_wait_for_args_still_asks_the_client(make_worker):
     worker = make_worker(WaitsForInputs())
-    s = link(worker, args=["initial"], client_kind=CLIENT_WEBSOCKET)
+    s = link(worker, args=["initial"], client_kind=Transport.WEBSOCKET)
     assert s.pump_until(lambda: s.messages("send_input"))
     s.ch.send_control(Args(["answered"]))
     assert s.pump_until(s.outputs)
@@ -607,7 +606,7 @@ def test_off_the_phone_wait_for_args_still_asks_the_client(make_worker):
 
 def test_on_a_phone_an_async_wait_for_args_returns_at_once(make_worker):
     worker = make_worker(AsyncWaitsForInputs())
-    s = link(worker, args=["initial"], client_kind=CLIENT_TELEPHONE)
+    s = link(worker, args=["initial"], client_kind=Transport.TELEPHONE)
     assert s.pump_until(s.outputs)
     ((phone, args, waited),) = s.outputs()
     assert phone is True and args == ["initial"] and waited < 1.0

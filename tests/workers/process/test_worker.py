@@ -189,9 +189,9 @@ LINKS = pytest.mark.parametrize("tcp", [False, True], ids=["shm", "tcp"])
 def test_frames_come_back_processed(make_worker, tcp):
     worker = make_worker(invert)
     info = worker.ready()
-    assert info["pid"] == os.getpid() and info["endpoint"] == worker.endpoint
+    assert info.pid == os.getpid() and info.endpoint == worker.endpoint
     assert worker.endpoint.startswith(f"\0rtcpool-{os.getuid()}-{os.getpid()}-")
-    assert info["tcp_endpoint"] == worker.tcp_endpoint and info["token"] == worker.token
+    assert info.tcp_endpoint == worker.tcp_endpoint and info.token == worker.token
     before = shm_segments()
     gw = Gateway(worker, tcp=tcp)
     # the TCP form shares no memory: no segment exists for it
@@ -204,14 +204,14 @@ def test_frames_come_back_processed(make_worker, tcp):
         assert_pixels_near(out, 255 - frame)
         assert (header.time_base_num, header.time_base_den) == (1, 90_000)
     stats = worker.stats()
-    assert stats["busy"] is True
-    assert stats["channel"]["video_received"] >= 30
+    assert stats.busy is True
+    assert stats.channel is not None and stats.channel.video_received >= 30
     # the worker counts a frame just after sending it: the gateway may have it first
-    assert wait_until(lambda: worker.stats()["channel"]["video_sent"] == 30, WAIT_S)
+    assert wait_until(lambda: worker.stats().channel.video_sent == 30, WAIT_S)
     assert gw.of_type(Error) == []
     gw.close()
     wait_idle(worker, 1)
-    assert worker.stats()["busy"] is False
+    assert worker.stats().busy is False
 
 
 def test_handler_exception_reported_and_session_continues(make_worker):
