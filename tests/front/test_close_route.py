@@ -30,6 +30,7 @@ HANGUP_RELEASE_S = 5.0
 assert HANGUP_RELEASE_S < C.MEDIA_INACTIVITY_TIMEOUT_S < C.CONNECT_TIMEOUT_S
 FIRST_FRAME_TIMEOUT_S = 60.0
 OFFER_PENDING_TIMEOUT_S = 30.0  # the cold stream's offer reserves its id by then
+PENDING_HOLD_S = 1.0  # an offer held pending this long before its lease: the poll sees it
 WORKER_START_TIMEOUT_S = 120.0  # the cold stream's offer waits for a worker at most this long
 
 
@@ -118,6 +119,16 @@ async def test_hang_up_during_the_offer_needs_the_key_the_answer_brings(app):
 async def test_without_session_keys_a_hang_up_during_the_offer_ends_the_session_once_it_exists(app, monkeypatch):
     # fastrtc-style clients (gateway.require_session_key: false) hang up by id alone
     monkeypatch.setattr(app.gateway.config.gateway, "require_session_key", False)
+    # the test before left COLD's worker idle, so this offer would be answered within a few
+    # ms, too fast to be caught pending (CI-found); its lease now takes a moment longer
+    engine = app.gateway.engine
+    acquire = engine._acquire
+
+    async def slow_acquire(*args, **kwargs):
+        await asyncio.sleep(PENDING_HOLD_S)
+        return await acquire(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_acquire", slow_acquire)
     client = Client(app.url, stream_id=COLD)
     offer = asyncio.ensure_future(client.connect())
     try:
