@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 from typing import Any
 
@@ -218,9 +219,18 @@ async def test_update_streams_on_one_ticket_are_bounded_and_given_back(app):
         url = f"{app.url}/webrtc/queue?webrtc_id=many-tabs"
         async with httpx.AsyncClient(timeout=30) as http:
             async with contextlib.AsyncExitStack() as streams:
-                for _ in range(per_ticket):
+                for _ in range(per_ticket - 1):
                     resp = await streams.enter_async_context(http.stream("GET", url, headers=headers))
                     assert resp.status_code == 200
+                # a stream whose response never starts (the client gone before it did) is
+                # given back when it is collected
+                never_read = app.run(app.gateway.queue_stream(headers["X-Queue-Ticket"], "many-tabs", "203.0.113.9"))
+                assert app.gateway.queue.held == (per_ticket, 1)
+                del never_read
+                gc.collect()
+                assert app.gateway.queue.held == (per_ticket - 1, 0)
+                resp = await streams.enter_async_context(http.stream("GET", url, headers=headers))
+                assert resp.status_code == 200
                 over = await http.get(url, headers=headers)
                 assert over.status_code == 429 and over.json()["meta"]["error"] == "too_many_queue_streams", over.text
                 assert int(over.headers["Retry-After"]) >= 1
