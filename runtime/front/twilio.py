@@ -7,7 +7,8 @@ Twilio cannot send our credentials, so a call is admitted by a single-use call t
 ``/telephone/incoming`` puts in the TwiML's stream parameters, and ``/telephone/incoming``
 itself, with the Twilio auth token set (``telephone.twilio_auth_token_env``), takes only
 requests that carry Twilio's signature (X-Twilio-Signature). Without that token it takes
-unsigned webhooks only while ``gateway.auth.mode`` is ``none``: with auth on, phone calls
+unsigned webhooks only while ``gateway.auth.mode`` is ``none`` (and no Gradio login guards
+the routes): with auth on, phone calls
 are off until the token is set (a call must not be the way around gateway.auth), as a line
 at start-up says. The webhook is rate-limited per client address and its body bounded
 before it is read; outstanding call tokens are bounded per address and in all, and an
@@ -35,6 +36,7 @@ from runtime.config import Config
 from runtime.errors import ErrorCode, Refused
 from runtime.front.api import GatewayAPI
 from runtime.front.http_util import endpoint, read_body
+from runtime.guard.auth import gradio_app_of, gradio_auth_enabled
 from runtime.guard.limits import AddressLimits, client_key
 from runtime.guard.socket_limits import MAX_CALL_TOKENS_PER_ADDRESS
 
@@ -208,11 +210,15 @@ def twilio_token(config: Config) -> str:
     return os.environ.get(env, "") if env else ""
 
 
-def unsigned_refused(config: Config) -> bool:
-    """Whether an unsigned webhook is refused: with ``gateway.auth`` on, a call must not be the
-    way around it, and only Twilio's signature can vouch for a webhook (Twilio cannot send
-    our credentials)."""
-    return config.gateway.auth.mode != "none"
+def unsigned_refused(config: Config, request: Request | None = None) -> bool:
+    """Whether an unsigned webhook is refused: with ``gateway.auth`` on, or the routes on a
+    Gradio app launched with ``auth=`` (which the signalling routes then take, whatever the
+    mode), a call must not be the way around it, and only Twilio's signature can vouch for
+    a webhook (Twilio cannot send our credentials)."""
+    if config.gateway.auth.mode != "none":
+        return True
+    app = gradio_app_of(request) if request is not None else None
+    return app is not None and gradio_auth_enabled(app)
 
 
 def log_webhook_mode(config: Config) -> None:
@@ -285,7 +291,7 @@ class TelephoneWebhook:
         if length is not None and (not length.isdigit() or int(length) > MAX_WEBHOOK_BYTES):
             raise Refused(ErrorCode.BODY_TOO_LARGE, f"the webhook body is over {MAX_WEBHOOK_BYTES} bytes")
         token = twilio_token(config)
-        if not token and unsigned_refused(config):
+        if not token and unsigned_refused(config, request):
             raise Refused(
                 ErrorCode.UNSIGNED_WEBHOOK,
                 f"phone calls are off: gateway.auth is on and the server has no Twilio auth token to check "

@@ -73,3 +73,19 @@ def test_a_client_string_in_a_log_line_is_one_escaped_bounded_line():
     long = shown("y" * 1_000_000, 80)
     assert len(long) <= 80 + 5 and long.endswith("...")
     assert shown({"event": "a\nb"}) == repr({"event": "a\nb"})
+
+
+def test_a_gradio_login_also_turns_unsigned_webhooks_away():
+    """auth mode none on a Gradio app launched with auth=: the routes take its login, so an
+    unsigned webhook is no way around it either."""
+    from types import SimpleNamespace
+
+    from gradio.routes import App
+
+    config = load_config(overrides={"gateway": {"auth": {"mode": "none"}}})
+    app = App.__new__(App)  # as launch() makes it, without serving it
+    app.auth, app.auth_dependency = None, None
+    request = SimpleNamespace(scope={"app": app})
+    assert not unsigned_refused(config, request)  # type: ignore[arg-type]
+    app.auth = [("user", "password")]
+    assert unsigned_refused(config, request)  # type: ignore[arg-type]
