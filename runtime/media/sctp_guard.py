@@ -93,8 +93,10 @@ class _Run:
 
 class SctpGuard:
     """One peer connection's SCTP receive side, measured as it reassembles (see the module
-    docstring). ``on_refused(what)`` is called once per connection, at the first message
-    dropped (``"message"``) or chunk refused for the budget (``"buffered"``)."""
+    docstring). ``on_refused(what)`` is called for every message dropped (``"message"``:
+    each cost its sender over the limit in bytes, so one answer each is no amplification)
+    and once per connection for chunks refused for the budget (``"buffered"``: a stalled
+    sender retransmits them, which would repeat it)."""
 
     def __init__(
         self,
@@ -108,7 +110,7 @@ class SctpGuard:
         self.max_message_bytes = max_message_bytes
         self.max_buffered_bytes = max_buffered_bytes
         self._on_refused = on_refused
-        self._reported = False
+        self._reported_buffered = False
         self._forward_tsn: Callable[[Any], Awaitable[None]] = transport._receive_forward_tsn_chunk
         self._reconfig: Callable[[Any], Awaitable[None]] = transport._receive_reconfig_param
         self._runs: dict[int, _Run] = {}  # stream id -> the message it receives in order
@@ -122,8 +124,11 @@ class SctpGuard:
         t = self._transport
         t._sack_needed = True
         size = len(chunk.user_data)
+        # a message's first fragment also opens its run's state (counted as one more chunk)
+        opens = (chunk.flags & (SCTP_DATA_FIRST_FRAG | SCTP_DATA_LAST_FRAG)) == SCTP_DATA_FIRST_FRAG
+        cost = size + CHUNK_OVERHEAD_BYTES * (2 if opens else 1)
         duplicate = uint32_gte(t._last_received_tsn, chunk.tsn) or chunk.tsn in t._sack_misordered
-        if not duplicate and self.buffered + size + CHUNK_OVERHEAD_BYTES > self.max_buffered_bytes:
+        if not duplicate and self.buffered + cost > self.max_buffered_bytes:
             self.chunks_refused += 1
             self._report("buffered")
             return
@@ -231,10 +236,12 @@ class SctpGuard:
         self.buffered = held + CHUNK_OVERHEAD_BYTES * len(self._runs)
 
     def _report(self, what: str) -> None:
-        if not self._reported:
-            self._reported = True
-            if self._on_refused is not None:
-                self._on_refused(what)
+        if what == "buffered":
+            if self._reported_buffered:
+                return
+            self._reported_buffered = True
+        if self._on_refused is not None:
+            self._on_refused(what)
 
 
 def guard_sctp(

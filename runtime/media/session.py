@@ -339,7 +339,8 @@ class Session:
             self.send_client_warning(f"{what} arrive faster than real time: the excess is dropped")
         if verdict == END and self._closing is None and not self.closed:
             self.send_client("end_stream", {"reason": EndReason.OVER_BUDGET.value})
-            self.close_soon(EndReason.OVER_BUDGET, f"{what} faster than real time, sustained")
+            # after the same grace as a time limit, so the client reads end_stream first
+            self.close_soon(EndReason.OVER_BUDGET, f"{what} faster than real time, sustained", delay=C.END_STREAM_GRACE_S)
 
     # --- messages to the client ----------------------------------------------------------------------
 

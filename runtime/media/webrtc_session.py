@@ -211,6 +211,7 @@ class WebRTCSession(Session):
         self.message_rate = TokenBucket(lc.data_channel_messages_per_s, lc.data_channel_message_burst)
         self._warned_rate = False
         self.sctp_guard: SctpGuard | None = None
+        self._logged_refusals: set[str] = set()
         self.rtp_budget: RtpBudget | None = None
 
     @property
@@ -285,14 +286,17 @@ class WebRTCSession(Session):
             self.send_client_warning(f"video frames of {width}x{height} exceed the {max_pixels}-pixel limit and are dropped")
 
     def _on_data_channel_refused(self, what: str) -> None:
-        """Once per connection: the SCTP guard dropped a message over the limit, or a chunk
-        past the connection's buffer budget."""
+        """The SCTP guard dropped a message over the limit (a warning to the client for each,
+        as for any refused message), or first refused a chunk past the connection's buffer
+        budget. The log says each kind once per session."""
         budgets = self.host.config.gateway.budgets
         if what == "message":
             text = f"data channel messages over {budgets.max_data_channel_message_bytes} bytes are dropped"
         else:
             text = f"data channel data beyond {budgets.max_data_channel_buffered_bytes} bytes in reassembly is refused"
-        log.warning("session %s: %s", self.webrtc_id, text)
+        if what not in self._logged_refusals:
+            self._logged_refusals.add(what)
+            log.warning("session %s: %s", self.webrtc_id, text)
         self.send_client_warning(text)
 
     def _on_datachannel(self, channel: Any) -> None:
