@@ -58,6 +58,7 @@ log = logging.getLogger("rtcpool.session")
 
 VIDEO_IN_FLIGHT = 1  # input frames waiting at the worker (it copies a frame out before its handler runs)
 AUDIO_OUT_RATE = 48_000  # Hz: what aiortc's Opus encoder takes
+OPUS_DECODED_RATE = 48_000  # Hz: what aiortc's Opus decoder gives (the client's audio budget counts it)
 AUDIO_OUT_FRAME_SAMPLES = int(AUDIO_OUT_RATE * C.AUDIO_FRAME_S)
 AUDIO_OUT_FRAME_BYTES = AUDIO_OUT_FRAME_SAMPLES * 2 * 2  # stereo s16
 AUDIO_OUT_MAX_BYTES = int(C.AUDIO_OUT_MAX_S / C.AUDIO_FRAME_S) * AUDIO_OUT_FRAME_BYTES
@@ -414,12 +415,13 @@ class WebRTCSession(Session):
         resampler = av.AudioResampler(format="s16", layout=layout, rate=self.audio_in_rate)
         # decoded samples in real time too: an Opus packet may hold up to 120 ms, so the
         # packet budget alone would let 6x real time through
-        budget = audio_budget(self.host.config.gateway.budgets, AUDIO_OUT_RATE)
+        budget = audio_budget(self.host.config.gateway.budgets, OPUS_DECODED_RATE)
         try:
             while not self.closed:
                 frame = cast(av.AudioFrame, await track.recv())  # an audio track's frames
                 self._media_arrived()
-                verdict = budget.admit(frame.samples * AUDIO_OUT_RATE // (frame.sample_rate or AUDIO_OUT_RATE), time.monotonic_ns())
+                rate = frame.sample_rate or OPUS_DECODED_RATE
+                verdict = budget.admit(frame.samples * OPUS_DECODED_RATE // rate, time.monotonic_ns())
                 if verdict != ADMIT:
                     self.over_budget("audio", verdict)
                     continue
