@@ -186,3 +186,21 @@ async def test_partial_messages_on_many_streams_meet_the_budget(peers):
     assert held + chunks * CHUNK_OVERHEAD_BYTES <= BUDGET
     assert guard.buffered <= BUDGET and peers.refused == ["buffered"]
     assert guard.messages_dropped == 0
+
+
+async def test_unordered_channels_are_measured_too(peers):
+    """An unordered channel (no stream sequence to keep): the oversized message is dropped,
+    the ones around it arrive, nothing is left held."""
+    unordered = peers.client.createDataChannel("unordered", ordered=False)
+    opened = asyncio.Event()
+    unordered.on("open", opened.set)
+    await asyncio.wait_for(opened.wait(), WAIT_S)
+    sctp = peers.client.sctp
+    sctp._remote_max_message_size = None
+    unordered.send("before")
+    await sctp._send(unordered.id, WEBRTC_STRING, b"u" * (LIMIT * 4), ordered=False)
+    unordered.send("after")
+    assert await async_wait_until(lambda: "before" in peers.received and "after" in peers.received, WAIT_S, 0.01), peers.received
+    await all_acked(peers.client)
+    assert peers.guard is not None and peers.guard.messages_dropped == 1
+    assert _held(peers) == (0, 0) and not any(len(m) > LIMIT for m in peers.received)
