@@ -42,6 +42,7 @@ from pydantic import (
 
 from runtime import constants as C
 from runtime.guard.auth import BEARER_TOKENS_ENV, JOIN_SECRET_ENV, AuthConfig, SignallingAuth
+from runtime.guard.budgets import BudgetsConfig
 from runtime.guard.limits import LimitsConfig
 from runtime.guard.socket_limits import (
     MAX_CALL_TOKENS_PER_ADDRESS,
@@ -227,6 +228,10 @@ class GatewayConfig(_Strict):
         description="on SIGTERM (or rtcpool drain), how long live sessions may run before they are ended",
     )
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="what one client may make the gateway hold")
+    budgets: BudgetsConfig = Field(
+        default_factory=BudgetsConfig,
+        description="what one session's media (in real-time units) and data channel may cost",
+    )
     auth: AuthConfig = Field(default_factory=AuthConfig, description="who may use the signalling routes")
     allowed_origins: list[str] = Field(
         default_factory=list,

@@ -183,6 +183,7 @@ class EndReason(StrEnum):
     LEASE_RECLAIMED = "lease_reclaimed"
     DRAINING = "draining"
     SHUTDOWN = "shutdown"
+    OVER_BUDGET = "over_budget"  # media sent faster than real time, sustained (runtime/media/budget.py)
     OTHER = "other"
 
 
