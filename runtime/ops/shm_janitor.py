@@ -16,10 +16,13 @@ A segment is removed only when all of these hold, so a live session's never is:
 * the file belongs to this user (``st_uid``): another user's segments are theirs to mind,
   and we could not map them anyway;
 * its creator is gone: no process has that pid, or the process that has it now started
-  after the segment was last written (st_mtime), so it cannot have made it: the pid was
-  reused. Chosen over reading /proc/<pid>/cmdline, which cannot tell a restarted rtcpool
-  that got the same pid from the dead one. A process's start time is known to a clock tick
-  (10 ms) and the two clocks compared are read apart, hence PID_REUSE_MARGIN_S.
+  after the segment was last written (st_mtime), so it cannot have made it (the pid was
+  reused), and does not map it either. Start times were chosen over /proc/<pid>/cmdline,
+  which cannot tell a restarted rtcpool that got the same pid from the dead one. A start
+  time is known to a clock tick (10 ms) and the two clocks compared are read apart, hence
+  PID_REUSE_MARGIN_S; the map check (/proc/<pid>/maps) keeps a live creator's segment
+  should the wall clock have been stepped forward since it was made. It is not the only
+  check: a creator maps its segment only from just after it makes it.
 
 Removing the name frees nothing a live process still maps (a worker attached to a dead
 gateway's segment keeps its mapping until it lets go); the pages go with the last mapping.
@@ -80,12 +83,24 @@ def process_started_at(pid: int) -> float | None:
     return time.time() - (uptime - started_after_boot)
 
 
-def creator_gone(pid: int, written_at: float, margin_s: float = PID_REUSE_MARGIN_S) -> bool:
-    """True when no live process can have made a segment last written at ``written_at``."""
+def maps_file(pid: int, path: str) -> bool:
+    """Whether process ``pid`` has ``path`` mapped (False if its maps cannot be read: then it
+    is not this user's process, and so not the creator of this user's segment)."""
+    needle = (" " + path + "\n").encode()
+    try:
+        with open(f"/proc/{pid}/maps", "rb") as f:
+            return needle in f.read()
+    except OSError:
+        return False
+
+
+def creator_gone(pid: int, path: str, written_at: float, margin_s: float = PID_REUSE_MARGIN_S) -> bool:
+    """True when no live process can have made the segment at ``path``, last written at
+    ``written_at``, and pid ``pid`` is not using it."""
     started = process_started_at(pid)
     if started is None:
         return True  # no such process (or it ended while we looked)
-    return started > written_at + margin_s
+    return started > written_at + margin_s and not maps_file(pid, path)
 
 
 def sweep(shm_dir: str = SHM_DIR, margin_s: float = PID_REUSE_MARGIN_S) -> Sweep:
@@ -108,7 +123,7 @@ def sweep(shm_dir: str = SHM_DIR, margin_s: float = PID_REUSE_MARGIN_S) -> Sweep
             st = os.stat(path, follow_symlinks=False)
         except OSError:
             continue  # removed meanwhile (its session ended)
-        if st.st_uid != uid or not creator_gone(pid, st.st_mtime, margin_s):
+        if st.st_uid != uid or not creator_gone(pid, path, st.st_mtime, margin_s):
             continue
         with contextlib.suppress(FileNotFoundError):  # another gateway's janitor was first
             os.unlink(path)

@@ -33,6 +33,18 @@ REMOVED_S = 10.0  # bound for a periodic sweep to have removed a segment
 pytestmark = pytest.mark.skipif(pid_namespace() is None or not os.path.isdir(SHM), reason="Linux /proc and /dev/shm")
 
 
+# maps the segment named on stdin, says so, and waits (its resource tracker must not unlink it)
+MAP_AND_WAIT = """
+import sys, time
+from multiprocessing import resource_tracker
+from multiprocessing.shared_memory import SharedMemory
+shm = SharedMemory(name=sys.stdin.readline().strip())
+resource_tracker.unregister(shm._name, "shared_memory")
+print("mapped", flush=True)
+time.sleep(60)
+"""
+
+
 def dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
@@ -108,6 +120,29 @@ def test_a_live_pid_younger_than_the_segment_is_a_reused_pid(segments):
         sweep()
         assert not present(old), "a segment older than its pid's process was kept"
         assert present(fresh), "the live creator's segment was removed"
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_live_pid_that_maps_the_segment_keeps_it_whatever_the_clocks_say(segments):
+    """Its start time says it is younger than the segment (as after the wall clock was stepped
+    forward), but it has the segment mapped: it is using it."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", MAP_AND_WAIT],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        name = make(segments, child.pid)
+        assert child.stdin is not None and child.stdout is not None
+        child.stdin.write(f"{name}\n".encode())
+        child.stdin.flush()
+        assert child.stdout.readline() == b"mapped\n"
+        then = time.time() - HOUR_S
+        os.utime(os.path.join(SHM, name), (then, then))
+        sweep()
+        assert present(name)
     finally:
         child.kill()
         child.wait()
