@@ -60,6 +60,7 @@ class ErrorCode(StrEnum):
     BAD_SESSION_KEY = "bad_session_key"
     BAD_TWILIO_SIGNATURE = "bad_twilio_signature"
     BAD_CALL_TOKEN = "bad_call_token"
+    UNSIGNED_WEBHOOK = "unsigned_webhook"  # auth is on and there is no Twilio token to check with
     # what it names
     NO_STREAMS = "no_streams"
     UNKNOWN_STREAM = "unknown_stream"
@@ -77,6 +78,10 @@ class ErrorCode(StrEnum):
     OFFER_RATE_LIMITED = "offer_rate_limited"
     INPUT_RATE_LIMITED = "input_rate_limited"
     TOO_MANY_READERS = "too_many_readers"
+    TOO_MANY_QUEUE_STREAMS = "too_many_queue_streams"
+    TOO_MANY_UNSTARTED_SOCKETS = "too_many_unstarted_sockets"
+    WEBHOOK_RATE_LIMITED = "webhook_rate_limited"
+    TOO_MANY_CALL_TOKENS = "too_many_call_tokens"
     # the server's state
     DRAINING = "draining"
     WORKER_UNAVAILABLE = "worker_unavailable"

@@ -126,3 +126,17 @@ def test_uvicorn_keeps_what_drain_and_serve_wrap():
     assert inspect.iscoroutinefunction(uvicorn.Server.startup)
     config = uvicorn.Config(app=lambda scope, receive, send: None)
     assert uvicorn.Server(config).should_exit is False
+
+
+def test_ray_keeps_the_one_host_switch_the_embedded_ray_sets():
+    # runtime/front/ray_start.py keep_ray_on_loopback: Ray's "no cluster" constant, read at
+    # each call where the node's address is chosen (a loopback address it swaps for the
+    # host's outward one otherwise); tests/front/test_serve.py lists the listeners it yields
+    from ray._private import ray_constants, services
+
+    from runtime.front.ray_start import RAY_ONE_HOST_CONSTANT, RAY_ONE_HOST_ENV
+
+    assert isinstance(getattr(ray_constants, RAY_ONE_HOST_CONSTANT), bool)
+    assert ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR == RAY_ONE_HOST_ENV
+    assert f"ray_constants.{RAY_ONE_HOST_CONSTANT}" in inspect.getsource(services.get_node_ip_address)
+    assert "get_node_ip_address()" in inspect.getsource(services.resolve_ip_for_localhost)
