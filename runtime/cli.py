@@ -49,6 +49,7 @@ from runtime.guard.auth import (
     mint_join_token,
     read_secret,
 )
+from workers.process.loader import record_app_file
 
 EXIT_OK = 0
 EXIT_UNREACHABLE = 1  # no Ray cluster or no rtcpool scheduler at the address
@@ -129,17 +130,28 @@ def _serve(args: argparse.Namespace) -> int:
         f"rtcpool: serving {args.app} on http://{cfg.gateway.host}:{cfg.gateway.port} (Ray: {where})",
         file=sys.stderr,
     )
-    sys.argv = [args.app]
-    sys.path.insert(0, os.path.dirname(os.path.abspath(args.app)))
     try:
-        with _servers_started() as started:
-            app_globals = runpy.run_path(args.app, run_name="__main__")
-        return serve_globals(args.app, app_globals, cfg, served_itself=started[0] > 0)
+        app_globals, served_itself = run_app_file(args.app)
+        return serve_globals(args.app, app_globals, cfg, served_itself=served_itself)
     except KeyboardInterrupt:
         # uvicorn re-raises the SIGINT it shut down on, once its lifespan (and so the
         # gateways' aclose) has run: a stop asked for, not a failure
         print("rtcpool: stopped", file=sys.stderr)
         return EXIT_OK
+
+
+def run_app_file(app_path: str) -> tuple[dict[str, Any], bool]:
+    """Run the app file as ``python app.py`` would (as ``__main__``, its folder first on
+    sys.path, itself as argv); its globals, and whether it served itself (_servers_started).
+    The file is recorded as the one this process serves first: the handler classes it defines
+    say they live in "__main__", which in this process is the console script, and a worker
+    must re-import the app file, not the script (workers/process/loader.py)."""
+    record_app_file(app_path)
+    sys.argv = [app_path]
+    sys.path.insert(0, os.path.dirname(os.path.abspath(app_path)))
+    with _servers_started() as started:
+        app_globals = runpy.run_path(app_path, run_name="__main__")
+    return app_globals, started[0] > 0
 
 
 @contextlib.contextmanager

@@ -297,6 +297,14 @@ class GatewayConfig(_Strict):
         C.VP8_DENOISE,
         description="libvpx's temporal denoiser on the gateway's encoder: off, since it encodes processed frames, not a webcam",
     )
+    shm_janitor_interval_s: float = Field(
+        C.SHM_JANITOR_INTERVAL_S,
+        ge=0,
+        description=(
+            "how often the gateway removes /dev/shm segments left by rtcpool processes that died "
+            "(it also does at start-up); 0: at start-up only"
+        ),
+    )
 
 
 def media_processes_for(cores: int) -> int:

@@ -57,6 +57,9 @@ DRAIN_TIMEOUT_S = 30.0  # SIGTERM: live sessions may run this long before they a
 DRAIN_RETRY_AFTER_S = 10  # Retry-After on the 503 a draining gateway answers offers with, in seconds
 RUN_DIR_ENV = "RTCPOOL_RUN_DIR"  # where gateway processes announce themselves to `rtcpool drain`
 DRAIN_POLL_S = 0.2  # how often a drain looks whether its sessions have ended
+# a gateway removes the /dev/shm segments of dead rtcpool processes at start-up and this often
+# after (runtime/ops/shm_janitor.py): a listdir and a stat per segment, so cheap
+SHM_JANITOR_INTERVAL_S = 60.0
 
 # --- control plane (Ray) ----------------------------------------------------------------
 SCHEDULER_NAME = "rtcpool-scheduler"

@@ -48,7 +48,7 @@ from runtime.media.ice import pin_host_addresses
 from runtime.media.offers import check_id, check_sdp, draining_error
 from runtime.media.session import Session
 from runtime.media.stream_event import StreamEvent
-from runtime.ops import drain, logs
+from runtime.ops import drain, logs, shm_janitor
 from runtime.ops.metrics import render
 from runtime.ops.shm_check import require_shm
 from workers.link.shape import Transport
@@ -181,6 +181,9 @@ class Gateway:
                 )
             log_webhook_mode(self.config)  # phone calls off, or taking unsigned webhooks: said once
             self.node_id = connect_ray(self.config)
+            # segments that killed rtcpool processes left behind count against /dev/shm: gone
+            # before it is checked, and swept again while this process runs
+            shm_janitor.start_janitor(self.config.gateway.shm_janitor_interval_s)
             # after ray.init (its object store may share /dev/shm): a full /dev/shm kills a
             # session with SIGBUS mid-frame, so say it now, with what to change
             require_shm(self.config, self._most_sessions())

@@ -7,12 +7,18 @@ Shapes: a FastAPI app with a Gateway mounted and no ``__main__`` block; a Gatewa
 Stream object; a Gradio Blocks that never calls launch(); an app that serves itself in its
 ``__main__`` block (served once, not again when it returns). Each is stopped with SIGINT, as
 a terminal's Ctrl-C does, and must exit 0 after closing its gateway.
+
+And the app's own file (issue 20, item 21): every example loaded the way `serve` loads it
+(those with a handler class of their own also as `uvicorn app:app` imports them), each handler
+recovered by re-importing the file its spec names, as a worker does; and the seeds' EchoHandler (a StreamHandler holding a queue.Queue, which does not
+pickle) served with `rtcpool serve`, echoing a chirp over WebRTC.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -24,14 +30,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 import psutil
 import pytest
 
 from runtime.cli import EXIT_NOTHING_TO_SERVE
-from runtime.clients.webrtc import Client
+from runtime.clients.webrtc import AUDIO_RATE, Client
 from runtime.front.ray_start import is_loopback
 from tests.cluster.cluster import end_tree, process_tree, tail
-from tests.conftest import free_port, joining_ray
+from tests.conftest import async_wait_until, free_port, joining_ray
+from tests.echo import chirp, find_echo
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -40,6 +48,10 @@ SERVING_S = 120.0  # python + aiortc (+ Gradio) + a local ray.init, on 2 busy co
 STOP_S = 60.0  # SIGINT -> sessions closed, gateway closed, Ray shut down, process gone
 FIRST_FRAME_S = 60.0  # offer -> a worker started (prewarm 0) -> the first processed frame
 POLL_S = 0.25
+EXAMPLES = REPO / "examples"
+LOAD_S = 300.0  # Gradio and every example imported, and re-imported after each
+RECENT_S = 6.0  # the sent loop (chirp and silence) is 2.5 s long
+ECHO_S = 60.0  # from connected to a whole chirp heard back (a worker imports Gradio first)
 
 HANDLER = """
 import numpy as np
@@ -141,9 +153,13 @@ def serve_env(**extra: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def serving(tmp_path: Path, source: str, **env: str) -> Iterator[Served]:
-    app = tmp_path / "app.py"
-    app.write_text(source)
+def serving(tmp_path: Path, source: str | Path, **env: str) -> Iterator[Served]:
+    """Serve ``source`` (an app's text, or an app file served where it is)."""
+    if isinstance(source, Path):
+        app = source
+    else:
+        app = tmp_path / "app.py"
+        app.write_text(source)
     port = free_port()
     log = tmp_path / "serve.log"
     cmd = [
@@ -260,3 +276,104 @@ def test_an_app_with_nothing_to_serve_is_an_error(tmp_path):
     assert result.returncode == EXIT_NOTHING_TO_SERVE, result.stderr
     assert f"{app} leaves nothing to serve" in result.stderr
     assert "Stream(handler" in result.stderr, "the error says what to write"
+
+
+# --- the app's own file (issue 20, item 21) -----------------------------------------------
+
+# Run as a file (`python runner.py`), so that __main__ is a file that is not the app, as the
+# `rtcpool` console script is. Each example is loaded as `rtcpool serve` loads it
+# (runtime.cli.run_app_file: the file run as "__main__"; launch() turned off, no Ray), and
+# those with a handler class of their own also as `uvicorn app:app` imports them (a module
+# named "app"). Every stream's spec is then made
+# without its pickle, and the handler recovered from it the way a worker recovers one that
+# does not pickle: by re-importing the file the spec names (in this process: a fresh one
+# would import Gradio again, ~10 s on a busy box, for nothing the re-import checks).
+LOAD_EXAMPLES = r"""
+import importlib, json, sys
+import gradio as gr
+from gradio_ext import serving
+from runtime import cli
+from workers.process import loader
+gr.Blocks.launch = lambda self, *a, **k: None
+
+
+def main():
+    # run_app_file sets sys.argv, as serve does; "uvicorn": the examples whose handler is a
+    # class of their own (the others' handlers are functions, whose code knows its file)
+    todo, found = {"serve": sys.argv[1:], "uvicorn": []}, []
+    for how in ("serve", "uvicorn"):
+        for path in todo[how]:
+            serving._gateway = None
+            if how == "serve":
+                cli.run_app_file(path)
+            else:
+                sys.modules.pop("app", None)
+                sys.path.insert(0, path.rsplit("/", 1)[0])
+                importlib.import_module("app")
+                sys.path.pop(0)
+            for e in serving.get_gateway().events.values():
+                spec = loader.make_spec(e.handler, e.index)
+                spec.blob = None
+                try:
+                    h = loader.load(spec)
+                    loaded = getattr(h, "__name__", type(h).__name__)
+                except Exception as exc:
+                    loaded = "ERROR " + repr(exc)[:300]
+                name = getattr(e.handler, "__name__", type(e.handler).__name__)
+                if how == "serve" and type(e.handler).__module__ == "__main__":
+                    todo["uvicorn"].append(path)
+                found.append({"how": how, "path": path, "app_path": spec.app_path, "name": name, "loaded": loaded})
+    print("FOUND=" + json.dumps(found))
+
+
+if __name__ == "__main__":  # not when a wrong spec names this file for a worker to re-import
+    main()
+"""
+
+
+@pytest.mark.slow  # imports Gradio and every example: over 2 s
+def test_every_example_is_loaded_from_its_own_file_under_serve_and_uvicorn(tmp_path):
+    """Before the fix, a handler class defined in the served file was recorded as living in
+    the runner (the `rtcpool` script), and a worker re-importing that registered no stream."""
+    apps = sorted(str(p) for p in EXAMPLES.glob("*/app.py"))
+    runner = tmp_path / "runner.py"
+    runner.write_text(LOAD_EXAMPLES)
+    proc = subprocess.run(
+        [sys.executable, str(runner), *apps],
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=LOAD_S,
+        env=serve_env(),
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    line = [ln for ln in proc.stdout.decode().splitlines() if ln.startswith("FOUND=")][-1]
+    found = json.loads(line.removeprefix("FOUND="))
+    assert sorted(e["path"] for e in found if e["how"] == "serve") == apps, "one stream per example"
+    own_classes = {e["path"] for e in found if e["how"] == "uvicorn"}
+    assert str(EXAMPLES / "stream_handler_echo" / "app.py") in own_classes, "the seeds' EchoHandler"
+    wrong = [e for e in found if (e["app_path"], e["loaded"]) != (e["path"], e["name"])]
+    assert not wrong, wrong
+
+
+def recent(client: Client) -> np.ndarray:
+    """The last RECENT_S of what came back: more than one loop of what is sent."""
+    return client.received_audio()[-int(RECENT_S * AUDIO_RATE) :]
+
+
+async def test_serve_echoes_through_the_seeds_handler_that_holds_a_queue(tmp_path, app_ray):
+    """examples/stream_handler_echo: the seed's EchoHandler, defined in the served file,
+    holding a queue.Queue (no pickle: the worker re-imports the file). Before the fix every
+    offer got 503 no_worker."""
+    app = EXAMPLES / "stream_handler_echo" / "app.py"
+    sent = np.concatenate([np.zeros(AUDIO_RATE // 2, np.int16), chirp(), np.zeros(AUDIO_RATE // 2, np.int16)])
+    with serving(tmp_path, app, **joining_ray(app_ray, "serve")) as served:
+        [stream_id] = served.streams()
+        client = Client(served.url, modality="audio", audio=sent, audio_loop=True, stream_id=stream_id)
+        try:
+            await client.connect()
+            # looped: whatever the worker's start-up missed comes round again
+            heard = await async_wait_until(lambda: not find_echo(recent(client), chirp()).problems(), ECHO_S, 1.0)
+            assert heard, f"no echo of the chirp: {find_echo(recent(client), chirp()).problems()}\n{tail(served.log)}"
+        finally:
+            await client.close()
+        assert served.stop() == 0, tail(served.log)

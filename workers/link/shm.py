@@ -1,7 +1,7 @@
 """Shared-memory segments: one per direction of a session, a header then fixed-size slots.
 
 The gateway creates both segments of a session (:meth:`Segment.create`, named
-``rtcpool-<pid>-<random>``, mode 0600) and unlinks them on close; the worker attaches by name
+``rtcpool-<pid>-<pid namespace>-<random>``, mode 0600) and unlinks them on close; the worker attaches by name
 (:meth:`Segment.attach`), checks the header (layout in ``workers/link/wire.py``) and never
 unlinks. :class:`Geometry` gives the slot counts and sizes, so the offset of every slot.
 A worker on another host keeps a private copy instead (:class:`LocalSegment`), so the slot
@@ -10,6 +10,7 @@ code above is one code path for both forms of the link.
 
 from __future__ import annotations
 
+import functools
 import mmap
 import os
 import struct
@@ -35,6 +36,27 @@ from workers.link.wire import (
 )
 
 SEGMENT_PREFIX = "rtcpool-"  # every segment's name starts so; leak tests count them in /dev/shm
+
+
+@functools.cache
+def pid_namespace() -> str | None:
+    """This process's pid namespace (the inode of /proc/self/ns/pid), None without /proc.
+    A segment's name carries it beside its creator's pid: a janitor may judge the pid only
+    in that namespace (runtime/ops/shm_janitor.py)."""
+    try:
+        link = os.readlink("/proc/self/ns/pid")  # "pid:[4026531836]"
+    except OSError:
+        return None
+    inode = link[link.find("[") + 1 : link.rfind("]")]
+    return inode if inode.isdigit() else None
+
+
+def segment_name() -> str:
+    """A new segment's name: ``rtcpool-<pid>-<pid namespace>-<random>``; without /proc
+    (macOS, whose shm names stop at 31 characters) ``rtcpool-<pid>-<random>``."""
+    namespace = pid_namespace()
+    middle = f"{namespace}-" if namespace else ""
+    return f"{SEGMENT_PREFIX}{os.getpid()}-{middle}{uuid.uuid4().hex[:12]}"
 
 
 @dataclass(frozen=True)
@@ -92,7 +114,7 @@ class Segment:
     @classmethod
     def create(cls, geometry: Geometry | None = None) -> Segment:
         geometry = geometry or Geometry()
-        name = f"{SEGMENT_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        name = segment_name()
         # SharedMemory creates the segment with mode 0600: private to this user.
         shm = SharedMemory(name=name, create=True, size=geometry.size)
         assert shm.buf is not None  # None only after close()

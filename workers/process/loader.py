@@ -36,6 +36,13 @@ OWN_PACKAGES = ("runtime", "workers", "gradio_ext")
 # handlers registered while an app file is imported inside a worker, in registration order
 REGISTRY: list[Any] = []
 
+# The app file this process serves, when something else is its __main__ module. `rtcpool
+# serve app.py` (and `python -m runtime.cli serve`) runs the file with runpy as "__main__":
+# its classes say they live in "__main__", and once runpy returns, sys.modules["__main__"]
+# is the runner again (the console script), so inspect.getfile() names the runner and a
+# worker re-importing it registers no stream (issue 20, item 21).
+_served_app: str | None = None
+
 
 class HandlerLoadError(RuntimeError):
     pass
@@ -107,6 +114,37 @@ def register(handler: Any) -> int:
     return len(REGISTRY) - 1
 
 
+def record_app_file(path: str) -> None:
+    """Say which file this process runs as ``__main__`` on someone else's behalf (the runner
+    calls it before running the file): what a worker re-imports for the classes defined there."""
+    global _served_app
+    _served_app = os.path.abspath(path)
+
+
+def _class_file(cls: type) -> str | None:
+    """The file whose code defines ``cls``. A class defined in the served app file names
+    that file, not whatever sys.modules["__main__"] is now (see _served_app); otherwise the
+    code objects of its own methods know their file even when its module is gone (runpy)."""
+    if cls.__module__ == "__main__" and _served_app is not None:
+        return _served_app
+    own = _own_code_file(cls)
+    if cls.__module__ == "__main__" and own is not None:
+        return own
+    try:
+        return inspect.getfile(cls)
+    except (TypeError, OSError):
+        return own
+
+
+def _own_code_file(cls: type) -> str | None:
+    for value in vars(cls).values():
+        func = getattr(value, "__func__", value)  # staticmethod, classmethod
+        code = getattr(func, "__code__", None)
+        if code is not None:
+            return str(code.co_filename)
+    return None
+
+
 def app_file_of(handler: Any) -> str | None:
     """The file that defines ``handler`` (its function, or its class for an instance). Code
     objects know their file even when the module is gone from sys.modules (runpy)."""
@@ -115,13 +153,14 @@ def app_file_of(handler: Any) -> str | None:
         # package: the app is where the function they wrap is
         inner = getattr(handler, "fn", None) or getattr(handler, "callable", None)
         return app_file_of(inner) if inner is not None else None
-    target = handler if inspect.isroutine(handler) else type(handler)
     path: str | None
-    try:
-        path = inspect.getfile(target)
-    except (TypeError, OSError):
-        codes = [getattr(v, "__code__", None) for v in vars(target).values()] if isinstance(target, type) else []
-        path = next((c.co_filename for c in codes if c is not None), None)
+    if inspect.isroutine(handler):
+        try:
+            path = inspect.getfile(handler)  # its code object's file
+        except (TypeError, OSError):
+            path = None
+    else:
+        path = _class_file(type(handler))
     if not path or path.startswith("<") or not os.path.isfile(path):
         return None
     return os.path.abspath(path)

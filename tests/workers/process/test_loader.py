@@ -334,3 +334,39 @@ def test_a_reimport_of_a_changed_file_still_loads_and_says_so(reimport_app, capl
     with caplog.at_level("WARNING", logger="rtcpool.loader"):
         assert load(spec)(5) == 4
     assert f"{app} on this host differs from the file the gateway registered second from" in caplog.text
+
+
+# --- a class defined in a file run as __main__ by someone else (issue 20, item 21) ----------
+
+RUN_AS_MAIN = """
+import queue
+
+
+class Base:
+    def receive(self, frame):
+        return frame
+
+
+class Echo:
+    def __init__(self):
+        self.queue = queue.Queue()  # does not pickle: a worker re-imports this file
+
+
+class Bare(Base):
+    pass  # no method of its own: only the recorded file names where it lives
+"""
+
+
+def test_a_class_of_a_file_run_as_main_by_a_runner_is_found_in_that_file(tmp_path, monkeypatch):
+    """`rtcpool serve app.py` runs the file with runpy as "__main__"; when runpy returns,
+    sys.modules["__main__"] is the runner (here pytest's), which a worker would re-import."""
+    app = tmp_path / "app.py"
+    app.write_text(RUN_AS_MAIN)
+    monkeypatch.setattr(loader, "_served_app", None)
+    import runpy
+
+    found = runpy.run_path(str(app), run_name="__main__")
+    assert loader.app_file_of(found["Echo"]()) == str(app), "from its own methods' code"
+    assert make_spec(found["Echo"](), 0).app_path == str(app)
+    loader.record_app_file(str(app))
+    assert loader.app_file_of(found["Bare"]()) == str(app), "from the file recorded as served"
