@@ -46,6 +46,7 @@ from typing import Any, Literal
 import anyio.to_thread
 import gradio as gr
 from gradio.components.base import server
+from starlette.requests import Request as StarletteRequest
 
 from runtime.errors import Refused
 from runtime.front.statuses import http_headers, http_status
@@ -329,10 +330,13 @@ class WebRTC(gr.HTML, metaclass=NoStubComponentMeta):
         It hands out TURN credentials, so it is behind the signalling routes' own check
         (Host, Origin, ``gateway.auth``; the Gradio login of an app launched with ``auth=``,
         which Gradio's ``/component_server`` checks too): Gradio passes the HTTP ``request``
-        (it fills a parameter annotated ``gr.Request``); a refusal is the routes' status and
+        (it fills a parameter annotated ``gr.Request``, here with the starlette request itself); a refusal is the routes' status and
         JSON reason. Called from Python (no request), nothing is checked."""
-        if request is not None and request.request is not None:
-            await self._check_access(request.request)
+        if request is not None:
+            # /component_server hands in the HTTP request itself; an event, Gradio's wrapper
+            http = request if isinstance(request, StarletteRequest) else request.request
+            if http is not None:
+                await self._check_access(http)
         config = self.rtc_configuration
         if callable(config):
             if inspect.iscoroutinefunction(config):

@@ -42,9 +42,10 @@ def normalize_host_pattern(item: str) -> str:
     """A ``gateway.allowed_hosts`` entry in lower case, without a trailing dot: ``name``,
     ``.name`` (it and its subdomains; ``*.name`` is read as that) or ``*``; ValueError if it
     is not one (a scheme, path or port means it was written as a URL)."""
-    text = item.strip().lower().rstrip(".")
+    text = item.strip().lower()
     if text == ANY_HOST:
         return text
+    text = text.rstrip(".")
     if text.startswith("*."):
         text = text[1:]
     name = text[1:] if text.startswith(".") else text
