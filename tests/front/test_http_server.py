@@ -13,7 +13,7 @@ import uvicorn
 
 from runtime.front.http_server import uvicorn_options
 from runtime.guard.http_limits import HttpLimitsConfig
-from tests.conftest import free_port
+from tests.conftest import async_wait_until, free_port
 
 HEADER_TIMEOUT_S = 0.6
 TRICKLE_S = 0.2  # one header line this often: never a complete request
@@ -34,8 +34,7 @@ async def server(**limits):
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off", **options)
     srv = uvicorn.Server(config)
     task = asyncio.create_task(srv.serve())
-    while not srv.started:
-        await asyncio.sleep(0.02)
+    assert await async_wait_until(lambda: srv.started, 10)
     try:
         yield f"http://127.0.0.1:{port}", port
     finally:
