@@ -31,7 +31,7 @@ from tests.hostile.conftest import AUDIO_STREAM, VIDEO_STREAM, start_hostile_app
 SLOW_CONNECTIONS = 40  # each trickles one header line every TRICKLE_S, never the blank line
 TRICKLE_S = 2.0
 CLOSED_BY_S = HEADER_TIMEOUT_S + 2 * TRICKLE_S + 5.0  # the header timeout plus scheduling slack
-UNKNOWN_CLOSES = 300
+UNKNOWN_CLOSES = 120
 ATTACK_CONNECTIONS = 120  # more than the per-address burst, fewer than its connections
 REBINDING_HOST = "evil.example"
 SESSION_S = 30.0
