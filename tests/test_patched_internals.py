@@ -135,6 +135,16 @@ def test_uvicorn_keeps_what_the_bounded_http_protocol_subclasses():
         assert hasattr(config, name), f"uvicorn.Config has no {name}"
 
 
+def test_gradio_builds_its_server_as_http_bounds_wraps_it():
+    import gradio.http_server
+
+    # gradio_ext/http_bounds.py sets uvicorn options on the config Server.__init__ receives
+    assert issubclass(gradio.http_server.Server, uvicorn.Server)
+    assert list(inspect.signature(gradio.http_server.Server.__init__).parameters)[:2] == ["self", "config"]
+    source = inspect.getsource(gradio.http_server.start_server)
+    assert "Server(config=config" in source, "gradio no longer hands start_server's config to Server"
+
+
 def test_uvicorn_keeps_what_drain_and_serve_wrap():
     from runtime.ops import drain
 

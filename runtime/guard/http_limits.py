@@ -1,7 +1,8 @@
 """Bounds on the HTTP connections themselves under ``rtcpool serve``: how many, how long a
 request's headers may take, how big a header block and a WebSocket message may be.
 
-Pure settings (``gateway.http``); runtime/front/http_server.py applies them to uvicorn.
+Pure settings (``gateway.http``); runtime/front/http_server.py applies them to uvicorn
+(``rtcpool serve``, and gradio_ext/http_bounds.py to the server of Gradio's ``launch()``).
 Without them uvicorn keeps a connection that trickles one header line every few seconds
 for good (it has no header timeout: a slow-loris), takes WebSocket frames of 16 MiB and
 accepts connections without bound.
