@@ -5,9 +5,10 @@ message limit (all set here), but no header timeout and no per-address connectio
 :func:`bounded_h11_protocol` adds both to uvicorn's h11 protocol class, a subclass of
 ``uvicorn.protocols.http.h11_impl.H11Protocol`` (checked against uvicorn
 :data:`UVICORN_VERSION_CHECKED`; tests/test_patched_internals.py fails first if the names it
-relies on move): ``connection_made``, ``data_received``, ``connection_lost``, ``conn`` (the
-h11 connection, whose client side stays ``IDLE`` until a request's headers are complete)
-and ``transport``.
+relies on move): ``connection_made``, ``data_received``, ``connection_lost``,
+``handle_websocket_upgrade`` (after it the transport's protocol is uvicorn's WebSocket one),
+``conn`` (the h11 connection, whose client side stays ``IDLE`` until a request's headers are
+complete) and ``transport``.
 
 Header timeout: from the connection's start, and again from the first byte of each next
 request on a kept-alive one, the request's headers must be complete within
@@ -33,7 +34,7 @@ from runtime.guard.limits import client_key
 log = logging.getLogger("rtcpool.http")
 
 UVICORN_VERSION_CHECKED = "0.55.0"
-H11_PROTOCOL_NAMES = ("connection_made", "data_received", "connection_lost", "conn", "transport")
+H11_PROTOCOL_NAMES = ("connection_made", "data_received", "connection_lost", "handle_websocket_upgrade", "conn", "transport")
 
 
 def _refusal(status: int, phrase: str, code: ErrorCode, message: str) -> bytes:
@@ -87,6 +88,28 @@ def bounded_h11_protocol(limits: HttpLimitsConfig, *, exempt_loopback: bool) -> 
             if self._header_timer is not None:
                 self._header_timer.cancel()
                 self._header_timer = None
+            self._release()
+            super().connection_lost(exc)
+
+        def handle_websocket_upgrade(self, event: h11.Request) -> None:
+            # uvicorn hands the socket to its WebSocket protocol, and this one never hears
+            # of it again: the socket's place in its address's count goes back when the
+            # WebSocket protocol loses the connection (test-found: each upgrade leaked one)
+            super().handle_websocket_upgrade(event)
+            ws = self.transport.get_protocol()
+            if ws is self or self._address is None:
+                self._release()
+                return
+            lost = ws.connection_lost
+            release = self._release
+
+            def connection_lost(exc: Exception | None) -> None:
+                release()
+                lost(exc)
+
+            ws.connection_lost = connection_lost  # type: ignore[method-assign]
+
+        def _release(self) -> None:
             if self._address is not None:
                 left = per_address.get(self._address, 1) - 1
                 if left > 0:
@@ -94,7 +117,6 @@ def bounded_h11_protocol(limits: HttpLimitsConfig, *, exempt_loopback: bool) -> 
                 else:
                     per_address.pop(self._address, None)
                 self._address = None
-            super().connection_lost(exc)
 
         def _arm_header_timer(self) -> None:
             self._header_timer = self.loop.call_later(header_timeout_s, self._headers_too_slow)

@@ -21,6 +21,12 @@ CONNECTIONS = 12
 
 
 async def app(scope, receive, send):
+    if scope["type"] == "websocket":
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        while (await receive())["type"] != "websocket.disconnect":
+            pass
+        return
     if scope["type"] != "http":
         return
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
@@ -110,3 +116,23 @@ async def test_connections_per_address_are_bounded_and_given_back():
         await asyncio.sleep(0.2)
         async with httpx.AsyncClient() as http:
             assert (await http.get(url)).text == "ok"  # the count came back down
+
+
+async def test_websocket_connections_count_while_open_and_are_given_back():
+    import websockets
+
+    async with server(max_connections_per_address=2) as (url, port):
+        ws_url = f"ws://127.0.0.1:{port}/"
+        for _ in range(4):  # more than the limit, one after another: each gives its place back
+            async with websockets.connect(ws_url) as ws:
+                await ws.send("hi")
+        first = await websockets.connect(ws_url)
+        second = await websockets.connect(ws_url)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 429")  # two open: full
+        writer.close()
+        await first.close()
+        await second.close()
+        await asyncio.sleep(0.2)
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(url)).text == "ok"
