@@ -57,6 +57,8 @@ EXIT_SERVER_FAILED = 3  # the HTTP server did not start (the port is taken, ...)
 EXIT_NOTHING_TO_SERVE = 4  # `serve`: the app file leaves no Blocks, app, Stream or Gateway
 EXIT_NO_SECRET = 5  # `token`: the secret's environment variable is unset or too short
 EXIT_DRAIN_TIMEOUT = 6  # `drain`: a gateway process was still running when the wait ended
+EXIT_UNSAFE_RUN_DIR = 7  # `drain`: the run directory is not this user's alone (runtime/ops/run_dir.py)
+EXIT_NOT_A_GATEWAY = 8  # `drain PID`: a named pid is no announced gateway process of this user
 DRAIN_WAIT_S = C.DRAIN_TIMEOUT_S + 30.0  # `drain`: the default drain, plus its sessions' closes
 ASGI_APP_NAME = "app"  # of several ASGI apps in a file, `serve` serves this one (uvicorn's habit)
 SHORT_ID_CHARS = 12  # node ids are 56 hex characters; this many tell them apart in a listing
@@ -527,23 +529,35 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _drain(args: argparse.Namespace) -> int:
-    """SIGTERM to this host's gateway processes (or those named), then wait for them."""
-    from runtime.ops import drain
+    """SIGTERM to this host's gateway processes (or those named), then wait for them. Only
+    processes that announced themselves in this user's run directory, checked to be those
+    very processes, are signalled: a named pid that is not one is refused, never signalled."""
+    from runtime.ops import drain, run_dir
 
-    found = drain.gateway_processes()
-    pids = args.pid or [int(p["pid"]) for p in found]
-    if not pids:
-        print(f"rtcpool drain: no gateway process runs on this host (none announced in {drain.run_dir()})", file=sys.stderr)
+    try:
+        found = drain.gateway_processes()
+    except run_dir.UnsafeRunDir as exc:
+        print(f"rtcpool drain: {exc}", file=sys.stderr)
+        return EXIT_UNSAFE_RUN_DIR
+    known = {r.pid: r for r in found}
+    refused = [pid for pid in args.pid if pid not in known]
+    for pid in refused:
+        print(
+            f"rtcpool drain: {pid} is not a gateway process of this user announced in {run_dir.run_dir()}: not signalled",
+            file=sys.stderr,
+        )
+    records = [known[pid] for pid in args.pid if pid in known] if args.pid else found
+    if not records and not refused:
+        print(f"rtcpool drain: no gateway process runs on this host (none announced in {run_dir.run_dir()})", file=sys.stderr)
         return EXIT_OK
-    known = {int(p["pid"]): p for p in found}
-    for pid in pids:
-        info = known.get(pid, {})
-        where = f" on {info['host']}:{info['port']}" if info else ""
-        print(f"rtcpool drain: draining gateway process {pid}{where}", file=sys.stderr)
-    alive = drain.drain_processes(pids, args.wait)
+    for r in records:
+        print(f"rtcpool drain: draining gateway process {r.pid} on {r.host}:{r.port}", file=sys.stderr)
+    alive = drain.drain_processes(records, args.wait)
     if alive:
         print(f"rtcpool drain: still running after {args.wait:g} s: {', '.join(map(str, alive))}", file=sys.stderr)
         return EXIT_DRAIN_TIMEOUT
+    if refused:
+        return EXIT_NOT_A_GATEWAY
     print("rtcpool drain: every gateway process has exited", file=sys.stderr)
     return EXIT_OK
 

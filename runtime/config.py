@@ -42,9 +42,17 @@ from pydantic import (
 
 from runtime import constants as C
 from runtime.guard.auth import BEARER_TOKENS_ENV, JOIN_SECRET_ENV, AuthConfig, SignallingAuth
+from runtime.guard.budgets import BudgetsConfig
 from runtime.guard.hosts import HostAllowList, default_hosts, normalize_host_pattern
 from runtime.guard.http_limits import HttpLimitsConfig
 from runtime.guard.limits import LimitsConfig
+from runtime.guard.socket_limits import (
+    MAX_CALL_TOKENS_PER_ADDRESS,
+    MAX_QUEUE_STREAMS_PER_ADDRESS,
+    MAX_QUEUE_STREAMS_PER_TICKET,
+    WEBHOOKS_PER_ADDRESS_PER_MIN,
+    SocketsConfig,
+)
 from workers.process.loader import WORKER_IMPORT_ENV
 
 # The embedded default ships inside the package, so that an installed wheel (which has no
@@ -222,6 +230,10 @@ class GatewayConfig(_Strict):
         description="on SIGTERM (or rtcpool drain), how long live sessions may run before they are ended",
     )
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="what one client may make the gateway hold")
+    budgets: BudgetsConfig = Field(
+        default_factory=BudgetsConfig,
+        description="what one session's media (in real-time units) and data channel may cost",
+    )
     auth: AuthConfig = Field(default_factory=AuthConfig, description="who may use the signalling routes")
     http: HttpLimitsConfig = Field(
         default_factory=HttpLimitsConfig,
@@ -357,6 +369,15 @@ class QueueConfig(_Strict):
     admit_hold_s: float = Field(
         C.QUEUE_ADMIT_HOLD_S, gt=0, description="an admitted user's slot is held this long for its offer to come back"
     )
+    max_update_streams_per_ticket: int = Field(
+        MAX_QUEUE_STREAMS_PER_TICKET, ge=1, description="GET /webrtc/queue streams open at once on one ticket (429 too_many_queue_streams)"
+    )
+    max_update_streams_per_address: int = Field(
+        MAX_QUEUE_STREAMS_PER_ADDRESS,
+        ge=1,
+        description="GET /webrtc/queue streams open at once per client address (IPv6: per /64; 429 too_many_queue_streams); "
+        "gateway.limits.exempt_loopback applies",
+    )
 
 
 class TelephoneConfig(_Strict):
@@ -375,6 +396,18 @@ class TelephoneConfig(_Strict):
         "takes only requests Twilio signed (X-Twilio-Signature)",
     )
     greeting: str = Field("Connecting you now.", max_length=500, description="what the caller hears first (<Say>); empty: nothing")
+    webhooks_per_address_per_min: int = Field(
+        WEBHOOKS_PER_ADDRESS_PER_MIN,
+        ge=1,
+        description="/telephone/incoming posts per client address per minute (a burst of this many, then this "
+        "rate; 429 webhook_rate_limited); Twilio posts from its own few addresses",
+    )
+    max_call_tokens_per_address: int = Field(
+        MAX_CALL_TOKENS_PER_ADDRESS,
+        ge=1,
+        description="calls announced by /telephone/incoming and not yet connected (or expired), per client address "
+        "(429 too_many_call_tokens); an announced call is never forgotten to make room",
+    )
 
 
 class StreamOverride(_Strict):
@@ -394,6 +427,9 @@ class Config(_Strict):
     pool: PoolConfig = Field(default_factory=PoolConfig)
     queue: QueueConfig = Field(default_factory=QueueConfig)
     telephone: TelephoneConfig = Field(default_factory=TelephoneConfig)
+    sockets: SocketsConfig = Field(
+        default_factory=SocketsConfig, description="WebSocket audio and phone sockets before their 'start' message"
+    )
     streams: dict[str, StreamOverride] = Field(default_factory=dict)
 
     @model_validator(mode="before")

@@ -62,6 +62,7 @@ class ErrorCode(StrEnum):
     BAD_SESSION_KEY = "bad_session_key"
     BAD_TWILIO_SIGNATURE = "bad_twilio_signature"
     BAD_CALL_TOKEN = "bad_call_token"
+    UNSIGNED_WEBHOOK = "unsigned_webhook"  # auth is on and there is no Twilio token to check with
     # what it names
     NO_STREAMS = "no_streams"
     UNKNOWN_STREAM = "unknown_stream"
@@ -81,6 +82,10 @@ class ErrorCode(StrEnum):
     SESSION_REQUEST_RATE_LIMITED = "session_request_rate_limited"  # close/input/candidates/outputs per address
     TOO_MANY_CONNECTIONS = "too_many_connections"  # TCP connections per address (gateway.http)
     TOO_MANY_READERS = "too_many_readers"
+    TOO_MANY_QUEUE_STREAMS = "too_many_queue_streams"
+    TOO_MANY_UNSTARTED_SOCKETS = "too_many_unstarted_sockets"
+    WEBHOOK_RATE_LIMITED = "webhook_rate_limited"
+    TOO_MANY_CALL_TOKENS = "too_many_call_tokens"
     # the server's state
     DRAINING = "draining"
     WORKER_UNAVAILABLE = "worker_unavailable"
@@ -182,6 +187,7 @@ class EndReason(StrEnum):
     LEASE_RECLAIMED = "lease_reclaimed"
     DRAINING = "draining"
     SHUTDOWN = "shutdown"
+    OVER_BUDGET = "over_budget"  # media sent faster than real time, sustained (runtime/media/budget.py)
     OTHER = "other"
 
 

@@ -22,10 +22,14 @@ SERVING_S = 120.0  # python + aiortc (+ Gradio) + joining Ray, on 2 busy cores
 POLL_S = 0.25
 
 
-def start_app(tmp_path: Path, source: str, app_ray: str, *, serve: bool = True, **env: str) -> tuple[subprocess.Popen[bytes], str, Path]:
+def start_app(
+    tmp_path: Path, source: str, app_ray: str, *, serve: bool = True, sigint_ignored: bool = False, **env: str
+) -> tuple[subprocess.Popen[bytes], str, Path]:
     """Start the app, wait until GET /webrtc/ready answers 200; (process, url, log path).
     The app's port is in APP_PORT (for a file that launches itself); `rtcpool drain` looks
-    in tmp_path/run. The caller ends the process (end_tree)."""
+    in tmp_path/run. ``sigint_ignored``: the app inherits SIGINT ignored, as a shell script's
+    ``python app.py &`` does (and many container entrypoints). The caller ends the process
+    (end_tree)."""
     port = free_port()
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("RTCPOOL_", "RAY_ADDRESS"))}
     environ.update(
@@ -43,6 +47,8 @@ def start_app(tmp_path: Path, source: str, app_ray: str, *, serve: bool = True, 
     app.write_text(source)
     log = tmp_path / "app.log"
     cmd = [sys.executable, "-m", "runtime.cli", "serve", str(app), "--port", str(port)] if serve else [sys.executable, str(app)]
+    if sigint_ignored:  # the shell's way: ignored before exec, and exec keeps it ignored
+        cmd = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *cmd]
     with log.open("wb") as out:
         process = subprocess.Popen(cmd, cwd=REPO, env=environ, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"

@@ -421,7 +421,7 @@ def test_config_check_accepts_every_config_file(path: Path, capsys, monkeypatch)
         monkeypatch.delenv(key)
     assert main(["config", "check", str(path)]) == 0
     effective = json.loads(capsys.readouterr().out)
-    assert set(effective) == {"ray", "gateway", "pool", "queue", "telephone", "streams"}
+    assert set(effective) == {"ray", "gateway", "pool", "queue", "telephone", "sockets", "streams"}
 
 
 def test_config_check_without_a_file_takes_the_environment_then_the_embedded_default(

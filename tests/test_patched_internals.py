@@ -155,3 +155,78 @@ def test_uvicorn_keeps_what_drain_and_serve_wrap():
     assert inspect.iscoroutinefunction(uvicorn.Server.startup)
     config = uvicorn.Config(app=lambda scope, receive, send: None)
     assert uvicorn.Server(config).should_exit is False
+
+
+def test_ray_keeps_the_one_host_switch_the_embedded_ray_sets():
+    # runtime/front/ray_start.py keep_ray_on_loopback: Ray's "no cluster" constant, read at
+    # each call where the node's address is chosen (a loopback address it swaps for the
+    # host's outward one otherwise); tests/front/test_serve.py lists the listeners it yields
+    from ray._private import ray_constants, services
+
+    from runtime.front.ray_start import RAY_ONE_HOST_CONSTANT, RAY_ONE_HOST_ENV
+
+    assert isinstance(getattr(ray_constants, RAY_ONE_HOST_CONSTANT), bool)
+    assert ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR == RAY_ONE_HOST_ENV
+    assert f"ray_constants.{RAY_ONE_HOST_CONSTANT}" in inspect.getsource(services.get_node_ip_address)
+    assert "get_node_ip_address()" in inspect.getsource(services.resolve_ip_for_localhost)
+
+
+async def test_aiortc_sctp_keeps_what_the_data_channel_guard_replaces():
+    from aiortc.rtcsctptransport import (
+        SCTP_DATA_FIRST_FRAG,
+        SCTP_DATA_LAST_FRAG,
+        SCTP_DATA_UNORDERED,
+        DataChunk,
+        InboundStream,
+        RTCSctpCapabilities,
+    )
+
+    from runtime.media.sctp_guard import STREAM_ATTRS, TRANSPORT_ATTRS, SctpGuard, guard_sctp
+
+    # runtime/media/sctp_guard.py replaces three handlers and getCapabilities per transport,
+    # and reads the reassembly of aiortc's InboundStream
+    pc = RTCPeerConnection()
+    other = RTCPeerConnection()
+    try:
+        other.createDataChannel("text")
+        await other.setLocalDescription(await other.createOffer())
+        await pc.setRemoteDescription(other.localDescription)
+        transport = pc.sctp
+        assert transport is not None
+        for name in TRANSPORT_ATTRS:
+            assert hasattr(transport, name), name
+        for name in ("_receive_data_chunk", "_receive_forward_tsn_chunk", "_receive_reconfig_param", "_receive", "_reset_deferred_streams"):
+            assert inspect.iscoroutinefunction(getattr(transport, name)), name
+        assert isinstance(transport._advertised_rwnd, int) and isinstance(transport._inbound_streams, dict)
+        stream = InboundStream()
+        for name in STREAM_ATTRS:
+            assert hasattr(stream, name), name
+        assert isinstance(stream.reassembly, list) and isinstance(stream.sequence_number, int)
+        assert (SCTP_DATA_LAST_FRAG, SCTP_DATA_FIRST_FRAG, SCTP_DATA_UNORDERED) == (1, 2, 4)
+        assert {"tsn", "stream_id", "stream_seq", "protocol", "user_data"} <= set(vars(DataChunk()))
+        assert list(inspect.signature(RTCSctpCapabilities).parameters) == ["maxMessageSize"]
+        guard = guard_sctp(pc, max_message_bytes=65536, max_buffered_bytes=262144)
+        assert isinstance(guard, SctpGuard) and transport.getCapabilities().maxMessageSize == 65536
+        answer = await pc.createAnswer()
+        assert "a=max-message-size:65536" in answer.sdp
+    finally:
+        await pc.close()
+        await other.close()
+
+
+async def test_aiortc_receivers_keep_the_rtp_handler_the_budget_wraps():
+    from runtime.media.budget import RECEIVER_HANDLER_ATTR
+
+    # runtime/media/budget.py RtpBudget.install wraps it per receiver; the DTLS transport
+    # calls it by attribute with arrival_time_ms as a keyword
+    pc = RTCPeerConnection()
+    try:
+        receiver = pc.addTransceiver("video").receiver
+        handler = getattr(receiver, RECEIVER_HANDLER_ATTR)
+        assert inspect.iscoroutinefunction(handler)
+        assert list(inspect.signature(handler).parameters) == ["packet", "arrival_time_ms"]
+        from aiortc import rtcdtlstransport
+
+        assert "receiver._handle_rtp_packet(packet, arrival_time_ms=arrival_time_ms)" in inspect.getsource(rtcdtlstransport)
+    finally:
+        await pc.close()

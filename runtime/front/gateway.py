@@ -26,6 +26,7 @@ import logging
 import os
 import threading
 import uuid
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -39,7 +40,7 @@ from runtime.front.queue_follower import QueueFollower
 from runtime.front.ray_start import connect_ray
 from runtime.front.routes import check_ticket, mount_routes
 from runtime.front.supervisor import MediaSlot, MediaSupervisor
-from runtime.front.twilio import CallTokens
+from runtime.front.twilio import CallTokens, log_webhook_mode
 from runtime.guard.auth import AuthGrant, gradio_app_of, gradio_auth_enabled, gradio_user
 from runtime.guard.limits import AddressLimits, AddressRate
 from runtime.media.engine import MediaEngine
@@ -94,10 +95,14 @@ class Gateway:
         # drain started by a signal runs on it
         self.loop: asyncio.AbstractEventLoop | None = None
         # the queued clients' updates streams, from one long poll of the scheduler
-        self.queue = QueueFollower(lambda: self.scheduler)
+        qc = self.config.queue
+        self.queue = QueueFollower(
+            lambda: self.scheduler, qc.max_update_streams_per_ticket, qc.max_update_streams_per_address,
+            exempt_loopback=lc.exempt_loopback,
+        )  # fmt: skip
         self._background: set[asyncio.Task[None]] = set()
         self._closing = False  # aclose() has begun
-        self.call_tokens = CallTokens()  # Twilio media streams announced by /telephone/incoming
+        self.call_tokens = CallTokens.from_config(self.config)  # Twilio media streams announced by /telephone/incoming
 
     # the engine's state, as the gateway had it before media processes (tests, benchmarks)
     @property
@@ -185,6 +190,7 @@ class Gateway:
                     "gateway.require_session_key is false: anyone who learns a session's webrtc_id "
                     "can send it input, read its outputs and close it"
                 )
+            log_webhook_mode(self.config)  # phone calls off, or taking unsigned webhooks: said once
             self.node_id = connect_ray(self.config)
             # after ray.init (its object store may share /dev/shm): a full /dev/shm kills a
             # session with SIGBUS mid-frame, so say it now, with what to change
@@ -411,18 +417,24 @@ class Gateway:
 
     # --- the waiting room ------------------------------------------------------------------------
 
-    async def queue_stream(self, secret: str, webrtc_id: str) -> AsyncGenerator[dict[str, Any] | None, None]:
+    async def queue_stream(self, secret: str, webrtc_id: str, client: str | None = None) -> AsyncGenerator[dict[str, Any] | None, None]:
         """A queued client's updates: its place in line (QueueView.to_json) now and on every
         change, None as keep-alive, ending once it is admitted or gone. A stream that closes
-        while the client still waits (a closed tab) takes it out of the line."""
+        while the client still waits (a closed tab) takes it out of the line. Streams per
+        ticket and per ``client`` address are bounded (429 too_many_queue_streams)."""
         if self.scheduler is None:  # not started: no line has anyone in it
             raise Refused(ErrorCode.UNKNOWN_QUEUE_TICKET, "no such queue ticket")
+        holds = self.queue.admit(secret, client)
         try:
-            first = await self.queue.first_view(secret, webrtc_id)
-        except Exception as exc:
-            raise Refused(ErrorCode.SCHEDULER_UNAVAILABLE, f"the scheduler did not answer: {exc}") from exc
-        if first.get("reason") == "unknown_ticket":
-            raise Refused(ErrorCode.UNKNOWN_QUEUE_TICKET, "no such queue ticket for this session")
+            try:
+                first = await self.queue.first_view(secret, webrtc_id)
+            except Exception as exc:
+                raise Refused(ErrorCode.SCHEDULER_UNAVAILABLE, f"the scheduler did not answer: {exc}") from exc
+            if first.get("reason") == "unknown_ticket":
+                raise Refused(ErrorCode.UNKNOWN_QUEUE_TICKET, "no such queue ticket for this session")
+        except BaseException:
+            holds.release()
+            raise
 
         async def stream() -> AsyncGenerator[dict[str, Any] | None, None]:
             last = first
@@ -432,6 +444,7 @@ class Gateway:
                         last = view
                     yield view
             finally:
+                holds.release()
                 # the client went away while it waited (not this gateway: a drain or a
                 # shutdown closes the stream, and the client follows on through another)
                 if last["state"] == "waiting" and not self.draining and not self._closing:
@@ -439,7 +452,9 @@ class Gateway:
                     self._background.add(task)
                     task.add_done_callback(self._background.discard)
 
-        return stream()
+        updates = stream()
+        weakref.finalize(updates, holds.release)  # a response that never started its stream
+        return updates
 
     async def _leave_quietly(self, secret: str, webrtc_id: str) -> None:
         with contextlib.suppress(Exception):

@@ -53,14 +53,7 @@ async def read_json(request: Any, limit: int) -> dict[str, Any]:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != JSON_CONTENT_TYPE:
         raise Refused(ErrorCode.UNSUPPORTED_MEDIA_TYPE, "send the body as application/json")
-    length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > limit):
-        raise Refused(ErrorCode.BODY_TOO_LARGE, f"the body may be at most {limit} bytes")
-    raw = b""
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > limit:
-            raise Refused(ErrorCode.BODY_TOO_LARGE, f"the body may be at most {limit} bytes")
+    raw = await read_body(request, limit)
     try:
         body = safejson.loads(raw)
     except safejson.JSONRejected as exc:
@@ -68,6 +61,21 @@ async def read_json(request: Any, limit: int) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise Refused(ErrorCode.BAD_JSON, "the body must be a JSON object")
     return body
+
+
+async def read_body(request: Any, limit: int) -> bytes:
+    """A request's body, at most ``limit`` bytes (413 past it): its Content-Length is
+    checked before a byte is read, and the streamed read stops at the limit, so a body
+    without a length (chunked) costs no more than ``limit`` either."""
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > limit):
+        raise Refused(ErrorCode.BODY_TOO_LARGE, f"the body may be at most {limit} bytes")
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limit:
+            raise Refused(ErrorCode.BODY_TOO_LARGE, f"the body may be at most {limit} bytes")
+    return bytes(raw)
 
 
 def session_key(request: Any, body: dict[str, Any] | None) -> Any:

@@ -7,6 +7,11 @@ serves any number of them with one outstanding call to the scheduler at a time
 returns when any line changes (or after ``QUEUE_POLL_S``, with fresh ETAs). Each view is
 handed to the streams that follow that ticket, once per change. A waiting client so costs
 the front one queue and a few hundred bytes, and the scheduler nothing per second.
+
+How many streams one ticket and one client address may hold open is bounded
+(``queue.max_update_streams_per_ticket``, ``queue.max_update_streams_per_address``):
+:meth:`QueueFollower.admit` is taken before the stream's response starts, so a refusal is
+a 429 with a JSON reason, not a stream that ends at once.
 """
 
 from __future__ import annotations
@@ -19,6 +24,14 @@ from typing import Any
 
 from runtime import constants as C
 from runtime.control.waiting_room import TicketState
+from runtime.errors import ErrorCode
+from runtime.guard.socket_limits import (
+    MAX_QUEUE_STREAMS_PER_ADDRESS,
+    MAX_QUEUE_STREAMS_PER_TICKET,
+    QUEUE_STREAMS_RETRY_AFTER_S,
+    Hold,
+    HoldCounter,
+)
 
 log = logging.getLogger("rtcpool.queue")
 
@@ -27,11 +40,39 @@ UPDATES_QUEUE_MAX = 8  # views waiting for one slow updates stream; older ones a
 Key = tuple[str, str]  # (ticket secret, webrtc_id)
 
 
+class StreamHolds:
+    """One updates stream's places under the per-ticket and per-address bounds; released
+    once, however often :meth:`release` is called (the stream's end, and its garbage
+    collection when its response never started)."""
+
+    __slots__ = ("_holds",)
+
+    def __init__(self, *holds: Hold | None) -> None:
+        self._holds = [h for h in holds if h is not None]
+
+    def release(self) -> None:
+        holds, self._holds = self._holds, []
+        for hold in holds:
+            hold.release()
+
+
 class QueueFollower:
     """``scheduler()`` gives the deployment's scheduler handle (it may be replaced)."""
 
-    def __init__(self, scheduler: Callable[[], Any]) -> None:
+    def __init__(
+        self,
+        scheduler: Callable[[], Any],
+        per_ticket: int = MAX_QUEUE_STREAMS_PER_TICKET,
+        per_address: int = MAX_QUEUE_STREAMS_PER_ADDRESS,
+        *,
+        exempt_loopback: bool = False,
+    ) -> None:
         self._scheduler = scheduler
+        what = "queue update streams"
+        retry = QUEUE_STREAMS_RETRY_AFTER_S
+        self._per_ticket = HoldCounter(per_ticket, code=ErrorCode.TOO_MANY_QUEUE_STREAMS, what=what, per="ticket", retry_after_s=retry)
+        self._per_address = HoldCounter(per_address, code=ErrorCode.TOO_MANY_QUEUE_STREAMS, what=what, per="client address", retry_after_s=retry)
+        self._exempt_loopback = exempt_loopback
         self._subs: dict[Key, set[asyncio.Queue[dict[str, Any]]]] = {}
         self._last: dict[Key, dict[str, Any]] = {}
         self._version = -1
@@ -40,6 +81,24 @@ class QueueFollower:
     @property
     def followed(self) -> int:
         return len(self._subs)
+
+    def admit(self, secret: str, address: str | None) -> StreamHolds:
+        """Count one more updates stream on ``secret`` and, given an ``address`` (an HTTP
+        client; a WebSocket client's own line is bounded by its socket), on that address;
+        Refused 429 too_many_queue_streams past either bound."""
+        ticket = self._per_ticket.take(secret)
+        if address is None:
+            return StreamHolds(ticket, None)
+        try:
+            return StreamHolds(ticket, self._per_address.take_for_address(address, exempt_loopback=self._exempt_loopback))
+        except BaseException:
+            ticket.release()
+            raise
+
+    @property
+    def held(self) -> tuple[int, int]:
+        """(update streams counted on tickets, on addresses): both 0 when none is open."""
+        return self._per_ticket.total, self._per_address.total
 
     async def first_view(self, secret: str, webrtc_id: str) -> dict[str, Any]:
         """The ticket's view now (one call: the shared poll may be mid-wait)."""

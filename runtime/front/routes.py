@@ -185,7 +185,8 @@ async def queue_updates(gw: GatewayAPI, request: Request) -> Response:
     if "ticket" in request.query_params:
         raise Refused(ErrorCode.TICKET_IN_URL, "send the queue ticket in the X-Queue-Ticket header, not the URL")
     webrtc_id = check_id(request.query_params.get("webrtc_id"))
-    stream = await gw.queue_stream(check_ticket(request.headers.get(QUEUE_TICKET_HEADER)), webrtc_id)
+    client = request.client.host if request.client else None
+    stream = await gw.queue_stream(check_ticket(request.headers.get(QUEUE_TICKET_HEADER)), webrtc_id, client)
 
     async def events() -> Any:
         async for view in stream:

@@ -14,8 +14,13 @@ close with code 4000 + the HTTP status the offer route would have answered (4429
 4403: refused, 4400: bad request): a client reads both from the close frame.
 
 Who may connect: ``/websocket/offer`` is a signalling route like ``/webrtc/offer``
-(gateway.auth, the Origin allow-list); a phone call's media stream must bring the single-use
-call token its webhook minted.
+(gateway.auth, the Origin allow-list, a join token's stream binding); a phone call's media
+stream must bring the single-use call token its webhook minted.
+
+Before its ``start`` message a socket is bounded per client address
+(``sockets.max_unstarted_per_address``: closed with 4429 past it) and in time
+(``sockets.start_timeout_s``: closed with 1008); a message's size is checked before it is
+parsed. Client-supplied strings reach the log only through runtime.ops.logs.shown.
 """
 
 from __future__ import annotations
@@ -37,8 +42,11 @@ from runtime.front.api import GatewayAPI
 from runtime.front.statuses import CLOSE_NORMAL, LineLeft, close_code
 from runtime.front.twilio import CALL_TOKEN_PARAM, TELEPHONE_HANDLER_ROUTE, TELEPHONE_INCOMING_ROUTE
 from runtime.guard import safejson
+from runtime.guard.auth import AuthGrant
 from runtime.guard.limits import TokenBucket
+from runtime.guard.socket_limits import Hold, HoldCounter
 from runtime.media.offers import check_id
+from runtime.ops.logs import shown
 from workers.link.shape import Transport
 
 if TYPE_CHECKING:
@@ -52,20 +60,50 @@ MAX_MESSAGE_BYTES = (
     64 * 1024
 )  # a 20 ms mu-law frame is ~0.2-1.3 kB of base64; far larger is refused
 MAX_PAYLOAD_BYTES = 16 * 1024  # decoded audio bytes of one media message (2 s at 8 kHz)
-START_TIMEOUT_S = 10.0  # a socket that has not said "start" by then is closed
 MAX_BAD_MESSAGES = 20  # a client this wrong is closed rather than answered again and again
 MESSAGES_PER_S = 200.0  # 20 ms frames are 50 a second; this leaves room for marks and pings
 MESSAGE_BURST = 400
 CLOSE_FLUSH_S = 1.0  # time for the last messages (end_stream, an error) before the close
 
 MAX_CLOSE_REASON_BYTES = 120  # a close frame's reason is at most 123 bytes
+MAX_SHOWN_EVENT_CHARS = 40  # of a client's event name in a warning (to the client, or logged)
+
+
+class UnstartedSockets:
+    """Sockets of one route family that have not sent ``start``, per client address
+    (``sockets.max_unstarted_per_address``, gateway.limits.exempt_loopback applies); the
+    first refusal is logged once (an attacker's flood does not flood the log)."""
+
+    def __init__(self, limit: int, *, exempt_loopback: bool) -> None:
+        self.count = HoldCounter(
+            limit, code=ErrorCode.TOO_MANY_UNSTARTED_SOCKETS, what="sockets that have not sent 'start'", per="client address"
+        )
+        self.exempt_loopback = exempt_loopback
+        self.warned = False
+
+    def take(self, address: str | None) -> Hold:
+        try:
+            return self.count.take_for_address(address, exempt_loopback=self.exempt_loopback)
+        except Refused:
+            if not self.warned:
+                self.warned = True
+                log.warning(
+                    "a client address holds %d sockets that have not sent 'start': more are closed with 4429 "
+                    "(sockets.max_unstarted_per_address; said once)",
+                    self.count.limit,
+                )
+            raise
 
 
 class SocketClient:
     """One WebSocket client from accept to close: its messages, its session, its ending."""
 
-    def __init__(self, gw: GatewayAPI, ws: Any, kind: Transport) -> None:
+    def __init__(self, gw: GatewayAPI, ws: Any, kind: Transport, unstarted: UnstartedSockets | None = None) -> None:
         self.gw = gw
+        self.unstarted = unstarted
+        self._unstarted_hold: Hold | None = None
+        self.start_timeout_s = gw.config.sockets.start_timeout_s
+        self.grant: AuthGrant | None = None
         self.ws = ws
         self.kind = kind
         self.phone = kind == Transport.TELEPHONE
@@ -91,6 +129,7 @@ class SocketClient:
         if not self.phone:  # Twilio has nowhere to show it
             await self.send_json({"event": "error", "type": "warning", "message": message})
         else:
+            # every warning's client-supplied part went through shown() where it was written
             log.warning("telephone %s: %s", self.webrtc_id or "(not started)", message)
 
     # --- reading ---------------------------------------------------------------------------------
@@ -104,7 +143,7 @@ class SocketClient:
             try:
                 raw = await asyncio.wait_for(self.ws.receive(), timeout)
             except TimeoutError:
-                raise Refused(ErrorCode.START_TIMEOUT, f"no 'start' message within {START_TIMEOUT_S:.0f} s") from None
+                raise Refused(ErrorCode.START_TIMEOUT, f"no 'start' message within {self.start_timeout_s:g} s") from None
             except WebSocketDisconnect:
                 return None
             if raw.get("type") == "websocket.disconnect":
@@ -133,9 +172,12 @@ class SocketClient:
         await self.ws.accept()
         code, reason = CLOSE_NORMAL, "stream ended"
         try:
+            if self.unstarted is not None:
+                self._unstarted_hold = self.unstarted.take(self.client)
             if not self.phone:
-                await self.gw.check_access(self.ws)
+                self.grant = await self.gw.check_access(self.ws)
             start = await self._wait_start()
+            self._release_unstarted()  # said "start" (or left): a session's limits count it now
             if start is None:
                 return
             await self._open(start)
@@ -147,18 +189,24 @@ class SocketClient:
             with contextlib.suppress(Exception):
                 if not self.phone:
                     await self.send_json(ref.body())
-                else:
+                elif ref.code != ErrorCode.TOO_MANY_UNSTARTED_SOCKETS:  # said once, by UnstartedSockets
                     log.warning(
                         "telephone %s refused: %s (%s)",
                         self.webrtc_id or "(not started)",
                         ref.error,
-                        ref.message,
+                        shown(ref.message),
                     )
         finally:
+            self._release_unstarted()
             await self._end(code, reason)
 
+    def _release_unstarted(self) -> None:
+        hold, self._unstarted_hold = self._unstarted_hold, None
+        if hold is not None:
+            hold.release()
+
     async def _wait_start(self) -> dict[str, Any] | None:
-        deadline = time.monotonic() + START_TIMEOUT_S
+        deadline = time.monotonic() + self.start_timeout_s
         while True:
             msg = await self.next_message(max(0.01, deadline - time.monotonic()))
             if msg is None:
@@ -173,7 +221,7 @@ class SocketClient:
             elif event == "stop":
                 return None
             else:
-                await self.warn(f"'{event[:40]}' before 'start'")
+                await self.warn(f"{shown(event, MAX_SHOWN_EVENT_CHARS)} before 'start'")
 
     async def _open(self, start: dict[str, Any]) -> None:
         gw = self.gw
@@ -190,6 +238,10 @@ class SocketClient:
             raw_id, stream_id = start.get("websocket_id"), start.get("stream_id")
         self.webrtc_id = check_id(raw_id)
         event = gw.pick_event(stream_id)
+        claims = self.grant.claims if self.grant is not None else None
+        if claims is not None and claims.stream_id is not None and claims.stream_id != event.event_id:
+            # as /webrtc/offer checks it (Gateway.handle_offer): a token for stream A opens A only
+            raise Refused(ErrorCode.TOKEN_WRONG_STREAM, "this join token is for another stream")
         if not event.has_audio or event.has_video:
             raise Refused(
                 ErrorCode.NOT_AN_AUDIO_STREAM,
@@ -257,7 +309,7 @@ class SocketClient:
                 if msg["event"] == "ping":
                     await self.send_json({"event": "pong"})
                 elif msg["event"] not in ("media", "mark", "dtmf", "connected"):
-                    await self.warn(f"'{msg['event'][:40]}' while waiting in line")
+                    await self.warn(f"{shown(msg['event'], MAX_SHOWN_EVENT_CHARS)} while waiting in line")
             view = follow.result()
         finally:
             if not follow.done():
@@ -342,7 +394,7 @@ class SocketClient:
         elif event == "start":
             await self.warn("the stream has started already")
         else:
-            await self.warn(f"unknown event {event[:40]!r}")
+            await self.warn(f"unknown event {shown(event, MAX_SHOWN_EVENT_CHARS)}")
 
     async def _end(self, code: int, reason: str) -> None:
         session = self.session
@@ -358,17 +410,19 @@ class SocketClient:
 
 def mount_websocket_routes(app: Any, gw: GatewayAPI) -> None:
     """Add /websocket/offer and /telephone/handler to a FastAPI app."""
+    # one count for both routes: an address's silent sockets cost the same on either
+    unstarted = UnstartedSockets(gw.config.sockets.max_unstarted_per_address, exempt_loopback=gw.config.gateway.limits.exempt_loopback)
 
     async def websocket_offer(websocket: WebSocket) -> None:
         gw.loop = asyncio.get_running_loop()
-        await SocketClient(gw, websocket, Transport.WEBSOCKET).serve()
+        await SocketClient(gw, websocket, Transport.WEBSOCKET, unstarted).serve()
 
     async def telephone_handler(websocket: WebSocket) -> None:
         gw.loop = asyncio.get_running_loop()
-        await SocketClient(gw, websocket, Transport.TELEPHONE).serve()
+        await SocketClient(gw, websocket, Transport.TELEPHONE, unstarted).serve()
 
     app.add_api_websocket_route(WEBSOCKET_ROUTE, websocket_offer)
     app.add_api_websocket_route(TELEPHONE_HANDLER_ROUTE, telephone_handler)
 
 
-__all__ = ["mount_websocket_routes", "SocketClient", "WEBSOCKET_ROUTE"]
+__all__ = ["mount_websocket_routes", "SocketClient", "UnstartedSockets", "WEBSOCKET_ROUTE"]

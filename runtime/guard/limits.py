@@ -8,8 +8,9 @@
 * :class:`PerSessionCount` -- a plain count with a ceiling: ICE candidates and SSE readers
   per session.
 * :func:`check_candidate_address` -- an ICE candidate may not point the gateway's ICE
-  checks at link-local (the cloud metadata service lives at 169.254.169.254), unspecified,
-  multicast or reserved addresses, nor at loopback outside the local config.
+  checks at link-local (the cloud metadata service lives at 169.254.169.254) or the other
+  cloud metadata addresses (:data:`CLOUD_METADATA_NETWORKS`), unspecified, multicast or
+  reserved addresses, nor at loopback outside the local config.
 
 Every refusal is a :class:`runtime.errors.Refused` with its code. Limits are per
 front process: several gateways behind one load balancer each count their own clients.
@@ -76,6 +77,18 @@ CANDIDATE_FIELDS = 8  # foundation component transport priority address port "ty
 MDNS_HOSTNAME_RE = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+local\.?$", re.IGNORECASE)
 # 0.0.0.0/8 is "this network": Linux sends to 0.0.0.0 as to loopback
 THIS_NETWORK_V4 = ipaddress.ip_network("0.0.0.0/8")
+# Cloud metadata and platform services outside 169.254/16 (which is refused as link-local,
+# and holds AWS's, GCP's, Azure's and most others' 169.254.169.254): an ICE check is a UDP
+# packet the gateway sends from inside the cloud, so a candidate here points it at the
+# host's credentials service.
+CLOUD_METADATA_NETWORKS = (
+    ipaddress.ip_network("100.100.100.200/32"),  # Alibaba Cloud metadata
+    ipaddress.ip_network("192.0.0.192/32"),  # Oracle Cloud metadata (its legacy address)
+    ipaddress.ip_network("168.63.129.16/32"),  # Azure WireServer (the host's agent channel)
+    ipaddress.ip_network("fd00:ec2::254/128"),  # AWS instance metadata over IPv6
+    ipaddress.ip_network("fd00:ec2::253/128"),  # AWS's VPC DNS resolver over IPv6
+    ipaddress.ip_network("fd00:ec2::123/128"),  # AWS's time service over IPv6
+)
 
 
 class LimitsConfig(BaseModel):
@@ -589,6 +602,8 @@ def address_kind(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, *, allow_loo
         return "unspecified"
     if ip.is_link_local:
         return "link-local"
+    if any(ip in net for net in CLOUD_METADATA_NETWORKS):
+        return "metadata"
     if isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local:
         return "site-local"  # fec0::/10, deprecated (RFC 3879) and not routed
     if ip.is_multicast:

@@ -31,7 +31,9 @@ from runtime import constants as C
 from runtime.errors import ErrorCode, Refused
 
 MAX_MEDIA_SECTIONS = 8  # m-sections an offer may carry (audio + video + data is 3)
-MAX_TRACKS = 4  # distinct media tracks (a=msid / a=ssrc msid) an offer may send
+# media tracks an offer may send: each sending audio/video section is one (aiortc makes a
+# track per section), or as many as it names distinct a=msid / a=ssrc msid tracks if more
+MAX_TRACKS = 4
 MAX_SDP_LINE_CHARS = 1024  # characters per line; Chromium's longest (a video m= line) is ~140
 MAX_SSRCS_PER_SECTION = 16  # distinct a=ssrc ids per m-section (simulcast x3 with RTX is 6)
 MAX_CANDIDATES_PER_SECTION = 32  # a=candidate lines per m-section (aiortc offers one per interface)
@@ -342,6 +344,10 @@ def _check_section(index: int, block: list[str]) -> _Section:
     if section.direction not in SENDING_DIRECTIONS:
         # aiortc names its sender's track even in a recvonly section; nothing will come
         section.tracks = 0
+    elif kind != "application":
+        # aiortc makes a receiving track for every sending RTP section, msid or not: an
+        # offer of six sections without a=msid lines would otherwise count no track at all
+        section.tracks = max(1, section.tracks)
     return section
 
 

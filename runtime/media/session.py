@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from runtime import constants as C
 from runtime.errors import EndReason
 from runtime.guard.limits import Admission, PerSessionCount, TokenBucket
+from runtime.media.budget import END
 from runtime.ops.metrics import EngineCounters, LiveSessionStats
 from workers.link.channel import FrameChannel
 from workers.link.connect import offer_link, worker_socket
@@ -133,6 +134,8 @@ class Session:
         self.last_media = time.monotonic()
         self.frames_in = 0
         self.frames_skipped_in = 0  # decoded while the loop was busy, superseded by newer ones
+        self.dropped_over_budget = 0  # audio chunks and RTP packets over the real-time budget
+        self._warned_budget = False
         self.frames_out = 0
         self.outputs: asyncio.Queue[list[Any]] = asyncio.Queue(OUTPUTS_QUEUE_MAX)
         # what a function returned for its stream's own non-WebRTC outputs (the page's
@@ -326,6 +329,19 @@ class Session:
                 self.send_client_warning(f"inputs cannot reach the worker: {exc}")
             self._watch_backlog()
 
+    def over_budget(self, what: str, verdict: int) -> None:
+        """``what`` came faster than the session's real-time budget and was dropped
+        (runtime/media/budget.py): one warning; a sustained excess (END) ends the session."""
+        self.dropped_over_budget += 1
+        if not self._warned_budget:
+            self._warned_budget = True
+            log.warning("session %s: %s faster than real time: the excess is dropped", self.webrtc_id, what)
+            self.send_client_warning(f"{what} arrive faster than real time: the excess is dropped")
+        if verdict == END and self._closing is None and not self.closed:
+            self.send_client("end_stream", {"reason": EndReason.OVER_BUDGET.value})
+            # after the same grace as a time limit, so the client reads end_stream first
+            self.close_soon(EndReason.OVER_BUDGET, f"{what} faster than real time, sustained", delay=C.END_STREAM_GRACE_S)
+
     # --- messages to the client ----------------------------------------------------------------------
 
     def send_client(self, type_: str, data: Any) -> None:
@@ -395,7 +411,7 @@ class Session:
             self.event.event_id,
             self.frames_in,
             self.frames_out,
-            self.frames_skipped_in + (ch.stats.video_dropped if ch else 0),
+            self.frames_skipped_in + self.dropped_over_budget + (ch.stats.video_dropped if ch else 0),
             ch.stats.video_superseded if ch else 0,
             ch.handler_hist if ch else None,
             time.monotonic() - self.created_at,
@@ -411,9 +427,9 @@ class Session:
     def _log_end(self, reason: str) -> None:
         duration = time.monotonic() - self.created_at
         log.info(
-            "session %s ended after %.1f s: %s; frames in %d (skipped %d), out %d; stream %s, worker pid %s",
-            self.webrtc_id, duration, reason, self.frames_in, self.frames_skipped_in, self.frames_out, self.event.event_id, self.worker_pid,
-            extra={"rtcpool": {"event": "session_end", "webrtc_id": self.webrtc_id, "stream": self.event.event_id, "duration_s": round(duration, 3), "reason": reason, "frames_in": self.frames_in, "frames_skipped_in": self.frames_skipped_in, "frames_out": self.frames_out, "worker_pid": self.worker_pid}},
+            "session %s ended after %.1f s: %s; frames in %d (skipped %d, over budget %d), out %d; stream %s, worker pid %s",
+            self.webrtc_id, duration, reason, self.frames_in, self.frames_skipped_in, self.dropped_over_budget, self.frames_out, self.event.event_id, self.worker_pid,
+            extra={"rtcpool": {"event": "session_end", "webrtc_id": self.webrtc_id, "stream": self.event.event_id, "duration_s": round(duration, 3), "reason": reason, "frames_in": self.frames_in, "frames_skipped_in": self.frames_skipped_in, "dropped_over_budget": self.dropped_over_budget, "frames_out": self.frames_out, "worker_pid": self.worker_pid}},
         )  # fmt: skip
 
     async def aclose(self, reason: EndReason = EndReason.OTHER, detail: str = "closed") -> None:

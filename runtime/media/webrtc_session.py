@@ -32,6 +32,7 @@ from runtime import constants as C
 from runtime.errors import EndReason
 from runtime.guard import safejson
 from runtime.guard.limits import PerSessionCount, TokenBucket
+from runtime.media.budget import ADMIT, RtpBudget, audio_budget
 from runtime.media.encoder import use_gateway_encoder
 from runtime.media.frames import (
     I420_FORMAT,
@@ -42,6 +43,7 @@ from runtime.media.frames import (
     video_frame_of,
 )
 from runtime.media.jitter import guard_video, set_audio_prefetch
+from runtime.media.sctp_guard import SctpGuard, guard_sctp
 from runtime.media.session import Session, client_json
 from runtime.media.vp8_guard import answer_vp8_only
 from workers.link.shape import Transport
@@ -56,6 +58,7 @@ log = logging.getLogger("rtcpool.session")
 
 VIDEO_IN_FLIGHT = 1  # input frames waiting at the worker (it copies a frame out before its handler runs)
 AUDIO_OUT_RATE = 48_000  # Hz: what aiortc's Opus encoder takes
+OPUS_DECODED_RATE = 48_000  # Hz: what aiortc's Opus decoder gives (the client's audio budget counts it)
 AUDIO_OUT_FRAME_SAMPLES = int(AUDIO_OUT_RATE * C.AUDIO_FRAME_S)
 AUDIO_OUT_FRAME_BYTES = AUDIO_OUT_FRAME_SAMPLES * 2 * 2  # stereo s16
 AUDIO_OUT_MAX_BYTES = int(C.AUDIO_OUT_MAX_S / C.AUDIO_FRAME_S) * AUDIO_OUT_FRAME_BYTES
@@ -208,6 +211,9 @@ class WebRTCSession(Session):
         self.candidates = PerSessionCount.candidates(lc.max_candidates_per_session)
         self.message_rate = TokenBucket(lc.data_channel_messages_per_s, lc.data_channel_message_burst)
         self._warned_rate = False
+        self.sctp_guard: SctpGuard | None = None
+        self._logged_refusals: set[str] = set()
+        self.rtp_budget: RtpBudget | None = None
 
     @property
     def has_peer(self) -> bool:
@@ -226,6 +232,17 @@ class WebRTCSession(Session):
         pc.on("datachannel", self._on_datachannel)
         pc.on("track", self._on_track)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=type_))
+        # data-channel messages measured while reassembled, the limit advertised in the answer
+        budgets = cfg.budgets
+        self.sctp_guard = guard_sctp(
+            pc,
+            max_message_bytes=budgets.max_data_channel_message_bytes,
+            max_buffered_bytes=budgets.max_data_channel_buffered_bytes,
+            on_refused=self._on_data_channel_refused,
+        )
+        # RTP packets and bytes in real-time units, before any jitter buffer or decoder
+        self.rtp_budget = RtpBudget(budgets, self.over_budget)
+        self.rtp_budget.install(pc)
         set_audio_prefetch(pc, cfg.audio_jitter_prefetch)
         # VP8 only (the frame guard reads VP8 headers; an H.264 frame would pass unchecked),
         # and no key frame over max_frame_pixels reaches the decoder
@@ -269,6 +286,20 @@ class WebRTCSession(Session):
             self._warned_oversize = True
             self.send_client_warning(f"video frames of {width}x{height} exceed the {max_pixels}-pixel limit and are dropped")
 
+    def _on_data_channel_refused(self, what: str) -> None:
+        """The SCTP guard dropped a message over the limit (a warning to the client for each,
+        as for any refused message), or first refused a chunk past the connection's buffer
+        budget. The log says each kind once per session."""
+        budgets = self.host.config.gateway.budgets
+        if what == "message":
+            text = f"data channel messages over {budgets.max_data_channel_message_bytes} bytes are dropped"
+        else:
+            text = f"data channel data beyond {budgets.max_data_channel_buffered_bytes} bytes in reassembly is refused"
+        if what not in self._logged_refusals:
+            self._logged_refusals.add(what)
+            log.warning("session %s: %s", self.webrtc_id, text)
+        self.send_client_warning(text)
+
     def _on_datachannel(self, channel: Any) -> None:
         if channel.label != "text":
             log.warning("session %s: ignoring data channel %r", self.webrtc_id, channel.label)
@@ -285,9 +316,11 @@ class WebRTCSession(Session):
                 self._warned_rate = True
                 self.send_client_warning("too many data channel messages: some are dropped")
             return
-        if isinstance(message, bytes) or len(message) > C.MAX_DATA_CHANNEL_MESSAGE_BYTES:
-            self.send_client_warning("data channel messages must be JSON text of at most "
-                                     f"{C.MAX_DATA_CHANNEL_MESSAGE_BYTES} bytes")
+        limit = self.host.config.gateway.budgets.max_data_channel_message_bytes
+        # reassembly measured bytes already (runtime/media/sctp_guard.py); this catches a
+        # message completed out of order, which only the connection's budget bounds
+        if isinstance(message, bytes) or len(message) > limit:
+            self.send_client_warning(f"data channel messages must be JSON text of at most {limit} bytes")
             return
         try:
             msg = safejson.loads(message)
@@ -380,10 +413,18 @@ class WebRTCSession(Session):
         assert channel is not None
         layout = self.audio_in_layout
         resampler = av.AudioResampler(format="s16", layout=layout, rate=self.audio_in_rate)
+        # decoded samples in real time too: an Opus packet may hold up to 120 ms, so the
+        # packet budget alone would let 6x real time through
+        budget = audio_budget(self.host.config.gateway.budgets, OPUS_DECODED_RATE)
         try:
             while not self.closed:
                 frame = cast(av.AudioFrame, await track.recv())  # an audio track's frames
                 self._media_arrived()
+                rate = frame.sample_rate or OPUS_DECODED_RATE
+                verdict = budget.admit(frame.samples * OPUS_DECODED_RATE // rate, time.monotonic_ns())
+                if verdict != ADMIT:
+                    self.over_budget("audio", verdict)
+                    continue
                 for out in resampler.resample(frame):
                     channel.send_audio(out.to_ndarray(), out.sample_rate, layout, out.pts or 0)
                 if channel.has_backlog:

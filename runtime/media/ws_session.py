@@ -30,6 +30,7 @@ import numpy as np
 from runtime import constants as C
 from runtime.errors import EndReason
 from runtime.media import mulaw
+from runtime.media.budget import ADMIT, RealTimeBudget, audio_budget
 from runtime.media.session import Session, client_json
 from workers.link.shape import Transport
 from workers.link.wire import WEBSOCKET_SEND, ClearAudio, Control, Message
@@ -143,6 +144,7 @@ class WebSocketSession(Session):
         self._send_text = send_text
         self._outbox: asyncio.Queue[str] = asyncio.Queue()
         self.wire_in_rate = 0
+        self.audio_budget: RealTimeBudget | None = None  # samples at wire_in_rate, once started
         self.ended = asyncio.Event()  # set once the session has ended: the route closes the socket
 
     async def start_ws(self) -> None:
@@ -155,6 +157,8 @@ class WebSocketSession(Session):
         # fastrtc's rates: a phone is 8 kHz; a WebSocket client sends at the handler's
         # input_sample_rate and hears its output_sample_rate
         self.wire_in_rate = TELEPHONE_RATE if self.phone else (self.audio_in_rate or TELEPHONE_RATE)
+        # mu-law is one byte a sample: the budget counts payload bytes as samples
+        self.audio_budget = audio_budget(self.host.config.gateway.budgets, self.wire_in_rate)
         if self.event.shape.server_sends:
             rate = TELEPHONE_RATE if self.phone else (self.audio_out_rate or C.AUDIO_DEFAULT_RATE)
             audio_out = self.audio_out = WebSocketAudioOut(self, rate)
@@ -172,6 +176,13 @@ class WebSocketSession(Session):
         channel = self.channel
         if channel is None or channel.closed or not self.audio_in_rate or not payload:
             return
+        budget = self.audio_budget
+        if budget is not None:
+            verdict = budget.admit(len(payload), time.monotonic_ns())
+            if verdict != ADMIT:
+                self.over_budget("audio", verdict)
+                return
+        self.frames_in += 1
         # as it came: the worker resamples a phone's 8 kHz to the handler's rate (the pool
         # scales; this loop serves every socket of the process)
         channel.send_audio(mulaw.decode(payload).reshape(1, -1), self.wire_in_rate, "mono", 0)

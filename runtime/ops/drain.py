@@ -21,9 +21,14 @@ Three ways of serving, one behaviour:
 * Gradio's ``launch()``: Gradio serves uvicorn in a thread and leaves SIGTERM to Python's
   default (exit at once, status 143). A handler installed here, in the main thread, drains
   and then interrupts the main thread, which Gradio's ``block_thread`` takes as Ctrl-C: it
-  closes the server, whose lifespan closes the gateway.
+  closes the server, whose lifespan closes the gateway. The interrupt goes through this
+  SIGTERM handler, not SIGINT's: a process started by a shell's ``cmd &`` (and many container
+  entrypoints) inherits SIGINT ignored, and ``_thread.interrupt_main()`` then does nothing
+  (issue 20 item 23: "drained: stopping", and the process stayed in ``block_thread``).
 * ``rtcpool drain``: sends SIGTERM to the gateway processes of this host, found by the
-  files each writes into :func:`run_dir` (like nginx's pid file), and waits for them.
+  records each writes into its user's run directory (runtime/ops/run_dir.py: a directory
+  of this user's alone, a record trusted only for the very process that wrote it), and
+  waits for them.
 """
 
 from __future__ import annotations
@@ -32,7 +37,6 @@ import _thread
 import asyncio
 import atexit
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -44,10 +48,10 @@ from pathlib import Path
 from typing import Any
 
 from runtime import constants as C
+from runtime.ops import run_dir
 
 log = logging.getLogger("rtcpool.drain")
 
-RUN_DIR_MODE = 0o700
 DRAIN_JOIN_MARGIN_S = 30.0  # after its drain timeout, how long a drain's sessions may take to close
 
 SERVING, DRAINING, STOPPING = "serving", "draining", "stopping"
@@ -59,12 +63,7 @@ _installed = False
 _pidfile: Path | None = None
 _original_handle_exit: Callable[..., Any] | None = None
 _previous_sigterm: Any = None
-
-
-def run_dir() -> Path:
-    """This user's directory of live gateway processes (one JSON file per process)."""
-    base = os.environ.get(C.RUN_DIR_ENV) or os.path.join(os.environ.get("XDG_RUNTIME_DIR") or "/tmp", f"rtcpool-{os.getuid()}", "gateways")
-    return Path(base)
+_interrupt_pending = False  # the next _on_sigterm call is _interrupt_main's, not a real signal
 
 
 def phase() -> str:
@@ -120,17 +119,31 @@ def _uvicorn_handle_exit(server: Any, sig: int, frame: Any) -> None:
 
 def _on_sigterm(signum: int, frame: Any) -> None:
     """Main-thread SIGTERM (Gradio's launch(), or a process that serves no uvicorn itself)."""
+    global _interrupt_pending
+    if _interrupt_pending:  # _interrupt_main() asked for it: Ctrl-C's effect, in the main thread
+        _interrupt_pending = False
+        raise KeyboardInterrupt
     if _phase == SERVING and _live_gateways():
-        start_drain(then=_thread.interrupt_main)
+        start_drain(then=_interrupt_main)
     elif _phase == DRAINING:
         stop_now()
     elif _phase == SERVING:
-        _thread.interrupt_main()  # nothing to drain: stop as on Ctrl-C (exit 0 where that is clean)
+        _interrupt_main()  # nothing to drain: stop as on Ctrl-C (exit 0 where that is clean)
     elif callable(_previous_sigterm):
         _previous_sigterm(signum, frame)
     else:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.raise_signal(signal.SIGTERM)
+
+
+def _interrupt_main() -> None:
+    """Raise KeyboardInterrupt in the main thread, as Ctrl-C would, whatever SIGINT's
+    disposition: ``_thread.interrupt_main(SIGTERM)`` runs :func:`_on_sigterm` there (Python's
+    handler, installed by install()), which raises it. The SIGINT form does nothing when SIGINT
+    is ignored, and signal.signal() cannot take SIGINT back from this (the drain's) thread."""
+    global _interrupt_pending
+    _interrupt_pending = True
+    _thread.interrupt_main(signal.SIGTERM)
 
 
 def _live_gateways() -> list[Any]:
@@ -179,16 +192,14 @@ def _announce(gateway: Any) -> None:
     global _pidfile
     if _pidfile is not None:
         return
-    directory = run_dir()
+    cfg = gateway.config.gateway
     try:
-        directory.mkdir(parents=True, exist_ok=True, mode=RUN_DIR_MODE)
-        path = directory / f"{os.getpid()}.json"
-        cfg = gateway.config.gateway
-        path.write_text(json.dumps({"pid": os.getpid(), "gateway_id": gateway.gateway_id, "host": cfg.host, "port": cfg.port, "started_at": time.time()}))
-        _pidfile = path
+        _pidfile = run_dir.write_record(run_dir.this_process_record(gateway.gateway_id, cfg.host, cfg.port))
         atexit.register(_withdraw)
+    except run_dir.UnsafeRunDir as exc:  # someone else's directory: serve on, unannounced
+        log.warning("not announced to `rtcpool drain`: %s", exc)
     except OSError as exc:  # a read-only /tmp: only `rtcpool drain` is lost
-        log.warning("cannot write %s for `rtcpool drain`: %s", directory, exc)
+        log.warning("cannot write %s for `rtcpool drain`: %s", run_dir.run_dir(), exc)
 
 
 def _withdraw() -> None:
@@ -199,34 +210,17 @@ def _withdraw() -> None:
             path.unlink()
 
 
-def gateway_processes() -> list[dict[str, Any]]:
-    """The live gateway processes of this host (stale files, of processes gone, removed)."""
-    found: list[dict[str, Any]] = []
-    directory = run_dir()
-    if not directory.is_dir():
-        return found
-    for path in sorted(directory.glob("*.json")):
-        try:
-            info = json.loads(path.read_text())
-            pid = int(info["pid"])
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            with contextlib.suppress(OSError):
-                path.unlink()
-            continue
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        found.append(info)
-    return found
+def gateway_processes() -> list[run_dir.GatewayRecord]:
+    """The live gateway processes of this host, each verified (runtime/ops/run_dir.py).
+    Raises run_dir.UnsafeRunDir."""
+    return run_dir.gateway_records()
 
 
-def drain_processes(pids: list[int], wait_s: float, poll_s: float = C.DRAIN_POLL_S) -> list[int]:
-    """SIGTERM each pid, wait up to ``wait_s`` for them to exit; the pids still alive."""
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
+def drain_processes(records: list[run_dir.GatewayRecord], wait_s: float, poll_s: float = C.DRAIN_POLL_S) -> list[int]:
+    """SIGTERM each verified gateway process, wait up to ``wait_s`` for them to exit; the
+    pids still alive."""
+    alive = [r.pid for r in records if run_dir.signal_gateway(r, signal.SIGTERM)]
     deadline = time.monotonic() + wait_s
-    alive = list(pids)
     while alive and time.monotonic() < deadline:
         time.sleep(poll_s)
         alive = [p for p in alive if _alive(p)]

@@ -19,6 +19,7 @@ from typing import Any
 LOGGER = "rtcpool"
 FIELDS_ATTR = "rtcpool"  # the ``extra`` key whose dict becomes JSON fields
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+MAX_SHOWN_CHARS = 80  # of a client-supplied string in a log line; the rest is cut ("...")
 
 
 class JSONFormatter(logging.Formatter):
@@ -37,6 +38,16 @@ class JSONFormatter(logging.Formatter):
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str)
+
+
+def shown(value: object, limit: int = MAX_SHOWN_CHARS) -> str:
+    """A client-supplied value as a log line may carry it: repr-quoted (a newline or a
+    control character is escaped, so it cannot forge a line) and cut to ``limit``
+    characters before quoting (a megabyte of text costs no more than its first ``limit``)."""
+    if isinstance(value, str):
+        return repr(value[:limit]) + ("..." if len(value) > limit else "")
+    text = repr(value)
+    return text[:limit] + ("..." if len(text) > limit else "")
 
 
 def configure(log_format: str) -> None:

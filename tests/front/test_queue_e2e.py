@@ -8,6 +8,8 @@ Real Ray, real aiortc peers (runtime/clients/webrtc.py, as an app without Gradio
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import json
 from typing import Any
 
@@ -202,3 +204,38 @@ async def test_bad_queue_fields_on_the_offer_get_a_4xx_and_take_nothing(app, ext
     assert r.json()["meta"]["error"] == error
     assert (line(app)["queue"], line(app)["leases"]) == (0, 0)
     assert "bad-queue-field" not in app.gateway.sessions
+
+
+async def test_update_streams_on_one_ticket_are_bounded_and_given_back(app):
+    """queue.max_update_streams_per_ticket streams follow one ticket; one more is a 429
+    with a JSON reason and Retry-After; when they close, nothing stays counted."""
+    per_ticket = app.gateway.config.queue.max_update_streams_per_ticket
+    holder = Client(app.url, stream_id=LINE)
+    await holder.connect()
+    try:
+        r = await raw_offer(app.url, "many-tabs")
+        assert r.status_code == 202, r.text
+        headers = {"X-Queue-Ticket": r.json()["queue"]["ticket"]}
+        url = f"{app.url}/webrtc/queue?webrtc_id=many-tabs"
+        async with httpx.AsyncClient(timeout=30) as http:
+            async with contextlib.AsyncExitStack() as streams:
+                for _ in range(per_ticket - 1):
+                    resp = await streams.enter_async_context(http.stream("GET", url, headers=headers))
+                    assert resp.status_code == 200
+                # a stream whose response never starts (the client gone before it did) is
+                # given back when it is collected
+                never_read = app.run(app.gateway.queue_stream(headers["X-Queue-Ticket"], "many-tabs", "203.0.113.9"))
+                assert app.gateway.queue.held == (per_ticket, 1)
+                del never_read
+                gc.collect()
+                assert app.gateway.queue.held == (per_ticket - 1, 0)
+                resp = await streams.enter_async_context(http.stream("GET", url, headers=headers))
+                assert resp.status_code == 200
+                over = await http.get(url, headers=headers)
+                assert over.status_code == 429 and over.json()["meta"]["error"] == "too_many_queue_streams", over.text
+                assert int(over.headers["Retry-After"]) >= 1
+        assert await async_wait_until(lambda: app.gateway.queue.held == (0, 0), LEAVE_TIMEOUT_S), app.gateway.queue.held
+        assert await async_wait_until(lambda: line(app)["queue"] == 0, LEAVE_TIMEOUT_S)
+    finally:
+        await holder.hang_up()
+    assert await async_wait_until(lambda: line(app)["leases"] == 0, LEAVE_TIMEOUT_S)

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,11 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from runtime.cli import EXIT_NOTHING_TO_SERVE
 from runtime.clients.webrtc import Client
-from tests.cluster.cluster import end_tree, tail
+from runtime.front.ray_start import is_loopback
+from tests.cluster.cluster import end_tree, process_tree, tail
 from tests.conftest import free_port, joining_ray
 
 pytestmark = pytest.mark.timeout(300)
@@ -181,15 +184,42 @@ def test_serve_starts_the_gateway_of_an_app_that_does_not_serve_itself(tmp_path,
         assert served.stop() == 0, tail(served.log)
 
 
+def listeners(pid: int) -> list[tuple[str, int, str, str, int]]:
+    """Every socket of ``pid``'s process tree that takes connections (TCP LISTEN) or
+    datagrams (a bound UDP socket): (process name, pid, tcp|udp, address, port)."""
+    found = []
+    for proc in process_tree(pid):
+        with contextlib.suppress(psutil.Error):
+            name = proc.name()
+            for conn in proc.net_connections(kind="inet"):
+                udp = conn.type == socket.SOCK_DGRAM
+                if conn.status == psutil.CONN_LISTEN or (udp and conn.laddr):
+                    found.append((name, proc.pid, "udp" if udp else "tcp", conn.laddr.ip, conn.laddr.port))
+    return found
+
+
+def assert_nothing_listens_beyond_loopback(pid: int) -> None:
+    found = listeners(pid)
+    assert any(name == "gcs_server" for name, *_ in found), f"the tree's Ray was not seen: {found}"
+    off = [f"{name} {p} {proto} {ip}:{port}" for name, p, proto, ip, port in found if not is_loopback(ip)]
+    assert off == [], f"listening beyond loopback: {off}"
+
+
 @pytest.mark.slow
 async def test_serve_runs_a_stream_object_end_to_end_on_a_ray_of_its_own(tmp_path):
     # RAY_ADDRESS names nothing: the embedded default must start a Ray of its own, not join it
     with serving(tmp_path, STREAM_APP, RAY_ADDRESS=f"127.0.0.1:{free_port()}") as served:
         assert served.streams() == ["stream-invert"]
+        # issue 20 item 1: its Ray runs with auth off, so nothing of the app's tree (GCS,
+        # raylet, agents, core workers, the media processes) may listen beyond loopback
+        assert_nothing_listens_beyond_loopback(served.process.pid)
         client = Client(served.url, stream_id="stream-invert")
         try:
             await client.connect()
             await asyncio.wait_for(client.first_frame.wait(), FIRST_FRAME_S)
+            # with a worker up (its gRPC server and its TCP frame listener) and a session's ICE
+            # sockets, which bind the configured ice_host_addresses: 127.0.0.1 here
+            assert_nothing_listens_beyond_loopback(served.process.pid)
         finally:
             await client.close()
         assert served.stop() == 0, tail(served.log)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from urllib.parse import urlsplit
 from xml.etree import ElementTree
 
 import httpx
@@ -13,7 +14,12 @@ import numpy as np
 import pytest
 
 from runtime.clients.websocket import WebSocketClient
-from runtime.front.twilio import CALL_TOKEN_PARAM, signature_matches, twilio_signature
+from runtime.front.twilio import (
+    CALL_TOKEN_PARAM,
+    MAX_WEBHOOK_BYTES,
+    signature_matches,
+    twilio_signature,
+)
 from runtime.media import mulaw
 from tests.conftest import _loopback_config, async_wait_until, serve_gateway
 from tests.context_reporter import PHONE_HZ, ContextReporter
@@ -236,3 +242,30 @@ async def test_speaking_over_a_reply_clears_the_callers_audio(served):
     assert 0 < long_s < LONG_REPLY_S - 2.0, f"{long_s:.1f} s of the {LONG_REPLY_S} s reply was sent"
     assert short_s > 0.5 * SHORT_REPLY_S, f"the second reply: {short_s:.2f} s"
     assert await async_wait_until(lambda: _released(served), RELEASE_S, 0.2)
+
+
+async def test_a_webhook_body_is_read_only_up_to_its_limit(served):
+    """A body without a length (chunked) that never ends is refused (413) once it passes
+    MAX_WEBHOOK_BYTES, without waiting for the rest; a declared one over it, before a byte."""
+    parts = urlsplit(served.url)
+    for framing, first in (
+        ("Transfer-Encoding: chunked", b"%x\r\n%s\r\n" % (2 * MAX_WEBHOOK_BYTES, b"x" * 2 * MAX_WEBHOOK_BYTES)),
+        ("Content-Length: 10000000", b"CallSid=CA1&"),
+    ):
+        reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+        try:
+            head = f"POST /telephone/incoming HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/x-www-form-urlencoded\r\n{framing}\r\n\r\n"
+            writer.write(head.encode() + first)
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(4096), REPLY_WAIT_S)
+        finally:
+            writer.close()
+        assert answer.startswith(b"HTTP/1.1 413") and b"body_too_large" in answer, (framing, answer[:200])
+
+
+async def test_a_webhook_that_is_not_a_form_is_refused(served):
+    async with httpx.AsyncClient(timeout=10) as http:
+        r = await http.post(f"{served.url}/telephone/incoming", json={"CallSid": "CA1"})
+        assert r.status_code == 415 and r.json()["meta"]["error"] == "unsupported_media_type", r.text
+        r = await http.post(f"{served.url}/telephone/incoming", content="&".join(f"f{i}=1" for i in range(1000)), headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert r.status_code == 400 and r.json()["meta"]["error"] == "bad_request", r.text

@@ -256,9 +256,7 @@ async def test_starts_that_are_wrong_are_refused(served):
 async def test_a_socket_that_never_starts_is_closed(served, monkeypatch):
     import websockets
 
-    from runtime.front import websocket_routes
-
-    monkeypatch.setattr(websocket_routes, "START_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(served.gateway.config.sockets, "start_timeout_s", 0.5)  # read per socket
     async with websockets.connect(served.url.replace("http://", "ws://") + "/websocket/offer") as ws:
         body = json.loads(await asyncio.wait_for(ws.recv(), 10))
         with pytest.raises(websockets.ConnectionClosed):

@@ -401,6 +401,20 @@ CANDIDATES = [
     ("candidate:13 1 udp 2122260223 febf:ffff::1 5000 typ host", False, FORBIDDEN, "link-local"),
     ("candidate:14 1 udp 2122260223 ::ffff:169.254.169.254 80 typ host", False, FORBIDDEN, "link-local"),
     ("candidate:15 1 udp 2122260223 fec0::1 5000 typ host", False, FORBIDDEN, "site-local"),
+    # cloud metadata services outside 169.254/16, as host, srflx or relay, and IPv4-mapped
+    ("candidate:40 1 udp 2122260223 100.100.100.200 80 typ host", False, FORBIDDEN, "metadata"),
+    ("candidate:41 1 udp 1677729535 100.100.100.200 80 typ srflx raddr 10.0.0.1 rport 1", True, FORBIDDEN, "metadata"),
+    ("candidate:42 1 udp 2122260223 192.0.0.192 80 typ host", False, FORBIDDEN, "metadata"),
+    ("candidate:43 1 udp 16777215 168.63.129.16 80 typ relay raddr 1.2.3.4 rport 1", False, FORBIDDEN, "metadata"),
+    ("candidate:44 1 udp 2122260223 fd00:ec2::254 80 typ host", False, FORBIDDEN, "metadata"),
+    ("candidate:45 1 udp 2122260223 FD00:0EC2:0000::0254 80 typ host", False, FORBIDDEN, "metadata"),
+    ("candidate:46 1 udp 2122260223 fd00:ec2::253 53 typ host", False, FORBIDDEN, "metadata"),
+    ("candidate:47 1 udp 2122260223 ::ffff:100.100.100.200 80 typ host", False, FORBIDDEN, "metadata"),
+    ("candidate:48 1 udp 2122260223 ::ffff:192.0.0.192 80 typ host", False, FORBIDDEN, "metadata"),
+    # their neighbours are ordinary addresses
+    ("candidate:49 1 udp 2122260223 100.100.100.201 80 typ host", False, OK, None),
+    ("candidate:50 1 udp 2122260223 192.0.0.193 80 typ host", False, OK, None),
+    ("candidate:51 1 udp 2122260223 fd00:ec2::1:254 80 typ host", False, OK, None),
     # loopback: only where allowed
     ("candidate:16 1 udp 2122260223 127.0.0.1 5000 typ host", False, FORBIDDEN, "loopback"),
     ("candidate:16 1 udp 2122260223 127.0.0.1 5000 typ host", True, OK, None),

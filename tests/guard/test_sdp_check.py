@@ -509,6 +509,20 @@ def test_exact_reason(name, edit, reason):
     assert refusal(edit(CHROMIUM_OFFER)).error == reason
 
 
+async def test_sections_without_msid_count_as_tracks():
+    """aiortc makes a receiving track for every sending audio/video section, named or not:
+    six sendrecv video sections with no a=msid are six tracks (issue 20, item 10)."""
+    offer = await aiortc_offer(*["video"] * 6, datachannel=False)
+    bare = _join([line for line in _lines(offer) if not line.startswith("a=msid") and " msid:" not in line])
+    assert bare.count("m=video") == 6 and "msid" not in bare.replace("msid-semantic", "")
+    err = refusal(bare)
+    assert err.error == "too_many_tracks" and "6 media tracks" in err.message
+    # four are served; recvonly sections bring no track; a data channel is none either
+    four = await aiortc_offer(*["video"] * 4)
+    assert check(_join([line for line in _lines(four) if not line.startswith("a=msid")])).tracks == MAX_TRACKS
+    assert check(await aiortc_offer(*["video"] * 6, direction="recvonly")).tracks == 0
+
+
 def test_limits_are_parameters():
     assert refusal(CHROMIUM_OFFER, max_media_sections=2).error == "too_many_media_sections"
     assert refusal(CHROMIUM_OFFER, max_tracks=1).error == "too_many_tracks"

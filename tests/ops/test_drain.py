@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -61,6 +62,9 @@ with gr.Blocks() as demo:
 demo.launch(server_name="127.0.0.1", server_port=int(os.environ["APP_PORT"]))
 print("LAUNCH RETURNED", flush=True)
 """
+
+# the same Blocks for `rtcpool serve`, which launches it (in the main thread, as above)
+GRADIO_BLOCKS = GRADIO_APP[: GRADIO_APP.index("demo.launch(")]
 
 
 async def test_the_uvicorn_exit_handler_drain_wraps_is_still_there():
@@ -181,3 +185,39 @@ async def test_rtcpool_drain_drains_this_hosts_gateway_processes(tmp_path, app_r
     finally:
         await client.close()
         end_tree(process.pid, signal.SIGKILL, 10)
+
+
+def _ignores_sigint(pid: int) -> bool:
+    """SIGINT is in the process's ignored set (/proc/PID/status SigIgn, a hex mask of bit sig-1)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGINT - 1)))
+    return False
+
+
+@pytest.mark.parametrize("how", ["serve", "gradio-launch"])
+async def test_sigterm_ends_a_gradio_app_that_inherited_sigint_ignored(tmp_path, app_ray, how):
+    # issue 20 item 23: `python app.py &` in a script (and many container entrypoints) starts
+    # the app with SIGINT ignored; the drain must not rely on a SIGINT handler to stop it.
+    # Gradio serves from a thread, so nothing takes SIGINT back (uvicorn in the main thread,
+    # `rtcpool serve` of a FastAPI app or Stream, installs its own SIGINT handler)
+    drain_s = 3
+    source = GRADIO_BLOCKS if how == "serve" else GRADIO_APP
+    process, url, log = start_app(tmp_path, source, app_ray, serve=how == "serve", sigint_ignored=True, RTCPOOL_GATEWAY__DRAIN_TIMEOUT_S=str(drain_s))
+    client = Client(url, fps=15, size=(160, 120))
+    try:
+        assert _ignores_sigint(process.pid), "the app did not inherit SIGINT ignored"
+        await client.connect()
+        await asyncio.wait_for(client.first_frame.wait(), FIRST_FRAME_S)
+        process.send_signal(signal.SIGTERM)
+        try:
+            code = await asyncio.to_thread(process.wait, drain_s + EXIT_S)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"SIGTERM did not end the app in {drain_s + EXIT_S} s:\n{tail(log)}") from None
+        assert code == 0, f"exit status {code}:\n{tail(log)}"
+        assert _ended_by_drain(client), client.messages[-3:]
+    finally:
+        await client.close()
+        end_tree(process.pid, signal.SIGKILL, 10)
+    if how == "gradio-launch":
+        assert "LAUNCH RETURNED" in log.read_text(errors="replace"), "launch() did not return after the drain"
