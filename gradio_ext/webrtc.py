@@ -46,7 +46,10 @@ from typing import Any, Literal
 import anyio.to_thread
 import gradio as gr
 from gradio.components.base import server
+from starlette.requests import Request as StarletteRequest
 
+from runtime.errors import Refused
+from runtime.front.statuses import http_headers, http_status
 from runtime.front.streams import check_stream_options
 from workers.link.shape import StreamShape
 from workers.process import loader
@@ -318,11 +321,22 @@ class WebRTC(gr.HTML, metaclass=NoStubComponentMeta):
         return CSS_PATH.read_text(encoding="utf-8")
 
     @server
-    async def webrtc_configuration(self, _args: Any = None) -> dict[str, Any]:
+    async def webrtc_configuration(self, _args: Any = None, request: gr.Request | None = None) -> dict[str, Any]:
         """The ``RTCPeerConnection`` configuration for one connection (a gr.HTML server
         function: the page awaits it before each ``new RTCPeerConnection`` when
         ``rtc_configuration`` is a callable). A sync callable runs on a worker thread, as
-        Gradio runs a sync event function: it may block on a credentials service."""
+        Gradio runs a sync event function: it may block on a credentials service.
+
+        It hands out TURN credentials, so it is behind the signalling routes' own check
+        (Host, Origin, ``gateway.auth``; the Gradio login of an app launched with ``auth=``,
+        which Gradio's ``/component_server`` checks too): Gradio passes the HTTP ``request``
+        (it fills a parameter annotated ``gr.Request``, here with the starlette request itself); a refusal is the routes' status and
+        JSON reason. Called from Python (no request), nothing is checked."""
+        if request is not None:
+            # /component_server hands in the HTTP request itself; an event, Gradio's wrapper
+            http = request if isinstance(request, StarletteRequest) else request.request
+            if http is not None:
+                await self._check_access(http)
         config = self.rtc_configuration
         if callable(config):
             if inspect.iscoroutinefunction(config):
@@ -339,6 +353,16 @@ class WebRTC(gr.HTML, metaclass=NoStubComponentMeta):
                 f"got {type(config).__name__}"
             )
         return config
+
+    @staticmethod
+    async def _check_access(http_request: Any) -> None:
+        from fastapi import HTTPException
+
+        try:
+            await get_gateway().check_access(http_request)
+        except Refused as err:
+            # Gradio answers an HTTPException as {"detail": ...} with its status
+            raise HTTPException(http_status(err), detail=err.body(), headers=http_headers(err) or None) from None
 
     # --- the stream event -------------------------------------------------------------------
 

@@ -273,8 +273,12 @@ def _serve_asgi(app: Any, gateways: list[Any], cfg: Any) -> int:
         # now, not in the lifespan: a cluster that cannot be joined fails before the port
         # opens, and the workers pre-warm while uvicorn starts
         gateway.start()
+    from runtime.front.http_server import uvicorn_options
+
+    # connections, header time, header and WebSocket message sizes bounded (gateway.http)
+    bounds = uvicorn_options(cfg.gateway.http, exempt_loopback=cfg.gateway.limits.exempt_loopback)
     server = uvicorn.Server(
-        uvicorn.Config(app, host=cfg.gateway.host, port=cfg.gateway.port, loop="uvloop", lifespan="on")
+        uvicorn.Config(app, host=cfg.gateway.host, port=cfg.gateway.port, loop="uvloop", lifespan="on", **bounds)
     )
     server.run()  # SIGINT/SIGTERM: a graceful shutdown, the lifespan closes the gateways
     return EXIT_OK if server.started else EXIT_SERVER_FAILED

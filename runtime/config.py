@@ -43,6 +43,8 @@ from pydantic import (
 from runtime import constants as C
 from runtime.guard.auth import BEARER_TOKENS_ENV, JOIN_SECRET_ENV, AuthConfig, SignallingAuth
 from runtime.guard.budgets import BudgetsConfig
+from runtime.guard.hosts import HostAllowList, default_hosts, normalize_host_pattern
+from runtime.guard.http_limits import HttpLimitsConfig
 from runtime.guard.limits import LimitsConfig
 from runtime.guard.socket_limits import (
     MAX_CALL_TOKENS_PER_ADDRESS,
@@ -233,11 +235,23 @@ class GatewayConfig(_Strict):
         description="what one session's media (in real-time units) and data channel may cost",
     )
     auth: AuthConfig = Field(default_factory=AuthConfig, description="who may use the signalling routes")
+    http: HttpLimitsConfig = Field(
+        default_factory=HttpLimitsConfig,
+        description="the HTTP server's connection bounds under rtcpool serve (header timeout, connections, message sizes)",
+    )
     allowed_origins: list[str] = Field(
         default_factory=list,
         description=(
             "browser origins whose pages may use the signalling routes (scheme://host[:port], '*' for "
             "any); empty: the app's own origin and localhost/127.0.0.1/[::1] on any port"
+        ),
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description=(
+            "names (Host header) the server may be addressed by, besides IP addresses, localhost, "
+            "a gateway.host that is a name and telephone.public_url's host: example.com, "
+            ".example.com (and subdomains), '*' (any: no DNS-rebinding check)"
         ),
     )
     log_format: Literal["text", "json"] = Field(
@@ -283,9 +297,16 @@ class GatewayConfig(_Strict):
             raise ValueError("set the origin allow-list as gateway.allowed_origins, not gateway.auth.allowed_origins")
         return self
 
-    def signalling_auth(self) -> SignallingAuth:
-        """The check in front of the signalling routes (reads the secrets' environment)."""
-        return SignallingAuth(self.auth.model_copy(update={"allowed_origins": self.allowed_origins}))
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _check_hosts(cls, value: list[str]) -> list[str]:
+        return [normalize_host_pattern(item) for item in value]  # or a clear error
+
+    def signalling_auth(self, public_url: str | None = None) -> SignallingAuth:
+        """The check in front of the signalling routes (reads the secrets' environment);
+        ``public_url``: telephone.public_url, whose host is allowed too."""
+        hosts = HostAllowList([*self.allowed_hosts, *default_hosts(self.host, public_url)])
+        return SignallingAuth(self.auth.model_copy(update={"allowed_origins": self.allowed_origins}), hosts=hosts)
 
     def media_processes(self, cores: int | None = None) -> int:
         """``processes`` as a count: ``auto`` reads this host's cores (see media_processes_for)."""

@@ -56,6 +56,8 @@ class ErrorCode(StrEnum):
     TOKEN_EXPIRED = "token_expired"
     TOKEN_WRONG_STREAM = "token_wrong_stream"
     ORIGIN_NOT_ALLOWED = "origin_not_allowed"
+    HEADER_TIMEOUT = "header_timeout"  # a request's headers too slow (gateway.http.header_timeout_s)
+    HOST_NOT_ALLOWED = "host_not_allowed"  # a Host header naming another server (DNS rebinding)
     SESSION_KEY_REQUIRED = "session_key_required"
     BAD_SESSION_KEY = "bad_session_key"
     BAD_TWILIO_SIGNATURE = "bad_twilio_signature"
@@ -77,6 +79,8 @@ class ErrorCode(StrEnum):
     TOO_MANY_SESSIONS = "too_many_sessions"
     OFFER_RATE_LIMITED = "offer_rate_limited"
     INPUT_RATE_LIMITED = "input_rate_limited"
+    SESSION_REQUEST_RATE_LIMITED = "session_request_rate_limited"  # close/input/candidates/outputs per address
+    TOO_MANY_CONNECTIONS = "too_many_connections"  # TCP connections per address (gateway.http)
     TOO_MANY_READERS = "too_many_readers"
     TOO_MANY_QUEUE_STREAMS = "too_many_queue_streams"
     TOO_MANY_UNSTARTED_SOCKETS = "too_many_unstarted_sockets"

@@ -116,6 +116,35 @@ def test_gradio_keeps_what_gradio_ext_patches():
     assert isinstance(API_PREFIX, str) and callable(server)
 
 
+def test_uvicorn_keeps_what_the_bounded_http_protocol_subclasses():
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    from runtime.front.http_server import H11_PROTOCOL_NAMES, UVICORN_VERSION_CHECKED
+
+    # runtime/front/http_server.py: a header timeout and a per-address connection count on
+    # uvicorn's h11 protocol; it reads the h11 connection's client state (IDLE: headers not in)
+    assert Version(uvicorn.__version__).major == Version(UVICORN_VERSION_CHECKED).major
+    config = uvicorn.Config(app=lambda scope, receive, send: None, http=H11Protocol)
+    config.load()
+    protocol = H11Protocol(config, uvicorn.server.ServerState(), {})
+    for name in H11_PROTOCOL_NAMES:
+        assert hasattr(protocol, name), f"uvicorn's H11Protocol has no {name}"
+    assert protocol.conn.their_state is h11.IDLE
+    for name in ("timeout_keep_alive", "limit_concurrency", "h11_max_incomplete_event_size", "ws_max_size"):
+        assert hasattr(config, name), f"uvicorn.Config has no {name}"
+
+
+def test_gradio_builds_its_server_as_http_bounds_wraps_it():
+    import gradio.http_server
+
+    # gradio_ext/http_bounds.py sets uvicorn options on the config Server.__init__ receives
+    assert issubclass(gradio.http_server.Server, uvicorn.Server)
+    assert list(inspect.signature(gradio.http_server.Server.__init__).parameters)[:2] == ["self", "config"]
+    source = inspect.getsource(gradio.http_server.start_server)
+    assert "Server(config=config" in source, "gradio no longer hands start_server's config to Server"
+
+
 def test_uvicorn_keeps_what_drain_and_serve_wrap():
     from runtime.ops import drain
 

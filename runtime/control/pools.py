@@ -91,6 +91,7 @@ class LeaseRecord:
     worker: WorkerRef | None = None
     streaming_since: float | None = None
     transport: str = ""  # "shm" or "tcp", as the gateway's heartbeat reports it
+    client: str = ""  # the client's address key (runtime/guard/limits.py client_key); "" exempt
 
 
 class Leases(dict[str, LeaseRecord]):
@@ -98,6 +99,10 @@ class Leases(dict[str, LeaseRecord]):
 
     def of_event(self, event_id: str) -> list[LeaseRecord]:
         return [lease for lease in self.values() if lease.event_id == event_id]
+
+    def held_by(self, client: str) -> int:
+        """Leases (sessions, pending offers included) of one client address, deployment-wide."""
+        return sum(1 for lease in self.values() if lease.client == client)
 
     def of_gateway(self, gateway_id: str) -> list[str]:
         return [lid for lid, lease in self.items() if lease.gateway_id == gateway_id]

@@ -93,6 +93,7 @@ from runtime.control.pools import (
 )
 from runtime.control.waiting_room import QueueView, Ticket
 from runtime.errors import ErrorCode
+from runtime.guard.limits import SESSIONS_RETRY_AFTER_S
 
 log = logging.getLogger("rtcpool.scheduler")
 
@@ -207,6 +208,7 @@ class Scheduler:
         ticket: str | None = None,
         queue: bool = False,
         client: str = "",
+        max_per_client: int = 0,
     ) -> LeaseGrant | LeaseDenied | LeaseQueued:
         """A slot and an idle worker for session ``session_id`` of ``gateway_id``; an idle
         worker on ``node_id`` (the engine's node: shared memory instead of TCP) if any.
@@ -215,13 +217,23 @@ class Scheduler:
         room when the stream queues and the client takes it (``queue``): the answer is its
         place in line. The same offer posted again with the ``ticket`` gets the slot held
         for it once admitted (or its place in line again while it waits). ``client``: the
-        client's address key, for the per-address bound on tickets ("" exempt)."""
+        client's address key, for the per-address bound on tickets ("" exempt), and on
+        sessions: ``max_per_client`` (0: none) leases at once per address, counted here, over
+        every gateway, media process and transport of the deployment (an engine alone sees
+        only its own)."""
         pool = self.pools.get(event_id)
         if pool is None:
             return LeaseDenied(ErrorCode.UNKNOWN_STREAM, f"no stream event {event_id!r}")
         now = time.monotonic()
         self.gateways[gateway_id] = now
         pool.attach(gateway_id)
+        if client and max_per_client and self.leases.held_by(client) >= max_per_client:
+            return LeaseDenied(
+                ErrorCode.TOO_MANY_SESSIONS,
+                f"at most {max_per_client} sessions per client address",
+                limit=max_per_client,
+                retry_after=SESSIONS_RETRY_AFTER_S,
+            )
         held: Ticket | None = None
         if ticket is not None:
             redeemed = self.lines.redeem(pool, ticket, session_id, now)
@@ -233,7 +245,7 @@ class Scheduler:
             if refused is not None:
                 return refused
         # the slot is taken now, before any wait, so concurrent offers cannot overshoot
-        lease = LeaseRecord(uuid.uuid4().hex, event_id, gateway_id, session_id, time.monotonic())
+        lease = LeaseRecord(uuid.uuid4().hex, event_id, gateway_id, session_id, time.monotonic(), client=client)
         self.leases[lease.lease_id] = lease
         if held is not None:
             self.lines.claim(pool, held, now)  # its held slot is the lease now

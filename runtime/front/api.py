@@ -12,7 +12,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 from runtime.config import Config
-from runtime.guard.auth import AuthGrant
+from runtime.guard.auth import AuthGrant, SignallingAuth
 from runtime.media.stream_event import StreamEvent
 from workers.link.shape import Transport
 
@@ -42,7 +42,12 @@ class GatewayAPI(Protocol):
     @property
     def draining(self) -> bool: ...
 
+    @property
+    def auth(self) -> SignallingAuth: ...
+
     async def check_access(self, request: Any) -> AuthGrant: ...
+
+    def check_session_request(self, request: Any) -> None: ...
 
     def pick_event(self, stream_id: Any) -> StreamEvent: ...
 
@@ -75,7 +80,7 @@ class GatewayAPI(Protocol):
 
     async def leave_queue(self, secret: str, webrtc_id: str) -> None: ...
 
-    async def sessions_view(self) -> list[dict[str, Any]]: ...
+    async def sessions_view(self, internals: bool = True) -> list[dict[str, Any]]: ...
 
     async def readiness(self) -> list[str]: ...
 

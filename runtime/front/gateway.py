@@ -42,7 +42,7 @@ from runtime.front.routes import check_ticket, mount_routes
 from runtime.front.supervisor import MediaSlot, MediaSupervisor
 from runtime.front.twilio import CallTokens, log_webhook_mode
 from runtime.guard.auth import AuthGrant, gradio_app_of, gradio_auth_enabled, gradio_user
-from runtime.guard.limits import AddressLimits
+from runtime.guard.limits import AddressLimits, AddressRate
 from runtime.media.engine import MediaEngine
 from runtime.media.ice import pin_host_addresses
 from runtime.media.offers import check_id, check_sdp, draining_error
@@ -79,8 +79,14 @@ class Gateway:
         self._start_lock = threading.Lock()
         # who may use the routes, and how fast one address may post offers (its pending
         # offers and sessions are counted by the engine that holds them)
-        self.auth = self.config.gateway.signalling_auth()
+        self.auth = self.config.gateway.signalling_auth(self.config.telephone.public_url)
         lc = self.config.gateway.limits
+        # requests about a session, per address, before any Ray call (the session directory)
+        self.session_requests = AddressRate(
+            lc.session_requests_per_address_per_s, lc.session_request_burst_per_address,
+            code=ErrorCode.SESSION_REQUEST_RATE_LIMITED, what="requests about sessions",
+            exempt_loopback=lc.exempt_loopback, max_tracked=lc.max_tracked_addresses,
+        )  # fmt: skip
         self.offer_rate = AddressLimits(
             UNBOUNDED_HOLDS, UNBOUNDED_HOLDS, lc.max_offers_per_address_per_min,
             exempt_loopback=lc.exempt_loopback, max_tracked=lc.max_tracked_addresses,
@@ -174,6 +180,11 @@ class Gateway:
             logs.configure(self.config.gateway.log_format)
             pin_host_addresses(self.config.gateway.ice_host_addresses)
             rc = self.config.ray
+            if self.auth.hosts is not None and self.auth.hosts.any:
+                log.warning(
+                    "gateway.allowed_hosts has '*': requests naming any host are served, so a "
+                    "DNS-rebinding page can reach this server through a visitor's browser"
+                )
             if not self.config.gateway.require_session_key:
                 log.warning(
                     "gateway.require_session_key is false: anyone who learns a session's webrtc_id "
@@ -290,6 +301,7 @@ class Gateway:
         """An offer, or a trickled ICE candidate for a session (with its ``key``)."""
         kind = body.get("type")
         if kind == "ice-candidate":
+            self.session_requests.take(client)
             webrtc_id = check_id(body.get("webrtc_id"))
             await (await self.engine_for(webrtc_id)).candidate(webrtc_id, key, body.get("candidate"))
             return {"status": "success"}
@@ -360,7 +372,9 @@ class Gateway:
         slot = self.supervisor.placed.get(webrtc_id)
         if slot is not None:
             return slot.engine
-        if self.scheduler is None:
+        if self.scheduler is None or (self.in_app and self.config.ray.embedded):
+            # not started, or the only gateway of its own Ray with the media in this process:
+            # a session not here is nowhere, said without asking the directory
             raise Refused(ErrorCode.UNKNOWN_WEBRTC_ID, f"no session {webrtc_id!r}")
         try:
             found = await asyncio.wait_for(self.scheduler.locate.remote(webrtc_id), C.RAY_CALL_TIMEOUT_S)
@@ -461,9 +475,18 @@ class Gateway:
 
     # --- views over every engine ---------------------------------------------------------------
 
-    async def sessions_view(self) -> list[dict[str, Any]]:
+    def check_session_request(self, request: Any) -> None:
+        """Charge a request about a session (close, input, outputs; candidates in
+        handle_offer) to its address's rate, before it costs a Ray call: Refused 429
+        ``session_request_rate_limited``."""
+        self.session_requests.take(request.client.host if request.client else None)
+
+    async def sessions_view(self, internals: bool = True) -> list[dict[str, Any]]:
         """The live sessions of this gateway and its media processes (no webrtc_id: it is
-        the key to a session's inputs and outputs)."""
+        the key to a session's inputs and outputs). ``internals`` False: none at all (an
+        ordinary client is told nothing of other users' sessions, GET /webrtc/sessions)."""
+        if not internals:
+            return []
         view = self.engine.sessions_view()
         for views in await self.supervisor.ask_each("sessions_view"):
             view += views

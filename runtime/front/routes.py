@@ -130,12 +130,15 @@ async def streams(gw: GatewayAPI, request: Request) -> Response:
 
 
 async def sessions(gw: GatewayAPI, request: Request) -> Response:
-    await gw.check_access(request)
-    return JSONResponse(await gw.sessions_view())
+    # workers' and media processes' pids and node ids are the operator's: a client sees none
+    grant = await gw.check_access(request)
+    client = request.client.host if request.client else None
+    return JSONResponse(await gw.sessions_view(internals=gw.auth.is_operator(grant, request.headers, client)))
 
 
 async def set_input(gw: GatewayAPI, request: Request) -> Response:
     await gw.check_access(request)
+    gw.check_session_request(request)
     body = InputBody.model_validate(await read_json(request, C.MAX_INPUT_BYTES))
     if not isinstance(body.args, list):
         raise Refused(ErrorCode.BAD_REQUEST, "'args' must be a list of the stream's input values")
@@ -146,6 +149,7 @@ async def set_input(gw: GatewayAPI, request: Request) -> Response:
 async def close(gw: GatewayAPI, request: Request) -> Response:
     # the client hangs up (the page's Stop): the slot is free now, not at a timeout
     await gw.check_access(request)
+    gw.check_session_request(request)
     body = SessionBody.model_validate(await read_json(request, C.MAX_INPUT_BYTES))
     await gw.close_session(check_id(body.webrtc_id), body.key(request))
     return JSONResponse({"status": "success"})
@@ -155,6 +159,7 @@ async def outputs(gw: GatewayAPI, request: Request) -> Response:
     # the key comes in a header (GET) or the body (POST), never in the URL, which proxies
     # and access logs keep
     await gw.check_access(request)
+    gw.check_session_request(request)
     if "session_key" in request.query_params:
         raise Refused(ErrorCode.SESSION_KEY_IN_URL, "send the session key in the X-Session-Key header or a POST body, not the URL")
     if request.method == "POST":

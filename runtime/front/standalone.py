@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from fastapi import Request
 from fastapi.responses import HTMLResponse
 
 from runtime.errors import ErrorCode, Refused
@@ -135,9 +136,21 @@ def index_page(gateway: GatewayAPI) -> str:
 
 
 def mount_standalone(app: Any, gateway: GatewayAPI) -> None:
-    """Add ``GET /webrtc/ui`` (index, or one stream's page with ``?stream=``) to ``app``."""
+    """Add ``GET /webrtc/ui`` (index, or one stream's page with ``?stream=``) to ``app``.
 
-    async def ui(stream: str | None = None) -> Any:
+    Behind the same check as the signalling routes (Host, Origin, gateway.auth): the page
+    holds the ICE servers' configuration (TURN credentials) and the stream list. In the
+    token modes the credential is the ``Authorization`` header, never a query parameter: a
+    token in a URL stays in access logs, browser history and Referer headers. A browser
+    navigating there sends none, so with tokens the page is reached through a proxy that
+    adds the header (or the app's own page, which posts its offers with one); with auth
+    ``none`` or a Gradio login (its cookie is sent) it opens as it is."""
+
+    async def ui(request: Request, stream: str | None = None) -> Any:
+        try:
+            await gateway.check_access(request)
+        except Refused as err:
+            return error_response(err)
         if stream is None:
             return HTMLResponse(index_page(gateway))
         event = gateway.events.get(stream)

@@ -27,6 +27,7 @@ import binascii
 import hashlib
 import hmac
 import inspect
+import ipaddress
 import json
 import math
 import os
@@ -42,6 +43,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from runtime.errors import ErrorCode, Refused
+from runtime.guard.hosts import HostAllowList
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -49,6 +51,10 @@ if TYPE_CHECKING:
 # --- environment ------------------------------------------------------------------------
 JOIN_SECRET_ENV = "RTCPOOL_JOIN_SECRET"  # default gateway.auth.secret_env
 BEARER_TOKENS_ENV = "RTCPOOL_BEARER_TOKENS"  # default gateway.auth.bearer_tokens_env
+OPERATOR_TOKENS_ENV = "RTCPOOL_OPERATOR_TOKENS"  # default gateway.auth.operator_tokens_env
+# a proxy in front says who the client is in one of these; a request carrying one is not
+# "from this machine" whatever its socket's address (the operator rule below)
+FORWARDING_HEADERS = ("x-forwarded-for", "forwarded", "x-real-ip")
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 BEARER_TOKEN_SEPARATORS_RE = re.compile(r"[\s,]+")  # several tokens: comma or space separated
 
@@ -138,6 +144,14 @@ class AuthConfig(BaseModel):
         JOIN_SECRET_ENV,
         pattern=ENV_NAME_PATTERN,
         description=f"environment variable holding the join-token HMAC secret (>= {MIN_SECRET_BYTES} bytes)",
+    )
+    operator_tokens_env: str = Field(
+        OPERATOR_TOKENS_ENV,
+        pattern=ENV_NAME_PATTERN,
+        description=(
+            "environment variable holding the operator bearer token(s): GET /webrtc/sessions shows "
+            "every session's internals (pids, nodes) only to these, or to a direct loopback client"
+        ),
     )
     allowed_origins: list[str] = Field(
         default_factory=list,
@@ -300,6 +314,7 @@ class AuthGrant:
     mode: AuthMode
     subject: str | None = None  # the Gradio user, or the join token's subject
     claims: JoinClaims | None = None  # join_token mode
+    operator: bool = False  # it presented an operator token (gateway.auth.operator_tokens_env)
 
 
 def bearer_token(headers: Mapping[str, str]) -> str | None:
@@ -405,13 +420,21 @@ class SignallingAuth:
     Order: the Origin first (a foreign page is refused whoever it logs in as), then the
     credentials."""
 
-    def __init__(self, config: AuthConfig, *, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, config: AuthConfig, *, environ: Mapping[str, str] | None = None, hosts: HostAllowList | None = None
+    ) -> None:
         env = os.environ if environ is None else environ
         self.config = config
         self.mode: AuthMode = config.mode
         self._origins = frozenset(config.allowed_origins)
+        # None: no Host check (a bare SignallingAuth in a test); the gateway always gives one
+        self.hosts = hosts
         self._bearer: tuple[bytes, ...] = ()
         self._secret: bytes | None = None
+        operators = [t for t in BEARER_TOKEN_SEPARATORS_RE.split(env.get(config.operator_tokens_env, "")) if t]
+        if any(len(t) < MIN_BEARER_TOKEN_CHARS for t in operators):
+            raise AuthConfigError(f"${config.operator_tokens_env}: every operator token needs at least {MIN_BEARER_TOKEN_CHARS} characters (make one with {SECRET_HINT})")
+        self._operators = tuple(_token_digest(t) for t in operators)
         if config.mode == "bearer":
             tokens = [t for t in BEARER_TOKEN_SEPARATORS_RE.split(env.get(config.bearer_tokens_env, "")) if t]
             if not tokens:
@@ -457,7 +480,9 @@ class SignallingAuth:
 
     def check(self, request_headers: Mapping[str, str], *, host: str | None, stream_id: str | None) -> AuthGrant:
         """Origin and credentials from the request's headers (``host``: its Host header).
-        Raises Refused (401/403); mode ``gradio`` needs the request: :meth:`check_request`."""
+        Raises Refused (421/401/403); mode ``gradio`` needs the request: :meth:`check_request`."""
+        if self.hosts is not None:
+            self.hosts.check(host)
         self.check_origin(_header(request_headers, "origin"), host=host)
         if self.mode == "none":
             return AuthGrant("none")
@@ -472,6 +497,8 @@ class SignallingAuth:
             )
         if len(token) > MAX_TOKEN_CHARS:
             raise _invalid(ErrorCode.BAD_TOKEN, f"a token has at most {MAX_TOKEN_CHARS} characters")
+        if self._is_operator_token(token):
+            return AuthGrant(self.mode, subject="operator", operator=True)
         if self.mode == "bearer":
             digest = _token_digest(token)
             # every configured token is compared: the time taken does not say which matched
@@ -490,6 +517,8 @@ class SignallingAuth:
         host = headers.get("host")
         if self.mode != "gradio":
             return self.check(headers, host=host, stream_id=stream_id)
+        if self.hosts is not None:
+            self.hosts.check(host)
         self.check_origin(headers.get("origin"), host=host)
         app = gradio_app if gradio_app is not None else gradio_app_of(request)
         if app is None:
@@ -501,6 +530,30 @@ class SignallingAuth:
         if user is None:
             raise Refused(ErrorCode.AUTH_REQUIRED, "log in to the app first (its Gradio login)")
         return AuthGrant("gradio", subject=user)
+
+    def _is_operator_token(self, token: str) -> bool:
+        if not self._operators:
+            return False
+        digest = _token_digest(token)
+        return any([hmac.compare_digest(digest, known) for known in self._operators])
+
+    def is_operator(self, grant: AuthGrant, request_headers: Mapping[str, str], client: str | None) -> bool:
+        """Whether a request let in as ``grant`` may see the deployment's internals (worker
+        and media pids, node ids): it carried an operator token (``Authorization: Bearer``,
+        one of ``operator_tokens_env``'s, accepted in every mode but gradio), or it comes
+        straight from this machine (a loopback peer and no proxy header): whoever is logged
+        in here can read the process list anyway."""
+        if grant.operator:
+            return True
+        token = bearer_token(request_headers)
+        if token and len(token) <= MAX_TOKEN_CHARS and self._is_operator_token(token):
+            return True  # mode none or gradio: the token is not the way in, but it still says who
+        if any(_header(request_headers, h) is not None for h in FORWARDING_HEADERS):
+            return False
+        try:
+            return client is not None and ipaddress.ip_address(client.split("%", 1)[0]).is_loopback
+        except ValueError:
+            return False
 
     def mint_join_token(self, *, stream_id: str | None = None, ttl_s: float = JOIN_TOKEN_TTL_S, subject: str | None = None) -> str:
         """A join token for this server (mode ``join_token``): what an app hands its users."""

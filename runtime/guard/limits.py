@@ -49,6 +49,12 @@ PENDING_RETRY_AFTER_S = C.RETRY_AFTER_S
 # Retry-After of a too_many_sessions: sessions last minutes; asking back sooner is noise
 SESSIONS_RETRY_AFTER_S = 30
 MAX_ADDRESS_KEY_CHARS = 64  # a non-IP client "address" (a test client's name) is cut to this
+# requests about a session (close, input, candidates, outputs) per address: each may cost a
+# Ray call to the session directory (~1 ms of the scheduler's, and 300 arrive in 0.9 s from
+# one address). A page sends a handful per second; a slider drag is the most, at the
+# per-session input rate below
+SESSION_REQUESTS_PER_ADDRESS_PER_S = 20.0  # sustained, requests per second
+SESSION_REQUEST_BURST_PER_ADDRESS = 40  # requests at once above that rate (a browser's trickled candidates, ~2-20)
 
 # --- per session ------------------------------------------------------------------------
 MAX_CANDIDATES_PER_SESSION = 64  # trickled ICE candidates; a browser sends 2-20
@@ -117,6 +123,14 @@ class LimitsConfig(BaseModel):
             "leave clients at 127.0.0.0/8 and ::1 out of the per-address limits (the embedded "
             "local config: benchmarks and tests open many sessions from loopback)"
         ),
+    )
+    session_requests_per_address_per_s: float = Field(
+        SESSION_REQUESTS_PER_ADDRESS_PER_S,
+        gt=0,
+        description="sustained requests about a session (close, input, candidates, outputs) per client address per second",
+    )
+    session_request_burst_per_address: int = Field(
+        SESSION_REQUEST_BURST_PER_ADDRESS, ge=1, description="requests about a session at once above that rate, per client address"
     )
     max_candidates_per_session: int = Field(
         MAX_CANDIDATES_PER_SESSION, ge=1, description="trickled ICE candidates per session"
@@ -423,6 +437,62 @@ class AddressLimits:
         while len(self._entries) >= self.max_tracked and self._idle:
             key, _ = self._idle.popitem(last=False)
             del self._entries[key]
+
+
+class AddressRate:
+    """A token bucket per client address (:func:`client_key`), for requests that hold
+    nothing: :meth:`take` one or raise Refused 429 ``code`` with a Retry-After.
+
+    Memory is bounded as :class:`AddressLimits`'s: a full bucket is the same as none, so
+    buckets full again are forgotten (least recently used first), and at most
+    ``max_tracked`` are kept (past that the least recently used is forgotten: it gets a
+    fresh allowance). Not thread-safe: one event loop owns it."""
+
+    def __init__(
+        self,
+        rate_per_s: float,
+        burst: int,
+        *,
+        code: ErrorCode,
+        what: str,
+        exempt_loopback: bool,
+        max_tracked: int = MAX_TRACKED_ADDRESSES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_tracked < 1:
+            raise ValueError(f"max_tracked must be at least 1, not {max_tracked}")
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self.code = code
+        self.what = what
+        self.exempt_loopback = exempt_loopback
+        self.max_tracked = max_tracked
+        self._clock = clock
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()  # least recently used first
+
+    def take(self, address: str | None) -> None:
+        ck = client_key(address)
+        if ck.loopback and self.exempt_loopback:
+            return
+        now = self._clock()
+        while self._buckets:  # forget the full ones, oldest first (see AddressLimits._sweep)
+            oldest = next(iter(self._buckets.values()))
+            if not oldest.full(now):
+                break
+            self._buckets.popitem(last=False)
+        bucket = self._buckets.get(ck.key)
+        if bucket is None:
+            while len(self._buckets) >= self.max_tracked:
+                self._buckets.popitem(last=False)
+            bucket = self._buckets[ck.key] = TokenBucket(self.rate_per_s, self.burst, clock=self._clock, now=now)
+        self._buckets.move_to_end(ck.key)
+        if not bucket.take(1, now):
+            wait = max(1, math.ceil(bucket.retry_after(1, now)))
+            raise Refused(self.code, f"at most {self.rate_per_s:g} {self.what} per second per client address", retry_after_s=wait, meta={"limit": self.rate_per_s})
+
+    @property
+    def tracked(self) -> int:
+        return len(self._buckets)
 
 
 def _too_many(code: ErrorCode, message: str, limit: int, retry_after_s: int) -> Refused:

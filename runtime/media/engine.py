@@ -257,7 +257,9 @@ class MediaEngine:
             try:
                 lease = await asyncio.wait_for(
                     scheduler.acquire.remote(
-                        event.event_id, self.gateway_id, webrtc_id, self.node_id, ticket=ticket, queue=queue, client=client
+                        event.event_id, self.gateway_id, webrtc_id, self.node_id, ticket=ticket, queue=queue, client=client,
+                        # sessions per address, counted by the scheduler over the whole deployment
+                        max_per_client=self.config.gateway.limits.max_sessions_per_address,
                     ),
                     C.LEASE_TIMEOUT_S + C.RAY_CALL_TIMEOUT_S,
                 )

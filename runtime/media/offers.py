@@ -76,7 +76,7 @@ QUEUE_UPDATES_ROUTE = "/webrtc/queue"  # where a queued client follows its place
 def denied_error(lease: LeaseDenied) -> Refused:
     """What the client is told of a lease the scheduler refused."""
     code = lease.error
-    if code in (ErrorCode.CONCURRENCY_LIMIT_REACHED, ErrorCode.QUEUE_FULL, ErrorCode.TOO_MANY_QUEUED):
+    if code in (ErrorCode.CONCURRENCY_LIMIT_REACHED, ErrorCode.QUEUE_FULL, ErrorCode.TOO_MANY_QUEUED, ErrorCode.TOO_MANY_SESSIONS):
         retry = lease.retry_after or C.RETRY_AFTER_S
         meta = {"limit": lease.limit, "retry_after": retry}
         if lease.queue_size is not None:

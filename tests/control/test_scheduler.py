@@ -29,6 +29,7 @@ from runtime.cli import collect_status, format_status
 from runtime.control.messages import EventStatus, HeartbeatAnswer, RegisterAnswer
 from runtime.control.pools import EventSpec, PoolSpec
 from runtime.control.scheduler import SHORT_LEASE_ID, SchedulerActor, get_scheduler
+from runtime.guard.limits import SESSIONS_RETRY_AFTER_S
 from tests.conftest import wait_until
 from tests.workers.link.blocking import connect_worker
 from workers.link.shm import Geometry
@@ -692,3 +693,24 @@ def test_status_lists_every_session(make_sched, ray_session):
     assert f"{row.lease} {s.event_id} via gw-list: pid {lease.pid} on node {lease.node_id[:12]}, tcp" in text
     sched.call("release", lease.lease_id)
     assert sched.call("status").sessions == ()
+
+
+def test_sessions_per_client_address_are_counted_over_every_gateway(sched):
+    # the engines of two media processes (or two gateways, or a WebSocket and a WebRTC
+    # session) each see one session of the address: the scheduler sees both
+    s = spec("per-client", limit=4, prewarm=1)
+    sched.register(s)
+    first = sched.call("acquire", s.event_id, "engine-a", uuid.uuid4().hex, client="203.0.113.5", max_per_client=2)
+    second = sched.call("acquire", s.event_id, "engine-b", uuid.uuid4().hex, client="203.0.113.5", max_per_client=2)
+    assert first.ok and second.ok
+    third = sched.call("acquire", s.event_id, "engine-c", uuid.uuid4().hex, client="203.0.113.5", max_per_client=2)
+    assert (third.ok, third.error, third.limit, third.retry_after) == (False, "too_many_sessions", 2, SESSIONS_RETRY_AFTER_S)
+    other = sched.call("acquire", s.event_id, "engine-c", uuid.uuid4().hex, client="203.0.113.6", max_per_client=2)
+    assert other.ok, "another address is not affected"
+    exempt = sched.call("acquire", s.event_id, "engine-c", uuid.uuid4().hex, client="", max_per_client=2)
+    assert exempt.ok, "an exempt client (loopback in the local config) is not counted"
+    assert sched.call("release", first.lease_id) is True
+    again = sched.call("acquire", s.event_id, "engine-c", uuid.uuid4().hex, client="203.0.113.5", max_per_client=2)
+    assert again.ok, "a released session's place comes back"
+    for lease in (second, other, exempt, again):
+        sched.call("release", lease.lease_id)

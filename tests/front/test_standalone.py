@@ -39,7 +39,8 @@ def client() -> TestClient:
     gateway.add_stream(tone, mode="receive", modality="audio", event_id="radio </script>")
     app = FastAPI()
     gateway.mount(app)
-    return TestClient(app)
+    # an address the Host allow-list knows (TestClient's default Host, "testserver", is not)
+    return TestClient(app, base_url="http://127.0.0.1:7860")
 
 
 def page_props(html: str) -> dict[str, Any]:
@@ -118,7 +119,7 @@ def test_serving_the_page_does_not_import_gradio() -> None:
         gw.add_stream(lambda frame: frame)
         app = FastAPI()
         gw.mount(app)
-        assert TestClient(app).get("/webrtc/ui?stream=stream-0").status_code == 200
+        assert TestClient(app, base_url="http://localhost").get("/webrtc/ui?stream=stream-0").status_code == 200
         print(sorted(m for m in sys.modules if m.split(".")[0] in ("gradio", "gradio_ext")))
         """
     )
@@ -126,3 +127,22 @@ def test_serving_the_page_does_not_import_gradio() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
     )
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_the_page_is_behind_the_routes_auth(monkeypatch: pytest.MonkeyPatch) -> None:
+    # it holds the ICE servers (TURN credentials) and the stream list: before, anyone got it
+    monkeypatch.setenv("RTCPOOL_JOIN_SECRET", "s" * 32)
+    config = load_config(overrides={"gateway": {"ice_servers": [{"urls": STUN}], "auth": {"mode": "join_token"}}})
+    gateway = Gateway(config)
+    gateway.add_stream(invert)
+    app = FastAPI()
+    gateway.mount(app)
+    http = TestClient(app, base_url="http://127.0.0.1:7860")
+    for url in ("/webrtc/ui", "/webrtc/ui?stream=stream-0"):
+        anonymous = http.get(url)
+        assert anonymous.status_code == 401 and anonymous.json()["meta"]["error"] == "auth_required"
+        assert STUN not in anonymous.text
+        assert http.get(url, params={"token": gateway.auth.mint_join_token()}).status_code == 401  # never in the URL
+        ok = http.get(url, headers={"Authorization": f"Bearer {gateway.auth.mint_join_token()}"})
+        assert ok.status_code == 200
+    assert http.get("/webrtc/ui", headers={"Host": "evil.example"}).status_code == 421

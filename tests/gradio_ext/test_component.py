@@ -302,7 +302,7 @@ def test_routes_are_mounted_at_the_app_root_without_starting_ray():
     paths = [getattr(r, "path", None) for r in demo.app.router.routes]
     assert paths[0].startswith("/webrtc/")
     assert "/webrtc/offer" in paths
-    streams = TestClient(demo.app).get("/webrtc/streams").json()["streams"]
+    streams = TestClient(demo.app, base_url="http://127.0.0.1").get("/webrtc/streams").json()["streams"]
     assert [s["time_limit"] for s in streams] == [5]
     assert not serving.get_gateway()._started
 
