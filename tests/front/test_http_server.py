@@ -14,6 +14,7 @@ import uvicorn
 from runtime.front.http_server import uvicorn_options
 from runtime.guard.http_limits import HttpLimitsConfig
 from tests.conftest import async_wait_until, free_port
+from tests.slow_client import trickle_headers
 
 HEADER_TIMEOUT_S = 0.6
 TRICKLE_S = 0.2  # one header line this often: never a complete request
@@ -48,35 +49,10 @@ async def server(**limits):
         await asyncio.wait_for(task, 10)
 
 
-async def trickle(port: int, stop: asyncio.Event) -> tuple[bytes, float]:
-    """Send a request's headers one line at a time, never the blank line; return what the
-    server answered and when it closed."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    start = time.monotonic()
-    writer.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-
-    async def lines() -> None:
-        n = 0
-        with contextlib.suppress(ConnectionError):
-            while not stop.is_set():
-                await asyncio.sleep(TRICKLE_S)
-                n += 1
-                writer.write(f"X-Slow-{n}: 1\r\n".encode())
-                await writer.drain()
-
-    sender = asyncio.create_task(lines())
-    try:
-        answer = await asyncio.wait_for(reader.read(), 10 * HEADER_TIMEOUT_S)  # until the server closes
-        return answer, time.monotonic() - start
-    finally:
-        sender.cancel()
-        writer.close()
-
-
 async def test_trickling_connections_are_closed_after_the_header_timeout_and_the_server_answers_meanwhile():
     async with server(header_timeout_s=HEADER_TIMEOUT_S) as (url, port):
         stop = asyncio.Event()
-        slow = [asyncio.create_task(trickle(port, stop)) for _ in range(CONNECTIONS)]
+        slow = [asyncio.create_task(trickle_headers("127.0.0.1", port, stop, every_s=TRICKLE_S, closed_by_s=10 * HEADER_TIMEOUT_S)) for _ in range(CONNECTIONS)]
         await asyncio.sleep(TRICKLE_S * 1.5)
         async with httpx.AsyncClient() as http:
             assert (await http.get(url)).text == "ok"  # a normal request meanwhile

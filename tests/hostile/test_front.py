@@ -27,6 +27,7 @@ from runtime.guard.limits import (
 )
 from tests.conftest import wait_until
 from tests.hostile.conftest import AUDIO_STREAM, VIDEO_STREAM, start_hostile_app, stop_hostile_app
+from tests.slow_client import trickle_headers
 
 SLOW_CONNECTIONS = 40  # each trickles one header line every TRICKLE_S, never the blank line
 TRICKLE_S = 2.0
@@ -46,34 +47,11 @@ def refusal(resp: httpx.Response) -> str:
     return resp.json()["meta"]["error"]
 
 
-async def trickle_headers(host: str, port: int, stop: asyncio.Event) -> tuple[bytes, float]:
-    reader, writer = await asyncio.open_connection(host, port)
-    start = time.monotonic()
-    writer.write(f"GET /webrtc/health HTTP/1.1\r\nHost: {host}\r\n".encode())
-
-    async def lines() -> None:
-        n = 0
-        with contextlib.suppress(ConnectionError):
-            while not stop.is_set():
-                await asyncio.sleep(TRICKLE_S)
-                n += 1
-                writer.write(f"X-Slow-{n}: 1\r\n".encode())
-                await writer.drain()
-
-    sender = asyncio.create_task(lines())
-    try:
-        answer = await asyncio.wait_for(reader.read(), CLOSED_BY_S)
-        return answer, time.monotonic() - start
-    finally:
-        sender.cancel()
-        writer.close()
-
-
 async def test_slow_loris_connections_are_closed_after_the_header_timeout(hostile_app):
     """Item 9: before, every trickling connection stayed open for as long as it trickled."""
     parts = urlsplit(hostile_app.url)
     stop = asyncio.Event()
-    slow = [asyncio.create_task(trickle_headers(parts.hostname, parts.port, stop)) for _ in range(SLOW_CONNECTIONS)]
+    slow = [asyncio.create_task(trickle_headers(parts.hostname, parts.port, stop, every_s=TRICKLE_S, closed_by_s=CLOSED_BY_S, path="/webrtc/health")) for _ in range(SLOW_CONNECTIONS)]
     try:
         await asyncio.sleep(TRICKLE_S)
         async with httpx.AsyncClient(timeout=10) as http:  # the server answers meanwhile

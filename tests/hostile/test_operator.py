@@ -12,6 +12,7 @@ import asyncio
 import os
 import signal
 
+import psutil
 import pytest
 
 from runtime.clients.webrtc import Client
@@ -24,16 +25,6 @@ pytestmark = pytest.mark.timeout(300)
 KILL_S = 10.0  # SIGKILL -> every process of the tree gone
 SWEPT_S = 5.0  # the next app's start-up sweep ran before it answered ready: a margin only
 SEGMENTS_PER_SESSION = 2  # one per direction
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def present(names: set[str]) -> set[str]:
@@ -55,8 +46,10 @@ async def test_a_killed_apps_segments_are_removed_when_the_next_app_starts(tmp_p
     finally:
         await client.close()
     creators = {int(n.split("-")[1]) for n in left}
-    assert creators <= tree and not any(alive(p) for p in creators), "the creators are dead"
-    assert present(left) == left, "a SIGKILLed app's segments stayed (the leak the janitor is for)"
+    assert creators <= tree and not any(psutil.pid_exists(p) for p in creators), "the creators are dead"
+    # SIGKILL leaves them (nothing of the app ran to unlink them); they are not checked here:
+    # an app that another test process starts meanwhile sweeps them too (scripts/test.sh runs
+    # two), and what matters is that they are gone once the next app serves
 
     second = start_hostile_app(tmp_path / "next", app_ray)
     try:
