@@ -12,7 +12,9 @@ import pytest
 from runtime.clients.webrtc import Client
 from workers.handlers import AdditionalOutputs
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
+# alone: it compares CPU-seconds per second against a one-process baseline, which another
+# test process beside it (pytest-xdist) would take from it
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.alone]
 
 BUSY_S = 0.04  # each call holds the GIL this long in a pure-Python loop
 WINDOW_S = 3.0
