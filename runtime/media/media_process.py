@@ -125,6 +125,7 @@ class MediaProcess(EngineCalls):
     def __init__(self, config: Config, engine_id: str, niceness: int = 0) -> None:
         super().__init__(MediaEngine(config, engine_id))
         self._forever: asyncio.Future[None] | None = None
+        self._niceness = niceness
         _take_priority(niceness)
 
     async def start(self, events: list[StreamEvent]) -> EngineLoad:
@@ -132,6 +133,10 @@ class MediaProcess(EngineCalls):
         from runtime.control.scheduler import get_scheduler
         from runtime.media.ice import pin_host_addresses
 
+        # again, on the sessions' loop: Ray may make threads of its own between __init__ and
+        # the first call (seen under load: one thread left at nice 15), and the threads this
+        # loop makes later inherit its niceness
+        _take_priority(self._niceness)
         eng = self.engine
         rc = eng.config.ray
         logs.configure(eng.config.gateway.log_format)
