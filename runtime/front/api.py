@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from runtime.config import Config
 from runtime.guard.auth import AuthGrant, SignallingAuth
+from runtime.media.session_view import SessionView
 from runtime.media.stream_event import StreamEvent
 from workers.link.shape import Transport
 
@@ -80,7 +81,7 @@ class GatewayAPI(Protocol):
 
     async def leave_queue(self, secret: str, webrtc_id: str) -> None: ...
 
-    async def sessions_view(self, internals: bool = True) -> list[dict[str, Any]]: ...
+    async def sessions_view(self, internals: bool = True) -> list[SessionView]: ...
 
     async def readiness(self) -> list[str]: ...
 

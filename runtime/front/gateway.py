@@ -47,6 +47,7 @@ from runtime.media.engine import MediaEngine
 from runtime.media.ice import pin_host_addresses
 from runtime.media.offers import check_id, check_sdp, draining_error
 from runtime.media.session import Session
+from runtime.media.session_view import SessionView
 from runtime.media.stream_event import StreamEvent
 from runtime.ops import drain, logs, shm_janitor
 from runtime.ops.metrics import render
@@ -481,7 +482,7 @@ class Gateway:
         ``session_request_rate_limited``."""
         self.session_requests.take(request.client.host if request.client else None)
 
-    async def sessions_view(self, internals: bool = True) -> list[dict[str, Any]]:
+    async def sessions_view(self, internals: bool = True) -> list[SessionView]:
         """The live sessions of this gateway and its media processes (no webrtc_id: it is
         the key to a session's inputs and outputs). ``internals`` False: none at all (an
         ordinary client is told nothing of other users' sessions, GET /webrtc/sessions)."""
@@ -524,12 +525,6 @@ class Gateway:
             with contextlib.suppress(Exception):
                 status = await asyncio.wait_for(self.scheduler.status.remote(), READY_TIMEOUT_S)
         return render(engines, status)
-
-    async def status(self) -> dict[str, Any]:
-        sessions = self.engine.status()
-        for more in await self.supervisor.ask_each("status"):
-            sessions.update(more)
-        return {"gateway_id": self.gateway_id, "sessions": sessions, "media": [vars(s.load) for s in self.media]}
 
     # --- draining and the end ------------------------------------------------------------------
 

@@ -133,7 +133,7 @@ async def sessions(gw: GatewayAPI, request: Request) -> Response:
     # workers' and media processes' pids and node ids are the operator's: a client sees none
     grant = await gw.check_access(request)
     client = request.client.host if request.client else None
-    return JSONResponse(await gw.sessions_view(internals=gw.auth.is_operator(grant, request.headers, client)))
+    return JSONResponse([v.to_json() for v in await gw.sessions_view(internals=gw.auth.is_operator(grant, request.headers, client))])
 
 
 async def set_input(gw: GatewayAPI, request: Request) -> Response:

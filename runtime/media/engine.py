@@ -44,6 +44,7 @@ from runtime.media.offers import (
     strip_forbidden_candidates,
 )
 from runtime.media.session import OUTPUTS_QUEUE_MAX, Session, WorkerGone
+from runtime.media.session_view import SessionView
 from runtime.media.stream_event import StreamEvent
 from runtime.media.webrtc_session import WebRTCSession
 from runtime.media.ws_session import WebSocketSession
@@ -509,17 +510,7 @@ class MediaEngine:
             except Exception as exc:
                 log.warning("scheduler did not take the gateway's shutdown: %s", exc)
 
-    def status(self) -> dict[str, Any]:
-        return {
-            sid: {"worker_pid": s.worker_pid, "frames_in": s.frames_in, "frames_out": s.frames_out, "channel": vars(s.channel.stats) if s.channel else None}
-            for sid, s in self.sessions.items()
-            if s is not None
-        }
-
-    def sessions_view(self) -> list[dict[str, Any]]:
-        # no webrtc_id: it is the key to a session's inputs and outputs
-        return [
-            {"event_id": s.event.event_id, "worker_pid": s.worker_pid, "worker_node_id": s.lease.node_id, "transport": s.transport, "media_pid": os.getpid()}
-            for s in self.live_sessions()
-        ]
+    def sessions_view(self) -> list[SessionView]:
+        pid = os.getpid()
+        return [SessionView(s.event.event_id, s.worker_pid, s.lease.node_id, s.transport, pid) for s in self.live_sessions()]
 

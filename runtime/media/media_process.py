@@ -29,6 +29,7 @@ from runtime.config import Config
 from runtime.control.messages import EngineLoad
 from runtime.errors import Refused
 from runtime.media.engine import MediaEngine
+from runtime.media.session_view import SessionView
 from runtime.media.stream_event import StreamEvent
 from runtime.ops import logs
 from runtime.ops.metrics import EngineMetrics
@@ -165,11 +166,8 @@ class MediaProcess(EngineCalls):
     async def metrics(self) -> EngineMetrics:
         return self.engine.metrics()
 
-    async def sessions_view(self) -> list[dict[str, Any]]:
+    async def sessions_view(self) -> list[SessionView]:
         return self.engine.sessions_view()
-
-    async def status(self) -> dict[str, Any]:
-        return self.engine.status()
 
     async def drain(self, timeout_s: float) -> None:
         await self.engine.adrain(timeout_s)
