@@ -354,7 +354,7 @@ class SocketClient:
                     return
                 msg = reader.result()
                 if msg is None:
-                    await session.aclose(EndReason.OTHER, "websocket closed by the client")
+                    await session.aclose(EndReason.CLIENT_CLOSED, "websocket closed by the client")
                     return
                 await self._on_message(session, msg)
         finally:
@@ -386,7 +386,7 @@ class SocketClient:
                 return
             session.receive_media(audio)
         elif event == "stop":
-            await session.aclose(EndReason.OTHER, "the client stopped the stream")
+            await session.aclose(EndReason.CLIENT_CLOSED, "the client stopped the stream")
         elif event == "ping":
             await self.send_json({"event": "pong"})
         elif event in ("mark", "dtmf", "connected") and self.phone:

@@ -244,6 +244,7 @@ class MediaEngine:
                 raise Refused(ErrorCode.WORKER_UNAVAILABLE, str(exc)) from exc
             self.sessions[webrtc_id] = session
             self.counters.session_started(event.event_id)
+            session.counted = True
             session.log_start()
             return answer
         raise AssertionError("unreachable")
@@ -472,7 +473,7 @@ class MediaEngine:
 
     async def session_ended(self, session: Session) -> None:
         key = self.keys.get(session.webrtc_id, "")
-        if session.has_peer and session.lease_id:
+        if session.counted:  # every session counted as started, WebRTC or WebSocket, once
             self.counters.session_ended(session.stats(), session.end_reason or EndReason.OTHER)
         if session.admission is not None:
             session.admission.ended()

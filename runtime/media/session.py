@@ -153,15 +153,10 @@ class Session:
         self.client = ""  # its address as the limits count it (an IPv4 address, an IPv6 /64)
         self.first_output_at: float | None = None  # the first processed frame (or audio) back
         self.end_reason: EndReason | None = None  # set once it ends (aclose)
+        self.counted = False  # counted as started (its end is counted then, and only then)
         self.end_detail = ""
         self.readers = PerSessionCount.readers(lc.max_sse_readers_per_session)
         self.input_rate = TokenBucket(lc.max_input_posts_per_s, lc.input_post_burst)
-
-    @property
-    def has_peer(self) -> bool:
-        """Whether a peer connection was made (what the engine's end-of-session counters
-        count: a WebSocket session never has one)."""
-        return False
 
     # --- the worker link --------------------------------------------------------------------------
 

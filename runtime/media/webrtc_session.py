@@ -215,10 +215,6 @@ class WebRTCSession(Session):
         self._logged_refusals: set[str] = set()
         self.rtp_budget: RtpBudget | None = None
 
-    @property
-    def has_peer(self) -> bool:
-        return self.pc is not None
-
     # --- start --------------------------------------------------------------------------------
 
     async def start(self, sdp: str, type_: str) -> RTCSessionDescription:

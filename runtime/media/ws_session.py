@@ -235,7 +235,7 @@ class WebSocketSession(Session):
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the client went away mid-write
-            self.close_soon(EndReason.OTHER, f"websocket closed: {type(exc).__name__}")
+            self.close_soon(EndReason.CLIENT_GONE, f"websocket closed: {type(exc).__name__}")
 
     async def flush(self, timeout: float) -> None:
         """Send what is queued (the last end_stream, a clear) before the socket closes."""

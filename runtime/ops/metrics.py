@@ -61,26 +61,9 @@ FIXED_OUTCOMES = (OUTCOME_ANSWERED, OUTCOME_QUEUED, OUTCOME_429, OUTCOME_503, OU
 # rtcpool has ~25 4xx reasons today; the cap is what keeps a bug or a reason built from a
 # client's input from making one series per request.
 MAX_OFFER_OUTCOMES = 40
+CLIENT_ERROR = 400  # what a refusal counted without its HTTP status is taken for
 MAX_REASON_CHARS = 40  # a 4xx reason label longer than this is cut
 _REASON_CHARS = re.compile(r"[^a-z0-9_]")
-# the status of a refusal an engine reports by its reason alone (with no HTTP status at hand);
-# any other reason counts as a 4xx
-REASON_STATUS: Mapping[str, int] = {
-    "concurrency_limit_reached": 429,
-    "queue_full": 429,
-    "too_many_queued": 429,
-    "too_many_pending_offers": 429,
-    "too_many_sessions": 429,
-    "offer_rate_limited": 429,
-    "draining": 503,
-    "worker_unavailable": 503,
-    "scheduler_unavailable": 503,
-    "no_media_process": 503,
-    "no_worker": 503,
-    "no_node_fits": 503,
-    "expired": 503,
-}
-
 # --- sessions ----------------------------------------------------------------------------------
 END_REASON_OTHER = EndReason.OTHER.value
 # how sessions end: the engine counts the EndReason a session closed with, never its text
@@ -218,7 +201,8 @@ class EngineCounters:
 
     def offer_outcome(self, kind: str, status: int | None = None) -> str:
         """An offer was answered (``kind`` "answered") or refused (``kind`` its JSON reason,
-        ``status`` its HTTP status when at hand; without it, :data:`REASON_STATUS` says).
+        ``status`` its HTTP status: the front's, runtime/front/statuses.py, the one table of
+        them; a refusal without one counts as a client's 4xx).
         Returns the outcome label it counted under."""
         label = outcome_label(kind, status)
         if label not in self.offers and len(self.offers) >= MAX_OFFER_OUTCOMES:
@@ -270,7 +254,7 @@ def outcome_label(kind: str, status: int | None = None) -> str:
     if kind in (OUTCOME_ANSWERED, OUTCOME_QUEUED):
         return kind
     if status is None:
-        status = REASON_STATUS.get(kind, 400)
+        status = CLIENT_ERROR
     if status == 429:
         return OUTCOME_429
     if status == 503:

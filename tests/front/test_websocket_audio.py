@@ -96,7 +96,12 @@ async def test_the_handler_knows_its_socket_and_is_not_on_a_phone(served):
     assert await async_wait_until(lambda: _released(served), RELEASE_S, 0.2)
 
 
+def _ended(served, reason: str) -> int:
+    return served.gateway.engine.counters.sessions_ended.get(reason, 0)
+
+
 async def test_ping_pong_and_stop_end_the_session(served):
+    closed = _ended(served, "client_closed")
     client = WebSocketClient(served.url, rate=IN_RATE, stream_id="ws-echo")
     await client.connect()
     await client.send({"event": "ping"})
@@ -105,6 +110,8 @@ async def test_ping_pong_and_stop_end_the_session(served):
     await client.stop()
     assert client.close_code == 1000, (client.close_code, client.close_reason)
     assert await async_wait_until(lambda: _released(served), RELEASE_S, 0.2)
+    # /metrics counts its end as the client's hang-up (not "other", and not never)
+    assert _ended(served, "client_closed") == closed + 1
 
 
 async def test_full_stream_without_a_line_closes_with_a_readable_reason(served):
@@ -265,7 +272,7 @@ async def test_a_socket_that_never_starts_is_closed(served, monkeypatch):
 
 
 async def test_many_sockets_leave_nothing_behind(served):
-    before = shm_segments()
+    before, closed = shm_segments(), _ended(served, "client_closed")
     for _ in range(5):
         client = WebSocketClient(served.url, rate=IN_RATE, stream_id="ws-echo")
         await client.connect()
@@ -274,6 +281,7 @@ async def test_many_sockets_leave_nothing_behind(served):
         assert await async_wait_until(lambda: _released(served), RELEASE_S, 0.1)
     assert shm_segments() <= before
     assert not served.gateway.engine.keys
+    assert _ended(served, "client_closed") == closed + 5
 
 
 async def test_sockets_are_served_by_the_front_beside_media_processes(make_gateway):

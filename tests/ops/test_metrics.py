@@ -83,8 +83,10 @@ STATUS = {
 def two_engines() -> tuple[EngineMetrics, EngineMetrics]:
     """An app process and a media process, each with ended and live sessions."""
     app = EngineCounters("app")
-    for outcome in ("answered", "answered", "concurrency_limit_reached", "bad_sdp"):
-        app.offer_outcome(outcome)
+    app.offer_outcome("answered")
+    app.offer_outcome("answered")
+    app.offer_outcome("concurrency_limit_reached", 429)
+    app.offer_outcome("bad_sdp", 400)
     app.offer_outcome("origin_not_allowed", 403)
     app.session_started("video")
     app.session_started("video")
@@ -252,11 +254,11 @@ def test_nothing_yet_and_no_scheduler():
     [
         ("answered", None, "answered"),
         ("answered", 200, "answered"),
-        ("concurrency_limit_reached", None, "429"),
-        ("too_many_pending_offers", None, "429"),
+        ("concurrency_limit_reached", 429, "429"),
+        ("too_many_pending_offers", 429, "429"),
         ("offer_rate_limited", 429, "429"),
-        ("draining", None, "503"),
-        ("scheduler_unavailable", None, "503"),
+        ("draining", 503, "503"),
+        ("scheduler_unavailable", 503, "503"),
         ("whatever", 503, "503"),
         ("internal", 500, "5xx"),
         ("bad_sdp", None, "4xx_bad_sdp"),
