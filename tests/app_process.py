@@ -52,14 +52,21 @@ def start_app(
     with log.open("wb") as out:
         process = subprocess.Popen(cmd, cwd=REPO, env=environ, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + SERVING_S
+    wait_serving(process, f"{url}/webrtc/ready", log, SERVING_S)
+    return process, url, log
+
+
+def wait_serving(process: subprocess.Popen[bytes], probe: str, log: Path, timeout_s: float) -> None:
+    """Until GET ``probe`` answers 200; the log's tail if the process exits first or the
+    time runs out (then the process tree is killed)."""
+    deadline = time.monotonic() + timeout_s
     while True:
         if process.poll() is not None:
             raise AssertionError(f"the app exited with {process.returncode}:\n{tail(log)}")
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/webrtc/ready", timeout=5).status_code == 200:
-                return process, url, log
+            if httpx.get(probe, timeout=5).status_code == 200:
+                return
         if time.monotonic() > deadline:
             end_tree(process.pid, signal.SIGKILL, 10)
-            raise AssertionError(f"the app was not ready in {SERVING_S} s:\n{tail(log)}")
+            raise AssertionError(f"the app did not answer {probe} in {timeout_s} s:\n{tail(log)}")
         time.sleep(POLL_S)

@@ -11,24 +11,22 @@ pyproject.toml, and a deprecation warning from our own packaging.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import psutil
 import pytest
 
 from runtime.clients.webrtc import Client
+from tests.app_process import wait_serving
 from tests.conftest import free_port
-from tests.e2e.conftest import APP_START_TIMEOUT_S, POLL_INTERVAL_S, face_picture, stop_process_tree
+from tests.e2e.conftest import APP_START_TIMEOUT_S, face_picture, stop_process_tree
 
 pytestmark = pytest.mark.slow
 
@@ -116,16 +114,7 @@ def wheel_app(installed: Path, tmp_path: Path) -> Iterator[str]:
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + APP_START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"the app exited with {process.returncode}:\n{log.read_text(errors='replace')[-4000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/webrtc/ready", timeout=5).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise AssertionError(f"not ready in {APP_START_TIMEOUT_S} s:\n{log.read_text(errors='replace')[-4000:]}")
-            time.sleep(POLL_INTERVAL_S)
+        wait_serving(process, f"{url}/webrtc/ready", log, APP_START_TIMEOUT_S)
         yield url
     finally:
         stop_process_tree(process)

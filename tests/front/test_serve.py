@@ -24,7 +24,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ import pytest
 from runtime.cli import EXIT_NOTHING_TO_SERVE
 from runtime.clients.webrtc import AUDIO_RATE, Client
 from runtime.front.ray_start import is_loopback
+from tests.app_process import wait_serving
 from tests.cluster.cluster import end_tree, process_tree, tail
 from tests.conftest import async_wait_until, free_port, joining_ray
 from tests.echo import chirp, find_echo
@@ -47,7 +47,6 @@ REPO = Path(__file__).resolve().parents[2]
 SERVING_S = 120.0  # python + aiortc (+ Gradio) + a local ray.init, on 2 busy cores
 STOP_S = 60.0  # SIGINT -> sessions closed, gateway closed, Ray shut down, process gone
 FIRST_FRAME_S = 60.0  # offer -> a worker started (prewarm 0) -> the first processed frame
-POLL_S = 0.25
 EXAMPLES = REPO / "examples"
 LOAD_S = 300.0  # Gradio and every example imported, and re-imported after each
 RECENT_S = 6.0  # the sent loop (chirp and silence) is 2.5 s long
@@ -174,16 +173,7 @@ def serving(tmp_path: Path, source: str | Path, **env: str) -> Iterator[Served]:
         )
     served = Served(f"http://127.0.0.1:{port}", process, log)
     try:
-        deadline = time.monotonic() + SERVING_S
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"serve exited with {process.returncode}:\n{tail(log)}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{served.url}/webrtc/streams", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise AssertionError(f"serve did not answer in {SERVING_S} s:\n{tail(log)}")
-            time.sleep(POLL_S)
+        wait_serving(process, f"{served.url}/webrtc/streams", log, SERVING_S)
         yield served
     finally:
         end_tree(process.pid, signal.SIGKILL, STOP_S)  # whatever a failed test left running
