@@ -68,6 +68,9 @@ HEAD_NODE_RESOURCE = "node:__internal_head__"  # the marker resource Ray gives i
 LEASE_TIMEOUT_S = 60.0  # acquire(): how long an offer may wait for a worker to start
 WORKER_START_TIMEOUT_S = 120.0  # a worker that is not ready by then is killed and replaced
 RAY_CALL_TIMEOUT_S = 10.0  # any other control-plane call from the gateway
+# a front's first calls to the scheduler at start-up: a fresh driver resolves the actor first,
+# which on a loaded host (CI: two test processes and a browser) took past RAY_CALL_TIMEOUT_S
+REGISTER_TIMEOUT_S = 30.0
 HEARTBEAT_S = 2.0  # gateway -> scheduler lease renewal period
 GATEWAY_TTL_S = 15.0  # leases of a gateway silent for this long are reclaimed
 POOL_PREWARM = 1  # idle workers kept ready per stream event

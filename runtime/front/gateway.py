@@ -258,7 +258,7 @@ class Gateway:
         import ray
 
         spec = streams.event_spec(self.config, event)
-        answer = ray.get(self.scheduler.register.remote(spec, self.gateway_id), timeout=C.RAY_CALL_TIMEOUT_S)
+        answer = ray.get(self.scheduler.register.remote(spec, self.gateway_id), timeout=C.REGISTER_TIMEOUT_S)
         if answer.warning:
             log.warning("%s", answer.warning)
 

@@ -63,8 +63,16 @@ LOG_TAIL_LINES = 30
 
 def subprocess_env(**extra: str) -> dict[str, str]:
     """This environment for a Ray or gateway subprocess: no inherited cluster address (it
-    would point at the pytest session's own Ray), no token auth, no rtcpool overrides."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RTCPOOL_"))}
+    would point at the pytest session's own Ray), no token auth, no rtcpool overrides, and not
+    the one-host switch an embedded gateway started in this test process sets (CI-found: with
+    it, `ray start --address` refuses to join, "multi-node clusters are not supported")."""
+    from runtime.front.ray_start import RAY_ONE_HOST_ENV
+
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RAY_ADDRESS", "RTCPOOL_")) and k != RAY_ONE_HOST_ENV
+    }
     env.update(
         {
             "RAY_AUTH_MODE": "disabled",

@@ -159,15 +159,17 @@ async def websocket_echo(url: str) -> tuple[np.ndarray, np.ndarray]:
     said = speech(UTTERANCE, WS_IN_RATE)
     loud = np.nonzero(np.abs(said) > 0.02)[0]
     voiced = said[loud[0] : loud[-1] + 1]
+    expected = mulaw.decode(mulaw.encode((resample(voiced, WS_IN_RATE, WS_OUT_RATE) * 32767).astype(np.int16)))
     async with WebSocketClient(url, rate=WS_IN_RATE) as client:
         await client.play_silence(LEAD_IN_S)
         await client.play(said)
         await client.play_silence(PAUSE_S)
         deadline = time.monotonic() + REPLY_TIMEOUT_S
-        while len(client.received_audio()) < len(voiced) * WS_OUT_RATE // WS_IN_RATE and time.monotonic() < deadline:
+        # until the whole reply is in, not until as many samples came as it has: what comes
+        # back may start with a lead (CI-found: the last piece was cut off by the hang-up)
+        while find_echo(client.received_audio(), expected, rate=WS_OUT_RATE).problems() and time.monotonic() < deadline:
             await client.play_silence(0.5)
         heard = client.received_audio()
-    expected = mulaw.decode(mulaw.encode((resample(voiced, WS_IN_RATE, WS_OUT_RATE) * 32767).astype(np.int16)))
     return expected, heard
 
 
