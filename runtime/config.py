@@ -360,6 +360,19 @@ class PoolConfig(_Strict):
         default_factory=dict,
         description="custom Ray resources each worker needs, e.g. {far_node: 1}",
     )
+    snapshot_interval_s: float = Field(
+        C.SNAPSHOT_INTERVAL_S,
+        gt=0,
+        description="a handler with snapshot() has its state sent to its media process this often "
+        "(and at most this often on save_state()); a restarted worker restores the latest",
+    )
+    max_restarts: int = Field(
+        C.MAX_RESTARTS, ge=0, description="worker restarts a session gets within restart_window_s; one more ends it"
+    )
+    restart_window_s: float = Field(C.RESTART_WINDOW_S, gt=0, description="the window max_restarts counts in")
+    max_snapshot_bytes: int = Field(
+        C.MAX_SNAPSHOT_BYTES, ge=1, description="a packed snapshot larger than this is not kept (the handler is warned)"
+    )
 
     @field_serializer("memory")
     def _memory_bytes(self, value: ByteSize | None) -> int | None:

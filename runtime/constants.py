@@ -75,6 +75,11 @@ HEARTBEAT_S = 2.0  # gateway -> scheduler lease renewal period
 GATEWAY_TTL_S = 15.0  # leases of a gateway silent for this long are reclaimed
 POOL_PREWARM = 1  # idle workers kept ready per stream event
 POOL_MAX = 8  # workers per stream event when concurrency_limit is None
+# failover (docs/failover.md): a session whose worker dies gets a fresh one from its pool
+SNAPSHOT_INTERVAL_S = 1.0  # a handler's snapshot() is sent at most (and, if it has one, at least) this often
+MAX_RESTARTS = 3  # worker restarts a session may have within RESTART_WINDOW_S; one more ends it
+RESTART_WINDOW_S = 60.0
+MAX_SNAPSHOT_BYTES = 1 << 20  # a handler's packed snapshot past this is not kept (warned once)
 
 # --- the waiting room (a full stream's queue, owned by the scheduler) --------------------------
 QUEUE_MAX = 100  # users waiting per stream event at most (Gradio's max_size); beyond: 429 queue_full

@@ -180,7 +180,8 @@ class EndReason(StrEnum):
     CONNECT_TIMEOUT = "connect_timeout"
     TIME_LIMIT = "time_limit"
     HANDLER_ENDED = "handler_ended"
-    WORKER_DIED = "worker_died"
+    WORKER_DIED = "worker_died"  # and no worker could take over
+    CRASH_LOOP = "crash_loop"  # its workers died more than pool.max_restarts times in the window
     WORKER_UNAVAILABLE = "worker_unavailable"
     OFFER_FAILED = "offer_failed"
     DISPLACED = "displaced"

@@ -291,6 +291,11 @@ def test_streams_inherit_the_pool_and_take_resources(tmp_path: Path):
         "num_gpus": 0.25,
         "memory": 2 * 2**30,
         "resources": {"big_node": 1.0},
+        # failover (docs/failover.md): the defaults
+        "snapshot_interval_s": 1.0,
+        "max_restarts": 3,
+        "restart_window_s": 60.0,
+        "max_snapshot_bytes": 1 << 20,
     }
     assert type(pool.model_dump()["memory"]) is int  # what Ray's .options(memory=) takes
 

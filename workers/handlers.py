@@ -90,6 +90,9 @@ class _SessionHooks:
     def clear_audio(self) -> None:
         pass
 
+    def save_state(self) -> None:
+        pass
+
 
 class StreamHandlerBase(ABC):
     """State and helpers shared by every handler kind."""
@@ -207,6 +210,25 @@ class StreamHandlerBase(ABC):
     @abstractmethod
     def copy(self) -> StreamHandlerBase:
         """A fresh handler for one session."""
+
+    # --- failover (docs/failover.md) ---------------------------------------------------------
+    # A session whose worker dies goes on with a fresh worker and a fresh ``copy()``. A
+    # handler that keeps state across that defines two methods:
+    #
+    #     def snapshot(self) -> Any:       # a msgpack-able value (numbers, str, bytes, lists,
+    #         ...                          # dicts, numpy arrays): the state to keep
+    #     def restore(self, value) -> None:  # the new copy, before its first frame
+    #         ...
+    #
+    # The worker calls snapshot() every ``pool.snapshot_interval_s`` and when the handler
+    # calls :meth:`save_state` (at most that often), on a thread of its own: return a copy
+    # (``list(self.history)``), not the live object. The base class defines neither.
+
+    def save_state(self) -> None:
+        """Ask for a snapshot now (say, after a reply changed the conversation): the worker
+        sends ``snapshot()`` to the media process, which hands the latest to a worker that
+        takes the session over. No-op for a handler without ``snapshot()`` or outside a worker."""
+        self._hooks.save_state()
 
     def start_up(self) -> None:  # noqa: B027 - optional hook, empty by default
         """Called once per session before the first frame."""

@@ -9,12 +9,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from runtime import constants as C
 from runtime.errors import ErrorCode
 
 
 @dataclass(frozen=True)
+class FailoverPolicy:
+    """What a session does when its worker dies (the stream's pool config): how often its
+    handler's state is snapshot, and how many restarts it gets in a window."""
+
+    snapshot_interval_s: float = C.SNAPSHOT_INTERVAL_S
+    max_restarts: int = C.MAX_RESTARTS
+    restart_window_s: float = C.RESTART_WINDOW_S
+    max_snapshot_bytes: int = C.MAX_SNAPSHOT_BYTES
+
+
+@dataclass(frozen=True)
 class LeaseGrant:
-    """A slot and a worker armed with ``token`` for one session."""
+    """A slot and a worker armed with ``token`` for one session. A failover grant
+    (``Scheduler.failover``) has the same ``lease_id``, a new worker and token."""
 
     ok: ClassVar[bool] = True
     lease_id: str
@@ -25,6 +38,7 @@ class LeaseGrant:
     pid: int
     node_id: str
     time_limit: float | None
+    failover: FailoverPolicy = FailoverPolicy()
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from typing import Any
 import ray
 
 from runtime import constants as C
+from runtime.control.leases import FailoverPolicy
 from runtime.control.waiting_room import WaitingRoom
 from workers.link.messages import WorkerInfo
 from workers.process.loader import HandlerSpec
@@ -37,6 +38,13 @@ class PoolSpec:
     num_gpus: float | None = None
     memory: int | None = None
     resources: dict[str, float] = field(default_factory=dict)
+    snapshot_interval_s: float = C.SNAPSHOT_INTERVAL_S
+    max_restarts: int = C.MAX_RESTARTS
+    restart_window_s: float = C.RESTART_WINDOW_S
+    max_snapshot_bytes: int = C.MAX_SNAPSHOT_BYTES
+
+    def failover(self) -> FailoverPolicy:
+        return FailoverPolicy(self.snapshot_interval_s, self.max_restarts, self.restart_window_s, self.max_snapshot_bytes)
 
 
 @dataclass

@@ -249,6 +249,32 @@ class Scheduler:
         self.leases[lease.lease_id] = lease
         if held is not None:
             self.lines.claim(pool, held, now)  # its held slot is the lease now
+        answer = await self._arm(pool, lease, node_id)
+        if not answer.ok:
+            self._unlease(pool, lease)
+        return answer
+
+    async def failover(self, lease_id: str, node_id: str = "") -> LeaseGrant | LeaseDenied:
+        """The worker of lease ``lease_id`` died under its session: a fresh worker for the
+        same lease (docs/failover.md). The lease keeps its slot throughout, so the stream's
+        concurrency_limit never overshoots while the replacement starts; the dead worker is
+        dropped from the pool, which starts another to keep its pre-warm count. A refusal
+        leaves the lease held: the session ends and gives it back."""
+        lease = self.leases.get(lease_id)
+        pool = self.pools.get(lease.event_id) if lease is not None else None
+        if lease is None or pool is None:
+            return LeaseDenied(ErrorCode.EXPIRED, "no such lease (it expired or was given back)")
+        self.gateways[lease.gateway_id] = time.monotonic()
+        dead = pool.busy.pop(lease_id, None)
+        lease.worker = None
+        if dead is not None:
+            self.pools.return_worker(pool, dead, healthy=False)
+        return await self._arm(pool, lease, node_id)
+
+    async def _arm(self, pool: Pool, lease: LeaseRecord, node_id: str) -> LeaseGrant | LeaseDenied:
+        """An idle worker for ``lease`` (on ``node_id`` where there is one), armed with a
+        new token. A refusal leaves the lease to the caller."""
+        event_id = pool.spec.event_id
         token = secrets.token_hex(C.TOKEN_BYTES)
         for attempt in range(ARM_ATTEMPTS):
             try:
@@ -256,10 +282,8 @@ class Scheduler:
                     await self._read_nodes()
                 worker = await self.pools.take_worker(pool, node_id)
             except Unplaceable as exc:
-                self._unlease(pool, lease)
                 return LeaseDenied(ErrorCode.NO_NODE_FITS, str(exc))
             except Exception as exc:
-                self._unlease(pool, lease)
                 return LeaseDenied(ErrorCode.NO_WORKER, str(exc))
             # the worker learns the lease's token over Ray before anyone else does; it takes
             # exactly one session with it. Busy meanwhile: a worker counted nowhere would let
@@ -274,7 +298,6 @@ class Scheduler:
                 pool.busy.pop(lease.lease_id, None)
                 self.pools.return_worker(pool, worker, healthy=False)
                 if attempt == ARM_ATTEMPTS - 1:
-                    self._unlease(pool, lease)
                     return LeaseDenied(ErrorCode.NO_WORKER, f"no worker took a session token: {reason(exc)}")
         if lease.lease_id not in self.leases:  # reclaimed while waiting (gateway expired)
             if pool.busy.pop(lease.lease_id, None) is not None:  # not already given back
@@ -291,6 +314,7 @@ class Scheduler:
             worker.info.pid,
             worker.info.node_id,
             pool.spec.time_limit,
+            pool.spec.pool.failover(),
         )
 
     def _unlease(self, pool: Pool, lease: LeaseRecord) -> None:

@@ -25,10 +25,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from runtime import constants as C
+from runtime.control.leases import LeaseGrant
 from runtime.errors import EndReason
 from runtime.guard.limits import Admission, PerSessionCount, TokenBucket
 from runtime.media.budget import END
-from runtime.ops.metrics import EngineCounters, LiveSessionStats
+from runtime.ops.metrics import EngineCounters, FailoverCause, LiveSessionStats
 from workers.link.channel import FrameChannel
 from workers.link.connect import offer_link, worker_socket
 from workers.link.shape import Transport
@@ -43,12 +44,12 @@ from workers.link.wire import (
     Outputs,
     OutputsKind,
     Ready,
+    Snapshot,
     WireError,
 )
 
 if TYPE_CHECKING:
     from runtime.config import Config
-    from runtime.control.leases import LeaseGrant
     from runtime.media.stream_event import StreamEvent
     from workers.link.shm import Geometry
 
@@ -157,6 +158,12 @@ class Session:
         self.end_detail = ""
         self.readers = PerSessionCount.readers(lc.max_sse_readers_per_session)
         self.input_rate = TokenBucket(lc.max_input_posts_per_s, lc.input_post_burst)
+        # failover (docs/failover.md): the handler's latest snapshot (packed, never unpacked
+        # here), when its workers died (monotonic), and whether a new one is being connected
+        self.snapshot: bytes | None = None
+        self.restarts: list[float] = []
+        self.restarts_total = 0
+        self.failing_over = False
 
     # --- the worker link --------------------------------------------------------------------------
 
@@ -176,7 +183,13 @@ class Session:
         try:
             await asyncio.wait_for(self.loop.sock_connect(sock, address), C.WORKER_CONNECT_TIMEOUT_S)
             ready = self.loop.create_future()
-            hello = Hello(self.webrtc_id, "", "", self.event.mode, self.event.modality, self.args, self.args_set, token=self.lease.token, client_kind=self.client_kind)
+            policy = self.lease.failover
+            hello = Hello(
+                self.webrtc_id, "", "", self.event.mode, self.event.modality, self.args, self.args_set,
+                token=self.lease.token, client_kind=self.client_kind, state=self.snapshot,
+                snapshot_interval_s=policy.snapshot_interval_s, max_snapshot_bytes=policy.max_snapshot_bytes,
+                restarts=self.restarts_total,
+            )  # fmt: skip
             self.channel = offer_link(
                 sock,
                 hello,
@@ -240,7 +253,12 @@ class Session:
             self.audio_out.push(header, samples)
 
     def _on_control(self, msg: Control) -> None:
-        if isinstance(msg, Outputs):
+        if isinstance(msg, Snapshot):
+            # the worker bounds it too; a worker is not trusted to
+            if len(msg.state) <= self.lease.failover.max_snapshot_bytes:
+                self.snapshot = msg.state
+                self.host.counters.snapshot_taken()
+        elif isinstance(msg, Outputs):
             values = msg.values
             if msg.kind == OutputsKind.STREAM:
                 queues: tuple[asyncio.Queue[list[Any]], ...] = (self.stream_outputs,)
@@ -291,12 +309,89 @@ class Session:
             if peer.retire:
                 self.worker_ok = False
             return
-        # the worker ended the link without being asked: its process died or gave up
+        # the worker ended the link without being asked: its process died or gave up. The
+        # client's side stays; a fresh worker takes the session over
         self.worker_ok = False
         self.host.counters.worker_died(self.event.event_id)
-        self.send_client_error(f"the worker for this stream stopped ({reason})")
+        if not self.failing_over:
+            self.failing_over = True
+            self._spawn(self._failover(reason))
+
+    async def _failover(self, reason: str) -> None:
+        """Give the session a fresh worker for its lease (its slot kept), the inputs and the
+        handler's latest snapshot with it, and tell the client once. A session whose workers
+        died more than ``max_restarts`` times within ``restart_window_s`` ends instead."""
+        policy = self.lease.failover
+        started = time.monotonic()
+        while not self.closed:
+            self._drop_channel()
+            now = time.monotonic()
+            self.restarts = [t for t in self.restarts if now - t < policy.restart_window_s]
+            if len(self.restarts) >= policy.max_restarts:
+                self.host.counters.restart_refused(self.event.event_id)
+                self._end_worker_failed(
+                    EndReason.CRASH_LOOP,
+                    f"the handler's worker stopped {len(self.restarts) + 1} times within {policy.restart_window_s:.0f} s "
+                    f"(last: {reason}); the session ends rather than restart it again",
+                )
+                return
+            self.restarts.append(now)
+            self.restarts_total += 1
+            log.warning(
+                "session %s: worker pid %s stopped (%s): restarting the handler on a fresh worker (restart %d)",
+                self.webrtc_id, self.worker_pid, reason, self.restarts_total,
+            )  # fmt: skip
+            try:
+                grant = await asyncio.wait_for(
+                    self.host.scheduler.failover.remote(self.lease_id, self.host.node_id), C.LEASE_TIMEOUT_S + C.RAY_CALL_TIMEOUT_S
+                )
+            except Exception as exc:
+                grant = exc
+            if not isinstance(grant, LeaseGrant):
+                why = getattr(grant, "message", None) or repr(grant)
+                self._end_worker_failed(EndReason.WORKER_DIED, f"the worker for this stream stopped ({reason}) and none took over: {why}")
+                return
+            self.lease, self.worker_pid, self.worker_ok = grant, grant.pid, True
+            self._link_closed = asyncio.Event()
+            try:
+                await self._connect_worker()
+            except WorkerGone as exc:
+                reason = str(exc)
+                continue
+            break
+        else:
+            return
+        self.failing_over = False
+        self._on_worker_connected()
+        self.host.counters.failover(self.event.event_id, FailoverCause.WORKER_DIED, time.monotonic() - started)
+        kept = " with its saved state" if self.snapshot is not None else ""
+        self.send_client_warning(f"the handler restarted{kept}: its worker stopped ({reason})")
+        log.info(
+            "session %s: worker pid %s took over%s after %.2f s",
+            self.webrtc_id, self.worker_pid, kept, time.monotonic() - started,
+        )  # fmt: skip
+
+    def _drop_channel(self) -> None:
+        """Let go of a dead worker's link: no reader on its socket, its segments unmapped."""
+        ch, self.channel = self.channel, None
+        if ch is None:
+            return
+        try:
+            self.loop.remove_reader(ch.sock.fileno())
+            if self._writing:
+                self.loop.remove_writer(ch.sock.fileno())
+        except (ValueError, OSError):
+            pass
+        self._writing = False
+        ch.close("worker gone", notify=False)
+
+    def _on_worker_connected(self) -> None:
+        """A worker took the session over (failover): a client side re-wires its media."""
+
+    def _end_worker_failed(self, reason: EndReason, detail: str) -> None:
+        self.send_client_error(detail)
         self.send_client("end_stream", {"reason": "worker_failed"})
-        self.close_soon(EndReason.WORKER_DIED, f"worker link closed: {reason}", delay=0.05)
+        self.close_soon(reason, detail, delay=0.05)
 
     def _media_arrived(self) -> None:
         now = time.monotonic()

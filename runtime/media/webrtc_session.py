@@ -356,12 +356,10 @@ class WebRTCSession(Session):
             return
 
     async def _pump_video_in(self, track: MediaStreamTrack) -> None:
-        channel = self.channel
-        assert channel is not None
         max_pixels = self.host.config.gateway.max_frame_pixels
         try:
             ended = False
-            channel.on_video_slot_free = self._send_deferred_video
+            self._on_worker_connected()
             while not self.closed and not ended:
                 frame = await track.recv()
                 frame, skipped, ended = newest_frame(track, frame)
@@ -377,7 +375,9 @@ class WebRTCSession(Session):
                 if self._deferred_video is not None:
                     self.frames_skipped_in += 1
                 self._deferred_video = frame
-                if channel.video_in_flight() < VIDEO_IN_FLIGHT:
+                # (no channel while a new worker takes over: the newest frame waits for it)
+                channel = self.channel
+                if channel is not None and channel.video_in_flight() < VIDEO_IN_FLIGHT:
                     self._send_deferred_video()
         except MediaStreamError:
             return
@@ -405,8 +405,6 @@ class WebRTCSession(Session):
             self._watch_backlog()
 
     async def _pump_audio_in(self, track: MediaStreamTrack) -> None:
-        channel = self.channel
-        assert channel is not None
         layout = self.audio_in_layout
         resampler = av.AudioResampler(format="s16", layout=layout, rate=self.audio_in_rate)
         # decoded samples in real time too: an Opus packet may hold up to 120 ms, so the
@@ -421,6 +419,9 @@ class WebRTCSession(Session):
                 if verdict != ADMIT:
                     self.over_budget("audio", verdict)
                     continue
+                channel = self.channel
+                if channel is None or channel.closed:
+                    continue  # a new worker is taking over: the audio of that gap is lost
                 for out in resampler.resample(frame):
                     channel.send_audio(out.to_ndarray(), out.sample_rate, layout, out.pts or 0)
                 if channel.has_backlog:
@@ -448,6 +449,14 @@ class WebRTCSession(Session):
     def _on_worker_video(self) -> None:
         if self.video_out is not None:
             self.video_out.wake()
+
+    def _on_worker_connected(self) -> None:
+        """The worker's link is up (at start, or a new worker's after a failover): the
+        newest input frame goes as soon as it frees its slot, and one waiting goes now."""
+        channel = self.channel
+        if channel is not None and self.event.shape.takes_video:
+            channel.on_video_slot_free = self._send_deferred_video
+            self._send_deferred_video()
 
     def _stop_client_media(self) -> None:
         for track in (self.video_out, self.audio_out):

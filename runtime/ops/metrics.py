@@ -29,6 +29,7 @@ import bisect
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -78,6 +79,20 @@ OFFER_TO_FIRST_FRAME_BUCKETS_S: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 1.0, 
 MS_PER_S = 1000.0
 
 
+class FailoverCause(StrEnum):
+    """Why a session changed worker or media process (docs/failover.md): a label."""
+
+    WORKER_DIED = "worker_died"  # its worker's link closed under it (killed, crashed)
+    WORKER_MEMORY = "worker_memory"  # its worker passed pool.worker_memory_limit_mb
+    RESUMED = "resumed"  # its client re-offered after its media process died (or its network changed)
+
+
+FAILOVER_CAUSES: tuple[str, ...] = tuple(c.value for c in FailoverCause)
+# Upper bounds (seconds) of the failover gap: a pre-warmed worker takes over in ~0.1-0.5 s, a
+# cold start seconds; a client's resume waits for its silence detection first.
+FAILOVER_BUCKETS_S: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0)
+
+
 @dataclass(frozen=True)
 class Histogram:
     """Observations over fixed upper bounds (inclusive, Prometheus' ``le``): ``counts`` per
@@ -117,6 +132,7 @@ class Histogram:
 
 EMPTY_HANDLER = Histogram.empty(HANDLER_BUCKETS_S)
 EMPTY_FIRST_FRAME = Histogram.empty(OFFER_TO_FIRST_FRAME_BUCKETS_S)
+EMPTY_FAILOVER = Histogram.empty(FAILOVER_BUCKETS_S)
 
 
 @dataclass(frozen=True)
@@ -171,6 +187,10 @@ class EngineMetrics:
     session_seconds: float = 0.0  # ended sessions' durations plus the live ones' so far
     first_frame: Histogram = EMPTY_FIRST_FRAME  # offer -> first processed frame
     loop_lag_s: tuple[tuple[str, float], ...] = ()  # (process, seconds) per engine
+    failovers: Mapping[str, int] = field(default_factory=lambda: dict.fromkeys(FAILOVER_CAUSES, 0))  # by FailoverCause label
+    failover_seconds: Histogram = EMPTY_FAILOVER  # worker death (or resume offer) -> streaming again
+    restarts_refused: int = 0  # sessions ended instead of restarted (pool.max_restarts)
+    snapshots: int = 0  # handler snapshots the media processes kept
 
 
 @dataclass
@@ -198,6 +218,24 @@ class EngineCounters:
     first_frame_counts: list[int] = field(default_factory=lambda: [0] * (len(OFFER_TO_FIRST_FRAME_BUCKETS_S) + 1))
     first_frame_sum_s: float = 0.0
     streams: dict[str, _StreamTotals] = field(default_factory=dict)
+    failovers: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FAILOVER_CAUSES, 0))
+    failover_counts: list[int] = field(default_factory=lambda: [0] * (len(FAILOVER_BUCKETS_S) + 1))
+    failover_sum_s: float = 0.0
+    restarts_refused: int = 0
+    snapshots: int = 0
+
+    def failover(self, stream_id: str, cause: FailoverCause, seconds: float) -> None:
+        """A session went on after ``cause``, ``seconds`` after it struck."""
+        self.failovers[cause.value] += 1
+        self.failover_counts[bisect.bisect_left(FAILOVER_BUCKETS_S, seconds)] += 1
+        self.failover_sum_s += seconds
+
+    def restart_refused(self, stream_id: str) -> None:
+        """A session's workers died too often (pool.max_restarts): it ended instead."""
+        self.restarts_refused += 1
+
+    def snapshot_taken(self) -> None:
+        self.snapshots += 1
 
     def offer_outcome(self, kind: str, status: int | None = None) -> str:
         """An offer was answered (``kind`` "answered") or refused (``kind`` its JSON reason,
@@ -285,6 +323,10 @@ def snapshot(counters: EngineCounters, live: Iterable[LiveSessionStats], loop_la
         session_seconds=seconds,
         first_frame=Histogram(OFFER_TO_FIRST_FRAME_BUCKETS_S, tuple(counters.first_frame_counts), counters.first_frame_sum_s),
         loop_lag_s=((counters.process, loop_lag_ms / MS_PER_S),),
+        failovers=dict(counters.failovers),
+        failover_seconds=Histogram(FAILOVER_BUCKETS_S, tuple(counters.failover_counts), counters.failover_sum_s),
+        restarts_refused=counters.restarts_refused,
+        snapshots=counters.snapshots,
     )
 
 
@@ -296,6 +338,9 @@ def merge(snapshots: Iterable[EngineMetrics]) -> EngineMetrics:
     seconds = 0.0
     first = EMPTY_FIRST_FRAME
     lags: list[tuple[str, float]] = []
+    failovers: dict[str, int] = dict.fromkeys(FAILOVER_CAUSES, 0)
+    failover_seconds = EMPTY_FAILOVER
+    refused = kept = 0
     for m in snapshots:
         for sid, sm in m.streams.items():
             streams[sid] = streams[sid] + sm if sid in streams else sm
@@ -306,7 +351,12 @@ def merge(snapshots: Iterable[EngineMetrics]) -> EngineMetrics:
         seconds += m.session_seconds
         first = first + m.first_frame
         lags.extend(m.loop_lag_s)
-    return EngineMetrics(streams, _cap_outcomes(offers), ended, seconds, first, tuple(lags))
+        for label, n in m.failovers.items():
+            failovers[label] = failovers.get(label, 0) + n
+        failover_seconds = failover_seconds + m.failover_seconds
+        refused += m.restarts_refused
+        kept += m.snapshots
+    return EngineMetrics(streams, _cap_outcomes(offers), ended, seconds, first, tuple(lags), failovers, failover_seconds, refused, kept)
 
 
 def _cap_outcomes(offers: dict[str, int]) -> dict[str, int]:
@@ -385,6 +435,18 @@ class _Collector(Collector):
         for process, seconds in m.loop_lag_s:
             lag.add_metric([process], seconds)
         yield lag
+
+        failovers = CounterMetricFamily(PREFIX + "failovers", "Sessions that went on after a crash, by cause.", labels=["cause"])
+        for label in FAILOVER_CAUSES:
+            failovers.add_metric([label], m.failovers.get(label, 0))
+        yield failovers
+        gap = HistogramMetricFamily(PREFIX + "failover_seconds", "From a crash (or a resume offer) to the session streaming again.")
+        gap.add_metric([], m.failover_seconds.exposition(), m.failover_seconds.sum)
+        yield gap
+        yield CounterMetricFamily(
+            PREFIX + "restarts_refused", "Sessions ended rather than restarted again (pool.max_restarts).", value=m.restarts_refused
+        )
+        yield CounterMetricFamily(PREFIX + "snapshots", "Handler snapshots kept for failover.", value=m.snapshots)
 
     def _scheduler_families(self) -> Iterator[Metric]:
         # deployment-wide (the scheduler's own counts): every front that serves /metrics

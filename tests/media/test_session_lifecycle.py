@@ -1,7 +1,7 @@
 """Every way a session ends gives back its slot, worker, segments and sockets.
 
 Paths covered: client close, time limit, connect timeout, media inactivity, handler
-exception (survives), worker SIGKILL, gateway shutdown, and 50 connect/close cycles.
+exception (survives), worker SIGKILL (the session survives too: a fresh worker), gateway shutdown, and 50 connect/close cycles.
 """
 
 from __future__ import annotations
@@ -131,7 +131,9 @@ async def test_handler_exception_reaches_client_and_session_survives(make_gatewa
         assert await _released(served)
 
 
-async def test_worker_sigkill_ends_only_its_session(make_gateway):
+async def test_worker_sigkill_restarts_only_its_session(make_gateway):
+    """docs/failover.md: the killed worker's session gets a fresh one (tests/media/test_failover.py
+    has the details); here, that its neighbour never notices and the pool replaces the dead one."""
     with make_gateway(lambda gw: gw.add_stream(tint, event_id="life-kill", concurrency_limit=2)) as served:
         victim = await _connected(served.url)
         other = await _connected(served.url)
@@ -139,21 +141,21 @@ async def test_worker_sigkill_ends_only_its_session(make_gateway):
         pid = session.worker_pid
         before = served.status()["events"]["life-kill"]["replaced_total"]
         told = asyncio.Event()
-        victim.on_message.append(lambda m: told.set() if m.get("type") == "error" else None)
+        victim.on_message.append(lambda m: told.set() if m.get("type") == "warning" and "restarted" in m.get("message", "") else None)
         await asyncio.sleep(0.5)
         other_before = other.report.received
-        killed_at = time.monotonic()
         os.kill(pid, signal.SIGKILL)
-        await asyncio.wait_for(told.wait(), 5)
-        assert time.monotonic() - killed_at < 1.0, "the client must be told within a second"
+        await asyncio.wait_for(told.wait(), 30)
         t0 = time.monotonic()
         await asyncio.sleep(1.5)
-        # the other session kept streaming through the kill
+        # the other session kept streaming through the kill, and the victim streams again
         assert (other.report.received - other_before) / (time.monotonic() - t0 + 0.5) > 5
-        assert other.webrtc_id in served.gateway.sessions
-        assert await async_wait_until(lambda: served.leases() == 1, RELEASE_TIMEOUT_S, 0.2)
+        assert other.webrtc_id in served.gateway.sessions and victim.webrtc_id in served.gateway.sessions
+        victim_before = victim.report.received
+        assert await async_wait_until(lambda: victim.report.received > victim_before + 10, 15, 0.2)
+        assert served.leases() == 2
         status = await async_wait_until(
-            lambda: (s := served.status()["events"]["life-kill"])["replaced_total"] > before and s["idle"] >= 1 and s,
+            lambda: (s := served.status()["events"]["life-kill"])["replaced_total"] > before and s,
             60,
             0.5,
         )

@@ -198,6 +198,10 @@ def test_types_of_the_families():
         "rtcpool_session_seconds": "counter",
         "rtcpool_offer_to_first_frame_seconds": "histogram",
         "rtcpool_event_loop_lag_seconds": "gauge",
+        "rtcpool_failovers": "counter",
+        "rtcpool_failover_seconds": "histogram",
+        "rtcpool_restarts_refused": "counter",
+        "rtcpool_snapshots": "counter",
         "rtcpool_worker_starts": "counter",
         "rtcpool_worker_replacements": "counter",
         "rtcpool_pool_workers": "gauge",
@@ -241,6 +245,12 @@ def test_nothing_yet_and_no_scheduler():
         "rtcpool_offer_to_first_frame_seconds_count",
         "rtcpool_offer_to_first_frame_seconds_sum",
         "rtcpool_event_loop_lag_seconds",
+        "rtcpool_failovers_total",
+        "rtcpool_failover_seconds_bucket",
+        "rtcpool_failover_seconds_count",
+        "rtcpool_failover_seconds_sum",
+        "rtcpool_restarts_refused_total",
+        "rtcpool_snapshots_total",
     }
     assert all(v == 0 for v in s.values())
     # the scheduler's streams are known even before any session: zeros for them

@@ -290,6 +290,13 @@ class Hello(Control):
     # how the client reached the gateway: the handler sees it (``phone_mode``, and
     # ``get_current_context().websocket`` for the two WebSocket kinds)
     client_kind: str = Transport.WEBRTC  # a Transport's value
+    # failover (docs/failover.md): the handler's latest snapshot (packed, opaque to the media
+    # process) for a worker that takes over a session, restored before the first frame;
+    # how often to send snapshots (0: never) and how large one may be
+    state: bytes | None = None
+    snapshot_interval_s: float = 0.0
+    max_snapshot_bytes: int = 0
+    restarts: int = 0  # workers this session had before this one
 
     @property
     def shape(self) -> StreamShape:
@@ -378,6 +385,20 @@ class Close(Control):
     TYPE: ClassVar[str] = "close"
     reason: str = ""
     retire: bool = False
+
+
+@dataclass
+class Snapshot(Control):
+    """Worker -> gateway: the handler's state (``snapshot()``, packed), for the worker that
+    takes the session over if this one dies. The media process keeps the latest and never
+    unpacks it: it is the handler's to read."""
+
+    TYPE: ClassVar[str] = "snapshot"
+    state: bytes
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.state, bytes):
+            raise WireError("a snapshot's state must be bytes")
 
 
 @dataclass

@@ -54,6 +54,7 @@ from workers.process.handler_threads import join_handler_threads
 from workers.process.loader import HandlerSpec
 from workers.process.node import node_id
 from workers.process.output import Output
+from workers.process.snapshots import Snapshots, restore
 
 log = logging.getLogger("rtcpool.worker")
 
@@ -156,6 +157,15 @@ class WorkerSession:
             on_control=self._on_control,
             on_closed=self._on_closed,
         )
+        self.snapshots = Snapshots(self.handler, self.channel.send_control, hello.snapshot_interval_s, hello.max_snapshot_bytes)
+        self.restored = False
+        if hello.state is not None:
+            # a worker that takes over a session: the handler's saved state, before its
+            # first frame (and before start_up, which runs on the handler's thread)
+            try:
+                self.restored = restore(self.handler, hello.state)
+            except Exception as exc:  # the session goes on from a fresh copy, the client told
+                self.report(exc)
 
     @classmethod
     def open(cls, handler: Any, spec: HandlerSpec, conn: socket.socket, hello: Hello) -> WorkerSession:
@@ -248,9 +258,17 @@ class WorkerSession:
                 reset_context(context_token)
 
     def _stats_loop(self) -> None:
-        """Report the handler's call durations every HANDLER_STATS_PERIOD_S while they change."""
-        while not self.stop_event.wait(HANDLER_STATS_PERIOD_S):
-            self._send_call_times()
+        """Report the handler's call durations every HANDLER_STATS_PERIOD_S while they change,
+        and its snapshot every snapshot interval (workers/process/snapshots.py)."""
+        snapshots = self.snapshots
+        period = min(HANDLER_STATS_PERIOD_S, snapshots.interval_s) if snapshots.enabled else HANDLER_STATS_PERIOD_S
+        stats_due = time.monotonic() + HANDLER_STATS_PERIOD_S
+        while not self.stop_event.wait(period):
+            now = time.monotonic()
+            if now >= stats_due:
+                stats_due = now + HANDLER_STATS_PERIOD_S
+                self._send_call_times()
+            snapshots.tick(now)
 
     def _send_call_times(self) -> None:
         """Send the totals, unless no call was made since the last report."""
@@ -471,6 +489,9 @@ class _Hooks(_SessionHooks):
 
     def clear_audio(self) -> None:
         self.session.output.clear_audio()
+
+    def save_state(self) -> None:
+        self.session.snapshots.request()
 
 
 __all__ = ["MAX_PARKED_THREADS", "POLL_INTERVAL_S", "WorkerSession"]

@@ -300,6 +300,19 @@ class ReplyOnPause(StreamHandler):
         """Load the VAD now rather than on the first chunk."""
         self.model.warmup()
 
+    # failover (docs/failover.md): the conversation is the app's function's, so it is the
+    # function that opts in, by being an object with snapshot() and restore(value); the
+    # state is saved after every reply. Without them these are None: nothing is kept.
+    @property
+    def snapshot(self) -> Callable[[], Any] | None:
+        fn = getattr(self.fn, "snapshot", None)
+        return fn if callable(fn) else None
+
+    @property
+    def restore(self) -> Callable[[Any], None] | None:
+        fn = getattr(self.fn, "restore", None)
+        return fn if callable(fn) else None
+
     def start_up(self) -> None:
         self.warmup()
         if self.startup_fn is not None:
@@ -611,6 +624,8 @@ class ReplyOnPause(StreamHandler):
             if reply.epoch == self._epoch:
                 self._active = False
         reply.close()
+        if self.snapshot is not None:
+            self.save_state()  # a reply is what changes a conversation
 
     def __repr__(self) -> str:
         name = getattr(self.fn, "__qualname__", repr(self.fn))

@@ -46,6 +46,7 @@ from workers.link.wire import (
     OutputsKind,
     Ready,
     SlotHeader,
+    Snapshot,
     WireError,
 )
 
@@ -201,6 +202,7 @@ EXAMPLES: dict[type[Control], list[Control]] = {
         HandlerStats([0] * wire.HANDLER_BUCKET_COUNT),
         HandlerStats([2**40, *range(1, wire.HANDLER_BUCKET_COUNT)], 1234.5),
     ],
+    Snapshot: [Snapshot(b""), Snapshot(b"\x93\x01\x02\x03"), Snapshot(bytes(70_000))],
 }
 ALL_EXAMPLES = [m for msgs in EXAMPLES.values() for m in msgs]
 
