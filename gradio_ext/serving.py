@@ -40,7 +40,7 @@ from typing import Any
 
 from gradio import component_meta
 
-from runtime.config import load_config
+from runtime.config_loader import load_config
 from runtime.front.gateway import Gateway
 from runtime.stream import close_with_app
 from workers.process.loader import in_worker_import

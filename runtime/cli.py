@@ -32,15 +32,8 @@ from typing import Any, cast
 import yaml
 
 from runtime import constants as C
-from runtime.config import (
-    CLI_OVERRIDES_ENV,
-    CONFIG_ENV,
-    ENV_PREFIX,
-    ConfigError,
-    Origins,
-    load_config,
-    set_key_path,
-)
+from runtime.config import CLI_OVERRIDES_ENV, CONFIG_ENV, ENV_PREFIX
+from runtime.config_loader import ConfigError, Origins, load_config, set_key_path
 from runtime.control.messages import SchedulerStatus, status_json
 from runtime.guard.auth import (
     JOIN_SECRET_ENV,

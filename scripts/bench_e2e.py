@@ -146,7 +146,7 @@ def serve_rtcpool(port: int, busy_iters: int) -> None:
     import uvicorn
     from fastapi import FastAPI
 
-    from runtime.config import load_config
+    from runtime.config_loader import load_config
     from runtime.front.gateway import Gateway
 
     config = load_config(overrides={

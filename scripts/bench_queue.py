@@ -154,7 +154,7 @@ def serve(port: int, max_queue: int) -> None:
     import uvicorn
     from fastapi import FastAPI
 
-    from runtime.config import load_config
+    from runtime.config_loader import load_config
     from runtime.front.gateway import Gateway
 
     ends: dict[str, dict[str, Any]] = {}

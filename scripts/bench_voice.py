@@ -146,7 +146,7 @@ def serve(port: int, sessions: int, prefetch: int | None) -> None:
     import uvicorn
     from fastapi import FastAPI
 
-    from runtime.config import load_config
+    from runtime.config_loader import load_config
     from runtime.front.gateway import Gateway
     from runtime.media import session as session_mod
     from runtime.media import webrtc_session as webrtc_mod

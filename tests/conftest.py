@@ -143,7 +143,7 @@ class Served:
 
 
 def _loopback_config(**gateway: Any) -> Any:
-    from runtime.config import load_config
+    from runtime.config_loader import load_config
 
     return load_config(overrides={"gateway": {"ice_host_addresses": ["127.0.0.1"], **gateway}})
 

@@ -16,7 +16,8 @@ import ray
 import yaml
 
 from runtime.cli import main
-from runtime.config import DEFAULT_CONFIG, ConfigError, load_config
+from runtime.config import DEFAULT_CONFIG
+from runtime.config_loader import ConfigError, load_config
 from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -332,7 +333,7 @@ def test_env_names_a_stream_by_its_id_and_errors_name_the_variable():
 # An app that prints the config its gateway would get, as `rtcpool serve` runs it.
 PRINT_CONFIG_APP = """\
 import json, os
-from runtime.config import load_config
+from runtime.config_loader import load_config
 cfg = load_config()
 print("EFFECTIVE " + json.dumps({
     "port": cfg.gateway.port,

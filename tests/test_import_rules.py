@@ -104,7 +104,7 @@ def test_the_walk_sees_every_package_and_resolves_their_imports() -> None:
         (("runtime.guard",), PLANES),
         # operations read the control plane's typed status (metrics), never the front or media
         (("runtime.ops",), ("runtime.front", "runtime.media")),
-        (("runtime.config", "runtime.errors", "runtime.constants"), PLANES),
+        (("runtime.config", "runtime.config_loader", "runtime.errors", "runtime.constants"), PLANES),
     ],
     ids=["workers-runtime", "runtime-gradio", "link-alone", "media-front", "control", "guard", "ops", "base"],
 )

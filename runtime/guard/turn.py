@@ -40,7 +40,7 @@ class TurnCredentialsError(RuntimeError):
 
 def configured_rtc_configuration() -> dict[str, Any]:
     """The deployment's ICE servers (config ``gateway.ice_servers``) as an RTCConfiguration."""
-    from runtime.config import load_config
+    from runtime.config_loader import load_config
 
     servers = [s.model_dump(exclude_none=True) for s in load_config().gateway.ice_servers]
     return {"iceServers": servers}

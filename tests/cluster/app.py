@@ -17,7 +17,7 @@ import numpy as np
 import uvicorn
 from fastapi import FastAPI
 
-from runtime.config import load_config
+from runtime.config_loader import load_config
 from runtime.front.gateway import Gateway
 
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from runtime.config import load_config
+from runtime.config_loader import load_config
 from runtime.errors import ErrorCode, Refused
 from runtime.front.statuses import http_headers, http_status
 from runtime.front.twilio import CallTokens, unsigned_refused

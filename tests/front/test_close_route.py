@@ -18,7 +18,7 @@ import pytest
 
 from runtime import constants as C
 from runtime.clients.webrtc import Client
-from runtime.config import load_config
+from runtime.config_loader import load_config
 from runtime.front.gateway import Gateway
 from tests.conftest import async_wait_until, serve_gateway
 

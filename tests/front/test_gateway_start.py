@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from runtime import constants as C
-from runtime.config import load_config
+from runtime.config_loader import load_config
 from runtime.control.scheduler import SchedulerActor
 from runtime.front.gateway import Gateway
 from tests.conftest import wait_until

@@ -3,7 +3,7 @@ pure bookkeeping, no Ray. The spread over real processes is test_media_processes
 
 import time
 
-from runtime.config import load_config
+from runtime.config_loader import load_config
 from runtime.control.messages import EngineLoad
 from runtime.front.supervisor import MediaSlot, MediaSupervisor
 

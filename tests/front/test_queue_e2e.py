@@ -19,7 +19,7 @@ import pytest
 
 from runtime import constants as C
 from runtime.clients.webrtc import Client, ServerFull
-from runtime.config import load_config
+from runtime.config_loader import load_config
 from runtime.front.gateway import Gateway
 from tests.conftest import async_wait_until, offer_sdp, serve_gateway
 

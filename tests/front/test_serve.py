@@ -98,7 +98,7 @@ SELF_SERVING_APP = HANDLER + """
 import uvicorn
 from fastapi import FastAPI
 
-from runtime.config import load_config
+from runtime.config_loader import load_config
 from runtime.stream import Stream
 
 config = load_config()

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from runtime.config import load_config
+from runtime.config_loader import load_config
 from runtime.front.gateway import Gateway
 from runtime.guard.limits import (
     SESSION_REQUEST_BURST_PER_ADDRESS,

@@ -16,7 +16,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from runtime.config import load_config
+from runtime.config_loader import load_config
 from runtime.front import standalone
 from runtime.front.gateway import Gateway
 

@@ -22,7 +22,7 @@ from gradio_ext.webrtc import (
     OUTPUTS_EVENT,
     STREAM_EVENT_KEYWORDS,
 )
-from runtime.config import load_config
+from runtime.config_loader import load_config
 from runtime.front.gateway import Gateway
 
 

@@ -14,7 +14,7 @@ import pytest
 import uvicorn
 
 from gradio_ext import serving
-from runtime.config import load_config
+from runtime.config_loader import load_config
 from runtime.front.gateway import Gateway
 from tests.conftest import free_port
 

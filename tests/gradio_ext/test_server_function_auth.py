@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from gradio_ext import WebRTC, serving
-from runtime.config import load_config
+from runtime.config_loader import load_config
 from runtime.front.gateway import Gateway
 from runtime.guard.auth import JOIN_SECRET_ENV
 from tests.conftest import free_port

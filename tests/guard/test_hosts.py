@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.config import ConfigError, load_config
+from runtime.config_loader import ConfigError, load_config
 from runtime.errors import Refused
 from runtime.front.statuses import http_status
 from runtime.guard.auth import AuthConfig, AuthConfigError, AuthGrant, SignallingAuth

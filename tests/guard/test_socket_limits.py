@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from runtime.config import load_config
+from runtime.config_loader import load_config
 from runtime.errors import ErrorCode, Refused
 from runtime.front.statuses import close_code, http_headers, http_status
 from runtime.guard.socket_limits import (

@@ -93,7 +93,7 @@ async def test_only_senders_that_send_vp8_get_it() -> None:
 
 @pytest.mark.parametrize(("key", "value"), [("vp8_speed", 17), ("vp8_speed", -1), ("vp8_speed", "fast"), ("vp8_denoise", "yes")])
 def test_bad_encoder_settings_name_their_key(key: str, value: object) -> None:
-    from runtime.config import ConfigError, load_config
+    from runtime.config_loader import ConfigError, load_config
 
     with pytest.raises(ConfigError, match=f"gateway.{key}"):
         load_config(environ={}, overrides={"gateway": {key: value}})
