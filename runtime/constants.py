@@ -79,6 +79,7 @@ POOL_MAX = 8  # workers per stream event when concurrency_limit is None
 SNAPSHOT_INTERVAL_S = 1.0  # a handler's snapshot() is sent at most (and, if it has one, at least) this often
 MAX_RESTARTS = 3  # worker restarts a session may have within RESTART_WINDOW_S; one more ends it
 RESTART_WINDOW_S = 60.0
+RESUME_GRACE_S = 10.0  # a session whose media process died waits this long for its client to re-offer
 MAX_SNAPSHOT_BYTES = 1 << 20  # a handler's packed snapshot past this is not kept (warned once)
 
 # --- the waiting room (a full stream's queue, owned by the scheduler) --------------------------

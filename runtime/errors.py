@@ -67,6 +67,7 @@ class ErrorCode(StrEnum):
     NO_STREAMS = "no_streams"
     UNKNOWN_STREAM = "unknown_stream"
     UNKNOWN_WEBRTC_ID = "unknown_webrtc_id"
+    NOT_RESUMABLE = "not_resumable"  # a resume offer for a session that ended, or after its grace
     UNKNOWN_QUEUE_TICKET = "unknown_queue_ticket"
     DUPLICATE_WEBRTC_ID = "duplicate_webrtc_id"
     SESSION_ELSEWHERE = "session_elsewhere"

@@ -39,6 +39,15 @@ COUNTER_BITS = 16
 MARK_BLOCKS = COUNTER_BITS * 2  # the counter, then its complement as a check
 OFFER_TIMEOUT_S = 90.0  # a cold pool may need to start a worker before it answers
 QUEUE_FOLLOW_ATTEMPTS = 5  # updates streams opened for one wait in line, at most
+# auto_resume (docs/failover.md): a session whose server side vanished is offered again with its
+# key. Silent this long (no frame or audio while the server sends media), or ICE failed: resume,
+# up to RESUME_ATTEMPTS times RESUME_RETRY_S apart (the server holds it gateway.resume_grace_s)
+AUTO_RESUME_SILENCE_S = 2.0
+AUTO_RESUME_FIRST_MEDIA_S = 10.0  # a resumed connection with no media by then is resumed again
+AUTO_RESUME_CHECK_S = 0.25
+RESUME_ATTEMPTS = 8
+RESUME_RETRY_S = 1.0
+RESUME_GIVE_UP = (403, 404)  # the key is wrong, or the session is gone: no retry helps
 QUEUE_FOLLOW_RETRY_S = 0.5  # between two of them (less than the ticket's follow grace)
 DEFAULT_FPS = 30.0
 DEFAULT_SIZE = (640, 480)
@@ -309,13 +318,16 @@ class Client:
         replay: int = 0,
         token: str | None = None,
         queue: bool = True,
+        auto_resume: bool = False,
     ) -> None:
         """``replay``: send a cycle of this many pre-encoded frames (:class:`ReplayVideoTrack`,
         for load tests; REPLAY_CYCLE_FRAMES is a good length) instead of encoding live.
         ``token``: sent as ``Authorization: Bearer`` (gateway.auth: a bearer or join token).
         ``queue``: on a full stream that queues, wait in its line (``connect()`` returns once
         admitted and answered; ``queue_views`` has what the line said on the way); False:
-        the server's 429 (:class:`ServerFull`) at once."""
+        the server's 429 (:class:`ServerFull`) at once. ``auto_resume``: when the server side
+        goes silent or ICE fails, offer again for the same session with its key (:meth:`resume`),
+        as the page's component does; ``resumes`` counts the ones that took."""
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.queue = queue
         self.queue_views: list[dict[str, Any]] = []  # the 202's place, then every update
@@ -338,6 +350,11 @@ class Client:
             ice_host_addresses = ["127.0.0.1"]
         if ice_host_addresses:
             pin_host_addresses(ice_host_addresses)
+        self.auto_resume = auto_resume
+        self.resumes = 0
+        self.resuming: asyncio.Task[None] | None = None
+        self._resumed_at: float | None = None
+        self.last_media_at: float | None = None  # monotonic, of the last frame or audio received
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.channel = self.pc.createDataChannel("text")
         self.messages: list[dict[str, Any]] = []
@@ -353,9 +370,12 @@ class Client:
         # decode each received frame on its last packet, as browsers do, not a frame later
         # as aiortc does (runtime/media/jitter.py): latency measured here is then the server's
         self.video_release_on_marker = video_release_on_marker
-        self.channel.on("message", self._on_message)
-        self.pc.on("track", self._on_track)
-        self.pc.on("connectionstatechange", self._on_state)
+        self._wire(self.pc, self.channel)
+
+    def _wire(self, pc: RTCPeerConnection, channel: Any) -> None:
+        channel.on("message", self._on_message)
+        pc.on("track", self._on_track)
+        pc.on("connectionstatechange", self._on_state)
 
     def _on_message(self, text: Any) -> None:
         try:
@@ -369,14 +389,21 @@ class Client:
             self.ended.set()
 
     def _on_state(self) -> None:
-        if self.pc.connectionState in ("failed", "closed"):
+        state = self.pc.connectionState
+        if state == "failed" and self.auto_resume and self.session_key:
+            self._resume_soon()
+        elif state in ("failed", "closed"):
             self.ended.set()
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         receive = self._receive if track.kind == "video" else self._receive_audio
-        task = asyncio.get_running_loop().create_task(receive(track))
+        self._spawn(receive(track))
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _receive_audio(self, track: MediaStreamTrack) -> None:
         resampler = av.AudioResampler(format="s16", layout="mono", rate=AUDIO_RATE)
@@ -384,6 +411,7 @@ class Client:
             while True:
                 frame = cast(av.AudioFrame, await track.recv())  # an audio track's frames
                 now = time.monotonic()
+                self.last_media_at = now
                 for out in resampler.resample(frame):
                     self.audio_received.append(out.to_ndarray().reshape(-1))
                     self.audio_times.append(now)
@@ -396,6 +424,7 @@ class Client:
 
     async def _receive(self, track: MediaStreamTrack) -> None:
         report = self.report
+        pc = self.pc  # a resume replaces it: then the end of this track is not the session's
         sent_at = self.source.sent_at if self.source is not None else {}
         try:
             while True:
@@ -404,7 +433,7 @@ class Client:
                 # falls behind must not add its own queue to the server's latency
                 frame, skipped, _ = newest_frame(track, frame)
                 report.received += skipped
-                now = time.monotonic()
+                now = self.last_media_at = time.monotonic()
                 arr = frame.to_ndarray(format="rgb24")
                 report.received += 1
                 counter = read_counter(arr)
@@ -416,7 +445,8 @@ class Client:
                     self.frames.pop(0)
                 self.first_frame.set()
         except MediaStreamError:
-            self.ended.set()
+            if self.pc is pc and self.resuming is None:
+                self.ended.set()
 
     async def connect(self) -> None:
         for kind, source in (("video", self.source), ("audio", self.audio_source)):
@@ -452,11 +482,96 @@ class Client:
             raise OfferRejected(resp.status_code, answer)
         # the server's secret for this session: every later request about it carries it
         self.session_key = answer.get("session_key")
+        await self._apply_answer(answer)
+        self._started = time.monotonic()
+        if self.auto_resume and (self.shape.sends_video or self.shape.sends_audio):
+            self._spawn(self._watch_silence())
+
+    async def _apply_answer(self, answer: dict[str, Any]) -> None:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
         set_audio_prefetch(self.pc, self.audio_jitter_prefetch)
         if self.video_release_on_marker:
             release_video_on_marker(self.pc)
-        self._started = time.monotonic()
+
+    # --- resume (docs/failover.md) -----------------------------------------------------------
+
+    async def _watch_silence(self) -> None:
+        """The server sends media continuously: a silence means its side is gone."""
+        while not self.ended.is_set():
+            await asyncio.sleep(AUTO_RESUME_CHECK_S)
+            if self.resuming is not None:
+                continue
+            now = time.monotonic()
+            last = self.last_media_at
+            if last is not None and now - last > AUTO_RESUME_SILENCE_S:
+                self._resume_soon()
+            elif last is None and self._resumed_at is not None and now - self._resumed_at > AUTO_RESUME_FIRST_MEDIA_S:
+                self._resume_soon()
+
+    def _resume_soon(self) -> None:
+        if self.resuming is None and not self.ended.is_set():
+            self.resuming = self._spawn(self._auto_resume())
+
+    async def _auto_resume(self) -> None:
+        try:
+            await self.resume()
+        except Exception:
+            self.ended.set()  # given up: the session is over for this client
+        finally:
+            self.resuming = None
+            # the new connection's silence counts from its first media (ICE and DTLS first)
+            self.last_media_at, self._resumed_at = None, time.monotonic()
+
+    async def resume(self, attempts: int = RESUME_ATTEMPTS, retry_s: float = RESUME_RETRY_S) -> dict[str, Any]:
+        """Offer again for this session, with its key, on a new peer connection with the same
+        sources: after the server's media process died (its handler, held by its worker,
+        goes on) or a network change. Returns the answer; OfferRejected on a 403 or 404 (a
+        wrong key, a session that ended or whose grace is over), or once the attempts run out."""
+        old = self.pc
+        old.remove_all_listeners()
+        for sender in old.getSenders():
+            sender.replaceTrack(None)  # the sources go on in the new one: aiortc stops a sender's track as it ends
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.channel = self.pc.createDataChannel("text")
+        self._wire(self.pc, self.channel)
+        try:
+            return await self._offer_again(attempts, retry_s)
+        finally:
+            # after the server took the new one: closing the old first would tell a server
+            # that still holds it (a network change) that the client hung up
+            with contextlib.suppress(Exception):
+                await old.close()
+
+    async def _offer_again(self, attempts: int, retry_s: float) -> dict[str, Any]:
+        for kind, source in (("video", self.source), ("audio", self.audio_source)):
+            if source is not None:
+                self.pc.addTrack(source)
+            elif self.shape.sends_video if kind == "video" else self.shape.sends_audio:
+                self.pc.addTransceiver(kind, direction="recvonly")
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        body: dict[str, Any] = {
+            "sdp": self.pc.localDescription.sdp, "type": "offer", "webrtc_id": self.webrtc_id, "session_key": self.session_key,
+        }  # fmt: skip
+        if self.stream_id is not None:
+            body["stream_id"] = self.stream_id
+        status, answer = 0, None
+        async with httpx.AsyncClient(timeout=OFFER_TIMEOUT_S) as http:
+            for attempt in range(attempts):
+                if attempt:
+                    await asyncio.sleep(retry_s)
+                try:
+                    resp = await http.post(f"{self.url}/webrtc/offer", json=body, headers=self.headers)
+                except httpx.HTTPError as exc:
+                    status, answer = 0, {"error": "unreachable", "message": str(exc)}
+                    continue
+                status, answer = resp.status_code, _json_of(resp)
+                if status == 200 and isinstance(answer, dict) and "sdp" in answer:
+                    await self._apply_answer(answer)
+                    self.resumes += 1
+                    return answer
+                if status in RESUME_GIVE_UP:
+                    break
+        raise OfferRejected(status, answer)
 
     async def _wait_turn(self, http: httpx.AsyncClient) -> None:
         """Follow this client's place in line (GET /webrtc/queue, server-sent events) until

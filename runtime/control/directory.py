@@ -43,7 +43,8 @@ class MediaRecord:
 
 class Directory:
     def __init__(self, on_gone: Callable[[str], Awaitable[int]]) -> None:
-        # ``on_gone(gateway_id)``: a media process died; gives back its leases, says how many
+        # ``on_gone(gateway_id)``: a media process died; gives back its leases (or holds them for
+        # a resume, docs/failover.md), says how many
         self._on_gone = on_gone
         self.media: dict[str, MediaRecord] = {}  # by gateway id
         self.loads: dict[str, EngineLoad] = {}  # gateway id -> its engine's last load
@@ -60,7 +61,7 @@ class Directory:
         except Exception as exc:
             if self.media.get(gateway_id) is record:
                 n = await self._on_gone(gateway_id)
-                log.warning("media process %s (pid %s) is gone (%s): %d lease(s) given back", gateway_id, record.pid, reason(exc), n)
+                log.warning("media process %s (pid %s) is gone (%s): %d lease(s) given back or held for their resume", gateway_id, record.pid, reason(exc), n)
 
     def forget(self, gateway_id: str) -> None:
         self.loads.pop(gateway_id, None)

@@ -39,6 +39,7 @@ class LeaseGrant:
     node_id: str
     time_limit: float | None
     failover: FailoverPolicy = FailoverPolicy()
+    resumed: bool = False  # the session's own worker, held for it after its media process died
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,11 @@ class LeaseRecord:
     streaming_since: float | None = None
     transport: str = ""  # "shm" or "tcp", as the gateway's heartbeat reports it
     client: str = ""  # the client's address key (runtime/guard/limits.py client_key); "" exempt
+    # a resume (docs/failover.md): the session key's digest, which a resume offer must match;
+    # how long the lease outlives its media process; since when it has (monotonic), if it has
+    key_digest: str = ""
+    resume_grace_s: float = 0.0
+    orphaned_at: float | None = None
 
 
 class Leases(dict[str, LeaseRecord]):

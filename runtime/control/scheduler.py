@@ -57,6 +57,7 @@ and keeps the gateways' heartbeats and the leases between them:
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import secrets
 import time
@@ -88,6 +89,7 @@ from runtime.control.pools import (
     Pool,
     Pools,
     Unplaceable,
+    WorkerRef,
     off_node,
     reason,
 )
@@ -128,7 +130,7 @@ class Scheduler:
         self.lines = Lines(self.pools, self.leases)
         # the media processes (engines that are Ray actors), by gateway id: the session
         # directory maps a session to its lease's gateway id, and that to a handle there
-        self.directory = Directory(self.forget_gateway)
+        self.directory = Directory(self.media_gone)
         self.autoscale = Autoscale()
         self.gateways: dict[str, float] = {}  # gateway id -> last heartbeat (monotonic)
         self._monitor: asyncio.Task[None] | None = None
@@ -209,6 +211,8 @@ class Scheduler:
         queue: bool = False,
         client: str = "",
         max_per_client: int = 0,
+        key_digest: str = "",
+        resume_grace_s: float = 0.0,
     ) -> LeaseGrant | LeaseDenied | LeaseQueued:
         """A slot and an idle worker for session ``session_id`` of ``gateway_id``; an idle
         worker on ``node_id`` (the engine's node: shared memory instead of TCP) if any.
@@ -225,6 +229,9 @@ class Scheduler:
         if pool is None:
             return LeaseDenied(ErrorCode.UNKNOWN_STREAM, f"no stream event {event_id!r}")
         now = time.monotonic()
+        if any(x.session_id == session_id and x.orphaned_at is not None for x in self.leases.values()):
+            # held for its client's resume: only the session's key takes it (resume())
+            return LeaseDenied(ErrorCode.SESSION_KEY_REQUIRED, f"session {session_id!r} waits for its client to resume it: re-offer with its session_key")
         self.gateways[gateway_id] = now
         pool.attach(gateway_id)
         if client and max_per_client and self.leases.held_by(client) >= max_per_client:
@@ -245,7 +252,10 @@ class Scheduler:
             if refused is not None:
                 return refused
         # the slot is taken now, before any wait, so concurrent offers cannot overshoot
-        lease = LeaseRecord(uuid.uuid4().hex, event_id, gateway_id, session_id, time.monotonic(), client=client)
+        lease = LeaseRecord(
+            uuid.uuid4().hex, event_id, gateway_id, session_id, time.monotonic(), client=client,
+            key_digest=key_digest, resume_grace_s=resume_grace_s,
+        )  # fmt: skip
         self.leases[lease.lease_id] = lease
         if held is not None:
             self.lines.claim(pool, held, now)  # its held slot is the lease now
@@ -270,6 +280,75 @@ class Scheduler:
         if dead is not None:
             self.pools.return_worker(pool, dead, healthy=False)
         return await self._arm(pool, lease, node_id)
+
+    async def resume(self, session_id: str, key_digest: str, gateway_id: str, node_id: str = "") -> LeaseGrant | LeaseDenied:
+        """A client re-offers for session ``session_id`` whose media process died: its lease,
+        held for its resume grace, moves to ``gateway_id`` with its worker (which held the
+        handler, state and all) armed with a new token; a worker that died meanwhile is
+        replaced as in :meth:`failover`. ``key_digest`` (of the session key the client
+        presents) must match the one the lease was taken with: else bad_session_key, and
+        nothing changes."""
+        lease = next((x for x in self.leases.values() if x.session_id == session_id), None)
+        if lease is None or not lease.key_digest:
+            return LeaseDenied(ErrorCode.NOT_RESUMABLE, f"no session {session_id!r} to resume (it ended, or its grace is over)")
+        if not isinstance(key_digest, str) or not hmac.compare_digest(lease.key_digest, key_digest):
+            return LeaseDenied(ErrorCode.BAD_SESSION_KEY, "the session key does not match the session")
+        if lease.orphaned_at is None:
+            return LeaseDenied(ErrorCode.DUPLICATE_WEBRTC_ID, f"session {session_id!r} is live on another media process")
+        pool = self.pools.get(lease.event_id)
+        if pool is None:
+            return LeaseDenied(ErrorCode.NOT_RESUMABLE, f"the stream of session {session_id!r} is no longer served")
+        orphaned_for = time.monotonic() - lease.orphaned_at
+        lease.gateway_id, lease.orphaned_at = gateway_id, None
+        self.gateways[gateway_id] = time.monotonic()
+        pool.attach(gateway_id)
+        worker = pool.busy.get(lease.lease_id)
+        if worker is not None:
+            token = secrets.token_hex(C.TOKEN_BYTES)
+            try:
+                await asyncio.wait_for(worker.actor.arm.remote(token), C.RAY_CALL_TIMEOUT_S)
+                log.info("session %s resumed on %s after %.1f s, worker pid %s", session_id, gateway_id, orphaned_for, worker.info.pid)
+                return self._grant(pool, lease, worker, token, resumed=True)
+            except Exception as exc:
+                log.warning("session %s: its held worker is gone (%s): a fresh one", session_id, reason(exc))
+                pool.busy.pop(lease.lease_id, None)
+                lease.worker = None
+                self.pools.return_worker(pool, worker, healthy=False)
+        return await self._arm(pool, lease, node_id)
+
+    async def media_gone(self, gateway_id: str) -> int:
+        """A media process died: its leases with a resume grace are held for their clients
+        to re-offer (:meth:`resume`; their workers hold the handlers), the others given back
+        at once. Returns how many leases it had."""
+        mine = self.leases.of_gateway(gateway_id)
+        self.gateways.pop(gateway_id, None)
+        self.directory.forget(gateway_id)
+        for pool in self.pools.all():
+            pool.gateways.discard(gateway_id)
+        now = time.monotonic()
+        for lid in mine:
+            lease = self.leases.get(lid)
+            if lease is None:
+                continue
+            if lease.resume_grace_s > 0 and lease.worker is not None and lease.key_digest:
+                lease.orphaned_at = now
+            else:
+                await self.release(lid, worker_ok=False)
+        return len(mine)
+
+    def _grant(self, pool: Pool, lease: LeaseRecord, worker: WorkerRef, token: str, resumed: bool = False) -> LeaseGrant:
+        return LeaseGrant(
+            lease.lease_id,
+            worker.actor,
+            worker.info.endpoint,
+            worker.info.tcp_endpoint,
+            token,
+            worker.info.pid,
+            worker.info.node_id,
+            pool.spec.time_limit,
+            pool.spec.pool.failover(),
+            resumed,
+        )
 
     async def _arm(self, pool: Pool, lease: LeaseRecord, node_id: str) -> LeaseGrant | LeaseDenied:
         """An idle worker for ``lease`` (on ``node_id`` where there is one), armed with a
@@ -305,17 +384,7 @@ class Scheduler:
             return LeaseDenied(ErrorCode.EXPIRED, "lease expired while waiting")
         lease.worker = worker
         self.pools.top_up(pool)
-        return LeaseGrant(
-            lease.lease_id,
-            worker.actor,
-            worker.info.endpoint,
-            worker.info.tcp_endpoint,
-            token,
-            worker.info.pid,
-            worker.info.node_id,
-            pool.spec.time_limit,
-            pool.spec.pool.failover(),
-        )
+        return self._grant(pool, lease, worker, token)
 
     def _unlease(self, pool: Pool, lease: LeaseRecord) -> None:
         """A lease that never became a session (no worker): its slot goes to the line."""
@@ -401,7 +470,8 @@ class Scheduler:
         """The session directory: which engine holds ``session_id``, and the actor to
         forward to (None: an engine inside some app's process, which no other process
         reaches). None: no such session anywhere."""
-        return self.directory.locate(session_id, self.leases.values())
+        # a lease held for a resume is nowhere until its client re-offers
+        return self.directory.locate(session_id, [x for x in self.leases.values() if x.orphaned_at is None])
 
     # --- the waiting room ------------------------------------------------------------------------
 
@@ -436,6 +506,11 @@ class Scheduler:
                     log.warning("gateway %s silent for %.0f s: reclaiming its leases", gid, now - seen)
                     await self.forget_gateway(gid)
             for lid, lease in list(self.leases.items()):
+                if lease.orphaned_at is not None and now - lease.orphaned_at > lease.resume_grace_s:
+                    log.info("session %s was not resumed within %.0f s: its lease is given back", lease.session_id, lease.resume_grace_s)
+                    # its worker shut the handler down at its own deadline: healthy, it goes back
+                    await self.release(lid, worker_ok=True)
+                    continue
                 pool = self.pools.get(lease.event_id)
                 limit = pool.spec.time_limit if pool is not None else None
                 if limit is not None and lease.streaming_since is not None and now - lease.streaming_since > limit + self.time_limit_grace_s:

@@ -46,6 +46,8 @@ class EngineHandle(Protocol):
         self, event_id: str, webrtc_id: str, sdp: str, client: str | None, queue: bool, ticket: str | None
     ) -> dict[str, Any]: ...
 
+    async def resume(self, event_id: str, webrtc_id: str, sdp: str, key: Any, client: str | None) -> dict[str, Any]: ...
+
     async def candidate(self, webrtc_id: str, key: Any, cand: Any) -> None: ...
 
     async def set_args(self, webrtc_id: str, key: Any, args: list[Any]) -> None: ...
@@ -74,6 +76,10 @@ class LocalEngine:
     ) -> dict[str, Any]:
         self.serve_inbox()
         return await self.engine.offer(event_id, webrtc_id, sdp, client, queue, ticket)
+
+    async def resume(self, event_id: str, webrtc_id: str, sdp: str, key: Any, client: str | None) -> dict[str, Any]:
+        self.serve_inbox()
+        return await self.engine.resume(event_id, webrtc_id, sdp, key, client)
 
     async def candidate(self, webrtc_id: str, key: Any, cand: Any) -> None:
         await self.engine.add_candidate(webrtc_id, key, cand)
@@ -176,6 +182,11 @@ class RemoteEngine:
         self, event_id: str, webrtc_id: str, sdp: str, client: str | None, queue: bool, ticket: str | None
     ) -> dict[str, Any]:
         answer = await forward(self.actor.offer.remote(event_id, webrtc_id, sdp, client, queue, ticket), OFFER_FORWARD_TIMEOUT_S)
+        raise_refusal(answer)
+        return answer
+
+    async def resume(self, event_id: str, webrtc_id: str, sdp: str, key: Any, client: str | None) -> dict[str, Any]:
+        answer = await forward(self.actor.resume.remote(event_id, webrtc_id, sdp, key, client), OFFER_FORWARD_TIMEOUT_S)
         raise_refusal(answer)
         return answer
 

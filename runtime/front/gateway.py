@@ -31,7 +31,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from runtime import constants as C
-from runtime.config import Config, load_config
+from runtime.config import Config
+from runtime.config_loader import load_config
 from runtime.control.scheduler import get_scheduler
 from runtime.errors import ErrorCode, Refused
 from runtime.front import streams
@@ -323,6 +324,9 @@ class Gateway:
         if claims is not None and claims.stream_id is not None and claims.stream_id != event.event_id:
             raise Refused(ErrorCode.TOKEN_WRONG_STREAM, "this join token is for another stream")
         sdp = check_sdp(body.get("sdp"), event, self.config.gateway.max_offer_bytes)
+        if "session_key" in body:
+            # a resume: the client's own session again, proved by its key (docs/failover.md)
+            return await self._resume(event, webrtc_id, sdp, body["session_key"], client)
         if not self._started:
             if self.in_app:
                 # reserve the id before Ray's start-up: a second offer with it meanwhile is
@@ -340,6 +344,15 @@ class Gateway:
         if self.in_app:
             return await self.local.offer(event.event_id, webrtc_id, sdp, client, queue, ticket)
         return await self.supervisor.offer(event.event_id, webrtc_id, sdp, client, queue, ticket)
+
+    async def _resume(self, event: StreamEvent, webrtc_id: str, sdp: str, key: Any, client: str | None) -> dict[str, Any]:
+        if not isinstance(key, str) or not key:
+            raise Refused(ErrorCode.SESSION_KEY_REQUIRED, "a resume offer carries its session's key ('session_key')")
+        if not self._started:
+            raise Refused(ErrorCode.NOT_RESUMABLE, f"no session {webrtc_id!r} to resume")
+        if self.in_app:
+            return await self.local.resume(event.event_id, webrtc_id, sdp, key, client)
+        return await self.supervisor.resume(event.event_id, webrtc_id, sdp, key, client)
 
     async def open_websocket(
         self,

@@ -208,6 +208,36 @@ class MediaSupervisor:
             self.placed.pop(webrtc_id, None)
         return answer
 
+    async def resume(self, event_id: str, webrtc_id: str, sdp: str, key: Any, client: str | None) -> dict[str, Any]:
+        """A resume offer (docs/failover.md): to the media process that holds the session if
+        it is alive (the client's network changed), else to the least loaded one that is.
+        A process that turns out dead (this front has not noticed yet) is passed over."""
+        from ray.exceptions import ActorDiedError
+
+        from runtime.front.engines import OFFER_FORWARD_TIMEOUT_S, raise_refusal
+
+        tried: set[int] = set()
+        owner = self.placed.get(webrtc_id)
+        while True:
+            slot = owner if owner is not None and id(owner) not in tried else None
+            if slot is None:
+                alive = [s for s in self.slots if id(s) not in tried]
+                if not alive:
+                    raise Refused(ErrorCode.NO_MEDIA_PROCESS, "no live media process to resume on: try again")
+                slot = min(alive, key=MediaSlot.score)
+            tried.add(id(slot))
+            try:
+                answer = await asyncio.wait_for(
+                    slot.actor.resume.remote(event_id, webrtc_id, sdp, key, client), OFFER_FORWARD_TIMEOUT_S
+                )
+            except ActorDiedError:
+                continue
+            except TimeoutError as exc:
+                raise Refused(ErrorCode.MEDIA_TIMEOUT, "the media process did not answer the resume") from exc
+            raise_refusal(answer)
+            self._remember(webrtc_id, slot)
+            return dict(answer)
+
     async def ask_each(self, method: str, *args: Any) -> list[Any]:
         """``method(*args)`` of every media process, one after another, each within
         RAY_CALL_TIMEOUT_S; a dead or silent one has nothing to say (left out)."""

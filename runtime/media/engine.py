@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import secrets
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -40,6 +41,7 @@ from runtime.media.offers import (
     check_key,
     denied_error,
     draining_error,
+    key_digest,
     queued_answer,
     strip_forbidden_candidates,
 )
@@ -48,7 +50,7 @@ from runtime.media.session_view import SessionView
 from runtime.media.stream_event import StreamEvent
 from runtime.media.webrtc_session import WebRTCSession
 from runtime.media.ws_session import WebSocketSession
-from runtime.ops.metrics import EngineCounters, EngineMetrics, snapshot
+from runtime.ops.metrics import EngineCounters, EngineMetrics, FailoverCause, snapshot
 from runtime.ops.shm_check import geometry_for
 from workers.link.shape import Transport
 from workers.link.wire import Args, OutputsKind, WireError
@@ -58,6 +60,10 @@ log = logging.getLogger("rtcpool.engine")
 OUTPUTS_GRACE_S = 30.0  # a session's unfetched AdditionalOutputs are kept this long after it ends
 UNLIMITED_OFFERS_PER_MIN = 10**9  # an engine does not rate-limit: its front does, seeing every offer
 SESSION_KEY_BYTES = 24  # random bytes of a session key (192 bits; base64url: 32 characters)
+# a resume that comes before the scheduler saw the old media process die (Ray notices a dead
+# actor within about a second) is asked again this often, for at most this long
+RESUME_SETTLE_S = 5.0
+RESUME_SETTLE_POLL_S = 0.25
 
 SessionMaker = Callable[[StreamEvent, LeaseGrant], Session]  # a session for a lease, not started
 SessionStarter = Callable[[Session], Awaitable[dict[str, Any]]]  # starts it: the client's answer
@@ -182,7 +188,7 @@ class MediaEngine:
         self.sessions[webrtc_id] = None  # type: ignore[assignment]
         key = self.keys[webrtc_id] = secrets.token_urlsafe(SESSION_KEY_BYTES)
         try:
-            answer = await self._open_session(event, webrtc_id, admission, client, queue, ticket, make, begin)
+            answer = await self._open_session(event, webrtc_id, admission, client, queue, ticket, make, begin, key)
             if answer.get("status") == "queued":
                 return answer
             return {**answer, "session_key": key}
@@ -192,6 +198,74 @@ class MediaEngine:
                 self.sessions.pop(webrtc_id, None)
                 if self.keys.get(webrtc_id) == key:
                     del self.keys[webrtc_id]
+
+    async def resume(self, event_id: str, webrtc_id: str, sdp: str, key: Any, client: str | None = None) -> dict[str, Any]:
+        """A client's offer for its own session again, with its ``key`` (docs/failover.md):
+        after its media process died (the scheduler held its lease and its worker held the
+        handler: both are taken over here), or after its network changed (the session is
+        still here: a new peer connection replaces the old, the worker link stays)."""
+        event = self.events.get(event_id)
+        if event is None:
+            raise Refused(ErrorCode.UNKNOWN_STREAM, f"no stream {event_id!r} (GET /webrtc/streams)")
+        if self.draining:
+            raise draining_error()
+        sdp = strip_forbidden_candidates(sdp, self.config.gateway.limits.allow_loopback_candidates)
+        started = time.monotonic()
+        live = self.sessions.get(webrtc_id)
+        if isinstance(live, WebRTCSession) and not live.closed:
+            self.authorize(webrtc_id, key)
+            answer = await live.restart_peer(sdp)
+            self.counters.failover(event_id, FailoverCause.RESUMED, time.monotonic() - started)
+            return {"sdp": answer.sdp, "type": answer.type, "session_key": key, "resumed": True}
+        if webrtc_id in self.sessions:
+            raise Refused(ErrorCode.DUPLICATE_WEBRTC_ID, f"a session {webrtc_id!r} is already active")
+        if not isinstance(key, str) or not key:
+            raise Refused(ErrorCode.SESSION_KEY_REQUIRED, "a resume offer carries its session's key ('session_key')")
+        admission = self.address_limits.admit_offer(client)
+        self.sessions[webrtc_id] = None  # type: ignore[assignment]
+        self.keys[webrtc_id] = key
+        try:
+            grant = await self._resume_lease(webrtc_id, key)
+            if not isinstance(grant, LeaseGrant):
+                raise denied_error(grant)
+            session = WebRTCSession(self, event, webrtc_id, grant)
+            session.admission, session.client = admission, client_key(client).key
+            try:
+                answer = await session.start(sdp, "offer")
+            except Exception as exc:
+                await session.aclose(EndReason.WORKER_UNAVAILABLE, f"resume failed: {exc}")
+                raise Refused(ErrorCode.WORKER_UNAVAILABLE, f"the session could not be resumed: {exc}") from exc
+            self.sessions[webrtc_id] = session
+            self.counters.session_started(event.event_id)
+            session.counted = True
+            self.counters.failover(event_id, FailoverCause.RESUMED, time.monotonic() - started)
+            log.info("session %s resumed here, worker pid %s (%s)", webrtc_id, grant.pid, "its handler held" if grant.resumed else "a fresh worker")
+            session.log_start()
+            return {"sdp": answer.sdp, "type": answer.type, "session_key": key, "resumed": True}
+        finally:
+            if self.sessions.get(webrtc_id) is None:
+                admission.ended()
+                self.sessions.pop(webrtc_id, None)
+                if self.keys.get(webrtc_id) == key:
+                    del self.keys[webrtc_id]
+
+    async def _resume_lease(self, webrtc_id: str, key: str) -> Any:
+        """The scheduler's answer to a resume. A client may re-offer before the scheduler has
+        seen its media process die (it then answers "live elsewhere"): asked again for up
+        to RESUME_SETTLE_S."""
+        deadline = time.monotonic() + RESUME_SETTLE_S
+        while True:
+            try:
+                grant = await asyncio.wait_for(
+                    self.scheduler.resume.remote(webrtc_id, key_digest(key), self.gateway_id, self.node_id),
+                    C.LEASE_TIMEOUT_S + C.RAY_CALL_TIMEOUT_S,
+                )
+            except Exception as exc:
+                raise Refused(ErrorCode.SCHEDULER_UNAVAILABLE, f"the scheduler did not answer: {exc}") from exc
+            settling = getattr(grant, "error", None) == ErrorCode.DUPLICATE_WEBRTC_ID
+            if not settling or time.monotonic() > deadline:
+                return grant
+            await asyncio.sleep(RESUME_SETTLE_POLL_S)
 
     def authorize(self, webrtc_id: str, key: Any) -> None:
         """Refuse a request about a session that does not present the session's key: 404
@@ -212,6 +286,7 @@ class MediaEngine:
         ticket: str | None,
         make: SessionMaker,
         begin: SessionStarter,
+        key: str = "",
     ) -> dict[str, Any]:
         known = client_key(address)
         client = known.key
@@ -219,11 +294,11 @@ class MediaEngine:
         line_client = "" if known.loopback and self.config.gateway.limits.exempt_loopback else client
         for attempt in range(2):  # one retry: an idle worker may have died since the lease
             try:
-                lease = await self._acquire(event, webrtc_id, queue, ticket, line_client)
+                lease = await self._acquire(event, webrtc_id, queue, ticket, line_client, key)
             except Refused as err:
                 if err.code != ErrorCode.CONCURRENCY_LIMIT_REACHED or not await self.half_open.displace(event.event_id, client):
                     raise
-                lease = await self._acquire(event, webrtc_id, queue, ticket, line_client)
+                lease = await self._acquire(event, webrtc_id, queue, ticket, line_client, key)
             if isinstance(lease, LeaseQueued):
                 # a half-open session of another client holds a slot the line needs: its
                 # end admits the head of the line (maybe this one)
@@ -250,7 +325,7 @@ class MediaEngine:
         raise AssertionError("unreachable")
 
     async def _acquire(
-        self, event: StreamEvent, webrtc_id: str, queue: bool = False, ticket: str | None = None, client: str = ""
+        self, event: StreamEvent, webrtc_id: str, queue: bool = False, ticket: str | None = None, client: str = "", key: str = ""
     ) -> LeaseGrant | LeaseQueued:
         from ray.exceptions import ActorDiedError
 
@@ -262,6 +337,9 @@ class MediaEngine:
                         event.event_id, self.gateway_id, webrtc_id, self.node_id, ticket=ticket, queue=queue, client=client,
                         # sessions per address, counted by the scheduler over the whole deployment
                         max_per_client=self.config.gateway.limits.max_sessions_per_address,
+                        # a resume offer proves the session is its client's with the key
+                        key_digest=key_digest(key) if key else "",
+                        resume_grace_s=self.config.gateway.resume_grace_s,
                     ),
                     C.LEASE_TIMEOUT_S + C.RAY_CALL_TIMEOUT_S,
                 )

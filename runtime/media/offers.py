@@ -8,6 +8,7 @@ no peer connection; the refusals are :class:`runtime.errors.Refused`, which the 
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import re
 from typing import Any
@@ -37,6 +38,12 @@ def check_key(config: Config, expected: str, key: Any) -> None:
     # constant time: a key compared byte by byte would leak its prefix to a patient prober
     if not hmac.compare_digest(expected.encode(), key.encode("utf-8", "replace")):
         raise Refused(ErrorCode.BAD_SESSION_KEY, "the session key does not match the session")
+
+
+def key_digest(key: str) -> str:
+    """What the scheduler keeps of a session key, to check a resume offer's against: the key
+    itself stays with the engine and its client."""
+    return hashlib.sha256(key.encode("utf-8", "replace")).hexdigest()
 
 
 def strip_forbidden_candidates(sdp: str, allow_loopback: bool) -> str:
@@ -87,7 +94,14 @@ def denied_error(lease: LeaseDenied) -> Refused:
             else lease.message
         )
         return Refused(code, f"{first}; retry in {retry} s", retry_after_s=retry, meta=meta)
-    if code in (ErrorCode.QUEUE_TICKET_GONE, ErrorCode.DUPLICATE_WEBRTC_ID):
+    if code in (
+        ErrorCode.QUEUE_TICKET_GONE,
+        ErrorCode.DUPLICATE_WEBRTC_ID,
+        # a resume's (docs/failover.md): the client's own mistake or a session gone for good
+        ErrorCode.BAD_SESSION_KEY,
+        ErrorCode.SESSION_KEY_REQUIRED,
+        ErrorCode.NOT_RESUMABLE,
+    ):
         return Refused(code, lease.message)
     # the scheduler could not serve it (unknown_stream, no_node_fits, no_worker, expired)
     return Refused(code, lease.message or "no worker available", unavailable=True)

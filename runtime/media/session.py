@@ -188,7 +188,8 @@ class Session:
                 self.webrtc_id, "", "", self.event.mode, self.event.modality, self.args, self.args_set,
                 token=self.lease.token, client_kind=self.client_kind, state=self.snapshot,
                 snapshot_interval_s=policy.snapshot_interval_s, max_snapshot_bytes=policy.max_snapshot_bytes,
-                restarts=self.restarts_total,
+                restarts=self.restarts_total, resume_grace_s=self.host.config.gateway.resume_grace_s,
+                resume=self.lease.resumed,
             )  # fmt: skip
             self.channel = offer_link(
                 sock,

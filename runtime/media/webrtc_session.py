@@ -65,6 +65,13 @@ AUDIO_OUT_MAX_BYTES = int(C.AUDIO_OUT_MAX_S / C.AUDIO_FRAME_S) * AUDIO_OUT_FRAME
 AUDIO_OUT_MAX_LAG_S = 0.2  # an output clock this far behind restarts instead of bursting
 
 
+async def _close_quietly(pc: RTCPeerConnection) -> None:
+    try:
+        await asyncio.wait_for(pc.close(), C.CLOSE_ACK_TIMEOUT_S)
+    except Exception as exc:
+        log.warning("an old peer connection did not close: %s", exc)
+
+
 class WorkerVideoTrack(MediaStreamTrack):
     """The processed video: whatever the worker last produced, latest-frame-wins."""
 
@@ -221,6 +228,33 @@ class WebRTCSession(Session):
         """Bind the worker, answer the offer. Raises on any failure, leaving nothing behind
         for the caller but :meth:`aclose`."""
         await self._connect_worker()
+        answer = await self._answer(sdp, type_)
+        self._spawn(self._watchdog())
+        if not self.event.shape.client_sends:
+            self.media_since = time.monotonic()
+        return answer
+
+    async def restart_peer(self, sdp: str) -> RTCSessionDescription:
+        """The client's new peer connection for this session (its network changed, or it
+        lost this one): it replaces the old one; the worker link, the handler and the
+        session's clocks stay (docs/failover.md)."""
+        old = self.pc
+        if old is not None:
+            old.remove_all_listeners()  # its "closed" is not the session's end
+        for track in (self.video_out, self.audio_out):
+            if track is not None:
+                track.stop()
+        self.data_channel = None
+        self._deferred_video = None
+        answer = await self._answer(sdp, "offer")
+        if old is not None:
+            self._spawn(_close_quietly(old))
+        self.send_client_warning("reconnected: the stream goes on")
+        log.info("session %s: the client's new peer connection replaced its old one", self.webrtc_id)
+        return answer
+
+    async def _answer(self, sdp: str, type_: str) -> RTCSessionDescription:
+        """A peer connection for the client's offer, its media guarded, its answer made."""
         cfg = self.host.config.gateway
         ice = [RTCIceServer(urls=s.urls, username=s.username, credential=s.credential) for s in cfg.ice_servers]
         pc = self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
@@ -253,9 +287,6 @@ class WebRTCSession(Session):
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)  # aiortc gathers all candidates here (no trickle)
         use_gateway_encoder(pc, cfg.vp8_speed, cfg.vp8_denoise)  # before the first frame is sent
-        self._spawn(self._watchdog())
-        if not self.event.shape.client_sends:
-            self.media_since = time.monotonic()
         return pc.localDescription
 
     async def add_ice_candidate(self, candidate: RTCIceCandidate) -> None:
@@ -272,8 +303,17 @@ class WebRTCSession(Session):
             self.connected_at = time.monotonic()
             if self.admission is not None:
                 self.admission.connected()  # no longer a pending offer of its address
+        elif state == "failed" and self.host.config.gateway.resume_grace_s > 0 and self.connected_at is not None:
+            # the client's network may have changed: it re-offers with its key (restart_peer)
+            # within the grace, or the session ends (docs/failover.md)
+            self._spawn(self._end_unless_resumed(self.pc))
         elif state in ("failed", "closed"):
             self.close_soon(EndReason.ICE_FAILED if state == "failed" else EndReason.CLIENT_CLOSED, f"peer connection {state}")
+
+    async def _end_unless_resumed(self, pc: Any) -> None:
+        await asyncio.sleep(self.host.config.gateway.resume_grace_s)
+        if self.pc is pc:
+            self.close_soon(EndReason.ICE_FAILED, "peer connection failed, and the client did not resume")
 
     def _on_oversize_keyframe(self, width: int, height: int) -> None:
         max_pixels = self.host.config.gateway.max_frame_pixels

@@ -61,7 +61,7 @@ def crash(frame: np.ndarray) -> np.ndarray:
 
 @contextlib.contextmanager
 def failover_app(handler: Any, event_id: str, **pool: Any) -> Iterator[Any]:
-    from runtime.config import load_config
+    from runtime.config_loader import load_config
     from runtime.front.gateway import Gateway
 
     config = load_config(

@@ -74,7 +74,18 @@ async def test_four_sessions_spread_over_two_media_processes(two_media):
     assert len(pids) == 2 and os.getpid() not in pids
     # at the app's priority, above the workers (Ray starts its processes at nice 15)
     mine = os.getpriority(os.PRIO_PROCESS, 0)
-    assert all(os.getpriority(os.PRIO_PROCESS, int(t)) == mine for p in pids for t in os.listdir(f"/proc/{p}/task"))
+
+    def niceness(tid: str) -> int:
+        try:
+            return os.getpriority(os.PRIO_PROCESS, int(tid))
+        except ProcessLookupError:
+            return mine  # a thread that ended meanwhile
+
+    def at_app_priority() -> bool:
+        # each thread (one Ray makes later is set at the front's next load poll)
+        return all(niceness(t) == mine for p in pids for t in os.listdir(f"/proc/{p}/task"))
+
+    assert await async_wait_until(at_app_priority, 5, 0.2)
     clients = []
     for _ in range(4):
         clients.append(await _connected(served.url))
@@ -99,7 +110,7 @@ async def test_four_sessions_spread_over_two_media_processes(two_media):
 
 
 def _cluster_config(app_ray: str, processes: int):
-    from runtime.config import load_config
+    from runtime.config_loader import load_config
 
     # ray.address set: a deployment other gateways may join (no embedded Ray of its own)
     return load_config(overrides={"gateway": {"ice_host_addresses": ["127.0.0.1"], "processes": processes}, "ray": {"address": app_ray}})
@@ -175,7 +186,8 @@ async def test_duplicate_webrtc_id_across_media_processes_is_refused(two_media):
 
 
 async def test_killed_media_process_ends_only_its_sessions(make_gateway):
-    with make_gateway(lambda gw: gw.add_stream(invert, event_id="mp-kill", concurrency_limit=2), processes=2) as served:
+    # no resume grace: the dead process's sessions end at once (tests/media/test_resume.py: with one)
+    with make_gateway(lambda gw: gw.add_stream(invert, event_id="mp-kill", concurrency_limit=2), processes=2, resume_grace_s=0) as served:
         a = await _connected(served.url)
         b = await _connected(served.url)
         try:

@@ -297,6 +297,10 @@ class Hello(Control):
     snapshot_interval_s: float = 0.0
     max_snapshot_bytes: int = 0
     restarts: int = 0  # workers this session had before this one
+    # a lost link (its media process died) leaves the handler held this long for a resume;
+    # ``resume``: this hello takes over such a session (same session_id), handler and all
+    resume_grace_s: float = 0.0
+    resume: bool = False
 
     @property
     def shape(self) -> StreamShape:

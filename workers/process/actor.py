@@ -49,7 +49,7 @@ from workers.link.wire import STREAM_LENGTH, Close, Hello, WireError
 from workers.process.drivers import driver_for
 from workers.process.loader import HandlerSpec, load
 from workers.process.node import node_id, node_ip, pin_priority
-from workers.process.session import WorkerSession
+from workers.process.session import HeldSession, WorkerSession
 
 log = logging.getLogger("rtcpool.worker")
 
@@ -94,6 +94,9 @@ class Worker:
         self.sessions_served = 0
         self.parked_threads: list[threading.Thread] = []  # left blocked in handlers by past sessions
         self.session: WorkerSession | None = None
+        # the handler of a session whose link was lost (its media process died), kept for a
+        # resume until its deadline (docs/failover.md); serve-thread only
+        self.held: HeldSession | None = None
         self._stop = threading.Event()
         # a connection whose hello was valid, waiting for the serve thread: (socket, hello,
         # monotonic time it was read)
@@ -215,6 +218,7 @@ class Worker:
                     self._accepted_cond.wait(ACCEPT_INTERVAL_S)
                 accepted, self._accepted = self._accepted, None
             if accepted is None:
+                self._expire_held()
                 continue
             conn, hello, read_at = accepted
             # A hello waits here only while the previous session winds down (its lease was
@@ -224,8 +228,12 @@ class Worker:
                 log.warning("dropped a session whose gateway stopped waiting for it")
                 conn.close()
                 continue
+            held, self.held = self.held, None
+            if held is not None and not (hello.resume and hello.session_id == held.session_id):
+                held.release()  # another session's lease came: nobody resumes this one
+                held = None
             try:
-                session = WorkerSession.open(self.handler, self.spec, conn, hello)
+                session = WorkerSession.open(self.handler, self.spec, conn, hello, held)
             except Exception as exc:
                 log.warning("refused a session: %s", exc)
                 conn.close()
@@ -236,10 +244,21 @@ class Worker:
             finally:
                 self.session = None
                 self.sessions_served += 1
+            self.held = session.held()
+            if self.held is not None:
+                log.warning("session %s lost its link: its handler is held %.0f s for a resume", hello.session_id, hello.resume_grace_s)
             if session.retire:
                 log.error("handler threads did not stop (%s); exiting so the pool replaces this worker",
                           "still running" if session.stuck else f"{len(self.parked_threads)} parked")
                 os._exit(3)
+
+
+    def _expire_held(self) -> None:
+        held = self.held
+        if held is not None and time.monotonic() > held.deadline:
+            self.held = None
+            log.info("session %s was not resumed in time: its handler is shut down", held.session_id)
+            held.release()
 
 
 def _peer_uid(conn: socket.socket) -> int:

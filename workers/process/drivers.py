@@ -272,7 +272,8 @@ class StreamHandlerDriver(Driver):
     def _emit_loop(self) -> None:
         s, h = self.session, self.handler
         try:
-            h.start_up()
+            if not s.resumed:  # a resumed handler started up on its first link
+                h.start_up()
         finally:
             s.started_up.set()
         emit = h.emit
@@ -335,9 +336,10 @@ class AsyncStreamHandlerDriver(Driver):
         pace_cut = asyncio.Event()  # clear_audio(): the reply's pacing wait ends at once
         s.async_wake = lambda: loop.call_soon_threadsafe(wake.set)
         output.pace_cut = lambda: loop.call_soon_threadsafe(pace_cut.set)
-        started = h.start_up()
-        if inspect.isawaitable(started):
-            await started
+        if not s.resumed:  # a resumed handler started up on its first link
+            started = h.start_up()
+            if inspect.isawaitable(started):
+                await started
 
         # Each direction of each kind of media is a task of its own, as fastrtc runs each
         # track: a video_receive() or video_emit() that awaits (a model server, a queue)
@@ -439,8 +441,10 @@ class AsyncStreamHandlerDriver(Driver):
                     raise t.exception()  # type: ignore[misc]
         finally:
             try:
-                # before the tasks are cancelled, so the handler can end its own work first
-                await _maybe_await(h.shutdown())
+                # before the tasks are cancelled, so the handler can end its own work first;
+                # not while it is held for a resume (its link was lost, docs/failover.md)
+                if not s.holding:
+                    await _maybe_await(h.shutdown())
             except Exception:
                 log.exception("handler shutdown raised")
             for t in tasks:

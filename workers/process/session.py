@@ -10,6 +10,8 @@ out through the session's :class:`~workers.process.output.Output`.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import os
 import select
@@ -19,6 +21,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal, overload
 
 import numpy as np
@@ -75,10 +78,23 @@ class WorkerSession:
     which the session takes a copy); ``spec``: the event's, for its stream_every and outputs."""
 
     def __init__(
-        self, handler: Any, spec: HandlerSpec, conn: socket.socket, hello: Hello, up: Segment, down: Segment
+        self,
+        handler: Any,
+        spec: HandlerSpec,
+        conn: socket.socket,
+        hello: Hello,
+        up: Segment,
+        down: Segment,
+        held: HeldSession | None = None,
     ) -> None:
+        """``held``: this session's handler kept from its lost link (a resume, docs/failover.md):
+        taken as it is, no copy, no start_up(), its inputs kept unless the hello sets them."""
         self.hello = hello
-        self.args: list[Any] = list(hello.args)
+        self.args: list[Any] = list(held.args if held is not None and not hello.args_set else hello.args)
+        self.resumed = held is not None
+        # the link's peer vanished (no Close): the handler is kept for a resume, if the hello
+        # asked for one (resume_grace_s), rather than shut down
+        self.link_lost = False
         self.cond = threading.Condition()
         self.stop_event = threading.Event()
         self.args_arrived = threading.Event()
@@ -127,7 +143,10 @@ class WorkerSession:
             self.stream_every = max(self.stream_every or 0.0, handler.period_s)
             self.output_fps = handler.fps
             handler = handler.callable
-        self.handler: Any = handler.copy() if isinstance(handler, StreamHandlerBase) else handler
+        if held is not None and held.handler is not None:
+            self.handler: Any = held.handler
+        else:
+            self.handler = handler.copy() if isinstance(handler, StreamHandlerBase) else handler
         # a phone sends no inputs (nothing to ask for, nothing to wait for); a WebSocket client
         # or a phone can be sent text from the handler (get_current_context().websocket)
         transport = hello.transport
@@ -145,7 +164,7 @@ class WorkerSession:
             # (a handler whose __init__ never reached the base's has no fps: the default)
             self.output_fps = getattr(self.handler, "fps", C.DEFAULT_OUTPUT_FPS)
             self.in_rate, self.in_layout = self.handler.input_sample_rate, self.handler.expected_layout
-            if hello.args_set or not hello.args or self.phone_mode:
+            if (hello.args_set or not hello.args or self.phone_mode) and not self.resumed:
                 # a stream without other inputs, or a phone (it sends none): nothing to wait for
                 self.handler.set_args(self.args)
         self.channel = FrameChannel(
@@ -159,7 +178,7 @@ class WorkerSession:
         )
         self.snapshots = Snapshots(self.handler, self.channel.send_control, hello.snapshot_interval_s, hello.max_snapshot_bytes)
         self.restored = False
-        if hello.state is not None:
+        if hello.state is not None and not self.resumed:
             # a worker that takes over a session: the handler's saved state, before its
             # first frame (and before start_up, which runs on the handler's thread)
             try:
@@ -168,8 +187,9 @@ class WorkerSession:
                 self.report(exc)
 
     @classmethod
-    def open(cls, handler: Any, spec: HandlerSpec, conn: socket.socket, hello: Hello) -> WorkerSession:
-        """A session on ``conn``, whose ``hello`` the worker has read and checked (its token)."""
+    def open(cls, handler: Any, spec: HandlerSpec, conn: socket.socket, hello: Hello, held: HeldSession | None = None) -> WorkerSession:
+        """A session on ``conn``, whose ``hello`` the worker has read and checked (its token);
+        ``held``: the handler its lost link left, when the hello resumes that session."""
         if conn.type == socket.SOCK_STREAM:
             geometry = geometry_from_hello(hello.geometry)
             up: Segment = LocalSegment(geometry)
@@ -181,7 +201,7 @@ class WorkerSession:
             except Exception:
                 up.close()
                 raise
-        session = cls(handler, spec, conn, hello, up, down)
+        session = cls(handler, spec, conn, hello, up, down, held)
         takes_audio = session.shape.takes_audio
         session.channel.send_control(
             Ready(
@@ -226,7 +246,7 @@ class WorkerSession:
                     ch.flush()
         finally:
             self.stop(ch.close_reason or "session ended")
-            if isinstance(self.handler, StreamHandlerBase) and not isinstance(self.handler, AsyncStreamHandler):
+            if isinstance(self.handler, StreamHandlerBase) and not isinstance(self.handler, AsyncStreamHandler) and not self.holding:
                 # before the join, so a handler can unblock its own threads; an async
                 # handler's shutdown runs on its loop (drivers.AsyncStreamHandlerDriver)
                 try:
@@ -375,7 +395,22 @@ class WorkerSession:
                     h.set_args(self.args)
 
     def _on_closed(self, reason: str) -> None:
+        # no Close came first: the media process died (or its host went away), not a hang-up
+        self.link_lost = self.channel.peer_close is None
         self.stop(reason)
+
+    @property
+    def holding(self) -> bool:
+        """The handler outlives this link for a resume: not shut down (the drivers ask too)."""
+        return self.link_lost and self.hello.resume_grace_s > 0
+
+    def held(self) -> HeldSession | None:
+        """What a resume of this session takes over, once run() has returned; None when the
+        handler was shut down (a clean end, a failed handler, threads that would not stop)."""
+        if not self.holding or self.stuck or self.parked:
+            return None
+        keep = self.handler if isinstance(self.handler, StreamHandlerBase) else None
+        return HeldSession(self.hello.session_id, keep, list(self.args), time.monotonic() + self.hello.resume_grace_s)
 
     def release_held_args(self) -> None:
         """Mark held inputs set (see ``args_held``); from now on inputs apply as they come."""
@@ -467,6 +502,32 @@ class WorkerSession:
             self.channel.send_control(Error(message))
         except Exception:
             pass
+
+
+@dataclass
+class HeldSession:
+    """A session's handler kept after its link was lost, until a resume or ``deadline``."""
+
+    session_id: str
+    handler: Any  # its StreamHandler copy (None: a plain function, the worker's own)
+    args: list[Any]
+    deadline: float  # monotonic
+
+    def release(self) -> None:
+        """Nobody resumed it: the shutdown() it was spared."""
+        h = self.handler
+        if isinstance(h, StreamHandlerBase):
+            try:
+                shutdown: Callable[[], Any] = h.shutdown  # an AsyncStreamHandler's is a coroutine
+                result = shutdown()
+                if inspect.isawaitable(result):
+                    asyncio.run(_awaited(result))
+            except Exception:
+                log.exception("handler shutdown raised")
+
+
+async def _awaited(result: Any) -> Any:
+    return await result
 
 
 class _Hooks(_SessionHooks):

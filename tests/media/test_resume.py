@@ -1,0 +1,162 @@
+"""A media process dies: its clients resume (docs/failover.md).
+
+Real processes throughout: two media processes, real aiortc clients with ``auto_resume``,
+SIGKILL of the media process under one of them. Its session comes back on the other media
+process with the same worker and the handler's state (a frame counter painted into the
+frames), its neighbour never notices; a resume with a wrong key is a 403 and changes
+nothing; after the grace, and for a session that ended, a 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from runtime.clients.webrtc import Client, OfferRejected
+from tests.conftest import async_wait_until, offer_sdp
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+FIRST_FRAME_S = 30.0
+RESUME_S = 30.0  # silence detection, the scheduler seeing the death, ICE again: a busy 2-core box
+FRAMES_AFTER = 15
+RELEASE_S = 15.0
+SHORT_GRACE_S = 2.0
+# the count is painted as three base-16 digits, each a flat grey block (VP8 keeps a flat
+# block's level within a few steps: a digit's 16-level band is far wider)
+DIGITS = 3
+BLOCK = slice(100, 140)
+DIGIT_BAND = 16
+
+
+def digit_columns(i: int) -> slice:
+    return slice(40 + 50 * i, 80 + 50 * i)
+
+
+class CountingInvert:
+    """Inverts each frame and paints how many it has seen: state that lives in its worker."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        self.frames += 1
+        out = 255 - frame
+        n = self.frames
+        for i in range(DIGITS):
+            digit = (n // DIGIT_BAND ** (DIGITS - 1 - i)) % DIGIT_BAND
+            out[BLOCK, digit_columns(i)] = digit * DIGIT_BAND + DIGIT_BAND // 2
+        return out
+
+
+def painted_count(client: Client) -> int:
+    frame = client.frames[-1].astype(int)
+    n = 0
+    for i in range(DIGITS):
+        level = float(frame[BLOCK, digit_columns(i)].mean())
+        n = n * DIGIT_BAND + int(level) // DIGIT_BAND
+    return n
+
+
+def leases(served: Any) -> set[tuple[str, int]]:
+    """The deployment's leases and their workers' pids (the scheduler's view)."""
+    return {(row["lease"], row["pid"]) for row in served.status()["sessions"]}
+
+
+def reason(body: dict[str, Any]) -> str:
+    """An offer refusal's JSON reason (fastrtc's shape: {"status": "failed", "meta": {...}})."""
+    return str(body.get("error") or body["meta"]["error"])
+
+
+async def connected(url: str, **kw: Any) -> Client:
+    client = Client(url, auto_resume=True, **kw)
+    await client.connect()
+    await asyncio.wait_for(client.first_frame.wait(), FIRST_FRAME_S)
+    return client
+
+
+async def streams_on(client: Client, frames: int = FRAMES_AFTER) -> bool:
+    received = client.report.received
+    return await async_wait_until(lambda: client.report.received >= received + frames, FIRST_FRAME_S)
+
+
+async def test_a_killed_media_processes_session_resumes_with_its_worker_and_state(make_gateway: Any) -> None:
+    with make_gateway(lambda gw: gw.add_stream(CountingInvert(), event_id="resume-count", concurrency_limit=2), processes=2) as served:
+        a = await connected(served.url)
+        b = await connected(served.url)
+        try:
+            placed = served.gateway.supervisor.placed
+            assert placed[a.webrtc_id] is not placed[b.webrtc_id], "the two sessions share a media process"
+            before = leases(served)
+            assert len(before) == 2
+            assert await async_wait_until(lambda: painted_count(a) >= 40, 15), "the handler's count does not show"
+            victim = placed[a.webrtc_id].load.pid
+
+            os.kill(victim, signal.SIGKILL)
+            count_at_kill = painted_count(a)
+            assert await async_wait_until(lambda: a.resumes == 1, RESUME_S), f"no resume: {a.messages[-3:]}"
+            assert await streams_on(a), "the resumed session does not stream"
+            # the same worker, its handler's state and all: the count went on, not from zero
+            assert leases(served) == before, "a lease or a worker changed"
+            assert placed[a.webrtc_id].load.pid != victim
+            assert painted_count(a) > count_at_kill, f"count {painted_count(a)} after the resume, {count_at_kill} before"
+            # its neighbour on the other media process never noticed
+            assert b.resumes == 0 and await streams_on(b, 5) and not b.ended.is_set()
+            assert not a.ended.is_set()
+            async with httpx.AsyncClient() as http:
+                text = (await http.get(served.url + "/metrics")).text
+            assert 'rtcpool_failovers_total{cause="resumed"} 1.0' in text
+            assert served.leases() == 2
+        finally:
+            await a.hang_up()
+            await b.hang_up()
+        assert await async_wait_until(lambda: served.leases() == 0, RELEASE_S, 0.2)
+
+
+async def test_a_resume_needs_the_sessions_key_and_its_grace(make_gateway: Any) -> None:
+    with make_gateway(
+        lambda gw: gw.add_stream(CountingInvert(), event_id="resume-key", concurrency_limit=2),
+        processes=2,
+        resume_grace_s=SHORT_GRACE_S,
+    ) as served:
+        a = await connected(served.url)
+        a.auto_resume = False  # this test resumes by hand
+        victim = served.gateway.supervisor.placed[a.webrtc_id].load.pid
+        os.kill(victim, signal.SIGKILL)
+        sdp = await offer_sdp()
+        async with httpx.AsyncClient(timeout=30) as http:
+            wrong = await http.post(
+                f"{served.url}/webrtc/offer", json={"sdp": sdp, "type": "offer", "webrtc_id": a.webrtc_id, "session_key": "x" * 32}
+            )
+        assert wrong.status_code == 403, wrong.text
+        assert reason(wrong.json()) == "bad_session_key"
+        # nothing changed: the right key still resumes it
+        await a.resume()
+        assert await streams_on(a)
+        assert a.resumes == 1
+
+        # a session whose media process died and whose client waited past the grace: 404
+        victim = served.gateway.supervisor.placed[a.webrtc_id].load.pid
+        os.kill(victim, signal.SIGKILL)
+        assert await async_wait_until(lambda: served.leases() == 0, SHORT_GRACE_S + RELEASE_S, 0.2), "the grace did not end"
+        with pytest.raises(OfferRejected) as late:
+            await a.resume(attempts=1)
+        assert late.value.status == 404 and reason(late.value.body) == "not_resumable", late.value.body
+        await a.close()
+
+        # a session that ended: 404, and its id is free for a new session
+        c = await connected(served.url)
+        key = c.session_key
+        await c.hang_up()
+        assert await async_wait_until(lambda: served.leases() == 0, RELEASE_S, 0.2)
+        async with httpx.AsyncClient(timeout=30) as http:
+            ended = await http.post(
+                f"{served.url}/webrtc/offer", json={"sdp": await offer_sdp(), "type": "offer", "webrtc_id": c.webrtc_id, "session_key": key}
+            )
+        assert ended.status_code == 404 and reason(ended.json()) == "not_resumable", ended.text
