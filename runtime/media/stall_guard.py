@@ -34,8 +34,9 @@ STALL_BEAT_S = 0.05
 # of passing its threshold; the thread sleeps in an Event wait between looks
 STALL_CHECK_S = 0.05
 STALL_JOIN_TIMEOUT_S = 1.0  # stop() waits this long for the watchdog thread to end
-# frames of the loop's stack a warning carries, innermost first kept: enough to reach from
+# frames of the loop's stack a warning carries, the innermost kept: enough to reach from
 # the blocking call out to the loop's callback under Ray's actor machinery, not a page of it
+# (uvloop and Ray's Cython frames do not show: the stack starts at the callback the loop ran)
 STALL_STACK_FRAMES = 40
 
 
@@ -98,6 +99,8 @@ class StallGuard:
 
     def check(self) -> None:
         """One look at the loop (the watchdog thread's, every STALL_CHECK_S)."""
+        if self._loop is None or not self._loop.is_running():
+            return  # a loop that has stopped (its owner's shutdown) is gone, not stalled
         last = self._last_beat
         due = last + self._beat_s  # the beat that has not come was due then
         now = time.monotonic()
