@@ -327,6 +327,7 @@ class GatewayConfig(_Strict):
             "(it also does at start-up); 0: at start-up only"
         ),
     )
+    loop_stall_warn_ms: int = Field(C.LOOP_STALL_WARN_MS, ge=0, description="a media process whose event loop is held this long logs the stack holding it, once per stall, and is not ready until it runs again; 0: not watched")
 
 
 def media_processes_for(cores: int) -> int:

@@ -41,6 +41,11 @@ AUTO_MEDIA_MIN_CORES = 4  # gateway.processes: auto on fewer cores = the app's p
 AUTO_CORES_PER_MEDIA_PROCESS = 2  # gateway.processes: auto = one media process per this many cores
 MEDIA_POLL_S = 1.0  # how often a front reads its media processes' load (and sees one die)
 MEDIA_START_TIMEOUT_S = 60.0  # a media process not started by then is killed and retried
+# a media process's event loop held this long is a stall: warned once with the stack holding
+# it, and the process is not ready meanwhile (runtime/media/stall_guard.py). Every session
+# on that loop froze for this long (25 audio frames of 20 ms): a user hears it. Ordinary lag
+# (a GC pass, a busy tick) is the load sampler's loop_lag_ms, not a stall. In ms; 0: off.
+LOOP_STALL_WARN_MS = 500
 
 # --- signalling limits ----------------------------------------------------------------
 MAX_OFFER_BYTES = 64 * 1024  # largest POST /webrtc/offer body; real SDP offers are < 10 KiB

@@ -509,7 +509,7 @@ class Gateway:
     async def readiness(self) -> list[str]:
         """What keeps this gateway from taking new users (empty: ready): draining, not
         started, Ray or the scheduler unreachable, a stream whose pool cannot place a worker,
-        no media process running."""
+        no media process running, a media process whose event loop is stalled."""
         if self.draining:
             return ["draining"]
         if not self._started:
@@ -527,6 +527,8 @@ class Gateway:
                 problems.append(f"stream {eid!r}: {pool.unplaceable}")
         if not self.in_app and not self.media:
             problems.append("no media process is running")
+        if not self.in_app:
+            problems += await self.supervisor.stalled(READY_TIMEOUT_S)
         return problems
 
     async def metrics_text(self) -> tuple[bytes, str]:

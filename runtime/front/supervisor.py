@@ -247,6 +247,23 @@ class MediaSupervisor:
                 answers.append(await asyncio.wait_for(getattr(slot.actor, method).remote(*args), C.RAY_CALL_TIMEOUT_S))
         return answers
 
+    async def stalled(self, timeout_s: float) -> list[str]:
+        """Readiness problems of this front's media processes: each whose event loop is
+        stalled now (gateway.loop_stall_warn_ms; runtime/media/stall_guard.py), asked all at
+        once. The probe answers on a thread of its own, so one that does not answer within
+        ``timeout_s`` is stuck past its loop (a C call holding the GIL stalls the guard's
+        thread too): a problem as well. A dead one is not: the supervisor replaces it."""
+        async def ask(slot: MediaSlot) -> str | None:
+            try:
+                stall_s = await asyncio.wait_for(slot.actor.loop_stall.remote(), timeout_s)
+            except TimeoutError:
+                return f"media process {slot.engine_id} did not answer its readiness probe within {timeout_s:.0f} s"
+            except Exception:
+                return None  # dead or going (ActorDiedError and the like): replaced, not waited for
+            return f"media process {slot.engine_id}: event loop stalled for {stall_s:.1f} s" if stall_s > 0 else None
+
+        return [p for p in await asyncio.gather(*(ask(s) for s in list(self.slots))) if p is not None]
+
     # --- the end --------------------------------------------------------------------------------
 
     async def aclose(self) -> None:

@@ -47,6 +47,7 @@ from runtime.media.offers import (
 )
 from runtime.media.session import OUTPUTS_QUEUE_MAX, Session, WorkerGone
 from runtime.media.session_view import SessionView
+from runtime.media.stall_guard import StallGuard
 from runtime.media.stream_event import StreamEvent
 from runtime.media.webrtc_session import WebRTCSession
 from runtime.media.ws_session import WebSocketSession
@@ -93,6 +94,7 @@ class MediaEngine:
         self._ended_outputs: dict[tuple[str, str], tuple[str, asyncio.Queue[list[Any]]]] = {}
         self.last_load = EngineLoad(self.gateway_id, os.getpid(), "", 0, 0.0, 0.0)
         self._sampler: asyncio.Task[None] | None = None
+        self.stall_guard = StallGuard(config.gateway.loop_stall_warn_ms / 1000)  # started with the sampler
         self.counters = EngineCounters(process=self.gateway_id)  # /metrics
         self.draining = False  # no new offers: see adrain()
         # pending offers and live sessions per client address; the front limits the rate
@@ -524,9 +526,10 @@ class MediaEngine:
 
     def start_load_sampler(self) -> None:
         """Measure this process's CPU and event-loop lag every LOAD_SAMPLE_S (on the loop:
-        a late timer is the lag)."""
+        a late timer is the lag), and watch the loop for stalls (runtime/media/stall_guard.py)."""
         if self._sampler is None:
             self._sampler = asyncio.get_running_loop().create_task(sample_load(self))
+            self.stall_guard.start()
 
     def load(self) -> EngineLoad:
         sessions = len(self.live_sessions())
@@ -579,6 +582,7 @@ class MediaEngine:
         if self._sampler is not None:
             self._sampler.cancel()
         self._sampler = None
+        await self.stall_guard.aclose()
         self.half_open.cancel()
         sessions = [s for s in self.sessions.values() if s is not None]
         await asyncio.gather(*(s.aclose(EndReason.SHUTDOWN, "gateway shutting down") for s in sessions), return_exceptions=True)

@@ -38,6 +38,9 @@ from workers.link.wire import OutputsKind
 log = logging.getLogger("rtcpool.media")
 
 MEDIA_ACTOR_CONCURRENCY = 1000  # concurrent calls a media process takes (offers wait on Ray)
+# Ray runs an async actor's concurrency group on an event loop and thread of its own: the
+# probe answers there, since the sessions' loop it reports on may be the one that is stalled
+PROBE_GROUP = "probe"
 
 
 class EngineCalls:
@@ -178,6 +181,12 @@ class MediaProcess(EngineCalls):
     async def sessions_view(self) -> list[SessionView]:
         return self.engine.sessions_view()
 
+    @ray.method(concurrency_group=PROBE_GROUP)
+    async def loop_stall(self) -> float:
+        """How long the sessions' event loop has been stalled, in seconds (0.0: it runs);
+        the front's readiness asks (runtime/media/stall_guard.py)."""
+        return self.engine.stall_guard.stall_s
+
     async def drain(self, timeout_s: float) -> None:
         await self.engine.adrain(timeout_s)
 
@@ -211,7 +220,7 @@ def _take_priority(niceness: int) -> None:
         )
 
 
-MediaProcessActor = ray.remote(num_cpus=0, max_restarts=0, max_concurrency=MEDIA_ACTOR_CONCURRENCY)(MediaProcess)  # type: ignore[call-overload]  # Ray's stubs lack max_concurrency
+MediaProcessActor = ray.remote(num_cpus=0, max_restarts=0, max_concurrency=MEDIA_ACTOR_CONCURRENCY, concurrency_groups={PROBE_GROUP: 1})(MediaProcess)  # type: ignore[call-overload]  # Ray's stubs lack max_concurrency
 
 
 def start_media_process(config: Config, engine_id: str, node_id: str) -> Any:
