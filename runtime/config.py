@@ -372,6 +372,12 @@ class PoolConfig(_Strict):
         C.MAX_RESTARTS, ge=0, description="worker restarts a session gets within restart_window_s; one more ends it"
     )
     restart_window_s: float = Field(C.RESTART_WINDOW_S, gt=0, description="the window max_restarts counts in")
+    worker_memory_limit_mb: int = Field(
+        C.WORKER_MEMORY_LIMIT_MB,
+        ge=0,
+        description="a worker whose RSS passes this (MB) hands its session to a fresh worker between frames "
+        "(state saved first) and exits; 0: no limit",
+    )
     max_snapshot_bytes: int = Field(
         C.MAX_SNAPSHOT_BYTES, ge=1, description="a packed snapshot larger than this is not kept (the handler is warned)"
     )

@@ -85,6 +85,9 @@ SNAPSHOT_INTERVAL_S = 1.0  # a handler's snapshot() is sent at most (and, if it 
 MAX_RESTARTS = 3  # worker restarts a session may have within RESTART_WINDOW_S; one more ends it
 RESTART_WINDOW_S = 60.0
 RESUME_GRACE_S = 10.0  # a session whose media process died waits this long for its client to re-offer
+# a worker's RSS past this ends its session for a fresh worker (failover); generous: a model
+# of a few GB plus the runtime's ~300 MB fits, a handler that leaks is caught before the host OOMs
+WORKER_MEMORY_LIMIT_MB = 16_384
 MAX_SNAPSHOT_BYTES = 1 << 20  # a handler's packed snapshot past this is not kept (warned once)
 
 # --- the waiting room (a full stream's queue, owned by the scheduler) --------------------------

@@ -296,6 +296,7 @@ def test_streams_inherit_the_pool_and_take_resources(tmp_path: Path):
         "snapshot_interval_s": 1.0,
         "max_restarts": 3,
         "restart_window_s": 60.0,
+        "worker_memory_limit_mb": 16_384,
         "max_snapshot_bytes": 1 << 20,
     }
     assert type(pool.model_dump()["memory"]) is int  # what Ray's .options(memory=) takes

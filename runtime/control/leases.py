@@ -22,6 +22,7 @@ class FailoverPolicy:
     max_restarts: int = C.MAX_RESTARTS
     restart_window_s: float = C.RESTART_WINDOW_S
     max_snapshot_bytes: int = C.MAX_SNAPSHOT_BYTES
+    worker_memory_limit_mb: int = C.WORKER_MEMORY_LIMIT_MB
 
 
 @dataclass(frozen=True)

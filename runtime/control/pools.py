@@ -41,10 +41,13 @@ class PoolSpec:
     snapshot_interval_s: float = C.SNAPSHOT_INTERVAL_S
     max_restarts: int = C.MAX_RESTARTS
     restart_window_s: float = C.RESTART_WINDOW_S
+    worker_memory_limit_mb: int = C.WORKER_MEMORY_LIMIT_MB
     max_snapshot_bytes: int = C.MAX_SNAPSHOT_BYTES
 
     def failover(self) -> FailoverPolicy:
-        return FailoverPolicy(self.snapshot_interval_s, self.max_restarts, self.restart_window_s, self.max_snapshot_bytes)
+        return FailoverPolicy(
+            self.snapshot_interval_s, self.max_restarts, self.restart_window_s, self.max_snapshot_bytes, self.worker_memory_limit_mb
+        )
 
 
 @dataclass

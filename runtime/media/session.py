@@ -34,6 +34,7 @@ from workers.link.channel import FrameChannel
 from workers.link.connect import offer_link, worker_socket
 from workers.link.shape import Transport
 from workers.link.wire import (
+    CLOSE_MEMORY_LIMIT,
     Args,
     ClearAudio,
     Close,
@@ -189,6 +190,7 @@ class Session:
                 token=self.lease.token, client_kind=self.client_kind, state=self.snapshot,
                 snapshot_interval_s=policy.snapshot_interval_s, max_snapshot_bytes=policy.max_snapshot_bytes,
                 restarts=self.restarts_total, resume_grace_s=self.host.config.gateway.resume_grace_s,
+                memory_limit_mb=policy.worker_memory_limit_mb,
                 resume=self.lease.resumed,
             )  # fmt: skip
             self.channel = offer_link(
@@ -310,15 +312,19 @@ class Session:
             if peer.retire:
                 self.worker_ok = False
             return
-        # the worker ended the link without being asked: its process died or gave up. The
-        # client's side stays; a fresh worker takes the session over
+        # the worker ended the link without being asked: its process died or gave up (or
+        # passed its memory limit). The client's side stays; a fresh worker takes over
         self.worker_ok = False
-        self.host.counters.worker_died(self.event.event_id)
+        cause = FailoverCause.WORKER_DIED
+        if peer is not None and peer.cause == CLOSE_MEMORY_LIMIT:
+            cause, reason = FailoverCause.WORKER_MEMORY, f"it passed the pool's memory limit of {self.lease.failover.worker_memory_limit_mb} MB"
+        else:
+            self.host.counters.worker_died(self.event.event_id)
         if not self.failing_over:
             self.failing_over = True
-            self._spawn(self._failover(reason))
+            self._spawn(self._failover(reason, cause))
 
-    async def _failover(self, reason: str) -> None:
+    async def _failover(self, reason: str, cause: FailoverCause = FailoverCause.WORKER_DIED) -> None:
         """Give the session a fresh worker for its lease (its slot kept), the inputs and the
         handler's latest snapshot with it, and tell the client once. A session whose workers
         died more than ``max_restarts`` times within ``restart_window_s`` ends instead."""
@@ -364,7 +370,7 @@ class Session:
             return
         self.failing_over = False
         self._on_worker_connected()
-        self.host.counters.failover(self.event.event_id, FailoverCause.WORKER_DIED, time.monotonic() - started)
+        self.host.counters.failover(self.event.event_id, cause, time.monotonic() - started)
         kept = " with its saved state" if self.snapshot is not None else ""
         self.send_client_warning(f"the handler restarted{kept}: its worker stopped ({reason})")
         log.info(

@@ -53,6 +53,35 @@ class Counter:
         self.frames = int(value)
 
 
+class Leaky:
+    """Holds on to memory for its first frames (a model cache that grows), then keeps the
+    frame count: a worker that takes over restores the count and leaks no more."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.kept: list[np.ndarray] = []
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        self.frames += 1
+        if self.frames <= LEAK_FRAMES:
+            self.kept.append(np.ones(LEAK_BYTES_PER_FRAME, np.uint8))  # touched: resident
+        out = frame.copy()
+        out[..., 2] = 255
+        return out
+
+    def snapshot(self) -> int:
+        return self.frames
+
+    def restore(self, value: int) -> None:
+        self.frames = int(value)
+
+
+LEAK_FRAMES = 60
+LEAK_BYTES_PER_FRAME = 20 << 20  # 1.2 GB in all: far past the limit below, over ~2 s at 30 fps
+LEAK_HEADROOM_MB = 250  # the limit, above what an idle worker holds
+BASELINE_CAP_MB = 600  # an idle worker holds less (~300 MB: Ray, numpy, PyAV, OpenCV)
+
+
 def crash(frame: np.ndarray) -> np.ndarray:
     """A native model's segfault, as a handler sees it: its process is gone at once."""
     os.kill(os.getpid(), signal.SIGKILL)
@@ -137,6 +166,32 @@ async def test_a_killed_worker_is_replaced_and_the_same_peer_connection_streams_
         await client.close()
         assert await async_wait_until(lambda: served.leases() == 0 and not served.gateway.sessions, RELEASE_S)
     assert await async_wait_until(lambda: shm_segments() == segments, RELEASE_S), "segments left behind"
+
+
+async def test_a_worker_past_its_memory_limit_hands_its_session_to_a_fresh_one(ray_session: Any) -> None:
+    # the limit: about what an idle worker holds here (this process imports as much), plus
+    # headroom the leak passes
+    from workers.process.session import rss_mb
+
+    limit = min(rss_mb(), BASELINE_CAP_MB) + LEAK_HEADROOM_MB
+    with failover_app(Leaky(), "failover-memory", worker_memory_limit_mb=limit) as served:
+        client = await connected(served.url)
+        session = served.gateway.sessions[client.webrtc_id]
+        old_pid = session.worker_pid
+        warnings: list[str] = []
+        client.on_message.append(lambda m: warnings.append(str(m.get("message"))) if m.get("type") == "warning" else None)
+        assert await async_wait_until(lambda: any("memory limit" in w for w in warnings), TAKEOVER_S), warnings
+        assert session.worker_pid != old_pid and not session.closed
+        received = client.report.received
+        assert await async_wait_until(lambda: client.report.received >= received + FRAMES_AFTER, FIRST_FRAME_S)
+        assert client.frames[-1][..., 2].mean() > BLUE_MIN
+        assert not any(m.get("type") in ("error", "end_stream") for m in client.messages), client.messages
+        async with httpx.AsyncClient() as http:
+            text = (await http.get(served.url + "/metrics")).text
+        assert metric(text, 'rtcpool_failovers_total{cause="worker_memory"}') == 1
+        assert metric(text, 'rtcpool_failovers_total{cause="worker_died"}') == 0
+        await client.close()
+        assert await async_wait_until(lambda: served.leases() == 0 and not served.gateway.sessions, RELEASE_S)
 
 
 async def test_a_handler_that_kills_every_worker_ends_its_session_after_max_restarts(ray_session: Any) -> None:

@@ -534,7 +534,9 @@ class FrameChannel:
         if self.on_closed is not None:
             self.on_closed(reason)
 
-    def close(self, reason: str = "closed", *, notify: bool = True, retire: bool = False, last: Control | None = None) -> None:
+    def close(
+        self, reason: str = "closed", *, notify: bool = True, retire: bool = False, last: Control | None = None, cause: str = ""
+    ) -> None:
         """Tell the peer (best effort), close the link and both segments. Safe to call twice.
         ``last``: a small control (one fragment) that goes out just ahead of the Close, even
         when the peer closed first (the worker's final HandlerStats, sent in answer to the
@@ -549,7 +551,7 @@ class FrameChannel:
                 # (only blocking callers notify: the worker's serve thread, tools); a Close
                 # after part of a fragmented message would corrupt it, so then none is sent.
                 if self.outbox.drain(CLOSE_FLUSH_TIMEOUT_S):
-                    messages = [Close(reason, retire).encode()]
+                    messages = [Close(reason, retire, cause).encode()]
                     if last is not None:
                         data = last.encode()
                         if len(data) <= CONTROL_FRAGMENT_BYTES:

@@ -301,6 +301,7 @@ class Hello(Control):
     # ``resume``: this hello takes over such a session (same session_id), handler and all
     resume_grace_s: float = 0.0
     resume: bool = False
+    memory_limit_mb: int = 0  # past this RSS the worker ends the session between frames (0: none)
 
     @property
     def shape(self) -> StreamShape:
@@ -389,6 +390,12 @@ class Close(Control):
     TYPE: ClassVar[str] = "close"
     reason: str = ""
     retire: bool = False
+    # the worker's own reason to end, when the media process should act on it:
+    # CLOSE_MEMORY_LIMIT (its handler passed the pool's memory limit: failover, docs/failover.md)
+    cause: str = ""
+
+
+CLOSE_MEMORY_LIMIT = "memory_limit"  # a Close.cause
 
 
 @dataclass

@@ -40,6 +40,7 @@ from workers.link.connect import geometry_from_hello
 from workers.link.shape import Transport
 from workers.link.shm import LocalSegment, Segment
 from workers.link.wire import (
+    CLOSE_MEMORY_LIMIT,
     HANDLER_STATS_PERIOD_S,
     PIXFMT_I420,
     WEBSOCKET_SEND,
@@ -112,6 +113,7 @@ class WorkerSession:
         self.stuck = False  # a handler thread still runs (uses CPU) after the session ended
         self.parked: list[threading.Thread] = []  # handler threads blocked in the handler at the end
         self.retire = False  # the worker exits after this session (see run())
+        self.over_memory = False  # it passed hello.memory_limit_mb (see _stats_loop)
         self.shape = hello.shape
         self.sends_video = self.shape.sends_video
         self.sends_audio = self.shape.sends_audio
@@ -273,7 +275,8 @@ class WorkerSession:
             report = self.call_times.report()
             last = report if sum(report.counts) != self._call_times_sent else None
             try:
-                ch.close(self.stop_reason, notify=True, retire=self.retire, last=last)
+                cause = CLOSE_MEMORY_LIMIT if self.over_memory else ""
+                ch.close(self.stop_reason, notify=True, retire=self.retire or self.over_memory, last=last, cause=cause)
             finally:
                 reset_context(context_token)
 
@@ -283,12 +286,24 @@ class WorkerSession:
         snapshots = self.snapshots
         period = min(HANDLER_STATS_PERIOD_S, snapshots.interval_s) if snapshots.enabled else HANDLER_STATS_PERIOD_S
         stats_due = time.monotonic() + HANDLER_STATS_PERIOD_S
+        limit_mb = self.hello.memory_limit_mb
         while not self.stop_event.wait(period):
             now = time.monotonic()
             if now >= stats_due:
                 stats_due = now + HANDLER_STATS_PERIOD_S
                 self._send_call_times()
+                if limit_mb and rss_mb() > limit_mb:
+                    self._over_memory(limit_mb)
+                    return
             snapshots.tick(now)
+
+    def _over_memory(self, limit_mb: int) -> None:
+        """Past the pool's memory limit: the state is saved, the session handed to a fresh
+        worker by the media process (Close.cause), and this process exits (retire)."""
+        log.warning("worker RSS %d MB is past the pool's limit of %d MB: ending the session for a fresh worker", rss_mb(), limit_mb)
+        self.snapshots.take()
+        self.over_memory = True
+        self.stop(f"worker memory past {limit_mb} MB")
 
     def _send_call_times(self) -> None:
         """Send the totals, unless no call was made since the last report."""
@@ -528,6 +543,19 @@ class HeldSession:
 
 async def _awaited(result: Any) -> Any:
     return await result
+
+
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+MB = 1 << 20
+
+
+def rss_mb() -> int:
+    """This process's resident memory (Linux /proc; 0 elsewhere): two integers read, no psutil."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * PAGE_BYTES // MB
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 class _Hooks(_SessionHooks):
