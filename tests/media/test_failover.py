@@ -89,7 +89,7 @@ def crash(frame: np.ndarray) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def failover_app(handler: Any, event_id: str, **pool: Any) -> Iterator[Any]:
+def failover_app(handler: Any, event_id: str, modality: str = "video", **pool: Any) -> Iterator[Any]:
     from runtime.config_loader import load_config
     from runtime.front.gateway import Gateway
 
@@ -100,7 +100,7 @@ def failover_app(handler: Any, event_id: str, **pool: Any) -> Iterator[Any]:
         }
     )
     gw = Gateway(config)
-    gw.add_stream(handler, event_id=event_id, concurrency_limit=1, queue=False)
+    gw.add_stream(handler, event_id=event_id, modality=modality, concurrency_limit=1, queue=False)
     with serve_gateway(gw) as served:
         yield served
 
@@ -207,3 +207,53 @@ async def test_a_handler_that_kills_every_worker_ends_its_session_after_max_rest
         assert metric(text, 'rtcpool_failovers_total{cause="worker_died"}') == 1  # the one restart it had
         assert metric(text, 'rtcpool_sessions_ended_total{reason="crash_loop"}') == 1
         await client.close()
+
+
+class Conversation:
+    """A ReplyOnPause function that keeps its conversation (turns so far) and opts in to
+    failover with snapshot()/restore(): ReplyOnPause saves it after every reply."""
+
+    def __init__(self) -> None:
+        self.turns = 0
+
+    def __call__(self, audio: Any) -> Any:
+        from tests.media.test_voice_e2e import REPLY_HZ, REPLY_S, chunks
+
+        self.turns += 1
+        yield from chunks(REPLY_S, REPLY_HZ)
+
+    def snapshot(self) -> int:
+        return self.turns
+
+    def restore(self, value: int) -> None:
+        self.turns = int(value)
+
+
+REPLY_WAIT_S = 30.0  # an utterance, its pause and the reply, on a busy box
+
+
+async def test_a_reply_on_pause_conversation_goes_on_after_its_worker_is_killed(ray_session: Any) -> None:
+    from runtime.clients.webrtc import AUDIO_RATE
+    from tests.media.test_voice_e2e import FIRST, GAP_S, LEAD_S
+    from tests.speech import compose
+    from workers.voice.reply_on_pause import ReplyOnPause
+
+    speech = compose([LEAD_S, FIRST, GAP_S], sample_rate=AUDIO_RATE)  # looped: one utterance after another
+    with failover_app(ReplyOnPause(Conversation()), "failover-voice", modality="audio") as served:
+        client = Client(served.url, modality="audio", audio=speech.samples, audio_loop=True)
+        await client.connect()
+        assert await async_wait_until(lambda: (s := served.gateway.sessions.get(client.webrtc_id)) is not None and saved(s) == 1, REPLY_WAIT_S)
+        session = served.gateway.sessions[client.webrtc_id]
+        heard_before = len(client.audio_received)
+        os.kill(session.worker_pid, signal.SIGKILL)
+        assert await async_wait_until(lambda: any("saved state" in str(m.get("message")) for m in client.messages), TAKEOVER_S), client.messages
+        # the next reply is the conversation's second turn: the new worker restored the first
+        assert await async_wait_until(lambda: (saved(session) or 0) >= 2, REPLY_WAIT_S), f"turns {saved(session)}"
+        assert saved(session) == 2
+        # and it was heard: reply tone after the kill
+        from tests.media.test_voice_e2e import LOUD_RMS, bursts, frame_rms
+
+        assert await async_wait_until(lambda: bursts(frame_rms(client)[heard_before:] > LOUD_RMS), REPLY_WAIT_S)
+        assert not any(m.get("type") in ("error", "end_stream") for m in client.messages), client.messages
+        await client.close()
+        assert await async_wait_until(lambda: served.leases() == 0 and not served.gateway.sessions, RELEASE_S)
