@@ -226,8 +226,45 @@ SLOW_FIXTURES = frozenset({"ray_session", "app_ray", "make_gateway", "browser", 
 SLOW_FOLDERS = ("e2e", "cluster")
 
 
+# The files whose tests take longest (minutes: app start-ups, browsers, a second Ray node),
+# longest first, from the suite's --durations (docs/testing.md). scripts/test.sh runs two test
+# processes that take whole files in collection order (--dist loadfile, --no-loadscope-reorder:
+# xdist would otherwise order files by how many tests they have, and a file of three slow
+# tests came last, one process working alone at the end): these go first, the many quick
+# files fill in behind them, and both processes finish together.
+LONGEST_FILES = (
+    "e2e/test_examples.py",
+    "front/test_serve.py",
+    "control/test_queue_scheduler.py",
+    "control/test_scheduler.py",
+    "media/test_failover.py",
+    "ops/test_drain.py",
+    "media/test_media_processes.py",
+    "e2e/test_component_ui.py",
+    "cluster/test_two_nodes.py",
+    "e2e/test_browser.py",
+    "e2e/test_component_events.py",
+    "media/test_session_lifecycle.py",
+    "control/test_soak.py",
+    "front/test_websocket_audio.py",
+    "front/test_telephone.py",
+    "hostile/test_media.py",
+    "e2e/test_queue_browser.py",
+    "hostile/test_front.py",
+    "media/test_resume.py",
+    "media/test_voice_e2e.py",
+    "e2e/test_wheel_install.py",
+    "e2e/test_media_processes_browser.py",
+    "media/test_stall_guard.py",
+    "media/test_gateway_e2e.py",
+)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     tests_root = Path(__file__).resolve().parent
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    where = {id(item): Path(str(item.fspath)).resolve().relative_to(tests_root).as_posix() for item in items}
+    items.sort(key=lambda item: rank.get(where[id(item)], len(rank)))  # stable: the rest keep their order
     for item in items:
         folder = Path(str(item.fspath)).resolve().relative_to(tests_root).parts[0]
         fixtures = set(getattr(item, "fixturenames", ()))
