@@ -12,8 +12,10 @@
 // trickle) -> POST <root>/webrtc/offer -> the answer -> processed media shown in the remote
 // <video> / played by the <audio>. A Stop from the page posts <root>/webrtc/close, so the
 // server frees the slot at once (also when the offer is still being answered). A server
-// that goes silent (its media process killed) ends the session here within seconds, as a
-// failure the page shows: see SERVER_SILENCE_MS.
+// that goes silent (its media process killed) is noticed here within seconds (see
+// SERVER_SILENCE_MS), and a session that had streamed resumes by itself: the page shows
+// "reconnecting…" and posts a new peer connection's offer with the session's key (see
+// RESUME_ATTEMPTS); the server answers it from a live media process, on the same handler.
 // A full stream puts the page in its waiting room, as Gradio's queue does: the offer answers
 // 202 with a ticket, the page follows the queue's updates (GET <root>/webrtc/queue, a
 // server-sent-events stream read with fetch, since the ticket goes in a header, never in a
@@ -49,8 +51,9 @@ const TICK_INTERVAL_MS = 500; // "tick" while streaming: gradio_webrtc's stream_
 const OUTPUTS_DONE_TIMEOUT_MS = 15000;
 // A server that vanishes without a word (its media process killed, its host gone) sends no
 // BYE and no data-channel close, and Chromium reports the connection "failed" only ~30 s
-// later, when ICE consent runs out. Two signals end such a session here instead, so the
-// page says so within seconds (and posts /webrtc/close, for the deployment to free the slot):
+// later, when ICE consent runs out. Two signals take such a connection for lost here
+// instead, within seconds, and the session resumes (below) or, when it cannot, ends with
+// LOST_TEXT (and posts /webrtc/close, for the deployment to free the slot):
 // * silence: a live server sends something at least every ~1.5 s (aiortc's RTCP reports
 //   for every track, answers to the browser's ICE checks), so nothing at all received for
 //   SERVER_SILENCE_MS, read from getStats() every SILENCE_CHECK_MS, means it is gone;
@@ -60,8 +63,30 @@ const OUTPUTS_DONE_TIMEOUT_MS = 15000;
 //   recovers within either bound; a dead server never does.
 const SERVER_SILENCE_MS = 4000; // > 2.5 of aiortc's longest RTCP intervals, plus an ICE check answer
 const SILENCE_CHECK_MS = 1000;
-const DISCONNECTED_GRACE_MS = 4000;
+// Short, since a lost connection is resumed rather than ended: a false alarm (a blip that
+// would have recovered) costs one resume offer, which the live media process answers with
+// a new peer connection on the same session (Chromium's own "disconnected" is already
+// 5-7 s late, see above)
+const DISCONNECTED_GRACE_MS = 2000;
 const LOST_TEXT = "lost the connection to the server";
+// Resuming (issue 21): a session that had streamed and lost its connection, not by the
+// user's Stop, is offered again (a new RTCPeerConnection on the same camera/microphone
+// tracks, the same webrtc_id, plus its session_key), without the hang-up, which would end
+// it for good. The server answers from a live media process, on the same worker and handler
+// state, while it holds the session's lease: gateway.resume_grace_s (10 s by default) from
+// when it saw the media process die. 403/404 (a wrong key, or the grace is over) end the
+// session with LOST_TEXT, as do the bounds below; 409/429/5xx, a network error or a new
+// connection that fails are tried again.
+const RECONNECTING_TEXT = "reconnecting…";
+// one at once (the scheduler may not have seen the death yet: the server waits up to 5 s
+// for it within that request), then a few more, enough to span a media process's
+// replacement by Ray without hammering a front that is itself restarting
+const RESUME_ATTEMPTS = 6;
+const RESUME_RETRY_MS = 1500; // between one attempt's failure and the next attempt
+// the whole resume, from "reconnecting…": the server's default grace (10 s) plus the time
+// the loss took to notice on its side, with room for one slow answer; past it the lease is
+// gone and another attempt could only be refused
+const RESUME_WINDOW_MS = 15000;
 // The waiting room (see the top of this file)
 const QUEUE_TICK_MS = 100; // the "elapsed/eta" clock, redrawn as often as Gradio's status tracker
 // An updates stream that brings nothing, not even a keep-alive comment (the server sends one
@@ -185,9 +210,10 @@ function dressBlock() {
 function setState(state, text) {
   root.dataset.state = state;
   ui.status.textContent = text || state;
-  // while queued the button gives the place up: Stop, as Gradio's queue shows it
-  ui.buttonLabel.textContent =
-    state === "connecting" ? labels.waiting : state === "streaming" || state === "queued" ? labels.stop : labels.start;
+  // while queued the button gives the place up: Stop, as Gradio's queue shows it; while
+  // reconnecting it ends the session
+  const stops = state === "streaming" || state === "queued" || state === "reconnecting";
+  ui.buttonLabel.textContent = state === "connecting" ? labels.waiting : stops ? labels.stop : labels.start;
   showPlaceholder();
 }
 
@@ -199,6 +225,7 @@ function showPlaceholder() {
   if (state === "connecting") text = labels.waiting;
   else if (state === "queued") text = session && session.queue ? queueText(session.queue) : "queue";
   else if (state === "streaming") text = receives ? "Waiting for the stream…" : "Waiting for the camera…";
+  else if (state === "reconnecting") text = RECONNECTING_TEXT;
   else if (sends && cfg.interactive !== false) text = `Click ${labels.start} to share your camera`;
   else text = "Stream will appear here";
   ui.placeholder.textContent = text;
@@ -360,6 +387,10 @@ async function refreshDevices() {
   }
 }
 
+function liveSender(pc, track) {
+  return pc.getSenders().some((x) => x.track === track);
+}
+
 function withDevice(constraints, deviceId) {
   return Object.assign({}, constraints === true ? {} : constraints, { deviceId });
 }
@@ -383,9 +414,24 @@ async function replaceDevice(s, kind, deviceId) {
   const wanted = mediaConstraints()[kind];
   const fresh = await navigator.mediaDevices.getUserMedia({ [kind]: withDevice(wanted, { exact: deviceId }) });
   const track = fresh.getTracks()[0];
-  const sender = s.closed ? null : s.pc.getSenders().find((x) => x.track === old);
-  if (sender) await sender.replaceTrack(track);
-  if (s.closed || !sender) return track.stop(); // stopped meanwhile: the new device goes off too
+  // a resume may replace the peer connection meanwhile (it sends s.media's tracks, the old
+  // one still): then the new connection's sender is switched too, and the closed one's
+  // refusal is no failure
+  let pc = null;
+  while (!s.closed && pc !== s.pc) {
+    pc = s.pc;
+    const sender = pc.getSenders().find((x) => x.track === old);
+    if (!sender) break;
+    try {
+      await sender.replaceTrack(track);
+    } catch (err) {
+      if (!s.closed && pc === s.pc) {
+        track.stop();
+        throw err;
+      }
+    }
+  }
+  if (s.closed || !liveSender(s.pc, track)) return track.stop(); // stopped meanwhile: the new device goes off too
   s.media.removeTrack(old);
   s.media.addTrack(track);
   old.stop();
@@ -518,6 +564,11 @@ function iceGathered(pc) {
 
 const QUEUED = "queued"; // postOffer's result when the stream is full and the page waits in line
 
+// The body of an offer (and of a resume: the same, plus the session's key)
+function offerBody(s, extra) {
+  return Object.assign({ sdp: s.pc.localDescription.sdp, type: "offer", webrtc_id: s.id, stream_id: cfg.stream_id }, extra);
+}
+
 // The offer: the answer's body, QUEUED (the page holds a ticket in s.queue), or null (stopped,
 // or the stream is full and does not queue: serverFull shows it)
 async function postOffer(s) {
@@ -529,16 +580,14 @@ async function postOffer(s) {
     resp = await fetch(routeUrl("offer"), {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({
-        sdp: s.pc.localDescription.sdp,
-        type: "offer",
-        webrtc_id: s.id,
-        stream_id: cfg.stream_id,
-        // the server queues a full stream's offers unless told not to (its default: true)
-        queue: cfg.queue === false ? false : undefined,
-        // admitted: the same offer again, with the ticket that holds the slot
-        queue_ticket: s.queue && s.queue.ticket ? s.queue.ticket : undefined,
-      }),
+      body: JSON.stringify(
+        offerBody(s, {
+          // the server queues a full stream's offers unless told not to (its default: true)
+          queue: cfg.queue === false ? false : undefined,
+          // admitted: the same offer again, with the ticket that holds the slot
+          queue_ticket: s.queue && s.queue.ticket ? s.queue.ticket : undefined,
+        }),
+      ),
       signal: abort.signal,
     });
   } finally {
@@ -796,6 +845,8 @@ async function start() {
     hungUp: false,
     timeUp: false, // the server ended it at its time limit
     lostTimer: null, // while "disconnected": see DISCONNECTED_GRACE_MS
+    silence: null, // the interval of watchSilence() on the current peer connection
+    resume: null, // while reconnecting: see resumeSession()
     outputs: { wanted: 0, waiting: 0, timer: 0 }, // fetches of outputs: see fetchOutput()
     queue: null, // a place in the stream's queue: see joinQueue()
   };
@@ -807,7 +858,8 @@ async function start() {
     if (wantsAudio) meterContext(); // before any await: still inside the click
     const config = await connectionConfig();
     if (s.closed) return; // stopped while the server was asked
-    const pc = (s.pc = new RTCPeerConnection(config));
+    s.config = config; // a resume's, when the server cannot give it another
+    s.pc = new RTCPeerConnection(config);
     if (sends) {
       s.media = await navigator.mediaDevices.getUserMedia(mediaConstraints());
       if (s.closed) return teardown(s); // stopped while the permission prompt was open
@@ -819,18 +871,10 @@ async function start() {
         showPlaceholder();
       }
       if (audio) attachMeter(new MediaStream([audio]));
-      for (const track of s.media.getTracks()) pc.addTrack(track, s.media);
       // labels and ids are there once permission is granted: for every component on the page
       window.dispatchEvent(new Event(DEVICES_EVENT));
-    } else {
-      if (wantsVideo) pc.addTransceiver("video", { direction: "recvonly" });
-      if (wantsAudio) pc.addTransceiver("audio", { direction: "recvonly" });
     }
-    // the data channel must be in the offer: the server answers with it and talks on it
-    s.dc = pc.createDataChannel("text");
-    s.dc.onmessage = (ev) => onServerMessage(s, ev.data);
-    pc.ontrack = (ev) => showRemote(s, ev);
-    pc.onconnectionstatechange = () => onConnectionState(s);
+    const pc = wirePeer(s, s.pc);
     await pc.setLocalDescription(await pc.createOffer());
     await iceGathered(pc);
     if (s.closed) return;
@@ -854,11 +898,36 @@ async function start() {
   }
 }
 
+// A session's peer connection, the first or a resume's: its media (the camera/microphone
+// tracks got once, for every connection of the session), its data channel and its handlers.
+// Each handler names its connection: one a resume has replaced says nothing any more.
+function wirePeer(s, pc) {
+  if (sends) {
+    for (const track of s.media.getTracks()) pc.addTrack(track, s.media);
+  } else {
+    if (wantsVideo) pc.addTransceiver("video", { direction: "recvonly" });
+    if (wantsAudio) pc.addTransceiver("audio", { direction: "recvonly" });
+  }
+  // the data channel must be in the offer: the server answers with it and talks on it
+  const dc = (s.dc = pc.createDataChannel("text"));
+  dc.onmessage = (ev) => {
+    if (dc === s.dc) onServerMessage(s, ev.data);
+  };
+  pc.ontrack = (ev) => {
+    if (pc === s.pc) showRemote(s, ev);
+  };
+  pc.onconnectionstatechange = () => {
+    if (pc === s.pc) onConnectionState(s);
+  };
+  return pc;
+}
+
 function showRemote(s, ev) {
   if (!receives || s.closed) return;
   const stream = ev.streams[0] || new MediaStream([ev.track]);
   if (ev.track.kind === "video") {
     ui.remote.srcObject = stream;
+    if (s.resume !== null) return; // shown once the resumed connection is up: resumed()
     ui.remote.classList.add("live");
     ui.snapshot.disabled = false;
     showPlaceholder();
@@ -877,7 +946,9 @@ function onConnectionState(s) {
     clearTimeout(s.lostTimer); // back to "connected" (or on to "failed"/"closed", handled below)
     s.lostTimer = null;
   }
-  if (state === "connected" && s.startedAt === null) {
+  if (state === "connected" && s.resume !== null) {
+    resumed(s);
+  } else if (state === "connected" && s.startedAt === null) {
     // the server counts time_limit from the first media, which is about now
     s.startedAt = performance.now();
     setState("streaming");
@@ -887,19 +958,18 @@ function onConnectionState(s) {
     }, TICK_INTERVAL_MS));
     watchSilence(s);
   } else if (state === "disconnected") {
-    // see DISCONNECTED_GRACE_MS: wait for ICE to recover, else end the session here. fail()
-    // posts /webrtc/close too, for a server still alive behind a broken path (or the
-    // deployment's front, when only the media process died) to free the slot at once.
+    // see DISCONNECTED_GRACE_MS: wait for ICE to recover, else take the connection for lost
     if (s.lostTimer === null) {
+      const pc = s.pc;
       s.lostTimer = setTimeout(() => {
         s.lostTimer = null;
-        if (!s.closed && s.pc.connectionState !== "connected") {
-          fail(s, new Error(LOST_TEXT));
-        }
+        if (!s.closed && pc === s.pc && pc.connectionState !== "connected") connectionLost(s);
       }, DISCONNECTED_GRACE_MS);
     }
   } else if (state === "failed") {
-    fail(s, new Error("the connection to the server failed"));
+    // one that never connected had nothing to resume: the server could not be reached
+    if (s.startedAt === null) fail(s, new Error("the connection to the server failed"));
+    else connectionLost(s);
   } else if (state === "closed") {
     stop(s, "stopped", "the server closed the connection", true);
   }
@@ -908,14 +978,17 @@ function onConnectionState(s) {
 // See SERVER_SILENCE_MS. The bytes received on the connection's transport(s), read from
 // getStats(); an interval that saw them grow marks the server heard (a check the browser
 // delays, a throttled background tab, still sees the growth: no false alarm from that).
+// One watch per peer connection: a resume's connection starts its own once connected.
 function watchSilence(s) {
+  stopSilence(s);
+  const pc = s.pc;
   const watch = { bytes: -1, heardAt: performance.now(), busy: false };
-  s.timers.push(setInterval(async () => {
-    if (s.closed || watch.busy) return;
+  s.silence = setInterval(async () => {
+    if (s.closed || watch.busy || pc !== s.pc) return;
     watch.busy = true;
     let bytes = -1;
     try {
-      const stats = await s.pc.getStats();
+      const stats = await pc.getStats();
       let sum = 0;
       let found = false;
       for (const r of stats.values()) {
@@ -930,15 +1003,191 @@ function watchSilence(s) {
     } finally {
       watch.busy = false;
     }
-    if (s.closed || bytes < 0) return; // no transport stats: "disconnected" is the signal left
+    if (s.closed || pc !== s.pc || bytes < 0) return; // no transport stats: "disconnected" is the signal left
     const now = performance.now();
     if (bytes > watch.bytes) {
       watch.bytes = bytes;
       watch.heardAt = now;
     } else if (now - watch.heardAt >= SERVER_SILENCE_MS) {
-      fail(s, new Error(LOST_TEXT));
+      connectionLost(s);
     }
-  }, SILENCE_CHECK_MS));
+  }, SILENCE_CHECK_MS);
+}
+
+function stopSilence(s) {
+  if (s.silence !== null) clearInterval(s.silence);
+  s.silence = null;
+}
+
+// --- resuming (see RESUME_ATTEMPTS) ------------------------------------------------------------
+// s.resume while reconnecting: when it began, the attempts made, the timer of the next one
+// and the window's deadline. The session itself (its id, key, camera tracks, countdown,
+// output fetches) goes on; only its peer connection is replaced, as often as needed.
+
+const RETRY = { retry: true }; // postResume's answer: try again, if the bounds allow
+
+// The current connection is lost (silence, "disconnected" too long, "failed"): resume the
+// session when it can be, else end it as before
+function connectionLost(s) {
+  if (s.closed) return;
+  if (s.resume !== null) return retryResume(s); // the resume's own connection failed
+  // never connected, or no key (an answer without one): there is no session to resume
+  if (s.startedAt === null || !s.key || disposed) return fail(s, new Error(LOST_TEXT));
+  resumeSession(s);
+}
+
+function resumeSession(s) {
+  const r = (s.resume = { since: performance.now(), attempts: 0, timer: null, deadline: null, pending: false });
+  // past the window the session is given up even with an attempt on its way (its answer,
+  // if it comes, is hung up: postResume)
+  r.deadline = setTimeout(() => {
+    if (s.resume === r) giveUp(s, `no resume within ${RESUME_WINDOW_MS / 1000} s`);
+  }, RESUME_WINDOW_MS);
+  stopSilence(s);
+  if (s.lostTimer !== null) clearTimeout(s.lostTimer);
+  s.lostTimer = null;
+  // the last picture would stay frozen: hidden, the placeholder says what is going on
+  // instead (the camera preview goes on: its tracks are the resume's too)
+  ui.remote.classList.remove("live");
+  ui.snapshot.disabled = true;
+  setState("reconnecting", RECONNECTING_TEXT);
+  resumeAttempt(s, r);
+}
+
+async function resumeAttempt(s, r) {
+  r.timer = null;
+  r.attempts += 1;
+  // until this attempt's offer is answered, the connection it replaces (or one already
+  // replaced) may report its end too: that is no reason for another attempt
+  r.pending = true;
+  let outcome;
+  try {
+    // per-connection configuration (TURN credentials that expire) is asked for again
+    let config = s.config;
+    try {
+      config = await connectionConfig();
+    } catch (_) {
+      // the server function failed: the session's first configuration
+    }
+    if (s.closed || s.resume !== r) return;
+    const pc = replacePeer(s, config);
+    await pc.setLocalDescription(await pc.createOffer());
+    await iceGathered(pc);
+    if (s.closed || s.resume !== r) return;
+    outcome = await postResume(s);
+    if (s.closed || s.resume !== r) return;
+    if (outcome.answer) {
+      await pc.setRemoteDescription(outcome.answer);
+      if (s.resume === r) r.pending = false;
+      return; // "connected" ends the resume (resumed); "failed" tries again (connectionLost)
+    }
+  } catch (err) {
+    outcome = RETRY; // a browser that refused the new connection's offer or the answer
+  }
+  if (s.closed || s.resume !== r) return;
+  r.pending = false;
+  if (outcome.refused) giveUp(s, outcome.refused);
+  else retryResume(s);
+}
+
+function retryResume(s) {
+  const r = s.resume;
+  if (r.timer !== null || r.pending) return; // already due, or on its way
+  const elapsed = performance.now() - r.since;
+  if (r.attempts >= RESUME_ATTEMPTS) return giveUp(s, `${r.attempts} resume attempts failed`);
+  if (elapsed + RESUME_RETRY_MS >= RESUME_WINDOW_MS) return giveUp(s, `no resume within ${RESUME_WINDOW_MS / 1000} s`);
+  r.timer = setTimeout(() => resumeAttempt(s, r), RESUME_RETRY_MS);
+}
+
+// The old connection goes without a hang-up (that would end the session on the server);
+// the tracks it sent are the session's and go on to the new one
+function replacePeer(s, config) {
+  const old = s.pc;
+  const oldDc = s.dc;
+  if (oldDc) {
+    try {
+      oldDc.close();
+    } catch (_) {
+      // already closed
+    }
+  }
+  old.close();
+  s.pc = new RTCPeerConnection(config);
+  return wirePeer(s, s.pc);
+}
+
+// One resume offer: {answer}, RETRY, or {refused: why} (403: not this session's key;
+// 404: its grace is over, or it ended; any other refusal that another try cannot change)
+async function postResume(s) {
+  let resp;
+  try {
+    resp = await fetch(routeUrl("offer"), {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(offerBody(s, { session_key: s.key })),
+    });
+  } catch (_) {
+    return RETRY; // the network, or the front itself restarting
+  }
+  let body = null;
+  try {
+    body = await resp.json();
+  } catch (_) {
+    // not JSON: judged by status below
+  }
+  if (resp.ok && body && typeof body.sdp === "string") {
+    if (s.closed || !s.resume) {
+      // Stop (or the window's end) came while it was answered: Stop's hang-up may have
+      // reached the server before this resume made the session anew, so it goes again
+      s.hungUp = false;
+      hangUp(s);
+      return RETRY;
+    }
+    // the same key, as the protocol says; a server that made the session anew has the say
+    if (typeof body.session_key === "string" && body.session_key) s.key = body.session_key;
+    return { answer: { sdp: body.sdp, type: body.type || "answer" } };
+  }
+  // 409: an earlier attempt's session is still being set up there; 408/429/5xx: busy,
+  // restarting, or the media process that was to answer died too
+  if (resp.status === 408 || resp.status === 409 || resp.status === 429 || resp.status >= 500) return RETRY;
+  const meta = (body && (body.meta || body)) || {};
+  const reason = meta.error || meta.message || "";
+  return { refused: `the server did not resume the session (HTTP ${resp.status}${reason ? ` ${reason}` : ""})` };
+}
+
+// The new connection is up: streaming again, on the same session
+function resumed(s) {
+  const r = s.resume;
+  clearTimeout(r.deadline);
+  if (r.timer !== null) clearTimeout(r.timer);
+  s.resume = null;
+  // the new connection's video (showRemote kept it hidden until now), or the old one's, when
+  // it came back by itself before it was replaced
+  if (receives && ui.remote.srcObject) {
+    ui.remote.classList.add("live");
+    ui.snapshot.disabled = false;
+  }
+  setState("streaming");
+  watchSilence(s);
+  // the fetch of outputs that was on its way to the lost connection's media process may
+  // never report back: given up, as its timeout would, and the next one asked; and a
+  // "fetch_output" sent while the data channel was down never arrived: one more fetch (an
+  // empty one changes nothing on the page)
+  if (outputListeners) {
+    const q = s.outputs;
+    if (q.waiting > 0) {
+      q.waiting = 0;
+      clearTimeout(q.timer);
+    }
+    fetchOutput(s);
+  }
+}
+
+// The session cannot be resumed: it ends as a lost connection always did (the hang-up
+// posted too, so a server that still holds it frees it now)
+function giveUp(s, why) {
+  addMessage("warning", why);
+  fail(s, new Error(LOST_TEXT));
 }
 
 function onServerMessage(s, raw) {
@@ -1066,6 +1315,12 @@ function teardown(s) {
   if (s.queue && s.queue.abort) s.queue.abort.abort(); // its updates stream
   if (s.lostTimer !== null) clearTimeout(s.lostTimer);
   s.lostTimer = null;
+  stopSilence(s);
+  if (s.resume !== null) {
+    clearTimeout(s.resume.deadline);
+    if (s.resume.timer !== null) clearTimeout(s.resume.timer);
+    s.resume = null; // an attempt on its way sees it and stops (postResume hangs its answer up)
+  }
   if (s.dc) {
     try {
       s.dc.close();
