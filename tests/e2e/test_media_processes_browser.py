@@ -8,9 +8,13 @@ app's process. Two tabs of one Chromium stream at once:
 * both show inverted video (pixels of the fake camera's picture, inverted);
 * the two sessions are on the two media processes (``media_pid`` of GET /webrtc/sessions),
   neither in the app's own process;
-* kill -9 of tab 1's media process: tab 1 shows the session ended (the component's error
-  state and text) within 10 s, tab 2 keeps streaming inverted video, the stream's slot
-  comes back, the dead process is replaced, and tab 1 streams again on a fresh Start.
+* kill -9 of tab 1's media process (issue 21): tab 1 shows "reconnecting…" within 10 s,
+  then streams inverted video again by itself, on the same session (its webrtc_id, its
+  slot: no new lease, no hang-up posted), now on the other media process; tab 2 never
+  notices (it paints frames throughout and never leaves "streaming"); the dead process is
+  replaced;
+* a resume the server refuses (the page's session key tampered with before the kill: 403)
+  ends tab 1's session as a lost connection, the text the page always showed for it.
 
 Screenshots go to artifacts/mp-*.png.
 """
@@ -39,8 +43,19 @@ STREAM_ID = "stream-0"  # the app's only stream
 STREAM_START_TIMEOUT_S = 120.0  # a cold pool may start a worker (which imports the app) first
 PAGE_LOAD_TIMEOUT_S = 30.0
 VIDEO_TIMEOUT_S = 30.0  # processed video shows the handler's effect by then
-PAGE_ENDS_S = 10.0  # issue 10: the page shows that the session ended within this of the kill
+PAGE_ENDS_S = 10.0  # issue 10: the page shows that the connection is lost within this of the kill
 SLOT_BACK_S = 5.0  # issue 10: a dead media process's slots come back within this
+# issue 21: the page streams again within this of showing "reconnecting…": its resume window
+# (webrtc.js RESUME_WINDOW_MS, 15 s), which bounds every attempt, plus the new connection's
+# first frames on 2 busy cores
+RESUMED_S = 25.0
+# a refused resume: the page ends within this of showing "reconnecting…" (one attempt,
+# answered 403 at once, or after the server's wait for the scheduler to see the death, 5 s)
+REFUSED_ENDS_S = 15.0
+# a session whose resume was refused is held by its lease until the server's grace
+# (gateway.resume_grace_s, 10 s by default) is over, then freed as any dead process's
+GRACE_S = 10.0
+RECONNECTING = "reconnecting…"  # webrtc.js RECONNECTING_TEXT
 REPLACED_S = 60.0  # a new media process (a Ray actor importing aiortc) on 2 busy cores
 STREAMING_ON_S = 3.0  # tab 2 is watched this long after the kill
 MIN_FRAMES_ON = 10  # processed frames tab 2 must paint meanwhile (the camera sends 20 fps)
@@ -84,6 +99,28 @@ WATCH_PC_JS = """() => {
     [((performance.now() - t0) / 1000).toFixed(1), pc.connectionState, pc.iceConnectionState]);
   pc.addEventListener('connectionstatechange', note);
   pc.addEventListener('iceconnectionstatechange', note);
+}"""
+
+
+# the component's states and (outside "streaming", whose text counts down) status texts, in
+# order, with the time (s) since this ran: a state shown for a moment is still seen
+WATCH_STATUS_JS = """(scope) => {
+  const root = document.querySelector(scope + ' .rtc-root');
+  const status = root.querySelector('.rtc-status');
+  const t0 = performance.now();
+  window.mpStatus = [];
+  const note = () => {
+    const state = root.dataset.state;
+    const text = state === 'streaming' ? '' : status.textContent;
+    const last = window.mpStatus[window.mpStatus.length - 1];
+    if (!last || last[1] !== state || last[2] !== text) {
+      window.mpStatus.push([((performance.now() - t0) / 1000).toFixed(1), state, text]);
+    }
+  };
+  note();
+  new MutationObserver(note).observe(root, {
+    subtree: true, childList: true, characterData: true, attributes: true, attributeFilter: ['data-state'],
+  });
 }"""
 
 
@@ -145,7 +182,43 @@ def start(page: Any) -> None:
     ui.start(page, SEL, STREAM_START_TIMEOUT_S)
 
 
-def test_two_tabs_on_two_media_processes_and_a_killed_one_ends_only_its_tab(
+def webrtc_id(page: Any) -> str:
+    return str(
+        page.evaluate("(s) => document.querySelector(s + ' .rtc-root').dataset.webrtcId", SEL)
+    )
+
+
+def statuses(page: Any) -> list[list[str]]:
+    """What WATCH_STATUS_JS saw: [seconds, state, status text] each."""
+    return list(page.evaluate("window.mpStatus || []"))
+
+
+def record_signalling(page: Any) -> dict[str, list[Any]]:
+    """The page's hang-ups (POST /webrtc/close) and resume offers (POST /webrtc/offer with a
+    session_key) from now on, and the resume offers' HTTP statuses."""
+    log: dict[str, list[Any]] = {"close": [], "resume": [], "resume_status": []}
+
+    def is_resume(request: Any) -> bool:
+        return request.url.endswith("/webrtc/offer") and "session_key" in (request.post_data or "")
+
+    def on_request(request: Any) -> None:
+        if request.method != "POST":
+            return
+        if request.url.endswith("/webrtc/close"):
+            log["close"].append(request.url)
+        elif is_resume(request):
+            log["resume"].append(request.url)
+
+    def on_response(response: Any) -> None:
+        if response.request.method == "POST" and is_resume(response.request):
+            log["resume_status"].append(response.status)
+
+    page.on("request", on_request)
+    page.on("response", on_response)
+    return log
+
+
+def test_two_tabs_on_two_media_processes_and_a_killed_one_resumes_its_tab(
     playwright_driver: Any, mp_app: App, face_y4m: Path, artifacts: Path, namespace: str
 ) -> None:
     pids = ui.wait_for(lambda: len(media_pids(namespace)) == 2 and media_pids(namespace), 30)
@@ -165,7 +238,7 @@ def test_two_tabs_on_two_media_processes_and_a_killed_one_ends_only_its_tab(
             "tab 1 does not show inverted video"
         )
         [row] = ui.live_sessions(mp_app.url, STREAM_ID)
-        victim = row["media_pid"]
+        victim, worker = row["media_pid"], row["worker_pid"]
         start(second)
         assert ui.wait_for(lambda: inverted(second), VIDEO_TIMEOUT_S), (
             "tab 2 does not show inverted video"
@@ -178,61 +251,143 @@ def test_two_tabs_on_two_media_processes_and_a_killed_one_ends_only_its_tab(
         first.screenshot(path=str(artifacts / "mp-tab1-streaming.png"))
         second.screenshot(path=str(artifacts / "mp-tab2-streaming.png"))
 
+        session_id = webrtc_id(first)
+        pcs_before = len(ui.pc_states(first))
+        signalling = record_signalling(first)
         ui.count_frames(second, SEL, "mpFrames")
+        for tab in (first, second):
+            tab.evaluate(WATCH_STATUS_JS, SEL)
         first.evaluate(WATCH_PC_JS)
         os.kill(victim, signal.SIGKILL)
         killed_at = time.monotonic()
 
-        # tab 1's page says its session ended, by itself: the dead process tells it nothing
-        ended = ui.wait_for(lambda: ui.state(first, SEL) != "streaming", PAGE_ENDS_S)
-        ended_after = time.monotonic() - killed_at
-        assert ended and ended_after < PAGE_ENDS_S, (
-            f"tab 1 still says {ui.status(first, SEL)!r} {ended_after:.1f} s after the kill; "
+        # tab 1's page notices by itself (the dead process tells it nothing) and reconnects
+        noticed = ui.wait_for(lambda: ui.state(first, SEL) != "streaming", PAGE_ENDS_S)
+        noticed_after = time.monotonic() - killed_at
+        assert noticed and noticed_after < PAGE_ENDS_S, (
+            f"tab 1 still says {ui.status(first, SEL)!r} {noticed_after:.1f} s after the kill; "
             f"its peer connection went through {first.evaluate('window.mpStates')}"
         )
-        assert ui.state(first, SEL) == "error", ui.status(first, SEL)
-        status = ui.status(first, SEL)
-        assert status == "error — lost the connection to the server", status
-        assert "error: lost the connection to the server" in ui.messages(first, SEL)
-        pcs = first.evaluate("(window.__rtcPeerConnections || []).map(pc => pc.connectionState)")
-        assert pcs[-1] == "closed", pcs
-        assert not ui.has_video(first, SEL), "the ended session's video is still shown"
-        first.screenshot(path=str(artifacts / "mp-tab1-ended.png"))
-
-        # the slot of the dead process's session is back (the scheduler's doing)
-        assert ui.wait_for(lambda: leases(namespace) == 1, SLOT_BACK_S), (
-            f"{leases(namespace)} leases {SLOT_BACK_S} s after the kill"
+        if ui.state(first, SEL) == "reconnecting":
+            first.screenshot(path=str(artifacts / "mp-tab1-reconnecting.png"))
+        back = ui.wait_for(
+            lambda: ui.state(first, SEL) not in ("reconnecting", "connecting"), RESUMED_S
         )
-        assert [s["media_pid"] for s in ui.live_sessions(mp_app.url, STREAM_ID)] == [
-            p for p in pids if p != victim
-        ]
+        back_after = time.monotonic() - killed_at
+        seen = statuses(first)
+        assert ["reconnecting", RECONNECTING] in [r[1:] for r in seen], (
+            f"tab 1 never showed {RECONNECTING!r}: {seen}"
+        )
+        assert back and ui.state(first, SEL) == "streaming", (
+            f"tab 1 did not resume: {ui.status(first, SEL)!r} {back_after:.1f} s after the kill; "
+            f"it went through {seen}, messages {ui.messages(first, SEL)}, "
+            f"resume offers answered {signalling['resume_status']}"
+        )
+        # the processed video again: fresh frames, inverted
+        assert ui.wait_for(lambda: inverted(first), VIDEO_TIMEOUT_S), (
+            "tab 1 streams again but does not show inverted video"
+        )
+        ui.count_frames(first, SEL, "mpFramesResumed")
+        time.sleep(STREAMING_ON_S)
+        painted = first.evaluate("window.mpFramesResumed")
+        assert painted >= MIN_FRAMES_ON, (
+            f"tab 1 painted {painted} frames in {STREAMING_ON_S} s after it resumed"
+        )
+        assert inverted(first), "tab 1 no longer shows inverted video"
+        first.screenshot(path=str(artifacts / "mp-tab1-resumed.png"))
 
-        # tab 2 streams on through the kill: new frames painted, still inverted
+        # the same session, on a new peer connection, the old one closed without a hang-up
+        assert webrtc_id(first) == session_id
+        assert signalling["close"] == [], f"tab 1 hung up while resuming: {signalling}"
+        assert signalling["resume"], f"no resume offer: {signalling}"
+        pcs = ui.pc_states(first)
+        assert len(pcs) > pcs_before and pcs[-1][1] == "connected", pcs
+        assert all(state == "closed" for _, state in pcs[:-1]), pcs
+        assert ui.errors(first, SEL) == [], ui.messages(first, SEL)
+        # on the live media process, its slot kept (two leases throughout, no third), its worker
+        # (and so its handler) the same
+        sessions = ui.live_sessions(mp_app.url, STREAM_ID)
+        assert victim not in {s["media_pid"] for s in sessions}, sessions
+        assert worker in {s["worker_pid"] for s in sessions}, (worker, sessions)
+        assert len(sessions) == 2 and leases(namespace) == 2, (sessions, leases(namespace))
+
+        # tab 2 streamed on through it all: new frames painted, never another state
         before = second.evaluate("window.mpFrames")
         time.sleep(STREAMING_ON_S)
         painted = second.evaluate("window.mpFrames") - before
         assert painted >= MIN_FRAMES_ON, (
-            f"tab 2 painted {painted} frames in {STREAMING_ON_S} s after the kill"
+            f"tab 2 painted {painted} frames in {STREAMING_ON_S} s after tab 1 resumed"
         )
-        assert ui.state(second, SEL) == "streaming", ui.status(second, SEL)
+        assert [r[1] for r in statuses(second)] == ["streaming"], statuses(second)
         assert inverted(second), "tab 2 no longer shows inverted video"
         second.screenshot(path=str(artifacts / "mp-tab2-after-kill.png"))
 
-        # the dead process is replaced, and tab 1 streams again on a fresh Start
+        # the dead process is replaced
         replaced = ui.wait_for(
             lambda: len(now := media_pids(namespace)) == 2 and victim not in now and now, REPLACED_S
         )
         assert replaced, f"the media process was not replaced: {media_pids(namespace)}"
-        start(first)
-        assert ui.wait_for(lambda: inverted(first), VIDEO_TIMEOUT_S), "tab 1 does not stream again"
-        assert sorted(s["media_pid"] for s in ui.live_sessions(mp_app.url, STREAM_ID)) == sorted(
-            replaced
-        )
-        first.screenshot(path=str(artifacts / "mp-tab1-again.png"))
         print(
-            f"tab 1 showed the end {ended_after:.1f} s after the kill; media {pids} -> {replaced}"
+            f"tab 1 noticed the loss {noticed_after:.1f} s after the kill and streamed again "
+            f"{back_after:.1f} s after it ({len(signalling['resume'])} resume offer(s), answered "
+            f"{signalling['resume_status']}); media {pids} -> {replaced}"
         )
 
         ui.stop_and_check_released(first, f"{SEL} .rtc-root")
         ui.stop_and_check_released(second, f"{SEL} .rtc-root")
     assert ui.wait_for(lambda: leases(namespace) == 0, SLOT_BACK_S)
+
+
+def test_a_refused_resume_ends_the_tab_as_a_lost_connection(
+    playwright_driver: Any, mp_app: App, face_y4m: Path, artifacts: Path, namespace: str
+) -> None:
+    """The server refuses a resume whose key is not the session's (403): the page gives up at
+    once and shows what it showed before issue 21 for a lost connection."""
+    pids = ui.wait_for(
+        lambda: len(media_pids(namespace)) == 2 and media_pids(namespace), REPLACED_S
+    )
+    assert pids, f"two media processes expected: {scheduler_status(namespace)['media']}"
+    with chromium(playwright_driver, f"--use-file-for-fake-video-capture={face_y4m}") as (_, ctx):
+        page = ctx.new_page()
+        open_app(page, mp_app.url)
+        start(page)
+        assert ui.wait_for(lambda: inverted(page), VIDEO_TIMEOUT_S), "no inverted video"
+        [row] = ui.live_sessions(mp_app.url, STREAM_ID)
+        victim = row["media_pid"]
+
+        # the page's copy of the key, as a stale or forged one would be: the server's stays
+        page.evaluate(
+            "(id) => { window.__rtcpool.streams[id].session().key = 'not-the-session-key'; }",
+            STREAM_ID,
+        )
+        signalling = record_signalling(page)
+        page.evaluate(WATCH_STATUS_JS, SEL)
+        os.kill(victim, signal.SIGKILL)
+        killed_at = time.monotonic()
+
+        noticed = ui.wait_for(lambda: ui.state(page, SEL) != "streaming", PAGE_ENDS_S)
+        assert noticed, f"still {ui.status(page, SEL)!r} {PAGE_ENDS_S} s after the kill"
+        ended = ui.wait_for(
+            lambda: ui.state(page, SEL) not in ("reconnecting", "connecting", "streaming"),
+            REFUSED_ENDS_S,
+        )
+        ended_after = time.monotonic() - killed_at
+        seen = statuses(page)
+        assert ended, f"still {ui.status(page, SEL)!r}: {seen}, {signalling}"
+        assert ["reconnecting", RECONNECTING] in [r[1:] for r in seen], seen
+        assert ui.state(page, SEL) == "error", ui.status(page, SEL)
+        assert ui.status(page, SEL) == "error — lost the connection to the server"
+        assert "error: lost the connection to the server" in ui.messages(page, SEL)
+        # refused (403), and no attempt after that (those before it may have been answered 409
+        # while the server waited for the scheduler to see the process die)
+        answered = signalling["resume_status"]
+        assert answered and answered[-1] == 403 and 403 not in answered[:-1], signalling
+        assert not ui.has_video(page, SEL), "the ended session's video is still shown"
+        pcs = ui.pc_states(page)
+        assert all(state == "closed" for _, state in pcs), pcs
+        page.screenshot(path=str(artifacts / "mp-refused-resume-ended.png"))
+        print(f"the page ended {ended_after:.1f} s after the kill; it went through {seen}")
+
+    # the session is gone for good: its slot comes back once the server's grace is over
+    assert ui.wait_for(lambda: leases(namespace) == 0, GRACE_S + SLOT_BACK_S), leases(namespace)
+    assert ui.live_sessions(mp_app.url, STREAM_ID) == []
