@@ -847,6 +847,7 @@ async function start() {
     lostTimer: null, // while "disconnected": see DISCONNECTED_GRACE_MS
     silence: null, // the interval of watchSilence() on the current peer connection
     resume: null, // while reconnecting: see resumeSession()
+    replaced: [], // peer connections a resume replaced, not closed yet: see replacePeer()
     outputs: { wanted: 0, waiting: 0, timer: 0 }, // fetches of outputs: see fetchOutput()
     queue: null, // a place in the stream's queue: see joinQueue()
   };
@@ -1077,6 +1078,7 @@ async function resumeAttempt(s, r) {
     outcome = await postResume(s);
     if (s.closed || s.resume !== r) return;
     if (outcome.answer) {
+      closeReplaced(s); // the server holds the new connection now
       await pc.setRemoteDescription(outcome.answer);
       if (s.resume === r) r.pending = false;
       return; // "connected" ends the resume (resumed); "failed" tries again (connectionLost)
@@ -1099,21 +1101,19 @@ function retryResume(s) {
   r.timer = setTimeout(() => resumeAttempt(s, r), RESUME_RETRY_MS);
 }
 
-// The old connection goes without a hang-up (that would end the session on the server);
-// the tracks it sent are the session's and go on to the new one
+// The current connection is replaced by a new one. The old one goes without a hang-up (that
+// would end the session on the server), and is closed only once a resume is answered (see
+// closeReplaced): a media process that is still alive (the network changed, a false alarm)
+// takes the close of the connection it holds as the client leaving, before the resume that
+// replaces it could arrive. The tracks it sent are the session's and go on to the new one.
 function replacePeer(s, config) {
-  const old = s.pc;
-  const oldDc = s.dc;
-  if (oldDc) {
-    try {
-      oldDc.close();
-    } catch (_) {
-      // already closed
-    }
-  }
-  old.close();
+  s.replaced.push(s.pc);
   s.pc = new RTCPeerConnection(config);
   return wirePeer(s, s.pc);
+}
+
+function closeReplaced(s) {
+  for (const pc of s.replaced.splice(0)) pc.close(); // its data channel with it
 }
 
 // One resume offer: {answer}, RETRY, or {refused: why} (403: not this session's key;
@@ -1332,6 +1332,7 @@ function teardown(s) {
     for (const sender of s.pc.getSenders()) if (sender.track) sender.track.stop();
     s.pc.close();
   }
+  closeReplaced(s);
   if (s.media) for (const track of s.media.getTracks()) track.stop();
   // a session stopped during its permission prompt is torn down again when the prompt
   // returns, maybe under a newer session: the shared view belongs to that one then
