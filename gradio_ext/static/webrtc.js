@@ -831,6 +831,30 @@ function leaveQueue(s) {
 
 // --- the session -------------------------------------------------------------------------------
 
+// A session's peer connection, the first or a resume's: its media (the camera/microphone
+// tracks got once, for every connection of the session), its data channel and its handlers.
+// Each handler names its connection: one a resume has replaced says nothing any more.
+function wirePeer(s, pc) {
+  if (sends) {
+    for (const track of s.media.getTracks()) pc.addTrack(track, s.media);
+  } else {
+    if (wantsVideo) pc.addTransceiver("video", { direction: "recvonly" });
+    if (wantsAudio) pc.addTransceiver("audio", { direction: "recvonly" });
+  }
+  // the data channel must be in the offer: the server answers with it and talks on it
+  const dc = (s.dc = pc.createDataChannel("text"));
+  dc.onmessage = (ev) => {
+    if (dc === s.dc) onServerMessage(s, ev.data);
+  };
+  pc.ontrack = (ev) => {
+    if (pc === s.pc) showRemote(s, ev);
+  };
+  pc.onconnectionstatechange = () => {
+    if (pc === s.pc) onConnectionState(s);
+  };
+  return pc;
+}
+
 async function start() {
   if (disposed) return;
   clearRetry();
@@ -897,30 +921,6 @@ async function start() {
   } catch (err) {
     fail(s, err);
   }
-}
-
-// A session's peer connection, the first or a resume's: its media (the camera/microphone
-// tracks got once, for every connection of the session), its data channel and its handlers.
-// Each handler names its connection: one a resume has replaced says nothing any more.
-function wirePeer(s, pc) {
-  if (sends) {
-    for (const track of s.media.getTracks()) pc.addTrack(track, s.media);
-  } else {
-    if (wantsVideo) pc.addTransceiver("video", { direction: "recvonly" });
-    if (wantsAudio) pc.addTransceiver("audio", { direction: "recvonly" });
-  }
-  // the data channel must be in the offer: the server answers with it and talks on it
-  const dc = (s.dc = pc.createDataChannel("text"));
-  dc.onmessage = (ev) => {
-    if (dc === s.dc) onServerMessage(s, ev.data);
-  };
-  pc.ontrack = (ev) => {
-    if (pc === s.pc) showRemote(s, ev);
-  };
-  pc.onconnectionstatechange = () => {
-    if (pc === s.pc) onConnectionState(s);
-  };
-  return pc;
 }
 
 function showRemote(s, ev) {
