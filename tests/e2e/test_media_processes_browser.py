@@ -195,8 +195,8 @@ def statuses(page: Any) -> list[list[str]]:
 
 def record_signalling(page: Any) -> dict[str, list[Any]]:
     """The page's hang-ups (POST /webrtc/close) and resume offers (POST /webrtc/offer with a
-    session_key) from now on, and the resume offers' HTTP statuses."""
-    log: dict[str, list[Any]] = {"close": [], "resume": [], "resume_status": []}
+    session_key) from now on, and their HTTP statuses."""
+    log: dict[str, list[Any]] = {"close": [], "resume": [], "resume_status": [], "close_status": []}
 
     def is_resume(request: Any) -> bool:
         return request.url.endswith("/webrtc/offer") and "session_key" in (request.post_data or "")
@@ -210,8 +210,12 @@ def record_signalling(page: Any) -> dict[str, list[Any]]:
             log["resume"].append(request.url)
 
     def on_response(response: Any) -> None:
-        if response.request.method == "POST" and is_resume(response.request):
+        if response.request.method != "POST":
+            return
+        if is_resume(response.request):
             log["resume_status"].append(response.status)
+        elif response.url.endswith("/webrtc/close"):
+            log["close_status"].append(response.status)
 
     page.on("request", on_request)
     page.on("response", on_response)
@@ -395,3 +399,64 @@ def test_a_refused_resume_ends_the_tab_as_a_lost_connection(
     # the session is gone for good: its slot comes back once the server's grace is over
     assert ui.wait_for(lambda: leases(namespace) == 0, GRACE_S + SLOT_BACK_S), leases(namespace)
     assert ui.live_sessions(mp_app.url, STREAM_ID) == []
+
+
+def test_stop_while_reconnecting_ends_the_session_for_good(
+    playwright_driver: Any, mp_app: App, face_y4m: Path, artifacts: Path, namespace: str
+) -> None:
+    """Stop pressed while the page reconnects (its resume offer held back on its way, so the
+    page stays there): the page stops, hangs up, and a resume that reaches the server after
+    the hang-up brings nothing back; the slot is freed."""
+    pids = ui.wait_for(
+        lambda: len(media_pids(namespace)) == 2 and media_pids(namespace), REPLACED_S
+    )
+    assert pids, f"two media processes expected: {scheduler_status(namespace)['media']}"
+    with chromium(playwright_driver, f"--use-file-for-fake-video-capture={face_y4m}") as (_, ctx):
+        page = ctx.new_page()
+        open_app(page, mp_app.url)
+        start(page)
+        assert ui.wait_for(lambda: inverted(page), VIDEO_TIMEOUT_S), "no inverted video"
+        [row] = ui.live_sessions(mp_app.url, STREAM_ID)
+        held: list[Any] = []
+
+        def hold_resumes(route: Any) -> None:
+            if "session_key" in (route.request.post_data or ""):
+                held.append(route)  # answered after Stop, below
+            else:
+                route.continue_()
+
+        page.route("**/webrtc/offer", hold_resumes)
+        signalling = record_signalling(page)
+        os.kill(row["media_pid"], signal.SIGKILL)
+
+        reconnecting = ui.wait_for(lambda: ui.state(page, SEL) == "reconnecting", PAGE_ENDS_S)
+        assert reconnecting, f"{ui.status(page, SEL)!r} {PAGE_ENDS_S} s after the kill"
+        assert ui.status(page, SEL) == RECONNECTING
+        assert page.locator(f"{SEL} .rtc-button-label").text_content() == "Stop"
+        # (Playwright's sync API runs route and request handlers only inside its own calls)
+        assert ui.wait_for(lambda: ui.state(page, SEL) and held, PAGE_ENDS_S), "no resume offer"
+        page.screenshot(path=str(artifacts / "mp-reconnecting-before-stop.png"))
+
+        page.click(f"{SEL} .rtc-button")
+        stopped_at = time.monotonic()
+        assert ui.state(page, SEL) == "stopped", ui.status(page, SEL)
+        assert ui.wait_for(lambda: ui.state(page, SEL) and signalling["close"], PAGE_ENDS_S), (
+            "Stop posted no hang-up"
+        )
+        for route in held:
+            route.continue_()  # the resume reaches the server after the hang-up
+        time.sleep(STREAMING_ON_S)
+        assert ui.state(page, SEL) == "stopped", ui.status(page, SEL)
+        assert all(state == "closed" for _, state in ui.pc_states(page)), ui.pc_states(page)
+        assert not ui.has_video(page, SEL)
+        assert (
+            page.evaluate("(s) => document.querySelector(s + ' .rtc-local').srcObject", SEL) is None
+        )
+        page.screenshot(path=str(artifacts / "mp-stopped-while-reconnecting.png"))
+
+    assert ui.wait_for(lambda: leases(namespace) == 0, GRACE_S + SLOT_BACK_S), leases(namespace)
+    assert ui.live_sessions(mp_app.url, STREAM_ID) == []
+    print(
+        f"slot free {time.monotonic() - stopped_at:.1f} s after Stop; "
+        f"resume answered {signalling['resume_status']}, hang-ups {signalling['close_status']}"
+    )
