@@ -14,7 +14,9 @@ app's process. Two tabs of one Chromium stream at once:
   notices (it paints frames throughout and never leaves "streaming"); the dead process is
   replaced;
 * a resume the server refuses (the page's session key tampered with before the kill: 403)
-  ends tab 1's session as a lost connection, the text the page always showed for it.
+  ends tab 1's session as a lost connection, the text the page always showed for it;
+* Stop while reconnecting stops the page and hangs up; a resume that reaches the server
+  only after the hang-up is hung up again, and the slot is freed.
 
 Screenshots go to artifacts/mp-*.png.
 """
