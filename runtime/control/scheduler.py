@@ -316,6 +316,17 @@ class Scheduler:
                 self.pools.return_worker(pool, worker, healthy=False)
         return await self._arm(pool, lease, node_id)
 
+    async def abandon(self, session_id: str, key_digest: str) -> bool:
+        """The client of a session held for its resume hangs up (POST /webrtc/close): the
+        lease is given back now, not at the end of the grace, so a later resume finds
+        nothing. False: no held session of that id, or not with that key."""
+        lease = next((x for x in self.leases.values() if x.session_id == session_id and x.orphaned_at is not None), None)
+        if lease is None or not isinstance(key_digest, str) or not hmac.compare_digest(lease.key_digest, key_digest):
+            return False
+        log.info("session %s: its client hung up while it waited for a resume", session_id)
+        await self.release(lease.lease_id, worker_ok=True)
+        return True
+
     async def media_gone(self, gateway_id: str) -> int:
         """A media process died: its leases with a resume grace are held for their clients
         to re-offer (:meth:`resume`; their workers hold the handlers), the others given back

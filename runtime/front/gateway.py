@@ -46,7 +46,7 @@ from runtime.guard.auth import AuthGrant, gradio_app_of, gradio_auth_enabled, gr
 from runtime.guard.limits import AddressLimits, AddressRate
 from runtime.media.engine import MediaEngine
 from runtime.media.ice import pin_host_addresses
-from runtime.media.offers import check_id, check_sdp, draining_error
+from runtime.media.offers import check_id, check_sdp, draining_error, key_digest
 from runtime.media.session import Session
 from runtime.media.session_view import SessionView
 from runtime.media.stream_event import StreamEvent
@@ -424,8 +424,25 @@ class Gateway:
         return self.engine.next_output(webrtc_id, key, kind)
 
     async def close_session(self, webrtc_id: str, key: Any) -> None:
-        """End a session because its client hung up (see MediaEngine.close_session)."""
-        await (await self.engine_for(webrtc_id)).close_session(webrtc_id, key)
+        """End a session because its client hung up (see MediaEngine.close_session); a
+        session held for its resume (its media process died) is given up for good."""
+        try:
+            await (await self.engine_for(webrtc_id)).close_session(webrtc_id, key)
+        except Refused as err:
+            # (its media process may have died since this front placed it: "unknown" too)
+            if err.code != ErrorCode.UNKNOWN_WEBRTC_ID or not await self._abandon_held(webrtc_id, key):
+                raise
+
+    async def _abandon_held(self, webrtc_id: str, key: Any) -> bool:
+        if self.scheduler is None or not isinstance(key, str) or not key:
+            return False
+        if self.in_app and self.config.ray.embedded:
+            return False  # no media process of its own: nothing is ever held (and no look-up per unknown id)
+        try:
+            return bool(await asyncio.wait_for(self.scheduler.abandon.remote(webrtc_id, key_digest(key)), C.RAY_CALL_TIMEOUT_S))
+        except Exception as exc:
+            log.warning("the scheduler did not take a hang-up of a held session: %s", exc)
+            return False
 
     async def output_stream(self, webrtc_id: str, key: Any) -> AsyncIterator[list[Any] | None]:
         """An async iterator of a session's AdditionalOutputs for one SSE reader: a list of

@@ -47,6 +47,9 @@ class MediaSlot:
     load: EngineLoad
     unseen: dict[str, float | None] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # seen dead: no offer or resume goes here while its replacement starts (test-found: a
+    # resume placed on the dead process was answered "session ended")
+    dead: bool = False
 
     @property
     def engine(self) -> RemoteEngine:
@@ -161,6 +164,7 @@ class MediaSupervisor:
                     log.warning("media process %s: %s", slot.engine_id, exc)
 
     def _replace(self, dead: MediaSlot) -> None:
+        dead.dead = True
         with self._lock:
             for key in [k for k, v in self.placed.items() if v is dead]:
                 del self.placed[key]
@@ -175,9 +179,10 @@ class MediaSupervisor:
     # --- placement ------------------------------------------------------------------------------
 
     def least_loaded(self, webrtc_id: str) -> MediaSlot:
-        if not self.slots:
+        alive = [s for s in self.slots if not s.dead]
+        if not alive:
             raise Refused(ErrorCode.NO_MEDIA_PROCESS, "no media process is running")
-        slot = min(self.slots, key=MediaSlot.score)
+        slot = min(alive, key=MediaSlot.score)
         slot.place(webrtc_id)
         return slot
 
@@ -219,9 +224,9 @@ class MediaSupervisor:
         tried: set[int] = set()
         owner = self.placed.get(webrtc_id)
         while True:
-            slot = owner if owner is not None and id(owner) not in tried else None
+            slot = owner if owner is not None and id(owner) not in tried and not owner.dead else None
             if slot is None:
-                alive = [s for s in self.slots if id(s) not in tried]
+                alive = [s for s in self.slots if id(s) not in tried and not s.dead]
                 if not alive:
                     raise Refused(ErrorCode.NO_MEDIA_PROCESS, "no live media process to resume on: try again")
                 slot = min(alive, key=MediaSlot.score)
@@ -231,6 +236,7 @@ class MediaSupervisor:
                     slot.actor.resume.remote(event_id, webrtc_id, sdp, key, client), OFFER_FORWARD_TIMEOUT_S
                 )
             except ActorDiedError:
+                slot.dead = True  # the supervisor replaces it at its next poll
                 continue
             except TimeoutError as exc:
                 raise Refused(ErrorCode.MEDIA_TIMEOUT, "the media process did not answer the resume") from exc

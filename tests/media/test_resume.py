@@ -28,6 +28,7 @@ RESUME_S = 30.0  # silence detection, the scheduler seeing the death, ICE again:
 FRAMES_AFTER = 15
 RELEASE_S = 15.0
 SHORT_GRACE_S = 2.0
+RETRIES = 30  # a second apart: a resume refused 503 while a media process is replaced is tried again
 # the count is painted as three base-16 digits, each a flat grey block (VP8 keeps a flat
 # block's level within a few steps: a digit's 16-level band is far wider)
 DIGITS = 3
@@ -67,6 +68,14 @@ def painted_count(client: Client) -> int:
 def leases(served: Any) -> set[tuple[str, int]]:
     """The deployment's leases and their workers' pids (the scheduler's view)."""
     return {(row["lease"], row["pid"]) for row in served.status()["sessions"]}
+
+
+def held(served: Any, webrtc_id: str) -> bool:
+    """The session's lease is held for its resume: leased, and nowhere in the directory."""
+    import ray
+
+    located = ray.get(served.gateway.scheduler.locate.remote(webrtc_id), timeout=10)
+    return served.leases() == 1 and located is None
 
 
 def reason(body: dict[str, Any]) -> str:
@@ -146,9 +155,23 @@ async def test_a_resume_needs_the_sessions_key_and_its_grace(make_gateway: Any) 
         os.kill(victim, signal.SIGKILL)
         assert await async_wait_until(lambda: served.leases() == 0, SHORT_GRACE_S + RELEASE_S, 0.2), "the grace did not end"
         with pytest.raises(OfferRejected) as late:
-            await a.resume(attempts=1)
+            # (503 no_media_process while the killed processes' replacements start: retried)
+            await a.resume(attempts=RETRIES)
         assert late.value.status == 404 and reason(late.value.body) == "not_resumable", late.value.body
         await a.close()
+
+        # a client that hangs up while its session is held: given up at once, not resumable
+        d = await connected(served.url)
+        d.auto_resume = False
+        os.kill(served.gateway.supervisor.placed[d.webrtc_id].load.pid, signal.SIGKILL)
+        assert await async_wait_until(lambda: held(served, d.webrtc_id), RELEASE_S, 0.2), "the scheduler did not hold the session"
+        hung_up = await d.post("close")
+        assert hung_up.status_code == 200, hung_up.text
+        assert served.leases() == 0
+        with pytest.raises(OfferRejected) as gone:
+            await d.resume(attempts=RETRIES)
+        assert gone.value.status == 404, gone.value.body
+        await d.close()
 
         # a session that ended: 404, and its id is free for a new session
         c = await connected(served.url)
