@@ -362,6 +362,12 @@ class PoolConfig(_Strict):
         default_factory=dict,
         description="custom Ray resources each worker needs, e.g. {far_node: 1}",
     )
+    spare_workers: int = Field(
+        C.POOL_SPARE_WORKERS,
+        ge=0,
+        description="idle workers a stream with a concurrency_limit keeps beyond it, so that a session whose worker "
+        "dies takes over a warm one (failover in ~0.2 s, not a cold start); each holds its resources",
+    )
     snapshot_interval_s: float = Field(
         C.SNAPSHOT_INTERVAL_S,
         gt=0,

@@ -81,6 +81,10 @@ GATEWAY_TTL_S = 15.0  # leases of a gateway silent for this long are reclaimed
 POOL_PREWARM = 1  # idle workers kept ready per stream event
 POOL_MAX = 8  # workers per stream event when concurrency_limit is None
 # failover (docs/failover.md): a session whose worker dies gets a fresh one from its pool
+# idle workers a stream with a concurrency_limit keeps beyond it, for a failover to take
+# warm (a full stream's pool otherwise holds none: a cold start, ~2 s here); each holds its
+# Ray resources, so none by default
+POOL_SPARE_WORKERS = 0
 SNAPSHOT_INTERVAL_S = 1.0  # a handler's snapshot() is sent at most (and, if it has one, at least) this often
 MAX_RESTARTS = 3  # worker restarts a session may have within RESTART_WINDOW_S; one more ends it
 RESTART_WINDOW_S = 60.0

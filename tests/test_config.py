@@ -293,6 +293,7 @@ def test_streams_inherit_the_pool_and_take_resources(tmp_path: Path):
         "memory": 2 * 2**30,
         "resources": {"big_node": 1.0},
         # failover (docs/failover.md): the defaults
+        "spare_workers": 0,
         "snapshot_interval_s": 1.0,
         "max_restarts": 3,
         "restart_window_s": 60.0,

@@ -38,6 +38,7 @@ class PoolSpec:
     num_gpus: float | None = None
     memory: int | None = None
     resources: dict[str, float] = field(default_factory=dict)
+    spare_workers: int = C.POOL_SPARE_WORKERS
     snapshot_interval_s: float = C.SNAPSHOT_INTERVAL_S
     max_restarts: int = C.MAX_RESTARTS
     restart_window_s: float = C.RESTART_WINDOW_S
@@ -69,7 +70,7 @@ class EventSpec:
     def identity(self) -> tuple[Any, ...]:
         """Equal for the same stream event served by any gateway (see HandlerSpec.identity)."""
         p = self.pool
-        pool = (p.prewarm, p.max_workers, p.num_cpus, p.num_gpus, p.memory, tuple(sorted(p.resources.items())))
+        pool = (p.prewarm, p.max_workers, p.spare_workers, p.num_cpus, p.num_gpus, p.memory, tuple(sorted(p.resources.items())))
         line = (self.queue, self.max_queue, self.queue_timeout_s, self.admit_hold_s)
         return (self.event_id, self.handler.identity(), self.concurrency_limit, self.time_limit, pool, self.worker_tcp_host, line)
 
@@ -152,10 +153,13 @@ class Pool:
 
     @property
     def max_workers(self) -> int:
+        """Worker processes the pool holds at most: one per slot, and with a
+        concurrency_limit ``pool.spare_workers`` more, kept idle while every slot is taken so
+        that a session whose worker dies takes over a warm one (docs/failover.md)."""
         if self.max_workers_override is not None:
             return self.max_workers_override
         limit = self.spec.concurrency_limit
-        return self.spec.pool.max_workers if limit is None else max(limit, 1)
+        return self.spec.pool.max_workers if limit is None else max(limit, 1) + self.spec.pool.spare_workers
 
     @property
     def total(self) -> int:
@@ -165,7 +169,10 @@ class Pool:
     def capacity(self) -> int:
         """Sessions the stream serves at once: its concurrency_limit, or with None the
         pool's max_workers (the pool grows to that before anyone waits)."""
-        return self.max_workers
+        if self.max_workers_override is not None:
+            return self.max_workers_override
+        limit = self.spec.concurrency_limit
+        return self.spec.pool.max_workers if limit is None else max(limit, 1)
 
     def attach(self, gateway_id: str) -> None:
         self.gateways.add(gateway_id)
@@ -242,7 +249,9 @@ class Pools:
             self.top_up(pool)
 
     def top_up(self, pool: Pool) -> None:
-        want = min(pool.spec.pool.prewarm, pool.max_workers)
+        # idle ones: the pre-warm count, or as many spares as the pool has room for beyond
+        # its busy workers (all slots taken: the spares)
+        want = min(max(pool.spec.pool.prewarm, pool.spec.pool.spare_workers), pool.max_workers)
         while len(pool.idle) + pool.starting < want and pool.total < pool.max_workers:
             self.start_worker(pool)
 
@@ -358,7 +367,10 @@ class Pools:
                 if left <= 0:
                     raise TimeoutError(f"no worker ready within {C.LEASE_TIMEOUT_S:.0f} s: {pool.last_error}")
                 try:
-                    await asyncio.wait_for(pool.available.wait(), left)
+                    # a slice at a time: a node that died meanwhile makes the pool unplaceable,
+                    # which the loop's top sees (CI-found: a failover after its node was lost
+                    # waited out LEASE_TIMEOUT_S for a worker no node could hold)
+                    await asyncio.wait_for(pool.available.wait(), min(left, self.monitor_interval_s))
                 except TimeoutError:
                     continue
                 # Test-found: this waited for ``starting == 0``, but each failure made the loop

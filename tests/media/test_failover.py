@@ -125,7 +125,8 @@ def metric(text: str, name: str) -> float:
 
 async def test_a_killed_worker_is_replaced_and_the_same_peer_connection_streams_on_with_its_state(ray_session: Any) -> None:
     segments = shm_segments()
-    with failover_app(Counter(), "failover-counter") as served:
+    # one spare: the pool keeps a warm worker beyond the full stream's limit for the takeover
+    with failover_app(Counter(), "failover-counter", spare_workers=1) as served:
         client = await connected(served.url)
         session = served.gateway.sessions[client.webrtc_id]
         warnings: list[str] = []
@@ -135,6 +136,10 @@ async def test_a_killed_worker_is_replaced_and_the_same_peer_connection_streams_
         assert await async_wait_until(lambda: (saved(session) or 0) >= 10, 15), "no snapshot of the handler's count"
         old_pid, before = session.worker_pid, saved(session)
         assert before is not None
+        spares = await async_wait_until(
+            lambda: {w["pid"] for w in served.status()["events"]["failover-counter"]["workers"] if not w["busy"]}, 30
+        )
+        assert spares, "no spare worker beside the full stream's busy one"
 
         os.kill(old_pid, signal.SIGKILL)
         # its slot is the session's throughout: a second client is refused, not served by
@@ -144,7 +149,7 @@ async def test_a_killed_worker_is_replaced_and_the_same_peer_connection_streams_
         assert served.leases() == 1
 
         assert await async_wait_until(lambda: any("restarted" in w for w in warnings), TAKEOVER_S), warnings
-        assert session.worker_pid != old_pid
+        assert session.worker_pid != old_pid and session.worker_pid in spares, "the takeover was not the warm spare"
         assert sum("restarted" in w for w in warnings) == 1, warnings
         # the same peer connection: processed (blue) frames again, from the new worker
         received = client.report.received
@@ -229,7 +234,7 @@ class Conversation:
         self.turns = int(value)
 
 
-REPLY_WAIT_S = 30.0  # an utterance, its pause and the reply, on a busy box
+REPLY_WAIT_S = 60.0  # an utterance, its pause and the reply, on a busy box (CI: 30 s was missed once)
 
 
 async def test_a_reply_on_pause_conversation_goes_on_after_its_worker_is_killed(ray_session: Any) -> None:
@@ -242,14 +247,15 @@ async def test_a_reply_on_pause_conversation_goes_on_after_its_worker_is_killed(
     with failover_app(ReplyOnPause(Conversation()), "failover-voice", modality="audio") as served:
         client = Client(served.url, modality="audio", audio=speech.samples, audio_loop=True)
         await client.connect()
-        assert await async_wait_until(lambda: (s := served.gateway.sessions.get(client.webrtc_id)) is not None and saved(s) == 1, REPLY_WAIT_S)
+        assert await async_wait_until(lambda: (s := served.gateway.sessions.get(client.webrtc_id)) is not None and (saved(s) or 0) >= 1, REPLY_WAIT_S)
         session = served.gateway.sessions[client.webrtc_id]
+        turns = saved(session) or 0
         heard_before = len(client.audio_received)
         os.kill(session.worker_pid, signal.SIGKILL)
         assert await async_wait_until(lambda: any("saved state" in str(m.get("message")) for m in client.messages), TAKEOVER_S), client.messages
-        # the next reply is the conversation's second turn: the new worker restored the first
-        assert await async_wait_until(lambda: (saved(session) or 0) >= 2, REPLY_WAIT_S), f"turns {saved(session)}"
-        assert saved(session) == 2
+        # the next reply is the conversation's next turn: the new worker restored the ones before
+        # (a fresh copy would count from 1 again, and send that)
+        assert await async_wait_until(lambda: (saved(session) or 0) > turns, REPLY_WAIT_S), f"turns {saved(session)}, {turns} before"
         # and it was heard: reply tone after the kill
         from tests.media.test_voice_e2e import LOUD_RMS, bursts, frame_rms
 

@@ -117,10 +117,17 @@ async def test_a_killed_media_processes_session_resumes_with_its_worker_and_stat
             assert painted_count(a) > count_at_kill, f"count {painted_count(a)} after the resume, {count_at_kill} before"
             # its neighbour on the other media process never noticed
             assert b.resumes == 0 and await streams_on(b, 5) and not b.ended.is_set()
+            # a client whose network changed resumes a live session: a new peer connection in
+            # place of the old, the same media process, worker and lease
+            b_place = placed[b.webrtc_id]
+            answer = await b.resume()
+            assert answer["resumed"] and b.resumes == 1
+            assert await streams_on(b), "the session does not stream on its new peer connection"
+            assert placed[b.webrtc_id] is b_place and leases(served) == before
             assert not a.ended.is_set()
             async with httpx.AsyncClient() as http:
                 text = (await http.get(served.url + "/metrics")).text
-            assert 'rtcpool_failovers_total{cause="resumed"} 1.0' in text
+            assert 'rtcpool_failovers_total{cause="resumed"} 2.0' in text
             assert served.leases() == 2
         finally:
             await a.hang_up()
