@@ -16,9 +16,13 @@ The handler paints its worker's pid (mod 4096, three flat grey base-16 digits, a
 tests/media/test_resume.py paints its count) into every frame, and writes the pid to a
 file named after the session (``get_current_context().webrtc_id``) the first time it serves
 it: so the bench knows each session's worker pid, and which worker made each frame the
-client decodes. N clients (runtime/clients/webrtc.py, ``auto_resume=True``, replaying a
-pre-encoded 320x240 cycle at 15 fps: ``--size``, ``--fps``) connect one after another and
-stream; each frame's arrival time (monotonic) and painted pid are noted as it is decoded.
+client decodes. N clients (runtime/clients/webrtc.py, ``auto_resume=True``, 320x240 at
+15 fps: ``--size``, ``--fps``) connect one after another and stream; each frame's arrival
+time (monotonic) and painted pid are noted as it is decoded. The clients encode live, as a
+browser does, and so answer the server's keyframe requests: a replaying client (``--replay
+N``, the other benchmarks' cheap load) has a keyframe only at the start of its N-frame
+cycle, and a resumed peer connection's new decoder waits for it (up to 10 s at N=150,
+which a first run here measured as gap).
 
 Then for ``--seconds`` (default 120) a kill every ``--every`` s (default 8, jittered by
 +-JITTER): the kind follows ``--mix`` (the share of media-process kills, default 0.5:
@@ -92,7 +96,8 @@ PREWARM = 2  # pool.prewarm: idle workers kept ready for replacements (--prewarm
 MAX_RESTARTS = 1000  # pool.max_restarts (--max-restarts): the restart policy out of the way
 FRAME_SIZE = (320, 240)  # W, H each client sends (--size)
 FPS = 15.0  # frames/s each client sends (--fps)
-REPLAY_FRAMES = 150  # the clients' pre-encoded cycle (10 s at 15 fps), encoded once per run
+REPLAY_FRAMES = 0  # --replay: 0 = the clients encode live (keyframes on request; see the docstring)
+STALL_S = 0.5  # inter-frame intervals longer than this go to the JSON, per session
 RUN_S = 120.0  # the kill phase (--seconds)
 EVERY_S = 8.0  # mean time between two kills (--every)
 JITTER = 0.25  # each interval is EVERY_S x uniform(1 - JITTER, 1 + JITTER)
@@ -298,11 +303,11 @@ class TimedFrames(list):  # type: ignore[type-arg]
 class Watched:
     """One client and what happened to it: frames, resumes, warnings, its workers' pids."""
 
-    def __init__(self, index: int, url: str, fps: float, size: tuple[int, int]) -> None:
+    def __init__(self, index: int, url: str, fps: float, size: tuple[int, int], replay: int) -> None:
         from runtime.clients.webrtc import Client
 
         self.index = index
-        self.client = Client(url, stream_id=STREAM_ID, fps=fps, size=size, replay=REPLAY_FRAMES, auto_resume=True, queue=False)
+        self.client = Client(url, stream_id=STREAM_ID, fps=fps, size=size, replay=replay, auto_resume=True, queue=False)
         self.frames = TimedFrames()
         self.client.frames = self.frames
         self.resume_times: list[float] = []
@@ -343,13 +348,14 @@ class Watched:
         return self.frames.times[-1] if self.frames.times else None
 
 
-async def connect_all(url: str, n: int, fps: float, size: tuple[int, int]) -> list[Watched]:
+async def connect_all(url: str, n: int, fps: float, size: tuple[int, int], replay: int) -> list[Watched]:
     from runtime.clients.webrtc import ReplayVideoTrack
 
-    ReplayVideoTrack(fps, size, cycle=REPLAY_FRAMES).stop()  # encode the cycle before anyone joins
+    if replay:
+        ReplayVideoTrack(fps, size, cycle=replay).stop()  # encode the cycle before anyone joins
     out = []
     for i in range(n):  # one after another, as users arrive
-        w = Watched(i, url, fps, size)
+        w = Watched(i, url, fps, size, replay)
         await asyncio.wait_for(w.client.connect(), SESSION_UP_TIMEOUT_S)
         await asyncio.wait_for(w.client.first_frame.wait(), SESSION_UP_TIMEOUT_S)
         out.append(w)
@@ -367,6 +373,11 @@ class Run:
         self.kills: list[dict[str, Any]] = []
         self.targets: dict[str, Any] = {"placed": {}, "media": []}
         self._targets_at = 0.0
+        self.t0 = 0.0  # monotonic start of the kill phase
+        # the bench's own event loop (the clients' too): a watch loop late by more than
+        # STALL_S means a client-side stall, not the server's (start, lateness), monotonic
+        self.loop_stalls: list[tuple[float, float]] = []
+        self._watched_at: float | None = None
 
     async def refresh_targets(self, http: Any, force: bool = False) -> dict[str, Any]:
         if force or time.monotonic() - self._targets_at > TARGETS_POLL_S:
@@ -376,6 +387,9 @@ class Run:
 
     def watch(self) -> None:
         now = time.monotonic()
+        if self._watched_at is not None and now - self._watched_at > POLL_S + STALL_S:
+            self.loop_stalls.append((self._watched_at, now - self._watched_at))
+        self._watched_at = now
         for w in self.watched:
             w.watch(self.pids_dir)
             if w.lost_at is None and w.ended_at is None:
@@ -466,9 +480,9 @@ class Run:
             for w in live:
                 pid = w.worker_pid
                 if pid is not None and ours(server_pid, pid, WORKER_TITLE):
-                    at = time.monotonic()
+                    at, wall = time.monotonic(), time.time()
                     os.kill(pid, signal.SIGKILL)
-                    return {"kind": kind, "pid": pid, "at": at, "hit": [w.index]}
+                    return {"kind": kind, "pid": pid, "at": at, "wall": wall, "hit": [w.index]}
             return None
         placed: dict[str, int] = self.targets.get("placed", {})
         holding = sorted({pid for wid, pid in placed.items() if any(w.webrtc_id == wid for w in live)})
@@ -476,9 +490,9 @@ class Run:
         for pid in holding:
             if ours(server_pid, pid, MEDIA_TITLE):
                 hit = [w.index for w in live if placed.get(w.webrtc_id) == pid]
-                at = time.monotonic()
+                at, wall = time.monotonic(), time.time()
                 os.kill(pid, signal.SIGKILL)
-                return {"kind": kind, "pid": pid, "at": at, "hit": hit}
+                return {"kind": kind, "pid": pid, "at": at, "wall": wall, "hit": hit}
         return None
 
 
@@ -514,8 +528,12 @@ def longest_interval(times: list[float], t_from: float, t_to: float) -> float | 
 
 def measure(run: Run) -> list[dict[str, Any]]:
     out = []
-    for kill in run.kills:
+    for n, kill in enumerate(run.kills):
+        # the windows below end at the next kill at the latest: its gap is its own
+        cap = run.kills[n + 1]["at"] if n + 1 < len(run.kills) else float("inf")
         rec = {k: kill[k] for k in ("n", "kind", "pid", "at_s", "healed", "heal_wait_s")}
+        # to read beside the server's log (its lines carry local wall-clock times)
+        rec["wall"] = time.strftime("%H:%M:%S", time.localtime(kill["wall"])) + f".{int(kill['wall'] % 1 * 1000):03d}"
         rec["sessions"] = []
         ends = []
         for i in kill["hit"]:
@@ -524,7 +542,7 @@ def measure(run: Run) -> list[dict[str, Any]]:
             lost = back is None or back - kill["at"] > LOST_AFTER_S or (w.ended_at is not None and w.ended_at <= (back or float("inf")))
             end = back if back is not None else kill["at"] + LOST_AFTER_S
             ends.append(end)
-            window_end = end + AROUND_S
+            window_end = min(end + AROUND_S, cap)
             before = [t for t in w.frames.times if t <= kill["at"]]
             tags_before = [tg for t, tg in zip(w.frames.times, w.frames.tags, strict=True) if kill["at"] - AROUND_S <= t <= kill["at"]]
             rec["sessions"].append({
@@ -539,7 +557,7 @@ def measure(run: Run) -> list[dict[str, Any]]:
                 "tag_read_ok": (sum(1 for tg in tags_before if tg == kill["pid"] % TAG_MOD) / len(tags_before))
                 if kill["kind"] == "worker" and tags_before else None,
             })  # fmt: skip
-        span_end = (max(ends) if ends else kill["at"]) + AROUND_S
+        span_end = min((max(ends) if ends else kill["at"]) + AROUND_S, cap)
         others = [w for w in run.watched if w.index not in kill["hit"] and w.ended_at is None]
         coll = [longest_interval(w.frames.times, kill["at"] - AROUND_S, span_end) for w in others]
         rec["collateral_longest_interframe_s"] = _round(max((c for c in coll if c is not None), default=None))
@@ -637,7 +655,7 @@ async def bench(server: Server, pids_dir: Path, args: argparse.Namespace) -> tup
     import httpx
 
     run = Run(server, pids_dir, args)
-    run.watched = await connect_all(server.url, args.sessions, args.fps, args.size)
+    run.watched = await connect_all(server.url, args.sessions, args.fps, args.size, args.replay)
     print(f"{args.sessions} sessions streaming; warming up {WARMUP_S:.0f} s", flush=True)
     busy0, t0 = bc.machine_busy_seconds(), time.monotonic()
     try:
@@ -654,6 +672,7 @@ async def bench(server: Server, pids_dir: Path, args: argparse.Namespace) -> tup
         for w in run.watched:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(w.client.hang_up(), HTTP_TIMEOUT_S)
+    run.t0 = t0
     return run, round(machine_pct, 1)
 
 
@@ -672,6 +691,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mix", type=float, default=MEDIA_SHARE, help=f"share of kills aimed at a media process, 0..1 (default {MEDIA_SHARE}: alternate)")
     ap.add_argument("--fps", type=float, default=FPS, help=f"frames/s each client sends (default {FPS:.0f})")
     ap.add_argument("--size", type=size_arg, default=FRAME_SIZE, help="WxH each client sends (default 320x240)")
+    ap.add_argument("--replay", type=int, default=REPLAY_FRAMES, help="clients replay a pre-encoded cycle of this many frames (default 0: encode live)")
     ap.add_argument("--processes", type=int, default=MEDIA_PROCESSES, help=f"gateway.processes (default {MEDIA_PROCESSES})")
     ap.add_argument("--prewarm", type=int, default=PREWARM, help=f"pool.prewarm (default {PREWARM})")
     ap.add_argument("--max-restarts", type=int, default=MAX_RESTARTS, help=f"pool.max_restarts (default {MAX_RESTARTS})")
@@ -709,6 +729,7 @@ def main(argv: list[str] | None = None) -> None:
         f"\nsessions lost: {summary['sessions_lost']} of {summary['sessions']} (goal 0); resumes: {summary['resumes_total']}; "
         f"kills not preceded by a healed deployment: {summary['worker']['not_healed_before'] + summary['media']['not_healed_before']}; "
         f"painted pid read back right: {bc.fmt(summary['tag_read_ok_min'], 2)} (min share per kill); "
+        f"bench loop stalls > {STALL_S} s: {len(run.loop_stalls)}; "
         f"machine {machine_pct}% busy during the kills (200 = both cores), load {load_after[0]:.2f}",
         flush=True,
     )
@@ -731,9 +752,14 @@ def main(argv: list[str] | None = None) -> None:
         "kills": kills,
         "sessions": [
             {"session": w.index, "frames": len(w.frames.times), "resumes": w.client.resumes, "worker_pids": [p for _, p in w.pids],
-             "ended": w.ended_at is not None, "lost": w.lost_at is not None, "warnings": [m for _, m in w.warnings]}
+             "ended": w.ended_at is not None, "lost": w.lost_at is not None,
+             "warnings": [(round(t - run.t0, 3), m) for t, m in w.warnings],
+             "resumed_at_s": [round(t - run.t0, 3) for t in w.resume_times],
+             # every interval between two decoded frames longer than STALL_S: (its start, its length), s
+             "stalls": [(round(a - run.t0, 3), round(b - a, 3)) for a, b in zip(w.frames.times, w.frames.times[1:], strict=False) if b - a > STALL_S]}
             for w in run.watched
         ],  # fmt: skip
+        "bench_loop_stalls": [(round(a - run.t0, 3), round(d, 3)) for a, d in run.loop_stalls],
         "table": text,
     }
     print(f"wrote {bc.write_json(RESULT_JSON, data)}")
