@@ -70,6 +70,7 @@ import contextlib
 import logging
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -115,6 +116,7 @@ TARGET_MEDIA_P95_S = 3.0  # ... media-process resume gap p95
 SERVER_START_TIMEOUT_S = 240.0  # Ray start, both media processes, the pool warm
 SERVER_STOP_TIMEOUT_S = 30.0
 HTTP_TIMEOUT_S = 10.0
+TASKS_TIMEOUT_S = 60.0  # GET /bench/tasks (Ray's state API)
 QUIET_THRESHOLD_PCT = 40.0  # the machine this idle before the run (100 = one core) ...
 QUIET_WAIT_MAX_S = 60.0  # ... waited for at most this long
 WORKER_TITLE = "ray::Worker"  # process titles of what may be killed (checked before each kill)
@@ -126,6 +128,14 @@ TAG_BAND = 16
 TAG_MOD = TAG_BAND**TAG_DIGITS
 TAG_ROWS = slice(100, 140)
 TAG_INSET = 8  # read each block's inner part only (its edges ring)
+# the failover path's Ray calls, timed from Ray's task records after the run (GET /bench/tasks)
+TRACED_CALLS = ("Scheduler.failover", "Scheduler.resume", "Worker.arm", "MediaProcess.resume")
+TRACE_MATCH_S = 15.0  # a traced call belongs to the last kill before it, if within this
+# the server log's lines about the sessions (local wall-clock time first)
+LOG_TIME = r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})"
+LOG_TAKEOVER = LOG_TIME + r" INFO rtcpool\.session: session (\w+): worker pid (\d+) took over.* after ([\d.]+) s"
+LOG_RESUMED = LOG_TIME + r" INFO rtcpool\.engine: session (\w+) resumed here"
+LOG_PEER = LOG_TIME + r" INFO rtcpool\.session: session (\w+): the client's new peer connection replaced"
 RESULT_JSON = "bench_failover.json"
 RESULT_PNG = "bench_failover.png"
 SERVER_LOG = "failover-server.log"
@@ -221,10 +231,28 @@ def serve(args: argparse.Namespace) -> None:
             "media": [slot.load.pid for slot in list(sup.slots)],
         }
 
+    @app.get("/bench/tasks")
+    async def bench_tasks() -> list[dict[str, Any]]:
+        return await asyncio.to_thread(ray_task_times)
+
     try:
         uvicorn.run(app, host=LOOPBACK, port=args.serve, loop="uvloop", log_level="warning")
     finally:
         ray.shutdown()
+
+
+def ray_task_times() -> list[dict[str, Any]]:
+    """Ray's record (its state API) of the failover path's actor calls: when each was
+    submitted, started and finished (ms since the epoch)."""
+    from ray.util.state import list_tasks
+
+    out = []
+    for name in TRACED_CALLS:
+        with contextlib.suppress(Exception):
+            for t in list_tasks(filters=[("name", "=", name)], detail=True, limit=1000, raise_on_missing_output=False):
+                out.append({"name": t.name, "state": t.state, "created_ms": t.creation_time_ms, "started_ms": t.start_time_ms,
+                            "ended_ms": t.end_time_ms, "worker_pid": t.worker_pid})  # fmt: skip
+    return out
 
 
 class Server:
@@ -374,6 +402,7 @@ class Run:
         self.targets: dict[str, Any] = {"placed": {}, "media": []}
         self._targets_at = 0.0
         self.t0 = 0.0  # monotonic start of the kill phase
+        self.ray_calls: list[dict[str, Any]] = []  # GET /bench/tasks
         # the bench's own event loop (the clients' too): a watch loop late by more than
         # STALL_S means a client-side stall, not the server's (start, lateness), monotonic
         self.loop_stalls: list[tuple[float, float]] = []
@@ -565,6 +594,36 @@ def measure(run: Run) -> list[dict[str, Any]]:
     return out
 
 
+def server_timeline(kills: list[dict[str, Any]], run: Run, log_text: str) -> None:
+    """Add to each kill what the server says of it: the media process's "took over after"
+    (worker kills), when the client's new peer connection or its resume reached the server,
+    and the failover path's Ray calls (submitted after the kill, queued, ran), in s."""
+    ids = {w.webrtc_id: w.index for w in run.watched}
+    events: list[tuple[float, str, int, float | None]] = []  # (epoch, what, session, logged duration)
+    for what, pattern in (("took_over", LOG_TAKEOVER), ("resumed_here", LOG_RESUMED), ("peer_replaced", LOG_PEER)):
+        for m in re.finditer(pattern, log_text):
+            if m.group(2) in ids:
+                stamp, ms = m.group(1).split(",")
+                at = time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S")) + int(ms) / 1000.0
+                events.append((at, what, ids[m.group(2)], float(m.group(4)) if what == "took_over" else None))
+    walls = [k["wall"] for k in run.kills]
+    for n, (kill, rec) in enumerate(zip(run.kills, kills, strict=True)):
+        until = min(walls[n + 1] if n + 1 < len(walls) else float("inf"), kill["wall"] + TRACE_MATCH_S)
+        for s in rec["sessions"]:
+            for at, what, i, logged in events:
+                if i == s["session"] and kill["wall"] <= at < until:
+                    s.setdefault("server", {}).setdefault(f"{what}_after_s", round(at - kill["wall"], 3))
+                    if logged is not None:
+                        s["server"].setdefault("took_over_logged_s", logged)
+        rec["ray_calls"] = [
+            {"name": c["name"], "submitted_after_s": round(c["created_ms"] / 1000.0 - kill["wall"], 3),
+             "queued_s": round((c["started_ms"] - c["created_ms"]) / 1000.0, 3) if c.get("started_ms") else None,
+             "ran_s": round((c["ended_ms"] - c["started_ms"]) / 1000.0, 3) if c.get("ended_ms") and c.get("started_ms") else None}
+            for c in sorted(run.ray_calls, key=lambda c: c.get("created_ms") or 0)
+            if c.get("created_ms") and kill["wall"] <= c["created_ms"] / 1000.0 < until
+        ]  # fmt: skip
+
+
 def _round(v: float | None, digits: int = 3) -> float | None:
     return None if v is None else round(v, digits)
 
@@ -591,6 +650,9 @@ def summarize(kills: list[dict[str, Any]], watched: list[Watched]) -> dict[str, 
             "resumes": sum(s["resumes"] for s in hits),
             "restart_warnings": sum(1 for s in hits for m in s["warnings"] if "restarted" in m),
             "not_healed_before": sum(1 for k in ks if not k["healed"]),
+            # worker kills: the media process's own "took over after" (detection -> new worker's ready)
+            "server_took_over_p50_s": bc.percentile([s["server"]["took_over_logged_s"] for s in hits if "took_over_logged_s" in s.get("server", {})], 50),
+            "server_took_over_max_s": max([s["server"]["took_over_logged_s"] for s in hits if "took_over_logged_s" in s.get("server", {})], default=None),
             "target_p95_s": target,
             "target_met": p95 is not None and p95 <= target and not any(s["lost"] for s in hits),
         }
@@ -628,7 +690,7 @@ def plot(path: Path, kills: list[dict[str, Any]], summary: dict[str, Any], title
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(10, 4.5))
+    fig, ax = plt.subplots(figsize=(13, 4.5))
     colors = {"worker": "tab:blue", "media": "tab:orange"}
     top = max([s["gap_s"] for k in kills for s in k["sessions"] if s["gap_s"] is not None and not s["lost"]] + [TARGET_MEDIA_P95_S]) * 1.25
     for kind in ("worker", "media"):
@@ -645,7 +707,7 @@ def plot(path: Path, kills: list[dict[str, Any]], summary: dict[str, Any], title
     ax.set_xlabel("seconds into the kill phase")
     ax.set_ylabel("kill -> next processed frame, s")
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -667,6 +729,8 @@ async def bench(server: Server, pids_dir: Path, args: argparse.Namespace) -> tup
                 await asyncio.sleep(POLL_S)
             busy0, t0 = bc.machine_busy_seconds(), time.monotonic()
             await run.kill_phase(http)
+            with contextlib.suppress(Exception):  # a diagnosis: the run stands without it
+                run.ray_calls = (await http.get(server.url + "/bench/tasks", timeout=TASKS_TIMEOUT_S)).json()
     finally:
         machine_pct = 100.0 * (bc.machine_busy_seconds() - busy0) / max(1e-9, time.monotonic() - t0)
         for w in run.watched:
@@ -723,6 +787,7 @@ def main(argv: list[str] | None = None) -> None:
     load_after = os.getloadavg()
 
     kills = measure(run)
+    server_timeline(kills, run, server.log_path.read_text(errors="replace"))
     summary = summarize(kills, run.watched)
     text = print_table(summary)
     print(
@@ -730,6 +795,8 @@ def main(argv: list[str] | None = None) -> None:
         f"kills not preceded by a healed deployment: {summary['worker']['not_healed_before'] + summary['media']['not_healed_before']}; "
         f"painted pid read back right: {bc.fmt(summary['tag_read_ok_min'], 2)} (min share per kill); "
         f"bench loop stalls > {STALL_S} s: {len(run.loop_stalls)}; "
+        f"worker kills: the media process logged 'took over' after p50 {bc.fmt(summary['worker']['server_took_over_p50_s'], 2)} s "
+        f"(max {bc.fmt(summary['worker']['server_took_over_max_s'], 2)} s); "
         f"machine {machine_pct}% busy during the kills (200 = both cores), load {load_after[0]:.2f}",
         flush=True,
     )
