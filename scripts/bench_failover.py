@@ -85,6 +85,9 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 SCRIPTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(SCRIPTS))
+# this checkout's code, not whichever the venv's editable install points at (the server, its
+# Ray workers and the clients must run one version: PYTHONPATH reaches the server's workers)
+sys.path.insert(0, str(SCRIPTS.parent))
 
 import bench_common as bc  # noqa: E402
 import bench_queue as bq  # noqa: E402  (free_port, wait_for_test_suite)
@@ -266,7 +269,8 @@ class Server:
             "--sessions", str(args.sessions), "--processes", str(args.processes), "--prewarm", str(args.prewarm),
             "--max-restarts", str(args.max_restarts),
         ]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=bc.ROOT)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(bc.ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=bc.ROOT, env=env)
 
     def wait_ready(self) -> float:
         import httpx
