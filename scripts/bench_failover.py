@@ -38,8 +38,8 @@ is alive, both media processes are up), at most HEAL_WAIT_MAX_S; the wait is rec
 * media: one of the media processes holding at least one session (random) gets SIGKILL;
   its sessions' clients notice the silence (AUTO_RESUME_SILENCE_S = 2 s) and re-offer with
   their key; the front places them on the live media process, which takes their worker
-  over. Gap = kill -> the first frame decoded at the client afterwards (a dead process
-  sends nothing: every later frame came through the other one).
+  over. Gap = kill -> the first frame decoded on the client's new peer connection (frames
+  the dead process sent before it died, decoded just after the kill, do not count).
 
 Per affected session the JSON also has the longest interval between two decoded frames
 from 1 s before the kill to 1 s after the gap ended ("longest inter-frame"), the resumes
@@ -47,7 +47,10 @@ and "handler restarted" warnings the client saw, and for the sessions the kill d
 their longest inter-frame interval over the same span (collateral). A session is lost if
 its client ends (``client.ended``: end_stream, a failed resume) or has no new frame within
 LOST_AFTER_S of a kill that hit it; the run waits for the last kill's sessions to recover
-(at most LOST_AFTER_S) before it ends.
+(at most LOST_AFTER_S) before it ends. The server's side of each kill goes to the JSON too,
+from its log and the pid files: when the media process logged the new worker's "took
+over", when the client's resume or new peer connection reached it, and when the new
+worker's handler was first called for the session.
 
 Before measuring, the script waits for a running test suite (``pgrep -f pytest``, at most
 30 min; ``--no-wait`` skips that) and for a quiet machine. Every pid killed is checked to be
@@ -119,7 +122,6 @@ TARGET_MEDIA_P95_S = 3.0  # ... media-process resume gap p95
 SERVER_START_TIMEOUT_S = 240.0  # Ray start, both media processes, the pool warm
 SERVER_STOP_TIMEOUT_S = 30.0
 HTTP_TIMEOUT_S = 10.0
-TASKS_TIMEOUT_S = 60.0  # GET /bench/tasks (Ray's state API)
 QUIET_THRESHOLD_PCT = 40.0  # the machine this idle before the run (100 = one core) ...
 QUIET_WAIT_MAX_S = 60.0  # ... waited for at most this long
 WORKER_TITLE = "ray::Worker"  # process titles of what may be killed (checked before each kill)
@@ -131,9 +133,7 @@ TAG_BAND = 16
 TAG_MOD = TAG_BAND**TAG_DIGITS
 TAG_ROWS = slice(100, 140)
 TAG_INSET = 8  # read each block's inner part only (its edges ring)
-# the failover path's Ray calls, timed from Ray's task records after the run (GET /bench/tasks)
-TRACED_CALLS = ("Scheduler.failover", "Scheduler.resume", "Worker.arm", "MediaProcess.resume")
-TRACE_MATCH_S = 15.0  # a traced call belongs to the last kill before it, if within this
+TRACE_MATCH_S = 15.0  # a server log line belongs to the last kill before it, if within this
 # the server log's lines about the sessions (local wall-clock time first)
 LOG_TIME = r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})"
 LOG_TAKEOVER = LOG_TIME + r" INFO rtcpool\.session: session (\w+): worker pid (\d+) took over.* after ([\d.]+) s"
@@ -234,28 +234,10 @@ def serve(args: argparse.Namespace) -> None:
             "media": [slot.load.pid for slot in list(sup.slots)],
         }
 
-    @app.get("/bench/tasks")
-    async def bench_tasks() -> list[dict[str, Any]]:
-        return await asyncio.to_thread(ray_task_times)
-
     try:
         uvicorn.run(app, host=LOOPBACK, port=args.serve, loop="uvloop", log_level="warning")
     finally:
         ray.shutdown()
-
-
-def ray_task_times() -> list[dict[str, Any]]:
-    """Ray's record (its state API) of the failover path's actor calls: when each was
-    submitted, started and finished (ms since the epoch)."""
-    from ray.util.state import list_tasks
-
-    out = []
-    for name in TRACED_CALLS:
-        with contextlib.suppress(Exception):
-            for t in list_tasks(filters=[("name", "=", name)], detail=True, limit=1000, raise_on_missing_output=False):
-                out.append({"name": t.name, "state": t.state, "created_ms": t.creation_time_ms, "started_ms": t.start_time_ms,
-                            "ended_ms": t.end_time_ms, "worker_pid": t.worker_pid})  # fmt: skip
-    return out
 
 
 class Server:
@@ -321,14 +303,18 @@ def alive(pid: int | None) -> bool:
 class TimedFrames(list):  # type: ignore[type-arg]
     """Client.frames that notes each decoded frame's arrival (monotonic) and painted tag."""
 
-    def __init__(self) -> None:
+    def __init__(self, client: Any) -> None:
         super().__init__()
+        self.client = client
         self.times: list[float] = []
         self.tags: list[int | None] = []
+        # the client's peer connection then (a resume makes a new one): id() of it
+        self.pcs: list[int] = []
 
     def append(self, frame: Any) -> None:
         self.times.append(time.monotonic())
         self.tags.append(read_tag(frame))
+        self.pcs.append(id(self.client.pc))
         super().append(frame)
 
 
@@ -340,11 +326,11 @@ class Watched:
 
         self.index = index
         self.client = Client(url, stream_id=STREAM_ID, fps=fps, size=size, replay=replay, auto_resume=True, queue=False)
-        self.frames = TimedFrames()
+        self.frames = TimedFrames(self.client)
         self.client.frames = self.frames
         self.resume_times: list[float] = []
         self.warnings: list[tuple[float, str]] = []
-        self.pids: list[tuple[float, int]] = []  # (first seen, worker pid)
+        self.pids: list[tuple[float, int, float]] = []  # (first seen, worker pid, its file's mtime: epoch)
         self.ended_at: float | None = None
         self.lost_at: float | None = None
         self.client.on_message.append(self._on_message)
@@ -372,9 +358,10 @@ class Watched:
         if self.ended_at is None and self.client.ended.is_set():
             self.ended_at = now
         with contextlib.suppress(OSError, ValueError):
-            pid = int((pids_dir / self.webrtc_id).read_text())
+            path = pids_dir / self.webrtc_id
+            pid = int(path.read_text())
             if pid != self.worker_pid:
-                self.pids.append((now, pid))
+                self.pids.append((now, pid, path.stat().st_mtime))
 
     def last_frame_at(self) -> float | None:
         return self.frames.times[-1] if self.frames.times else None
@@ -406,7 +393,6 @@ class Run:
         self.targets: dict[str, Any] = {"placed": {}, "media": []}
         self._targets_at = 0.0
         self.t0 = 0.0  # monotonic start of the kill phase
-        self.ray_calls: list[dict[str, Any]] = []  # GET /bench/tasks
         # the bench's own event loop (the clients' too): a watch loop late by more than
         # STALL_S means a client-side stall, not the server's (start, lateness), monotonic
         self.loop_stalls: list[tuple[float, float]] = []
@@ -523,9 +509,10 @@ class Run:
         for pid in holding:
             if ours(server_pid, pid, MEDIA_TITLE):
                 hit = [w.index for w in live if placed.get(w.webrtc_id) == pid]
+                pcs = {w.index: id(w.client.pc) for w in live}
                 at, wall = time.monotonic(), time.time()
                 os.kill(pid, signal.SIGKILL)
-                return {"kind": kind, "pid": pid, "at": at, "wall": wall, "hit": hit}
+                return {"kind": kind, "pid": pid, "at": at, "wall": wall, "hit": hit, "pcs": pcs}
         return None
 
 
@@ -535,13 +522,15 @@ class Run:
 def recovery_time(w: Watched, kill: dict[str, Any]) -> float | None:
     """When ``w`` decoded its first frame made after ``kill``: for a worker kill, the first
     one painted by another worker; for a media kill, the first one at all."""
-    times, tags = w.frames.times, w.frames.tags
+    times, tags, pcs = w.frames.times, w.frames.tags, w.frames.pcs
     start = bisect.bisect_right(times, kill["at"])
     if kill["kind"] == "media":
-        return times[start] if start < len(times) else None
+        # frames the dead process sent before it died, decoded after: not the way back
+        old_pc = kill["pcs"][w.index]
+        return next((times[i] for i in range(start, len(times)) if pcs[i] != old_pc), None)
     old = kill["pid"] % TAG_MOD
     # a replacement whose pid paints the same tag (1 in TAG_MOD): any frame then
-    new_pids = [p for t, p in w.pids if t >= kill["at"] and p != kill["pid"]]
+    new_pids = [p for t, p, _ in w.pids if t >= kill["at"] and p != kill["pid"]]
     same_tag = bool(new_pids) and new_pids[0] % TAG_MOD == old
     for i in range(start, len(times)):
         if same_tag or (tags[i] is not None and tags[i] != old):
@@ -599,9 +588,10 @@ def measure(run: Run) -> list[dict[str, Any]]:
 
 
 def server_timeline(kills: list[dict[str, Any]], run: Run, log_text: str) -> None:
-    """Add to each kill what the server says of it: the media process's "took over after"
-    (worker kills), when the client's new peer connection or its resume reached the server,
-    and the failover path's Ray calls (submitted after the kill, queued, ran), in s."""
+    """Add to each kill what the server says of it, in s after the kill: the media process's
+    "took over" (worker kills; and the duration it logged, from its noticing the death), when
+    the client's new peer connection or its resume reached the server, and when the new
+    worker's handler was first called for the session."""
     ids = {w.webrtc_id: w.index for w in run.watched}
     events: list[tuple[float, str, int, float | None]] = []  # (epoch, what, session, logged duration)
     for what, pattern in (("took_over", LOG_TAKEOVER), ("resumed_here", LOG_RESUMED), ("peer_replaced", LOG_PEER)):
@@ -619,13 +609,12 @@ def server_timeline(kills: list[dict[str, Any]], run: Run, log_text: str) -> Non
                     s.setdefault("server", {}).setdefault(f"{what}_after_s", round(at - kill["wall"], 3))
                     if logged is not None:
                         s["server"].setdefault("took_over_logged_s", logged)
-        rec["ray_calls"] = [
-            {"name": c["name"], "submitted_after_s": round(c["created_ms"] / 1000.0 - kill["wall"], 3),
-             "queued_s": round((c["started_ms"] - c["created_ms"]) / 1000.0, 3) if c.get("started_ms") else None,
-             "ran_s": round((c["ended_ms"] - c["started_ms"]) / 1000.0, 3) if c.get("ended_ms") and c.get("started_ms") else None}
-            for c in sorted(run.ray_calls, key=lambda c: c.get("created_ms") or 0)
-            if c.get("created_ms") and kill["wall"] <= c["created_ms"] / 1000.0 < until
-        ]  # fmt: skip
+            # the new worker's first handler call for the session (its pid file's mtime)
+            w = run.watched[s["session"]]
+            for _, pid, written in w.pids:
+                if pid != kill["pid"] and kill["wall"] <= written < until and kill["kind"] == "worker":
+                    s.setdefault("server", {})["new_worker_first_call_after_s"] = round(written - kill["wall"], 3)
+                    break
 
 
 def _round(v: float | None, digits: int = 3) -> float | None:
@@ -733,8 +722,6 @@ async def bench(server: Server, pids_dir: Path, args: argparse.Namespace) -> tup
                 await asyncio.sleep(POLL_S)
             busy0, t0 = bc.machine_busy_seconds(), time.monotonic()
             await run.kill_phase(http)
-            with contextlib.suppress(Exception):  # a diagnosis: the run stands without it
-                run.ray_calls = (await http.get(server.url + "/bench/tasks", timeout=TASKS_TIMEOUT_S)).json()
     finally:
         machine_pct = 100.0 * (bc.machine_busy_seconds() - busy0) / max(1e-9, time.monotonic() - t0)
         for w in run.watched:
@@ -822,7 +809,7 @@ def main(argv: list[str] | None = None) -> None:
         "summary": summary,
         "kills": kills,
         "sessions": [
-            {"session": w.index, "frames": len(w.frames.times), "resumes": w.client.resumes, "worker_pids": [p for _, p in w.pids],
+            {"session": w.index, "frames": len(w.frames.times), "resumes": w.client.resumes, "worker_pids": [p for _, p, _ in w.pids],
              "ended": w.ended_at is not None, "lost": w.lost_at is not None,
              "warnings": [(round(t - run.t0, 3), m) for t, m in w.warnings],
              "resumed_at_s": [round(t - run.t0, 3) for t in w.resume_times],
