@@ -180,7 +180,10 @@ class TaggedInvert:
         out = 255 - frame
         pid = os.getpid()
         paint_tag(out, pid % TAG_MOD)
-        from runtime.stream import get_current_context
+        # the worker's own package, imported before any session: runtime.stream (the same
+        # function for apps) costs a fresh worker ~1-2 s of imports on its first call, which
+        # a first run here measured as failover gap
+        from workers import get_current_context
 
         webrtc_id = get_current_context().webrtc_id
         if webrtc_id not in self.reported:
