@@ -5,8 +5,11 @@ without a processed frame, whether any session was lost, how many clients resume
 The server is this file run with ``--serve PORT``, in a process of its own: a gateway on
 127.0.0.1 with a fresh local Ray (``RAY_AUTH_MODE=disabled``), ``gateway.processes: 2``
 (two media processes, the app's process keeps signalling), one video stream whose handler
-inverts each frame, ``concurrency_limit`` = N, ``pool.prewarm`` idle workers kept ready for
-the replacements (``--prewarm``, default 2) and ``pool.max_restarts`` raised to
+inverts each frame, ``pool.prewarm`` idle workers kept ready for the replacements
+(``--prewarm``, default 2), ``concurrency_limit`` = N + prewarm (``--limit``): a stream's
+pool never holds more workers than its concurrency_limit, idle ones included, so with the
+limit at N and N sessions streaming no worker is pre-warmed and every failover waits for a
+cold worker start (measured with ``--limit N``). And ``pool.max_restarts`` raised to
 ``--max-restarts`` (default 1000): a session may draw several worker kills within the
 default 60 s restart window here, and the policy that ends such a session is not what this
 measures (tests/media/test_failover.py tests it). GET /bench/targets gives the media
@@ -217,7 +220,7 @@ def serve(args: argparse.Namespace) -> None:
         "pool": {"prewarm": args.prewarm, "max_restarts": args.max_restarts},
     })  # fmt: skip
     gw = Gateway(config)
-    gw.add_stream(TaggedInvert(args.pids_dir), event_id=STREAM_ID, concurrency_limit=args.sessions, queue=False)
+    gw.add_stream(TaggedInvert(args.pids_dir), event_id=STREAM_ID, concurrency_limit=args.limit, queue=False)
     gw.start()
     gw.wait_warm()
 
@@ -252,7 +255,7 @@ class Server:
         cmd = [
             sys.executable, str(Path(__file__).resolve()), "--serve", str(port), "--pids-dir", pids_dir,
             "--sessions", str(args.sessions), "--processes", str(args.processes), "--prewarm", str(args.prewarm),
-            "--max-restarts", str(args.max_restarts),
+            "--max-restarts", str(args.max_restarts), "--limit", str(args.limit),
         ]  # fmt: skip
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(bc.ROOT), os.environ.get("PYTHONPATH", "")) if p)}
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=bc.ROOT, env=env)
@@ -752,10 +755,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--replay", type=int, default=REPLAY_FRAMES, help="clients replay a pre-encoded cycle of this many frames (default 0: encode live)")
     ap.add_argument("--processes", type=int, default=MEDIA_PROCESSES, help=f"gateway.processes (default {MEDIA_PROCESSES})")
     ap.add_argument("--prewarm", type=int, default=PREWARM, help=f"pool.prewarm (default {PREWARM})")
+    ap.add_argument("--limit", type=int, default=None, help="the stream's concurrency_limit (default: sessions + prewarm)")
     ap.add_argument("--max-restarts", type=int, default=MAX_RESTARTS, help=f"pool.max_restarts (default {MAX_RESTARTS})")
     ap.add_argument("--seed", type=int, default=None, help="random seed of the kill schedule and targets")
     ap.add_argument("--no-wait", action="store_true", help="do not wait for a running test suite or a quiet machine")
     args = ap.parse_args(argv)
+    if args.limit is None:
+        args.limit = args.sessions + args.prewarm
     if args.serve:
         serve(args)
         return
@@ -805,7 +811,7 @@ def main(argv: list[str] | None = None) -> None:
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
         "config": {
             "sessions": args.sessions, "seconds": args.seconds, "every_s": args.every, "jitter": JITTER, "mix": args.mix,
-            "fps": args.fps, "frame_size": args.size, "processes": args.processes, "prewarm": args.prewarm,
+            "fps": args.fps, "frame_size": args.size, "processes": args.processes, "prewarm": args.prewarm, "concurrency_limit": args.limit,
             "max_restarts": args.max_restarts, "seed": args.seed, "lost_after_s": LOST_AFTER_S,
             "healed_frame_s": HEALED_FRAME_S, "targets_p95_s": {"worker": TARGET_WORKER_P95_S, "media": TARGET_MEDIA_P95_S},
         },  # fmt: skip
@@ -827,7 +833,7 @@ def main(argv: list[str] | None = None) -> None:
     png = bc.results_path(RESULT_PNG)
     title = (
         f"failover: {args.sessions} sessions of {args.size[0]}x{args.size[1]} at {args.fps:.0f} fps, gateway.processes={args.processes}, "
-        f"pool.prewarm={args.prewarm}; a kill every ~{args.every:.0f} s for {args.seconds:.0f} s\n"
+        f"pool.prewarm={args.prewarm}, concurrency_limit={args.limit}; a kill every ~{args.every:.0f} s for {args.seconds:.0f} s\n"
         f"{time.strftime('%Y-%m-%d')}, {bc.machine_info().get('cpus')} cores ({bc.machine_info().get('cpu_model', '?')}); "
         f"sessions lost {summary['sessions_lost']}, resumes {summary['resumes_total']}"
     )
