@@ -672,7 +672,8 @@ def print_table(summary: dict[str, Any]) -> str:
         rows.append([
             kind, str(s["kills"]), str(s["sessions_hit"]),
             *(bc.fmt(s[k], 2) for k in ("gap_p50_s", "gap_p95_s", "gap_max_s", "longest_interframe_p95_s", "collateral_longest_interframe_max_s")),
-            str(s["lost"]), str(s["resumes"]), f"p95 <= {s['target_p95_s']:.0f} s: {'met' if s['target_met'] else 'MISSED'}",
+            str(s["lost"]), str(s["resumes"]),
+            f"p95 <= {s['target_p95_s']:.0f} s: {('met' if s['target_met'] else 'MISSED') if s['kills'] else 'no kills'}",
         ])  # fmt: skip
     text = bc.table(
         ["kill", "kills", "sessions hit", "gap p50 s", "gap p95 s", "gap max s", "longest inter-frame p95 s",
