@@ -59,7 +59,7 @@ Before measuring, the script waits for a running test suite (``pgrep -f pytest``
 30 min; ``--no-wait`` skips that) and for a quiet machine. Every pid killed is checked to be
 a ``ray::Worker`` or ``MediaProcess`` below this run's server process first.
 
-    python scripts/bench_failover.py                   # ~2.5 min: 4 sessions, 120 s of kills
+    python scripts/bench_failover.py                   # ~3 min: 4 sessions, 120 s of kills
     python scripts/bench_failover.py --seconds 30      # a short run
     python scripts/bench_failover.py --mix 0           # worker kills only
 
@@ -306,7 +306,7 @@ def alive(pid: int | None) -> bool:
 # --- the clients ------------------------------------------------------------------------------
 
 
-class TimedFrames(list):  # type: ignore[type-arg]
+class TimedFrames(list[Any]):
     """Client.frames that notes each decoded frame's arrival (monotonic) and painted tag."""
 
     def __init__(self, client: Any) -> None:
