@@ -237,6 +237,7 @@ LONGEST_FILES = (
     "front/test_serve.py",
     "control/test_queue_scheduler.py",
     "control/test_scheduler.py",
+    "e2e/test_media_processes_browser.py",
     "media/test_failover.py",
     "ops/test_drain.py",
     "media/test_media_processes.py",
@@ -254,7 +255,6 @@ LONGEST_FILES = (
     "media/test_resume.py",
     "media/test_voice_e2e.py",
     "e2e/test_wheel_install.py",
-    "e2e/test_media_processes_browser.py",
     "media/test_stall_guard.py",
     "media/test_gateway_e2e.py",
 )
