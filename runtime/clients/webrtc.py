@@ -499,8 +499,8 @@ class Client:
         """The server sends media continuously: a silence means its side is gone."""
         while not self.ended.is_set():
             await asyncio.sleep(AUTO_RESUME_CHECK_S)
-            if self.resuming is not None:
-                continue
+            if self.resuming is not None or not self.auto_resume:
+                continue  # (auto_resume may be turned off after connect())
             now = time.monotonic()
             last = self.last_media_at
             if last is not None and now - last > AUTO_RESUME_SILENCE_S:

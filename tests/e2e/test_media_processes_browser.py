@@ -12,7 +12,8 @@ app's process. Two tabs of one Chromium stream at once:
   then streams inverted video again by itself, on the same session (its webrtc_id, its
   slot: no new lease, no hang-up posted), now on the other media process; tab 2 never
   notices (it paints frames throughout and never leaves "streaming"); the dead process is
-  replaced;
+  replaced; then kill -9 of tab 2's worker: tab 2 streams on (frames painted, inverted,
+  never another state, no error), told once that its handler restarted;
 * a resume the server refuses (the page's session key tampered with before the kill: 403)
   ends tab 1's session as a lost connection, the text the page always showed for it;
 * Stop while reconnecting stops the page and hangs up; a resume that reaches the server
@@ -342,6 +343,28 @@ def test_two_tabs_on_two_media_processes_and_a_killed_one_resumes_its_tab(
             f"{back_after:.1f} s after it ({len(signalling['resume'])} resume offer(s), answered "
             f"{signalling['resume_status']}); media {pids} -> {replaced}"
         )
+
+        # kill tab 2's worker: its page streams on, told once that the handler restarted,
+        # never an error or another state (docs/failover.md)
+        [row2] = [s for s in ui.live_sessions(mp_app.url, STREAM_ID) if s["worker_pid"] != worker]
+        worker2 = row2["worker_pid"]
+        told_before = len(ui.messages(second, SEL))
+        os.kill(worker2, signal.SIGKILL)
+        restarted = ui.wait_for(
+            lambda: any("restarted" in m for m in ui.messages(second, SEL)[told_before:]), RESUMED_S
+        )
+        assert restarted, f"tab 2 was not told its handler restarted: {ui.messages(second, SEL)}"
+        new_workers = {s["worker_pid"] for s in ui.live_sessions(mp_app.url, STREAM_ID)}
+        assert worker2 not in new_workers and len(new_workers) == 2, new_workers
+        before = second.evaluate("window.mpFrames")
+        time.sleep(STREAMING_ON_S)
+        painted = second.evaluate("window.mpFrames") - before
+        assert painted >= MIN_FRAMES_ON, f"tab 2 painted {painted} frames in {STREAMING_ON_S} s after its worker was killed"
+        assert inverted(second), "tab 2 no longer shows inverted video after its worker was killed"
+        assert [r[1] for r in statuses(second)] == ["streaming"], statuses(second)
+        assert ui.errors(second, SEL) == [], ui.messages(second, SEL)
+        assert leases(namespace) == 2
+        second.screenshot(path=str(artifacts / "mp-tab2-after-worker-kill.png"))
 
         ui.stop_and_check_released(first, f"{SEL} .rtc-root")
         ui.stop_and_check_released(second, f"{SEL} .rtc-root")
