@@ -201,8 +201,7 @@ class Gateway:
             # session with SIGBUS mid-frame, so say it now, with what to change
             require_shm(self.config, self._most_sessions())
             self.scheduler = get_scheduler(detached=rc.detached_scheduler, namespace=rc.namespace)
-            for event in self.events.values():
-                self._register(event)
+            self._register_all()
             self._warn_unknown_streams()
             eng = self.engine
             eng.scheduler, eng.node_id = self.scheduler, self.node_id
@@ -230,6 +229,23 @@ class Gateway:
             self.scheduler = self.engine.scheduler = get_scheduler(
                 detached=rc.detached_scheduler, namespace=rc.namespace, replace=True
             )
+            for event in self.events.values():
+                self._register(event)
+
+    def _register_all(self) -> None:
+        """Register every stream at start-up. The scheduler handle this process holds may be
+        of one that died since (an earlier app of this process saw it die, or its node went):
+        then a new one is found or started, once (CI-found: every later app of a test process
+        failed to start)."""
+        from ray.exceptions import ActorDiedError
+
+        rc = self.config.ray
+        try:
+            for event in self.events.values():
+                self._register(event)
+        except ActorDiedError:
+            log.warning("the scheduler this process knew is gone: starting a new one")
+            self.scheduler = get_scheduler(detached=rc.detached_scheduler, namespace=rc.namespace, replace=True)
             for event in self.events.values():
                 self._register(event)
 
