@@ -285,7 +285,7 @@ class GatewayConfig(_Strict):
         C.VP8_SPEED,
         ge=0,
         le=16,
-        description="libvpx speed of the gateway's VP8 encoder (runtime/media/encoder.py): 6 is aiortc's; higher is faster and worse",
+        description="libvpx speed of the gateway's VP8 encoder (runtime/media/vp8_encoder.py): 6 is aiortc's; higher is faster and worse",
     )
     @field_validator("allowed_origins")
     @classmethod
@@ -314,6 +314,27 @@ class GatewayConfig(_Strict):
         if self.processes != "auto":
             return self.processes
         return media_processes_for(cores if cores is not None else (os.cpu_count() or 1))
+
+    video_codecs: list[Literal["h264", "vp8"]] = Field(
+        list(C.VIDEO_CODECS),
+        min_length=1,
+        max_length=2,
+        description=(
+            "video codecs a session may speak, in order: the answer picks the first the offer lists, "
+            "for both directions (H.264: constrained baseline or baseline, packetization mode 1)"
+        ),
+    )
+    h264_encoder: Literal["libx264", "h264_nvenc", "h264_qsv", "h264_amf", "h264_v4l2m2m"] = Field(
+        C.H264_ENCODER,
+        description="FFmpeg encoder for H.264 (runtime/media/h264_encoder.py): a hardware one falls back to libx264, with a warning, where it is absent or will not open",
+    )
+
+    @field_validator("video_codecs")
+    @classmethod
+    def _distinct_codecs(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("names a codec twice")
+        return value
 
     vp8_denoise: bool = Field(
         C.VP8_DENOISE,

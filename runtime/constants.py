@@ -6,6 +6,8 @@ the rest are protocol facts. Environment variables `RTCPOOL_*` override the conf
 
 from __future__ import annotations
 
+from typing import Final, Literal
+
 from workers.link.constants import (  # noqa: F401  (shared with the worker side, defined there once)
     ARGS_WAIT_TIMEOUT_S,
     AUDIO_DEFAULT_RATE,
@@ -30,9 +32,12 @@ from workers.link.constants import (  # noqa: F401  (shared with the worker side
 AUDIO_JITTER_PREFETCH = 4  # packets aiortc's audio jitter buffer waits for (its own default)
 VP8_SPEED = 6  # libvpx cpu-used of the gateway's VP8 encoder (aiortc's value); 0-16, higher is faster
 VP8_DENOISE = False  # libvpx's temporal denoiser on the gateway's encoder (aiortc turns it on)
+VIDEO_CODECS: tuple[Literal["h264", "vp8"], ...] = ("h264", "vp8")  # gateway.video_codecs: H.264 where the peer has it (half VP8's CPU)
+H264_ENCODER: Final = "libx264"  # gateway.h264_encoder
 
 AUDIO_OUT_MAX_S = 60.0  # audio buffered for a client at most (WebRTC or WebSocket); the oldest goes first
 VP8_MIME = "video/vp8"
+H264_MIME = "video/h264"
 MAX_PORT = 65535  # the largest TCP/UDP port number
 
 # --- media processes ------------------------------------------------------------------

@@ -26,8 +26,9 @@ from aiortc.rtcrtpreceiver import RemoteStreamTrack
 from aiortc.rtp import RtpPacket
 from packaging.version import Version
 
-from runtime.media.encoder import SENDER_ENCODER_ATTR, GatewayVp8Encoder
 from runtime.media.jitter import RECEIVER_BUFFER_ATTR, MarkerJitterBuffer
+from runtime.media.video_codecs import SENDER_ENCODER_ATTR
+from runtime.media.vp8_encoder import GatewayVp8Encoder
 
 # the ranges pyproject.toml admits; a wider install means the bounds were lifted without a
 # run of this file

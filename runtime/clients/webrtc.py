@@ -2,8 +2,9 @@
 
 It sends a synthetic video track at a set rate, with a frame counter painted into the
 pixels, receives the processed track, reads the counter back out of each received frame,
-and reports delivered fps and send -> receive latency. The counter survives VP8: each bit
-is a block of solid black or white, and the next 16 blocks repeat it inverted as a check.
+and reports delivered fps and send -> receive latency. The counter survives VP8 and H.264:
+each bit is a block of solid black or white, and the next 16 blocks repeat it inverted as a
+check. ``--codec vp8|h264`` offers one video codec alone.
 
     python -m runtime.clients.webrtc http://127.0.0.1:7860 --seconds 10 --fps 30
 """
@@ -19,24 +20,42 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Any, cast
 from urllib.parse import urlparse
 
 import av
 import httpx
 import numpy as np
-from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
 from aiortc.mediastreams import MediaStreamError
 
 from runtime import constants as C
+from runtime.clients.sources import (  # noqa: F401  (the client's public names, as before the split)
+    AUDIO_RATE,
+    DEFAULT_FPS,
+    DEFAULT_SIZE,
+    MARK_BLOCKS,
+    REPLAY_CYCLE_FRAMES,
+    ArrayAudioTrack,
+    CounterVideoTrack,
+    ReplayVideoTrack,
+    encode_cycle,
+    paint_counter,
+    read_counter,
+    synthetic_image,
+)
 from runtime.media.frames import newest_frame
 from runtime.media.ice import pin_host_addresses
 from runtime.media.jitter import release_video_on_marker, set_audio_prefetch
+from runtime.media.video_codecs import RTX_MIME, VideoCodec, negotiated, use_gateway_encoders
 from workers.link.shape import StreamShape
 
-COUNTER_BITS = 16
-MARK_BLOCKS = COUNTER_BITS * 2  # the counter, then its complement as a check
 OFFER_TIMEOUT_S = 90.0  # a cold pool may need to start a worker before it answers
 QUEUE_FOLLOW_ATTEMPTS = 5  # updates streams opened for one wait in line, at most
 # auto_resume (docs/failover.md): a session whose server side vanished is offered again with its
@@ -49,191 +68,6 @@ RESUME_ATTEMPTS = 8
 RESUME_RETRY_S = 1.0
 RESUME_GIVE_UP = (403, 404)  # the key is wrong, or the session is gone: no retry helps
 QUEUE_FOLLOW_RETRY_S = 0.5  # between two of them (less than the ticket's follow grace)
-DEFAULT_FPS = 30.0
-DEFAULT_SIZE = (640, 480)
-AUDIO_RATE = 48_000  # Hz, what WebRTC's Opus carries
-
-
-def mark_block(width: int) -> int:
-    return max(4, width // (MARK_BLOCKS + 8))
-
-
-def paint_counter(frame: np.ndarray, counter: int) -> None:
-    """Write ``counter`` (16 bits) and its complement as blocks along the top-left edge."""
-    block = mark_block(frame.shape[1])
-    value = counter & 0xFFFF
-    bits = [(value >> i) & 1 for i in range(COUNTER_BITS)]
-    bits += [1 - b for b in bits]
-    for i, bit in enumerate(bits):
-        frame[0:block, i * block : (i + 1) * block] = 255 if bit else 0
-
-
-def read_counter(frame: np.ndarray) -> int | None:
-    """The counter painted by :func:`paint_counter`, or None if the mark is not intact."""
-    block = mark_block(frame.shape[1])
-    if frame.shape[0] < block or frame.shape[1] < block * MARK_BLOCKS:
-        return None
-    q = block // 4
-    bits = []
-    for i in range(MARK_BLOCKS):
-        cell = frame[q : block - q, i * block + q : (i + 1) * block - q]
-        level = float(cell.mean())
-        if 70 < level < 185:
-            return None  # neither black nor white: not our mark
-        bits.append(1 if level >= 128 else 0)
-    value, check = bits[:COUNTER_BITS], bits[COUNTER_BITS:]
-    if any(a == b for a, b in zip(value, check, strict=False)):
-        return None
-    return sum(b << i for i, b in enumerate(value))
-
-
-def synthetic_image(width: int, height: int) -> np.ndarray:
-    """A colourful, structured test picture (gradients and bars), RGB."""
-    y, x = np.mgrid[0:height, 0:width]
-    img = np.empty((height, width, 3), np.uint8)
-    img[..., 0] = (x * 255 // max(width - 1, 1)).astype(np.uint8)
-    img[..., 1] = (y * 255 // max(height - 1, 1)).astype(np.uint8)
-    img[..., 2] = 128
-    img[height // 2 :, (x[0] // 40) % 2 == 0] = (240, 200, 40)
-    return img
-
-
-class CounterVideoTrack(MediaStreamTrack):
-    """Video at ``fps``: ``image`` (or a synthetic picture) with the frame counter painted in."""
-
-    kind = "video"
-
-    def __init__(self, fps: float = DEFAULT_FPS, size: tuple[int, int] = DEFAULT_SIZE, image: np.ndarray | None = None) -> None:
-        super().__init__()
-        self.fps = fps
-        width, height = size
-        if image is not None:
-            import cv2
-
-            image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-        self.base: np.ndarray = image if image is not None else synthetic_image(width, height)
-        self.frame: np.ndarray = self.base.copy()
-        self.sent_at: dict[int, float] = {}
-        self.count = 0
-        self._start: float | None = None
-
-    async def _next_frame_number(self) -> int:
-        """Wait until the next frame is due (``fps`` from the first), and number it."""
-        if self.readyState != "live":
-            raise MediaStreamError
-        now = time.monotonic()
-        if self._start is None:
-            self._start = now
-        due = self._start + self.count / self.fps
-        if due > now:
-            await asyncio.sleep(due - now)
-        n = self.count
-        self.count += 1
-        return n
-
-    async def recv(self) -> av.VideoFrame:
-        n = await self._next_frame_number()
-        np.copyto(self.frame, self.base)
-        paint_counter(self.frame, n)
-        vf = av.VideoFrame.from_ndarray(self.frame, format="rgb24")
-        vf.pts = int(n * C.VIDEO_CLOCK_RATE / self.fps)
-        vf.time_base = Fraction(1, C.VIDEO_CLOCK_RATE)
-        self.sent_at[n & 0xFFFF] = time.monotonic()
-        return vf
-
-
-REPLAY_CYCLE_FRAMES = 900  # a replayed source repeats after this many frames (30 s at 30 fps)
-REPLAY_BITRATE = 500_000  # bits/s of the pre-encoded VP8, aiortc's default target
-_replay_cache: dict[tuple[Any, ...], list[bytes]] = {}
-
-
-def encode_cycle(base: np.ndarray, frames: int, bitrate: int = REPLAY_BITRATE) -> list[bytes]:
-    """``frames`` VP8 frames of ``base`` with the counter 0, 1, ... painted in: the first a
-    keyframe, the others each predicted from the one before, so playing them in order from
-    the first, over and over, is a valid stream."""
-    import cv2
-
-    height, width = base.shape[:2]
-    codec = av.CodecContext.create("libvpx", "w")
-    codec.width, codec.height, codec.pix_fmt = width, height, "yuv420p"
-    codec.bit_rate = bitrate
-    codec.gop_size = max(frames, 1)
-    codec.options = {"deadline": "realtime", "cpu-used": "-6", "lag-in-frames": "0", "minrate": str(bitrate), "maxrate": str(bitrate), "bufsize": str(bitrate)}
-    codec.thread_count = 1
-    picture = base.copy()
-    out: list[bytes] = []
-    for n in range(frames):
-        np.copyto(picture, base)
-        paint_counter(picture, n)
-        i420: np.ndarray = cv2.cvtColor(picture, cv2.COLOR_RGB2YUV_I420)
-        frame = av.VideoFrame.from_ndarray(i420, format="yuv420p")
-        frame.pts, frame.time_base = n, Fraction(1, 30)
-        out.append(b"".join(bytes(p) for p in codec.encode(frame)))
-    tail = b"".join(bytes(p) for p in codec.encode(None))
-    if tail:
-        out[-1] += tail
-    return out
-
-
-class ReplayVideoTrack(CounterVideoTrack):
-    """CounterVideoTrack that sends a cycle of frames encoded once, ahead of time, instead
-    of encoding every frame as it goes: a load generator running many streams on the
-    machine it measures should not spend its cores on VP8 (one 640x480 encode costs as much
-    as a server's). The server sees the same kind of stream; counters repeat every
-    REPLAY_CYCLE_FRAMES frames, so latencies up to that long are read unambiguously."""
-
-    def __init__(self, fps: float = DEFAULT_FPS, size: tuple[int, int] = DEFAULT_SIZE, image: np.ndarray | None = None, cycle: int = REPLAY_CYCLE_FRAMES) -> None:
-        super().__init__(fps, size, image)
-        key = (size, cycle, hash(self.base.tobytes()))
-        if key not in _replay_cache:
-            _replay_cache[key] = encode_cycle(self.base, cycle)
-        self.encoded = _replay_cache[key]
-
-    async def recv(self) -> av.Packet:  # type: ignore[override]
-        n = await self._next_frame_number()
-        k = n % len(self.encoded)
-        packet = av.Packet(self.encoded[k])
-        packet.pts = int(n * C.VIDEO_CLOCK_RATE / self.fps)
-        packet.time_base = Fraction(1, C.VIDEO_CLOCK_RATE)
-        self.sent_at[k] = time.monotonic()
-        return packet
-
-
-class ArrayAudioTrack(MediaStreamTrack):
-    """Mono int16 samples sent as 20 ms frames in real time; silence after the end (or loop)."""
-
-    kind = "audio"
-
-    def __init__(self, samples: np.ndarray, rate: int = AUDIO_RATE, loop: bool = False) -> None:
-        super().__init__()
-        self.samples = np.asarray(samples, dtype=np.int16).reshape(-1)
-        self.rate = rate
-        self.loop = loop
-        self.frame_samples = int(rate * C.AUDIO_FRAME_S)
-        self.pos = 0
-        self.started_at: float | None = None  # wall time (monotonic) of the first sample
-
-    async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        now = time.monotonic()
-        if self.started_at is None:
-            self.started_at = now
-        due = self.started_at + self.pos / self.rate
-        if due > now:
-            await asyncio.sleep(due - now)
-        n = self.frame_samples
-        chunk = self.samples[self.pos : self.pos + n] if not self.loop else np.take(self.samples, range(self.pos, self.pos + n), mode="wrap")
-        if len(chunk) < n:
-            chunk = np.concatenate([chunk, np.zeros(n - len(chunk), np.int16)])
-        frame = av.AudioFrame.from_ndarray(chunk[None, :], format="s16", layout="mono")
-        frame.sample_rate = self.rate
-        frame.pts = self.pos
-        frame.time_base = Fraction(1, self.rate)
-        self.pos += n
-        return frame
-
-
 def _json_of(resp: httpx.Response) -> Any:
     try:
         return resp.json()
@@ -319,6 +153,7 @@ class Client:
         token: str | None = None,
         queue: bool = True,
         auto_resume: bool = False,
+        codec: str | None = None,
     ) -> None:
         """``replay``: send a cycle of this many pre-encoded frames (:class:`ReplayVideoTrack`,
         for load tests; REPLAY_CYCLE_FRAMES is a good length) instead of encoding live.
@@ -327,9 +162,13 @@ class Client:
         admitted and answered; ``queue_views`` has what the line said on the way); False:
         the server's 429 (:class:`ServerFull`) at once. ``auto_resume``: when the server side
         goes silent or ICE fails, offer again for the same session with its key (:meth:`resume`),
-        as the page's component does; ``resumes`` counts the ones that took."""
+        as the page's component does; ``resumes`` counts the ones that took. ``codec``: offer
+        this video codec alone (``vp8`` or ``h264``); None offers aiortc's list and the server
+        picks (gateway.video_codecs). ``video_codec`` is what was negotiated."""
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.queue = queue
+        self.codec = None if codec is None else VideoCodec(codec).value
+        self.video_codec: VideoCodec | None = None
         self.queue_views: list[dict[str, Any]] = []  # the 202's place, then every update
         self.ticket: str | None = None  # the line's ticket while this client waits in it
         self.url = url.rstrip("/")
@@ -448,12 +287,22 @@ class Client:
             if self.pc is pc and self.resuming is None:
                 self.ended.set()
 
-    async def connect(self) -> None:
+    def _add_media(self) -> None:
         for kind, source in (("video", self.source), ("audio", self.audio_source)):
             if source is not None:
                 self.pc.addTrack(source)
             elif self.shape.sends_video if kind == "video" else self.shape.sends_audio:
                 self.pc.addTransceiver(kind, direction="recvonly")
+        if self.codec is not None:
+            # offer this codec alone (and its RTX), so the server must answer it or refuse
+            wanted = VideoCodec(self.codec).mime
+            codecs = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType.lower() in (wanted, RTX_MIME)]
+            for transceiver in self.pc.getTransceivers():
+                if transceiver.kind == "video":
+                    transceiver.setCodecPreferences(codecs)
+
+    async def connect(self) -> None:
+        self._add_media()
         offer = await self.pc.createOffer()
         await self.pc.setLocalDescription(offer)  # gathers every candidate: no trickle needed
         body: dict[str, Any] = {"sdp": self.pc.localDescription.sdp, "type": "offer", "webrtc_id": self.webrtc_id, "queue": self.queue}
@@ -489,6 +338,13 @@ class Client:
 
     async def _apply_answer(self, answer: dict[str, Any]) -> None:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
+        video = [t for t in self.pc.getTransceivers() if t.kind == "video"]
+        self.video_codec = negotiated(video[0]) if video else None
+        # the server's real-time encoders on this side too (aiortc's H.264 one runs libx264's
+        # "medium" preset): a load generator should not cost more than what it measures
+        use_gateway_encoders(self.pc, vp8_speed=C.VP8_SPEED, vp8_denoise=C.VP8_DENOISE, h264_encoder=C.H264_ENCODER)
+        if isinstance(self.source, ReplayVideoTrack) and self.video_codec is not None:
+            self.source.use_codec(self.video_codec)
         set_audio_prefetch(self.pc, self.audio_jitter_prefetch)
         if self.video_release_on_marker:
             release_video_on_marker(self.pc)
@@ -543,11 +399,7 @@ class Client:
                 await old.close()
 
     async def _offer_again(self, attempts: int, retry_s: float) -> dict[str, Any]:
-        for kind, source in (("video", self.source), ("audio", self.audio_source)):
-            if source is not None:
-                self.pc.addTrack(source)
-            elif self.shape.sends_video if kind == "video" else self.shape.sends_audio:
-                self.pc.addTransceiver(kind, direction="recvonly")
+        self._add_media()
         await self.pc.setLocalDescription(await self.pc.createOffer())
         body: dict[str, Any] = {
             "sdp": self.pc.localDescription.sdp, "type": "offer", "webrtc_id": self.webrtc_id, "session_key": self.session_key,
@@ -678,9 +530,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--fps", type=float, default=DEFAULT_FPS)
     ap.add_argument("--size", default="640x480")
     ap.add_argument("--stream-id", default=None)
+    ap.add_argument("--codec", choices=[c.value for c in VideoCodec], default=None, help="offer this video codec alone (default: both; the server picks)")
     args = ap.parse_args(argv)
     w, h = (int(v) for v in args.size.split("x"))
-    reports = asyncio.run(run(args.url, args.seconds, args.streams, fps=args.fps, size=(w, h), stream_id=args.stream_id))
+    reports = asyncio.run(run(args.url, args.seconds, args.streams, fps=args.fps, size=(w, h), stream_id=args.stream_id, codec=args.codec))
     for i, r in enumerate(reports):
         print(json.dumps({"stream": i, **r.as_dict()}))
 

@@ -339,7 +339,7 @@ class Gateway:
         claims = grant.claims if grant is not None else None
         if claims is not None and claims.stream_id is not None and claims.stream_id != event.event_id:
             raise Refused(ErrorCode.TOKEN_WRONG_STREAM, "this join token is for another stream")
-        sdp = check_sdp(body.get("sdp"), event, self.config.gateway.max_offer_bytes)
+        sdp = check_sdp(body.get("sdp"), event, self.config.gateway.max_offer_bytes, self.config.gateway.video_codecs)
         if "session_key" in body:
             # a resume: the client's own session again, proved by its key (docs/failover.md)
             return await self._resume(event, webrtc_id, sdp, body["session_key"], client)

@@ -24,8 +24,11 @@ is quadratic in some of them (it looks up each ``a=ssrc`` and ``a=fmtp`` line in
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+from aiortc.sdp import H264Profile, parse_h264_profile_level_id
 
 from runtime import constants as C
 from runtime.errors import ErrorCode, Refused
@@ -49,8 +52,14 @@ RTP_PROTOCOLS = ("UDP/TLS/RTP/SAVPF", "RTP/SAVPF")  # what browsers and aiortc o
 SCTP_PROTOCOLS = ("UDP/DTLS/SCTP", "DTLS/SCTP")  # RFC 8841, and the pre-RFC form
 LEGACY_SCTP_PROTOCOL = "DTLS/SCTP"  # its format is the SCTP port (aiortc reads it with int())
 DATACHANNEL_FORMAT = "webrtc-datachannel"
-# codecs the gateway decodes, as (encoding name lower-cased, clock rate in Hz)
-SERVED_CODECS = {"audio": ("opus", 48_000), "video": ("vp8", 90_000)}
+# codecs the gateway decodes, as (encoding name lower-cased, clock rate in Hz); video: the
+# ones gateway.video_codecs names, H.264 only in a form served (serves_h264)
+SERVED_AUDIO_CODEC = ("opus", 48_000)
+VIDEO_CLOCK_RATE = 90_000
+H264_PACKETIZATION_MODE = "1"  # non-interleaved: single NAL, STAP-A, FU-A (aiortc's only)
+# the H.264 profiles aiortc offers and the gateway's encoder and guard serve (4:2:0, 8 bits)
+SERVED_H264_PROFILES = frozenset({H264Profile.PROFILE_CONSTRAINED_BASELINE, H264Profile.PROFILE_BASELINE})
+AIORTC_DEFAULT_PROFILE_LEVEL_ID = "42E01F"  # what aiortc assumes when an offer names none
 # RFC 8122's hashes that aiortc's DTLS verifies (sha-1 and sha-224 would pass here and fail at DTLS)
 FINGERPRINT_BYTES = {"sha-256": 32, "sha-384": 48, "sha-512": 64}
 DTLS_SETUP_VALUES = ("actpass", "active", "passive")  # the ones aiortc knows (no holdconn)
@@ -116,13 +125,14 @@ def check_offer_sdp(
     max_bytes: int,
     max_media_sections: int = MAX_MEDIA_SECTIONS,
     max_tracks: int = MAX_TRACKS,
+    video_codecs: Sequence[str] = C.VIDEO_CODECS,
 ) -> OfferSummary:
     """Parse and check an SDP offer; raise ``Refused(code, message)`` if the gateway
     cannot or will not answer it, before any lease or worker is taken."""
     lines = _split_lines(sdp, max_bytes)
     session, sections = _group(lines, max_media_sections)
     _check_session_lines(session)
-    parsed = [_check_section(index, block) for index, block in enumerate(sections)]
+    parsed = [_check_section(index, block, video_codecs) for index, block in enumerate(sections)]
     _check_transport(session, parsed)
     _check_bundle(session, parsed)
     tracks = sum(section.tracks for section in parsed)
@@ -132,6 +142,19 @@ def check_offer_sdp(
         MediaSection(p.kind, p.port, p.protocol, p.direction or "sendrecv", p.mid, p.tracks) for p in parsed
     )
     return OfferSummary(tuple(s.kind for s in summary), tracks, summary)
+
+
+def serves_h264(parameters: dict[str, Any]) -> bool:
+    """Whether an H.264 rtpmap's fmtp ``parameters`` name a form the gateway decodes:
+    packetization mode 1 and a baseline profile, read as aiortc reads them when it matches
+    codecs (its parser; no profile-level-id means constrained baseline 3.1 there)."""
+    if str(parameters.get("packetization-mode", "0")) != H264_PACKETIZATION_MODE:
+        return False
+    try:
+        profile, _level = parse_h264_profile_level_id(str(parameters.get("profile-level-id", AIORTC_DEFAULT_PROFILE_LEVEL_ID)))
+    except ValueError:
+        return False
+    return profile in SERVED_H264_PROFILES
 
 
 # --- lines ----------------------------------------------------------------------------------
@@ -320,7 +343,7 @@ class _Section:
 _MEDIA_LINE = re.compile(f"m=([a-z]+) ({_NUMBER}) ({_TOKEN})((?: {_TOKEN})+)")
 
 
-def _check_section(index: int, block: list[str]) -> _Section:
+def _check_section(index: int, block: list[str], video_codecs: Sequence[str]) -> _Section:
     match = _MEDIA_LINE.fullmatch(block[0])
     if match is None:
         _refuse(ErrorCode.BAD_SDP, f"media section {index + 1}: the m= line must be 'm=<kind> <port> <protocol> <formats>'")
@@ -338,7 +361,7 @@ def _check_section(index: int, block: list[str]) -> _Section:
     if kind == "application":
         _check_application(section, block[1:])
     else:
-        _check_rtp(section, block[1:])
+        _check_rtp(section, block[1:], video_codecs)
     if section.direction is None:
         section.direction = "sendrecv"  # a data channel section says none (RFC 4566's default)
     if section.direction not in SENDING_DIRECTIONS:
@@ -361,7 +384,7 @@ def _check_application(section: _Section, lines: list[str]) -> None:
         _check_media_line(section, line)
 
 
-def _check_rtp(section: _Section, lines: list[str]) -> None:
+def _check_rtp(section: _Section, lines: list[str], video_codecs: Sequence[str]) -> None:
     payload_types: set[int] = set()
     for text in section.formats:
         if not text.isdigit() or len(text) > MAX_DIGITS:
@@ -394,10 +417,35 @@ def _check_rtp(section: _Section, lines: list[str]) -> None:
     if not section.rtcp_mux:
         _refuse(ErrorCode.RTCP_MUX_REQUIRED, f"{section.where}: RTP and RTCP must share a port (a=rtcp-mux)")
     # every section, port 0 too: aiortc ignores the port, negotiates and receives anyway
-    served = SERVED_CODECS[section.kind]
-    if served not in codecs.values():
-        name, rate = served
-        _refuse(ErrorCode.UNSUPPORTED_CODEC, f"{section.where}: the gateway decodes {name}/{rate} and the offer does not list it")
+    if section.kind == "audio":
+        if SERVED_AUDIO_CODEC not in codecs.values():
+            name, rate = SERVED_AUDIO_CODEC
+            _refuse(ErrorCode.UNSUPPORTED_CODEC, f"{section.where}: the gateway decodes {name}/{rate} and the offer does not list it")
+    elif not any(_serves(codecs.get(pt), parameters, video_codecs) for pt, parameters in _with_fmtp(codecs, fmtp)):
+        _refuse(ErrorCode.UNSUPPORTED_CODEC, f"{section.where}: the gateway decodes {' or '.join(_describe(c) for c in video_codecs)} and the offer lists none of them")
+
+
+def _describe(codec: str) -> str:
+    return f"{codec}/{VIDEO_CLOCK_RATE}" if codec != "h264" else f"h264/{VIDEO_CLOCK_RATE} (baseline, packetization-mode=1)"
+
+
+def _with_fmtp(codecs: dict[int, tuple[str, int]], fmtp: list[tuple[int, str]]) -> list[tuple[int, dict[str, str]]]:
+    """Each payload type with its fmtp parameters (the last a=fmtp line wins, as in aiortc)."""
+    parameters: dict[int, dict[str, str]] = {pt: {} for pt in codecs}
+    for pt, text in fmtp:
+        pairs = {}
+        for item in text.split(";"):
+            key, _, value = item.strip().partition("=")
+            if key:
+                pairs[key] = value
+        parameters[pt] = pairs
+    return list(parameters.items())
+
+
+def _serves(codec: tuple[str, int] | None, parameters: dict[str, str], video_codecs: Sequence[str]) -> bool:
+    if codec is None or codec[1] != VIDEO_CLOCK_RATE or codec[0] not in video_codecs:
+        return False
+    return codec[0] != "h264" or serves_h264(parameters)
 
 
 def _check_rtpmap(section: _Section, value: str, payload_types: set[int], codecs: dict[int, tuple[str, int]]) -> None:

@@ -12,12 +12,13 @@ VP8, RFC 6184 for H.264; browsers and aiortc set it): :class:`MarkerJitterBuffer
 frame as soon as its marked packet arrives with no gap before it, and keeps aiortc's rule
 for a frame whose marked packet was lost.
 
-Pixel limit: a VP8 key frame claiming more than ``gateway.max_frame_pixels`` is dropped as
-it leaves the jitter buffer, before aiortc's decoder thread sees it (the decoder would
-allocate its buffers from the claim: hundreds of MB for a forged 16383x16383 header, see
-``runtime/media/vp8_guard.py``). The inter frames after it are dropped too, since the decoder has
-no reference for them, until a key frame within the limit arrives. :class:`FrameGuard` does
-this for both release rules (aiortc's and the marker one).
+Pixel limit: a key frame claiming more than ``gateway.max_frame_pixels`` (a VP8 key frame's
+header, an H.264 frame's SPS) is dropped as it leaves the jitter buffer, before aiortc's
+decoder thread sees it (the decoder would allocate its buffers from the claim: hundreds of
+MB for a forged 16383x16383 header, see ``vp8_guard.py`` and ``h264_guard.py``). The inter
+frames after it are dropped too, since the decoder has no reference for them, until a key
+frame within the limit arrives. An H.264 frame whose SPS cannot be read is dropped the same
+way. :class:`FrameGuard` does this for both release rules (aiortc's and the marker one).
 
 Buffers are replaced per peer connection, right after the remote description is set and
 before any packet can have arrived.
@@ -30,7 +31,10 @@ from typing import Any
 
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 
-from runtime.media.vp8_guard import keyframe_size
+from runtime.media import h264_guard
+from runtime.media.h264_guard import MalformedH264
+from runtime.media.video_codecs import VideoCodec, negotiated
+from runtime.media.vp8_guard import keyframe_size as vp8_keyframe_size
 
 AIORTC_AUDIO_JITTER_CAPACITY = 16  # packets, aiortc's own value (must be a power of two)
 AIORTC_AUDIO_JITTER_PREFETCH = 4  # packets (20 ms each), aiortc's own value
@@ -41,24 +45,53 @@ RECEIVER_BUFFER_ATTR = "_RTCRtpReceiver__jitter_buffer"
 
 
 class FrameGuard:
-    """Refuses VP8 key frames over ``max_pixels`` and the inter frames that follow them.
+    """Refuses key frames over ``max_pixels`` and the inter frames that follow them, and
+    frames the codec's reader cannot read.
 
-    Runs on the event loop (aiortc adds packets to the buffer from its receiver coroutine),
-    once per released frame: a few byte reads and a comparison, nothing allocated."""
+    ``read`` is the negotiated codec's: ``vp8_guard.keyframe_size`` or
+    ``h264_guard.keyframe_size`` (the size a key frame claims, None for other frames; the
+    H.264 one raises :class:`~runtime.media.h264_guard.MalformedH264`). A malformed frame is
+    dropped and, if the last frame went through, a key frame is asked for (a PLI): its
+    successors may depend on what it carried, so they are dropped until a key frame is
+    admitted. Runs on the event loop (aiortc adds packets to the buffer from its receiver
+    coroutine), once per released frame: a few byte reads and a comparison for VP8, a
+    start-code scan for H.264; nothing is allocated but an SPS's bytes."""
 
-    def __init__(self, max_pixels: int, on_refused: Callable[[int, int], None] | None = None) -> None:
+    def __init__(
+        self,
+        max_pixels: int,
+        on_refused: Callable[[int, int], None] | None = None,
+        read: Callable[[bytes], tuple[int, int] | None] = vp8_keyframe_size,
+        on_malformed: Callable[[str], None] | None = None,
+    ) -> None:
         self.max_pixels = max_pixels
         self.on_refused = on_refused  # called with (width, height) for the first refused key frame
+        self.on_malformed = on_malformed  # called with the reason for the first malformed frame
+        self.read = read
         self.keyframes_refused = 0
-        self.frames_dropped = 0  # refused key frames and the inter frames dropped after them
-        self._blocked = False  # the last key frame was refused: its dependants go too
+        self.frames_malformed = 0
+        self.frames_dropped = 0  # refused and malformed frames and the inter frames dropped after them
+        self.want_keyframe = False  # set by a malformed frame: the buffer sends a PLI and clears it
+        self._blocked = False  # the last key frame was refused or malformed: its dependants go too
         self._reported = False
+        self._reported_malformed = False
 
     def admit(self, frame: JitterFrame | None) -> JitterFrame | None:
         """``frame`` if it may be decoded, else None (and it is counted)."""
         if frame is None:
             return None
-        size = keyframe_size(frame.data)
+        try:
+            size = self.read(frame.data)
+        except MalformedH264 as exc:
+            self.frames_malformed += 1
+            self.frames_dropped += 1
+            self.want_keyframe = not self._blocked  # once a run: the sender's next key frame ends it
+            self._blocked = True
+            if not self._reported_malformed:
+                self._reported_malformed = True
+                if self.on_malformed is not None:
+                    self.on_malformed(str(exc))
+            return None
         if size is not None:
             width, height = size
             if width * height <= self.max_pixels:
@@ -88,9 +121,14 @@ class GuardedJitterBuffer(JitterBuffer):
 
     def add(self, packet: Any) -> tuple[bool, JitterFrame | None]:
         pli_flag, frame = super().add(packet)
-        if self.guard is not None:
-            # no PLI for a refused frame: the sender's next key frame would be as large
-            frame = self.guard.admit(frame)
+        guard = self.guard
+        if guard is not None:
+            # no PLI for an oversized frame: the sender's next key frame would be as large;
+            # one for the first of a run of malformed ones
+            frame = guard.admit(frame)
+            if guard.want_keyframe:
+                guard.want_keyframe = False
+                pli_flag = True
         return pli_flag, frame
 
 
@@ -134,19 +172,19 @@ def set_audio_prefetch(pc: Any, prefetch: int | None) -> None:
             setattr(receiver, RECEIVER_BUFFER_ATTR, JitterBuffer(capacity=AIORTC_AUDIO_JITTER_CAPACITY, prefetch=prefetch))
 
 
-def _video_receivers(pc: Any) -> list[Any]:
-    receivers = [t.receiver for t in pc.getTransceivers() if t.kind == "video"]
-    for receiver in receivers:
-        if not hasattr(receiver, RECEIVER_BUFFER_ATTR):
+def _video_transceivers(pc: Any) -> list[Any]:
+    transceivers = [t for t in pc.getTransceivers() if t.kind == "video"]
+    for transceiver in transceivers:
+        if not hasattr(transceiver.receiver, RECEIVER_BUFFER_ATTR):
             raise RuntimeError("this aiortc has no video jitter buffer where rtcpool expects it")
-    return receivers
+    return transceivers
 
 
 def release_video_on_marker(pc: Any) -> None:
     """Give every video receiver of ``pc`` a :class:`MarkerJitterBuffer` (no pixel limit:
     for rtcpool's own client)."""
-    for receiver in _video_receivers(pc):
-        setattr(receiver, RECEIVER_BUFFER_ATTR, MarkerJitterBuffer())
+    for transceiver in _video_transceivers(pc):
+        setattr(transceiver.receiver, RECEIVER_BUFFER_ATTR, MarkerJitterBuffer())
 
 
 def guard_video(
@@ -155,13 +193,17 @@ def guard_video(
     on_refused: Callable[[int, int], None] | None = None,
     *,
     release_on_marker: bool = True,
+    on_malformed: Callable[[str], None] | None = None,
 ) -> list[FrameGuard]:
     """Give every video receiver of ``pc`` a buffer that refuses key frames over
     ``max_pixels`` before they are decoded: a :class:`MarkerJitterBuffer`, or with
-    ``release_on_marker`` false a :class:`GuardedJitterBuffer` (aiortc's release rule).
-    ``on_refused(width, height)`` is called once for the whole peer connection, on the
-    event loop, at the first refused key frame. Returns the guards (their counters)."""
+    ``release_on_marker`` false a :class:`GuardedJitterBuffer` (aiortc's release rule). Each
+    reads the codec its transceiver negotiated (``video_codecs.answer_one_codec`` runs
+    first; VP8 when none is set yet). ``on_refused(width, height)`` and
+    ``on_malformed(reason)`` are called once each for the whole peer connection, on the
+    event loop. Returns the guards (their counters)."""
     reported = False
+    reported_malformed = False
 
     def once(width: int, height: int) -> None:
         nonlocal reported
@@ -169,10 +211,17 @@ def guard_video(
             reported = True
             on_refused(width, height)
 
+    def once_malformed(reason: str) -> None:
+        nonlocal reported_malformed
+        if not reported_malformed and on_malformed is not None:
+            reported_malformed = True
+            on_malformed(reason)
+
     guards = []
-    for receiver in _video_receivers(pc):
-        guard = FrameGuard(max_pixels, once)
+    for transceiver in _video_transceivers(pc):
+        read = h264_guard.keyframe_size if negotiated(transceiver) is VideoCodec.H264 else vp8_keyframe_size
+        guard = FrameGuard(max_pixels, once, read, once_malformed)
         buffer = MarkerJitterBuffer(guard=guard) if release_on_marker else GuardedJitterBuffer(guard=guard)
-        setattr(receiver, RECEIVER_BUFFER_ATTR, buffer)
+        setattr(transceiver.receiver, RECEIVER_BUFFER_ATTR, buffer)
         guards.append(guard)
     return guards

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from runtime import constants as C
@@ -129,10 +130,10 @@ def split_handle(value: Any) -> tuple[str, str | None]:
     return webrtc_id, (key if sep else None)
 
 
-def check_sdp(sdp: Any, event: StreamEvent, max_bytes: int) -> str:
+def check_sdp(sdp: Any, event: StreamEvent, max_bytes: int, video_codecs: Sequence[str] = C.VIDEO_CODECS) -> str:
     """The offer parsed and checked (runtime/guard/sdp_check.py) before any lease or worker is
     taken, and with a section for each kind of media the stream carries."""
-    summary = check_offer_sdp(sdp, max_bytes=max_bytes)
+    summary = check_offer_sdp(sdp, max_bytes=max_bytes, video_codecs=video_codecs)
     wanted = {"video"} if event.has_video else set()
     wanted |= {"audio"} if event.has_audio else set()
     missing = sorted(wanted - set(summary.kinds))

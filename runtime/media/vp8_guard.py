@@ -18,10 +18,6 @@ allocated, since this runs for every received video frame.
 
 from __future__ import annotations
 
-from typing import Any
-
-from runtime import constants as C
-
 VP8_KEYFRAME_HEADER_BYTES = 10  # frame tag (3) + start code (3) + width (2) + height (2)
 VP8_START_CODE = (0x9D, 0x01, 0x2A)
 VP8_DIMENSION_MASK = 0x3FFF  # the low 14 bits of each 16-bit field; the top 2 are a scale
@@ -40,23 +36,3 @@ def keyframe_size(frame: bytes) -> tuple[int, int] | None:
     width = (frame[6] | frame[7] << 8) & VP8_DIMENSION_MASK
     height = (frame[8] | frame[9] << 8) & VP8_DIMENSION_MASK
     return width, height
-
-
-RTX_MIME = "video/rtx"
-
-
-def answer_vp8_only(pc: Any) -> None:
-    """Narrow every video transceiver of ``pc`` to VP8 (and its RTX), between
-    setRemoteDescription and createAnswer. aiortc answers with every codec it shares with
-    the offer and then decodes whichever one a packet's payload type names, so a client
-    offering H.264 too (Chromium and Safari do) could send H.264, whose size the guard above
-    cannot read. The SDP check makes sure each video section offers VP8."""
-    for transceiver in pc.getTransceivers():
-        if transceiver.kind != "video":
-            continue
-        codecs = transceiver._codecs  # private: what createAnswer and the receiver will use
-        vp8 = {c.payloadType for c in codecs if c.mimeType.lower() == C.VP8_MIME}
-        transceiver._codecs = [
-            c for c in codecs
-            if c.payloadType in vp8 or (c.mimeType.lower() == RTX_MIME and c.parameters.get("apt") in vp8)
-        ]

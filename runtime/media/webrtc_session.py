@@ -33,7 +33,6 @@ from runtime.errors import EndReason
 from runtime.guard import safejson
 from runtime.guard.limits import PerSessionCount, TokenBucket
 from runtime.media.budget import ADMIT, RtpBudget, audio_budget
-from runtime.media.encoder import use_gateway_encoder
 from runtime.media.frames import (
     I420_FORMAT,
     EncoderFrame,
@@ -45,7 +44,7 @@ from runtime.media.frames import (
 from runtime.media.jitter import guard_video, set_audio_prefetch
 from runtime.media.sctp_guard import SctpGuard, guard_sctp
 from runtime.media.session import Session, client_json
-from runtime.media.vp8_guard import answer_vp8_only
+from runtime.media.video_codecs import VideoCodec, answer_one_codec, use_gateway_encoders
 from workers.link.shape import Transport
 from workers.link.wire import PIXFMT_I420
 
@@ -85,8 +84,8 @@ class WorkerVideoTrack(MediaStreamTrack):
         # Reused for every I420 frame. Safe because the previous frame's encode is over when
         # recv() runs again: aiortc's RTCRtpSender._next_encoded_frame awaits recv(), then
         # awaits the encode (run_in_executor(encoder.encode)), and _run_rtp calls it again
-        # only after that; our encoder (runtime/media/encoder.py, aiortc's Vp8Encoder under it) and
-        # aiortc's H.264 one encode with no lag (lag-in-frames 0, x264 zerolatency), so
+        # only after that; our encoders (runtime/media/vp8_encoder.py and h264_encoder.py, aiortc's
+        # under them) encode with no lag (lag-in-frames 0, x264 zerolatency), so
         # libvpx/x264 have copied the picture before encode() returns and nothing keeps it.
         self._encoder_frame = EncoderFrame()
 
@@ -214,6 +213,7 @@ class WebRTCSession(Session):
         self.audio_out: WorkerAudioTrack | None = None
         self._deferred_video: Any = None  # newest decoded input frame the worker is not ready for
         self._warned_oversize = False
+        self.video_codecs: list[VideoCodec | None] = []  # negotiated, one per video transceiver
         lc = host.config.gateway.limits
         self.candidates = PerSessionCount.candidates(lc.max_candidates_per_session)
         self.message_rate = TokenBucket(lc.data_channel_messages_per_s, lc.data_channel_message_burst)
@@ -274,10 +274,17 @@ class WebRTCSession(Session):
         self.rtp_budget = RtpBudget(budgets, self.over_budget)
         self.rtp_budget.install(pc)
         set_audio_prefetch(pc, cfg.audio_jitter_prefetch)
-        # VP8 only (the frame guard reads VP8 headers; an H.264 frame would pass unchecked),
-        # and no key frame over max_frame_pixels reaches the decoder
-        answer_vp8_only(pc)
-        guard_video(pc, cfg.max_frame_pixels, self._on_oversize_keyframe, release_on_marker=cfg.video_release_on_marker)
+        # one video codec per transceiver, the first of gateway.video_codecs the offer has (the
+        # frame guard reads that codec's headers), and no key frame over max_frame_pixels
+        # reaches the decoder
+        self.video_codecs = answer_one_codec(pc, cfg.video_codecs)
+        guard_video(
+            pc,
+            cfg.max_frame_pixels,
+            self._on_oversize_keyframe,
+            release_on_marker=cfg.video_release_on_marker,
+            on_malformed=self._on_malformed_video,
+        )
         if self.event.shape.sends_video:
             self.video_out = WorkerVideoTrack(self)
             pc.addTrack(self.video_out)
@@ -286,7 +293,8 @@ class WebRTCSession(Session):
             pc.addTrack(self.audio_out)
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)  # aiortc gathers all candidates here (no trickle)
-        use_gateway_encoder(pc, cfg.vp8_speed, cfg.vp8_denoise)  # before the first frame is sent
+        # before the first frame is sent
+        use_gateway_encoders(pc, vp8_speed=cfg.vp8_speed, vp8_denoise=cfg.vp8_denoise, h264_encoder=cfg.h264_encoder)
         return pc.localDescription
 
     async def add_ice_candidate(self, candidate: RTCIceCandidate) -> None:
@@ -321,6 +329,9 @@ class WebRTCSession(Session):
         if not self._warned_oversize:
             self._warned_oversize = True
             self.send_client_warning(f"video frames of {width}x{height} exceed the {max_pixels}-pixel limit and are dropped")
+
+    def _on_malformed_video(self, reason: str) -> None:
+        log.warning("session %s: dropped a video frame the guard could not read (%s); a key frame was asked for", self.webrtc_id, reason)
 
     def _on_data_channel_refused(self, what: str) -> None:
         """The SCTP guard dropped a message over the limit (a warning to the client for each,

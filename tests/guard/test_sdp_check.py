@@ -463,8 +463,7 @@ EXACT = [
     ("payload-type-repeated", _replace("UDP/TLS/RTP/SAVPF 111 63", "UDP/TLS/RTP/SAVPF 111 111"), "bad_sdp"),
     ("no-opus", _replace("opus/48000", "ilbc/48000"), "unsupported_codec"),
     ("opus-wrong-rate", _replace("opus/48000", "opus/8000"), "unsupported_codec"),
-    ("no-vp8", _replace("a=rtpmap:96 VP8/90000", "a=rtpmap:96 VP7/90000"), "unsupported_codec"),
-    ("h264-only", _replace("a=rtpmap:96 VP8/90000", "a=rtpmap:96 H264/90000"), "unsupported_codec"),
+    ("no-vp8-or-h264", lambda offer: offer.replace("VP8/90000", "VP7/90000").replace("H264/90000", "H265/90000"), "unsupported_codec"),
     ("vp8-not-in-m-line", _replace("UDP/TLS/RTP/SAVPF 96 97 ", "UDP/TLS/RTP/SAVPF 97 "), "bad_sdp"),
     ("rtpmap-twice", _replace("a=rtpmap:96 VP8/90000\r\n", "a=rtpmap:96 VP8/90000\r\na=rtpmap:96 VP9/90000\r\n"), "bad_sdp"),
     ("rtpmap-no-rate", _replace("a=rtpmap:96 VP8/90000", "a=rtpmap:96 VP8"), "bad_sdp"),
@@ -521,6 +520,35 @@ async def test_sections_without_msid_count_as_tracks():
     four = await aiortc_offer(*["video"] * 4)
     assert check(_join([line for line in _lines(four) if not line.startswith("a=msid")])).tracks == MAX_TRACKS
     assert check(await aiortc_offer(*["video"] * 6, direction="recvonly")).tracks == 0
+
+
+def _no_vp8(offer: str) -> str:
+    return offer.replace("a=rtpmap:96 VP8/90000", "a=rtpmap:96 VP7/90000")
+
+
+def test_video_sections_need_a_configured_codec_in_a_served_form():
+    """gateway.video_codecs: VP8 or H.264 (constrained baseline or baseline, packetization
+    mode 1, as aiortc decodes it); an offer that lists none of the configured ones, in that
+    form, is refused before anything is spent on it."""
+    assert check(CHROMIUM_OFFER).kinds == ("audio", "video", "application")
+    assert check(_no_vp8(CHROMIUM_OFFER)).tracks == 2  # its H.264 42001f/42e01f mode 1 serve
+    assert check(CHROMIUM_OFFER, video_codecs=["vp8"]).tracks == 2
+    assert check(CHROMIUM_OFFER, video_codecs=["h264"]).tracks == 2
+    # what is configured is what counts
+    err = refusal(_no_vp8(CHROMIUM_OFFER), video_codecs=["vp8"])
+    assert err.error == "unsupported_codec" and "vp8/90000" in err.message
+    err = refusal(CHROMIUM_OFFER.replace("H264/90000", "H265/90000"), video_codecs=["h264"])
+    assert err.error == "unsupported_codec" and "packetization-mode=1" in err.message
+    # H.264 only in forms not served: mode 0, main/high profiles, an unreadable profile
+    mode0 = _no_vp8(CHROMIUM_OFFER).replace("packetization-mode=1", "packetization-mode=0")
+    assert refusal(mode0).error == "unsupported_codec"
+    main_only = _no_vp8(CHROMIUM_OFFER).replace("profile-level-id=42", "profile-level-id=64")
+    assert refusal(main_only).error == "unsupported_codec"
+    garbage = _no_vp8(CHROMIUM_OFFER).replace("profile-level-id=42001f", "profile-level-id=zz").replace("profile-level-id=42e01f", "profile-level-id=")
+    assert refusal(garbage).error == "unsupported_codec"
+    # no profile-level-id: aiortc reads constrained baseline 3.1, served in mode 1
+    bare = _no_vp8(CHROMIUM_OFFER).replace(";profile-level-id=42001f", "").replace(";profile-level-id=42e01f", "")
+    assert check(bare).tracks == 2
 
 
 def test_limits_are_parameters():

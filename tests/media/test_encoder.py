@@ -10,7 +10,9 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, VideoStreamTrack
 
 from runtime.clients.webrtc import synthetic_image
-from runtime.media.encoder import SENDER_ENCODER_ATTR, GatewayVp8Encoder, use_gateway_encoder
+from runtime.media.h264_encoder import GatewayH264Encoder
+from runtime.media.video_codecs import SENDER_ENCODER_ATTR, VideoCodec, use_gateway_encoders
+from runtime.media.vp8_encoder import GatewayVp8Encoder
 
 W, H = 640, 480
 FRAMES = 20
@@ -81,12 +83,13 @@ async def test_only_senders_that_send_vp8_get_it() -> None:
         await client.close()
         return server
 
+    settings = {"vp8_speed": 6, "vp8_denoise": False, "h264_encoder": "libx264"}
     vp8 = await negotiate("video/vp8")
-    assert use_gateway_encoder(vp8) == 1
+    assert use_gateway_encoders(vp8, **settings) == [VideoCodec.VP8]
     assert isinstance(getattr(vp8.getTransceivers()[0].sender, SENDER_ENCODER_ATTR), GatewayVp8Encoder)
     h264 = await negotiate("video/h264")
-    assert use_gateway_encoder(h264) == 0
-    assert getattr(h264.getTransceivers()[0].sender, SENDER_ENCODER_ATTR) is None
+    assert use_gateway_encoders(h264, **settings) == [VideoCodec.H264]
+    assert isinstance(getattr(h264.getTransceivers()[0].sender, SENDER_ENCODER_ATTR), GatewayH264Encoder)
     await vp8.close()
     await h264.close()
 

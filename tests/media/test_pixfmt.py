@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from aiortc.codecs.vpx import vp8_depayload
 
-from runtime.media.encoder import GatewayVp8Encoder
 from runtime.media.frames import EncoderFrame, plane_views
+from runtime.media.vp8_encoder import GatewayVp8Encoder
 from tests.workers.link.blocking import socket_pair
 from workers.link.channel import FrameChannel
 from workers.link.shm import Geometry, LocalSegment, Segment

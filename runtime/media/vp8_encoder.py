@@ -10,8 +10,8 @@ back on and ``gateway.vp8_speed`` sets libvpx's speed (aiortc's 6; higher is fas
 worse: 16 loses ~7 dB).
 
 Everything else (bitrate control from the receiver's REMB, keyframes on PLI, packetization)
-stays aiortc's: the encoder replaces aiortc's for one RTP sender, right after the answer is
-made and before any frame is encoded.
+stays aiortc's: the encoder replaces aiortc's for one RTP sender that sends VP8, right after
+the answer is made and before any frame is encoded (``video_codecs.use_gateway_encoders``).
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ from aiortc.codecs.vpx import Vp8Encoder
 
 from runtime import constants as C
 
-# aiortc's name-mangled private field, and Vp8Encoder's ``codec``/``target_bitrate`` below
-# (checked against aiortc 1.16.0, av 18.1.0; tests/test_patched_internals.py)
-SENDER_ENCODER_ATTR = "_RTCRtpSender__encoder"
+# Vp8Encoder's ``codec``/``target_bitrate`` below (checked against aiortc 1.16.0, av 18.1.0;
+# tests/test_patched_internals.py); video_codecs.use_gateway_encoders installs it
 VP8_GOP_FRAMES = 3000  # keyframes only on request (PLI), as aiortc does
 VP8_QMIN, VP8_QMAX = 2, 56  # libvpx's quantizer range, aiortc's
 VP8_THREADS = 1  # a 2-core gateway encodes several streams at once; one thread each
@@ -83,23 +82,3 @@ class GatewayVp8Encoder(Vp8Encoder):
         }
         codec.thread_count = VP8_THREADS
         return codec
-
-
-def use_gateway_encoder(pc: Any, speed: int = DEFAULT_VP8_SPEED, denoise: bool = DEFAULT_VP8_DENOISE) -> int:
-    """Give every video sender of ``pc`` that will send VP8 a :class:`GatewayVp8Encoder`.
-    Call after the local description is set (the codec is negotiated by then) and before
-    the connection starts sending. Returns how many senders got one."""
-    count = 0
-    for transceiver in pc.getTransceivers():
-        if transceiver.kind != "video" or transceiver.sender is None or not transceiver.sender.track:
-            continue
-        codecs = getattr(transceiver, "_codecs", None) or []
-        if not codecs or codecs[0].mimeType.lower() != C.VP8_MIME:
-            continue  # H.264 was negotiated: aiortc's own encoder for it
-        sender = transceiver.sender
-        # a private field: checked so an aiortc upgrade fails loudly here
-        if not hasattr(sender, SENDER_ENCODER_ATTR):
-            raise RuntimeError("this aiortc has no sender encoder where rtcpool expects it")
-        setattr(sender, SENDER_ENCODER_ATTR, GatewayVp8Encoder(speed, denoise))
-        count += 1
-    return count
