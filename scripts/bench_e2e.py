@@ -46,6 +46,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 SCRIPTS = Path(__file__).resolve().parent
@@ -281,19 +283,20 @@ async def _client_loop(conn: Any) -> None:
             return
         if not isinstance(cmd, tuple):
             continue  # a stray "end"/"stop" for a session that failed to start
-        _, url, stream_id, fps, warmup_s, replay = cmd
+        _, url, stream_id, fps, warmup_s, replay, *rest = cmd
+        codec = rest[0] if rest else None  # offer this video codec alone (None: both, the server picks)
         try:
-            conn.send(("report", await _one_session(conn, inbox, url, stream_id, fps, warmup_s, replay)))
+            conn.send(("report", await _one_session(conn, inbox, url, stream_id, fps, warmup_s, replay, codec)))
         except Exception as exc:
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
 
-async def _connect(url: str, stream_id: str | None, fps: float, replay: int) -> Any:
+async def _connect(url: str, stream_id: str | None, fps: float, replay: int, codec: str | None = None) -> Any:
     from runtime.clients.webrtc import Client, OfferRejected, ServerFull
 
     deadline = time.monotonic() + OFFER_RETRY_S
     while True:
-        client = Client(url, stream_id=stream_id, fps=fps, size=FRAME_SIZE, replay=replay)
+        client = Client(url, stream_id=stream_id, fps=fps, size=FRAME_SIZE, replay=replay, codec=codec)
         try:
             await client.connect()
             return client
@@ -304,9 +307,11 @@ async def _connect(url: str, stream_id: str | None, fps: float, replay: int) -> 
         await asyncio.sleep(OFFER_RETRY_INTERVAL_S)
 
 
-async def _one_session(conn: Any, inbox: asyncio.Queue[Any], url: str, stream_id: str | None, fps: float, warmup_s: float, replay: int) -> dict[str, Any]:
+async def _one_session(
+    conn: Any, inbox: asyncio.Queue[Any], url: str, stream_id: str | None, fps: float, warmup_s: float, replay: int, codec: str | None = None
+) -> dict[str, Any]:
     """Connect, warm up, then report one window per ``"start"``/``"stop"`` pair until ``"end"``."""
-    client = await _connect(url, stream_id, fps, replay)
+    client = await _connect(url, stream_id, fps, replay, codec)
     try:
         await asyncio.wait_for(client.first_frame.wait(), CLIENT_READY_TIMEOUT_S)
         await asyncio.sleep(warmup_s)
@@ -352,7 +357,25 @@ async def _one_window(client: Any, inbox: asyncio.Queue[Any]) -> dict[str, Any]:
         "fps": rep.received / seconds if seconds else 0.0,
         "latencies_ms": list(rep.latencies_ms),
         "rx_queue_max": {k: max((q[k] for q in samples), default=0) for k in ("to_decode", "decoded")},
+        "codec": None if client.video_codec is None else str(client.video_codec),
+        "psnr_db": returned_psnr(client),
     }
+
+
+def returned_psnr(client: Any) -> float | None:
+    """PSNR (dB) of the newest frame back against the picture sent, below the counter strip:
+    what two lossy encodes (client -> server, server -> client) left of it, for a handler
+    that returns its input."""
+    if not client.frames or client.source is None:
+        return None
+    got = client.frames[-1]
+    sent = client.source.base
+    if got.shape != sent.shape:
+        return None
+    height, width = got.shape[:2]
+    region = (slice(height // 8, height - 8), slice(8, width - 8))  # the counter is painted above
+    mse = float(np.mean((got[region].astype(np.float64) - sent[region].astype(np.float64)) ** 2))
+    return round(10 * np.log10(255**2 / max(mse, 1e-9)), 2)
 
 
 class Clients:

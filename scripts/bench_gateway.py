@@ -91,6 +91,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -145,6 +146,12 @@ TARGET_CAPACITY = 6  # issue 10's targets on the 2-core machine: capacity >= thi
 TARGET_MS_PER_FRAME = 6.0  # ... media CPU per frame <= this, ms (a frame decoded and encoded: "ms/round trip") ...
 TARGET_HTTP_CPU_PCT = 25.0  # ... and with K = 2 the HTTP process's CPU at N = TARGET_HTTP_N <= this
 TARGET_HTTP_N = 4
+CODECS = ("vp8", "h264")  # --codec: one pass per codec, each client offering it alone
+# issue 22's targets, K = 1: H.264's media CPU per round trip at N = TARGET_H264_N, and its
+# capacity over VP8's in the same run
+TARGET_H264_MS_PER_ROUND_TRIP = 2.5
+TARGET_H264_N = 4
+TARGET_H264_CAPACITY_GAIN = 2
 RESULT_JSON = "bench_gateway.json"
 RESULT_PNG = "bench_gateway.png"
 PR_SET_PDEATHSIG = 1  # prctl(2): a child gets a signal when the bench dies (even by SIGKILL)
@@ -459,12 +466,13 @@ class ClientPool:
 # --- one row ---------------------------------------------------------------------------------------
 
 
-def bring_up(server: GatewayServer, clients: ClientPool, n: int) -> tuple[list[int], list[str]]:
-    """Sessions 0..n-1, one after another; the indices that came up, and why others did not."""
+def bring_up(server: GatewayServer, clients: ClientPool, n: int, codec: str) -> tuple[list[int], list[str]]:
+    """Sessions 0..n-1, one after another, each offering ``codec`` alone; the indices that
+    came up, and why others did not."""
     up: list[int] = []
     errors: list[str] = []
     for i in range(n):
-        clients.send(i, ("run", server.url, STREAM_ID, FPS, SESSION_WARMUP_S, REPLAY_CYCLE_FRAMES))
+        clients.send(i, ("run", server.url, STREAM_ID, FPS, SESSION_WARMUP_S, REPLAY_CYCLE_FRAMES, codec))
         msg = clients.recv(i, SESSION_UP_TIMEOUT_S)
         if msg is None:
             errors.append(f"session {i}: not up within {SESSION_UP_TIMEOUT_S:.0f} s")
@@ -500,11 +508,11 @@ def window_groups(server: GatewayServer, clients: ClientPool, up: list[int]) -> 
     return groups, media
 
 
-def run_row(server: GatewayServer, clients: ClientPool, n: int, window_s: int, pyspy: str | None, workdir: Path) -> dict[str, Any]:
+def run_row(server: GatewayServer, clients: ClientPool, n: int, window_s: int, pyspy: str | None, workdir: Path, codec: str) -> dict[str, Any]:
     quiet = bc.wait_quiet(QUIET_THRESHOLD_PCT, QUIET_WAIT_MAX_S)
     clients.ensure(n)
     t_up = time.monotonic()
-    up, errors = bring_up(server, clients, n)
+    up, errors = bring_up(server, clients, n, codec)
     up_s = time.monotonic() - t_up
     windows: list[dict[str, Any]] = []
     lost: set[int] = set()
@@ -569,7 +577,9 @@ def summarize(windows: list[dict[str, Any]], n: int, up: list[int]) -> dict[str,
         fps = sum(r["received"] for r in reps if r) / secs if secs else 0.0
         sent = sum(r["sent"] for r in reps if r) / secs if secs else 0.0
         fresh = fps * sum(1 for v in lat if v <= FRESH_LATENCY_MS) / len(lat) if lat else 0.0
-        per.append({"fps": fps, "sent_fps": sent, "fresh_fps": fresh, "latencies": lat})
+        psnr = [r["psnr_db"] for r in reps if r and r.get("psnr_db") is not None]
+        per.append({"fps": fps, "sent_fps": sent, "fresh_fps": fresh, "latencies": lat, "psnr": psnr,
+                    "codecs": {r.get("codec") for r in reps if r}})
     lat_all = [v for p in per for v in p["latencies"]]
     cpu = bc.mean_cpu([w["cpu"] for w in windows]) if windows else {}
     media_keys = sorted((k for k in cpu if k.startswith("media")), key=lambda k: int(k[5:]))
@@ -582,7 +592,10 @@ def summarize(windows: list[dict[str, Any]], n: int, up: list[int]) -> dict[str,
     ms_per_frame = 1000.0 * sum(media_cpu) / 100.0 / frames if frames and media_cpu else None
     out_fps = sum(p["fps"] for p in per)
     ms_per_round_trip = 1000.0 * sum(media_cpu) / 100.0 / out_fps if out_fps and media_cpu else None
+    psnr_all = [v for p in per for v in p["psnr"]]
     return {
+        "psnr_db_median": round(statistics.median(psnr_all), 1) if psnr_all else None,
+        "codecs_negotiated": sorted({c for p in per for c in p["codecs"] if c}),
         "fps_per_session": [round(p["fps"], 2) for p in per],
         "fps_min": round(min(p["fps"] for p in per), 2) if per else 0.0,
         "fresh_fps_per_session": [round(p["fresh_fps"], 2) for p in per],
@@ -671,7 +684,7 @@ PROJECTION_METHOD = (
 
 def table_rows(results: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
     headers = ["server", "K", "N", "up", "fps min", "fresh min", "p50 ms", "p95 ms", "HTTP CPU%", "media CPU%",
-               "media GIL%", "workers CPU%", "ray CPU%", "clients CPU%", "others CPU%", "media ms/frame", "media ms/round trip"]
+               "media GIL%", "workers CPU%", "ray CPU%", "clients CPU%", "others CPU%", "media ms/frame", "media ms/round trip", "PSNR dB"]
     rows = []
     for r in results:
         c = r["cpu_percent"]
@@ -684,7 +697,7 @@ def table_rows(results: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]
             f"{r['fresh_fps_min']:.1f}", bc.fmt(r["latency_p50_ms"], 0), bc.fmt(r["latency_p95_ms"], 0),
             bc.fmt(c["http"], 0), each(c["media"]), each(r["gil_percent"]), bc.fmt(c["workers"], 0),
             bc.fmt(c["ray"], 0), bc.fmt(c["clients"], 0), bc.fmt(c["others"], 0), bc.fmt(r["media_ms_per_frame"], 1),
-            bc.fmt(r["media_ms_per_round_trip"], 1),
+            bc.fmt(r["media_ms_per_round_trip"], 1), bc.fmt(r.get("psnr_db_median"), 1),
         ])  # fmt: skip
     return headers, rows
 
@@ -745,6 +758,13 @@ def plot(results: list[dict[str, Any]], path: Path) -> bool:
     return True
 
 
+def codec_list(text: str) -> list[str]:
+    codecs = [c.strip().lower() for c in text.split(",") if c.strip()]
+    if not codecs or any(c not in CODECS for c in codecs):
+        raise argparse.ArgumentTypeError(f"a comma-separated list of {', '.join(CODECS)}")
+    return codecs
+
+
 def int_list(text: str) -> list[int]:
     try:
         values = sorted({int(v) for v in text.split(",") if v.strip()})
@@ -766,6 +786,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-main", action="store_true", help="do not run the server from this checkout, only the --server-root ones")
     ap.add_argument("--host-cores", type=int, default=HOST_CORES, help=f"cores of the projected host (default {HOST_CORES})")
     ap.add_argument("--no-gil", action="store_true", help="do not sample the media processes' GIL with py-spy")
+    ap.add_argument("--codec", type=codec_list, default=list(CODECS),
+                    help=f"video codecs, one pass each; the clients offer that codec alone (default {','.join(CODECS)})")
     args = ap.parse_args(argv)
 
     roots = ([] if args.skip_main else [bc.ROOT]) + [p.resolve() for p in args.server_root]
@@ -794,8 +816,8 @@ def main(argv: list[str] | None = None) -> int:
     server: GatewayServer | None = None
     interrupted = False
     try:
-        for root in roots:
-            label = root_label(root)
+        for root, codec in ((root, codec) for root in roots for codec in args.codec):
+            label = f"{root_label(root)} {codec}"
             for k in args.processes:
                 server = GatewayServer(root, label, k, sessions, app)
                 entry: dict[str, Any] = {"label": label, "root": str(root), "processes": k, "cmd": server.cmd, "log": str(server.log_path)}
@@ -806,12 +828,13 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{label} K={k}: server up in {entry['startup_s']} s (pid {server.proc.pid}, "
                           f"{len(g['media'])} media processes, {len(g['workers'])} workers)", flush=True)
                     for n in args.counts:
-                        r = {"label": label, "root": str(root), "processes": k, **run_row(server, clients, n, window_s, pyspy, workdir)}
+                        r = {"label": label, "root": str(root), "codec": codec, "processes": k, **run_row(server, clients, n, window_s, pyspy, workdir, codec)}
                         results.append(r)
                         c = r["cpu_percent"]
                         print(f"  N={n}: up {r['up']}/{n}, fps min {r['fps_min']:.1f}, p95 {bc.fmt(r['latency_p95_ms'], 0)} ms, "
                               f"HTTP {bc.fmt(c['http'], 0)}% media {c['media']}% GIL {r['gil_percent']}% workers {bc.fmt(c['workers'], 0)}% "
-                              f"clients {bc.fmt(c['clients'], 0)}%, {bc.fmt(r['media_ms_per_frame'], 1)} ms/frame"
+                              f"clients {bc.fmt(c['clients'], 0)}%, {bc.fmt(r['media_ms_per_frame'], 1)} ms/frame, "
+                              f"PSNR {bc.fmt(r['psnr_db_median'], 1)} dB"
                               + (f"; {r['errors'][:2]}" if r["errors"] else ""), flush=True)
                         time.sleep(SETTLE_S)
                 except (RuntimeError, TimeoutError) as exc:
@@ -831,7 +854,7 @@ def main(argv: list[str] | None = None) -> int:
 
     headers, rows = table_rows(results)
     print()
-    print(f"bench_gateway: {FRAME_SIZE[0]}x{FRAME_SIZE[1]} VP8 @ {FPS:.0f} fps per session over loopback WebRTC, no-op handler, "
+    print(f"bench_gateway: {FRAME_SIZE[0]}x{FRAME_SIZE[1]} {'/'.join(args.codec)} @ {FPS:.0f} fps per session over loopback WebRTC, no-op handler, "
           f"{WINDOWS}x{window_s} s per row (quiet windows pooled); CPU% of one core (machine: {os.cpu_count()} cores)")
     print(bc.table(headers, rows))
     print("K = gateway.processes (K = 1: the HTTP process is the media process). media CPU% / GIL%: one value per media process. "
@@ -865,6 +888,17 @@ def main(argv: list[str] | None = None) -> int:
         h = next((r for r in results if r["label"] == label and r["processes"] == 2 and r["sessions"] == TARGET_HTTP_N), None)
         if h and h["cpu_percent"]["http"] is not None:
             checks[f"{label}: K=2 HTTP CPU at N={TARGET_HTTP_N} <= {TARGET_HTTP_CPU_PCT:.0f}%: {h['cpu_percent']['http']:.0f}%"] = h["cpu_percent"]["http"] <= TARGET_HTTP_CPU_PCT
+    for root in dict.fromkeys(r["root"] for r in results):
+        by_codec = {r["codec"]: r["label"] for r in results if r["root"] == root}
+        if "h264" not in by_codec:
+            continue
+        h = next((r for r in results if r["label"] == by_codec["h264"] and r["processes"] == 1 and r["sessions"] == TARGET_H264_N), None)
+        if h and h["media_ms_per_round_trip"] is not None:
+            checks[f"{by_codec['h264']}: K=1 media CPU per round trip at N={TARGET_H264_N} <= {TARGET_H264_MS_PER_ROUND_TRIP} ms: "
+                   f"{h['media_ms_per_round_trip']:.1f}"] = h["media_ms_per_round_trip"] <= TARGET_H264_MS_PER_ROUND_TRIP
+        if "vp8" in by_codec and f"{by_codec['h264']} K=1" in caps and f"{by_codec['vp8']} K=1" in caps:
+            gain = caps[f"{by_codec['h264']} K=1"] - caps[f"{by_codec['vp8']} K=1"]
+            checks[f"{root_label(Path(root))}: K=1 capacity H.264 - VP8 >= {TARGET_H264_CAPACITY_GAIN}: {gain}"] = gain >= TARGET_H264_CAPACITY_GAIN
     print()
     for name, ok in checks.items():
         print(f"  {'PASS' if ok else 'MISS'}  {name}")
@@ -876,7 +910,8 @@ def main(argv: list[str] | None = None) -> int:
             "fps_per_session": FPS, "frame_size": FRAME_SIZE, "counts": args.counts, "processes": args.processes,
             "windows": WINDOWS, "window_s": window_s, "warmup_s": WARMUP_S, "gil_sample_hz": GIL_SAMPLE_HZ if pyspy else None,
             "capacity": {"fps": CAPACITY_FPS, "p95_ms": CAPACITY_P95_MS}, "host_cores": args.host_cores, "host_cpu_target": HOST_CPU_TARGET,
-            "client_source": f"replayed pre-encoded VP8 cycle of {REPLAY_CYCLE_FRAMES} frames",
+            "client_source": f"replayed pre-encoded cycle of {REPLAY_CYCLE_FRAMES} frames in the row's codec",
+            "codecs": args.codec,
         },
         "machine": bc.machine_info(),
         "servers": servers,

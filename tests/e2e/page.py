@@ -75,6 +75,21 @@ INBOUND_AUDIO_JS = """async () => {
   }
   return {samples: 0, energy: 0, level: 0};
 }"""
+# the newest peer connection's video codecs, as getStats() names them per direction
+VIDEO_CODECS_JS = """async () => {
+  const pcs = window.__rtcPeerConnections || [];
+  const pc = pcs[pcs.length - 1];
+  if (!pc) return {};
+  const stats = await pc.getStats();
+  const out = {};
+  for (const s of stats.values()) {
+    if ((s.type === 'inbound-rtp' || s.type === 'outbound-rtp') && s.kind === 'video' && s.codecId) {
+      const codec = stats.get(s.codecId);
+      out[s.type] = codec ? codec.mimeType + ' ' + (codec.sdpFmtpLine || '') : '';
+    }
+  }
+  return out;
+}"""
 
 # A page's Stop posts /webrtc/close: the server must list no session of the stream by then,
 # well inside the media-inactivity timeout that would otherwise end it (this is what proves
@@ -127,6 +142,11 @@ def inbound_audio(page: Any) -> dict[str, float] | None:
     """The newest peer connection's inbound audio: samples, energy, level (None once closed)."""
     result: dict[str, float] | None = page.evaluate(INBOUND_AUDIO_JS)
     return result
+
+
+def video_codecs(page: Any) -> dict[str, str]:
+    """{"inbound-rtp": "video/H264 <fmtp>", "outbound-rtp": ...} of the newest peer connection."""
+    return dict(page.evaluate(VIDEO_CODECS_JS))
 
 
 def grab(page: Any, selector: str = ".rtc-remote") -> np.ndarray:

@@ -97,6 +97,10 @@ def test_face_demo_boxes_the_face_and_follows_the_slider(
         f"only {page.evaluate('window.rtcFrames')} processed frames in {FRAMES_WINDOW_S} s"
     )
     assert "s left" in ui.status(page), "the time limit countdown is not shown"
+    # gateway.video_codecs' default: H.264 both ways (constrained baseline or baseline, mode 1)
+    codecs = ui.wait_for(lambda: len(c := ui.video_codecs(page)) == 2 and c, FRAMES_WINDOW_S)
+    assert codecs and {k: v.split()[0] for k, v in codecs.items()} == {"inbound-rtp": "video/H264", "outbound-rtp": "video/H264"}, codecs
+    assert all("packetization-mode=1" in v and "profile-level-id=42" in v for v in codecs.values()), codecs
 
     rows, cols = face_region()
     remote = ui.grab(page)

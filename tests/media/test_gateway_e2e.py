@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 
+import cv2
 import httpx
 import numpy as np
 import pytest
 
 from runtime.clients.webrtc import Client, read_counter
+from runtime.media.video_codecs import VideoCodec
 from tests.conftest import async_wait_until
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -40,24 +42,41 @@ def invert_app(make_gateway):
         yield served
 
 
-async def test_frames_come_back_inverted(invert_app):
-    client = Client(invert_app.url)
+@pytest.mark.parametrize(
+    ("codec", "size", "negotiated"),
+    [
+        (None, (640, 480), VideoCodec.H264),  # the client offers both: gateway.video_codecs picks H.264
+        ("vp8", (640, 480), VideoCodec.VP8),
+        ("h264", (322, 242), VideoCodec.H264),  # not whole macroblocks: the SPS crops
+        ("h264", (321, 241), VideoCodec.H264),  # odd: coded at the even size under it
+        ("vp8", (321, 241), VideoCodec.VP8),
+    ],
+    ids=["default-h264", "vp8", "h264-cropped", "h264-odd", "vp8-odd"],
+)
+async def test_frames_come_back_inverted(invert_app, codec, size, negotiated):
+    client = Client(invert_app.url, codec=codec, size=size)
     await client.connect()
     await asyncio.wait_for(client.first_frame.wait(), 30)
-    sent = client.source.base.astype(int)
-    region = (slice(60, 460), slice(20, 620))  # the picture below the counter strip
+    assert client.video_codec is negotiated
+    sent = client.source.base
 
     def errors() -> tuple[float, float]:
         got = client.frames[-1].astype(int)
-        return float(np.abs(got[region] - (255 - sent[region])).mean()), float(np.abs(got[region] - sent[region]).mean())
+        height, width = got.shape[:2]
+        expected = cv2.resize(sent, (width, height), interpolation=cv2.INTER_AREA).astype(int)
+        region = (slice(height // 8, height - 20), slice(20, width - 20))  # below the counter strip
+        return float(np.abs(got[region] - (255 - expected[region])).mean()), float(np.abs(got[region] - expected[region]).mean())
 
-    # VP8 starts at a low bitrate and sharpens within a second or two: wait for a good frame
+    # the encoders start at a low bitrate and sharpen within a second or two: wait for a good frame
     await async_wait_until(lambda: client.report.received > 10 and errors()[0] < 12, 15)
     err, same = errors()
+    shape = client.frames[-1].shape[:2]
     report = await client.close()
     assert report.received > 10
     assert err < 12, f"received frame is not the inverse (mean error {err:.1f})"
     assert same > 60, "received frame looks unprocessed"
+    # VP8 codes any size; 4:2:0 H.264 an even one
+    assert shape == ((size[1] & ~1, size[0] & ~1) if negotiated is VideoCodec.H264 else (size[1], size[0]))
 
 
 async def test_handler_runs_in_another_process(make_gateway):
@@ -126,14 +145,16 @@ def invert_below_counter(frame: np.ndarray) -> np.ndarray:
 COUNTER_STRIP_ROWS = 40  # the client paints its counter in the rows above (mark_block(640) = 16)
 
 
-async def test_a_replaying_client_is_served_like_a_live_one(make_gateway):
+@pytest.mark.parametrize("codec", ["vp8", "h264"])
+async def test_a_replaying_client_is_served_like_a_live_one(make_gateway, codec):
     """The load generator's pre-encoded source (runtime.clients.webrtc.ReplayVideoTrack): the stream
     decodes at the gateway across the cycle's restart, comes back processed, and its
     counters give latencies."""
     cycle = 45  # 1.5 s at 30 fps: the test sees it wrap
-    with make_gateway(lambda gw: gw.add_stream(invert_below_counter, event_id="e2e-replay")) as served:
-        client = Client(served.url, replay=cycle)
+    with make_gateway(lambda gw: gw.add_stream(invert_below_counter, event_id=f"e2e-replay-{codec}")) as served:
+        client = Client(served.url, replay=cycle, codec=codec)
         await client.connect()
+        assert client.video_codec == codec
         await asyncio.wait_for(client.first_frame.wait(), 30)
         sent = client.source.base.astype(int)
         region = (slice(60, 460), slice(20, 620))
