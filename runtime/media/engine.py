@@ -595,5 +595,5 @@ class MediaEngine:
 
     def sessions_view(self) -> list[SessionView]:
         pid = os.getpid()
-        return [SessionView(s.event.event_id, s.worker_pid, s.lease.node_id, s.transport, pid) for s in self.live_sessions()]
+        return [SessionView(s.event.event_id, s.worker_pid, s.lease.node_id, s.transport, pid, s.video_codec) for s in self.live_sessions()]
 

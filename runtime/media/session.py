@@ -108,6 +108,7 @@ class Session:
     :meth:`_stop_client_media` and :meth:`_close_client`."""
 
     client_kind: Transport
+    video_codec = ""  # the negotiated video codec ("h264", "vp8"); a WebRTC session says which
 
     def __init__(self, host: SessionHost, event: StreamEvent, webrtc_id: str, lease: LeaseGrant) -> None:
         self.host = host

@@ -16,6 +16,7 @@ class SessionView:
     worker_node_id: str | None
     transport: str  # "shm" or "tcp" once the worker is connected, "" before
     media_pid: int
+    video_codec: str = ""  # "h264" or "vp8" as the answer negotiated; "" for no video (audio, a WebSocket)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -278,6 +278,7 @@ class WebRTCSession(Session):
         # frame guard reads that codec's headers), and no key frame over max_frame_pixels
         # reaches the decoder
         self.video_codecs = answer_one_codec(pc, cfg.video_codecs)
+        self.video_codec = next((str(codec) for codec in self.video_codecs if codec is not None), "")
         guard_video(
             pc,
             cfg.max_frame_pixels,

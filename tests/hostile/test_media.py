@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import re
 import time
 import uuid
@@ -18,15 +19,17 @@ import psutil
 from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.rtcsctptransport import USERDATA_MAX_LENGTH, WEBRTC_STRING
 
-from runtime.clients.webrtc import Client
+from runtime.clients.webrtc import Client, ReplayVideoTrack
 from runtime.clients.websocket import WebSocketClient
 from runtime.guard.budgets import (
     AUDIO_BURST_S,
     AUDIO_REALTIME_FACTOR,
     MAX_DATA_CHANNEL_MESSAGE_BYTES,
 )
+from runtime.media.h264_guard import MAX_NAL_UNITS_PER_FRAME, NAL_PPS, NAL_SPS
 from tests.conftest import async_wait_until, wait_until
 from tests.hostile.conftest import AUDIO_STREAM, VIDEO_STREAM, HostileApp
+from tests.media.test_h264 import annexb, make_sps, nal_units
 from tests.media.test_sctp_guard import all_acked, send_fragments
 
 FIRST_FRAME_S = 60.0
@@ -170,3 +173,80 @@ async def test_rtp_faster_than_real_time_ends_the_session(hostile_app):
         assert wait_until(lambda: _ended_line(app, client.webrtc_id) is not None, END_WAIT_S, 0.2), app.tail()
     finally:
         await client.close()
+
+
+H264_SIZE = (320, 240)  # 20 x 15 macroblocks
+H264_GOOD_RUN = 20  # good frames (an IDR first) between two attacks
+H264_WINDOW_S = 3.0  # both sessions are watched this long while the attacks cycle
+MIN_HONEST_FPS = 10.0  # the honest session's frames back per second meanwhile (it sends 15)
+
+
+def _hostile_h264_cycle(good: list[bytes]) -> list[bytes]:
+    """A replay cycle of real H.264 (``good``: an IDR with SPS and PPS, then P frames) with
+    an attack after every run of good frames; each attack is followed by the P frames that
+    would depend on it, then a good IDR again."""
+    units = nal_units(good[0])
+    sps = next(u for u in units if u[0] & 0x1F == NAL_SPS)
+    pps = next(u for u in units if u[0] & 0x1F == NAL_PPS)
+
+    def replaced(old: bytes, new: bytes) -> bytes:
+        return annexb([new if u == old else u for u in units])
+
+    rng = random.Random(22)
+    attacks = {
+        "oversized": replaced(sps, make_sps(1024, 1024)),  # 16384 x 16384: ~400 MB of pictures
+        "unreadable": replaced(sps, make_sps(20, 15, level=99)),
+        "truncated-sps": replaced(sps, sps[:4]),
+        "truncated-pps": replaced(pps, pps[:1]),
+        "level-mismatch": replaced(sps, sps[:3] + bytes([10]) + sps[4:]),  # level 1 cannot hold 320x240
+        "garbage-nal-units": annexb([bytes([t]) + rng.randbytes(200) for t in (0x65, 0x61, 0x66, 0x7F)]),
+        "too-many-nal-units": annexb([b"\x09\xf0"] * (MAX_NAL_UNITS_PER_FRAME + 44)),  # STAP-A packets of them
+    }
+    cycle = list(good[:H264_GOOD_RUN])
+    for attack in attacks.values():
+        cycle += [attack, *good[1:4], *good[:H264_GOOD_RUN]]
+    return cycle
+
+
+async def test_hostile_h264_is_refused_before_the_decoder_and_nothing_else_notices(hostile_app):
+    """Issue 22: a sender speaking H.264 whose stream carries a forged SPS claiming
+    16384x16384, unreadable and truncated SPSs, a truncated PPS, a level its size does not
+    fit and garbage NAL units, each between runs of good frames, over and over. The
+    oversized claim never reaches the decoder (one warning to the client), the unreadable
+    ones are dropped with one logged warning, the session goes on returning its good
+    frames processed, and an honest session beside it streams as before."""
+    app = hostile_app
+    token = app.token(VIDEO_STREAM)
+    honest = Client(app.url, stream_id=VIDEO_STREAM, token=token, fps=15, size=H264_SIZE, codec="h264")
+    hostile = Client(app.url, stream_id=VIDEO_STREAM, token=token, fps=15, size=H264_SIZE, codec="h264", replay=H264_GOOD_RUN)
+    try:
+        await honest.connect()
+        await hostile.connect()
+        assert honest.video_codec == hostile.video_codec == "h264"
+        assert isinstance(hostile.source, ReplayVideoTrack)
+        cycle = _hostile_h264_cycle(hostile.source.encoded)
+        hostile.source.encoded = cycle  # from its next frame on
+        await asyncio.wait_for(asyncio.gather(honest.first_frame.wait(), hostile.first_frame.wait()), FIRST_FRAME_S)
+        # one whole cycle of attacks (at 15 fps), then a window of both sessions
+        assert await async_wait_until(lambda: hostile.source.count > 2 * len(cycle), 2 * len(cycle) / 15 + FIRST_FRAME_S, 0.2)
+        before = (honest.report.received, hostile.report.received)
+        await asyncio.sleep(H264_WINDOW_S)
+        honest_fps = (honest.report.received - before[0]) / H264_WINDOW_S
+        hostile_frames = hostile.report.received - before[1]
+        assert honest_fps >= MIN_HONEST_FPS, f"the honest session slowed to {honest_fps:.1f} fps beside the attack"
+        assert hostile_frames > 0, "the attacked session's good frames stopped coming back"
+        for client in (honest, hostile):  # both still get their own pictures back inverted
+            frame = client.frames[-1].astype(np.int16)
+            sent = client.source.base.astype(np.int16)
+            rows = slice(frame.shape[0] // 4, frame.shape[0])
+            assert frame.shape == sent.shape and float(np.abs(frame[rows] - (255 - sent[rows])).mean()) < 30
+        assert len(_warnings(hostile, "pixel limit")) == 1 and "16384x16384" in _warnings(hostile, "pixel limit")[0], hostile.messages
+        assert _warnings(honest, "pixel limit") == [] and not [m for m in honest.messages if m.get("type") == "error"]
+        log = app.log.read_text(errors="replace")
+        assert log.count(f"session {hostile.webrtc_id}: refused a 16384x16384 key frame") == 1, app.tail()
+        assert log.count(f"session {hostile.webrtc_id}: dropped a video frame the guard could not read") == 1, app.tail()
+        assert f"session {honest.webrtc_id}: dropped" not in log and f"session {honest.webrtc_id}: refused" not in log
+        assert not hostile.ended.is_set() and hostile.pc.connectionState == "connected"
+    finally:
+        await hostile.close()
+        await honest.close()

@@ -129,7 +129,7 @@ async def test_the_link_to_the_worker_in_either_form(make_gateway, transport):
         await async_wait_until(lambda: client.report.received > 10 and error() < 12, 15)
         sessions = await _sessions(served.url)
         assert error() < 12
-        assert [(s["event_id"], s["transport"]) for s in sessions] == [(event_id, "tcp" if transport == "tcp" else "shm")]
+        assert [(s["event_id"], s["transport"], s["video_codec"]) for s in sessions] == [(event_id, "tcp" if transport == "tcp" else "shm", "h264")]
         assert "webrtc_id" not in sessions[0]
         await client.close()
         assert await async_wait_until(lambda: served.leases() == 0, 10)
