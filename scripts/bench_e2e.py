@@ -89,6 +89,7 @@ FASTRTC_SERVER = SCRIPTS / "fastrtc_server.py"
 TARGET_FPS_RATIO = 2.5  # rtcpool / fastrtc total fps at N=4, busy
 FRESH_LATENCY_MS = 1000.0  # the "fresh" fps column counts frames back within this long (a live view)
 TARGET_P95_MS = 250.0  # rtcpool latency p95 at N=4, busy
+NO_WORSE = 0.9  # issue 22: H.264 rows within 10 % of VP8's (fps at least, p95 at most), the run's noise
 TARGET_NOOP_EXTRA_MS = 10.0  # rtcpool N=1 no-op latency p50 at most this above fastrtc's
 RESULT_JSON = "bench_e2e.json"
 RESULT_PNG = "bench_e2e.png"
@@ -408,14 +409,17 @@ class Clients:
                 p.kill()
 
 
-def run_config(server: Server, clients: Clients, stream_id: str, n: int, run_s: float, warmup_s: float, quiet_wait_s: float, profile: bool, replay: int) -> dict[str, Any]:
+def run_config(
+    server: Server, clients: Clients, stream_id: str, n: int, run_s: float, warmup_s: float, quiet_wait_s: float, profile: bool, replay: int,
+    codec: str | None = None,
+) -> dict[str, Any]:
     """One configuration: connect ``n`` clients, warm up, measure ``WINDOWS`` windows; the
     windows with the least CPU used by processes outside the benchmark are pooled and reported."""
     url = server.url + (f"/{stream_id}" if server.name == "fastrtc" else "")
     sid = stream_id if server.name == "rtcpool" else None
     quiet = bc.wait_quiet(QUIET_THRESHOLD_PCT, quiet_wait_s)
     for i in range(n):
-        clients.conns[i].send(("run", url, sid, FPS, warmup_s, replay))
+        clients.conns[i].send(("run", url, sid, FPS, warmup_s, replay, codec))
     try:
         for i in range(n):
             clients._recv(i, CLIENT_READY_TIMEOUT_S + OFFER_RETRY_S)
@@ -564,8 +568,10 @@ def plot(results: list[dict[str, Any]], path: Any, busy_ms: float) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(14, 4.2), gridspec_kw={"width_ratios": [1.2, 1.2, 0.8]})
-    colors = {"rtcpool": "tab:blue", "fastrtc": "tab:orange"}
-    for name in ("rtcpool", "fastrtc"):
+    names = list(dict.fromkeys(r["server"] for r in results))  # "rtcpool", or one per codec ("rtcpool h264")
+    palette = ["tab:blue", "tab:green", "tab:purple"]
+    colors = {name: "tab:orange" if name == "fastrtc" else palette[i % len(palette)] for i, name in enumerate(names)}
+    for name in names:
         rows = sorted((r for r in results if r["server"] == name and r["handler"] == "busy"), key=lambda r: r["streams"])
         if not rows:
             continue
@@ -628,6 +634,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="start rtcpool's Ray workers at this nice value (Ray's default: 15, i.e. below every normal process)")
     ap.add_argument("--live-source", action="store_true",
                     help="clients encode their VP8 live, frame by frame (default: replay a pre-encoded cycle, so the load generator leaves the cores to the servers)")
+    ap.add_argument("--codec", default="vp8",
+                    help="video codecs for rtcpool, comma-separated, one pass each (vp8, h264; default vp8); the clients offer that codec alone. fastrtc runs VP8")
     ap.add_argument("--profile", action="store_true", help="py-spy the server (and a worker) at the largest N (needs py-spy)")
     ap.add_argument("--serve-rtcpool", type=int, metavar="PORT", help=argparse.SUPPRESS)
     ap.add_argument("--busy-iters", type=int, help="loop turns per frame (default: what --busy-ms takes here)")
@@ -638,6 +646,9 @@ def main(argv: list[str] | None = None) -> int:
         serve_rtcpool(args.serve_rtcpool, args.busy_iters)
         return 0
 
+    codecs = [c.strip() for c in args.codec.split(",") if c.strip()]
+    if not codecs or any(c not in ("vp8", "h264") for c in codecs):
+        ap.error("--codec: a comma-separated list of vp8, h264")
     counts = QUICK_STREAM_COUNTS if args.quick else STREAM_COUNTS
     replay = 0 if args.live_source else REPLAY_CYCLE_FRAMES
     run_s = QUICK_RUN_S if args.quick else RUN_S
@@ -651,19 +662,22 @@ def main(argv: list[str] | None = None) -> int:
     print(f"busy handler: {iters} loop turns ~ {args.busy_ms:.0f} ms ({how})", flush=True)
 
     servers = [s for s in ("rtcpool", "fastrtc") if args.only in (None, s)]
+    # (server process, codec, the rows' label): one label per codec when several are run
+    passes = [(s, c, s if len(codecs) == 1 else f"{s} {c}") for s in servers for c in (codecs if s == "rtcpool" else ["vp8"])]
     clients = Clients(max(counts))
     results: list[dict[str, Any]] = []
     startup: dict[str, float] = {}
     try:
-        for name in servers:
+        for name, codec, label in passes:
             server = start_rtcpool(iters, args.worker_niceness) if name == "rtcpool" else start_fastrtc(iters)
             try:
-                startup[name] = round(server.wait_ready(), 1)
-                print(f"{name} server up in {startup[name]} s (pid {server.proc.pid})", flush=True)
+                startup[label] = round(server.wait_ready(), 1)
+                print(f"{label} server up in {startup[label]} s (pid {server.proc.pid})", flush=True)
                 plan = [("noop", 1)] + [("busy", n) for n in counts]
                 for stream_id, n in plan:
                     profile = args.profile and stream_id == "busy" and n == max(counts)
-                    r = run_config(server, clients, stream_id, n, run_s, warmup_s, quiet_wait_s, profile, replay)
+                    r = run_config(server, clients, stream_id, n, run_s, warmup_s, quiet_wait_s, profile, replay, codec)
+                    r["server"], r["codec"] = label, codec
                     results.append(r)
                     cpu = {k: round(v) for k, v in r["cpu_percent"].items()}
                     print(f"  {name:7s} {stream_id:4s} N={n}: {r['fps_total']:6.1f} fps total {r['fps_per_stream']}, "
@@ -676,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
 
     headers, rows = table_rows(results)
     print()
-    print(f"bench_e2e: {FRAME_SIZE[0]}x{FRAME_SIZE[1]} VP8 @ {FPS:.0f} fps per stream over loopback WebRTC; busy = {args.busy_ms:.0f} ms "
+    print(f"bench_e2e: {FRAME_SIZE[0]}x{FRAME_SIZE[1]} {'/'.join(codecs)} @ {FPS:.0f} fps per stream over loopback WebRTC; busy = {args.busy_ms:.0f} ms "
           f"GIL-holding frame function; {run_s:.0f} s per row; CPU% of one core (machine: {os.cpu_count()} cores = {100 * (os.cpu_count() or 1)}%)")
     print(bc.table(headers, rows))
     print(f"Each row: {run_s:.0f} s in {WINDOWS} windows, the quietest ones pooled (others = CPU% of processes outside the "
@@ -687,8 +701,15 @@ def main(argv: list[str] | None = None) -> int:
 
     checks: dict[str, Any] = {}
     nmax = max(counts)
-    rp, fp = pick("rtcpool", "busy", nmax), pick("fastrtc", "busy", nmax)
-    rn, fn = pick("rtcpool", "noop", 1), pick("fastrtc", "noop", 1)
+    first = next((label for name, _, label in passes if name == "rtcpool"), "rtcpool")
+    rp, fp = pick(first, "busy", nmax), pick("fastrtc", "busy", nmax)
+    rn, fn = pick(first, "noop", 1), pick("fastrtc", "noop", 1)
+    vp8, h264 = pick("rtcpool vp8", "busy", nmax), pick("rtcpool h264", "busy", nmax)
+    if vp8 and h264 and vp8["latency_p95_ms"] is not None and h264["latency_p95_ms"] is not None:
+        # issue 22: H.264 no worse than VP8 with the busy handler (within the run's noise)
+        checks[f"h264 vs vp8 (N={nmax}, busy): total fps {h264['fps_total']:.1f} vs {vp8['fps_total']:.1f}, "
+               f"p95 {h264['latency_p95_ms']:.0f} vs {vp8['latency_p95_ms']:.0f} ms"] = (
+            h264["fps_total"] >= NO_WORSE * vp8["fps_total"] and h264["latency_p95_ms"] <= vp8["latency_p95_ms"] / NO_WORSE)
     if rp and fp and fp["fps_total"]:
         checks[f"rtcpool/fastrtc total fps (N={nmax}) >= {TARGET_FPS_RATIO}x: {rp['fps_total'] / fp['fps_total']:.2f}x"] = rp["fps_total"] / fp["fps_total"] >= TARGET_FPS_RATIO
     if rp and rp["latency_p95_ms"] is not None:
@@ -707,7 +728,8 @@ def main(argv: list[str] | None = None) -> int:
             "fps_per_stream": FPS, "frame_size": FRAME_SIZE, "busy_ms": args.busy_ms, "busy_iters": iters,
             "run_s": run_s, "warmup_s": warmup_s, "stream_counts": counts, "server_startup_s": startup,
             "ray_worker_niceness": args.worker_niceness if args.worker_niceness is not None else "ray default (15)",
-            "client_source": "live VP8 encoding" if args.live_source else f"replayed pre-encoded VP8 cycle of {REPLAY_CYCLE_FRAMES} frames",
+            "client_source": "live encoding" if args.live_source else f"replayed pre-encoded cycle of {REPLAY_CYCLE_FRAMES} frames",
+            "codecs": codecs,
         },
         "machine": bc.machine_info(),
         "results": results,
