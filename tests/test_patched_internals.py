@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from fractions import Fraction
 
 import aiortc
 import av
@@ -26,6 +27,7 @@ from aiortc.rtcrtpreceiver import RemoteStreamTrack
 from aiortc.rtp import RtpPacket
 from packaging.version import Version
 
+from runtime.media.h264_encoder import GatewayH264Encoder
 from runtime.media.jitter import RECEIVER_BUFFER_ATTR, MarkerJitterBuffer
 from runtime.media.video_codecs import SENDER_ENCODER_ATTR
 from runtime.media.vp8_encoder import GatewayVp8Encoder
@@ -94,6 +96,40 @@ def test_aiortc_vp8_encoder_keeps_the_codec_the_gateway_builds():
     assert payloads and built is not None and encoder.codec_options["noise-sensitivity"] == "0"
     encoder.encode(frame)
     assert encoder.codec is built
+
+
+def test_aiortc_h264_encoder_keeps_the_hooks_the_gateway_overrides():
+    # GatewayH264Encoder overrides _encode_frame (a generator of NAL units) and the
+    # target_bitrate property; aiortc's encode() must call the one and its sender set the other
+    from aiortc.codecs.h264 import H264Encoder, h264_depayload
+
+    assert "_encode_frame" in inspect.getsource(H264Encoder.encode)
+    assert callable(H264Encoder._split_bitstream) and callable(H264Encoder._packetize) and callable(H264Encoder.pack)
+    assert isinstance(inspect.getattr_static(H264Encoder, "target_bitrate"), property)
+    encoder = GatewayH264Encoder()
+    frame = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")
+    frame.pts, frame.time_base = 0, Fraction(1, 90_000)  # what the media process's frames carry
+    payloads, _ = encoder.encode(frame, force_keyframe=True)
+    built = encoder.codec
+    assert payloads and built is not None and built.name == "libx264"
+    frame.pts = 3000
+    encoder.encode(frame)
+    assert encoder.codec is built
+    # the guard reads what aiortc's depayloader makes of a packet: Annex B
+    assert h264_depayload(b"\x65\x88\x84").startswith(b"\x00\x00\x00\x01\x65")
+
+
+def test_aiortc_matches_h264_as_the_sdp_check_reads_it():
+    # runtime/guard/sdp_check.serves_h264 uses aiortc's own profile parser, as its codec
+    # matching (rtcpeerconnection.is_codec_compatible) does, and aiortc offers these two
+    from aiortc.codecs import CODECS
+    from aiortc.sdp import H264Profile, parse_h264_profile_level_id
+
+    assert parse_h264_profile_level_id("42e01f")[0] is H264Profile.PROFILE_CONSTRAINED_BASELINE
+    assert parse_h264_profile_level_id("42001f")[0] is H264Profile.PROFILE_BASELINE
+    offered = {c.parameters.get("profile-level-id") for c in CODECS["video"] if c.mimeType.lower() == "video/h264"}
+    assert offered == {"42001f", "42e01f"}
+    assert {c.parameters.get("packetization-mode") for c in CODECS["video"] if c.mimeType.lower() == "video/h264"} == {"1"}
 
 
 def test_gradio_keeps_what_gradio_ext_patches():

@@ -94,7 +94,14 @@ async def test_only_senders_that_send_vp8_get_it() -> None:
     await h264.close()
 
 
-@pytest.mark.parametrize(("key", "value"), [("vp8_speed", 17), ("vp8_speed", -1), ("vp8_speed", "fast"), ("vp8_denoise", "yes")])
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("vp8_speed", 17), ("vp8_speed", -1), ("vp8_speed", "fast"), ("vp8_denoise", "yes"),
+        ("video_codecs", ["av1"]), ("video_codecs", []), ("video_codecs", ["vp8", "vp8"]), ("video_codecs", "h264"),
+        ("h264_encoder", "h264_vaapi"), ("h264_encoder", 264),
+    ],
+)  # fmt: skip
 def test_bad_encoder_settings_name_their_key(key: str, value: object) -> None:
     from runtime.config_loader import ConfigError, load_config
 
