@@ -30,7 +30,7 @@ from typing import Any
 
 from runtime import constants as C
 from runtime.config import Config
-from runtime.control.leases import LeaseGrant, LeaseQueued
+from runtime.control.leases import LeaseDenied, LeaseGrant, LeaseQueued
 from runtime.control.messages import EngineLoad
 from runtime.errors import EndReason, ErrorCode, Refused
 from runtime.guard.limits import AddressLimits, Admission, check_candidate_address, client_key
@@ -331,7 +331,8 @@ class MediaEngine:
     ) -> LeaseGrant | LeaseQueued:
         from ray.exceptions import ActorDiedError
 
-        for attempt in range(2):  # once more with a new scheduler, if the one held has died
+        replaced = registered = False  # each recovery at most once per offer
+        while True:
             scheduler = self.scheduler
             try:
                 lease = await asyncio.wait_for(
@@ -345,13 +346,22 @@ class MediaEngine:
                     ),
                     C.LEASE_TIMEOUT_S + C.RAY_CALL_TIMEOUT_S,
                 )
-                break
-            except ActorDiedError as exc:
-                if attempt:
+            except ActorDiedError as exc:  # once more with a new scheduler
+                if replaced:
                     raise Refused(ErrorCode.SCHEDULER_UNAVAILABLE, f"the scheduler did not answer: {exc}") from exc
+                replaced = True
                 await asyncio.get_running_loop().run_in_executor(None, self.scheduler_died, scheduler)
+                continue
             except Exception as exc:
                 raise Refused(ErrorCode.SCHEDULER_UNAVAILABLE, f"the scheduler did not answer: {exc}") from exc
+            unknown = isinstance(lease, LeaseDenied) and lease.error == ErrorCode.UNKNOWN_STREAM
+            if not unknown or registered or self.on_unknown_event is None:
+                break
+            registered = True
+            # a scheduler that does not know a stream this gateway serves: it was replaced
+            # (another gateway of this process may have started the new one before this one
+            # registered there; CI-found) or forgot this gateway; register again, once
+            await asyncio.get_running_loop().run_in_executor(None, self.on_unknown_event, event.event_id)
         if isinstance(lease, (LeaseGrant, LeaseQueued)):
             return lease
         raise denied_error(lease)

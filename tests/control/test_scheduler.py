@@ -249,7 +249,9 @@ def test_unknown_event_and_unknown_lease(sched):
 def test_a_silent_gateway_loses_its_leases_after_the_ttl(make_sched):
     ttl = 4.0  # the live gateway beats every ~0.2 s: a TTL 20x that survives a busy box
     sched = make_sched(gateway_ttl_s=ttl, monitor_interval_s=0.2)
-    s = spec("ttl", limit=2, prewarm=1)
+    # both workers warm first: a lease waiting on a cold start longer than the TTL would
+    # expire with its silent-so-far gateway (CI-found on a loaded box)
+    s = spec("ttl", limit=2, prewarm=2)
     sched.register(s)
     silent = sched.acquire(s.event_id, gateway="gw-silent")
     live = sched.acquire(s.event_id, gateway="gw-live")
