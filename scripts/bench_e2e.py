@@ -286,18 +286,19 @@ async def _client_loop(conn: Any) -> None:
             continue  # a stray "end"/"stop" for a session that failed to start
         _, url, stream_id, fps, warmup_s, replay, *rest = cmd
         codec = rest[0] if rest else None  # offer this video codec alone (None: both, the server picks)
+        motion = bool(rest[1]) if len(rest) > 1 else False  # the replayed picture moves, with noise
         try:
-            conn.send(("report", await _one_session(conn, inbox, url, stream_id, fps, warmup_s, replay, codec)))
+            conn.send(("report", await _one_session(conn, inbox, url, stream_id, fps, warmup_s, replay, codec, motion)))
         except Exception as exc:
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
 
-async def _connect(url: str, stream_id: str | None, fps: float, replay: int, codec: str | None = None) -> Any:
+async def _connect(url: str, stream_id: str | None, fps: float, replay: int, codec: str | None = None, motion: bool = False) -> Any:
     from runtime.clients.webrtc import Client, OfferRejected, ServerFull
 
     deadline = time.monotonic() + OFFER_RETRY_S
     while True:
-        client = Client(url, stream_id=stream_id, fps=fps, size=FRAME_SIZE, replay=replay, codec=codec)
+        client = Client(url, stream_id=stream_id, fps=fps, size=FRAME_SIZE, replay=replay, codec=codec, replay_motion=motion)
         try:
             await client.connect()
             return client
@@ -309,10 +310,11 @@ async def _connect(url: str, stream_id: str | None, fps: float, replay: int, cod
 
 
 async def _one_session(
-    conn: Any, inbox: asyncio.Queue[Any], url: str, stream_id: str | None, fps: float, warmup_s: float, replay: int, codec: str | None = None
+    conn: Any, inbox: asyncio.Queue[Any], url: str, stream_id: str | None, fps: float, warmup_s: float, replay: int, codec: str | None = None,
+    motion: bool = False,
 ) -> dict[str, Any]:
     """Connect, warm up, then report one window per ``"start"``/``"stop"`` pair until ``"end"``."""
-    client = await _connect(url, stream_id, fps, replay, codec)
+    client = await _connect(url, stream_id, fps, replay, codec, motion)
     try:
         await asyncio.wait_for(client.first_frame.wait(), CLIENT_READY_TIMEOUT_S)
         await asyncio.sleep(warmup_s)
@@ -367,10 +369,17 @@ def returned_psnr(client: Any) -> float | None:
     """PSNR (dB) of the newest frame back against the picture sent, below the counter strip:
     what two lossy encodes (client -> server, server -> client) left of it, for a handler
     that returns its input."""
+    from runtime.clients.webrtc import ReplayVideoTrack, read_counter
+
     if not client.frames or client.source is None:
         return None
     got = client.frames[-1]
     sent = client.source.base
+    if isinstance(client.source, ReplayVideoTrack):
+        k = read_counter(got)  # which frame of the cycle came back: a moving one differs from the base
+        if k is None or k >= len(client.source.encoded):
+            return None
+        sent = client.source.picture(k)
     if got.shape != sent.shape:
         return None
     height, width = got.shape[:2]
@@ -411,7 +420,7 @@ class Clients:
 
 def run_config(
     server: Server, clients: Clients, stream_id: str, n: int, run_s: float, warmup_s: float, quiet_wait_s: float, profile: bool, replay: int,
-    codec: str | None = None,
+    codec: str | None = None, motion: bool = False,
 ) -> dict[str, Any]:
     """One configuration: connect ``n`` clients, warm up, measure ``WINDOWS`` windows; the
     windows with the least CPU used by processes outside the benchmark are pooled and reported."""
@@ -419,7 +428,7 @@ def run_config(
     sid = stream_id if server.name == "rtcpool" else None
     quiet = bc.wait_quiet(QUIET_THRESHOLD_PCT, quiet_wait_s)
     for i in range(n):
-        clients.conns[i].send(("run", url, sid, FPS, warmup_s, replay, codec))
+        clients.conns[i].send(("run", url, sid, FPS, warmup_s, replay, codec, motion))
     try:
         for i in range(n):
             clients._recv(i, CLIENT_READY_TIMEOUT_S + OFFER_RETRY_S)
@@ -634,6 +643,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="start rtcpool's Ray workers at this nice value (Ray's default: 15, i.e. below every normal process)")
     ap.add_argument("--live-source", action="store_true",
                     help="clients encode their VP8 live, frame by frame (default: replay a pre-encoded cycle, so the load generator leaves the cores to the servers)")
+    ap.add_argument("--static", action="store_true",
+                    help="the replayed picture stands still (before issue 22's runs; default: it moves and carries sensor noise, as a webcam's)")
     ap.add_argument("--codec", default="vp8",
                     help="video codecs for rtcpool, comma-separated, one pass each (vp8, h264; default vp8); the clients offer that codec alone. fastrtc runs VP8")
     ap.add_argument("--profile", action="store_true", help="py-spy the server (and a worker) at the largest N (needs py-spy)")
@@ -676,7 +687,7 @@ def main(argv: list[str] | None = None) -> int:
                 plan = [("noop", 1)] + [("busy", n) for n in counts]
                 for stream_id, n in plan:
                     profile = args.profile and stream_id == "busy" and n == max(counts)
-                    r = run_config(server, clients, stream_id, n, run_s, warmup_s, quiet_wait_s, profile, replay, codec)
+                    r = run_config(server, clients, stream_id, n, run_s, warmup_s, quiet_wait_s, profile, replay, codec, not args.static)
                     r["server"], r["codec"] = label, codec
                     results.append(r)
                     cpu = {k: round(v) for k, v in r["cpu_percent"].items()}
@@ -729,6 +740,7 @@ def main(argv: list[str] | None = None) -> int:
             "run_s": run_s, "warmup_s": warmup_s, "stream_counts": counts, "server_startup_s": startup,
             "ray_worker_niceness": args.worker_niceness if args.worker_niceness is not None else "ray default (15)",
             "client_source": "live encoding" if args.live_source else f"replayed pre-encoded cycle of {REPLAY_CYCLE_FRAMES} frames",
+            "picture": "still" if args.static else "moving, with sensor noise",
             "codecs": codecs,
         },
         "machine": bc.machine_info(),

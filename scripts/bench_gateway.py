@@ -466,13 +466,13 @@ class ClientPool:
 # --- one row ---------------------------------------------------------------------------------------
 
 
-def bring_up(server: GatewayServer, clients: ClientPool, n: int, codec: str) -> tuple[list[int], list[str]]:
+def bring_up(server: GatewayServer, clients: ClientPool, n: int, codec: str, motion: bool) -> tuple[list[int], list[str]]:
     """Sessions 0..n-1, one after another, each offering ``codec`` alone; the indices that
     came up, and why others did not."""
     up: list[int] = []
     errors: list[str] = []
     for i in range(n):
-        clients.send(i, ("run", server.url, STREAM_ID, FPS, SESSION_WARMUP_S, REPLAY_CYCLE_FRAMES, codec))
+        clients.send(i, ("run", server.url, STREAM_ID, FPS, SESSION_WARMUP_S, REPLAY_CYCLE_FRAMES, codec, motion))
         msg = clients.recv(i, SESSION_UP_TIMEOUT_S)
         if msg is None:
             errors.append(f"session {i}: not up within {SESSION_UP_TIMEOUT_S:.0f} s")
@@ -508,11 +508,11 @@ def window_groups(server: GatewayServer, clients: ClientPool, up: list[int]) -> 
     return groups, media
 
 
-def run_row(server: GatewayServer, clients: ClientPool, n: int, window_s: int, pyspy: str | None, workdir: Path, codec: str) -> dict[str, Any]:
+def run_row(server: GatewayServer, clients: ClientPool, n: int, window_s: int, pyspy: str | None, workdir: Path, codec: str, motion: bool) -> dict[str, Any]:
     quiet = bc.wait_quiet(QUIET_THRESHOLD_PCT, QUIET_WAIT_MAX_S)
     clients.ensure(n)
     t_up = time.monotonic()
-    up, errors = bring_up(server, clients, n, codec)
+    up, errors = bring_up(server, clients, n, codec, motion)
     up_s = time.monotonic() - t_up
     windows: list[dict[str, Any]] = []
     lost: set[int] = set()
@@ -786,6 +786,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-main", action="store_true", help="do not run the server from this checkout, only the --server-root ones")
     ap.add_argument("--host-cores", type=int, default=HOST_CORES, help=f"cores of the projected host (default {HOST_CORES})")
     ap.add_argument("--no-gil", action="store_true", help="do not sample the media processes' GIL with py-spy")
+    ap.add_argument("--static", action="store_true",
+                    help="the replayed picture stands still (the runs before issue 22; default: it moves and carries sensor noise, as a webcam's)")
     ap.add_argument("--codec", type=codec_list, default=list(CODECS),
                     help=f"video codecs, one pass each; the clients offer that codec alone (default {','.join(CODECS)})")
     args = ap.parse_args(argv)
@@ -828,7 +830,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{label} K={k}: server up in {entry['startup_s']} s (pid {server.proc.pid}, "
                           f"{len(g['media'])} media processes, {len(g['workers'])} workers)", flush=True)
                     for n in args.counts:
-                        r = {"label": label, "root": str(root), "codec": codec, "processes": k, **run_row(server, clients, n, window_s, pyspy, workdir, codec)}
+                        r = {"label": label, "root": str(root), "codec": codec, "processes": k,
+                             **run_row(server, clients, n, window_s, pyspy, workdir, codec, not args.static)}
                         results.append(r)
                         c = r["cpu_percent"]
                         print(f"  N={n}: up {r['up']}/{n}, fps min {r['fps_min']:.1f}, p95 {bc.fmt(r['latency_p95_ms'], 0)} ms, "
@@ -911,7 +914,7 @@ def main(argv: list[str] | None = None) -> int:
             "windows": WINDOWS, "window_s": window_s, "warmup_s": WARMUP_S, "gil_sample_hz": GIL_SAMPLE_HZ if pyspy else None,
             "capacity": {"fps": CAPACITY_FPS, "p95_ms": CAPACITY_P95_MS}, "host_cores": args.host_cores, "host_cpu_target": HOST_CPU_TARGET,
             "client_source": f"replayed pre-encoded cycle of {REPLAY_CYCLE_FRAMES} frames in the row's codec",
-            "codecs": args.codec,
+            "codecs": args.codec, "picture": "still" if args.static else "moving, with sensor noise",
         },
         "machine": bc.machine_info(),
         "servers": servers,

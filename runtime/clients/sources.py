@@ -117,7 +117,21 @@ class CounterVideoTrack(MediaStreamTrack):
 
 REPLAY_CYCLE_FRAMES = 900  # a replayed source repeats after this many frames (30 s at 30 fps)
 REPLAY_BITRATE = 500_000  # bits/s of the pre-encoded video, aiortc's VP8 default target
+REPLAY_MOTION_PX = 4  # a moving replay's picture shifts this far right each frame
+REPLAY_NOISE_LEVELS = 6  # and carries +- this much sensor noise, as a webcam's does
 _replay_cache: dict[tuple[Any, ...], list[bytes]] = {}
+
+
+def cycle_picture(base: np.ndarray, n: int, motion: bool) -> np.ndarray:
+    """Frame ``n``'s picture before its counter is painted: ``base``, or with ``motion``
+    ``base`` shifted and with noise (seeded by ``n``: the same every time). A still picture
+    costs encoders and decoders far less than a webcam's; a benchmark of codec cost wants
+    the moving one."""
+    if not motion:
+        return base.copy()
+    picture = np.roll(base, REPLAY_MOTION_PX * n, axis=1).astype(np.int16)
+    picture += np.random.default_rng(n).integers(-REPLAY_NOISE_LEVELS, REPLAY_NOISE_LEVELS + 1, picture.shape, dtype=np.int16)
+    return np.clip(picture, 0, 255).astype(np.uint8)
 
 
 def _cycle_codec(codec: VideoCodec, width: int, height: int, frames: int, bitrate: int) -> Any:
@@ -136,19 +150,20 @@ def _cycle_codec(codec: VideoCodec, width: int, height: int, frames: int, bitrat
     return ctx
 
 
-def encode_cycle(base: np.ndarray, frames: int, bitrate: int = REPLAY_BITRATE, codec: VideoCodec = VideoCodec.VP8) -> list[bytes]:
-    """``frames`` frames of ``base`` in ``codec`` with the counter 0, 1, ... painted in: the
-    first a key frame (H.264: an IDR with its SPS and PPS), the others each predicted from
-    the one before, so playing them in order from the first, over and over, is a valid
-    stream."""
+def encode_cycle(
+    base: np.ndarray, frames: int, bitrate: int = REPLAY_BITRATE, codec: VideoCodec = VideoCodec.VP8, motion: bool = False
+) -> list[bytes]:
+    """``frames`` frames of ``base`` (moving, with ``motion``: :func:`cycle_picture`) in
+    ``codec`` with the counter 0, 1, ... painted in: the first a key frame (H.264: an IDR
+    with its SPS and PPS), the others each predicted from the one before, so playing them in
+    order from the first, over and over, is a valid stream."""
     import cv2
 
     height, width = base.shape[:2]
     ctx = _cycle_codec(codec, width, height, frames, bitrate)
-    picture = base.copy()
     out: list[bytes] = []
     for n in range(frames):
-        np.copyto(picture, base)
+        picture = cycle_picture(base, n, motion)
         paint_counter(picture, n)
         i420: np.ndarray = cv2.cvtColor(picture, cv2.COLOR_RGB2YUV_I420)
         frame = av.VideoFrame.from_ndarray(i420, format="yuv420p")
@@ -167,17 +182,39 @@ class ReplayVideoTrack(CounterVideoTrack):
     as a server's). The server sees the same kind of stream; counters repeat every
     REPLAY_CYCLE_FRAMES frames, so latencies up to that long are read unambiguously."""
 
-    def __init__(self, fps: float = DEFAULT_FPS, size: tuple[int, int] = DEFAULT_SIZE, image: np.ndarray | None = None, cycle: int = REPLAY_CYCLE_FRAMES) -> None:
+    def __init__(
+        self, fps: float = DEFAULT_FPS, size: tuple[int, int] = DEFAULT_SIZE, image: np.ndarray | None = None, cycle: int = REPLAY_CYCLE_FRAMES,
+        motion: bool = False,
+    ) -> None:
         super().__init__(fps, size, image)
         self.cycle = cycle
-        self.use_codec(VideoCodec.VP8)
+        self.motion = motion
+        self.codec = VideoCodec.VP8
+        self._encoded: list[bytes] | None = None  # encoded at the first frame, in the codec then set
 
     def use_codec(self, codec: VideoCodec) -> None:
         """Replay ``codec`` (the negotiated one; set before the first frame is sent)."""
-        key = (self.base.shape, self.cycle, hash(self.base.tobytes()), codec)
-        if key not in _replay_cache:
-            _replay_cache[key] = encode_cycle(self.base, self.cycle, codec=codec)
-        self.encoded = _replay_cache[key]
+        if codec is not self.codec:
+            self.codec, self._encoded = codec, None
+
+    @property
+    def encoded(self) -> list[bytes]:
+        if self._encoded is None:
+            key = (self.base.shape, self.cycle, hash(self.base.tobytes()), self.codec, self.motion)
+            if key not in _replay_cache:
+                _replay_cache[key] = encode_cycle(self.base, self.cycle, codec=self.codec, motion=self.motion)
+            self._encoded = _replay_cache[key]
+        return self._encoded
+
+    @encoded.setter
+    def encoded(self, frames: list[bytes]) -> None:
+        self._encoded = frames
+
+    def picture(self, k: int) -> np.ndarray:
+        """What frame ``k`` of the cycle showed (its counter painted in), before encoding."""
+        picture = cycle_picture(self.base, k, self.motion)
+        paint_counter(picture, k)
+        return picture
 
     async def recv(self) -> av.Packet:  # type: ignore[override]
         n = await self._next_frame_number()

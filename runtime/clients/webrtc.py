@@ -154,6 +154,7 @@ class Client:
         queue: bool = True,
         auto_resume: bool = False,
         codec: str | None = None,
+        replay_motion: bool = False,
     ) -> None:
         """``replay``: send a cycle of this many pre-encoded frames (:class:`ReplayVideoTrack`,
         for load tests; REPLAY_CYCLE_FRAMES is a good length) instead of encoding live.
@@ -164,7 +165,8 @@ class Client:
         goes silent or ICE fails, offer again for the same session with its key (:meth:`resume`),
         as the page's component does; ``resumes`` counts the ones that took. ``codec``: offer
         this video codec alone (``vp8`` or ``h264``); None offers aiortc's list and the server
-        picks (gateway.video_codecs). ``video_codec`` is what was negotiated."""
+        picks (gateway.video_codecs). ``video_codec`` is what was negotiated. ``replay_motion``:
+        the replayed picture moves and carries sensor noise, as a webcam's (codec benchmarks)."""
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.queue = queue
         self.codec = None if codec is None else VideoCodec(codec).value
@@ -180,7 +182,7 @@ class Client:
         self.shape = StreamShape.parse(mode, modality)
         self.source: CounterVideoTrack | None = None
         if self.shape.takes_video:
-            self.source = ReplayVideoTrack(fps, size, image, replay) if replay else CounterVideoTrack(fps, size, image)
+            self.source = ReplayVideoTrack(fps, size, image, replay, replay_motion) if replay else CounterVideoTrack(fps, size, image)
         self.audio_source = ArrayAudioTrack(audio if audio is not None else np.zeros(0, np.int16), loop=audio_loop) if self.shape.takes_audio else None
         self.audio_received: list[np.ndarray] = []  # mono int16 at 48 kHz, one array per 20 ms frame
         self.audio_times: list[float] = []  # arrival time (monotonic) of each received audio frame
