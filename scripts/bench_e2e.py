@@ -299,6 +299,16 @@ async def _connect(url: str, stream_id: str | None, fps: float, replay: int, cod
     deadline = time.monotonic() + OFFER_RETRY_S
     while True:
         client = Client(url, stream_id=stream_id, fps=fps, size=FRAME_SIZE, replay=replay, codec=codec, replay_motion=motion)
+        if replay and codec is not None:
+            # encode the replayed cycle now, not at the first frame: a moving one takes seconds
+            # of CPU, which would count against the first frame's timeout on a loaded machine
+            from runtime.clients.webrtc import ReplayVideoTrack
+            from runtime.media.video_codecs import VideoCodec
+
+            source = client.source
+            if isinstance(source, ReplayVideoTrack):
+                source.use_codec(VideoCodec(codec))
+                await asyncio.to_thread(getattr, source, "encoded")  # cached for the process
         try:
             await client.connect()
             return client
