@@ -20,6 +20,12 @@ LOGGER = "rtcpool"
 FIELDS_ATTR = "rtcpool"  # the ``extra`` key whose dict becomes JSON fields
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 MAX_SHOWN_CHARS = 80  # of a client-supplied string in a log line; the rest is cut ("...")
+# aiortc's receiver logs a warning for every frame its decoder refuses; a client sending
+# garbage (checked by the frame guard only where it would cost memory) would write a line per
+# frame. One line per this many seconds per process, with the count of those held back.
+AIORTC_RECEIVER_LOGGER = "aiortc.rtcrtpreceiver"
+DECODE_FAILURE_PREFIX = "RTCRtpReceiver(%s) failed to decode"  # aiortc 1.16.0's message
+DECODE_WARNING_INTERVAL_S = 10.0
 
 
 class JSONFormatter(logging.Formatter):
@@ -50,9 +56,42 @@ def shown(value: object, limit: int = MAX_SHOWN_CHARS) -> str:
     return text[:limit] + ("..." if len(text) > limit else "")
 
 
+class DecodeFailureFilter(logging.Filter):
+    """Lets one of aiortc's "failed to decode" warnings through per interval; the next one
+    that passes says how many were held back. Other records pass untouched."""
+
+    def __init__(self, interval_s: float = DECODE_WARNING_INTERVAL_S) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self._next_at = 0.0
+        self.held = 0  # held back since the last one let through
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not (isinstance(record.msg, str) and record.msg.startswith(DECODE_FAILURE_PREFIX)):
+            return True
+        now = time.monotonic()
+        if now < self._next_at:
+            self.held += 1
+            return False
+        self._next_at = now + self.interval_s
+        if self.held:
+            record.msg = f"{record.msg} ({self.held} more such warnings held back in the last {self.interval_s:.0f} s)"
+            self.held = 0
+        return True
+
+
+def quiet_decode_failures() -> None:
+    """Install :class:`DecodeFailureFilter` on aiortc's receiver logger, once per process."""
+    logger = logging.getLogger(AIORTC_RECEIVER_LOGGER)
+    if not any(isinstance(f, DecodeFailureFilter) for f in logger.filters):
+        logger.addFilter(DecodeFailureFilter())
+
+
 def configure(log_format: str) -> None:
     """Give rtcpool's logger a stderr handler in ``log_format`` ("text" or "json"), unless
-    the app has set up logging itself. Idempotent."""
+    the app has set up logging itself, and rate-limit aiortc's per-frame decode warnings
+    either way. Idempotent."""
+    quiet_decode_failures()
     logger = logging.getLogger(LOGGER)
     if logger.handlers or logging.getLogger().handlers:
         return

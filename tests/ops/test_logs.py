@@ -37,3 +37,34 @@ def test_configure_writes_json_lines_to_stderr_unless_the_app_set_up_logging():
     # the app's own set-up (a root handler) wins: rtcpool adds nothing of its own
     own = _run(f"import logging, sys; logging.basicConfig(stream=sys.stderr, level=logging.INFO, format='APP %(message)s'); from runtime.ops import logs; logs.configure('json'); {emit}")
     assert own.strip() == "APP hello"
+
+
+def test_aiortcs_per_frame_decode_warnings_are_held_to_one_per_interval(caplog, monkeypatch):
+    """A client sending frames its decoder refuses would write aiortc's warning once per
+    frame; one per interval passes, the next says how many were held back, and every other
+    record of the logger passes untouched."""
+    from runtime.ops import logs
+
+    logger = logging.getLogger(logs.AIORTC_RECEIVER_LOGGER)
+    monkeypatch.setattr(logger, "filters", [])
+    logs.quiet_decode_failures()
+    logs.quiet_decode_failures()  # once per process
+    (flt,) = [f for f in logger.filters if isinstance(f, logs.DecodeFailureFilter)]
+    caplog.set_level(logging.WARNING, logger=logs.AIORTC_RECEIVER_LOGGER)
+    for _ in range(100):
+        logger.warning("RTCRtpReceiver(%s) failed to decode %s frame: %s", "video", "H264", "Invalid data")
+    logger.warning("something else: %s", 1)
+    assert [r.getMessage() for r in caplog.records] == [
+        "RTCRtpReceiver(video) failed to decode H264 frame: Invalid data",
+        "something else: 1",
+    ]
+    assert flt.held == 99
+    flt._next_at = 0.0  # the interval is over
+    logger.warning("RTCRtpReceiver(%s) failed to decode %s frame: %s", "video", "VP8", "x")
+    assert caplog.records[-1].getMessage().endswith("(99 more such warnings held back in the last 10 s)")
+    # the message this matches is aiortc's own
+    import inspect
+
+    from aiortc import rtcrtpreceiver
+
+    assert logs.DECODE_FAILURE_PREFIX in inspect.getsource(rtcrtpreceiver)
