@@ -16,6 +16,7 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 from runtime import constants as C
+from runtime.media.h264_encoder import LIMITED_RANGE, SMPTE170M
 from runtime.media.video_codecs import VideoCodec
 
 COUNTER_BITS = 16
@@ -147,6 +148,9 @@ def _cycle_codec(codec: VideoCodec, width: int, height: int, frames: int, bitrat
     ctx.gop_size = max(frames, 1)
     ctx.time_base = Fraction(1, 30)
     ctx.thread_count = 1
+    if codec is VideoCodec.H264:  # BT.601 limited range, said in the VUI (h264_encoder.py)
+        ctx.colorspace = ctx.color_primaries = ctx.color_trc = SMPTE170M
+        ctx.color_range = LIMITED_RANGE
     return ctx
 
 

@@ -14,7 +14,8 @@ that encodes many streams at once). This one keeps aiortc's RTP side (``_split_b
   rebuilt when the target moves more than 10 %;
 * key frames only when the receiver asks (PLI/FIR: aiortc passes ``force_keyframe``), as
   IDRs, each with its SPS and PPS, so a browser can always start from one;
-* the level from the frame size (aiortc writes 3.1 for any size);
+* the level from the frame size (aiortc writes 3.1 for any size), and BT.601 limited range
+  said in the VUI, as the pictures are;
 * an odd width or height is scaled to the even size under it: 4:2:0 H.264 codes even
   sizes only.
 
@@ -54,6 +55,11 @@ H264_PROFILE = "baseline"  # libx264's baseline is constrained baseline (constra
 H264_MAX_FRAME_RATE = 30  # what the codec's time base and level assume, aiortc's
 # aiortc's VP8 bitrate range, so both codecs are held to the same rates
 MIN_BITRATE, DEFAULT_BITRATE, MAX_BITRATE = 250_000, 500_000, 1_500_000  # bits/s
+# The pictures are BT.601 limited range (workers/process/convert.py, what VP8 carries without
+# saying). H.264 says it in its VUI; left unsaid, Chromium reads BT.709 and greens drift
+# (CI-found: a saturated green tint came back at G < 230). FFmpeg's AVCOL_* values:
+SMPTE170M = 6  # AVCOL_SPC_SMPTE170M / AVCOL_PRI_SMPTE170M / AVCOL_TRC_SMPTE170M: BT.601
+LIMITED_RANGE = 1  # AVCOL_RANGE_MPEG: 16-235
 BITRATE_CHANGE = 0.1  # the codec is rebuilt when the target bitrate moves more than this (aiortc's rule)
 # Table A-1: (level_idc, MaxFS in macroblocks, MaxMBPS) in order, up to what a gateway sends
 LEVELS = ((30, 1620, 40_500), (31, 3600, 108_000), (32, 5120, 216_000), (40, 8192, 245_760), (42, 8704, 522_240), (50, 22_080, 589_824), (51, 36_864, 983_040))
@@ -150,6 +156,8 @@ class GatewayH264Encoder(H264Encoder):
             codec.time_base = fractions.Fraction(1, C.VIDEO_CLOCK_RATE)  # the frames' own: no two share a pts
             codec.gop_size = H264_GOP_FRAMES
             codec.thread_count = H264_THREADS
+            codec.colorspace, codec.color_primaries, codec.color_trc = SMPTE170M, SMPTE170M, SMPTE170M
+            codec.color_range = LIMITED_RANGE
             codec.options = dict(options)
             codec.open()
         except (av.FFmpegError, ValueError) as exc:  # absent (UnknownCodecError is a ValueError) or no device

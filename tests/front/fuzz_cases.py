@@ -121,7 +121,8 @@ SDP_MODEL: dict[str, dict[str, str]] = {
     "rtcp-mux": {"D": "rtcp_mux_required", "T": "rtcp_mux_required", "G": R, "X": OK},
     "ssrc-group": {"D": OK, "T": OK, "G": OK, "X": OK},  # G: a lone semantic token is its form
     "ssrc": {"D": OK, "T": OK, "G": R, "X": OK},
-    "rtpmap-vp8": {"D": "unsupported_codec", "T": R, "G": R, "X": R},  # X: two rtpmaps for 97
+    # D: the offer's H.264 (mode 1, baseline) is served without VP8 (gateway.video_codecs)
+    "rtpmap-vp8": {"D": OK, "T": R, "G": R, "X": R},  # X: two rtpmaps for 97
     "rtpmap-other": {"D": R, "T": R, "G": R, "X": R},  # D: its a=fmtp is left without an rtpmap
     "fmtp-apt": {"D": OK, "T": R, "G": R, "X": OK},  # T: "a=fmtp:9" has no parameters
     "fmtp-h264": {"D": OK, "T": OK, "G": R, "X": OK},

@@ -171,7 +171,7 @@ async def test_offer_to_one_serve_gateway_input_outputs_close_through_the_other(
                 assert row["media_pid"] in {m["pid"] for m in media}
                 assert await sessions(http, b) == [], "the session is not B's: B must forward"
                 assert await async_wait_until(
-                    lambda: (bar_level(client) or 99) < MAX_BAR_ERROR, INPUT_S
+                    lambda: (level := bar_level(client)) is not None and level < MAX_BAR_ERROR, INPUT_S
                 ), f"the initial level 0 is not painted: {bar_level(client)}"
 
                 # input to B: the handler on A's media process paints it

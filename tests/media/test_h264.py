@@ -418,7 +418,10 @@ def test_the_encoder_is_real_time_and_keyframes_come_on_request_as_idrs():
         payloads, _ = encoder.encode(_frame(i), force_keyframe=i in (0, 12))
         data = b"".join(h264_depayload(p) for p in payloads)
         kinds.append({u[0] & 0x1F for u in nal_units(data)})
-        pictures += [f.to_ndarray(format="rgb24") for f in decoder.decode(JitterFrame(data, i * FRAME_TICKS))]
+        decoded = decoder.decode(JitterFrame(data, i * FRAME_TICKS))
+        # BT.601 limited range, said in the VUI: a browser would read BT.709 otherwise
+        assert all((f.colorspace, f.color_range) == (h264_encoder.SMPTE170M, h264_encoder.LIMITED_RANGE) for f in decoded)
+        pictures += [f.to_ndarray(format="rgb24") for f in decoded]
     assert encoder.codec.name == "libx264" and encoder.codec.thread_count == 1
     options = encoder.codec_options
     assert (options["preset"], options["tune"], options["profile"], options["forced-idr"]) == ("ultrafast", "zerolatency", "baseline", "1")
