@@ -36,6 +36,7 @@ import av
 from aiortc.codecs.h264 import H264Encoder
 
 from runtime import constants as C
+from runtime.media.encoder_policy import codec_outdated
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,6 @@ MIN_BITRATE, DEFAULT_BITRATE, MAX_BITRATE = 250_000, 500_000, 1_500_000  # bits/
 # (CI-found: a saturated green tint came back at G < 230). FFmpeg's AVCOL_* values:
 SMPTE170M = 6  # AVCOL_SPC_SMPTE170M / AVCOL_PRI_SMPTE170M / AVCOL_TRC_SMPTE170M: BT.601
 LIMITED_RANGE = 1  # AVCOL_RANGE_MPEG: 16-235
-BITRATE_CHANGE = 0.1  # the codec is rebuilt when the target bitrate moves more than this (aiortc's rule)
 # Table A-1: (level_idc, MaxFS in macroblocks, MaxMBPS) in order, up to what a gateway sends
 LEVELS = ((30, 1620, 40_500), (31, 3600, 108_000), (32, 5120, 216_000), (40, 8192, 245_760), (42, 8704, 522_240), (50, 22_080, 589_824), (51, 36_864, 983_040))
 
@@ -108,14 +108,8 @@ class GatewayH264Encoder(H264Encoder):
         if frame.format.name != "yuv420p":
             frame = frame.reformat(format="yuv420p")
         frame = _even(frame)
-        codec = self.codec
-        if (
-            codec is None
-            or frame.width != codec.width
-            or frame.height != codec.height
-            or not codec.bit_rate
-            or abs(self.target_bitrate - codec.bit_rate) / codec.bit_rate > BITRATE_CHANGE
-        ):
+        codec: Any = self.codec
+        if codec_outdated(codec, frame.width, frame.height, self.target_bitrate):
             self.codec = codec = self._make_codec(frame.width, frame.height)
         # an I picture with forced-idr is an IDR, which libx264 precedes with SPS and PPS
         frame.pict_type = av.video.frame.PictureType.I if force_keyframe else av.video.frame.PictureType.NONE

@@ -22,13 +22,13 @@ import av
 from aiortc.codecs.vpx import Vp8Encoder
 
 from runtime import constants as C
+from runtime.media.encoder_policy import codec_outdated
 
 # Vp8Encoder's ``codec``/``target_bitrate`` below (checked against aiortc 1.16.0, av 18.1.0;
 # tests/test_patched_internals.py); video_codecs.use_gateway_encoders installs it
 VP8_GOP_FRAMES = 3000  # keyframes only on request (PLI), as aiortc does
 VP8_QMIN, VP8_QMAX = 2, 56  # libvpx's quantizer range, aiortc's
 VP8_THREADS = 1  # a 2-core gateway encodes several streams at once; one thread each
-BITRATE_CHANGE = 0.1  # the codec is rebuilt when the target bitrate moves more than this (aiortc's rule)
 DEFAULT_VP8_SPEED = C.VP8_SPEED
 DEFAULT_VP8_DENOISE = C.VP8_DENOISE
 
@@ -45,16 +45,9 @@ class GatewayVp8Encoder(Vp8Encoder):
     def encode(self, frame: Any, force_keyframe: bool = False) -> tuple[list[bytes], int]:
         if frame.format.name != "yuv420p":
             frame = frame.reformat(format="yuv420p")
-        codec = self.codec
-        # the moments aiortc (re)builds its codec: first frame, a new size, a bitrate change;
-        # the base class then finds this one matching and keeps it
-        if (
-            codec is None
-            or frame.width != codec.width
-            or frame.height != codec.height
-            or not codec.bit_rate
-            or abs(self.target_bitrate - codec.bit_rate) / codec.bit_rate > BITRATE_CHANGE
-        ):
+        # the moments aiortc (re)builds its codec; the base class then finds this one
+        # matching and keeps it
+        if codec_outdated(self.codec, frame.width, frame.height, self.target_bitrate):
             self.codec = self._make_codec(frame.width, frame.height)
         return super().encode(frame, force_keyframe)
 
